@@ -1,0 +1,335 @@
+//! basic.*, confirm.* and tx.* handlers, and channel.flow (AMQP 0-9-1 §1.8, §1.9; RabbitMQ
+//! docs/confirms.md, docs/consumer-prefetch.md, docs/nack.md).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use amq_protocol::frame::AMQPContentHeader;
+use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, tx};
+use bytes::Bytes;
+
+use super::{Channel, ConnectionContext, TxOp, Unacked, requeue_all, write_message};
+use crate::error::{AmqpError, AmqpResult};
+use crate::message::{Message, MessageRef};
+use crate::protocol::encode;
+use crate::queue::{ConsumeRefused, Consumer, ConsumerSink, Queue};
+use crate::vhost::generate_name;
+
+impl Channel {
+    /// basic.qos: `global = false` sets the prefetch of consumers created afterwards on this channel,
+    /// `global = true` a limit shared by the channel (RabbitMQ's reinterpretation, docs/consumer-prefetch.md).
+    pub(super) fn basic_qos(&mut self, ctx: &mut ConnectionContext, m: basic::Qos) -> AmqpResult {
+        if m.global {
+            self.shared.global_prefetch.store(m.prefetch_count, Ordering::Relaxed);
+        } else {
+            self.consumer_prefetch = m.prefetch_count;
+        }
+        self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
+        self.kick_consumers();
+        Ok(())
+    }
+
+    /// basic.consume → consume-ok, then deliveries.
+    pub(super) fn basic_consume(&mut self, ctx: &mut ConnectionContext, m: basic::Consume) -> AmqpResult {
+        let name = self.queue_name(m.queue)?;
+        let queue = ctx.vhost.queue(name.as_str(), ctx.conn_id)?;
+        let tag = if m.consumer_tag.as_str().is_empty() { generate_name("amq.ctag-") } else { m.consumer_tag };
+        if self.shared.lock().consumers.contains_key(tag.as_str()) {
+            return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag}'")));
+        }
+        let consumer = Arc::new(Consumer {
+            tag: tag.clone(),
+            no_ack: m.no_ack,
+            exclusive: m.exclusive,
+            prefetch: self.consumer_prefetch,
+            unacked: Default::default(),
+            sink: Arc::clone(&self.shared) as Arc<dyn ConsumerSink>,
+        });
+        self.shared.lock().consumers.insert(tag.clone(), (Arc::clone(&consumer), Arc::clone(&queue)));
+        let id = self.id();
+        let reply = || {
+            if !m.nowait {
+                let ok = basic::ConsumeOk { consumer_tag: tag.clone() };
+                ctx.outbound.write(|out| {
+                    encode::frame(out, &amq_protocol::frame::AMQPFrame::Method(id, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok))))
+                });
+            }
+        };
+        match queue.add_consumer(consumer, reply) {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                self.shared.lock().consumers.remove(tag.as_str());
+                Err(match refused {
+                    ConsumeRefused::ExclusiveInUse => AmqpError::access_refused(format!(
+                        "queue '{name}' in vhost '{}' in exclusive use",
+                        ctx.vhost.name
+                    )),
+                    ConsumeRefused::Deleted => {
+                        AmqpError::not_found(format!("no queue '{name}' in vhost '{}'", ctx.vhost.name))
+                    }
+                })
+            }
+        }
+    }
+
+    /// basic.cancel → cancel-ok. Unacked deliveries of the consumer stay unacked. An unknown tag is fine.
+    pub(super) fn basic_cancel(&mut self, ctx: &mut ConnectionContext, m: basic::Cancel) -> AmqpResult {
+        let removed = self.shared.lock().consumers.remove(m.consumer_tag.as_str());
+        if let Some((consumer, queue)) = removed {
+            if queue.remove_consumer(&consumer) {
+                ctx.vhost.remove_queue(&queue);
+            }
+        }
+        if !m.nowait {
+            let ok = basic::CancelOk { consumer_tag: m.consumer_tag };
+            self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::CancelOk(ok)));
+        }
+        Ok(())
+    }
+
+    /// basic.publish: starts content assembly. `immediate` is refused as RabbitMQ does (540).
+    pub(super) fn basic_publish(&mut self, m: basic::Publish) -> AmqpResult {
+        if m.immediate {
+            return Err(AmqpError::not_implemented("immediate=true"));
+        }
+        if self.confirm {
+            self.publish_seq += 1;
+        }
+        self.content = super::Content::Header(m);
+        Ok(())
+    }
+
+    /// A complete message: route it, enqueue it, return it if unroutable and mandatory.
+    pub(super) fn publish_content(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        publish: basic::Publish,
+        header: &AMQPContentHeader,
+        raw_properties: Bytes,
+        body: Bytes,
+    ) -> AmqpResult {
+        let message = Arc::new(Message {
+            exchange: publish.exchange,
+            routing_key: publish.routing_key,
+            properties: header.properties.clone(),
+            raw_properties,
+            body,
+        });
+        if let Some(ops) = &mut self.tx {
+            // Check the exchange now so the error comes with the publish, as RabbitMQ does.
+            if !message.exchange.as_str().is_empty() {
+                ctx.vhost.exchange(message.exchange.as_str())?;
+            }
+            ops.push(TxOp::Publish { exchange: message.exchange.clone(), mandatory: publish.mandatory, message });
+            return Ok(());
+        }
+        let exchange = message.exchange.clone();
+        self.route_and_enqueue(ctx, exchange.as_str(), publish.mandatory, message)
+    }
+
+    fn route_and_enqueue(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        exchange: &str,
+        mandatory: bool,
+        message: MessageRef,
+    ) -> AmqpResult {
+        let mut queues = std::mem::take(&mut ctx.route_queues);
+        let mut scratch = std::mem::take(&mut ctx.route_scratch);
+        queues.clear();
+        let routed = ctx.vhost.route(exchange, &message, &mut queues, &mut scratch);
+        scratch.clear();
+        ctx.route_scratch = scratch;
+        if let Err(e) = routed {
+            ctx.route_queues = queues;
+            return Err(e);
+        }
+        let mut delivered = false;
+        for q in queues.drain(..) {
+            delivered |= q.publish(Arc::clone(&message));
+        }
+        ctx.route_queues = queues;
+        if !delivered && mandatory {
+            let id = self.id();
+            let frame_max = ctx.outbound.frame_max();
+            ctx.outbound.write(|out| {
+                encode::return_method(out, id, 312, "NO_ROUTE", exchange, message.routing_key.as_str());
+                write_message(out, id, &message, frame_max);
+            });
+        }
+        Ok(())
+    }
+
+    /// basic.get → get-ok with the message, or get-empty.
+    pub(super) fn basic_get(&mut self, ctx: &mut ConnectionContext, m: basic::Get) -> AmqpResult {
+        let name = self.queue_name(m.queue)?;
+        let queue = ctx.vhost.queue(name.as_str(), ctx.conn_id)?;
+        let Some((message, remaining)) = queue.get(m.no_ack) else {
+            self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})));
+            return Ok(());
+        };
+        let mut d = self.shared.lock();
+        let tag = self.shared.track(&mut d, &queue, None, &message, m.no_ack);
+        let id = self.id();
+        let frame_max = ctx.outbound.frame_max();
+        let msg = &message.message;
+        ctx.outbound.write(|out| {
+            encode::get_ok_method(
+                out,
+                id,
+                tag,
+                message.redelivered,
+                msg.exchange.as_str(),
+                msg.routing_key.as_str(),
+                remaining,
+            );
+            write_message(out, id, msg, frame_max);
+        });
+        Ok(())
+    }
+
+    /// basic.ack from the consumer.
+    ///
+    /// # Errors
+    /// 406 "unknown delivery tag N".
+    pub(super) fn basic_ack(&mut self, _ctx: &mut ConnectionContext, tag: u64, multiple: bool) -> AmqpResult {
+        if let Some(ops) = &mut self.tx {
+            ops.push(TxOp::Ack { tag, multiple });
+            return Ok(());
+        }
+        let mut acked = std::mem::take(&mut self.settle_buf);
+        let result = self.shared.take(tag, multiple, &mut acked);
+        settle(&mut acked);
+        self.settle_buf = acked;
+        result
+    }
+
+    /// basic.nack / basic.reject: requeue (flagged redelivered) or drop.
+    ///
+    /// # Errors
+    /// 406 "unknown delivery tag N".
+    pub(super) fn basic_nack(&mut self, _ctx: &mut ConnectionContext, tag: u64, multiple: bool, requeue: bool) -> AmqpResult {
+        if let Some(ops) = &mut self.tx {
+            ops.push(TxOp::Nack { tag, multiple, requeue });
+            return Ok(());
+        }
+        let mut taken = Vec::new();
+        self.shared.take(tag, multiple, &mut taken)?;
+        if requeue {
+            requeue_all(taken);
+        } else {
+            settle(&mut taken);
+        }
+        Ok(())
+    }
+
+    /// basic.recover / recover-async with `requeue = true`: requeue every unacked delivery.
+    /// `requeue = false` is refused with 540, as RabbitMQ does.
+    pub(super) fn basic_recover(&mut self, ctx: &mut ConnectionContext, requeue: bool, reply: bool) -> AmqpResult {
+        if !requeue {
+            return Err(AmqpError::not_implemented("requeue=false"));
+        }
+        let mut taken = Vec::new();
+        self.shared.take(0, true, &mut taken)?;
+        requeue_all(taken);
+        if reply {
+            self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
+        }
+        Ok(())
+    }
+
+    /// confirm.select: publisher confirms from the next publish on (RabbitMQ docs/confirms.md).
+    ///
+    /// # Errors
+    /// 406 on a transactional channel.
+    pub(super) fn confirm_select(&mut self, ctx: &mut ConnectionContext, m: confirm::Select) -> AmqpResult {
+        if self.tx.is_some() {
+            return Err(AmqpError::precondition_failed("cannot switch from tx to confirm mode"));
+        }
+        self.confirm = true;
+        if !m.nowait {
+            self.reply(ctx, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
+        }
+        Ok(())
+    }
+
+    /// tx.select.
+    ///
+    /// # Errors
+    /// 406 on a channel in confirm mode.
+    pub(super) fn tx_select(&mut self, ctx: &mut ConnectionContext) -> AmqpResult {
+        if self.confirm {
+            return Err(AmqpError::precondition_failed("cannot switch from confirm to tx mode"));
+        }
+        self.tx.get_or_insert_with(Vec::new);
+        self.reply(ctx, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+        Ok(())
+    }
+
+    /// tx.commit: applies the publishes and acks held since the last commit or rollback, in order.
+    ///
+    /// # Errors
+    /// 406 when not in tx mode, or an error of an applied operation.
+    pub(super) fn tx_commit(&mut self, ctx: &mut ConnectionContext) -> AmqpResult {
+        let Some(ops) = self.tx.replace(Vec::new()) else {
+            return Err(AmqpError::precondition_failed("channel is not transactional"));
+        };
+        self.tx = None;
+        let result = ops.into_iter().try_for_each(|op| match op {
+            TxOp::Publish { exchange, mandatory, message } => {
+                self.route_and_enqueue(ctx, exchange.as_str(), mandatory, message)
+            }
+            TxOp::Ack { tag, multiple } => self.basic_ack(ctx, tag, multiple),
+            TxOp::Nack { tag, multiple, requeue } => self.basic_nack(ctx, tag, multiple, requeue),
+        });
+        self.tx = Some(Vec::new());
+        result?;
+        self.reply(ctx, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+        Ok(())
+    }
+
+    /// tx.rollback: discards the held publishes and acks.
+    ///
+    /// # Errors
+    /// 406 when not in tx mode.
+    pub(super) fn tx_rollback(&mut self, ctx: &mut ConnectionContext) -> AmqpResult {
+        let Some(ops) = &mut self.tx else {
+            return Err(AmqpError::precondition_failed("channel is not transactional"));
+        };
+        ops.clear();
+        self.reply(ctx, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+        Ok(())
+    }
+
+    /// channel.flow: `active = true` is acknowledged; `active = false` is refused with 540 "active=false",
+    /// as RabbitMQ does (clients' test suites rely on it; consumers use basic.qos for back-pressure).
+    pub(super) fn channel_flow(&mut self, ctx: &mut ConnectionContext, active: bool) -> AmqpResult {
+        if !active {
+            return Err(AmqpError::not_implemented("active=false"));
+        }
+        self.reply(ctx, AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active })));
+        Ok(())
+    }
+}
+
+/// Releases consumer prefetch for settled deliveries and tells each queue (once per run of the same
+/// queue) so it can dispatch into the freed capacity. Empties `settled`.
+fn settle(settled: &mut Vec<Unacked>) {
+    let mut run: Option<(Arc<Queue>, usize)> = None;
+    for u in settled.drain(..) {
+        if let Some(c) = &u.consumer {
+            c.unacked.fetch_sub(1, Ordering::Relaxed);
+        }
+        match &mut run {
+            Some((q, n)) if Arc::ptr_eq(q, &u.queue) => *n += 1,
+            _ => {
+                if let Some((q, n)) = run.replace((u.queue, 1)) {
+                    q.settle(n);
+                }
+            }
+        }
+    }
+    if let Some((q, n)) = run {
+        q.settle(n);
+    }
+}

@@ -1,0 +1,491 @@
+//! Channels: per-channel state, the one `match` that dispatches methods to spec-named handlers, content
+//! assembly for basic.publish, and soft errors as `channel.close`.
+//!
+//! A channel has two halves. [`Channel`] lives in its connection's task and holds what only that task
+//! touches (content being assembled, confirm and tx state, the default prefetch). [`ChannelShared`] is
+//! reached from other tasks too: queues deliver into it (it is their [`ConsumerSink`]), so it holds the
+//! delivery-tag counter, the unacked deliveries and the consumer table behind one std `Mutex`.
+//! Handlers live in one file per AMQP class: `exchange.rs`, `queue.rs`, `basic.rs` (with confirm and tx).
+
+mod basic;
+mod exchange;
+mod queue;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::protocol::{AMQPClass, AMQPHardError, basic as amqp_basic, channel as amqp_channel};
+use amq_protocol::types::ShortString;
+use bytes::{Bytes, BytesMut};
+
+use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::Destination;
+use crate::message::MessageRef;
+use crate::protocol::encode;
+use crate::protocol::outbound::Outbound;
+use crate::queue::{Consumer, ConsumerSink, Queue, QueuedMessage};
+use crate::vhost::VHost;
+
+/// What a channel handler may use of its connection.
+#[derive(Debug)]
+pub struct ConnectionContext {
+    /// The vhost opened by connection.open.
+    pub vhost: Arc<VHost>,
+    /// Connection id (owner of exclusive queues).
+    pub conn_id: u64,
+    /// The connection's write buffer.
+    pub outbound: Arc<Outbound>,
+    /// Largest accepted message body, octets (RabbitMQ `max_message_size`).
+    pub max_message_size: u64,
+    /// The client advertised `consumer_cancel_notify`.
+    pub cancel_notify: bool,
+    /// Reused routing buffers (no allocation per publish).
+    route_queues: Vec<Arc<Queue>>,
+    route_scratch: Vec<Destination>,
+}
+
+impl ConnectionContext {
+    /// A context for a connection that has opened `vhost`.
+    pub fn new(
+        vhost: Arc<VHost>,
+        conn_id: u64,
+        outbound: Arc<Outbound>,
+        max_message_size: u64,
+        cancel_notify: bool,
+    ) -> Self {
+        ConnectionContext {
+            vhost,
+            conn_id,
+            outbound,
+            max_message_size,
+            cancel_notify,
+            route_queues: Vec::new(),
+            route_scratch: Vec::new(),
+        }
+    }
+}
+
+/// A delivery awaiting basic.ack / nack / reject.
+#[derive(Debug)]
+struct Unacked {
+    tag: u64,
+    queue: Arc<Queue>,
+    /// `None` for basic.get deliveries (no consumer prefetch to release).
+    consumer: Option<Arc<Consumer>>,
+    message: QueuedMessage,
+}
+
+/// Delivery state reached from queues: tags, unacked deliveries, consumers.
+#[derive(Debug, Default)]
+struct Deliveries {
+    next_tag: u64,
+    /// Sorted by tag (tags are assigned in increasing order).
+    unacked: VecDeque<Unacked>,
+    consumers: HashMap<ShortString, (Arc<Consumer>, Arc<Queue>)>,
+}
+
+/// The half of a channel that queues deliver into. See the module docs.
+#[derive(Debug)]
+pub struct ChannelShared {
+    /// Channel number.
+    pub id: u16,
+    outbound: Arc<Outbound>,
+    state: Mutex<Deliveries>,
+    /// `unacked.len()`, readable without the lock for the global prefetch check.
+    unacked_len: AtomicUsize,
+    /// Channel-wide prefetch (`basic.qos global=true`); 0 = unlimited.
+    global_prefetch: AtomicU16,
+    cancel_notify: bool,
+}
+
+impl ChannelShared {
+    fn lock(&self) -> MutexGuard<'_, Deliveries> {
+        // Nothing panics while holding this lock; recover the state rather than spread a poison.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a delivery (unless no-ack) and returns its tag. Call with the lock held so that tag order
+    /// equals write order.
+    fn track(&self, d: &mut Deliveries, queue: &Arc<Queue>, consumer: Option<&Arc<Consumer>>, m: &QueuedMessage, no_ack: bool) -> u64 {
+        d.next_tag += 1;
+        let tag = d.next_tag;
+        if !no_ack {
+            d.unacked.push_back(Unacked {
+                tag,
+                queue: Arc::clone(queue),
+                consumer: consumer.cloned(),
+                message: m.clone(),
+            });
+            self.unacked_len.store(d.unacked.len(), Ordering::Relaxed);
+        }
+        tag
+    }
+
+    /// Removes the deliveries `tag` (or all up to `tag` if `multiple`; `multiple` with 0 means all).
+    ///
+    /// # Errors
+    /// 406 PRECONDITION_FAILED "unknown delivery tag N" when `tag` is not outstanding.
+    fn take(&self, tag: u64, multiple: bool, out: &mut Vec<Unacked>) -> AmqpResult {
+        let mut d = self.lock();
+        if multiple && tag == 0 {
+            out.extend(d.unacked.drain(..));
+        } else {
+            let pos = d.unacked.binary_search_by_key(&tag, |u| u.tag);
+            let Ok(pos) = pos else {
+                return Err(AmqpError::precondition_failed(format!("unknown delivery tag {tag}")));
+            };
+            if multiple {
+                out.extend(d.unacked.drain(..=pos));
+            } else if let Some(u) = d.unacked.remove(pos) {
+                out.push(u);
+            }
+        }
+        self.unacked_len.store(d.unacked.len(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Queues this channel consumes from (to re-dispatch after capacity frees up).
+    fn consumer_queues(&self) -> Vec<Arc<Queue>> {
+        self.lock().consumers.values().map(|(_, q)| Arc::clone(q)).collect()
+    }
+}
+
+/// Writes a delivery (method, header, body frames) for `message` on `channel`.
+fn write_message(out: &mut BytesMut, channel: u16, message: &MessageRef, frame_max: usize) {
+    encode::content_header(out, channel, message.body_size(), &message.raw_properties);
+    if !message.body.is_empty() {
+        encode::content_body(out, channel, &message.body, frame_max);
+    }
+}
+
+impl ConsumerSink for ChannelShared {
+    fn has_capacity(&self, consumer: &Consumer) -> bool {
+        if !self.outbound.has_room() {
+            return false;
+        }
+        let global = self.global_prefetch.load(Ordering::Relaxed);
+        consumer.no_ack || global == 0 || self.unacked_len.load(Ordering::Relaxed) < usize::from(global)
+    }
+
+    fn deliver(&self, queue: &Arc<Queue>, consumer: &Arc<Consumer>, message: QueuedMessage) {
+        let mut d = self.lock();
+        let tag = self.track(&mut d, queue, Some(consumer), &message, consumer.no_ack);
+        let frame_max = self.outbound.frame_max();
+        let m = &message.message;
+        self.outbound.write(|out| {
+            encode::deliver_method(
+                out,
+                self.id,
+                consumer.tag.as_str(),
+                tag,
+                message.redelivered,
+                m.exchange.as_str(),
+                m.routing_key.as_str(),
+            );
+            write_message(out, self.id, m, frame_max);
+        });
+    }
+
+    fn cancelled(&self, consumer: &Arc<Consumer>) {
+        let mut d = self.lock();
+        let owned = d.consumers.get(consumer.tag.as_str()).is_some_and(|(c, _)| Arc::ptr_eq(c, consumer));
+        if owned {
+            d.consumers.remove(consumer.tag.as_str());
+        }
+        drop(d);
+        if owned && self.cancel_notify {
+            let cancel = amqp_basic::Cancel { consumer_tag: consumer.tag.clone(), nowait: true };
+            self.outbound.write(|out| {
+                encode::frame(out, &AMQPFrame::Method(self.id, AMQPClass::Basic(amqp_basic::AMQPMethod::Cancel(cancel))))
+            });
+        }
+    }
+}
+
+/// Content assembly after basic.publish (AMQP 0-9-1 §4.2.6: method, header, body frames in order).
+#[derive(Debug, Default)]
+enum Content {
+    #[default]
+    Idle,
+    Header(amqp_basic::Publish),
+    Body {
+        publish: amqp_basic::Publish,
+        header: Box<AMQPContentHeader>,
+        raw_properties: Bytes,
+        body: BytesMut,
+        first: Option<Bytes>,
+    },
+}
+
+/// A basic.publish or an ack held back until tx.commit.
+#[derive(Debug)]
+enum TxOp {
+    Publish { exchange: ShortString, mandatory: bool, message: MessageRef },
+    Ack { tag: u64, multiple: bool },
+    Nack { tag: u64, multiple: bool, requeue: bool },
+}
+
+/// The connection-task half of a channel. See the module docs.
+#[derive(Debug)]
+pub struct Channel {
+    shared: Arc<ChannelShared>,
+    /// The server sent channel.close and awaits close-ok: other frames are dropped.
+    closing: bool,
+    content: Content,
+    /// Publisher confirms on (confirm.select).
+    confirm: bool,
+    /// Sequence number of the last basic.publish in confirm mode.
+    publish_seq: u64,
+    /// Highest sequence number confirmed so far.
+    confirmed: u64,
+    /// Transaction mode (tx.select) and its pending operations.
+    tx: Option<Vec<TxOp>>,
+    /// Prefetch count for consumers created from now on (`basic.qos global=false`).
+    consumer_prefetch: u16,
+    /// Last queue declared on this channel, used when a method names the empty queue (AMQP 0-9-1 §1.7.2.1).
+    last_queue: Option<ShortString>,
+    /// Reused buffer for acks.
+    settle_buf: Vec<Unacked>,
+}
+
+impl Channel {
+    /// A newly opened channel `id` writing to `ctx.outbound`.
+    pub fn new(id: u16, ctx: &ConnectionContext) -> Self {
+        let shared = Arc::new(ChannelShared {
+            id,
+            outbound: Arc::clone(&ctx.outbound),
+            state: Mutex::new(Deliveries::default()),
+            unacked_len: AtomicUsize::new(0),
+            global_prefetch: AtomicU16::new(0),
+            cancel_notify: ctx.cancel_notify,
+        });
+        Channel {
+            shared,
+            closing: false,
+            content: Content::Idle,
+            confirm: false,
+            publish_seq: 0,
+            confirmed: 0,
+            tx: None,
+            consumer_prefetch: 0,
+            last_queue: None,
+            settle_buf: Vec::new(),
+        }
+    }
+
+    /// Channel number.
+    pub fn id(&self) -> u16 {
+        self.shared.id
+    }
+
+    /// Whether the server closed this channel and awaits channel.close-ok.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    fn reply(&self, ctx: &ConnectionContext, method: AMQPClass) {
+        ctx.outbound.write(|out| encode::frame(out, &AMQPFrame::Method(self.id(), method)));
+    }
+
+    /// Handles one method for this channel (not channel.open/close, which the connection handles).
+    ///
+    /// # Errors
+    /// Channel errors close this channel; connection errors close the connection.
+    pub fn handle_method(&mut self, ctx: &mut ConnectionContext, method: AMQPClass) -> AmqpResult {
+        if !matches!(self.content, Content::Idle) {
+            return Err(AmqpError::unexpected_frame(format!(
+                "expected content frame for class 60, got method {}.{} instead",
+                method.get_amqp_class_id(),
+                method.get_amqp_method_id()
+            )));
+        }
+        use amq_protocol::protocol::{confirm, exchange as x, queue as q, tx};
+        match method {
+            AMQPClass::Exchange(x::AMQPMethod::Declare(m)) => self.exchange_declare(ctx, m),
+            AMQPClass::Exchange(x::AMQPMethod::Delete(m)) => self.exchange_delete(ctx, m),
+            AMQPClass::Exchange(x::AMQPMethod::Bind(m)) => self.exchange_bind(ctx, m),
+            AMQPClass::Exchange(x::AMQPMethod::Unbind(m)) => self.exchange_unbind(ctx, m),
+            AMQPClass::Queue(q::AMQPMethod::Declare(m)) => self.queue_declare(ctx, m),
+            AMQPClass::Queue(q::AMQPMethod::Bind(m)) => self.queue_bind(ctx, m),
+            AMQPClass::Queue(q::AMQPMethod::Unbind(m)) => self.queue_unbind(ctx, m),
+            AMQPClass::Queue(q::AMQPMethod::Purge(m)) => self.queue_purge(ctx, m),
+            AMQPClass::Queue(q::AMQPMethod::Delete(m)) => self.queue_delete(ctx, m),
+            AMQPClass::Basic(amqp_basic::AMQPMethod::Qos(m)) => self.basic_qos(ctx, m),
+            AMQPClass::Basic(amqp_basic::AMQPMethod::Consume(m)) => self.basic_consume(ctx, m),
+            AMQPClass::Basic(amqp_basic::AMQPMethod::Cancel(m)) => self.basic_cancel(ctx, m),
+            AMQPClass::Basic(amqp_basic::AMQPMethod::Publish(m)) => self.basic_publish(m),
+            AMQPClass::Basic(amqp_basic::AMQPMethod::Get(m)) => self.basic_get(ctx, m),
+            AMQPClass::Basic(amqp_basic::AMQPMethod::Ack(m)) => self.basic_ack(ctx, m.delivery_tag, m.multiple),
+            AMQPClass::Basic(amqp_basic::AMQPMethod::Nack(m)) => {
+                self.basic_nack(ctx, m.delivery_tag, m.multiple, m.requeue)
+            }
+            AMQPClass::Basic(amqp_basic::AMQPMethod::Reject(m)) => {
+                self.basic_nack(ctx, m.delivery_tag, false, m.requeue)
+            }
+            AMQPClass::Basic(amqp_basic::AMQPMethod::Recover(m)) => self.basic_recover(ctx, m.requeue, true),
+            AMQPClass::Basic(amqp_basic::AMQPMethod::RecoverAsync(m)) => self.basic_recover(ctx, m.requeue, false),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(m)) => self.confirm_select(ctx, m),
+            AMQPClass::Tx(tx::AMQPMethod::Select(_)) => self.tx_select(ctx),
+            AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => self.tx_commit(ctx),
+            AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => self.tx_rollback(ctx),
+            AMQPClass::Channel(amqp_channel::AMQPMethod::Flow(m)) => self.channel_flow(ctx, m.active),
+            AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::Request(_)) => {
+                // Deprecated in 0-9-1; RabbitMQ accepts it as a no-op (docs/spec-differences.md).
+                let ok = amq_protocol::protocol::access::RequestOk {};
+                self.reply(ctx, AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::RequestOk(ok)));
+                Ok(())
+            }
+            other => Err(AmqpError::command_invalid(format!(
+                "method {}.{} is not valid from a client on a channel",
+                other.get_amqp_class_id(),
+                other.get_amqp_method_id()
+            ))),
+        }
+    }
+
+    /// Handles a content header frame.
+    ///
+    /// # Errors
+    /// 505 UNEXPECTED_FRAME when no header is expected; 406 when the body exceeds `max_message_size`.
+    pub fn handle_header(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        header: Box<AMQPContentHeader>,
+        raw_properties: Bytes,
+    ) -> AmqpResult {
+        let Content::Header(publish) = std::mem::take(&mut self.content) else {
+            return Err(AmqpError::unexpected_frame("content header received without a preceding basic.publish"));
+        };
+        if header.class_id != 60 {
+            return Err(AmqpError::unexpected_frame(format!(
+                "content header for class {} does not match basic.publish",
+                header.class_id
+            )));
+        }
+        if header.body_size > ctx.max_message_size {
+            return Err(AmqpError::precondition_failed(format!(
+                "message size {} is larger than configured max size {}",
+                header.body_size, ctx.max_message_size
+            )));
+        }
+        if header.body_size == 0 {
+            return self.publish_content(ctx, publish, &header, raw_properties, Bytes::new());
+        }
+        self.content = Content::Body { publish, header, raw_properties, body: BytesMut::new(), first: None };
+        Ok(())
+    }
+
+    /// Handles a content body frame.
+    ///
+    /// # Errors
+    /// 505 UNEXPECTED_FRAME when no body is expected; 501 FRAME_ERROR when the body exceeds its declared size.
+    pub fn handle_body(&mut self, ctx: &mut ConnectionContext, data: Bytes) -> AmqpResult {
+        let Content::Body { body, first, header, .. } = &mut self.content else {
+            return Err(AmqpError::unexpected_frame("content body received without a preceding content header"));
+        };
+        let expected = header.body_size as usize;
+        let received = first.as_ref().map_or(body.len(), Bytes::len) + data.len();
+        if received > expected {
+            return Err(AmqpError::connection(
+                AMQPHardError::FRAMEERROR,
+                format!("content body of {received} octets exceeds the declared body size {expected}"),
+            ));
+        }
+        if first.is_none() && body.is_empty() {
+            *first = Some(data); // zero-copy when the body comes in one frame
+        } else {
+            if let Some(f) = first.take() {
+                body.reserve(expected);
+                body.extend_from_slice(&f);
+            }
+            body.extend_from_slice(&data);
+        }
+        if received < expected {
+            return Ok(());
+        }
+        let Content::Body { publish, header, raw_properties, body, first } = std::mem::take(&mut self.content) else {
+            return Ok(());
+        };
+        let body = first.unwrap_or_else(|| body.freeze());
+        self.publish_content(ctx, publish, &header, raw_properties, body)
+    }
+
+    /// Sends the pending publisher confirm (one basic.ack, `multiple` when it covers several publishes).
+    /// Called once per batch of frames read, so a burst of publishes costs one ack.
+    pub fn flush_confirms(&mut self, ctx: &ConnectionContext) {
+        if self.confirm && self.publish_seq > self.confirmed {
+            let multiple = self.publish_seq - self.confirmed > 1;
+            let tag = self.publish_seq;
+            self.confirmed = tag;
+            ctx.outbound.write(|out| encode::basic_ack(out, self.id(), tag, multiple));
+        }
+    }
+
+    /// Re-dispatches the queues this channel consumes from (after its write buffer drained).
+    pub fn kick_consumers(&self) {
+        for q in self.shared.consumer_queues() {
+            q.kick();
+        }
+    }
+
+    /// Closes the channel from the server side after a soft error: sends channel.close, frees resources.
+    pub fn close_with_error(&mut self, ctx: &ConnectionContext, error: &AmqpError, class_id: u16, method_id: u16) {
+        let close = amqp_channel::Close {
+            reply_code: error.reply_code(),
+            reply_text: short_text(error.reply_text()),
+            class_id,
+            method_id,
+        };
+        self.reply(ctx, AMQPClass::Channel(amqp_channel::AMQPMethod::Close(close)));
+        self.release(ctx);
+        self.closing = true;
+    }
+
+    /// Frees the channel: cancels its consumers (deleting auto-delete queues left without one) and
+    /// requeues its unacked deliveries in their original order.
+    pub fn release(&mut self, ctx: &ConnectionContext) {
+        self.content = Content::Idle;
+        self.tx = None;
+        let (consumers, unacked) = {
+            let mut d = self.shared.lock();
+            let consumers: Vec<_> = d.consumers.drain().map(|(_, v)| v).collect();
+            let unacked: Vec<_> = d.unacked.drain(..).collect();
+            self.shared.unacked_len.store(0, Ordering::Relaxed);
+            (consumers, unacked)
+        };
+        for (consumer, queue) in consumers {
+            if queue.remove_consumer(&consumer) {
+                ctx.vhost.remove_queue(&queue);
+            }
+        }
+        requeue_all(unacked);
+    }
+}
+
+/// Requeues deliveries, grouped by queue, and releases their consumers' prefetch.
+fn requeue_all(unacked: Vec<Unacked>) {
+    let mut by_queue: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
+    for u in unacked {
+        if let Some(c) = &u.consumer {
+            c.unacked.fetch_sub(1, Ordering::Relaxed);
+        }
+        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, ms)) => ms.push(u.message),
+            None => by_queue.push((u.queue, vec![u.message])),
+        }
+    }
+    for (q, ms) in by_queue {
+        q.requeue(ms);
+    }
+}
+
+/// A reply text as a short string, cut at a character boundary to 255 bytes.
+pub fn short_text(text: &str) -> ShortString {
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::try_new(&text[..end]).unwrap_or_default()
+}

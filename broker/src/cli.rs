@@ -1,0 +1,57 @@
+//! Command line (clap). Each option can also come from a `WARREN_*` environment variable; both override
+//! the config file.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::Config;
+
+/// Warren: an AMQP 0-9-1 message broker, wire-compatible with RabbitMQ.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, about)]
+pub struct Cli {
+    /// TOML config file (see README "Configuration").
+    #[arg(long, env = "WARREN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to accept AMQP connections on, HOST:PORT; repeat for several (default 127.0.0.1:5672).
+    /// In the environment, separate several with commas.
+    #[arg(long, env = "WARREN_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<String>,
+    /// Directory for durable state.
+    #[arg(long, env = "WARREN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of .wasm plugins.
+    #[arg(long, env = "WARREN_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// Log filter, e.g. `info`, `debug`, `warren=trace`.
+    #[arg(long, env = "WARREN_LOG")]
+    pub log: Option<String>,
+}
+
+impl Cli {
+    /// The effective configuration: defaults, then the config file, then these options.
+    ///
+    /// # Errors
+    /// The config file cannot be read or parsed, or the result is invalid.
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if !self.listen.is_empty() {
+            config.listen = self.listen;
+        }
+        if self.data_dir.is_some() {
+            config.data_dir = self.data_dir;
+        }
+        if self.plugin_dir.is_some() {
+            config.plugin_dir = self.plugin_dir;
+        }
+        if let Some(log) = self.log {
+            config.log = log;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}

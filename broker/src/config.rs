@@ -1,0 +1,115 @@
+//! Broker configuration: defaults, a TOML file, `WARREN_*` environment variables and the command line,
+//! later sources overriding earlier ones. Validated once at load; passed down explicitly (no global).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// A user allowed to connect (SASL PLAIN / AMQPLAIN).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct User {
+    /// User name.
+    pub name: String,
+    /// Password (plain text in the config file for now).
+    pub password: String,
+}
+
+/// All settings. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Addresses to accept AMQP connections on, `HOST:PORT` (default `127.0.0.1:5672`).
+    pub listen: Vec<String>,
+    /// Where durable state is kept (used by the durability work; accepted now).
+    pub data_dir: Option<PathBuf>,
+    /// Directory of `.wasm` plugins (used by the plugin work; accepted now).
+    pub plugin_dir: Option<PathBuf>,
+    /// Log filter in `tracing_subscriber::EnvFilter` syntax, e.g. `info` or `warren=debug`.
+    pub log: String,
+    /// Users; default `guest`/`guest`.
+    pub users: Vec<User>,
+    /// Virtual hosts; default `["/"]`.
+    pub vhosts: Vec<String>,
+    /// Heartbeat interval the server proposes in connection.tune, seconds (RabbitMQ default 60; 0 = off).
+    pub heartbeat: u16,
+    /// Largest frame the server accepts, octets (connection.tune frame_max; default 131072).
+    pub frame_max: u32,
+    /// Most channels per connection (connection.tune channel_max; RabbitMQ default 2047).
+    pub channel_max: u16,
+    /// Largest message body accepted, octets (RabbitMQ `max_message_size`, default 16 MiB).
+    pub max_message_size: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec!["127.0.0.1:5672".into()],
+            data_dir: None,
+            plugin_dir: None,
+            log: "info".into(),
+            users: vec![User { name: "guest".into(), password: "guest".into() }],
+            vhosts: vec!["/".into()],
+            heartbeat: 60,
+            frame_max: 131_072,
+            channel_max: 2047,
+            max_message_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    ///
+    /// # Errors
+    /// The file cannot be read or parsed, or the result is invalid.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        let config: Config = toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values a broker cannot run with.
+    ///
+    /// # Errors
+    /// A message naming the bad setting.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.listen.is_empty() {
+            bail!("no listen address configured");
+        }
+        if self.frame_max < 4096 {
+            bail!("frame_max must be at least 4096 (AMQP 0-9-1 frame-min-size), got {}", self.frame_max);
+        }
+        if self.vhosts.is_empty() {
+            bail!("at least one vhost must be configured");
+        }
+        if self.max_message_size > 512 * 1024 * 1024 {
+            bail!("max_message_size may be at most 512 MiB, as in RabbitMQ");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_unknown_keys_fail() {
+        let dir = std::env::temp_dir().join(format!("warren-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("warren.toml");
+        std::fs::write(&path, "listen = [\"0.0.0.0:5673\"]\nheartbeat = 10\n[[users]]\nname = \"a\"\npassword = \"b\"\n")
+            .unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.listen, ["0.0.0.0:5673"]);
+        assert_eq!(c.heartbeat, 10);
+        assert_eq!(c.users, [User { name: "a".into(), password: "b".into() }]);
+        assert_eq!(c.frame_max, 131_072);
+        std::fs::write(&path, "listn = []\n").unwrap();
+        assert!(Config::from_file(&path).is_err());
+        std::fs::write(&path, "frame_max = 100\n").unwrap();
+        assert!(Config::from_file(&path).is_err());
+    }
+}

@@ -1,0 +1,528 @@
+//! One client connection: protocol header, handshake (start / tune / open), heartbeats, the channel
+//! table, demultiplexing frames to channels, and hard errors as `connection.close`.
+//!
+//! One task per connection reads frames and handles them synchronously; a second task
+//! ([`Outbound::run_writer`]) writes. Publisher confirms are flushed once per read batch.
+//! Reference: AMQP 0-9-1 §2.2.4 (connection), §4.2 (framing), RabbitMQ docs/heartbeats.md.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{AMQPClass, AMQPHardError, channel as amqp_channel, connection};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::channel::{Channel, ConnectionContext, short_text};
+use crate::error::AmqpError;
+use crate::protocol::outbound::Outbound;
+use crate::protocol::{Frame, FrameError, PROTOCOL_HEADER, decode_frame, encode};
+use crate::server::Broker;
+
+/// How long a client has to complete the handshake, and to answer our connection.close.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitStartOk,
+    AwaitTuneOk,
+    AwaitOpen,
+    Open,
+    /// We sent connection.close and wait for close-ok; everything else is dropped.
+    Closing,
+    /// We answered the client's connection.close; wait (bounded) for it to close the socket, as RabbitMQ
+    /// does, dropping anything else it sends (AMQP 0-9-1 §2.2.4: the side that sent close closes).
+    Draining,
+    /// Done: the socket is to be closed.
+    Closed,
+}
+
+struct Connection {
+    broker: Arc<Broker>,
+    id: u64,
+    peer: SocketAddr,
+    outbound: Arc<Outbound>,
+    state: State,
+    frame_max: usize,
+    channel_max: u16,
+    heartbeat: u16,
+    cancel_notify: bool,
+    user: String,
+    ctx: Option<ConnectionContext>,
+    channels: HashMap<u16, Channel>,
+    close_deadline: Option<Instant>,
+}
+
+/// Serves one accepted socket until it closes or `shutdown` fires (then closes it with 320).
+pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>, shutdown: CancellationToken) {
+    let _ = socket.set_nodelay(true);
+    let (rd, wr) = socket.into_split();
+    let outbound = Arc::new(Outbound::new(broker.config.frame_max as usize));
+    let writer = {
+        let outbound = Arc::clone(&outbound);
+        tokio::spawn(async move { outbound.run_writer(wr).await })
+    };
+    let id = broker.next_connection_id();
+    let mut conn = Connection {
+        frame_max: broker.config.frame_max as usize,
+        channel_max: broker.config.channel_max,
+        heartbeat: 0,
+        broker,
+        id,
+        peer,
+        outbound: Arc::clone(&outbound),
+        state: State::AwaitStartOk,
+        cancel_notify: false,
+        user: String::new(),
+        ctx: None,
+        channels: HashMap::new(),
+        close_deadline: None,
+    };
+    debug!(conn = id, %peer, "accepted connection");
+    if let Err(e) = conn.run(rd, shutdown).await {
+        debug!(conn = id, %peer, error = %e, "connection read error");
+    }
+    conn.cleanup();
+    outbound.close();
+    let _ = writer.await;
+    info!(conn = id, %peer, user = %conn.user, "connection closed");
+}
+
+impl Connection {
+    async fn run(&mut self, mut rd: OwnedReadHalf, shutdown: CancellationToken) -> std::io::Result<()> {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let handshake_deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        while buf.len() < PROTOCOL_HEADER.len() {
+            match tokio::time::timeout_at(handshake_deadline, rd.read_buf(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) => return Ok(()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+        if &buf[..PROTOCOL_HEADER.len()] != PROTOCOL_HEADER {
+            // AMQP 0-9-1 §4.2.2: answer with the header we support, then close.
+            debug!(conn = self.id, peer = %self.peer, "bad protocol header");
+            self.outbound.write(|out| out.extend_from_slice(PROTOCOL_HEADER));
+            return Ok(());
+        }
+        buf.advance(PROTOCOL_HEADER.len());
+        self.send_start();
+
+        let mut last_recv = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_heartbeat_sent = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if self.state == State::Open => {
+                    let e = AmqpError::connection(
+                        AMQPHardError::CONNECTIONFORCED,
+                        "broker forced connection closure with reason 'shutdown'",
+                    );
+                    self.fail(&e, 0, 0);
+                }
+                () = self.outbound.resume.notified() => {
+                    for ch in self.channels.values() {
+                        ch.kick_consumers();
+                    }
+                }
+                read = rd.read_buf(&mut buf) => {
+                    if read? == 0 {
+                        return Ok(());
+                    }
+                    last_recv = Instant::now();
+                    self.process(&mut buf);
+                }
+                now = tick.tick() => {
+                    let handshaking = matches!(self.state, State::AwaitStartOk | State::AwaitTuneOk | State::AwaitOpen);
+                    if handshaking && now > handshake_deadline {
+                        debug!(conn = self.id, "handshake timed out");
+                        return Ok(());
+                    }
+                    if self.close_deadline.is_some_and(|d| now > d) {
+                        return Ok(());
+                    }
+                    if self.heartbeat > 0 {
+                        let interval = Duration::from_secs(u64::from(self.heartbeat));
+                        if now.duration_since(last_recv) > interval * 2 {
+                            warn!(conn = self.id, peer = %self.peer, "missed heartbeats from client, closing");
+                            return Ok(());
+                        }
+                        if now.duration_since(last_heartbeat_sent) >= interval / 2 {
+                            last_heartbeat_sent = now;
+                            self.outbound.write(encode::heartbeat);
+                        }
+                    }
+                }
+            }
+            if self.state == State::Closed || self.outbound.is_closed() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Decodes and handles every complete frame in `buf`, then flushes publisher confirms.
+    fn process(&mut self, buf: &mut BytesMut) {
+        while self.state != State::Closed {
+            match decode_frame(buf, self.frame_max) {
+                Ok(Some(frame)) => self.handle_frame(frame),
+                Ok(None) => break,
+                Err(e) => {
+                    if matches!(self.state, State::Closing | State::Draining) {
+                        self.state = State::Closed;
+                        break;
+                    }
+                    let code = match e {
+                        FrameError::UnknownMethod { .. } => AMQPHardError::NOTIMPLEMENTED,
+                        FrameError::Malformed { .. } => AMQPHardError::SYNTAXERROR,
+                        _ => AMQPHardError::FRAMEERROR,
+                    };
+                    warn!(conn = self.id, peer = %self.peer, error = %e, "bad frame");
+                    self.fail(&AmqpError::connection(code, e), 0, 0);
+                    buf.clear();
+                    break;
+                }
+            }
+        }
+        if let Some(ctx) = &self.ctx {
+            for ch in self.channels.values_mut() {
+                ch.flush_confirms(ctx);
+            }
+        }
+    }
+
+    fn send(&self, channel: u16, method: AMQPClass) {
+        self.outbound.write(|out| encode::frame(out, &AMQPFrame::Method(channel, method)));
+    }
+
+    /// Sends connection.close for a hard error, frees every channel and waits for close-ok.
+    fn fail(&mut self, error: &AmqpError, class_id: u16, method_id: u16) {
+        let close = connection::Close {
+            reply_code: error.reply_code(),
+            reply_text: short_text(error.reply_text()),
+            class_id,
+            method_id,
+        };
+        self.send(0, AMQPClass::Connection(connection::AMQPMethod::Close(close)));
+        self.release_channels();
+        self.state = State::Closing;
+        self.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+    }
+
+    fn release_channels(&mut self) {
+        if let Some(ctx) = &self.ctx {
+            for (_, mut ch) in self.channels.drain() {
+                ch.release(ctx);
+            }
+        }
+        self.channels.clear();
+    }
+
+    fn cleanup(&mut self) {
+        self.release_channels();
+        if let Some(ctx) = &self.ctx {
+            ctx.vhost.remove_exclusive_queues(self.id);
+        }
+    }
+
+    fn drain(&mut self) {
+        self.state = State::Draining;
+        self.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+    }
+
+    fn handle_frame(&mut self, frame: Frame) {
+        if self.state == State::Draining {
+            return;
+        }
+        if self.state == State::Closing {
+            if let Frame::Method(0, method) = frame {
+                match *method {
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => self.state = State::Closed,
+                    AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                        self.send(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                        self.drain();
+                    }
+                    _ => {}
+                }
+            }
+            return;
+        }
+        let result = match frame {
+            Frame::Heartbeat(0) => Ok(()),
+            Frame::Heartbeat(ch) => {
+                Err(AmqpError::connection(AMQPHardError::FRAMEERROR, format!("heartbeat frame on channel {ch}")))
+            }
+            Frame::Method(0, method) => {
+                let ids = (method.get_amqp_class_id(), method.get_amqp_method_id());
+                if let Err(e) = self.connection_method(*method) {
+                    self.fail(&e, ids.0, ids.1);
+                }
+                Ok(())
+            }
+            Frame::Method(ch, method) => {
+                self.channel_method(ch, *method);
+                Ok(())
+            }
+            Frame::Header(ch, header, raw) => self.with_channel(ch, 60, 40, |c, ctx| c.handle_header(ctx, header, raw)),
+            Frame::Body(ch, data) => self.with_channel(ch, 60, 40, |c, ctx| c.handle_body(ctx, data)),
+        };
+        if let Err(e) = result {
+            self.fail(&e, 0, 0);
+        }
+    }
+
+    /// Runs `f` on an open channel and turns its error into a channel or connection close.
+    fn with_channel(
+        &mut self,
+        ch: u16,
+        class_id: u16,
+        method_id: u16,
+        f: impl FnOnce(&mut Channel, &mut ConnectionContext) -> Result<(), AmqpError>,
+    ) -> Result<(), AmqpError> {
+        let Some(ctx) = self.ctx.as_mut() else {
+            return Err(AmqpError::channel_error("connection not open"));
+        };
+        let Some(channel) = self.channels.get_mut(&ch) else {
+            return Err(AmqpError::channel_error(format!("expected 'channel.open' on channel {ch}")));
+        };
+        if channel.is_closing() {
+            return Ok(()); // frames after our channel.close are dropped until close-ok (§2.2.4)
+        }
+        match f(channel, ctx) {
+            Ok(()) => Ok(()),
+            Err(e @ AmqpError::Channel(_)) => {
+                debug!(conn = self.id, channel = ch, error = %e, "channel error");
+                channel.close_with_error(ctx, &e, class_id, method_id);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn channel_method(&mut self, ch: u16, method: AMQPClass) {
+        let (class_id, method_id) = (method.get_amqp_class_id(), method.get_amqp_method_id());
+        let result = match method {
+            AMQPClass::Channel(amqp_channel::AMQPMethod::Open(_)) => self.channel_open(ch),
+            AMQPClass::Channel(amqp_channel::AMQPMethod::Close(_)) => {
+                if let (Some(mut c), Some(ctx)) = (self.channels.remove(&ch), self.ctx.as_ref()) {
+                    c.release(ctx);
+                }
+                self.send(ch, AMQPClass::Channel(amqp_channel::AMQPMethod::CloseOk(amqp_channel::CloseOk {})));
+                Ok(())
+            }
+            AMQPClass::Channel(amqp_channel::AMQPMethod::CloseOk(_)) => {
+                if self.channels.get(&ch).is_some_and(Channel::is_closing) {
+                    self.channels.remove(&ch);
+                }
+                Ok(())
+            }
+            AMQPClass::Connection(_) => {
+                Err(AmqpError::command_invalid(format!("connection method on channel {ch}")))
+            }
+            method => self.with_channel(ch, class_id, method_id, |c, ctx| c.handle_method(ctx, method)),
+        };
+        if let Err(e) = result {
+            self.fail(&e, class_id, method_id);
+        }
+    }
+
+    fn channel_open(&mut self, ch: u16) -> Result<(), AmqpError> {
+        let Some(ctx) = &self.ctx else {
+            return Err(AmqpError::channel_error("channel.open before connection.open"));
+        };
+        if ch > self.channel_max {
+            return Err(AmqpError::not_allowed(format!(
+                "channel id {ch} exceeds negotiated channel_max {}",
+                self.channel_max
+            )));
+        }
+        if self.channels.contains_key(&ch) {
+            return Err(AmqpError::channel_error("second 'channel.open' seen"));
+        }
+        self.channels.insert(ch, Channel::new(ch, ctx));
+        self.send(ch, AMQPClass::Channel(amqp_channel::AMQPMethod::OpenOk(amqp_channel::OpenOk {})));
+        Ok(())
+    }
+
+    fn connection_method(&mut self, method: AMQPClass) -> Result<(), AmqpError> {
+        use connection::AMQPMethod as M;
+        let AMQPClass::Connection(method) = method else {
+            return Err(AmqpError::command_invalid("only connection methods are valid on channel 0"));
+        };
+        match (self.state, method) {
+            (State::AwaitStartOk, M::StartOk(m)) => self.start_ok(&m),
+            (State::AwaitTuneOk, M::TuneOk(m)) => self.tune_ok(&m),
+            (State::AwaitOpen, M::Open(m)) => self.open(&m),
+            (_, M::Close(_)) => {
+                self.release_channels();
+                self.send(0, AMQPClass::Connection(M::CloseOk(connection::CloseOk {})));
+                self.drain();
+                Ok(())
+            }
+            (State::Open, M::UpdateSecret(_)) => {
+                self.send(0, AMQPClass::Connection(M::UpdateSecretOk(connection::UpdateSecretOk {})));
+                Ok(())
+            }
+            (State::Open, M::Blocked(_) | M::Unblocked(_)) => Ok(()),
+            (state, m) => Err(AmqpError::command_invalid(format!("unexpected method {m:?} in state {state:?}"))),
+        }
+    }
+
+    fn send_start(&self) {
+        let mut caps = FieldTable::default();
+        for cap in [
+            "publisher_confirms",
+            "exchange_exchange_bindings",
+            "basic.nack",
+            "consumer_cancel_notify",
+            "connection.blocked",
+            "authentication_failure_close",
+            "per_consumer_qos",
+        ] {
+            caps.insert(cap.into(), AMQPValue::Boolean(true));
+        }
+        let mut props = FieldTable::default();
+        let s = |v: &str| AMQPValue::LongString(LongString::from(v));
+        props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+        props.insert("product".into(), s("Warren"));
+        props.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
+        props.insert("platform".into(), s("Rust"));
+        props.insert("cluster_name".into(), s("warren"));
+        props.insert("copyright".into(), s("The Warren authors"));
+        props.insert("information".into(), s("Licensed under the Apache License 2.0"));
+        let start = connection::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: props,
+            mechanisms: LongString::from("PLAIN AMQPLAIN"),
+            locales: LongString::from("en_US"),
+        };
+        self.send(0, AMQPClass::Connection(connection::AMQPMethod::Start(start)));
+    }
+
+    fn start_ok(&mut self, m: &connection::StartOk) -> Result<(), AmqpError> {
+        if let Some(AMQPValue::FieldTable(caps)) = m.client_properties.inner().get("capabilities") {
+            self.cancel_notify = matches!(caps.inner().get("consumer_cancel_notify"), Some(AMQPValue::Boolean(true)));
+        }
+        let mechanism = m.mechanism.as_str();
+        let credentials = match mechanism {
+            "PLAIN" => parse_plain(m.response.as_bytes()),
+            "AMQPLAIN" => parse_amqplain(m.response.as_bytes()),
+            other => {
+                return Err(AmqpError::command_invalid(format!("unknown authentication mechanism '{other}'")));
+            }
+        };
+        let allowed = credentials.as_ref().is_some_and(|(user, pass)| {
+            self.broker.config.users.iter().any(|u| &u.name == user && &u.password == pass)
+        });
+        if !allowed {
+            warn!(conn = self.id, peer = %self.peer, mechanism, user = ?credentials.map(|c| c.0), "login refused");
+            // Sent as connection.close 403 (RabbitMQ's authentication_failure_close behaviour).
+            return Err(AmqpError::access_refused(format!(
+                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+            )));
+        }
+        self.user = credentials.map(|c| c.0).unwrap_or_default();
+        let tune = connection::Tune {
+            channel_max: self.broker.config.channel_max,
+            frame_max: self.broker.config.frame_max,
+            heartbeat: self.broker.config.heartbeat,
+        };
+        self.send(0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune)));
+        self.state = State::AwaitTuneOk;
+        Ok(())
+    }
+
+    fn tune_ok(&mut self, m: &connection::TuneOk) -> Result<(), AmqpError> {
+        let server = &self.broker.config;
+        let frame_max = if m.frame_max == 0 { server.frame_max } else { m.frame_max };
+        if frame_max > server.frame_max {
+            return Err(AmqpError::not_allowed(format!("frame_max={frame_max} > {} max", server.frame_max)));
+        }
+        if frame_max < amq_protocol::protocol::constants::FRAME_MIN_SIZE {
+            return Err(AmqpError::not_allowed(format!("frame_max={frame_max} < 4096 min")));
+        }
+        let channel_max = if m.channel_max == 0 { server.channel_max } else { m.channel_max };
+        if channel_max > server.channel_max {
+            return Err(AmqpError::not_allowed(format!("channel_max={channel_max} > {} max", server.channel_max)));
+        }
+        self.frame_max = frame_max as usize;
+        self.outbound.set_frame_max(self.frame_max);
+        self.channel_max = channel_max;
+        self.heartbeat = m.heartbeat;
+        self.state = State::AwaitOpen;
+        Ok(())
+    }
+
+    fn open(&mut self, m: &connection::Open) -> Result<(), AmqpError> {
+        let Some(vhost) = self.broker.vhost(m.virtual_host.as_str()) else {
+            return Err(AmqpError::not_allowed(format!("vhost {} not found", m.virtual_host)));
+        };
+        self.ctx = Some(ConnectionContext::new(
+            vhost,
+            self.id,
+            Arc::clone(&self.outbound),
+            self.broker.config.max_message_size,
+            self.cancel_notify,
+        ));
+        self.send(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})));
+        self.state = State::Open;
+        info!(conn = self.id, peer = %self.peer, user = %self.user, vhost = %m.virtual_host, "connection opened");
+        Ok(())
+    }
+}
+
+/// SASL PLAIN response: `[authzid] NUL authcid NUL passwd` (RFC 4616).
+fn parse_plain(response: &[u8]) -> Option<(String, String)> {
+    let mut parts = response.split(|b| *b == 0);
+    let _authzid = parts.next()?;
+    let user = parts.next()?;
+    let pass = parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((String::from_utf8(user.to_vec()).ok()?, String::from_utf8(pass.to_vec()).ok()?))
+}
+
+/// AMQPLAIN response: a field table without its length prefix, with `LOGIN` and `PASSWORD`.
+fn parse_amqplain(response: &[u8]) -> Option<(String, String)> {
+    let mut framed = Vec::with_capacity(response.len() + 4);
+    framed.extend_from_slice(&(response.len() as u32).to_be_bytes());
+    framed.extend_from_slice(response);
+    let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
+    let text = |key: &str| match table.inner().get(key)? {
+        AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    };
+    Some((text("LOGIN")?, text("PASSWORD")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasl_responses() {
+        assert_eq!(parse_plain(b"\0guest\0guest"), Some(("guest".into(), "guest".into())));
+        assert_eq!(parse_plain(b"guest\0guest"), None);
+        let mut table = FieldTable::default();
+        table.insert("LOGIN".into(), AMQPValue::LongString("u".into()));
+        table.insert("PASSWORD".into(), AMQPValue::LongString("p".into()));
+        let encoded = amq_protocol::types::generation::gen_field_table(&table)(
+            amq_protocol::frame::WriteContext::from(Vec::new()),
+        )
+        .unwrap()
+        .write;
+        assert_eq!(parse_amqplain(&encoded[4..]), Some(("u".into(), "p".into())));
+    }
+}

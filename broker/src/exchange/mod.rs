@@ -1,0 +1,253 @@
+//! Exchanges: the record a client declares, its bindings, and the routing logic behind its type.
+//!
+//! An exchange type is an [`ExchangeType`] — validate a binding, learn bindings as they are added and
+//! removed, route a message to destinations — looked up by name in the [`registry::Registry`]
+//! (RabbitMQ's `rabbit_exchange_type` behaviour + `rabbit_registry`). Routing writes into a caller-owned
+//! buffer and never delivers; the vhost follows exchange-to-exchange destinations and deduplicates.
+//! Reference: RabbitMQ docs/exchanges.md, docs/e2e.md.
+
+pub mod direct;
+pub mod fanout;
+pub mod headers;
+pub mod registry;
+pub mod topic;
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use amq_protocol::types::{FieldTable, ShortString};
+
+use crate::message::Message;
+use crate::queue::Queue;
+
+/// Where a binding sends matching messages.
+#[derive(Clone)]
+pub enum Destination {
+    /// A queue (held directly so routing needs no name lookup).
+    Queue(Arc<Queue>),
+    /// Another exchange, by name (exchange-to-exchange binding, RabbitMQ docs/e2e.md).
+    Exchange(ShortString),
+}
+
+impl Destination {
+    /// The destination's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Destination::Queue(q) => q.name.as_str(),
+            Destination::Exchange(x) => x.as_str(),
+        }
+    }
+
+    /// Whether this is the same destination as `other` (same kind, same name).
+    pub fn same(&self, other: &Destination) -> bool {
+        match (self, other) {
+            (Destination::Queue(a), Destination::Queue(b)) => Arc::ptr_eq(a, b),
+            (Destination::Exchange(a), Destination::Exchange(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Queue(q) => write!(f, "queue '{}'", q.name),
+            Destination::Exchange(x) => write!(f, "exchange '{x}'"),
+        }
+    }
+}
+
+/// One binding of an exchange: destination, binding key and binding arguments.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    /// Queue or exchange that receives matching messages.
+    pub destination: Destination,
+    /// The binding key (`routing_key` of queue.bind / exchange.bind).
+    pub key: ShortString,
+    /// Binding arguments (used by the headers exchange).
+    pub arguments: FieldTable,
+}
+
+impl Binding {
+    /// Bindings are equal when destination, key and arguments are (RabbitMQ `#binding{}` equality).
+    pub fn same(&self, other: &Binding) -> bool {
+        self.destination.same(&other.destination) && self.key == other.key && self.arguments == other.arguments
+    }
+}
+
+/// Routing logic of one exchange type. One value per exchange; it holds its own index of the bindings.
+pub trait ExchangeType: Send + Sync + fmt::Debug {
+    /// Checks a binding before it is added.
+    ///
+    /// # Errors
+    /// A reason, sent as `406 PRECONDITION_FAILED - <reason>`.
+    fn validate_binding(&self, _binding: &Binding) -> Result<(), String> {
+        Ok(())
+    }
+    /// Adds a validated binding to the index.
+    fn bind(&mut self, binding: &Binding);
+    /// Removes a binding previously added with [`ExchangeType::bind`].
+    fn unbind(&mut self, binding: &Binding);
+    /// Appends the destinations `message` goes to; duplicates are allowed (the caller deduplicates).
+    /// Must not allocate per call for the native types.
+    fn route(&self, message: &Message, out: &mut Vec<Destination>);
+}
+
+/// An exchange as declared (AMQP 0-9-1 §1.6.2.1 exchange.declare) with its bindings.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Exchange name.
+    pub name: ShortString,
+    /// Exchange type name (`direct`, `fanout`, `topic`, `headers`, or an `x-` plugin type).
+    pub kind: ShortString,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Deleted when its last binding (as source) is removed.
+    pub auto_delete: bool,
+    /// Cannot be published to directly, only through exchange-to-exchange bindings.
+    pub internal: bool,
+    /// Declare arguments.
+    pub arguments: FieldTable,
+    state: RwLock<ExchangeState>,
+}
+
+#[derive(Debug)]
+struct ExchangeState {
+    bindings: Vec<Binding>,
+    router: Box<dyn ExchangeType>,
+}
+
+impl Exchange {
+    /// A new exchange with no bindings, routing with `router`.
+    pub fn new(
+        name: ShortString,
+        kind: ShortString,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+        router: Box<dyn ExchangeType>,
+    ) -> Self {
+        Exchange {
+            name,
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            state: RwLock::new(ExchangeState { bindings: Vec::new(), router }),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ExchangeState> {
+        // A poisoned lock means a panic elsewhere while holding it; the state itself is still consistent
+        // (bind/unbind do not panic midway), so keep serving rather than cascade the panic.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ExchangeState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `binding` unless an equal one exists. Returns whether it was added.
+    ///
+    /// # Errors
+    /// The type's reason when it refuses the binding (see [`ExchangeType::validate_binding`]).
+    pub fn bind(&self, binding: Binding) -> Result<bool, String> {
+        let mut state = self.write();
+        if state.bindings.iter().any(|b| b.same(&binding)) {
+            return Ok(false);
+        }
+        state.router.validate_binding(&binding)?;
+        state.router.bind(&binding);
+        state.bindings.push(binding);
+        Ok(true)
+    }
+
+    /// Removes the binding equal to `binding`. Returns whether one was removed.
+    pub fn unbind(&self, binding: &Binding) -> bool {
+        let mut state = self.write();
+        let Some(pos) = state.bindings.iter().position(|b| b.same(binding)) else {
+            return false;
+        };
+        let removed = state.bindings.swap_remove(pos);
+        state.router.unbind(&removed);
+        true
+    }
+
+    /// Removes every binding whose destination is `destination`; returns how many were removed.
+    pub fn unbind_destination(&self, destination: &Destination) -> usize {
+        let mut state = self.write();
+        let state = &mut *state;
+        let mut removed = 0;
+        let mut i = 0;
+        while i < state.bindings.len() {
+            if state.bindings[i].destination.same(destination) {
+                let b = state.bindings.swap_remove(i);
+                state.router.unbind(&b);
+                removed += 1;
+            } else {
+                i += 1;
+            }
+        }
+        removed
+    }
+
+    /// Number of bindings with this exchange as source.
+    pub fn binding_count(&self) -> usize {
+        self.read().bindings.len()
+    }
+
+    /// A copy of the bindings (for listing and for deletion cascades).
+    pub fn bindings(&self) -> Vec<Binding> {
+        self.read().bindings.clone()
+    }
+
+    /// Appends the destinations of `message` to `out` (may contain duplicates).
+    pub fn route(&self, message: &Message, out: &mut Vec<Destination>) {
+        self.read().router.route(message, out);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Helpers for the per-type routing tables.
+    use super::*;
+    use amq_protocol::protocol::BasicProperties;
+    use bytes::Bytes;
+
+    pub(crate) fn queue(name: &str) -> Arc<Queue> {
+        Arc::new(Queue::new(name.into(), false, false, None, FieldTable::default()))
+    }
+
+    pub(crate) fn message(routing_key: &str, headers: Option<FieldTable>) -> Message {
+        let mut properties = BasicProperties::default();
+        if let Some(h) = headers {
+            properties = properties.with_headers(h);
+        }
+        Message {
+            exchange: "x".into(),
+            routing_key: ShortString::try_new(routing_key).expect("short routing key"),
+            properties,
+            raw_properties: Bytes::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// Binds each `(queue, key)` and returns the sorted, deduplicated queue names `key` routes to.
+    pub(crate) fn route_names(router: &mut dyn ExchangeType, bindings: &[(&str, &str)], key: &str) -> Vec<String> {
+        for (q, k) in bindings {
+            router.bind(&Binding {
+                destination: Destination::Queue(queue(q)),
+                key: (*k).into(),
+                arguments: FieldTable::default(),
+            });
+        }
+        let mut out = Vec::new();
+        router.route(&message(key, None), &mut out);
+        let mut names: Vec<String> = out.iter().map(|d| d.name().to_owned()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}

@@ -1,0 +1,16 @@
+//! Warren: an AMQP 0-9-1 message broker, wire-compatible with RabbitMQ.
+//!
+//! Layers, top to bottom (a module only uses those below it): [`server`] → [`connection`] → [`channel`]
+//! → [`vhost`] → [`exchange`], [`queue`] → [`message`] → [`protocol`]. See `ARCHITECTURE.md`.
+
+pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod protocol;
+pub mod queue;
+pub mod server;
+pub mod vhost;

@@ -1,0 +1,524 @@
+//! A virtual host: its exchanges, queues and bindings, and routing a published message to queues.
+//!
+//! Declares, binds and deletes take the maps' write locks briefly; publishing takes read locks only, so
+//! publishers on different connections route in parallel (no broker-wide lock on the publish path).
+//! Errors carry RabbitMQ's reply codes and texts. Reference: RabbitMQ docs/exchanges.md, docs/queues.md,
+//! docs/e2e.md, docs/spec-differences.md (amq.* names, default exchange).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
+use rand::Rng;
+
+use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::registry::Registry;
+use crate::exchange::{Binding, Destination, Exchange};
+use crate::message::Message;
+use crate::queue::{Queue, QueueCounts};
+
+/// The standard exchanges every vhost has (RabbitMQ docs/exchanges.md "Default exchange", amq.*).
+const PREDECLARED: &[(&str, &str)] = &[
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+];
+
+/// Queue arguments RabbitMQ compares when a queue is redeclared (`rabbit_amqqueue` equivalence list).
+const CHECKED_QUEUE_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-queue-type",
+    "x-single-active-consumer",
+];
+
+/// Flags of exchange.declare.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExchangeFlags {
+    /// Survives restart.
+    pub durable: bool,
+    /// Deleted with its last binding.
+    pub auto_delete: bool,
+    /// Not publishable directly.
+    pub internal: bool,
+}
+
+/// Flags of queue.declare.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueFlags {
+    /// Survives restart.
+    pub durable: bool,
+    /// Owned by the declaring connection (id), deleted with it.
+    pub exclusive: bool,
+    /// Deleted after its last consumer.
+    pub auto_delete: bool,
+}
+
+/// One virtual host. See the module docs.
+#[derive(Debug)]
+pub struct VHost {
+    /// Vhost name, e.g. `/`.
+    pub name: String,
+    registry: Arc<Registry>,
+    exchanges: RwLock<HashMap<ShortString, Arc<Exchange>>>,
+    queues: RwLock<HashMap<ShortString, Arc<Queue>>>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // Map updates cannot panic halfway; recover from poison rather than fail every later operation.
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn show(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => format!("'{s}'"),
+        AMQPValue::ShortString(s) => format!("'{s}'"),
+        AMQPValue::Boolean(b) => format!("'{b}'"),
+        other => format!("{other:?}"),
+    }
+}
+
+impl VHost {
+    /// A vhost with the pre-declared `amq.*` exchanges.
+    pub fn new(name: &str, registry: Arc<Registry>) -> Self {
+        let vhost = VHost {
+            name: name.to_owned(),
+            registry,
+            exchanges: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+        };
+        for (xname, kind) in PREDECLARED {
+            if let Some(router) = vhost.registry.create(kind) {
+                let x = Exchange::new(
+                    (*xname).into(),
+                    (*kind).into(),
+                    true,
+                    false,
+                    false,
+                    FieldTable::default(),
+                    router,
+                );
+                write(&vhost.exchanges).insert((*xname).into(), Arc::new(x));
+            }
+        }
+        vhost
+    }
+
+    fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no exchange '{name}' in vhost '{}'", self.name))
+    }
+
+    fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
+    }
+
+    fn default_exchange_refused() -> AmqpError {
+        AmqpError::access_refused("operation not permitted on the default exchange")
+    }
+
+    fn inequivalent(&self, arg: &str, kind: &str, name: &str, received: &str, current: &str) -> AmqpError {
+        AmqpError::precondition_failed(format!(
+            "inequivalent arg '{arg}' for {kind} '{name}' in vhost '{}': received {received} but current is {current}",
+            self.name
+        ))
+    }
+
+    /// Looks up an exchange.
+    ///
+    /// # Errors
+    /// 404 when it does not exist.
+    pub fn exchange(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
+        read(&self.exchanges).get(name).cloned().ok_or_else(|| self.no_exchange(name))
+    }
+
+    /// exchange.declare (AMQP 0-9-1 §1.6.2.1).
+    ///
+    /// # Errors
+    /// 503 unknown type (connection), 403 default exchange / reserved `amq.` prefix, 404 passive miss,
+    /// 406 inequivalent redeclare.
+    pub fn exchange_declare(
+        &self,
+        name: &ShortString,
+        kind: &str,
+        passive: bool,
+        flags: ExchangeFlags,
+        arguments: &FieldTable,
+    ) -> AmqpResult {
+        if name.as_str().is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        if passive {
+            return self.exchange(name.as_str()).map(|_| ());
+        }
+        let Some(router) = self.registry.create(kind) else {
+            return Err(AmqpError::command_invalid(format!("unknown exchange type '{kind}'")));
+        };
+        let mut exchanges = write(&self.exchanges);
+        if let Some(x) = exchanges.get(name.as_str()) {
+            let x = Arc::clone(x);
+            drop(exchanges);
+            return self.exchange_equivalent(&x, kind, flags, arguments);
+        }
+        if name.as_str().starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let x = Exchange::new(
+            name.clone(),
+            kind.into(),
+            flags.durable,
+            flags.auto_delete,
+            flags.internal,
+            arguments.clone(),
+            router,
+        );
+        exchanges.insert(name.clone(), Arc::new(x));
+        Ok(())
+    }
+
+    fn exchange_equivalent(&self, x: &Exchange, kind: &str, flags: ExchangeFlags, args: &FieldTable) -> AmqpResult {
+        let name = x.name.as_str();
+        if x.kind.as_str() != kind {
+            return Err(self.inequivalent("type", "exchange", name, &format!("'{kind}'"), &format!("'{}'", x.kind)));
+        }
+        for (arg, received, current) in [
+            ("durable", flags.durable, x.durable),
+            ("auto_delete", flags.auto_delete, x.auto_delete),
+            ("internal", flags.internal, x.internal),
+        ] {
+            if received != current {
+                return Err(self.inequivalent(arg, "exchange", name, &format!("'{received}'"), &format!("'{current}'")));
+            }
+        }
+        let key = "alternate-exchange";
+        let (received, current) = (args.inner().get(key), x.arguments.inner().get(key));
+        if received != current {
+            let show_opt = |v: Option<&AMQPValue>| v.map_or("none".to_owned(), show);
+            return Err(self.inequivalent(key, "exchange", name, &show_opt(received), &show_opt(current)));
+        }
+        Ok(())
+    }
+
+    /// exchange.delete (AMQP 0-9-1 §1.6.2.3). Deleting a missing exchange succeeds, as in RabbitMQ.
+    ///
+    /// # Errors
+    /// 403 default or `amq.*` exchange, 406 `if_unused` with bindings.
+    pub fn exchange_delete(&self, name: &str, if_unused: bool) -> AmqpResult {
+        if name.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
+            )));
+        }
+        let mut exchanges = write(&self.exchanges);
+        let Some(x) = exchanges.get(name) else { return Ok(()) };
+        if if_unused && x.binding_count() > 0 {
+            return Err(AmqpError::precondition_failed(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        exchanges.remove(name);
+        let dest = Destination::Exchange(name.into());
+        let sources: Vec<Arc<Exchange>> = exchanges.values().cloned().collect();
+        drop(exchanges);
+        for source in sources {
+            if source.unbind_destination(&dest) > 0 {
+                self.maybe_auto_delete(&source);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes an auto-delete exchange that just lost its last binding (RabbitMQ docs/exchanges.md).
+    fn maybe_auto_delete(&self, x: &Arc<Exchange>) {
+        if x.auto_delete && x.binding_count() == 0 {
+            let _ = self.exchange_delete(x.name.as_str(), true);
+        }
+    }
+
+    /// exchange.bind / exchange.unbind (RabbitMQ docs/e2e.md).
+    ///
+    /// # Errors
+    /// 403 default exchange, 404 missing exchange, 406 binding refused by the type.
+    pub fn exchange_bind(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &ShortString,
+        arguments: &FieldTable,
+        bind: bool,
+    ) -> AmqpResult {
+        if destination.is_empty() || source.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        let src = self.exchange(source)?;
+        self.exchange(destination)?;
+        let binding =
+            Binding { destination: Destination::Exchange(destination.into()), key: key.clone(), arguments: arguments.clone() };
+        self.apply_binding(&src, binding, bind)
+    }
+
+    fn apply_binding(&self, src: &Arc<Exchange>, binding: Binding, bind: bool) -> AmqpResult {
+        if bind {
+            src.bind(binding).map(|_| ()).map_err(AmqpError::precondition_failed)
+        } else {
+            if src.unbind(&binding) {
+                self.maybe_auto_delete(src);
+            }
+            Ok(())
+        }
+    }
+
+    /// Looks up a queue for use by connection `conn_id`.
+    ///
+    /// # Errors
+    /// 404 missing, 405 exclusive to another connection.
+    pub fn queue(&self, name: &str, conn_id: u64) -> AmqpResult<Arc<Queue>> {
+        let q = read(&self.queues).get(name).cloned().ok_or_else(|| self.no_queue(name))?;
+        self.check_exclusive(&q, conn_id)?;
+        Ok(q)
+    }
+
+    fn check_exclusive(&self, q: &Queue, conn_id: u64) -> AmqpResult {
+        match q.exclusive_owner {
+            Some(owner) if owner != conn_id => Err(self.locked(q.name.as_str())),
+            _ => Ok(()),
+        }
+    }
+
+    fn locked(&self, name: &str) -> AmqpError {
+        AmqpError::resource_locked(format!(
+            "cannot obtain exclusive access to locked queue '{name}' in vhost '{}'. It could be originally \
+             declared on another connection or the exclusive property value does not match that of the \
+             original declaration.",
+            self.name
+        ))
+    }
+
+    /// queue.declare (AMQP 0-9-1 §1.7.2.1). An empty name gets a server-generated `amq.gen-…` name.
+    ///
+    /// # Errors
+    /// 403 reserved `amq.` prefix, 404 passive miss, 405 exclusive to another connection, 406 inequivalent.
+    pub fn queue_declare(
+        &self,
+        name: &ShortString,
+        passive: bool,
+        flags: QueueFlags,
+        arguments: &FieldTable,
+        conn_id: u64,
+    ) -> AmqpResult<(Arc<Queue>, QueueCounts)> {
+        if passive {
+            let q = self.queue(name.as_str(), conn_id)?;
+            let counts = q.counts();
+            return Ok((q, counts));
+        }
+        let generated = name.as_str().is_empty();
+        let name = if generated { generate_name("amq.gen-") } else { name.clone() };
+        let mut queues = write(&self.queues);
+        if let Some(q) = queues.get(name.as_str()) {
+            let q = Arc::clone(q);
+            drop(queues);
+            self.queue_equivalent(&q, flags, arguments, conn_id)?;
+            let counts = q.counts();
+            return Ok((q, counts));
+        }
+        if !generated && name.as_str().starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!("queue name '{name}' contains reserved prefix 'amq.*'")));
+        }
+        let owner = flags.exclusive.then_some(conn_id);
+        let q = Arc::new(Queue::new(name.clone(), flags.durable, flags.auto_delete, owner, arguments.clone()));
+        queues.insert(name, Arc::clone(&q));
+        Ok((q, QueueCounts { messages: 0, consumers: 0 }))
+    }
+
+    fn queue_equivalent(&self, q: &Queue, flags: QueueFlags, args: &FieldTable, conn_id: u64) -> AmqpResult {
+        match q.exclusive_owner {
+            Some(owner) if owner != conn_id => return Err(self.locked(q.name.as_str())),
+            None if flags.exclusive => return Err(self.locked(q.name.as_str())),
+            _ => {}
+        }
+        let name = q.name.as_str();
+        for (arg, received, current) in
+            [("durable", flags.durable, q.durable), ("auto_delete", flags.auto_delete, q.auto_delete)]
+        {
+            if received != current {
+                return Err(self.inequivalent(arg, "queue", name, &format!("'{received}'"), &format!("'{current}'")));
+            }
+        }
+        for key in CHECKED_QUEUE_ARGS {
+            let (received, current) = (args.inner().get(*key), q.arguments.inner().get(*key));
+            if received != current {
+                let show_opt = |v: Option<&AMQPValue>| v.map_or("none".to_owned(), show);
+                return Err(self.inequivalent(key, "queue", name, &show_opt(received), &show_opt(current)));
+            }
+        }
+        Ok(())
+    }
+
+    /// queue.bind / queue.unbind (AMQP 0-9-1 §1.7.2.3, §1.7.2.5).
+    ///
+    /// # Errors
+    /// 403 default exchange, 404 missing queue or exchange, 405 exclusive queue, 406 refused binding.
+    pub fn queue_bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &ShortString,
+        arguments: &FieldTable,
+        conn_id: u64,
+        bind: bool,
+    ) -> AmqpResult {
+        if exchange.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        let q = self.queue(queue, conn_id)?;
+        let src = self.exchange(exchange)?;
+        let binding = Binding { destination: Destination::Queue(q), key: key.clone(), arguments: arguments.clone() };
+        self.apply_binding(&src, binding, bind)
+    }
+
+    /// queue.purge (AMQP 0-9-1 §1.7.2.7). Returns the number of messages purged.
+    ///
+    /// # Errors
+    /// 404 missing, 405 exclusive.
+    pub fn queue_purge(&self, name: &str, conn_id: u64) -> AmqpResult<u32> {
+        Ok(self.queue(name, conn_id)?.purge())
+    }
+
+    /// queue.delete (AMQP 0-9-1 §1.7.2.9). A missing queue deletes fine with count 0, as in RabbitMQ.
+    /// Consumers get basic.cancel (RabbitMQ docs/consumer-cancel.md).
+    ///
+    /// # Errors
+    /// 405 exclusive to another connection, 406 `if_unused` / `if_empty` not satisfied.
+    pub fn queue_delete(&self, name: &str, if_unused: bool, if_empty: bool, conn_id: u64) -> AmqpResult<u32> {
+        let q = match self.queue(name, conn_id) {
+            Ok(q) => q,
+            Err(AmqpError::Channel(e)) if e.code.get_id() == 404 => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let counts = q.counts();
+        if if_unused && counts.consumers > 0 {
+            return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' in use", self.name)));
+        }
+        if if_empty && counts.messages > 0 {
+            return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' not empty", self.name)));
+        }
+        Ok(self.remove_queue(&q))
+    }
+
+    /// Removes `q` from the vhost and from every binding, cancels its consumers. Returns the number of
+    /// ready messages it held.
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+        {
+            let mut queues = write(&self.queues);
+            match queues.get(q.name.as_str()) {
+                Some(current) if Arc::ptr_eq(current, q) => {
+                    queues.remove(q.name.as_str());
+                }
+                _ => return 0,
+            }
+        }
+        let dest = Destination::Queue(Arc::clone(q));
+        let exchanges: Vec<Arc<Exchange>> = read(&self.exchanges).values().cloned().collect();
+        for x in exchanges {
+            if x.unbind_destination(&dest) > 0 {
+                self.maybe_auto_delete(&x);
+            }
+        }
+        let (count, consumers) = q.delete();
+        for c in consumers {
+            c.sink.cancelled(&c);
+        }
+        count
+    }
+
+    /// Deletes the exclusive queues of a closing connection.
+    pub fn remove_exclusive_queues(&self, conn_id: u64) {
+        let owned: Vec<Arc<Queue>> =
+            read(&self.queues).values().filter(|q| q.exclusive_owner == Some(conn_id)).cloned().collect();
+        for q in owned {
+            self.remove_queue(&q);
+        }
+    }
+
+    /// Routes `message` published to `exchange` and appends the distinct destination queues to `queues`.
+    /// `scratch` is a reusable buffer. Follows exchange-to-exchange bindings, each exchange at most once.
+    ///
+    /// # Errors
+    /// 404 missing exchange, 403 internal exchange.
+    pub fn route(
+        &self,
+        exchange: &str,
+        message: &Message,
+        queues: &mut Vec<Arc<Queue>>,
+        scratch: &mut Vec<Destination>,
+    ) -> AmqpResult {
+        if exchange.is_empty() {
+            if let Some(q) = read(&self.queues).get(message.routing_key.as_str()) {
+                queues.push(Arc::clone(q));
+            }
+            return Ok(());
+        }
+        let exchanges = read(&self.exchanges);
+        let x = exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;
+        if x.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                self.name
+            )));
+        }
+        scratch.clear();
+        x.route(message, scratch);
+        let mut visited: Vec<&str> = Vec::new();
+        let mut i = 0;
+        while i < scratch.len() {
+            let next = match &scratch[i] {
+                Destination::Queue(q) => {
+                    if !queues.iter().any(|seen| Arc::ptr_eq(seen, q)) {
+                        queues.push(Arc::clone(q));
+                    }
+                    None
+                }
+                Destination::Exchange(name) if name.as_str() != exchange && !visited.contains(&name.as_str()) => {
+                    exchanges.get_key_value(name.as_str())
+                }
+                Destination::Exchange(_) => None,
+            };
+            if let Some((key, next)) = next {
+                visited.push(key.as_str());
+                next.route(message, scratch);
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A server-generated name: `prefix` + 22 random URL-safe characters (RabbitMQ's `amq.gen-…` shape).
+pub fn generate_name(prefix: &str) -> ShortString {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let mut s = String::with_capacity(prefix.len() + 22);
+    s.push_str(prefix);
+    for _ in 0..22 {
+        s.push(char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]));
+    }
+    ShortString::try_new(s).unwrap_or_default()
+}

@@ -1,0 +1,114 @@
+//! Shared helpers: start a broker on an ephemeral port, connect lapin, read reply codes, take deliveries.
+#![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use warren::config::Config;
+use warren::server::{self, Broker};
+
+/// A broker running in this test's runtime; stopped (gracefully) on drop.
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestBroker {
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Triggers graceful shutdown and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            done.await.expect("server task");
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub async fn start_broker() -> TestBroker {
+    start_broker_with(Config::default()).await
+}
+
+pub async fn start_broker_with(config: Config) -> TestBroker {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let broker = Arc::new(Broker::new(config));
+    let (tx, rx) = oneshot::channel();
+    let done = tokio::spawn(server::run(vec![listener], broker, async {
+        let _ = rx.await;
+    }));
+    TestBroker { addr, shutdown: Some(tx), done: Some(done) }
+}
+
+pub async fn connect(broker: &TestBroker) -> Connection {
+    Connection::connect(&broker.uri(), ConnectionProperties::default()).await.expect("connect")
+}
+
+pub async fn channel(conn: &Connection) -> Channel {
+    conn.create_channel().await.expect("create channel")
+}
+
+/// The AMQP reply code carried by a lapin error, if it is a protocol error.
+pub fn reply_code(err: &lapin::Error) -> Option<u16> {
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
+        _ => None,
+    }
+}
+
+/// The AMQP reply text carried by a lapin error.
+pub fn reply_text(err: &lapin::Error) -> String {
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(e) => e.get_message().to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Asserts that `result` failed with AMQP reply `code`; returns the reply text.
+#[track_caller]
+pub fn expect_code<T: std::fmt::Debug>(result: Result<T, lapin::Error>, code: u16) -> String {
+    match result {
+        Ok(v) => panic!("expected reply {code}, got Ok({v:?})"),
+        Err(e) => {
+            assert_eq!(reply_code(&e), Some(code), "error was {e:?}");
+            reply_text(&e)
+        }
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// The next delivery, failing the test after 5 s.
+pub async fn next(consumer: &mut Consumer) -> Delivery {
+    tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("timed out waiting for a delivery")
+        .expect("consumer ended")
+        .expect("delivery error")
+}
+
+/// Asserts nothing arrives on `consumer` within `dur`.
+pub async fn expect_silence(consumer: &mut Consumer, dur: Duration) {
+    if let Ok(Some(d)) = tokio::time::timeout(dur, consumer.next()).await {
+        panic!("unexpected delivery: {:?}", d.map(|d| String::from_utf8_lossy(&d.data).into_owned()));
+    }
+}
