@@ -181,9 +181,9 @@ impl Connection {
                         self.state = State::Closed;
                         break;
                     }
+                    // RabbitMQ reports undecodable payloads as frame errors (rabbit_reader frame_error).
                     let code = match e {
                         FrameError::UnknownMethod { .. } => AMQPHardError::NOTIMPLEMENTED,
-                        FrameError::Malformed { .. } => AMQPHardError::SYNTAXERROR,
                         _ => AMQPHardError::FRAMEERROR,
                     };
                     warn!(conn = self.id, peer = %self.peer, error = %e, "bad frame");

@@ -201,6 +201,7 @@ impl Channel {
         let result = self.shared.take(tag, multiple, &mut acked);
         settle(&mut acked);
         self.settle_buf = acked;
+        self.kick_global_prefetch();
         result
     }
 
@@ -220,6 +221,7 @@ impl Channel {
         } else {
             settle(&mut taken);
         }
+        self.kick_global_prefetch();
         Ok(())
     }
 
@@ -229,13 +231,24 @@ impl Channel {
         if !requeue {
             return Err(AmqpError::not_implemented("requeue=false"));
         }
-        let mut taken = Vec::new();
-        self.shared.take(0, true, &mut taken)?;
-        requeue_all(taken);
+        // recover-ok goes out before the redeliveries, as with RabbitMQ: clients (lapin) drop deliveries
+        // that arrive before recover-ok as stale prefetch.
         if reply {
             self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
         }
+        let mut taken = Vec::new();
+        self.shared.take(0, true, &mut taken)?;
+        requeue_all(taken);
+        self.kick_global_prefetch();
         Ok(())
+    }
+
+    /// With a channel-wide prefetch, freed capacity may belong to a consumer of another queue than the
+    /// one just settled: re-dispatch every queue this channel consumes from.
+    fn kick_global_prefetch(&self) {
+        if self.shared.global_prefetch.load(Ordering::Relaxed) > 0 {
+            self.kick_consumers();
+        }
     }
 
     /// confirm.select: publisher confirms from the next publish on (RabbitMQ docs/confirms.md).

@@ -61,7 +61,7 @@ pub enum FrameError {
         /// Method id from the payload.
         method_id: u16,
     },
-    /// A known method or content header whose arguments do not decode (502 SYNTAX_ERROR).
+    /// A known method or content header whose arguments do not decode (501 FRAME_ERROR, as RabbitMQ).
     #[error("malformed {what} frame on channel {channel}")]
     Malformed {
         /// "method" or "content header".
