@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::{bail, Context};
 use serde::Deserialize;
 
 /// A user allowed to connect (SASL PLAIN / AMQPLAIN).
@@ -48,7 +48,10 @@ impl Default for Config {
             data_dir: None,
             plugin_dir: None,
             log: "info".into(),
-            users: vec![User { name: "guest".into(), password: "guest".into() }],
+            users: vec![User {
+                name: "guest".into(),
+                password: "guest".into(),
+            }],
             vhosts: vec!["/".into()],
             heartbeat: 60,
             frame_max: 131_072,
@@ -64,8 +67,10 @@ impl Config {
     /// # Errors
     /// The file cannot be read or parsed, or the result is invalid.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-        let config: Config = toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("parsing config file {}", path.display()))?;
         config.validate()?;
         Ok(config)
     }
@@ -79,7 +84,10 @@ impl Config {
             bail!("no listen address configured");
         }
         if self.frame_max < 4096 {
-            bail!("frame_max must be at least 4096 (AMQP 0-9-1 frame-min-size), got {}", self.frame_max);
+            bail!(
+                "frame_max must be at least 4096 (AMQP 0-9-1 frame-min-size), got {}",
+                self.frame_max
+            );
         }
         if self.vhosts.is_empty() {
             bail!("at least one vhost must be configured");
@@ -105,7 +113,13 @@ mod tests {
         let c = Config::from_file(&path).unwrap();
         assert_eq!(c.listen, ["0.0.0.0:5673"]);
         assert_eq!(c.heartbeat, 10);
-        assert_eq!(c.users, [User { name: "a".into(), password: "b".into() }]);
+        assert_eq!(
+            c.users,
+            [User {
+                name: "a".into(),
+                password: "b".into()
+            }]
+        );
         assert_eq!(c.frame_max, 131_072);
         std::fs::write(&path, "listn = []\n").unwrap();
         assert!(Config::from_file(&path).is_err());

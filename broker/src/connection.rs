@@ -11,20 +11,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amq_protocol::frame::AMQPFrame;
-use amq_protocol::protocol::{AMQPClass, AMQPHardError, channel as amqp_channel, connection};
+use amq_protocol::protocol::{channel as amqp_channel, connection, AMQPClass, AMQPHardError};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::channel::{Channel, ConnectionContext, short_text};
+use crate::channel::{short_text, Channel, ConnectionContext};
 use crate::error::AmqpError;
 use crate::protocol::outbound::Outbound;
-use crate::protocol::{Frame, FrameError, PROTOCOL_HEADER, decode_frame, encode};
+use crate::protocol::{decode_frame, encode, Frame, FrameError, PROTOCOL_HEADER};
 use crate::server::Broker;
 
 /// How long a client has to complete the handshake, and to answer our connection.close.
@@ -63,7 +63,12 @@ struct Connection {
 }
 
 /// Serves one accepted socket until it closes or `shutdown` fires (then closes it with 320).
-pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>, shutdown: CancellationToken) {
+pub async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) {
     let _ = socket.set_nodelay(true);
     let (rd, wr) = socket.into_split();
     let outbound = Arc::new(Outbound::new(broker.config.frame_max as usize));
@@ -98,7 +103,11 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>, shu
 }
 
 impl Connection {
-    async fn run(&mut self, mut rd: OwnedReadHalf, shutdown: CancellationToken) -> std::io::Result<()> {
+    async fn run(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let handshake_deadline = Instant::now() + HANDSHAKE_TIMEOUT;
         while buf.len() < PROTOCOL_HEADER.len() {
@@ -111,7 +120,8 @@ impl Connection {
         if &buf[..PROTOCOL_HEADER.len()] != PROTOCOL_HEADER {
             // AMQP 0-9-1 §4.2.2: answer with the header we support, then close.
             debug!(conn = self.id, peer = %self.peer, "bad protocol header");
-            self.outbound.write(|out| out.extend_from_slice(PROTOCOL_HEADER));
+            self.outbound
+                .write(|out| out.extend_from_slice(PROTOCOL_HEADER));
             return Ok(());
         }
         buf.advance(PROTOCOL_HEADER.len());
@@ -201,7 +211,8 @@ impl Connection {
     }
 
     fn send(&self, channel: u16, method: AMQPClass) {
-        self.outbound.write(|out| encode::frame(out, &AMQPFrame::Method(channel, method)));
+        self.outbound
+            .write(|out| encode::frame(out, &AMQPFrame::Method(channel, method)));
     }
 
     /// Sends connection.close for a hard error, frees every channel and waits for close-ok.
@@ -212,7 +223,10 @@ impl Connection {
             class_id,
             method_id,
         };
-        self.send(0, AMQPClass::Connection(connection::AMQPMethod::Close(close)));
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+        );
         self.release_channels();
         self.state = State::Closing;
         self.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
@@ -246,9 +260,16 @@ impl Connection {
         if self.state == State::Closing {
             if let Frame::Method(0, method) = frame {
                 match *method {
-                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => self.state = State::Closed,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
+                        self.state = State::Closed
+                    }
                     AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
-                        self.send(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                        self.send(
+                            0,
+                            AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                connection::CloseOk {},
+                            )),
+                        );
                         self.drain();
                     }
                     _ => {}
@@ -258,9 +279,10 @@ impl Connection {
         }
         let result = match frame {
             Frame::Heartbeat(0) => Ok(()),
-            Frame::Heartbeat(ch) => {
-                Err(AmqpError::connection(AMQPHardError::FRAMEERROR, format!("heartbeat frame on channel {ch}")))
-            }
+            Frame::Heartbeat(ch) => Err(AmqpError::connection(
+                AMQPHardError::FRAMEERROR,
+                format!("heartbeat frame on channel {ch}"),
+            )),
             Frame::Method(0, method) => {
                 let ids = (method.get_amqp_class_id(), method.get_amqp_method_id());
                 if let Err(e) = self.connection_method(*method) {
@@ -272,8 +294,12 @@ impl Connection {
                 self.channel_method(ch, *method);
                 Ok(())
             }
-            Frame::Header(ch, header, raw) => self.with_channel(ch, 60, 40, |c, ctx| c.handle_header(ctx, header, raw)),
-            Frame::Body(ch, data) => self.with_channel(ch, 60, 40, |c, ctx| c.handle_body(ctx, data)),
+            Frame::Header(ch, header, raw) => {
+                self.with_channel(ch, 60, 40, |c, ctx| c.handle_header(ctx, header, raw))
+            }
+            Frame::Body(ch, data) => {
+                self.with_channel(ch, 60, 40, |c, ctx| c.handle_body(ctx, data))
+            }
         };
         if let Err(e) = result {
             self.fail(&e, 0, 0);
@@ -292,7 +318,9 @@ impl Connection {
             return Err(AmqpError::channel_error("connection not open"));
         };
         let Some(channel) = self.channels.get_mut(&ch) else {
-            return Err(AmqpError::channel_error(format!("expected 'channel.open' on channel {ch}")));
+            return Err(AmqpError::channel_error(format!(
+                "expected 'channel.open' on channel {ch}"
+            )));
         };
         if channel.is_closing() {
             return Ok(()); // frames after our channel.close are dropped until close-ok (§2.2.4)
@@ -316,7 +344,10 @@ impl Connection {
                 if let (Some(mut c), Some(ctx)) = (self.channels.remove(&ch), self.ctx.as_ref()) {
                     c.release(ctx);
                 }
-                self.send(ch, AMQPClass::Channel(amqp_channel::AMQPMethod::CloseOk(amqp_channel::CloseOk {})));
+                self.send(
+                    ch,
+                    AMQPClass::Channel(amqp_channel::AMQPMethod::CloseOk(amqp_channel::CloseOk {})),
+                );
                 Ok(())
             }
             AMQPClass::Channel(amqp_channel::AMQPMethod::CloseOk(_)) => {
@@ -325,10 +356,12 @@ impl Connection {
                 }
                 Ok(())
             }
-            AMQPClass::Connection(_) => {
-                Err(AmqpError::command_invalid(format!("connection method on channel {ch}")))
-            }
-            method => self.with_channel(ch, class_id, method_id, |c, ctx| c.handle_method(ctx, method)),
+            AMQPClass::Connection(_) => Err(AmqpError::command_invalid(format!(
+                "connection method on channel {ch}"
+            ))),
+            method => self.with_channel(ch, class_id, method_id, |c, ctx| {
+                c.handle_method(ctx, method)
+            }),
         };
         if let Err(e) = result {
             self.fail(&e, class_id, method_id);
@@ -337,7 +370,9 @@ impl Connection {
 
     fn channel_open(&mut self, ch: u16) -> Result<(), AmqpError> {
         let Some(ctx) = &self.ctx else {
-            return Err(AmqpError::channel_error("channel.open before connection.open"));
+            return Err(AmqpError::channel_error(
+                "channel.open before connection.open",
+            ));
         };
         if ch > self.channel_max {
             return Err(AmqpError::not_allowed(format!(
@@ -349,14 +384,19 @@ impl Connection {
             return Err(AmqpError::channel_error("second 'channel.open' seen"));
         }
         self.channels.insert(ch, Channel::new(ch, ctx));
-        self.send(ch, AMQPClass::Channel(amqp_channel::AMQPMethod::OpenOk(amqp_channel::OpenOk {})));
+        self.send(
+            ch,
+            AMQPClass::Channel(amqp_channel::AMQPMethod::OpenOk(amqp_channel::OpenOk {})),
+        );
         Ok(())
     }
 
     fn connection_method(&mut self, method: AMQPClass) -> Result<(), AmqpError> {
         use connection::AMQPMethod as M;
         let AMQPClass::Connection(method) = method else {
-            return Err(AmqpError::command_invalid("only connection methods are valid on channel 0"));
+            return Err(AmqpError::command_invalid(
+                "only connection methods are valid on channel 0",
+            ));
         };
         match (self.state, method) {
             (State::AwaitStartOk, M::StartOk(m)) => self.start_ok(&m),
@@ -369,11 +409,16 @@ impl Connection {
                 Ok(())
             }
             (State::Open, M::UpdateSecret(_)) => {
-                self.send(0, AMQPClass::Connection(M::UpdateSecretOk(connection::UpdateSecretOk {})));
+                self.send(
+                    0,
+                    AMQPClass::Connection(M::UpdateSecretOk(connection::UpdateSecretOk {})),
+                );
                 Ok(())
             }
             (State::Open, M::Blocked(_) | M::Unblocked(_)) => Ok(()),
-            (state, m) => Err(AmqpError::command_invalid(format!("unexpected method {m:?} in state {state:?}"))),
+            (state, m) => Err(AmqpError::command_invalid(format!(
+                "unexpected method {m:?} in state {state:?}"
+            ))),
         }
     }
 
@@ -398,7 +443,10 @@ impl Connection {
         props.insert("platform".into(), s("Rust"));
         props.insert("cluster_name".into(), s("warren"));
         props.insert("copyright".into(), s("The Warren authors"));
-        props.insert("information".into(), s("Licensed under the Apache License 2.0"));
+        props.insert(
+            "information".into(),
+            s("Licensed under the Apache License 2.0"),
+        );
         let start = connection::Start {
             version_major: 0,
             version_minor: 9,
@@ -406,23 +454,35 @@ impl Connection {
             mechanisms: LongString::from("PLAIN AMQPLAIN"),
             locales: LongString::from("en_US"),
         };
-        self.send(0, AMQPClass::Connection(connection::AMQPMethod::Start(start)));
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(start)),
+        );
     }
 
     fn start_ok(&mut self, m: &connection::StartOk) -> Result<(), AmqpError> {
         if let Some(AMQPValue::FieldTable(caps)) = m.client_properties.inner().get("capabilities") {
-            self.cancel_notify = matches!(caps.inner().get("consumer_cancel_notify"), Some(AMQPValue::Boolean(true)));
+            self.cancel_notify = matches!(
+                caps.inner().get("consumer_cancel_notify"),
+                Some(AMQPValue::Boolean(true))
+            );
         }
         let mechanism = m.mechanism.as_str();
         let credentials = match mechanism {
             "PLAIN" => parse_plain(m.response.as_bytes()),
             "AMQPLAIN" => parse_amqplain(m.response.as_bytes()),
             other => {
-                return Err(AmqpError::command_invalid(format!("unknown authentication mechanism '{other}'")));
+                return Err(AmqpError::command_invalid(format!(
+                    "unknown authentication mechanism '{other}'"
+                )));
             }
         };
         let allowed = credentials.as_ref().is_some_and(|(user, pass)| {
-            self.broker.config.users.iter().any(|u| &u.name == user && &u.password == pass)
+            self.broker
+                .config
+                .users
+                .iter()
+                .any(|u| &u.name == user && &u.password == pass)
         });
         if !allowed {
             warn!(conn = self.id, peer = %self.peer, mechanism, user = ?credentials.map(|c| c.0), "login refused");
@@ -444,16 +504,32 @@ impl Connection {
 
     fn tune_ok(&mut self, m: &connection::TuneOk) -> Result<(), AmqpError> {
         let server = &self.broker.config;
-        let frame_max = if m.frame_max == 0 { server.frame_max } else { m.frame_max };
+        let frame_max = if m.frame_max == 0 {
+            server.frame_max
+        } else {
+            m.frame_max
+        };
         if frame_max > server.frame_max {
-            return Err(AmqpError::not_allowed(format!("frame_max={frame_max} > {} max", server.frame_max)));
+            return Err(AmqpError::not_allowed(format!(
+                "frame_max={frame_max} > {} max",
+                server.frame_max
+            )));
         }
         if frame_max < amq_protocol::protocol::constants::FRAME_MIN_SIZE {
-            return Err(AmqpError::not_allowed(format!("frame_max={frame_max} < 4096 min")));
+            return Err(AmqpError::not_allowed(format!(
+                "frame_max={frame_max} < 4096 min"
+            )));
         }
-        let channel_max = if m.channel_max == 0 { server.channel_max } else { m.channel_max };
+        let channel_max = if m.channel_max == 0 {
+            server.channel_max
+        } else {
+            m.channel_max
+        };
         if channel_max > server.channel_max {
-            return Err(AmqpError::not_allowed(format!("channel_max={channel_max} > {} max", server.channel_max)));
+            return Err(AmqpError::not_allowed(format!(
+                "channel_max={channel_max} > {} max",
+                server.channel_max
+            )));
         }
         self.frame_max = frame_max as usize;
         self.outbound.set_frame_max(self.frame_max);
@@ -465,7 +541,10 @@ impl Connection {
 
     fn open(&mut self, m: &connection::Open) -> Result<(), AmqpError> {
         let Some(vhost) = self.broker.vhost(m.virtual_host.as_str()) else {
-            return Err(AmqpError::not_allowed(format!("vhost {} not found", m.virtual_host)));
+            return Err(AmqpError::not_allowed(format!(
+                "vhost {} not found",
+                m.virtual_host
+            )));
         };
         self.ctx = Some(ConnectionContext::new(
             vhost,
@@ -474,7 +553,10 @@ impl Connection {
             self.broker.config.max_message_size,
             self.cancel_notify,
         ));
-        self.send(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})));
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+        );
         self.state = State::Open;
         info!(conn = self.id, peer = %self.peer, user = %self.user, vhost = %m.virtual_host, "connection opened");
         Ok(())
@@ -490,7 +572,10 @@ fn parse_plain(response: &[u8]) -> Option<(String, String)> {
     if parts.next().is_some() {
         return None;
     }
-    Some((String::from_utf8(user.to_vec()).ok()?, String::from_utf8(pass.to_vec()).ok()?))
+    Some((
+        String::from_utf8(user.to_vec()).ok()?,
+        String::from_utf8(pass.to_vec()).ok()?,
+    ))
 }
 
 /// AMQPLAIN response: a field table without its length prefix, with `LOGIN` and `PASSWORD`.
@@ -513,7 +598,10 @@ mod tests {
 
     #[test]
     fn sasl_responses() {
-        assert_eq!(parse_plain(b"\0guest\0guest"), Some(("guest".into(), "guest".into())));
+        assert_eq!(
+            parse_plain(b"\0guest\0guest"),
+            Some(("guest".into(), "guest".into()))
+        );
         assert_eq!(parse_plain(b"guest\0guest"), None);
         let mut table = FieldTable::default();
         table.insert("LOGIN".into(), AMQPValue::LongString("u".into()));
@@ -523,6 +611,9 @@ mod tests {
         )
         .unwrap()
         .write;
-        assert_eq!(parse_amqplain(&encoded[4..]), Some(("u".into(), "p".into())));
+        assert_eq!(
+            parse_amqplain(&encoded[4..]),
+            Some(("u".into(), "p".into()))
+        );
     }
 }

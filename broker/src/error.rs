@@ -152,6 +152,9 @@ mod tests {
         assert_eq!(e.reply_text(), "NOT_FOUND - no queue 'q' in vhost '/'");
         let e = AmqpError::command_invalid("unknown exchange type 'foo'");
         assert_eq!(e.reply_code(), 503);
-        assert_eq!(e.reply_text(), "COMMAND_INVALID - unknown exchange type 'foo'");
+        assert_eq!(
+            e.reply_text(),
+            "COMMAND_INVALID - unknown exchange type 'foo'"
+        );
     }
 }

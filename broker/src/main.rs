@@ -21,7 +21,10 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             error!(error = %e, "cannot start the tokio runtime");
@@ -40,7 +43,9 @@ fn main() -> ExitCode {
 async fn run(config: warren::config::Config) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     for addr in &config.listen {
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         info!(address = %listener.local_addr()?, "listening for AMQP 0-9-1");
         listeners.push(listener);
     }

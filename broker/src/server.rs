@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -40,9 +40,19 @@ impl Broker {
         let vhosts = config
             .vhosts
             .iter()
-            .map(|name| (name.clone(), Arc::new(VHost::new(name, Arc::clone(&registry)))))
+            .map(|name| {
+                (
+                    name.clone(),
+                    Arc::new(VHost::new(name, Arc::clone(&registry))),
+                )
+            })
             .collect();
-        Broker { config, registry, vhosts, next_connection: AtomicU64::new(1) }
+        Broker {
+            config,
+            registry,
+            vhosts,
+            next_connection: AtomicU64::new(1),
+        }
     }
 
     /// The vhost named `name`, if configured.
@@ -57,12 +67,20 @@ impl Broker {
 }
 
 /// Accepts connections on `listeners` until `shutdown` completes, then shuts down gracefully.
-pub async fn run(listeners: Vec<TcpListener>, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()>,
+) {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     for listener in listeners {
-        let (broker, cancel_accept, cancel_conn, conns) =
-            (Arc::clone(&broker), cancel.clone(), cancel.clone(), tracker.clone());
+        let (broker, cancel_accept, cancel_conn, conns) = (
+            Arc::clone(&broker),
+            cancel.clone(),
+            cancel.clone(),
+            tracker.clone(),
+        );
         tracker.spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -71,7 +89,12 @@ pub async fn run(listeners: Vec<TcpListener>, broker: Arc<Broker>, shutdown: imp
                 };
                 match accepted {
                     Ok((socket, peer)) => {
-                        conns.spawn(crate::connection::serve(socket, peer, Arc::clone(&broker), cancel_conn.clone()));
+                        conns.spawn(crate::connection::serve(
+                            socket,
+                            peer,
+                            Arc::clone(&broker),
+                            cancel_conn.clone(),
+                        ));
                     }
                     Err(e) => {
                         // Typically EMFILE: back off instead of spinning on the error.
@@ -86,7 +109,10 @@ pub async fn run(listeners: Vec<TcpListener>, broker: Arc<Broker>, shutdown: imp
     info!("shutting down: closing connections");
     cancel.cancel();
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         error!("connections did not close within {SHUTDOWN_GRACE:?}");
     }
 }

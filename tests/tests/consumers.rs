@@ -11,19 +11,39 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
 async fn publish(ch: &lapin::Channel, queue: &str, body: &str) {
-    ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body.as_bytes(), BasicProperties::default())
-        .await
-        .expect("publish");
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        body.as_bytes(),
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish");
 }
 
 async fn declare(ch: &lapin::Channel, queue: &str) {
-    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("declare");
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
 }
 
 async fn consume(ch: &lapin::Channel, queue: &str, tag: &str, no_ack: bool) -> lapin::Consumer {
-    ch.basic_consume(queue.into(), tag.into(), BasicConsumeOptions { no_ack, ..Default::default() }, FieldTable::default())
-        .await
-        .expect("consume")
+    ch.basic_consume(
+        queue.into(),
+        tag.into(),
+        BasicConsumeOptions {
+            no_ack,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("consume")
 }
 
 fn body(d: &lapin::message::Delivery) -> String {
@@ -59,7 +79,9 @@ async fn prefetch_one_gives_fair_dispatch() {
     let fast_ch = channel(&conn).await;
     declare(&slow_ch, "work").await;
     for ch in [&slow_ch, &fast_ch] {
-        ch.basic_qos(1, BasicQosOptions::default()).await.expect("qos");
+        ch.basic_qos(1, BasicQosOptions::default())
+            .await
+            .expect("qos");
     }
     let mut slow = consume(&slow_ch, "work", "slow", false).await;
     let mut fast = consume(&fast_ch, "work", "fast", false).await;
@@ -95,7 +117,10 @@ async fn prefetch_limits_unacked_and_ack_releases() {
     let d1 = next(&mut c).await;
     expect_silence(&mut c, Duration::from_millis(200)).await;
     // Ack both with one multiple ack: two more arrive.
-    d1.acker.ack(BasicAckOptions { multiple: true }).await.unwrap();
+    d1.acker
+        .ack(BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
     let _ = d0;
     let d2 = next(&mut c).await;
     let d3 = next(&mut c).await;
@@ -110,7 +135,9 @@ async fn global_qos_limits_the_channel() {
     let ch = channel(&conn).await;
     declare(&ch, "g1").await;
     declare(&ch, "g2").await;
-    ch.basic_qos(1, BasicQosOptions { global: true }).await.unwrap();
+    ch.basic_qos(1, BasicQosOptions { global: true })
+        .await
+        .unwrap();
     publish(&ch, "g1", "a").await;
     publish(&ch, "g2", "b").await;
     let mut c1 = consume(&ch, "g1", "c1", false).await;
@@ -145,7 +172,10 @@ async fn unacked_messages_are_requeued_in_order_when_the_channel_closes() {
     let mut again = Vec::new();
     for _ in 0..4 {
         let d = next(&mut c2).await;
-        assert!(d.redelivered, "requeued delivery must be flagged redelivered");
+        assert!(
+            d.redelivered,
+            "requeued delivery must be flagged redelivered"
+        );
         again.push(body(&d));
     }
     assert_eq!(again, ["0", "1", "3", "4"]);
@@ -165,7 +195,11 @@ async fn unacked_messages_are_requeued_when_the_connection_drops() {
     consumer_conn.close(200, "bye".into()).await.unwrap();
     let got = tokio::time::timeout(WAIT, async {
         loop {
-            if let Some(m) = ch.basic_get("conn-drop".into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+            if let Some(m) = ch
+                .basic_get("conn-drop".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
                 return m;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -190,18 +224,29 @@ async fn nack_reject_and_recover() {
     let d1 = next(&mut c).await;
     let d2 = next(&mut c).await;
     // reject without requeue drops; nack with requeue brings it back flagged.
-    d0.reject(BasicRejectOptions { requeue: false }).await.unwrap();
-    d1.nack(BasicNackOptions { requeue: true, multiple: false }).await.unwrap();
+    d0.reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    d1.nack(BasicNackOptions {
+        requeue: true,
+        multiple: false,
+    })
+    .await
+    .unwrap();
     let again = next(&mut c).await;
     assert_eq!(body(&again), "1");
     assert!(again.redelivered);
     // recover(requeue) redelivers everything unacked.
-    ch.basic_recover(BasicRecoverOptions { requeue: true }).await.unwrap();
+    ch.basic_recover(BasicRecoverOptions { requeue: true })
+        .await
+        .unwrap();
     let mut bodies = vec![body(&next(&mut c).await), body(&next(&mut c).await)];
     bodies.sort();
     assert_eq!(bodies, ["1", "2"]);
     let _ = d2;
-    ch.queue_delete("nack".into(), QueueDeleteOptions::default()).await.unwrap();
+    ch.queue_delete("nack".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,12 +256,32 @@ async fn unknown_delivery_tag_is_406() {
     let ch = channel(&conn).await;
     declare(&ch, "tags").await;
     publish(&ch, "tags", "x").await;
-    let m = ch.basic_get("tags".into(), BasicGetOptions { no_ack: false }).await.unwrap().expect("message");
+    let m = ch
+        .basic_get("tags".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("message");
     m.delivery.ack(BasicAckOptions::default()).await.unwrap();
     // Acking the same tag twice closes the channel with 406.
-    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()).await.unwrap();
-    let text = expect_code(ch.queue_declare("tags".into(), QueueDeclareOptions::default(), FieldTable::default()).await, 406);
-    assert_eq!(text, format!("PRECONDITION_FAILED - unknown delivery tag {}", m.delivery.delivery_tag));
+    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .unwrap();
+    let text = expect_code(
+        ch.queue_declare(
+            "tags".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await,
+        406,
+    );
+    assert_eq!(
+        text,
+        format!(
+            "PRECONDITION_FAILED - unknown delivery tag {}",
+            m.delivery.delivery_tag
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,17 +290,45 @@ async fn basic_get_counts_and_empty() {
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
     declare(&ch, "get").await;
-    assert!(ch.basic_get("get".into(), BasicGetOptions::default()).await.unwrap().is_none());
+    assert!(ch
+        .basic_get("get".into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .is_none());
     for i in 0..3 {
         publish(&ch, "get", &i.to_string()).await;
     }
-    let q = ch.queue_declare("get".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    let q = ch
+        .queue_declare(
+            "get".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(q.message_count(), 3);
-    let m = ch.basic_get("get".into(), BasicGetOptions { no_ack: false }).await.unwrap().unwrap();
+    let m = ch
+        .basic_get("get".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.message_count, 2);
     assert_eq!(m.delivery.data, b"0");
-    m.delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await.unwrap();
-    let again = ch.basic_get("get".into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    m.delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await
+        .unwrap();
+    let again = ch
+        .basic_get("get".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again.delivery.data, b"0");
     assert!(again.delivery.redelivered);
 }
@@ -249,16 +342,37 @@ async fn cancel_stops_deliveries_and_tags_are_unique() {
     let mut c = consume(&ch, "cancel", "tag", true).await;
     publish(&ch, "cancel", "1").await;
     next(&mut c).await;
-    ch.basic_cancel("tag".into(), BasicCancelOptions::default()).await.unwrap();
+    ch.basic_cancel("tag".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
     publish(&ch, "cancel", "2").await;
-    let q = ch.queue_declare("cancel".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    let q = ch
+        .queue_declare(
+            "cancel".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!((q.message_count(), q.consumer_count()), (1, 0));
     // A server-generated tag is returned when none is given.
     let generated = consume(&ch, "cancel", "", true).await;
-    assert!(generated.tag().as_str().starts_with("amq.ctag-"), "{}", generated.tag());
+    assert!(
+        generated.tag().as_str().starts_with("amq.ctag-"),
+        "{}",
+        generated.tag()
+    );
     let _c2 = consume(&ch, "cancel", "dup", true).await;
     let err = ch
-        .basic_consume("cancel".into(), "dup".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            "cancel".into(),
+            "dup".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect_err("tag reuse");
     assert_eq!(reply_code(&err), Some(530), "{err:?}");
@@ -273,10 +387,15 @@ async fn queue_delete_notifies_consumers() {
     let mut c = consume(&ch, "doomed", "c", true).await;
     let other = connect(&broker).await;
     let och = channel(&other).await;
-    let deleted = och.queue_delete("doomed".into(), QueueDeleteOptions::default()).await.unwrap();
+    let deleted = och
+        .queue_delete("doomed".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
     assert_eq!(deleted, 0);
     // lapin ends the consumer stream when the server sends basic.cancel.
-    let end = tokio::time::timeout(WAIT, futures_lite::StreamExt::next(&mut c)).await.expect("cancel notification");
+    let end = tokio::time::timeout(WAIT, futures_lite::StreamExt::next(&mut c))
+        .await
+        .expect("cancel notification");
     assert!(end.is_none(), "consumer should end, got {end:?}");
 }
 
@@ -288,34 +407,77 @@ async fn exclusive_consumer_and_exclusive_queue() {
     declare(&ch, "excl-consumer").await;
     // lapin cancels a consumer when its handle is dropped: keep it alive.
     let _only = ch
-        .basic_consume("excl-consumer".into(), "only".into(), BasicConsumeOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            "excl-consumer".into(),
+            "only".into(),
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let ch2 = channel(&conn).await;
     let text = expect_code(
-        ch2.basic_consume("excl-consumer".into(), "second".into(), BasicConsumeOptions::default(), FieldTable::default()).await,
+        ch2.basic_consume(
+            "excl-consumer".into(),
+            "second".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await,
         403,
     );
-    assert_eq!(text, "ACCESS_REFUSED - queue 'excl-consumer' in vhost '/' in exclusive use");
+    assert_eq!(
+        text,
+        "ACCESS_REFUSED - queue 'excl-consumer' in vhost '/' in exclusive use"
+    );
 
     let owner = connect(&broker).await;
     let och = channel(&owner).await;
-    och.queue_declare("mine".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
+    och.queue_declare(
+        "mine".into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let ch3 = channel(&conn).await;
     let text = expect_code(
-        ch3.queue_declare("mine".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await,
+        ch3.queue_declare(
+            "mine".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await,
         405,
     );
-    assert!(text.starts_with("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'mine' in vhost '/'"), "{text}");
+    assert!(
+        text.starts_with(
+            "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'mine' in vhost '/'"
+        ),
+        "{text}"
+    );
     owner.close(200, "bye".into()).await.unwrap();
     let gone = tokio::time::timeout(WAIT, async {
         loop {
             // Each failed passive declare closes its channel: use a fresh one per attempt.
             let probe = channel(&conn).await;
-            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-            if let Err(e) = probe.queue_declare("mine".into(), passive, FieldTable::default()).await {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            if let Err(e) = probe
+                .queue_declare("mine".into(), passive, FieldTable::default())
+                .await
+            {
                 if reply_code(&e) == Some(404) {
                     return e;
                 }
@@ -333,16 +495,36 @@ async fn auto_delete_queue_goes_with_last_consumer() {
     let broker = start_broker().await;
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    ch.queue_declare("ad".into(), QueueDeclareOptions { auto_delete: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
+    ch.queue_declare(
+        "ad".into(),
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let _c1 = consume(&ch, "ad", "c1", true).await;
     let _c2 = consume(&ch, "ad", "c2", true).await;
-    ch.basic_cancel("c1".into(), BasicCancelOptions::default()).await.unwrap();
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    ch.queue_declare("ad".into(), passive, FieldTable::default()).await.expect("still there with one consumer");
-    ch.basic_cancel("c2".into(), BasicCancelOptions::default()).await.unwrap();
-    expect_code(ch.queue_declare("ad".into(), passive, FieldTable::default()).await, 404);
+    ch.basic_cancel("c1".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.queue_declare("ad".into(), passive, FieldTable::default())
+        .await
+        .expect("still there with one consumer");
+    ch.basic_cancel("c2".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    expect_code(
+        ch.queue_declare("ad".into(), passive, FieldTable::default())
+            .await,
+        404,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,9 +534,15 @@ async fn large_messages_span_frames() {
     let ch = channel(&conn).await;
     declare(&ch, "big").await;
     let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-    ch.basic_publish("".into(), "big".into(), BasicPublishOptions::default(), &payload, BasicProperties::default())
-        .await
-        .unwrap();
+    ch.basic_publish(
+        "".into(),
+        "big".into(),
+        BasicPublishOptions::default(),
+        &payload,
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
     let mut c = consume(&ch, "big", "c", true).await;
     let d = next(&mut c).await;
     assert_eq!(d.data.len(), payload.len());

@@ -1,14 +1,14 @@
 //! basic.*, confirm.* and tx.* handlers, and channel.flow (AMQP 0-9-1 §1.8, §1.9; RabbitMQ
 //! docs/confirms.md, docs/consumer-prefetch.md, docs/nack.md).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use amq_protocol::frame::AMQPContentHeader;
-use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, tx};
+use amq_protocol::protocol::{basic, channel, confirm, tx, AMQPClass};
 use bytes::Bytes;
 
-use super::{Channel, ConnectionContext, TxOp, Unacked, requeue_all, write_message};
+use super::{requeue_all, write_message, Channel, ConnectionContext, TxOp, Unacked};
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Message, MessageRef};
 use crate::protocol::encode;
@@ -20,22 +20,37 @@ impl Channel {
     /// `global = true` a limit shared by the channel (RabbitMQ's reinterpretation, docs/consumer-prefetch.md).
     pub(super) fn basic_qos(&mut self, ctx: &mut ConnectionContext, m: basic::Qos) -> AmqpResult {
         if m.global {
-            self.shared.global_prefetch.store(m.prefetch_count, Ordering::Relaxed);
+            self.shared
+                .global_prefetch
+                .store(m.prefetch_count, Ordering::Relaxed);
         } else {
             self.consumer_prefetch = m.prefetch_count;
         }
-        self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
+        self.reply(
+            ctx,
+            AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+        );
         self.kick_consumers();
         Ok(())
     }
 
     /// basic.consume → consume-ok, then deliveries.
-    pub(super) fn basic_consume(&mut self, ctx: &mut ConnectionContext, m: basic::Consume) -> AmqpResult {
+    pub(super) fn basic_consume(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        m: basic::Consume,
+    ) -> AmqpResult {
         let name = self.queue_name(m.queue)?;
         let queue = ctx.vhost.queue(name.as_str(), ctx.conn_id)?;
-        let tag = if m.consumer_tag.as_str().is_empty() { generate_name("amq.ctag-") } else { m.consumer_tag };
+        let tag = if m.consumer_tag.as_str().is_empty() {
+            generate_name("amq.ctag-")
+        } else {
+            m.consumer_tag
+        };
         if self.shared.lock().consumers.contains_key(tag.as_str()) {
-            return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag}'")));
+            return Err(AmqpError::not_allowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
         }
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
@@ -45,13 +60,24 @@ impl Channel {
             unacked: Default::default(),
             sink: Arc::clone(&self.shared) as Arc<dyn ConsumerSink>,
         });
-        self.shared.lock().consumers.insert(tag.clone(), (Arc::clone(&consumer), Arc::clone(&queue)));
+        self.shared
+            .lock()
+            .consumers
+            .insert(tag.clone(), (Arc::clone(&consumer), Arc::clone(&queue)));
         let id = self.id();
         let reply = || {
             if !m.nowait {
-                let ok = basic::ConsumeOk { consumer_tag: tag.clone() };
+                let ok = basic::ConsumeOk {
+                    consumer_tag: tag.clone(),
+                };
                 ctx.outbound.write(|out| {
-                    encode::frame(out, &amq_protocol::frame::AMQPFrame::Method(id, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok))))
+                    encode::frame(
+                        out,
+                        &amq_protocol::frame::AMQPFrame::Method(
+                            id,
+                            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok)),
+                        ),
+                    )
                 });
             }
         };
@@ -64,16 +90,21 @@ impl Channel {
                         "queue '{name}' in vhost '{}' in exclusive use",
                         ctx.vhost.name
                     )),
-                    ConsumeRefused::Deleted => {
-                        AmqpError::not_found(format!("no queue '{name}' in vhost '{}'", ctx.vhost.name))
-                    }
+                    ConsumeRefused::Deleted => AmqpError::not_found(format!(
+                        "no queue '{name}' in vhost '{}'",
+                        ctx.vhost.name
+                    )),
                 })
             }
         }
     }
 
     /// basic.cancel → cancel-ok. Unacked deliveries of the consumer stay unacked. An unknown tag is fine.
-    pub(super) fn basic_cancel(&mut self, ctx: &mut ConnectionContext, m: basic::Cancel) -> AmqpResult {
+    pub(super) fn basic_cancel(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        m: basic::Cancel,
+    ) -> AmqpResult {
         let removed = self.shared.lock().consumers.remove(m.consumer_tag.as_str());
         if let Some((consumer, queue)) = removed {
             if queue.remove_consumer(&consumer) {
@@ -81,7 +112,9 @@ impl Channel {
             }
         }
         if !m.nowait {
-            let ok = basic::CancelOk { consumer_tag: m.consumer_tag };
+            let ok = basic::CancelOk {
+                consumer_tag: m.consumer_tag,
+            };
             self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::CancelOk(ok)));
         }
         Ok(())
@@ -120,7 +153,11 @@ impl Channel {
             if !message.exchange.as_str().is_empty() {
                 ctx.vhost.exchange(message.exchange.as_str())?;
             }
-            ops.push(TxOp::Publish { exchange: message.exchange.clone(), mandatory: publish.mandatory, message });
+            ops.push(TxOp::Publish {
+                exchange: message.exchange.clone(),
+                mandatory: publish.mandatory,
+                message,
+            });
             return Ok(());
         }
         let exchange = message.exchange.clone();
@@ -137,7 +174,9 @@ impl Channel {
         let mut queues = std::mem::take(&mut ctx.route_queues);
         let mut scratch = std::mem::take(&mut ctx.route_scratch);
         queues.clear();
-        let routed = ctx.vhost.route(exchange, &message, &mut queues, &mut scratch);
+        let routed = ctx
+            .vhost
+            .route(exchange, &message, &mut queues, &mut scratch);
         scratch.clear();
         ctx.route_scratch = scratch;
         if let Err(e) = routed {
@@ -153,7 +192,14 @@ impl Channel {
             let id = self.id();
             let frame_max = ctx.outbound.frame_max();
             ctx.outbound.write(|out| {
-                encode::return_method(out, id, 312, "NO_ROUTE", exchange, message.routing_key.as_str());
+                encode::return_method(
+                    out,
+                    id,
+                    312,
+                    "NO_ROUTE",
+                    exchange,
+                    message.routing_key.as_str(),
+                );
                 write_message(out, id, &message, frame_max);
             });
         }
@@ -165,7 +211,10 @@ impl Channel {
         let name = self.queue_name(m.queue)?;
         let queue = ctx.vhost.queue(name.as_str(), ctx.conn_id)?;
         let Some((message, remaining)) = queue.get(m.no_ack) else {
-            self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})));
+            self.reply(
+                ctx,
+                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+            );
             return Ok(());
         };
         let mut d = self.shared.lock();
@@ -192,7 +241,12 @@ impl Channel {
     ///
     /// # Errors
     /// 406 "unknown delivery tag N".
-    pub(super) fn basic_ack(&mut self, _ctx: &mut ConnectionContext, tag: u64, multiple: bool) -> AmqpResult {
+    pub(super) fn basic_ack(
+        &mut self,
+        _ctx: &mut ConnectionContext,
+        tag: u64,
+        multiple: bool,
+    ) -> AmqpResult {
         if let Some(ops) = &mut self.tx {
             ops.push(TxOp::Ack { tag, multiple });
             return Ok(());
@@ -209,9 +263,19 @@ impl Channel {
     ///
     /// # Errors
     /// 406 "unknown delivery tag N".
-    pub(super) fn basic_nack(&mut self, _ctx: &mut ConnectionContext, tag: u64, multiple: bool, requeue: bool) -> AmqpResult {
+    pub(super) fn basic_nack(
+        &mut self,
+        _ctx: &mut ConnectionContext,
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> AmqpResult {
         if let Some(ops) = &mut self.tx {
-            ops.push(TxOp::Nack { tag, multiple, requeue });
+            ops.push(TxOp::Nack {
+                tag,
+                multiple,
+                requeue,
+            });
             return Ok(());
         }
         let mut taken = Vec::new();
@@ -227,14 +291,22 @@ impl Channel {
 
     /// basic.recover / recover-async with `requeue = true`: requeue every unacked delivery.
     /// `requeue = false` is refused with 540, as RabbitMQ does.
-    pub(super) fn basic_recover(&mut self, ctx: &mut ConnectionContext, requeue: bool, reply: bool) -> AmqpResult {
+    pub(super) fn basic_recover(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        requeue: bool,
+        reply: bool,
+    ) -> AmqpResult {
         if !requeue {
             return Err(AmqpError::not_implemented("requeue=false"));
         }
         // recover-ok goes out before the redeliveries, as with RabbitMQ: clients (lapin) drop deliveries
         // that arrive before recover-ok as stale prefetch.
         if reply {
-            self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
+            self.reply(
+                ctx,
+                AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+            );
         }
         let mut taken = Vec::new();
         self.shared.take(0, true, &mut taken)?;
@@ -255,13 +327,22 @@ impl Channel {
     ///
     /// # Errors
     /// 406 on a transactional channel.
-    pub(super) fn confirm_select(&mut self, ctx: &mut ConnectionContext, m: confirm::Select) -> AmqpResult {
+    pub(super) fn confirm_select(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        m: confirm::Select,
+    ) -> AmqpResult {
         if self.tx.is_some() {
-            return Err(AmqpError::precondition_failed("cannot switch from tx to confirm mode"));
+            return Err(AmqpError::precondition_failed(
+                "cannot switch from tx to confirm mode",
+            ));
         }
         self.confirm = true;
         if !m.nowait {
-            self.reply(ctx, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
+            self.reply(
+                ctx,
+                AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+            );
         }
         Ok(())
     }
@@ -272,10 +353,15 @@ impl Channel {
     /// 406 on a channel in confirm mode.
     pub(super) fn tx_select(&mut self, ctx: &mut ConnectionContext) -> AmqpResult {
         if self.confirm {
-            return Err(AmqpError::precondition_failed("cannot switch from confirm to tx mode"));
+            return Err(AmqpError::precondition_failed(
+                "cannot switch from confirm to tx mode",
+            ));
         }
         self.tx.get_or_insert_with(Vec::new);
-        self.reply(ctx, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+        self.reply(
+            ctx,
+            AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+        );
         Ok(())
     }
 
@@ -285,19 +371,30 @@ impl Channel {
     /// 406 when not in tx mode, or an error of an applied operation.
     pub(super) fn tx_commit(&mut self, ctx: &mut ConnectionContext) -> AmqpResult {
         let Some(ops) = self.tx.replace(Vec::new()) else {
-            return Err(AmqpError::precondition_failed("channel is not transactional"));
+            return Err(AmqpError::precondition_failed(
+                "channel is not transactional",
+            ));
         };
         self.tx = None;
         let result = ops.into_iter().try_for_each(|op| match op {
-            TxOp::Publish { exchange, mandatory, message } => {
-                self.route_and_enqueue(ctx, exchange.as_str(), mandatory, message)
-            }
+            TxOp::Publish {
+                exchange,
+                mandatory,
+                message,
+            } => self.route_and_enqueue(ctx, exchange.as_str(), mandatory, message),
             TxOp::Ack { tag, multiple } => self.basic_ack(ctx, tag, multiple),
-            TxOp::Nack { tag, multiple, requeue } => self.basic_nack(ctx, tag, multiple, requeue),
+            TxOp::Nack {
+                tag,
+                multiple,
+                requeue,
+            } => self.basic_nack(ctx, tag, multiple, requeue),
         });
         self.tx = Some(Vec::new());
         result?;
-        self.reply(ctx, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+        self.reply(
+            ctx,
+            AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+        );
         Ok(())
     }
 
@@ -307,10 +404,15 @@ impl Channel {
     /// 406 when not in tx mode.
     pub(super) fn tx_rollback(&mut self, ctx: &mut ConnectionContext) -> AmqpResult {
         let Some(ops) = &mut self.tx else {
-            return Err(AmqpError::precondition_failed("channel is not transactional"));
+            return Err(AmqpError::precondition_failed(
+                "channel is not transactional",
+            ));
         };
         ops.clear();
-        self.reply(ctx, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+        self.reply(
+            ctx,
+            AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+        );
         Ok(())
     }
 
@@ -320,7 +422,10 @@ impl Channel {
         if !active {
             return Err(AmqpError::not_implemented("active=false"));
         }
-        self.reply(ctx, AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active })));
+        self.reply(
+            ctx,
+            AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active })),
+        );
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! exchange.* handlers (AMQP 0-9-1 §1.6).
 
-use amq_protocol::protocol::{AMQPClass, exchange};
+use amq_protocol::protocol::{exchange, AMQPClass};
 
 use super::{Channel, ConnectionContext};
 use crate::error::AmqpResult;
@@ -8,38 +8,84 @@ use crate::vhost::ExchangeFlags;
 
 impl Channel {
     /// exchange.declare → declare-ok.
-    pub(super) fn exchange_declare(&mut self, ctx: &mut ConnectionContext, m: exchange::Declare) -> AmqpResult {
-        let flags = ExchangeFlags { durable: m.durable, auto_delete: m.auto_delete, internal: m.internal };
-        ctx.vhost.exchange_declare(&m.exchange, m.kind.as_str(), m.passive, flags, &m.arguments)?;
+    pub(super) fn exchange_declare(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        m: exchange::Declare,
+    ) -> AmqpResult {
+        let flags = ExchangeFlags {
+            durable: m.durable,
+            auto_delete: m.auto_delete,
+            internal: m.internal,
+        };
+        ctx.vhost
+            .exchange_declare(&m.exchange, m.kind.as_str(), m.passive, flags, &m.arguments)?;
         if !m.nowait {
-            self.reply(ctx, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})));
+            self.reply(
+                ctx,
+                AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+            );
         }
         Ok(())
     }
 
     /// exchange.delete → delete-ok.
-    pub(super) fn exchange_delete(&mut self, ctx: &mut ConnectionContext, m: exchange::Delete) -> AmqpResult {
-        ctx.vhost.exchange_delete(m.exchange.as_str(), m.if_unused)?;
+    pub(super) fn exchange_delete(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        m: exchange::Delete,
+    ) -> AmqpResult {
+        ctx.vhost
+            .exchange_delete(m.exchange.as_str(), m.if_unused)?;
         if !m.nowait {
-            self.reply(ctx, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})));
+            self.reply(
+                ctx,
+                AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+            );
         }
         Ok(())
     }
 
     /// exchange.bind → bind-ok (RabbitMQ docs/e2e.md).
-    pub(super) fn exchange_bind(&mut self, ctx: &mut ConnectionContext, m: exchange::Bind) -> AmqpResult {
-        ctx.vhost.exchange_bind(m.destination.as_str(), m.source.as_str(), &m.routing_key, &m.arguments, true)?;
+    pub(super) fn exchange_bind(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        m: exchange::Bind,
+    ) -> AmqpResult {
+        ctx.vhost.exchange_bind(
+            m.destination.as_str(),
+            m.source.as_str(),
+            &m.routing_key,
+            &m.arguments,
+            true,
+        )?;
         if !m.nowait {
-            self.reply(ctx, AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})));
+            self.reply(
+                ctx,
+                AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+            );
         }
         Ok(())
     }
 
     /// exchange.unbind → unbind-ok.
-    pub(super) fn exchange_unbind(&mut self, ctx: &mut ConnectionContext, m: exchange::Unbind) -> AmqpResult {
-        ctx.vhost.exchange_bind(m.destination.as_str(), m.source.as_str(), &m.routing_key, &m.arguments, false)?;
+    pub(super) fn exchange_unbind(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        m: exchange::Unbind,
+    ) -> AmqpResult {
+        ctx.vhost.exchange_bind(
+            m.destination.as_str(),
+            m.source.as_str(),
+            &m.routing_key,
+            &m.arguments,
+            false,
+        )?;
         if !m.nowait {
-            self.reply(ctx, AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})));
+            self.reply(
+                ctx,
+                AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+            );
         }
         Ok(())
     }

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{AMQPClass, AMQPHardError, basic as amqp_basic, channel as amqp_channel};
+use amq_protocol::protocol::{
+    basic as amqp_basic, channel as amqp_channel, AMQPClass, AMQPHardError,
+};
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
 
@@ -108,7 +110,14 @@ impl ChannelShared {
 
     /// Records a delivery (unless no-ack) and returns its tag. Call with the lock held so that tag order
     /// equals write order.
-    fn track(&self, d: &mut Deliveries, queue: &Arc<Queue>, consumer: Option<&Arc<Consumer>>, m: &QueuedMessage, no_ack: bool) -> u64 {
+    fn track(
+        &self,
+        d: &mut Deliveries,
+        queue: &Arc<Queue>,
+        consumer: Option<&Arc<Consumer>>,
+        m: &QueuedMessage,
+        no_ack: bool,
+    ) -> u64 {
         d.next_tag += 1;
         let tag = d.next_tag;
         if !no_ack {
@@ -134,7 +143,9 @@ impl ChannelShared {
         } else {
             let pos = d.unacked.binary_search_by_key(&tag, |u| u.tag);
             let Ok(pos) = pos else {
-                return Err(AmqpError::precondition_failed(format!("unknown delivery tag {tag}")));
+                return Err(AmqpError::precondition_failed(format!(
+                    "unknown delivery tag {tag}"
+                )));
             };
             if multiple {
                 out.extend(d.unacked.drain(..=pos));
@@ -148,7 +159,11 @@ impl ChannelShared {
 
     /// Queues this channel consumes from (to re-dispatch after capacity frees up).
     fn consumer_queues(&self) -> Vec<Arc<Queue>> {
-        self.lock().consumers.values().map(|(_, q)| Arc::clone(q)).collect()
+        self.lock()
+            .consumers
+            .values()
+            .map(|(_, q)| Arc::clone(q))
+            .collect()
     }
 }
 
@@ -166,7 +181,9 @@ impl ConsumerSink for ChannelShared {
             return false;
         }
         let global = self.global_prefetch.load(Ordering::Relaxed);
-        consumer.no_ack || global == 0 || self.unacked_len.load(Ordering::Relaxed) < usize::from(global)
+        consumer.no_ack
+            || global == 0
+            || self.unacked_len.load(Ordering::Relaxed) < usize::from(global)
     }
 
     fn deliver(&self, queue: &Arc<Queue>, consumer: &Arc<Consumer>, message: QueuedMessage) {
@@ -190,15 +207,27 @@ impl ConsumerSink for ChannelShared {
 
     fn cancelled(&self, consumer: &Arc<Consumer>) {
         let mut d = self.lock();
-        let owned = d.consumers.get(consumer.tag.as_str()).is_some_and(|(c, _)| Arc::ptr_eq(c, consumer));
+        let owned = d
+            .consumers
+            .get(consumer.tag.as_str())
+            .is_some_and(|(c, _)| Arc::ptr_eq(c, consumer));
         if owned {
             d.consumers.remove(consumer.tag.as_str());
         }
         drop(d);
         if owned && self.cancel_notify {
-            let cancel = amqp_basic::Cancel { consumer_tag: consumer.tag.clone(), nowait: true };
+            let cancel = amqp_basic::Cancel {
+                consumer_tag: consumer.tag.clone(),
+                nowait: true,
+            };
             self.outbound.write(|out| {
-                encode::frame(out, &AMQPFrame::Method(self.id, AMQPClass::Basic(amqp_basic::AMQPMethod::Cancel(cancel))))
+                encode::frame(
+                    out,
+                    &AMQPFrame::Method(
+                        self.id,
+                        AMQPClass::Basic(amqp_basic::AMQPMethod::Cancel(cancel)),
+                    ),
+                )
             });
         }
     }
@@ -222,9 +251,20 @@ enum Content {
 /// A basic.publish or an ack held back until tx.commit.
 #[derive(Debug)]
 enum TxOp {
-    Publish { exchange: ShortString, mandatory: bool, message: MessageRef },
-    Ack { tag: u64, multiple: bool },
-    Nack { tag: u64, multiple: bool, requeue: bool },
+    Publish {
+        exchange: ShortString,
+        mandatory: bool,
+        message: MessageRef,
+    },
+    Ack {
+        tag: u64,
+        multiple: bool,
+    },
+    Nack {
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
 }
 
 /// The connection-task half of a channel. See the module docs.
@@ -286,7 +326,8 @@ impl Channel {
     }
 
     fn reply(&self, ctx: &ConnectionContext, method: AMQPClass) {
-        ctx.outbound.write(|out| encode::frame(out, &AMQPFrame::Method(self.id(), method)));
+        ctx.outbound
+            .write(|out| encode::frame(out, &AMQPFrame::Method(self.id(), method)));
     }
 
     /// Handles one method for this channel (not channel.open/close, which the connection handles).
@@ -317,24 +358,35 @@ impl Channel {
             AMQPClass::Basic(amqp_basic::AMQPMethod::Cancel(m)) => self.basic_cancel(ctx, m),
             AMQPClass::Basic(amqp_basic::AMQPMethod::Publish(m)) => self.basic_publish(m),
             AMQPClass::Basic(amqp_basic::AMQPMethod::Get(m)) => self.basic_get(ctx, m),
-            AMQPClass::Basic(amqp_basic::AMQPMethod::Ack(m)) => self.basic_ack(ctx, m.delivery_tag, m.multiple),
+            AMQPClass::Basic(amqp_basic::AMQPMethod::Ack(m)) => {
+                self.basic_ack(ctx, m.delivery_tag, m.multiple)
+            }
             AMQPClass::Basic(amqp_basic::AMQPMethod::Nack(m)) => {
                 self.basic_nack(ctx, m.delivery_tag, m.multiple, m.requeue)
             }
             AMQPClass::Basic(amqp_basic::AMQPMethod::Reject(m)) => {
                 self.basic_nack(ctx, m.delivery_tag, false, m.requeue)
             }
-            AMQPClass::Basic(amqp_basic::AMQPMethod::Recover(m)) => self.basic_recover(ctx, m.requeue, true),
-            AMQPClass::Basic(amqp_basic::AMQPMethod::RecoverAsync(m)) => self.basic_recover(ctx, m.requeue, false),
+            AMQPClass::Basic(amqp_basic::AMQPMethod::Recover(m)) => {
+                self.basic_recover(ctx, m.requeue, true)
+            }
+            AMQPClass::Basic(amqp_basic::AMQPMethod::RecoverAsync(m)) => {
+                self.basic_recover(ctx, m.requeue, false)
+            }
             AMQPClass::Confirm(confirm::AMQPMethod::Select(m)) => self.confirm_select(ctx, m),
             AMQPClass::Tx(tx::AMQPMethod::Select(_)) => self.tx_select(ctx),
             AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => self.tx_commit(ctx),
             AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => self.tx_rollback(ctx),
-            AMQPClass::Channel(amqp_channel::AMQPMethod::Flow(m)) => self.channel_flow(ctx, m.active),
+            AMQPClass::Channel(amqp_channel::AMQPMethod::Flow(m)) => {
+                self.channel_flow(ctx, m.active)
+            }
             AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::Request(_)) => {
                 // Deprecated in 0-9-1; RabbitMQ accepts it as a no-op (docs/spec-differences.md).
                 let ok = amq_protocol::protocol::access::RequestOk {};
-                self.reply(ctx, AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::RequestOk(ok)));
+                self.reply(
+                    ctx,
+                    AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::RequestOk(ok)),
+                );
                 Ok(())
             }
             other => Err(AmqpError::command_invalid(format!(
@@ -356,7 +408,9 @@ impl Channel {
         raw_properties: Bytes,
     ) -> AmqpResult {
         let Content::Header(publish) = std::mem::take(&mut self.content) else {
-            return Err(AmqpError::unexpected_frame("content header received without a preceding basic.publish"));
+            return Err(AmqpError::unexpected_frame(
+                "content header received without a preceding basic.publish",
+            ));
         };
         if header.class_id != 60 {
             return Err(AmqpError::unexpected_frame(format!(
@@ -373,7 +427,13 @@ impl Channel {
         if header.body_size == 0 {
             return self.publish_content(ctx, publish, &header, raw_properties, Bytes::new());
         }
-        self.content = Content::Body { publish, header, raw_properties, body: BytesMut::new(), first: None };
+        self.content = Content::Body {
+            publish,
+            header,
+            raw_properties,
+            body: BytesMut::new(),
+            first: None,
+        };
         Ok(())
     }
 
@@ -382,15 +442,25 @@ impl Channel {
     /// # Errors
     /// 505 UNEXPECTED_FRAME when no body is expected; 501 FRAME_ERROR when the body exceeds its declared size.
     pub fn handle_body(&mut self, ctx: &mut ConnectionContext, data: Bytes) -> AmqpResult {
-        let Content::Body { body, first, header, .. } = &mut self.content else {
-            return Err(AmqpError::unexpected_frame("content body received without a preceding content header"));
+        let Content::Body {
+            body,
+            first,
+            header,
+            ..
+        } = &mut self.content
+        else {
+            return Err(AmqpError::unexpected_frame(
+                "content body received without a preceding content header",
+            ));
         };
         let expected = header.body_size as usize;
         let received = first.as_ref().map_or(body.len(), Bytes::len) + data.len();
         if received > expected {
             return Err(AmqpError::connection(
                 AMQPHardError::FRAMEERROR,
-                format!("content body of {received} octets exceeds the declared body size {expected}"),
+                format!(
+                    "content body of {received} octets exceeds the declared body size {expected}"
+                ),
             ));
         }
         if first.is_none() && body.is_empty() {
@@ -405,7 +475,14 @@ impl Channel {
         if received < expected {
             return Ok(());
         }
-        let Content::Body { publish, header, raw_properties, body, first } = std::mem::take(&mut self.content) else {
+        let Content::Body {
+            publish,
+            header,
+            raw_properties,
+            body,
+            first,
+        } = std::mem::take(&mut self.content)
+        else {
             return Ok(());
         };
         let body = first.unwrap_or_else(|| body.freeze());
@@ -415,11 +492,12 @@ impl Channel {
     /// Sends the pending publisher confirm (one basic.ack, `multiple` when it covers several publishes).
     /// Called once per batch of frames read, so a burst of publishes costs one ack.
     pub fn flush_confirms(&mut self, ctx: &ConnectionContext) {
-        if self.confirm && self.publish_seq > self.confirmed {
+        if self.confirm && !self.closing && self.publish_seq > self.confirmed {
             let multiple = self.publish_seq - self.confirmed > 1;
             let tag = self.publish_seq;
             self.confirmed = tag;
-            ctx.outbound.write(|out| encode::basic_ack(out, self.id(), tag, multiple));
+            ctx.outbound
+                .write(|out| encode::basic_ack(out, self.id(), tag, multiple));
         }
     }
 
@@ -431,14 +509,23 @@ impl Channel {
     }
 
     /// Closes the channel from the server side after a soft error: sends channel.close, frees resources.
-    pub fn close_with_error(&mut self, ctx: &ConnectionContext, error: &AmqpError, class_id: u16, method_id: u16) {
+    pub fn close_with_error(
+        &mut self,
+        ctx: &ConnectionContext,
+        error: &AmqpError,
+        class_id: u16,
+        method_id: u16,
+    ) {
         let close = amqp_channel::Close {
             reply_code: error.reply_code(),
             reply_text: short_text(error.reply_text()),
             class_id,
             method_id,
         };
-        self.reply(ctx, AMQPClass::Channel(amqp_channel::AMQPMethod::Close(close)));
+        self.reply(
+            ctx,
+            AMQPClass::Channel(amqp_channel::AMQPMethod::Close(close)),
+        );
         self.release(ctx);
         self.closing = true;
     }

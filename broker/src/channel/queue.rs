@@ -1,6 +1,6 @@
 //! queue.* handlers (AMQP 0-9-1 §1.7).
 
-use amq_protocol::protocol::{AMQPClass, queue};
+use amq_protocol::protocol::{queue, AMQPClass};
 use amq_protocol::types::ShortString;
 
 use super::{Channel, ConnectionContext};
@@ -16,14 +16,30 @@ impl Channel {
         if !name.as_str().is_empty() {
             return Ok(name);
         }
-        self.last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
     /// queue.declare → declare-ok with the (possibly generated) name and counts.
-    pub(super) fn queue_declare(&mut self, ctx: &mut ConnectionContext, m: queue::Declare) -> AmqpResult {
-        let flags = QueueFlags { durable: m.durable, exclusive: m.exclusive, auto_delete: m.auto_delete };
-        let name = if m.passive { self.queue_name(m.queue)? } else { m.queue };
-        let (q, counts) = ctx.vhost.queue_declare(&name, m.passive, flags, &m.arguments, ctx.conn_id)?;
+    pub(super) fn queue_declare(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        m: queue::Declare,
+    ) -> AmqpResult {
+        let flags = QueueFlags {
+            durable: m.durable,
+            exclusive: m.exclusive,
+            auto_delete: m.auto_delete,
+        };
+        let name = if m.passive {
+            self.queue_name(m.queue)?
+        } else {
+            m.queue
+        };
+        let (q, counts) =
+            ctx.vhost
+                .queue_declare(&name, m.passive, flags, &m.arguments, ctx.conn_id)?;
         self.last_queue = Some(q.name.clone());
         if !m.nowait {
             let ok = queue::DeclareOk {
@@ -39,37 +55,79 @@ impl Channel {
     /// queue.bind → bind-ok.
     pub(super) fn queue_bind(&mut self, ctx: &mut ConnectionContext, m: queue::Bind) -> AmqpResult {
         let name = self.queue_name(m.queue)?;
-        ctx.vhost.queue_bind(name.as_str(), m.exchange.as_str(), &m.routing_key, &m.arguments, ctx.conn_id, true)?;
+        ctx.vhost.queue_bind(
+            name.as_str(),
+            m.exchange.as_str(),
+            &m.routing_key,
+            &m.arguments,
+            ctx.conn_id,
+            true,
+        )?;
         if !m.nowait {
-            self.reply(ctx, AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})));
+            self.reply(
+                ctx,
+                AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+            );
         }
         Ok(())
     }
 
     /// queue.unbind → unbind-ok.
-    pub(super) fn queue_unbind(&mut self, ctx: &mut ConnectionContext, m: queue::Unbind) -> AmqpResult {
+    pub(super) fn queue_unbind(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        m: queue::Unbind,
+    ) -> AmqpResult {
         let name = self.queue_name(m.queue)?;
-        ctx.vhost.queue_bind(name.as_str(), m.exchange.as_str(), &m.routing_key, &m.arguments, ctx.conn_id, false)?;
-        self.reply(ctx, AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})));
+        ctx.vhost.queue_bind(
+            name.as_str(),
+            m.exchange.as_str(),
+            &m.routing_key,
+            &m.arguments,
+            ctx.conn_id,
+            false,
+        )?;
+        self.reply(
+            ctx,
+            AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+        );
         Ok(())
     }
 
     /// queue.purge → purge-ok with the number of messages removed.
-    pub(super) fn queue_purge(&mut self, ctx: &mut ConnectionContext, m: queue::Purge) -> AmqpResult {
+    pub(super) fn queue_purge(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        m: queue::Purge,
+    ) -> AmqpResult {
         let name = self.queue_name(m.queue)?;
         let message_count = ctx.vhost.queue_purge(name.as_str(), ctx.conn_id)?;
         if !m.nowait {
-            self.reply(ctx, AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count })));
+            self.reply(
+                ctx,
+                AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count })),
+            );
         }
         Ok(())
     }
 
     /// queue.delete → delete-ok with the number of ready messages deleted.
-    pub(super) fn queue_delete(&mut self, ctx: &mut ConnectionContext, m: queue::Delete) -> AmqpResult {
+    pub(super) fn queue_delete(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        m: queue::Delete,
+    ) -> AmqpResult {
         let name = self.queue_name(m.queue)?;
-        let message_count = ctx.vhost.queue_delete(name.as_str(), m.if_unused, m.if_empty, ctx.conn_id)?;
+        let message_count =
+            ctx.vhost
+                .queue_delete(name.as_str(), m.if_unused, m.if_empty, ctx.conn_id)?;
         if !m.nowait {
-            self.reply(ctx, AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count })));
+            self.reply(
+                ctx,
+                AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                    message_count,
+                })),
+            );
         }
         Ok(())
     }

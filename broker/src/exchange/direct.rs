@@ -15,7 +15,10 @@ pub struct Direct {
 
 impl ExchangeType for Direct {
     fn bind(&mut self, binding: &Binding) {
-        self.routes.entry(binding.key.clone()).or_default().push(binding.destination.clone());
+        self.routes
+            .entry(binding.key.clone())
+            .or_default()
+            .push(binding.destination.clone());
     }
 
     fn unbind(&mut self, binding: &Binding) {
@@ -42,7 +45,11 @@ mod tests {
     use crate::exchange::test_support::route_names;
 
     /// (bindings as (queue, binding key), routing key, expected queues).
-    type Case = (&'static [(&'static str, &'static str)], &'static str, &'static [&'static str]);
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        &'static [&'static str],
+    );
 
     #[test]
     fn routes_on_exact_key() {

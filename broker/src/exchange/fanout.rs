@@ -15,7 +15,11 @@ impl ExchangeType for Fanout {
     }
 
     fn unbind(&mut self, binding: &Binding) {
-        if let Some(pos) = self.destinations.iter().position(|d| d.same(&binding.destination)) {
+        if let Some(pos) = self
+            .destinations
+            .iter()
+            .position(|d| d.same(&binding.destination))
+        {
             self.destinations.swap_remove(pos);
         }
     }
@@ -33,6 +37,9 @@ mod tests {
     #[test]
     fn routes_to_all() {
         let mut f = Fanout::default();
-        assert_eq!(route_names(&mut f, &[("q1", "a"), ("q2", "")], "zzz"), ["q1", "q2"]);
+        assert_eq!(
+            route_names(&mut f, &[("q1", "a"), ("q2", "")], "zzz"),
+            ["q1", "q2"]
+        );
     }
 }

@@ -32,7 +32,9 @@ fn parse_match(args: &FieldTable) -> Result<MatchKind, String> {
         return Ok(MatchKind::All);
     };
     let Some(s) = string_value(v) else {
-        return Err(format!("Invalid x-match field type {v:?}; expected longstr"));
+        return Err(format!(
+            "Invalid x-match field type {v:?}; expected longstr"
+        ));
     };
     match s {
         b"all" => Ok(MatchKind::All),
@@ -137,11 +139,9 @@ impl ExchangeType for Headers {
     }
 
     fn unbind(&mut self, binding: &Binding) {
-        if let Some(pos) = self
-            .bindings
-            .iter()
-            .position(|b| b.destination.same(&binding.destination) && b.arguments == binding.arguments)
-        {
+        if let Some(pos) = self.bindings.iter().position(|b| {
+            b.destination.same(&binding.destination) && b.arguments == binding.arguments
+        }) {
             self.bindings.swap_remove(pos);
         }
     }
@@ -178,37 +178,85 @@ mod tests {
     fn matches_like_rabbitmq() {
         let cases: Vec<(FieldTable, Option<FieldTable>, bool)> = vec![
             (table(&[("a", s("1"))]), Some(table(&[("a", s("1"))])), true),
-            (table(&[("a", s("1")), ("b", s("2"))]), Some(table(&[("a", s("1"))])), false),
-            (table(&[("x-match", s("any")), ("a", s("1")), ("b", s("2"))]), Some(table(&[("a", s("1"))])), true),
-            (table(&[("x-match", s("any")), ("a", s("1"))]), Some(table(&[("a", s("9"))])), false),
-            (table(&[("a", AMQPValue::Void)]), Some(table(&[("a", s("anything"))])), true),
-            (table(&[("a", AMQPValue::Void)]), Some(table(&[("b", s("x"))])), false),
-            (table(&[("a", AMQPValue::LongInt(5))]), Some(table(&[("a", AMQPValue::LongLongInt(5))])), true),
-            (table(&[("a", AMQPValue::ShortString("v".into()))]), Some(table(&[("a", s("v"))])), true),
+            (
+                table(&[("a", s("1")), ("b", s("2"))]),
+                Some(table(&[("a", s("1"))])),
+                false,
+            ),
+            (
+                table(&[("x-match", s("any")), ("a", s("1")), ("b", s("2"))]),
+                Some(table(&[("a", s("1"))])),
+                true,
+            ),
+            (
+                table(&[("x-match", s("any")), ("a", s("1"))]),
+                Some(table(&[("a", s("9"))])),
+                false,
+            ),
+            (
+                table(&[("a", AMQPValue::Void)]),
+                Some(table(&[("a", s("anything"))])),
+                true,
+            ),
+            (
+                table(&[("a", AMQPValue::Void)]),
+                Some(table(&[("b", s("x"))])),
+                false,
+            ),
+            (
+                table(&[("a", AMQPValue::LongInt(5))]),
+                Some(table(&[("a", AMQPValue::LongLongInt(5))])),
+                true,
+            ),
+            (
+                table(&[("a", AMQPValue::ShortString("v".into()))]),
+                Some(table(&[("a", s("v"))])),
+                true,
+            ),
             (table(&[]), None, true),
-            (table(&[("x-match", s("any"))]), Some(table(&[("a", s("1"))])), false),
+            (
+                table(&[("x-match", s("any"))]),
+                Some(table(&[("a", s("1"))])),
+                false,
+            ),
             (table(&[("a", s("1"))]), None, false),
             (table(&[("x-custom", s("1"))]), Some(table(&[])), true),
-            (table(&[("x-match", s("all-with-x")), ("x-custom", s("1"))]), Some(table(&[])), false),
+            (
+                table(&[("x-match", s("all-with-x")), ("x-custom", s("1"))]),
+                Some(table(&[])),
+                false,
+            ),
             (
                 table(&[("x-match", s("all-with-x")), ("x-custom", s("1"))]),
                 Some(table(&[("x-custom", s("1"))])),
                 true,
             ),
             (
-                table(&[("x-match", s("any-with-x")), ("x-custom", s("1")), ("a", s("2"))]),
+                table(&[
+                    ("x-match", s("any-with-x")),
+                    ("x-custom", s("1")),
+                    ("a", s("2")),
+                ]),
                 Some(table(&[("x-custom", s("1"))])),
                 true,
             ),
         ];
         for (args, headers, expected) in cases {
             let mut h = Headers::default();
-            let binding = Binding { destination: Destination::Queue(queue("q")), key: "".into(), arguments: args.clone() };
+            let binding = Binding {
+                destination: Destination::Queue(queue("q")),
+                key: "".into(),
+                arguments: args.clone(),
+            };
             assert!(h.validate_binding(&binding).is_ok());
             h.bind(&binding);
             let mut out = Vec::new();
             h.route(&message("", headers.clone()), &mut out);
-            assert_eq!(!out.is_empty(), expected, "args {args:?} headers {headers:?}");
+            assert_eq!(
+                !out.is_empty(),
+                expected,
+                "args {args:?} headers {headers:?}"
+            );
         }
     }
 
@@ -221,6 +269,9 @@ mod tests {
             arguments: table(&[("x-match", s("some"))]),
         };
         let err = h.validate_binding(&binding).unwrap_err();
-        assert!(err.contains("Invalid x-match field value \"some\""), "{err}");
+        assert!(
+            err.contains("Invalid x-match field value \"some\""),
+            "{err}"
+        );
     }
 }

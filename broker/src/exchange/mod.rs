@@ -71,7 +71,9 @@ pub struct Binding {
 impl Binding {
     /// Bindings are equal when destination, key and arguments are (RabbitMQ `#binding{}` equality).
     pub fn same(&self, other: &Binding) -> bool {
-        self.destination.same(&other.destination) && self.key == other.key && self.arguments == other.arguments
+        self.destination.same(&other.destination)
+            && self.key == other.key
+            && self.arguments == other.arguments
     }
 }
 
@@ -135,7 +137,10 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
-            state: RwLock::new(ExchangeState { bindings: Vec::new(), router }),
+            state: RwLock::new(ExchangeState {
+                bindings: Vec::new(),
+                router,
+            }),
         }
     }
 
@@ -217,7 +222,13 @@ pub(crate) mod test_support {
     use bytes::Bytes;
 
     pub(crate) fn queue(name: &str) -> Arc<Queue> {
-        Arc::new(Queue::new(name.into(), false, false, None, FieldTable::default()))
+        Arc::new(Queue::new(
+            name.into(),
+            false,
+            false,
+            None,
+            FieldTable::default(),
+        ))
     }
 
     pub(crate) fn message(routing_key: &str, headers: Option<FieldTable>) -> Message {
@@ -235,7 +246,11 @@ pub(crate) mod test_support {
     }
 
     /// Binds each `(queue, key)` and returns the sorted, deduplicated queue names `key` routes to.
-    pub(crate) fn route_names(router: &mut dyn ExchangeType, bindings: &[(&str, &str)], key: &str) -> Vec<String> {
+    pub(crate) fn route_names(
+        router: &mut dyn ExchangeType,
+        bindings: &[(&str, &str)],
+        key: &str,
+    ) -> Vec<String> {
         for (q, k) in bindings {
             router.bind(&Binding {
                 destination: Destination::Queue(queue(q)),

@@ -23,7 +23,9 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        let r = Registry { types: RwLock::new(HashMap::new()) };
+        let r = Registry {
+            types: RwLock::new(HashMap::new()),
+        };
         r.register("direct", || Box::new(Direct::default()));
         r.register("fanout", || Box::new(Fanout::default()));
         r.register("topic", || Box::new(Topic::default()));
@@ -35,16 +37,27 @@ impl Default for Registry {
 impl Registry {
     /// Registers (or replaces) the factory for `name`.
     pub fn register(&self, name: &str, factory: Factory) {
-        self.types.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), factory);
+        self.types
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), factory);
     }
 
     /// Removes `name`; returns whether it was registered.
     pub fn unregister(&self, name: &str) -> bool {
-        self.types.write().unwrap_or_else(|e| e.into_inner()).remove(name).is_some()
+        self.types
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .is_some()
     }
 
     /// New routing state for an exchange of type `name`, or `None` for an unknown type.
     pub fn create(&self, name: &str) -> Option<Box<dyn ExchangeType>> {
-        self.types.read().unwrap_or_else(|e| e.into_inner()).get(name).map(|f| f())
+        self.types
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|f| f())
     }
 }

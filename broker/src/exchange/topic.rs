@@ -23,7 +23,10 @@ struct Node {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.star.is_none() && self.hash.is_none() && self.destinations.is_empty()
+        self.children.is_empty()
+            && self.star.is_none()
+            && self.hash.is_none()
+            && self.destinations.is_empty()
     }
 
     fn child_mut(&mut self, word: &str) -> &mut Node {
@@ -53,7 +56,11 @@ impl Node {
                 }
             }
             Some((word, rest)) => {
-                if self.children.get_mut(*word).is_some_and(|n| n.remove(rest, dest)) {
+                if self
+                    .children
+                    .get_mut(*word)
+                    .is_some_and(|n| n.remove(rest, dest))
+                {
                     self.children.remove(*word);
                 }
             }
@@ -170,7 +177,11 @@ mod tests {
         for (binding, key, expected) in CASES {
             let mut t = Topic::default();
             let got = route_names(&mut t, &[("q", binding)], key);
-            assert_eq!(!got.is_empty(), *expected, "binding {binding:?} routing key {key:?}");
+            assert_eq!(
+                !got.is_empty(),
+                *expected,
+                "binding {binding:?} routing key {key:?}"
+            );
         }
     }
 
@@ -178,12 +189,19 @@ mod tests {
     fn unbind_removes_only_that_binding() {
         let mut t = Topic::default();
         let q1 = queue("q1");
-        let b1 = Binding { destination: Destination::Queue(q1), key: "a.*".into(), arguments: FieldTable::default() };
+        let b1 = Binding {
+            destination: Destination::Queue(q1),
+            key: "a.*".into(),
+            arguments: FieldTable::default(),
+        };
         t.bind(&b1);
         assert_eq!(route_names(&mut t, &[("q2", "a.#")], "a.b"), ["q1", "q2"]);
         t.unbind(&b1);
         let mut out = Vec::new();
-        t.route(&crate::exchange::test_support::message("a.b", None), &mut out);
+        t.route(
+            &crate::exchange::test_support::message("a.b", None),
+            &mut out,
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].name(), "q2");
         assert!(t.root.star.is_none(), "empty branch pruned");

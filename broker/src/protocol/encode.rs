@@ -5,7 +5,7 @@
 //! amq-protocol's generated encoders allocate for their flag sets; `protocol::tests` checks they match
 //! amq-protocol byte for byte.
 
-use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame};
+use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::constants::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_METHOD};
 use bytes::{BufMut, BytesMut};
 

@@ -10,7 +10,7 @@ pub mod encode;
 pub mod outbound;
 
 use amq_protocol::frame::AMQPContentHeader;
-use amq_protocol::protocol::{AMQPClass, constants};
+use amq_protocol::protocol::{constants, AMQPClass};
 use bytes::{Buf, Bytes, BytesMut};
 
 /// The 8-octet protocol header a 0-9-1 client sends first (AMQP 0-9-1 §4.2.2).
@@ -109,7 +109,10 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame
                     let raw = payload.slice(12..);
                     Ok(Some(Frame::Header(channel, Box::new(header), raw)))
                 }
-                _ => Err(FrameError::Malformed { what: "content header", channel }),
+                _ => Err(FrameError::Malformed {
+                    what: "content header",
+                    channel,
+                }),
             }
         }
         constants::FRAME_BODY => Ok(Some(Frame::Body(channel, frame.freeze()))),
@@ -126,10 +129,16 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, FrameError> {
                 let class_id = u16::from_be_bytes([payload[0], payload[1]]);
                 let method_id = u16::from_be_bytes([payload[2], payload[3]]);
                 if !is_known_method(class_id, method_id) {
-                    return Err(FrameError::UnknownMethod { class_id, method_id });
+                    return Err(FrameError::UnknownMethod {
+                        class_id,
+                        method_id,
+                    });
                 }
             }
-            Err(FrameError::Malformed { what: "method", channel })
+            Err(FrameError::Malformed {
+                what: "method",
+                channel,
+            })
         }
     }
 }
@@ -142,7 +151,9 @@ fn is_known_method(class_id: u16, method_id: u16) -> bool {
         30 => &[10, 11],
         40 => &[10, 11, 20, 21, 30, 31, 40, 51],
         50 => &[10, 11, 20, 21, 30, 31, 40, 41, 50, 51],
-        60 => &[10, 11, 20, 21, 30, 31, 40, 50, 60, 70, 71, 72, 80, 90, 100, 110, 111, 120],
+        60 => &[
+            10, 11, 20, 21, 30, 31, 40, 50, 60, 70, 71, 72, 80, 90, 100, 110, 111, 120,
+        ],
         85 => &[10, 11],
         90 => &[10, 11, 20, 21, 30, 31],
         _ => &[],
@@ -166,14 +177,23 @@ mod tests {
     fn partial_input_means_read_more() {
         let bytes = encoded(&AMQPFrame::Method(
             1,
-            AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos { prefetch_count: 5, global: false })),
+            AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+                prefetch_count: 5,
+                global: false,
+            })),
         ));
         for cut in 0..bytes.len() {
             let mut buf = BytesMut::from(&bytes[..cut]);
-            assert!(decode_frame(&mut buf, 131072).unwrap().is_none(), "cut at {cut}");
+            assert!(
+                decode_frame(&mut buf, 131072).unwrap().is_none(),
+                "cut at {cut}"
+            );
         }
         let mut buf = BytesMut::from(&bytes[..]);
-        assert!(matches!(decode_frame(&mut buf, 131072), Ok(Some(Frame::Method(1, _)))));
+        assert!(matches!(
+            decode_frame(&mut buf, 131072),
+            Ok(Some(Frame::Method(1, _)))
+        ));
         assert!(buf.is_empty());
     }
 
@@ -182,22 +202,37 @@ mod tests {
         let mut buf = BytesMut::from(&[3u8, 0, 1, 0, 0, 0x10, 0][..]);
         assert_eq!(
             decode_frame(&mut buf, 4096),
-            Err(FrameError::TooLarge { size: 0x1000, frame_max: 4096 })
+            Err(FrameError::TooLarge {
+                size: 0x1000,
+                frame_max: 4096
+            })
         );
         let mut buf = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0xAB][..]);
-        assert_eq!(decode_frame(&mut buf, 4096), Err(FrameError::BadFrameEnd(0xAB)));
+        assert_eq!(
+            decode_frame(&mut buf, 4096),
+            Err(FrameError::BadFrameEnd(0xAB))
+        );
         let mut buf = BytesMut::from(&[1u8, 0, 1, 0, 0, 0, 4, 0, 99, 0, 1, 0xCE][..]);
         assert_eq!(
             decode_frame(&mut buf, 4096),
-            Err(FrameError::UnknownMethod { class_id: 99, method_id: 1 })
+            Err(FrameError::UnknownMethod {
+                class_id: 99,
+                method_id: 1
+            })
         );
         let mut buf = BytesMut::from(&[1u8, 0, 1, 0, 0, 0, 5, 0, 60, 0, 40, 7, 0xCE][..]);
         assert_eq!(
             decode_frame(&mut buf, 4096),
-            Err(FrameError::Malformed { what: "method", channel: 1 })
+            Err(FrameError::Malformed {
+                what: "method",
+                channel: 1
+            })
         );
         let mut buf = BytesMut::from(&[9u8, 0, 0, 0, 0, 0, 0, 0xCE][..]);
-        assert_eq!(decode_frame(&mut buf, 4096), Err(FrameError::UnknownType(9)));
+        assert_eq!(
+            decode_frame(&mut buf, 4096),
+            Err(FrameError::UnknownType(9))
+        );
     }
 
     #[test]
@@ -209,14 +244,22 @@ mod tests {
             exchange: "ex".into(),
             routing_key: "rk".into(),
         };
-        let expected =
-            encoded(&AMQPFrame::Method(7, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver))));
+        let expected = encoded(&AMQPFrame::Method(
+            7,
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)),
+        ));
         let mut out = BytesMut::new();
         encode::deliver_method(&mut out, 7, "ctag", 42, true, "ex", "rk");
         assert_eq!(out.to_vec(), expected);
 
-        let ack = basic::Ack { delivery_tag: 9, multiple: true };
-        let expected = encoded(&AMQPFrame::Method(3, AMQPClass::Basic(basic::AMQPMethod::Ack(ack))));
+        let ack = basic::Ack {
+            delivery_tag: 9,
+            multiple: true,
+        };
+        let expected = encoded(&AMQPFrame::Method(
+            3,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(ack)),
+        ));
         let mut out = BytesMut::new();
         encode::basic_ack(&mut out, 3, 9, true);
         assert_eq!(out.to_vec(), expected);
@@ -227,7 +270,11 @@ mod tests {
         let props = basic::AMQPProperties::default()
             .with_content_type("text/plain".into())
             .with_delivery_mode(2);
-        let header = AMQPContentHeader { class_id: 60, body_size: 5, properties: props.clone() };
+        let header = AMQPContentHeader {
+            class_id: 60,
+            body_size: 5,
+            properties: props.clone(),
+        };
         let bytes = encoded(&AMQPFrame::Header(1, header));
         let mut buf = BytesMut::from(&bytes[..]);
         let Some(Frame::Header(1, decoded, raw)) = decode_frame(&mut buf, 131072).unwrap() else {

@@ -58,7 +58,9 @@ pub struct Consumer {
 
 impl Consumer {
     fn below_prefetch(&self) -> bool {
-        self.no_ack || self.prefetch == 0 || self.unacked.load(Ordering::Relaxed) < u32::from(self.prefetch)
+        self.no_ack
+            || self.prefetch == 0
+            || self.unacked.load(Ordering::Relaxed) < u32::from(self.prefetch)
     }
 }
 
@@ -88,7 +90,9 @@ pub struct Queue {
 
 impl fmt::Debug for Queue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Queue").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -121,7 +125,14 @@ impl Queue {
         exclusive_owner: Option<u64>,
         arguments: FieldTable,
     ) -> Self {
-        Queue { name, durable, auto_delete, exclusive_owner, arguments, inner: Mutex::new(QueueInner::default()) }
+        Queue {
+            name,
+            durable,
+            auto_delete,
+            exclusive_owner,
+            arguments,
+            inner: Mutex::new(QueueInner::default()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueInner> {
@@ -133,7 +144,10 @@ impl Queue {
     /// Ready messages and consumers.
     pub fn counts(&self) -> QueueCounts {
         let inner = self.lock();
-        QueueCounts { messages: inner.ready.len() as u32, consumers: inner.consumers.len() as u32 }
+        QueueCounts {
+            messages: inner.ready.len() as u32,
+            consumers: inner.consumers.len() as u32,
+        }
     }
 
     /// Whether the queue has been deleted.
@@ -149,7 +163,11 @@ impl Queue {
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        inner.ready.push_back(QueuedMessage { seq, message, redelivered: false });
+        inner.ready.push_back(QueuedMessage {
+            seq,
+            message,
+            redelivered: false,
+        });
         self.dispatch(&mut inner);
         true
     }
@@ -168,7 +186,9 @@ impl Queue {
             }
             idle = 0;
             let consumer = Arc::clone(consumer);
-            let Some(message) = inner.ready.pop_front() else { break };
+            let Some(message) = inner.ready.pop_front() else {
+                break;
+            };
             if !consumer.no_ack {
                 inner.unacked += 1;
                 consumer.unacked.fetch_add(1, Ordering::Relaxed);
@@ -221,12 +241,18 @@ impl Queue {
     ///
     /// # Errors
     /// [`ConsumeRefused`] when exclusivity forbids it or the queue is gone.
-    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>, on_added: impl FnOnce()) -> Result<(), ConsumeRefused> {
+    pub fn add_consumer(
+        self: &Arc<Self>,
+        consumer: Arc<Consumer>,
+        on_added: impl FnOnce(),
+    ) -> Result<(), ConsumeRefused> {
         let mut inner = self.lock();
         if inner.deleted {
             return Err(ConsumeRefused::Deleted);
         }
-        if !inner.consumers.is_empty() && (consumer.exclusive || inner.consumers.iter().any(|c| c.exclusive)) {
+        if !inner.consumers.is_empty()
+            && (consumer.exclusive || inner.consumers.iter().any(|c| c.exclusive))
+        {
             return Err(ConsumeRefused::ExclusiveInUse);
         }
         inner.consumers.push(consumer);

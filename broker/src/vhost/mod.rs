@@ -128,7 +128,14 @@ impl VHost {
         AmqpError::access_refused("operation not permitted on the default exchange")
     }
 
-    fn inequivalent(&self, arg: &str, kind: &str, name: &str, received: &str, current: &str) -> AmqpError {
+    fn inequivalent(
+        &self,
+        arg: &str,
+        kind: &str,
+        name: &str,
+        received: &str,
+        current: &str,
+    ) -> AmqpError {
         AmqpError::precondition_failed(format!(
             "inequivalent arg '{arg}' for {kind} '{name}' in vhost '{}': received {received} but current is {current}",
             self.name
@@ -140,7 +147,10 @@ impl VHost {
     /// # Errors
     /// 404 when it does not exist.
     pub fn exchange(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
-        read(&self.exchanges).get(name).cloned().ok_or_else(|| self.no_exchange(name))
+        read(&self.exchanges)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| self.no_exchange(name))
     }
 
     /// exchange.declare (AMQP 0-9-1 §1.6.2.1).
@@ -163,7 +173,9 @@ impl VHost {
             return self.exchange(name.as_str()).map(|_| ());
         }
         let Some(router) = self.registry.create(kind) else {
-            return Err(AmqpError::command_invalid(format!("unknown exchange type '{kind}'")));
+            return Err(AmqpError::command_invalid(format!(
+                "unknown exchange type '{kind}'"
+            )));
         };
         let mut exchanges = write(&self.exchanges);
         if let Some(x) = exchanges.get(name.as_str()) {
@@ -189,10 +201,22 @@ impl VHost {
         Ok(())
     }
 
-    fn exchange_equivalent(&self, x: &Exchange, kind: &str, flags: ExchangeFlags, args: &FieldTable) -> AmqpResult {
+    fn exchange_equivalent(
+        &self,
+        x: &Exchange,
+        kind: &str,
+        flags: ExchangeFlags,
+        args: &FieldTable,
+    ) -> AmqpResult {
         let name = x.name.as_str();
         if x.kind.as_str() != kind {
-            return Err(self.inequivalent("type", "exchange", name, &format!("'{kind}'"), &format!("'{}'", x.kind)));
+            return Err(self.inequivalent(
+                "type",
+                "exchange",
+                name,
+                &format!("'{kind}'"),
+                &format!("'{}'", x.kind),
+            ));
         }
         for (arg, received, current) in [
             ("durable", flags.durable, x.durable),
@@ -200,14 +224,26 @@ impl VHost {
             ("internal", flags.internal, x.internal),
         ] {
             if received != current {
-                return Err(self.inequivalent(arg, "exchange", name, &format!("'{received}'"), &format!("'{current}'")));
+                return Err(self.inequivalent(
+                    arg,
+                    "exchange",
+                    name,
+                    &format!("'{received}'"),
+                    &format!("'{current}'"),
+                ));
             }
         }
         let key = "alternate-exchange";
         let (received, current) = (args.inner().get(key), x.arguments.inner().get(key));
         if received != current {
             let show_opt = |v: Option<&AMQPValue>| v.map_or("none".to_owned(), show);
-            return Err(self.inequivalent(key, "exchange", name, &show_opt(received), &show_opt(current)));
+            return Err(self.inequivalent(
+                key,
+                "exchange",
+                name,
+                &show_opt(received),
+                &show_opt(current),
+            ));
         }
         Ok(())
     }
@@ -227,7 +263,9 @@ impl VHost {
             )));
         }
         let mut exchanges = write(&self.exchanges);
-        let Some(x) = exchanges.get(name) else { return Ok(()) };
+        let Some(x) = exchanges.get(name) else {
+            return Ok(());
+        };
         if if_unused && x.binding_count() > 0 {
             return Err(AmqpError::precondition_failed(format!(
                 "exchange '{name}' in vhost '{}' in use",
@@ -270,14 +308,19 @@ impl VHost {
         }
         let src = self.exchange(source)?;
         self.exchange(destination)?;
-        let binding =
-            Binding { destination: Destination::Exchange(destination.into()), key: key.clone(), arguments: arguments.clone() };
+        let binding = Binding {
+            destination: Destination::Exchange(destination.into()),
+            key: key.clone(),
+            arguments: arguments.clone(),
+        };
         self.apply_binding(&src, binding, bind)
     }
 
     fn apply_binding(&self, src: &Arc<Exchange>, binding: Binding, bind: bool) -> AmqpResult {
         if bind {
-            src.bind(binding).map(|_| ()).map_err(AmqpError::precondition_failed)
+            src.bind(binding)
+                .map(|_| ())
+                .map_err(AmqpError::precondition_failed)
         } else {
             if src.unbind(&binding) {
                 self.maybe_auto_delete(src);
@@ -291,7 +334,10 @@ impl VHost {
     /// # Errors
     /// 404 missing, 405 exclusive to another connection.
     pub fn queue(&self, name: &str, conn_id: u64) -> AmqpResult<Arc<Queue>> {
-        let q = read(&self.queues).get(name).cloned().ok_or_else(|| self.no_queue(name))?;
+        let q = read(&self.queues)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| self.no_queue(name))?;
         self.check_exclusive(&q, conn_id)?;
         Ok(q)
     }
@@ -330,7 +376,11 @@ impl VHost {
             return Ok((q, counts));
         }
         let generated = name.as_str().is_empty();
-        let name = if generated { generate_name("amq.gen-") } else { name.clone() };
+        let name = if generated {
+            generate_name("amq.gen-")
+        } else {
+            name.clone()
+        };
         let mut queues = write(&self.queues);
         if let Some(q) = queues.get(name.as_str()) {
             let q = Arc::clone(q);
@@ -340,33 +390,66 @@ impl VHost {
             return Ok((q, counts));
         }
         if !generated && name.as_str().starts_with("amq.") {
-            return Err(AmqpError::access_refused(format!("queue name '{name}' contains reserved prefix 'amq.*'")));
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
         }
         let owner = flags.exclusive.then_some(conn_id);
-        let q = Arc::new(Queue::new(name.clone(), flags.durable, flags.auto_delete, owner, arguments.clone()));
+        let q = Arc::new(Queue::new(
+            name.clone(),
+            flags.durable,
+            flags.auto_delete,
+            owner,
+            arguments.clone(),
+        ));
         queues.insert(name, Arc::clone(&q));
-        Ok((q, QueueCounts { messages: 0, consumers: 0 }))
+        Ok((
+            q,
+            QueueCounts {
+                messages: 0,
+                consumers: 0,
+            },
+        ))
     }
 
-    fn queue_equivalent(&self, q: &Queue, flags: QueueFlags, args: &FieldTable, conn_id: u64) -> AmqpResult {
+    fn queue_equivalent(
+        &self,
+        q: &Queue,
+        flags: QueueFlags,
+        args: &FieldTable,
+        conn_id: u64,
+    ) -> AmqpResult {
         match q.exclusive_owner {
             Some(owner) if owner != conn_id => return Err(self.locked(q.name.as_str())),
             None if flags.exclusive => return Err(self.locked(q.name.as_str())),
             _ => {}
         }
         let name = q.name.as_str();
-        for (arg, received, current) in
-            [("durable", flags.durable, q.durable), ("auto_delete", flags.auto_delete, q.auto_delete)]
-        {
+        for (arg, received, current) in [
+            ("durable", flags.durable, q.durable),
+            ("auto_delete", flags.auto_delete, q.auto_delete),
+        ] {
             if received != current {
-                return Err(self.inequivalent(arg, "queue", name, &format!("'{received}'"), &format!("'{current}'")));
+                return Err(self.inequivalent(
+                    arg,
+                    "queue",
+                    name,
+                    &format!("'{received}'"),
+                    &format!("'{current}'"),
+                ));
             }
         }
         for key in CHECKED_QUEUE_ARGS {
             let (received, current) = (args.inner().get(*key), q.arguments.inner().get(*key));
             if received != current {
                 let show_opt = |v: Option<&AMQPValue>| v.map_or("none".to_owned(), show);
-                return Err(self.inequivalent(key, "queue", name, &show_opt(received), &show_opt(current)));
+                return Err(self.inequivalent(
+                    key,
+                    "queue",
+                    name,
+                    &show_opt(received),
+                    &show_opt(current),
+                ));
             }
         }
         Ok(())
@@ -390,7 +473,11 @@ impl VHost {
         }
         let q = self.queue(queue, conn_id)?;
         let src = self.exchange(exchange)?;
-        let binding = Binding { destination: Destination::Queue(q), key: key.clone(), arguments: arguments.clone() };
+        let binding = Binding {
+            destination: Destination::Queue(q),
+            key: key.clone(),
+            arguments: arguments.clone(),
+        };
         self.apply_binding(&src, binding, bind)
     }
 
@@ -407,7 +494,13 @@ impl VHost {
     ///
     /// # Errors
     /// 405 exclusive to another connection, 406 `if_unused` / `if_empty` not satisfied.
-    pub fn queue_delete(&self, name: &str, if_unused: bool, if_empty: bool, conn_id: u64) -> AmqpResult<u32> {
+    pub fn queue_delete(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn_id: u64,
+    ) -> AmqpResult<u32> {
         let q = match self.queue(name, conn_id) {
             Ok(q) => q,
             Err(AmqpError::Channel(e)) if e.code.get_id() == 404 => return Ok(0),
@@ -415,10 +508,16 @@ impl VHost {
         };
         let counts = q.counts();
         if if_unused && counts.consumers > 0 {
-            return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' in use", self.name)));
+            return Err(AmqpError::precondition_failed(format!(
+                "queue '{name}' in vhost '{}' in use",
+                self.name
+            )));
         }
         if if_empty && counts.messages > 0 {
-            return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' not empty", self.name)));
+            return Err(AmqpError::precondition_failed(format!(
+                "queue '{name}' in vhost '{}' not empty",
+                self.name
+            )));
         }
         Ok(self.remove_queue(&q))
     }
@@ -451,8 +550,11 @@ impl VHost {
 
     /// Deletes the exclusive queues of a closing connection.
     pub fn remove_exclusive_queues(&self, conn_id: u64) {
-        let owned: Vec<Arc<Queue>> =
-            read(&self.queues).values().filter(|q| q.exclusive_owner == Some(conn_id)).cloned().collect();
+        let owned: Vec<Arc<Queue>> = read(&self.queues)
+            .values()
+            .filter(|q| q.exclusive_owner == Some(conn_id))
+            .cloned()
+            .collect();
         for q in owned {
             self.remove_queue(&q);
         }
@@ -477,7 +579,9 @@ impl VHost {
             return Ok(());
         }
         let exchanges = read(&self.exchanges);
-        let x = exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;
+        let x = exchanges
+            .get(exchange)
+            .ok_or_else(|| self.no_exchange(exchange))?;
         if x.internal {
             return Err(AmqpError::access_refused(format!(
                 "cannot publish to internal exchange '{exchange}' in vhost '{}'",
@@ -496,7 +600,9 @@ impl VHost {
                     }
                     None
                 }
-                Destination::Exchange(name) if name.as_str() != exchange && !visited.contains(&name.as_str()) => {
+                Destination::Exchange(name)
+                    if name.as_str() != exchange && !visited.contains(&name.as_str()) =>
+                {
                     exchanges.get_key_value(name.as_str())
                 }
                 Destination::Exchange(_) => None,

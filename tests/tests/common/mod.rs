@@ -56,11 +56,17 @@ pub async fn start_broker_with(config: Config) -> TestBroker {
     let done = tokio::spawn(server::run(vec![listener], broker, async {
         let _ = rx.await;
     }));
-    TestBroker { addr, shutdown: Some(tx), done: Some(done) }
+    TestBroker {
+        addr,
+        shutdown: Some(tx),
+        done: Some(done),
+    }
 }
 
 pub async fn connect(broker: &TestBroker) -> Connection {
-    Connection::connect(&broker.uri(), ConnectionProperties::default()).await.expect("connect")
+    Connection::connect(&broker.uri(), ConnectionProperties::default())
+        .await
+        .expect("connect")
 }
 
 pub async fn channel(conn: &Connection) -> Channel {
@@ -109,6 +115,9 @@ pub async fn next(consumer: &mut Consumer) -> Delivery {
 /// Asserts nothing arrives on `consumer` within `dur`.
 pub async fn expect_silence(consumer: &mut Consumer, dur: Duration) {
     if let Ok(Some(d)) = tokio::time::timeout(dur, consumer.next()).await {
-        panic!("unexpected delivery: {:?}", d.map(|d| String::from_utf8_lossy(&d.data).into_owned()));
+        panic!(
+            "unexpected delivery: {:?}",
+            d.map(|d| String::from_utf8_lossy(&d.data).into_owned())
+        );
     }
 }

@@ -1,0 +1,499 @@
+//! Protocol violations and bad input over a raw socket (stock clients cannot send malformed frames),
+//! plus credentials, vhost, heartbeat and shutdown behaviour. Frames are built and parsed with
+//! amq-protocol, independently of the broker's codec. After each case another client must still work.
+
+mod common;
+
+use std::time::Duration;
+
+use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, WriteContext};
+use amq_protocol::protocol::{basic, channel, connection, queue, AMQPClass};
+use amq_protocol::types::{FieldTable, LongString};
+use bytes::BytesMut;
+use common::*;
+use lapin::options::QueueDeclareOptions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Raw {
+    sock: TcpStream,
+    buf: BytesMut,
+}
+
+fn encode(frame: &AMQPFrame) -> Vec<u8> {
+    gen_frame(frame)(WriteContext::from(Vec::new()))
+        .expect("encode")
+        .write
+}
+
+impl Raw {
+    async fn connect_bare(broker: &TestBroker) -> Raw {
+        Raw {
+            sock: TcpStream::connect(broker.addr).await.expect("tcp connect"),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Header, start-ok (PLAIN), tune-ok, open; returns after open-ok.
+    async fn open(broker: &TestBroker, user: &str, pass: &str, vhost: &str, heartbeat: u16) -> Raw {
+        let mut raw = Raw::connect_bare(broker).await;
+        raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
+        let start = raw.recv().await.expect("connection.start");
+        assert!(matches!(
+            start,
+            AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(_)))
+        ));
+        let start_ok = connection::StartOk {
+            client_properties: FieldTable::default(),
+            mechanism: "PLAIN".into(),
+            response: LongString::from(format!("\0{user}\0{pass}")),
+            locale: "en_US".into(),
+        };
+        raw.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
+        )
+        .await;
+        match raw.recv().await.expect("tune") {
+            AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(t))) => {
+                assert_eq!(
+                    (t.channel_max, t.frame_max, t.heartbeat),
+                    (2047, 131_072, 60)
+                );
+            }
+            other => return raw.with_pending(other),
+        }
+        let tune_ok = connection::TuneOk {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat,
+        };
+        raw.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
+        )
+        .await;
+        raw.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: vhost.into(),
+            })),
+        )
+        .await;
+        raw
+    }
+
+    fn with_pending(mut self, frame: AMQPFrame) -> Raw {
+        // Put an early frame back so the caller's expectation sees it.
+        let mut bytes = BytesMut::from(&encode(&frame)[..]);
+        bytes.extend_from_slice(&self.buf);
+        self.buf = bytes;
+        self
+    }
+
+    async fn opened(broker: &TestBroker) -> Raw {
+        let mut raw = Raw::open(broker, "guest", "guest", "/", 0).await;
+        let ok = raw.recv().await.expect("open-ok");
+        assert!(
+            matches!(
+                ok,
+                AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))
+            ),
+            "{ok:?}"
+        );
+        raw
+    }
+
+    async fn open_channel(&mut self, id: u16) {
+        self.method(
+            id,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        )
+        .await;
+        let ok = self.recv().await.expect("channel.open-ok");
+        assert!(
+            matches!(
+                ok,
+                AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))
+            ),
+            "{ok:?}"
+        );
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).await.expect("write");
+    }
+
+    async fn method(&mut self, ch: u16, method: AMQPClass) {
+        self.send_bytes(&encode(&AMQPFrame::Method(ch, method)))
+            .await;
+    }
+
+    /// The next frame, or None at EOF. Fails the test after 5 s.
+    async fn recv(&mut self) -> Option<AMQPFrame> {
+        loop {
+            match parse_frame(&self.buf[..]) {
+                Ok((rest, frame)) => {
+                    let used = self.buf.len() - rest.len();
+                    let _ = self.buf.split_to(used);
+                    return Some(frame);
+                }
+                Err(e) if e.is_incomplete() => {}
+                Err(e) => panic!("server sent an undecodable frame: {e:?}"),
+            }
+            let n = tokio::time::timeout(WAIT, self.sock.read_buf(&mut self.buf))
+                .await
+                .expect("timed out reading")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until connection.close; answers close-ok; returns (code, text).
+    async fn expect_connection_close(&mut self) -> (u16, String) {
+        loop {
+            match self.recv().await {
+                Some(AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Close(c)),
+                )) => {
+                    self.method(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                            connection::CloseOk {},
+                        )),
+                    )
+                    .await;
+                    return (c.reply_code, c.reply_text.to_string());
+                }
+                Some(_) => continue,
+                None => panic!("socket closed without connection.close"),
+            }
+        }
+    }
+
+    async fn expect_channel_close(&mut self) -> (u16, String) {
+        loop {
+            match self.recv().await {
+                Some(AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::Close(c)))) => {
+                    return (c.reply_code, c.reply_text.to_string());
+                }
+                Some(_) => continue,
+                None => panic!("socket closed without channel.close"),
+            }
+        }
+    }
+
+    async fn expect_eof(&mut self) {
+        while let Some(frame) = self.recv().await {
+            let _ = frame;
+        }
+    }
+}
+
+/// Another client can still declare a queue: the broker survived.
+async fn assert_broker_serves(broker: &TestBroker) {
+    let conn = connect(broker).await;
+    channel(&conn)
+        .await
+        .queue_declare(
+            "still-alive".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("broker still serves");
+}
+
+fn declare(name: &str) -> AMQPClass {
+    AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+        queue: name.into(),
+        ..Default::default()
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_protocol_header_gets_ours_then_close() {
+    let broker = start_broker().await;
+    for header in [&b"AMQP\x00\x00\x08\x00"[..], b"GET / HTTP/1.1\r\n\r\n"] {
+        let mut raw = Raw::connect_bare(&broker).await;
+        raw.send_bytes(header).await;
+        let mut reply = Vec::new();
+        tokio::time::timeout(WAIT, raw.sock.read_to_end(&mut reply))
+            .await
+            .expect("closed")
+            .expect("read");
+        assert_eq!(reply, b"AMQP\x00\x00\x09\x01");
+    }
+    assert_broker_serves(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_errors_close_the_connection_with_501() {
+    let broker = start_broker().await;
+    let oversized = {
+        let mut f = vec![3u8, 0, 1];
+        f.extend_from_slice(&200_000u32.to_be_bytes());
+        f
+    };
+    let bad_end = {
+        let mut f = encode(&AMQPFrame::Method(1, declare("q")));
+        let last = f.len() - 1;
+        f[last] = 0x00;
+        f
+    };
+    // queue.declare (50.10) whose arguments stop short.
+    let malformed = vec![1u8, 0, 1, 0, 0, 0, 6, 0, 50, 0, 10, 0, 0, 0xCE];
+    let heartbeat_on_channel = vec![8u8, 0, 1, 0, 0, 0, 0, 0xCE];
+    let unknown_type = vec![9u8, 0, 0, 0, 0, 0, 0, 0xCE];
+    for (name, bytes) in [
+        ("oversized", oversized),
+        ("bad frame end", bad_end),
+        ("malformed method", malformed),
+        ("heartbeat on channel 1", heartbeat_on_channel),
+        ("unknown frame type", unknown_type),
+    ] {
+        let mut raw = Raw::opened(&broker).await;
+        raw.open_channel(1).await;
+        raw.send_bytes(&bytes).await;
+        let (code, text) = raw.expect_connection_close().await;
+        assert_eq!(code, 501, "{name}: {text}");
+        assert!(text.starts_with("FRAME_ERROR - "), "{name}: {text}");
+        raw.expect_eof().await;
+    }
+    assert_broker_serves(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_method_is_540() {
+    let broker = start_broker().await;
+    let mut raw = Raw::opened(&broker).await;
+    raw.open_channel(1).await;
+    raw.send_bytes(&[1, 0, 1, 0, 0, 0, 4, 0, 99, 0, 1, 0xCE])
+        .await;
+    let (code, text) = raw.expect_connection_close().await;
+    assert_eq!(code, 540, "{text}");
+    assert_eq!(text, "NOT_IMPLEMENTED - unknown method: class 99, method 1");
+    assert_broker_serves(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_frames_out_of_order_are_505() {
+    let broker = start_broker().await;
+    let publish = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+        exchange: "".into(),
+        routing_key: "q".into(),
+        ..Default::default()
+    }));
+    let header = AMQPFrame::Header(
+        1,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: 3,
+            properties: Default::default(),
+        },
+    );
+    let cases: Vec<(&str, Vec<AMQPFrame>)> = vec![
+        (
+            "body without publish",
+            vec![AMQPFrame::Body(1, b"abc".to_vec())],
+        ),
+        ("header without publish", vec![header.clone()]),
+        (
+            "method instead of header",
+            vec![
+                AMQPFrame::Method(1, publish.clone()),
+                AMQPFrame::Method(1, declare("q")),
+            ],
+        ),
+        (
+            "method instead of body",
+            vec![
+                AMQPFrame::Method(1, publish.clone()),
+                header.clone(),
+                AMQPFrame::Method(1, declare("q")),
+            ],
+        ),
+    ];
+    for (name, frames) in cases {
+        let mut raw = Raw::opened(&broker).await;
+        raw.open_channel(1).await;
+        for f in &frames {
+            raw.send_bytes(&encode(f)).await;
+        }
+        let (code, text) = raw.expect_connection_close().await;
+        assert_eq!(code, 505, "{name}: {text}");
+        assert!(text.starts_with("UNEXPECTED_FRAME - "), "{name}: {text}");
+    }
+    // Body longer than the header declared.
+    let mut raw = Raw::opened(&broker).await;
+    raw.open_channel(1).await;
+    for f in [
+        AMQPFrame::Method(1, publish),
+        header,
+        AMQPFrame::Body(1, b"abcdef".to_vec()),
+    ] {
+        raw.send_bytes(&encode(&f)).await;
+    }
+    assert_eq!(raw.expect_connection_close().await.0, 501);
+    assert_broker_serves(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_misuse_is_504() {
+    let broker = start_broker().await;
+    let mut raw = Raw::opened(&broker).await;
+    raw.method(5, declare("q")).await;
+    let (code, text) = raw.expect_connection_close().await;
+    assert_eq!(
+        (code, text.as_str()),
+        (504, "CHANNEL_ERROR - expected 'channel.open' on channel 5")
+    );
+
+    let mut raw = Raw::opened(&broker).await;
+    raw.open_channel(1).await;
+    raw.method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    )
+    .await;
+    let (code, text) = raw.expect_connection_close().await;
+    assert_eq!(
+        (code, text.as_str()),
+        (504, "CHANNEL_ERROR - second 'channel.open' seen")
+    );
+
+    // A method after the channel was closed by the client is also 504.
+    let mut raw = Raw::opened(&broker).await;
+    raw.open_channel(1).await;
+    let close = channel::Close {
+        reply_code: 200,
+        reply_text: "bye".into(),
+        class_id: 0,
+        method_id: 0,
+    };
+    raw.method(1, AMQPClass::Channel(channel::AMQPMethod::Close(close)))
+        .await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(AMQPFrame::Method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))
+        ))
+    ));
+    raw.method(1, declare("q")).await;
+    assert_eq!(raw.expect_connection_close().await.0, 504);
+    assert_broker_serves(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_after_a_channel_error_are_dropped_until_close_ok() {
+    let broker = start_broker().await;
+    let mut raw = Raw::opened(&broker).await;
+    raw.open_channel(1).await;
+    raw.method(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "nope".into(),
+            passive: true,
+            ..Default::default()
+        })),
+    )
+    .await;
+    raw.method(1, declare("ignored")).await;
+    let (code, text) = raw.expect_channel_close().await;
+    assert_eq!(
+        (code, text.as_str()),
+        (404, "NOT_FOUND - no queue 'nope' in vhost '/'")
+    );
+    raw.method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+    )
+    .await;
+    raw.open_channel(1).await; // the id is free again
+    raw.method(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "ignored".into(),
+            passive: true,
+            ..Default::default()
+        })),
+    )
+    .await;
+    assert_eq!(
+        raw.expect_channel_close().await.0,
+        404,
+        "the declare sent while closing was dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_403() {
+    let broker = start_broker().await;
+    let mut raw = Raw::open(&broker, "guest", "wrong", "/", 0).await;
+    let (code, text) = raw.expect_connection_close().await;
+    assert_eq!(code, 403);
+    assert_eq!(text, "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.");
+    let bad_uri = format!("amqp://guest:nope@{}/%2f", broker.addr);
+    assert!(
+        lapin::Connection::connect(&bad_uri, lapin::ConnectionProperties::default())
+            .await
+            .is_err()
+    );
+    assert_broker_serves(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_vhost_is_530() {
+    let broker = start_broker().await;
+    let mut raw = Raw::open(&broker, "guest", "guest", "elsewhere", 0).await;
+    let (code, text) = raw.expect_connection_close().await;
+    assert_eq!(
+        (code, text.as_str()),
+        (530, "NOT_ALLOWED - vhost elsewhere not found")
+    );
+    assert_broker_serves(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_heartbeats_close_the_socket_and_heartbeats_are_sent() {
+    let broker = start_broker().await;
+    let mut raw = Raw::open(&broker, "guest", "guest", "/", 1).await;
+    let mut heartbeats = 0;
+    let started = std::time::Instant::now();
+    // With heartbeat = 1 s and a silent client, the server sends heartbeats and closes within ~3 s.
+    while let Some(frame) = raw.recv().await {
+        if frame == AMQPFrame::Heartbeat {
+            heartbeats += 1;
+        }
+    }
+    assert!(heartbeats >= 1, "server sent no heartbeat");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_connections_with_320() {
+    let broker = start_broker().await;
+    let mut raw = Raw::opened(&broker).await;
+    raw.open_channel(1).await;
+    let stopping = tokio::spawn(async move {
+        let (code, text) = raw.expect_connection_close().await;
+        raw.expect_eof().await;
+        (code, text)
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    broker.stop().await;
+    let (code, text) = stopping.await.unwrap();
+    assert_eq!(code, 320);
+    assert_eq!(
+        text,
+        "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+    );
+}
