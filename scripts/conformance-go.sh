@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs the RabbitMQ Go client's own integration tests (amqp091-go, from Debian's
+# golang-github-rabbitmq-amqp091-go-dev) against a warren binary on a loopback port.
+#
+# Every test must pass except those listed in KNOWN_FAILURES (each with the reason); a listed test
+# that starts passing also fails this gate, so the list cannot go stale.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${WARREN_BIN:-$root/target/debug/warren}
+src=/usr/share/gocode/src/github.com/rabbitmq/amqp091-go
+
+# test name -> reason it fails against warren today
+declare -A KNOWN_FAILURES=(
+  [TestDeclareArgsRejectToDeadLetterQueue]="needs dead-lettering (x-dead-letter-exchange), the RabbitMQ-extensions issue"
+)
+
+if [ ! -d "$src" ] || ! command -v go >/dev/null; then
+  echo "conformance-go: installing golang-go and golang-github-rabbitmq-amqp091-go-dev"
+  apt-get update -qq && apt-get install -y -qq golang-go golang-github-rabbitmq-amqp091-go-dev >/dev/null
+fi
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+log=$(mktemp)
+"$bin" --listen "127.0.0.1:$port" --log warn >"$log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 50); do
+  (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+  sleep 0.1
+done
+
+out=$(mktemp)
+set +e
+GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= GOCACHE=${GOCACHE:-/tmp/warren-gocache} \
+  AMQP_URL="amqp://guest:guest@127.0.0.1:$port/" \
+  go test -tags integration -count=1 -timeout 600s -v github.com/rabbitmq/amqp091-go >"$out" 2>&1
+set -e
+
+passed=$(grep -c -- '^--- PASS' "$out" || true)
+mapfile -t failed < <(grep -- '^--- FAIL' "$out" | awk '{print $3}')
+status=0
+for t in "${failed[@]}"; do
+  if [ -z "${KNOWN_FAILURES[$t]+x}" ]; then
+    echo "conformance-go: UNEXPECTED FAILURE $t"; status=1
+  else
+    echo "conformance-go: known failure $t (${KNOWN_FAILURES[$t]})"
+  fi
+done
+for t in "${!KNOWN_FAILURES[@]}"; do
+  if grep -q -- "^--- PASS: $t " "$out"; then
+    echo "conformance-go: $t now passes: remove it from KNOWN_FAILURES"; status=1
+  fi
+done
+if grep -q '^panic:' "$out" || [ "$passed" -eq 0 ]; then
+  echo "conformance-go: the suite panicked or ran nothing"; status=1
+fi
+if [ $status -ne 0 ]; then
+  grep -E -- '^(--- FAIL|panic:|\s+\S+_test.go:[0-9]+:)' "$out" | head -60
+fi
+echo "conformance-go: $passed passed, ${#failed[@]} failed (known: ${#KNOWN_FAILURES[@]})"
+rm -f "$out"
+exit $status
