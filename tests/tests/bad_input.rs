@@ -497,3 +497,22 @@ async fn shutdown_closes_connections_with_320() {
         "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_garbage_after_handshake_never_takes_the_broker_down() {
+    use rand::{Rng, SeedableRng};
+    let broker = start_broker().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for _ in 0..100 {
+        let mut raw = Raw::opened(&broker).await;
+        raw.open_channel(1).await;
+        let mut junk: Vec<u8> = (0..rng.gen_range(1..512))
+            .map(|_| rng.r#gen::<u8>())
+            .collect();
+        junk[0] = [1u8, 2, 3][rng.gen_range(0..3)];
+        raw.send_bytes(&junk).await;
+        // Whatever the server makes of it, it answers with a close or waits for more; never crashes.
+        let _ = tokio::time::timeout(Duration::from_millis(20), raw.recv()).await;
+    }
+    assert_broker_serves(&broker).await;
+}

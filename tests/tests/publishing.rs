@@ -285,3 +285,21 @@ async fn transactions_commit_and_rollback() {
         406,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_flow_like_rabbitmq() {
+    let broker = start_broker().await;
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    assert!(ch
+        .channel_flow(ChannelFlowOptions { active: true })
+        .await
+        .unwrap());
+    // RabbitMQ refuses active=false with 540 (amqp091-go's suite depends on it).
+    let err = ch
+        .channel_flow(ChannelFlowOptions { active: false })
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&err), Some(540), "{err:?}");
+    assert_eq!(reply_text(&err), "NOT_IMPLEMENTED - active=false");
+}

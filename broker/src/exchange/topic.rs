@@ -104,6 +104,21 @@ fn split_words<'a>(key: &'a str, words: &mut [&'a str; MAX_WORDS]) -> usize {
     n
 }
 
+/// Splits a binding key, collapsing runs of `#` (`#.#` matches exactly what `#` matches). Without this a
+/// key such as `#.#.#.#.#` makes matching combinatorial in the routing key's length.
+fn split_binding_key<'a>(key: &'a str, words: &mut [&'a str; MAX_WORDS]) -> usize {
+    let n = split_words(key, words);
+    let mut kept = 0;
+    for i in 0..n {
+        if words[i] == "#" && kept > 0 && words[kept - 1] == "#" {
+            continue;
+        }
+        words[kept] = words[i];
+        kept += 1;
+    }
+    kept
+}
+
 /// Trie of binding keys.
 #[derive(Debug, Default)]
 pub struct Topic {
@@ -113,7 +128,7 @@ pub struct Topic {
 impl ExchangeType for Topic {
     fn bind(&mut self, binding: &Binding) {
         let mut words = [""; MAX_WORDS];
-        let n = split_words(binding.key.as_str(), &mut words);
+        let n = split_binding_key(binding.key.as_str(), &mut words);
         let mut node = &mut self.root;
         for word in &words[..n] {
             node = node.child_mut(word);
@@ -123,7 +138,7 @@ impl ExchangeType for Topic {
 
     fn unbind(&mut self, binding: &Binding) {
         let mut words = [""; MAX_WORDS];
-        let n = split_words(binding.key.as_str(), &mut words);
+        let n = split_binding_key(binding.key.as_str(), &mut words);
         self.root.remove(&words[..n], &binding.destination);
     }
 
@@ -205,6 +220,28 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].name(), "q2");
         assert!(t.root.star.is_none(), "empty branch pruned");
+    }
+
+    #[test]
+    fn runs_of_hash_collapse_and_stay_cheap() {
+        let binding = vec!["#"; 120].join(".");
+        let key = vec!["w"; 128].join(".");
+        let mut t = Topic::default();
+        // Without collapsing, this match explores ~C(247, 120) paths and never finishes.
+        assert_eq!(route_names(&mut t, &[("q", &binding)], &key), ["q"]);
+        let mut words = [""; MAX_WORDS];
+        let n = split_binding_key("a.#.#.b.#", &mut words);
+        assert_eq!(&words[..n], ["a", "#", "b", "#"]);
+        // Unbinding the uncollapsed key removes the collapsed binding.
+        let q = queue("q2");
+        let b = Binding {
+            destination: Destination::Queue(q),
+            key: "x.#.#".into(),
+            arguments: FieldTable::default(),
+        };
+        t.bind(&b);
+        t.unbind(&b);
+        assert!(t.root.children.is_empty());
     }
 
     #[test]

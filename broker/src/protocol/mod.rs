@@ -235,6 +235,48 @@ mod tests {
         );
     }
 
+    /// Random bytes and randomly corrupted valid frames never panic the decoder, and every call either
+    /// consumes input, asks for more, or reports an error.
+    #[test]
+    fn garbage_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5741_5252);
+        let valid = encoded(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: "amq.topic".into(),
+                routing_key: "a.b".into(),
+                mandatory: true,
+                immediate: false,
+            })),
+        ));
+        for round in 0..20_000 {
+            let mut bytes = if round % 2 == 0 {
+                (0..rng.gen_range(0..64))
+                    .map(|_| rng.r#gen::<u8>())
+                    .collect::<Vec<u8>>()
+            } else {
+                let mut v = valid.clone();
+                for _ in 0..rng.gen_range(1..4) {
+                    let i = rng.gen_range(0..v.len());
+                    v[i] = rng.r#gen();
+                }
+                v
+            };
+            if round % 3 == 0 && !bytes.is_empty() {
+                bytes[0] = [1, 2, 3, 8][rng.gen_range(0..4)];
+            }
+            let mut buf = BytesMut::from(&bytes[..]);
+            loop {
+                let before = buf.len();
+                match decode_frame(&mut buf, 4096) {
+                    Ok(Some(_)) => assert!(buf.len() < before, "a decoded frame consumes input"),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+
     #[test]
     fn hand_encoded_deliver_matches_amq_protocol() {
         let deliver = basic::Deliver {
