@@ -8,6 +8,8 @@ cd "$root"
 
 echo "== cargo test (unit + lapin integration tests)"
 cargo test --workspace --locked
+# The pika and Go suites drive the real binary.
+cargo build --locked --bin warren
 
 echo "== pika tests"
 venv=tests/python/.venv
