@@ -43,7 +43,7 @@ impl Broker {
             .map(|name| {
                 (
                     name.clone(),
-                    Arc::new(VHost::new(name, Arc::clone(&registry))),
+                    VHost::new(name, Arc::clone(&registry)),
                 )
             })
             .collect();

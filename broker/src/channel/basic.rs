@@ -8,11 +8,11 @@ use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::{basic, channel, confirm, tx, AMQPClass};
 use bytes::Bytes;
 
-use super::{requeue_all, write_message, Channel, ConnectionContext, TxOp, Unacked};
+use super::{requeue_all, write_message, Channel, ConnectionContext, Publication, TxOp, Unacked};
 use crate::error::{AmqpError, AmqpResult};
-use crate::message::{Message, MessageRef};
+use crate::message::{encode_properties, expiration_ms, header_strings, rebuild_properties, Message};
 use crate::protocol::encode;
-use crate::queue::{ConsumeRefused, Consumer, ConsumerSink, Queue};
+use crate::queue::{ConsumeRefused, Consumer, ConsumerSink, PublishOutcome, Queue, QueuedMessage};
 use crate::vhost::generate_name;
 
 impl Channel {
@@ -52,11 +52,24 @@ impl Channel {
                 "attempt to reuse consumer tag '{tag}'"
             )));
         }
+        let priority = match m.arguments.inner().get("x-priority") {
+            None => 0,
+            Some(v) => crate::queue::args::int_value(v)
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| {
+                    AmqpError::precondition_failed(format!(
+                        "invalid arg 'x-priority' for queue '{name}' in vhost '{}': {{unacceptable_type,{}}}",
+                        ctx.vhost.name,
+                        crate::queue::args::type_name(v)
+                    ))
+                })?,
+        };
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
             no_ack: m.no_ack,
             exclusive: m.exclusive,
             prefetch: self.consumer_prefetch,
+            priority,
             unacked: Default::default(),
             sink: Arc::clone(&self.shared) as Arc<dyn ConsumerSink>,
         });
@@ -133,6 +146,9 @@ impl Channel {
     }
 
     /// A complete message: route it, enqueue it, return it if unroutable and mandatory.
+    ///
+    /// `CC` and `BCC` headers add routing keys; `BCC` is removed before delivery (RabbitMQ
+    /// docs/sender-selected.md). An `expiration` that is not a non-negative integer is refused with 406.
     pub(super) fn publish_content(
         &mut self,
         ctx: &mut ConnectionContext,
@@ -141,66 +157,79 @@ impl Channel {
         raw_properties: Bytes,
         body: Bytes,
     ) -> AmqpResult {
+        let mut properties = header.properties.clone();
+        let own_ttl = expiration_ms(&properties).map_err(|detail| {
+            let e = properties.expiration().as_ref().map_or("", |s| s.as_str());
+            AmqpError::precondition_failed(format!("invalid expiration '{e}': {detail}"))
+        })?;
+        let headers = properties.headers().as_ref();
+        let mut extra_keys = header_strings(headers, "CC");
+        let bcc = header_strings(headers, "BCC");
+        let raw_properties = if headers.is_some_and(|h| h.contains_key("BCC")) {
+            extra_keys.extend(bcc);
+            let kept: std::collections::BTreeMap<_, _> =
+                headers.map(|h| h.inner().clone()).unwrap_or_default().into_iter().filter(|(k, _)| k.as_str() != "BCC").collect();
+            properties = rebuild_properties(&properties, Some(kept.into()), false);
+            encode_properties(&properties)
+        } else {
+            raw_properties
+        };
         let message = Arc::new(Message {
             exchange: publish.exchange,
             routing_key: publish.routing_key,
-            properties: header.properties.clone(),
+            properties,
             raw_properties,
             body,
         });
+        let publication = Publication { mandatory: publish.mandatory, message, extra_keys, own_ttl };
         if let Some(ops) = &mut self.tx {
             // Check the exchange now so the error comes with the publish, as RabbitMQ does.
-            if !message.exchange.as_str().is_empty() {
-                ctx.vhost.exchange(message.exchange.as_str())?;
+            let exchange = publication.message.exchange.as_str();
+            if !exchange.is_empty() {
+                ctx.vhost.exchange(exchange)?;
             }
-            ops.push(TxOp::Publish {
-                exchange: message.exchange.clone(),
-                mandatory: publish.mandatory,
-                message,
-            });
+            ops.push(TxOp::Publish(publication));
             return Ok(());
         }
-        let exchange = message.exchange.clone();
-        self.route_and_enqueue(ctx, exchange.as_str(), publish.mandatory, message)
+        self.route_and_enqueue(ctx, publication)
     }
 
-    fn route_and_enqueue(
-        &mut self,
-        ctx: &mut ConnectionContext,
-        exchange: &str,
-        mandatory: bool,
-        message: MessageRef,
-    ) -> AmqpResult {
+    /// Routes and enqueues one publication; records a confirm nack if a queue refused it
+    /// (`x-overflow = reject-publish`) and returns it to the publisher if mandatory and unroutable.
+    pub(super) fn route_and_enqueue(&mut self, ctx: &mut ConnectionContext, p: Publication) -> AmqpResult {
         let mut queues = std::mem::take(&mut ctx.route_queues);
         let mut scratch = std::mem::take(&mut ctx.route_scratch);
         queues.clear();
-        let routed = ctx
-            .vhost
-            .route(exchange, &message, &mut queues, &mut scratch);
+        let message = &p.message;
+        let routed = ctx.vhost.route(message.exchange.as_str(), message, &p.extra_keys, &mut queues, &mut scratch);
         scratch.clear();
         ctx.route_scratch = scratch;
         if let Err(e) = routed {
             ctx.route_queues = queues;
             return Err(e);
         }
-        let mut delivered = false;
+        let mut routed_to_any = false;
+        let mut rejected = false;
         for q in queues.drain(..) {
-            delivered |= q.publish(Arc::clone(&message));
+            match q.publish(Arc::clone(message), p.own_ttl) {
+                PublishOutcome::Enqueued => routed_to_any = true,
+                PublishOutcome::Rejected => {
+                    routed_to_any = true;
+                    rejected = true;
+                }
+                PublishOutcome::Deleted => {}
+            }
         }
         ctx.route_queues = queues;
-        if !delivered && mandatory {
+        if rejected && self.confirm {
+            self.nacks.push(self.publish_seq);
+        }
+        if !routed_to_any && p.mandatory {
             let id = self.id();
             let frame_max = ctx.outbound.frame_max();
             ctx.outbound.write(|out| {
-                encode::return_method(
-                    out,
-                    id,
-                    312,
-                    "NO_ROUTE",
-                    exchange,
-                    message.routing_key.as_str(),
-                );
-                write_message(out, id, &message, frame_max);
+                encode::return_method(out, id, 312, "NO_ROUTE", message.exchange.as_str(), message.routing_key.as_str());
+                write_message(out, id, message, frame_max);
             });
         }
         Ok(())
@@ -253,7 +282,7 @@ impl Channel {
         }
         let mut acked = std::mem::take(&mut self.settle_buf);
         let result = self.shared.take(tag, multiple, &mut acked);
-        settle(&mut acked);
+        settle(&mut acked, Settle::Ack);
         self.settle_buf = acked;
         self.kick_global_prefetch();
         result
@@ -283,7 +312,7 @@ impl Channel {
         if requeue {
             requeue_all(taken);
         } else {
-            settle(&mut taken);
+            settle(&mut taken, Settle::Reject);
         }
         self.kick_global_prefetch();
         Ok(())
@@ -377,11 +406,7 @@ impl Channel {
         };
         self.tx = None;
         let result = ops.into_iter().try_for_each(|op| match op {
-            TxOp::Publish {
-                exchange,
-                mandatory,
-                message,
-            } => self.route_and_enqueue(ctx, exchange.as_str(), mandatory, message),
+            TxOp::Publish(publication) => self.route_and_enqueue(ctx, publication),
             TxOp::Ack { tag, multiple } => self.basic_ack(ctx, tag, multiple),
             TxOp::Nack {
                 tag,
@@ -430,24 +455,37 @@ impl Channel {
     }
 }
 
+/// How deliveries are settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// basic.ack: done with.
+    Ack,
+    /// basic.reject / nack without requeue: dead-lettered with reason `rejected` (or dropped).
+    Reject,
+}
+
 /// Releases consumer prefetch for settled deliveries and tells each queue (once per run of the same
 /// queue) so it can dispatch into the freed capacity. Empties `settled`.
-fn settle(settled: &mut Vec<Unacked>) {
-    let mut run: Option<(Arc<Queue>, usize)> = None;
+fn settle(settled: &mut Vec<Unacked>, how: Settle) {
+    let mut run: Option<(Arc<Queue>, Vec<QueuedMessage>)> = None;
+    let finish = |q: Arc<Queue>, ms: Vec<QueuedMessage>| match how {
+        Settle::Ack => q.settle(ms.len()),
+        Settle::Reject => q.reject(ms),
+    };
     for u in settled.drain(..) {
         if let Some(c) = &u.consumer {
             c.unacked.fetch_sub(1, Ordering::Relaxed);
         }
         match &mut run {
-            Some((q, n)) if Arc::ptr_eq(q, &u.queue) => *n += 1,
+            Some((q, ms)) if Arc::ptr_eq(q, &u.queue) => ms.push(u.message),
             _ => {
-                if let Some((q, n)) = run.replace((u.queue, 1)) {
-                    q.settle(n);
+                if let Some((q, ms)) = run.replace((u.queue, vec![u.message])) {
+                    finish(q, ms);
                 }
             }
         }
     }
-    if let Some((q, n)) = run {
-        q.settle(n);
+    if let Some((q, ms)) = run {
+        finish(q, ms);
     }
 }

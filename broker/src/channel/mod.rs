@@ -248,14 +248,21 @@ enum Content {
     },
 }
 
+/// A complete basic.publish, ready to route.
+#[derive(Debug)]
+struct Publication {
+    mandatory: bool,
+    message: MessageRef,
+    /// Routing keys from `CC` / `BCC`.
+    extra_keys: Vec<String>,
+    /// Per-message TTL from `expiration`, ms.
+    own_ttl: Option<u64>,
+}
+
 /// A basic.publish or an ack held back until tx.commit.
 #[derive(Debug)]
 enum TxOp {
-    Publish {
-        exchange: ShortString,
-        mandatory: bool,
-        message: MessageRef,
-    },
+    Publish(Publication),
     Ack {
         tag: u64,
         multiple: bool,
@@ -280,6 +287,8 @@ pub struct Channel {
     publish_seq: u64,
     /// Highest sequence number confirmed so far.
     confirmed: u64,
+    /// Unconfirmed sequence numbers to nack (a queue refused them), ascending.
+    nacks: Vec<u64>,
     /// Transaction mode (tx.select) and its pending operations.
     tx: Option<Vec<TxOp>>,
     /// Prefetch count for consumers created from now on (`basic.qos global=false`).
@@ -308,6 +317,7 @@ impl Channel {
             confirm: false,
             publish_seq: 0,
             confirmed: 0,
+            nacks: Vec::new(),
             tx: None,
             consumer_prefetch: 0,
             last_queue: None,
@@ -489,16 +499,29 @@ impl Channel {
         self.publish_content(ctx, publish, &header, raw_properties, body)
     }
 
-    /// Sends the pending publisher confirm (one basic.ack, `multiple` when it covers several publishes).
-    /// Called once per batch of frames read, so a burst of publishes costs one ack.
+    /// Sends pending publisher confirms: one basic.ack (`multiple` when it covers several publishes) per
+    /// run of accepted publishes and a basic.nack for each refused one. Called once per batch of frames
+    /// read, so a burst of publishes costs one ack.
     pub fn flush_confirms(&mut self, ctx: &ConnectionContext) {
-        if self.confirm && !self.closing && self.publish_seq > self.confirmed {
-            let multiple = self.publish_seq - self.confirmed > 1;
-            let tag = self.publish_seq;
-            self.confirmed = tag;
-            ctx.outbound
-                .write(|out| encode::basic_ack(out, self.id(), tag, multiple));
+        if !self.confirm || self.closing || self.publish_seq == self.confirmed {
+            return;
         }
+        let id = self.id();
+        let (confirmed, upto, nacks) = (self.confirmed, self.publish_seq, std::mem::take(&mut self.nacks));
+        ctx.outbound.write(|out| {
+            let mut from = confirmed;
+            for nack in nacks.iter().copied().filter(|n| *n > confirmed && *n <= upto) {
+                if nack - 1 > from {
+                    encode::basic_ack(out, id, nack - 1, nack - 1 - from > 1);
+                }
+                encode::basic_nack(out, id, nack, false);
+                from = nack;
+            }
+            if upto > from {
+                encode::basic_ack(out, id, upto, upto - from > 1);
+            }
+        });
+        self.confirmed = upto;
     }
 
     /// Re-dispatches the queues this channel consumes from (after its write buffer drained).

@@ -32,8 +32,8 @@ impl ExchangeType for Direct {
         }
     }
 
-    fn route(&self, message: &Message, out: &mut Vec<Destination>) {
-        if let Some(dests) = self.routes.get(message.routing_key.as_str()) {
+    fn route(&self, routing_key: &str, _message: &Message, out: &mut Vec<Destination>) {
+        if let Some(dests) = self.routes.get(routing_key) {
             out.extend(dests.iter().cloned());
         }
     }

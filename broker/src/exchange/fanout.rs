@@ -24,7 +24,7 @@ impl ExchangeType for Fanout {
         }
     }
 
-    fn route(&self, _message: &Message, out: &mut Vec<Destination>) {
+    fn route(&self, _routing_key: &str, _message: &Message, out: &mut Vec<Destination>) {
         out.extend(self.destinations.iter().cloned());
     }
 }

@@ -146,7 +146,7 @@ impl ExchangeType for Headers {
         }
     }
 
-    fn route(&self, message: &Message, out: &mut Vec<Destination>) {
+    fn route(&self, _routing_key: &str, message: &Message, out: &mut Vec<Destination>) {
         let headers = message.properties.headers().as_ref();
         for b in &self.bindings {
             if b.matches(headers) {
@@ -251,7 +251,7 @@ mod tests {
             assert!(h.validate_binding(&binding).is_ok());
             h.bind(&binding);
             let mut out = Vec::new();
-            h.route(&message("", headers.clone()), &mut out);
+            h.route("", &message("", headers.clone()), &mut out);
             assert_eq!(
                 !out.is_empty(),
                 expected,

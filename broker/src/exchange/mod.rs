@@ -90,9 +90,10 @@ pub trait ExchangeType: Send + Sync + fmt::Debug {
     fn bind(&mut self, binding: &Binding);
     /// Removes a binding previously added with [`ExchangeType::bind`].
     fn unbind(&mut self, binding: &Binding);
-    /// Appends the destinations `message` goes to; duplicates are allowed (the caller deduplicates).
-    /// Must not allocate per call for the native types.
-    fn route(&self, message: &Message, out: &mut Vec<Destination>);
+    /// Appends the destinations of `message` published with `routing_key` (the message's own key, or a
+    /// `CC`/`BCC` key); duplicates are allowed (the caller deduplicates). Must not allocate per call for
+    /// the native types.
+    fn route(&self, routing_key: &str, message: &Message, out: &mut Vec<Destination>);
 }
 
 /// An exchange as declared (AMQP 0-9-1 §1.6.2.1 exchange.declare) with its bindings.
@@ -208,9 +209,18 @@ impl Exchange {
         self.read().bindings.clone()
     }
 
-    /// Appends the destinations of `message` to `out` (may contain duplicates).
-    pub fn route(&self, message: &Message, out: &mut Vec<Destination>) {
-        self.read().router.route(message, out);
+    /// Appends the destinations of `message` under `routing_key` to `out` (may contain duplicates).
+    pub fn route(&self, routing_key: &str, message: &Message, out: &mut Vec<Destination>) {
+        self.read().router.route(routing_key, message, out);
+    }
+
+    /// The `alternate-exchange` argument (RabbitMQ docs/ae.md).
+    pub fn alternate_exchange(&self) -> Option<&str> {
+        match self.arguments.inner().get("alternate-exchange")? {
+            amq_protocol::types::AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+            amq_protocol::types::AMQPValue::ShortString(s) => Some(s.as_str()),
+            _ => None,
+        }
     }
 }
 
@@ -222,12 +232,16 @@ pub(crate) mod test_support {
     use bytes::Bytes;
 
     pub(crate) fn queue(name: &str) -> Arc<Queue> {
+        let owner: std::sync::Weak<dyn crate::queue::QueueOwner> =
+            std::sync::Weak::<crate::vhost::VHost>::new();
         Arc::new(Queue::new(
             name.into(),
             false,
             false,
             None,
             FieldTable::default(),
+            Default::default(),
+            owner,
         ))
     }
 
@@ -259,7 +273,7 @@ pub(crate) mod test_support {
             });
         }
         let mut out = Vec::new();
-        router.route(&message(key, None), &mut out);
+        router.route(key, &message(key, None), &mut out);
         let mut names: Vec<String> = out.iter().map(|d| d.name().to_owned()).collect();
         names.sort();
         names.dedup();

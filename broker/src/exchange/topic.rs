@@ -142,9 +142,9 @@ impl ExchangeType for Topic {
         self.root.remove(&words[..n], &binding.destination);
     }
 
-    fn route(&self, message: &Message, out: &mut Vec<Destination>) {
+    fn route(&self, routing_key: &str, _message: &Message, out: &mut Vec<Destination>) {
         let mut words = [""; MAX_WORDS];
-        let n = split_words(message.routing_key.as_str(), &mut words);
+        let n = split_words(routing_key, &mut words);
         self.root.collect(&words[..n], out);
     }
 }
@@ -214,6 +214,7 @@ mod tests {
         t.unbind(&b1);
         let mut out = Vec::new();
         t.route(
+            "a.b",
             &crate::exchange::test_support::message("a.b", None),
             &mut out,
         );

@@ -1,18 +1,29 @@
-//! Queues: the ready list, consumers, round-robin dispatch within prefetch, requeue in original order.
+//! Queues: the ready list, consumers, dispatch within prefetch, requeue in original order, and the
+//! RabbitMQ queue extensions: TTL, dead-lettering, length limits, priorities, delivery limit, single
+//! active consumer, consumer priorities, queue expiry.
 //!
 //! A queue is shared (`Arc<Queue>`) between the vhost, the bindings that route to it and the channels
-//! consuming from it; its state sits behind one std `Mutex` that is never held across an `.await`.
-//! Dispatch calls into a [`ConsumerSink`] (implemented by the channel) while holding the queue lock, so
-//! the lock order is always queue → channel → connection write buffer; nothing takes a queue lock while
-//! holding a channel lock. Reference: RabbitMQ docs/queues.md, docs/consumers.md, docs/consumer-prefetch.md.
+//! consuming from it; its state sits behind one std `Mutex` never held across an `.await`. Dispatch calls
+//! into a [`ConsumerSink`] (implemented by the channel) while holding the queue lock, so the lock order
+//! is always queue → channel → connection write buffer. Dead letters are collected under the lock and
+//! handed to the [`QueueOwner`] (the vhost) after it is released, so dead-letter cycles cannot deadlock.
+//! Reference: RabbitMQ docs/queues.md, docs/consumers.md, docs/consumer-prefetch.md, docs/ttl.md,
+//! docs/dlx.md, docs/maxlength, docs/priority.md, docs/consumer-priority.md.
 
-use std::collections::VecDeque;
+pub mod args;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use amq_protocol::types::{FieldTable, ShortString};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
+pub use self::args::{Overflow, QueueArgs};
 use crate::message::MessageRef;
 
 /// A message waiting in (or delivered from) a queue.
@@ -24,6 +35,43 @@ pub struct QueuedMessage {
     pub message: MessageRef,
     /// Set once the message has been delivered and requeued (AMQP `redelivered` flag).
     pub redelivered: bool,
+    /// When the message expires (queue `x-message-ttl` or its own `expiration`, whichever is sooner).
+    pub expires_at: Option<Instant>,
+    /// Deliveries so far (for `x-delivery-limit`).
+    pub delivery_count: u32,
+}
+
+/// Why a message is dead-lettered (the `reason` of its `x-death` entry, RabbitMQ docs/dlx.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// basic.reject / basic.nack with `requeue = false`.
+    Rejected,
+    /// Message TTL ran out.
+    Expired,
+    /// Dropped from the head by `x-max-length` / `x-max-length-bytes`, or refused by `reject-publish-dlx`.
+    MaxLen,
+    /// Requeued more often than `x-delivery-limit` allows.
+    DeliveryLimit,
+}
+
+impl DeadLetterReason {
+    /// The reason as written in `x-death`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::Rejected => "rejected",
+            DeadLetterReason::Expired => "expired",
+            DeadLetterReason::MaxLen => "maxlen",
+            DeadLetterReason::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+/// What owns a queue and acts on its behalf: dead-letter routing and deleting an expired queue. The vhost.
+pub trait QueueOwner: Send + Sync {
+    /// Routes `letters` from `queue` to its dead-letter exchange (or drops them if it has none).
+    fn dead_letter(&self, queue: &Queue, letters: Vec<(MessageRef, DeadLetterReason)>);
+    /// Deletes `queue`, which has been unused for its `x-expires`.
+    fn expire_queue(&self, queue: &Arc<Queue>);
 }
 
 /// The receiving side of a consumer: a channel that can take deliveries.
@@ -50,6 +98,8 @@ pub struct Consumer {
     pub exclusive: bool,
     /// Per-consumer prefetch count (`basic.qos` with `global = false`); 0 means unlimited.
     pub prefetch: u16,
+    /// Consumer priority (`x-priority` on basic.consume, default 0; RabbitMQ docs/consumer-priority.md).
+    pub priority: i32,
     /// Deliveries to this consumer not yet acked, for the prefetch limit.
     pub unacked: AtomicU32,
     /// The channel this consumer delivers to.
@@ -58,9 +108,11 @@ pub struct Consumer {
 
 impl Consumer {
     fn below_prefetch(&self) -> bool {
-        self.no_ack
-            || self.prefetch == 0
-            || self.unacked.load(Ordering::Relaxed) < u32::from(self.prefetch)
+        self.no_ack || self.prefetch == 0 || self.unacked.load(Ordering::Relaxed) < u32::from(self.prefetch)
+    }
+
+    fn can_take(&self) -> bool {
+        self.below_prefetch() && self.sink.has_capacity(self)
     }
 }
 
@@ -73,38 +125,129 @@ pub enum ConsumeRefused {
     Deleted,
 }
 
-/// A queue as declared (AMQP 0-9-1 §1.7.2.1 queue.declare).
-pub struct Queue {
-    /// Queue name.
-    pub name: ShortString,
-    /// Survives a broker restart.
-    pub durable: bool,
-    /// Deleted when its last consumer is cancelled (once it has had one).
-    pub auto_delete: bool,
-    /// Id of the owning connection for an exclusive queue.
-    pub exclusive_owner: Option<u64>,
-    /// Declare arguments.
-    pub arguments: FieldTable,
-    inner: Mutex<QueueInner>,
+/// What became of a message offered to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Enqueued (or delivered at once).
+    Enqueued,
+    /// Refused by `x-overflow = reject-publish(-dlx)`: the publisher gets a confirm nack.
+    Rejected,
+    /// The queue was deleted meanwhile.
+    Deleted,
 }
 
-impl fmt::Debug for Queue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Queue")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+/// Ready messages, one FIFO per priority level (a single level without `x-max-priority`).
+#[derive(Debug, Default)]
+struct Ready {
+    levels: Vec<VecDeque<QueuedMessage>>,
+    len: usize,
+    bytes: u64,
+}
+
+impl Ready {
+    fn new(levels: usize) -> Self {
+        Ready { levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(), len: 0, bytes: 0 }
+    }
+
+    fn level_of(&self, m: &QueuedMessage) -> usize {
+        if self.levels.len() == 1 {
+            return 0;
+        }
+        let p = m.message.properties.priority().unwrap_or(0) as usize;
+        p.min(self.levels.len() - 1)
+    }
+
+    fn push_back(&mut self, m: QueuedMessage) {
+        self.len += 1;
+        self.bytes += m.message.body_size();
+        let level = self.level_of(&m);
+        self.levels[level].push_back(m);
+    }
+
+    /// Puts a message back at its arrival position within its level.
+    fn insert_by_seq(&mut self, m: QueuedMessage) {
+        self.len += 1;
+        self.bytes += m.message.body_size();
+        let level = self.level_of(&m);
+        let queue = &mut self.levels[level];
+        let pos = queue.partition_point(|r| r.seq < m.seq);
+        queue.insert(pos, m);
+    }
+
+    fn account_removed(&mut self, m: &QueuedMessage) {
+        self.len -= 1;
+        self.bytes -= m.message.body_size();
+    }
+
+    /// The next message to deliver: highest priority first, FIFO within a priority.
+    fn pop_front(&mut self) -> Option<QueuedMessage> {
+        let m = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
+        self.account_removed(&m);
+        Some(m)
+    }
+
+    /// The oldest message of the lowest priority (what `drop-head` drops first).
+    fn pop_oldest(&mut self) -> Option<QueuedMessage> {
+        let m = self.levels.iter_mut().find_map(VecDeque::pop_front)?;
+        self.account_removed(&m);
+        Some(m)
+    }
+
+    fn clear(&mut self) -> usize {
+        let n = self.len;
+        self.levels.iter_mut().for_each(VecDeque::clear);
+        self.len = 0;
+        self.bytes = 0;
+        n
+    }
+
+    /// Removes every message expired at `now`, appending it to `out`.
+    fn remove_expired(&mut self, now: Instant, full_scan: bool, out: &mut Vec<QueuedMessage>) {
+        for level in &mut self.levels {
+            // Messages carrying only the queue TTL expire in arrival order: the head is enough.
+            while level.front().is_some_and(|m| m.expires_at.is_some_and(|t| t <= now)) {
+                if let Some(m) = level.pop_front() {
+                    out.push(m);
+                }
+            }
+            if full_scan {
+                level.retain(|m| {
+                    let expired = m.expires_at.is_some_and(|t| t <= now);
+                    if expired {
+                        out.push(m.clone());
+                    }
+                    !expired
+                });
+            }
+        }
+        for m in out.iter() {
+            self.len -= 1;
+            self.bytes -= m.message.body_size();
+        }
+    }
+
+    /// Earliest expiry among level heads.
+    fn head_deadline(&self) -> Option<Instant> {
+        self.levels.iter().filter_map(|l| l.front().and_then(|m| m.expires_at)).min()
     }
 }
 
-#[derive(Default)]
 struct QueueInner {
-    ready: VecDeque<QueuedMessage>,
+    ready: Ready,
     next_seq: u64,
+    /// Sorted by priority, highest first; insertion order within a priority.
     consumers: Vec<Arc<Consumer>>,
     next_consumer: usize,
     unacked: usize,
     had_consumer: bool,
     deleted: bool,
+    /// Last use (consume, get, declare) for `x-expires`.
+    last_used: Instant,
+    /// Expiry times of ready messages with their own `expiration` (out of arrival order).
+    message_deadlines: BinaryHeap<Reverse<Instant>>,
+    /// Ready messages with their own `expiration`: when non-zero, expiry scans the whole ready list.
+    own_expiration: usize,
+    timer_started: bool,
 }
 
 /// Counts reported by queue.declare-ok and queue.delete-ok.
@@ -116,22 +259,70 @@ pub struct QueueCounts {
     pub consumers: u32,
 }
 
+/// A queue as declared (AMQP 0-9-1 §1.7.2.1 queue.declare).
+pub struct Queue {
+    /// Queue name.
+    pub name: ShortString,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Deleted when its last consumer is cancelled (once it has had one).
+    pub auto_delete: bool,
+    /// Id of the owning connection for an exclusive queue.
+    pub exclusive_owner: Option<u64>,
+    /// Declare arguments as given.
+    pub arguments: FieldTable,
+    /// The arguments Warren acts on, parsed.
+    pub args: QueueArgs,
+    owner: Weak<dyn QueueOwner>,
+    /// Wakes the expiry task when an earlier deadline appears.
+    timer: Arc<Notify>,
+    inner: Mutex<QueueInner>,
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// Dead letters gathered under the queue lock, handed to the owner after it is released.
+type Letters = Vec<(MessageRef, DeadLetterReason)>;
+
 impl Queue {
-    /// A new, empty queue.
+    /// A new, empty queue. `owner` receives dead letters and expiry; `args` must come from
+    /// [`QueueArgs::parse`] of `arguments`.
     pub fn new(
         name: ShortString,
         durable: bool,
         auto_delete: bool,
         exclusive_owner: Option<u64>,
         arguments: FieldTable,
+        args: QueueArgs,
+        owner: Weak<dyn QueueOwner>,
     ) -> Self {
+        let levels = args.max_priority.map_or(1, |p| usize::from(p) + 1);
         Queue {
             name,
             durable,
             auto_delete,
             exclusive_owner,
             arguments,
-            inner: Mutex::new(QueueInner::default()),
+            args,
+            owner,
+            timer: Arc::new(Notify::new()),
+            inner: Mutex::new(QueueInner {
+                ready: Ready::new(levels),
+                next_seq: 0,
+                consumers: Vec::new(),
+                next_consumer: 0,
+                unacked: 0,
+                had_consumer: false,
+                deleted: false,
+                last_used: Instant::now(),
+                message_deadlines: BinaryHeap::new(),
+                own_expiration: 0,
+                timer_started: false,
+            }),
         }
     }
 
@@ -141,13 +332,19 @@ impl Queue {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn hand_over(&self, letters: Letters) {
+        if letters.is_empty() {
+            return;
+        }
+        if let Some(owner) = self.owner.upgrade() {
+            owner.dead_letter(self, letters);
+        }
+    }
+
     /// Ready messages and consumers.
     pub fn counts(&self) -> QueueCounts {
         let inner = self.lock();
-        QueueCounts {
-            messages: inner.ready.len() as u32,
-            consumers: inner.consumers.len() as u32,
-        }
+        QueueCounts { messages: inner.ready.len as u32, consumers: inner.consumers.len() as u32 }
     }
 
     /// Whether the queue has been deleted.
@@ -155,84 +352,228 @@ impl Queue {
         self.lock().deleted
     }
 
-    /// Appends a routed message and dispatches. Returns false if the queue was deleted meanwhile.
-    pub fn publish(self: &Arc<Self>, message: MessageRef) -> bool {
-        let mut inner = self.lock();
-        if inner.deleted {
-            return false;
-        }
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
-        inner.ready.push_back(QueuedMessage {
-            seq,
-            message,
-            redelivered: false,
-        });
-        self.dispatch(&mut inner);
-        true
+    /// Records a use for `x-expires` (queue.declare, basic.get, basic.consume).
+    pub fn touch(self: &Arc<Self>) {
+        self.lock().last_used = Instant::now();
+        self.ensure_timer();
     }
 
-    /// Delivers ready messages round-robin to consumers that have capacity, until either runs out.
-    fn dispatch(self: &Arc<Self>, inner: &mut QueueInner) {
-        let n = inner.consumers.len();
-        let mut idle = 0;
-        while idle < n && !inner.ready.is_empty() {
-            let idx = inner.next_consumer % n;
-            inner.next_consumer = idx + 1;
-            let consumer = &inner.consumers[idx];
-            if !(consumer.below_prefetch() && consumer.sink.has_capacity(consumer)) {
-                idle += 1;
+    /// Offers a routed message. `own_ttl` is the message's `expiration` in ms, if any.
+    pub fn publish(self: &Arc<Self>, message: MessageRef, own_ttl: Option<u64>) -> PublishOutcome {
+        let mut letters = Letters::new();
+        let outcome = {
+            let mut inner = self.lock();
+            if inner.deleted {
+                return PublishOutcome::Deleted;
+            }
+            self.enqueue(&mut inner, message, own_ttl, &mut letters)
+        };
+        self.hand_over(letters);
+        outcome
+    }
+
+    fn over_limits(&self, ready: &Ready, extra: Option<u64>) -> bool {
+        let (len, bytes) = match extra {
+            Some(b) => (ready.len as u64 + 1, ready.bytes + b),
+            None => (ready.len as u64, ready.bytes),
+        };
+        self.args.max_length.is_some_and(|max| len > max) || self.args.max_length_bytes.is_some_and(|max| bytes > max)
+    }
+
+    fn enqueue(self: &Arc<Self>, inner: &mut QueueInner, message: MessageRef, own_ttl: Option<u64>, letters: &mut Letters) -> PublishOutcome {
+        if self.args.overflow != Overflow::DropHead && self.over_limits(&inner.ready, Some(message.body_size())) {
+            if self.args.overflow == Overflow::RejectPublishDlx {
+                letters.push((message, DeadLetterReason::MaxLen));
+            }
+            return PublishOutcome::Rejected;
+        }
+        let now = Instant::now();
+        let ttl = match (self.args.message_ttl, own_ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let expires_at = ttl.map(|ms| now + Duration::from_millis(ms));
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let own = own_ttl.is_some();
+        inner.ready.push_back(QueuedMessage { seq, message, redelivered: false, expires_at, delivery_count: 0 });
+        if own {
+            inner.own_expiration += 1;
+        }
+        while self.over_limits(&inner.ready, None) {
+            let Some(m) = inner.ready.pop_oldest() else { break };
+            self.forget_expiration(inner, &m);
+            letters.push((m.message, DeadLetterReason::MaxLen));
+        }
+        self.dispatch(inner, letters);
+        if let Some(deadline) = expires_at {
+            if ttl == Some(0) {
+                // TTL 0: delivered now or never (RabbitMQ docs/ttl.md).
+                self.expire(inner, now, letters);
+            } else {
+                if own {
+                    inner.message_deadlines.push(Reverse(deadline));
+                }
+                self.ensure_timer_locked(inner);
+                self.timer.notify_one();
+            }
+        }
+        PublishOutcome::Enqueued
+    }
+
+    fn forget_expiration(&self, inner: &mut QueueInner, m: &QueuedMessage) {
+        if m.message.properties.expiration().is_some() && m.expires_at.is_some() {
+            inner.own_expiration = inner.own_expiration.saturating_sub(1);
+        }
+    }
+
+    /// Delivers ready messages to consumers that have capacity, until either runs out. Consumers of the
+    /// highest priority with capacity are served round-robin; with a single active consumer only the
+    /// first registered consumer is served. Expired messages met at the head are dead-lettered.
+    fn dispatch(self: &Arc<Self>, inner: &mut QueueInner, letters: &mut Letters) {
+        if inner.consumers.is_empty() || inner.ready.len == 0 {
+            return;
+        }
+        let now = Instant::now();
+        while inner.ready.len > 0 {
+            let Some(idx) = self.pick_consumer(inner) else { break };
+            let Some(mut message) = inner.ready.pop_front() else { break };
+            self.forget_expiration(inner, &message);
+            if message.expires_at.is_some_and(|t| t <= now) {
+                letters.push((message.message, DeadLetterReason::Expired));
                 continue;
             }
-            idle = 0;
-            let consumer = Arc::clone(consumer);
-            let Some(message) = inner.ready.pop_front() else {
-                break;
-            };
+            let consumer = Arc::clone(&inner.consumers[idx]);
             if !consumer.no_ack {
                 inner.unacked += 1;
                 consumer.unacked.fetch_add(1, Ordering::Relaxed);
             }
+            message.delivery_count += 1;
             consumer.sink.deliver(self, &consumer, message);
+        }
+    }
+
+    /// The index of the consumer that gets the next message, if any can take one.
+    fn pick_consumer(&self, inner: &mut QueueInner) -> Option<usize> {
+        if self.args.single_active_consumer {
+            return inner.consumers.first().filter(|c| c.can_take()).map(|_| 0);
+        }
+        let n = inner.consumers.len();
+        let mut i = 0;
+        while i < n {
+            // One priority band [i, end): round-robin within it from the shared cursor.
+            let priority = inner.consumers[i].priority;
+            let end = inner.consumers[i..].iter().position(|c| c.priority != priority).map_or(n, |p| i + p);
+            let width = end - i;
+            let start = if (i..end).contains(&inner.next_consumer) { inner.next_consumer - i } else { 0 };
+            for k in 0..width {
+                let idx = i + (start + k) % width;
+                if inner.consumers[idx].can_take() {
+                    inner.next_consumer = if idx + 1 < end { idx + 1 } else { i };
+                    return Some(idx);
+                }
+            }
+            i = end;
+        }
+        None
+    }
+
+    /// Dead-letters (or drops) every expired ready message.
+    fn expire(self: &Arc<Self>, inner: &mut QueueInner, now: Instant, letters: &mut Letters) {
+        let mut expired = Vec::new();
+        inner.ready.remove_expired(now, inner.own_expiration > 0, &mut expired);
+        for m in expired {
+            self.forget_expiration(inner, &m);
+            letters.push((m.message, DeadLetterReason::Expired));
+        }
+        while inner.message_deadlines.peek().is_some_and(|Reverse(t)| *t <= now) {
+            inner.message_deadlines.pop();
         }
     }
 
     /// Dispatches after capacity was freed elsewhere (an ack, a drained write buffer, qos).
     pub fn kick(self: &Arc<Self>) {
-        let mut inner = self.lock();
-        self.dispatch(&mut inner);
+        let mut letters = Letters::new();
+        {
+            let mut inner = self.lock();
+            self.dispatch(&mut inner, &mut letters);
+        }
+        self.hand_over(letters);
     }
 
-    /// basic.get: takes the head message. Returns it and the number still ready.
-    pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, u32)> {
-        let mut inner = self.lock();
-        let message = inner.ready.pop_front()?;
-        if !no_ack {
-            inner.unacked += 1;
-        }
-        Some((message, inner.ready.len() as u32))
+    /// basic.get: takes the next message. Returns it and the number still ready.
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
+        let mut letters = Letters::new();
+        let got = {
+            let mut inner = self.lock();
+            inner.last_used = Instant::now();
+            self.expire(&mut inner, Instant::now(), &mut letters);
+            let got = inner.ready.pop_front();
+            if let Some(m) = &got {
+                self.forget_expiration(&mut inner, m);
+                if !no_ack {
+                    inner.unacked += 1;
+                }
+            }
+            got.map(|mut m| {
+                m.delivery_count += 1;
+                (m, inner.ready.len as u32)
+            })
+        };
+        self.hand_over(letters);
+        got
     }
 
     /// Acknowledges `count` deliveries of this queue and dispatches into the freed capacity.
     pub fn settle(self: &Arc<Self>, count: usize) {
-        let mut inner = self.lock();
-        inner.unacked = inner.unacked.saturating_sub(count);
-        self.dispatch(&mut inner);
+        let mut letters = Letters::new();
+        {
+            let mut inner = self.lock();
+            inner.unacked = inner.unacked.saturating_sub(count);
+            self.dispatch(&mut inner, &mut letters);
+        }
+        self.hand_over(letters);
     }
 
-    /// Puts unacked messages back at their original positions, flagged redelivered, and dispatches.
-    pub fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
-        let mut inner = self.lock();
-        for mut m in messages {
-            inner.unacked = inner.unacked.saturating_sub(1);
+    /// Settles rejected deliveries (`requeue = false`): they are dead-lettered with reason `rejected`.
+    pub fn reject(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
+        let mut letters: Letters = messages.into_iter().map(|m| (m.message, DeadLetterReason::Rejected)).collect();
+        {
+            let mut inner = self.lock();
+            inner.unacked = inner.unacked.saturating_sub(letters.len());
             if inner.deleted {
-                continue;
+                letters.clear();
             }
-            m.redelivered = true;
-            let pos = inner.ready.partition_point(|r| r.seq < m.seq);
-            inner.ready.insert(pos, m);
+            self.dispatch(&mut inner, &mut letters);
         }
-        self.dispatch(&mut inner);
+        self.hand_over(letters);
+    }
+
+    /// Puts unacked messages back at their original positions, flagged redelivered, and dispatches. A
+    /// message past `x-delivery-limit` is dead-lettered instead.
+    pub fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
+        let mut letters = Letters::new();
+        {
+            let mut inner = self.lock();
+            for mut m in messages {
+                inner.unacked = inner.unacked.saturating_sub(1);
+                if inner.deleted {
+                    continue;
+                }
+                if self.args.delivery_limit.is_some_and(|limit| m.delivery_count > limit) {
+                    letters.push((m.message, DeadLetterReason::DeliveryLimit));
+                    continue;
+                }
+                m.redelivered = true;
+                if m.message.properties.expiration().is_some() && m.expires_at.is_some() {
+                    inner.own_expiration += 1;
+                }
+                inner.ready.insert_by_seq(m);
+            }
+            self.expire(&mut inner, Instant::now(), &mut letters);
+            self.dispatch(&mut inner, &mut letters);
+        }
+        self.hand_over(letters);
     }
 
     /// Adds a consumer and dispatches to it. `on_added` runs under the queue lock once the consumer is
@@ -241,41 +582,50 @@ impl Queue {
     ///
     /// # Errors
     /// [`ConsumeRefused`] when exclusivity forbids it or the queue is gone.
-    pub fn add_consumer(
-        self: &Arc<Self>,
-        consumer: Arc<Consumer>,
-        on_added: impl FnOnce(),
-    ) -> Result<(), ConsumeRefused> {
-        let mut inner = self.lock();
-        if inner.deleted {
-            return Err(ConsumeRefused::Deleted);
-        }
-        if !inner.consumers.is_empty()
-            && (consumer.exclusive || inner.consumers.iter().any(|c| c.exclusive))
+    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>, on_added: impl FnOnce()) -> Result<(), ConsumeRefused> {
+        let mut letters = Letters::new();
         {
-            return Err(ConsumeRefused::ExclusiveInUse);
+            let mut inner = self.lock();
+            if inner.deleted {
+                return Err(ConsumeRefused::Deleted);
+            }
+            if !inner.consumers.is_empty() && (consumer.exclusive || inner.consumers.iter().any(|c| c.exclusive)) {
+                return Err(ConsumeRefused::ExclusiveInUse);
+            }
+            let pos = inner.consumers.partition_point(|c| c.priority >= consumer.priority);
+            inner.consumers.insert(pos, consumer);
+            inner.had_consumer = true;
+            inner.last_used = Instant::now();
+            on_added();
+            self.dispatch(&mut inner, &mut letters);
         }
-        inner.consumers.push(consumer);
-        inner.had_consumer = true;
-        on_added();
-        self.dispatch(&mut inner);
+        self.hand_over(letters);
         Ok(())
     }
 
     /// Removes a consumer. Returns true when this was the last consumer of an auto-delete queue, which
-    /// the caller must then delete (RabbitMQ docs/queues.md "auto-delete").
-    pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
-        let mut inner = self.lock();
-        inner.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
-        self.auto_delete && inner.had_consumer && inner.consumers.is_empty() && !inner.deleted
+    /// the caller must then delete (RabbitMQ docs/queues.md "auto-delete"). With a single active consumer
+    /// the next one in line takes over.
+    pub fn remove_consumer(self: &Arc<Self>, consumer: &Arc<Consumer>) -> bool {
+        let mut letters = Letters::new();
+        let last = {
+            let mut inner = self.lock();
+            inner.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
+            inner.last_used = Instant::now();
+            self.dispatch(&mut inner, &mut letters);
+            self.auto_delete && inner.had_consumer && inner.consumers.is_empty() && !inner.deleted
+        };
+        self.hand_over(letters);
+        self.timer.notify_one();
+        last
     }
 
     /// Removes all ready messages; returns how many.
     pub fn purge(&self) -> u32 {
         let mut inner = self.lock();
-        let n = inner.ready.len() as u32;
-        inner.ready.clear();
-        n
+        inner.own_expiration = 0;
+        inner.message_deadlines.clear();
+        inner.ready.clear() as u32
     }
 
     /// Marks the queue deleted, drops its ready messages and detaches its consumers (which are returned so
@@ -283,8 +633,84 @@ impl Queue {
     pub fn delete(&self) -> (u32, Vec<Arc<Consumer>>) {
         let mut inner = self.lock();
         inner.deleted = true;
-        let n = inner.ready.len() as u32;
-        inner.ready.clear();
+        let n = inner.ready.clear() as u32;
+        self.timer.notify_one();
         (n, std::mem::take(&mut inner.consumers))
+    }
+
+    fn ensure_timer(self: &Arc<Self>) {
+        let mut inner = self.lock();
+        self.ensure_timer_locked(&mut inner);
+    }
+
+    /// Starts the expiry task once the queue has something that can expire (message TTLs, `x-expires`).
+    fn ensure_timer_locked(self: &Arc<Self>, inner: &mut QueueInner) {
+        if inner.timer_started {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        inner.timer_started = true;
+        runtime.spawn(expiry_task(Arc::downgrade(self)));
+    }
+
+    /// The next moment something may expire: a message, or the whole queue.
+    fn next_deadline(&self, inner: &QueueInner) -> Option<Instant> {
+        let messages = [inner.ready.head_deadline(), inner.message_deadlines.peek().map(|Reverse(t)| *t)]
+            .into_iter()
+            .flatten()
+            .min();
+        let queue = self
+            .args
+            .expires
+            .filter(|_| inner.consumers.is_empty())
+            .map(|ms| inner.last_used + Duration::from_millis(ms));
+        [messages, queue].into_iter().flatten().min()
+    }
+}
+
+/// Expires messages (dead-lettering them) and the queue itself (`x-expires`) at their deadlines. Holds
+/// only a weak reference: it ends when the queue is dropped or deleted.
+async fn expiry_task(queue: Weak<Queue>) {
+    let Some(timer) = queue.upgrade().map(|q| Arc::clone(&q.timer)) else { return };
+    loop {
+        let Some(q) = queue.upgrade() else { return };
+        let deadline = {
+            let inner = q.lock();
+            if inner.deleted {
+                return;
+            }
+            q.next_deadline(&inner)
+        };
+        let notified = timer.notified();
+        drop(q);
+        match deadline {
+            Some(d) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(d) => {}
+                    () = notified => continue,
+                }
+            }
+            None => notified.await,
+        }
+        let Some(q) = queue.upgrade() else { return };
+        let now = Instant::now();
+        let mut letters = Letters::new();
+        let expire_queue = {
+            let mut inner = q.lock();
+            if inner.deleted {
+                return;
+            }
+            q.expire(&mut inner, now, &mut letters);
+            q.args.expires.is_some_and(|ms| {
+                inner.consumers.is_empty() && now >= inner.last_used + Duration::from_millis(ms)
+            })
+        };
+        q.hand_over(letters);
+        if expire_queue {
+            if let Some(owner) = q.owner.upgrade() {
+                owner.expire_queue(&q);
+            }
+            return;
+        }
     }
 }

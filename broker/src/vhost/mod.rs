@@ -5,17 +5,20 @@
 //! Errors carry RabbitMQ's reply codes and texts. Reference: RabbitMQ docs/exchanges.md, docs/queues.md,
 //! docs/e2e.md, docs/spec-differences.md (amq.* names, default exchange).
 
+pub mod dead_letter;
+
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use rand::Rng;
+use tracing::debug;
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::registry::Registry;
 use crate::exchange::{Binding, Destination, Exchange};
-use crate::message::Message;
-use crate::queue::{Queue, QueueCounts};
+use crate::message::{Message, MessageRef, header_strings};
+use crate::queue::{DeadLetterReason, Queue, QueueArgs, QueueCounts, QueueOwner};
 
 /// The standard exchanges every vhost has (RabbitMQ docs/exchanges.md "Default exchange", amq.*).
 const PREDECLARED: &[(&str, &str)] = &[
@@ -67,6 +70,8 @@ pub struct QueueFlags {
 pub struct VHost {
     /// Vhost name, e.g. `/`.
     pub name: String,
+    /// This vhost, handed to its queues as their [`QueueOwner`].
+    me: Weak<VHost>,
     registry: Arc<Registry>,
     exchanges: RwLock<HashMap<ShortString, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortString, Arc<Queue>>>,
@@ -92,9 +97,14 @@ fn show(v: &AMQPValue) -> String {
 
 impl VHost {
     /// A vhost with the pre-declared `amq.*` exchanges.
-    pub fn new(name: &str, registry: Arc<Registry>) -> Self {
+    pub fn new(name: &str, registry: Arc<Registry>) -> Arc<Self> {
+        Arc::new_cyclic(|me| VHost::build(name, registry, me.clone()))
+    }
+
+    fn build(name: &str, registry: Arc<Registry>, me: Weak<VHost>) -> Self {
         let vhost = VHost {
             name: name.to_owned(),
+            me,
             registry,
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
@@ -375,6 +385,12 @@ impl VHost {
             let counts = q.counts();
             return Ok((q, counts));
         }
+        let parsed = QueueArgs::parse(arguments).map_err(|e| {
+            AmqpError::precondition_failed(format!(
+                "invalid arg '{}' for queue '{}' in vhost '{}': {}",
+                e.key, name, self.name, e.detail
+            ))
+        })?;
         let generated = name.as_str().is_empty();
         let name = if generated {
             generate_name("amq.gen-")
@@ -386,6 +402,7 @@ impl VHost {
             let q = Arc::clone(q);
             drop(queues);
             self.queue_equivalent(&q, flags, arguments, conn_id)?;
+            q.touch();
             let counts = q.counts();
             return Ok((q, counts));
         }
@@ -395,14 +412,19 @@ impl VHost {
             )));
         }
         let owner = flags.exclusive.then_some(conn_id);
+        let me: Weak<dyn QueueOwner> = self.me.clone();
         let q = Arc::new(Queue::new(
             name.clone(),
             flags.durable,
             flags.auto_delete,
             owner,
             arguments.clone(),
+            parsed,
+            me,
         ));
         queues.insert(name, Arc::clone(&q));
+        drop(queues);
+        q.touch();
         Ok((
             q,
             QueueCounts {
@@ -560,8 +582,10 @@ impl VHost {
         }
     }
 
-    /// Routes `message` published to `exchange` and appends the distinct destination queues to `queues`.
-    /// `scratch` is a reusable buffer. Follows exchange-to-exchange bindings, each exchange at most once.
+    /// Routes `message` published to `exchange` under its routing key and the `extra_keys` (from `CC` /
+    /// `BCC`, RabbitMQ docs/sender-selected.md), and appends the distinct destination queues to `queues`.
+    /// `scratch` is a reusable buffer. Follows exchange-to-exchange bindings, each exchange at most once;
+    /// when nothing matches, tries the exchange's alternate exchange (RabbitMQ docs/ae.md).
     ///
     /// # Errors
     /// 404 missing exchange, 403 internal exchange.
@@ -569,28 +593,58 @@ impl VHost {
         &self,
         exchange: &str,
         message: &Message,
+        extra_keys: &[String],
         queues: &mut Vec<Arc<Queue>>,
         scratch: &mut Vec<Destination>,
     ) -> AmqpResult {
+        let keys = std::iter::once(message.routing_key.as_str()).chain(extra_keys.iter().map(String::as_str));
         if exchange.is_empty() {
-            if let Some(q) = read(&self.queues).get(message.routing_key.as_str()) {
-                queues.push(Arc::clone(q));
+            let all = read(&self.queues);
+            for key in keys {
+                if let Some(q) = all.get(key) {
+                    if !queues.iter().any(|seen| Arc::ptr_eq(seen, q)) {
+                        queues.push(Arc::clone(q));
+                    }
+                }
             }
             return Ok(());
         }
         let exchanges = read(&self.exchanges);
-        let x = exchanges
-            .get(exchange)
-            .ok_or_else(|| self.no_exchange(exchange))?;
+        let x = exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;
         if x.internal {
             return Err(AmqpError::access_refused(format!(
                 "cannot publish to internal exchange '{exchange}' in vhost '{}'",
                 self.name
             )));
         }
+        let mut current = x;
+        let mut tried: Vec<&str> = Vec::new();
+        loop {
+            Self::route_through(&exchanges, current, message, keys.clone(), queues, scratch);
+            if !queues.is_empty() {
+                return Ok(());
+            }
+            tried.push(current.name.as_str());
+            match current.alternate_exchange().and_then(|ae| exchanges.get(ae)) {
+                Some(ae) if !tried.contains(&ae.name.as_str()) => current = ae,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn route_through<'k>(
+        exchanges: &HashMap<ShortString, Arc<Exchange>>,
+        x: &Exchange,
+        message: &Message,
+        keys: impl Iterator<Item = &'k str> + Clone,
+        queues: &mut Vec<Arc<Queue>>,
+        scratch: &mut Vec<Destination>,
+    ) {
         scratch.clear();
-        x.route(message, scratch);
-        let mut visited: Vec<&str> = Vec::new();
+        for key in keys.clone() {
+            x.route(key, message, scratch);
+        }
+        let mut visited: Vec<&str> = vec![x.name.as_str()];
         let mut i = 0;
         while i < scratch.len() {
             let next = match &scratch[i] {
@@ -600,20 +654,52 @@ impl VHost {
                     }
                     None
                 }
-                Destination::Exchange(name)
-                    if name.as_str() != exchange && !visited.contains(&name.as_str()) =>
-                {
+                Destination::Exchange(name) if !visited.contains(&name.as_str()) => {
                     exchanges.get_key_value(name.as_str())
                 }
                 Destination::Exchange(_) => None,
             };
             if let Some((key, next)) = next {
                 visited.push(key.as_str());
-                next.route(message, scratch);
+                for k in keys.clone() {
+                    next.route(k, message, scratch);
+                }
             }
             i += 1;
         }
-        Ok(())
+    }
+}
+
+impl QueueOwner for VHost {
+    fn dead_letter(&self, queue: &Queue, letters: Vec<(MessageRef, DeadLetterReason)>) {
+        let Some(dlx) = &queue.args.dead_letter_exchange else { return };
+        let mut queues = Vec::new();
+        let mut scratch = Vec::new();
+        for (message, reason) in letters {
+            let dead = Arc::new(dead_letter::dead_lettered(&message, queue, reason, dlx));
+            let cc = if queue.args.dead_letter_routing_key.is_some() {
+                Vec::new()
+            } else {
+                header_strings(dead.properties.headers().as_ref(), "CC")
+            };
+            queues.clear();
+            if let Err(e) = self.route(dlx.as_str(), &dead, &cc, &mut queues, &mut scratch) {
+                debug!(queue = %queue.name, dlx = %dlx, error = %e, "dead letter dropped");
+                continue;
+            }
+            for q in queues.drain(..) {
+                if dead_letter::is_cycle(&dead, q.name.as_str()) {
+                    debug!(queue = %queue.name, target = %q.name, "dead-letter cycle: message dropped");
+                    continue;
+                }
+                q.publish(Arc::clone(&dead), None);
+            }
+        }
+    }
+
+    fn expire_queue(&self, queue: &Arc<Queue>) {
+        debug!(queue = %queue.name, "queue expired (x-expires)");
+        self.remove_queue(queue);
     }
 }
 

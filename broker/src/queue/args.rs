@@ -1,0 +1,279 @@
+//! Queue `x-…` arguments: parsed and validated once at queue.declare, with RabbitMQ's reply texts
+//! (`invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}`).
+//! Reference: RabbitMQ `rabbit_amqqueue:declare_args/0`, docs/ttl.md, docs/dlx.md, docs/maxlength,
+//! docs/priority.md, docs/consumers.md (single active consumer, consumer timeout), docs/queues.md.
+
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
+
+/// What happens when a queue is over `x-max-length` / `x-max-length-bytes` (RabbitMQ docs/maxlength).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest ready message.
+    #[default]
+    DropHead,
+    /// Refuse the new message (publisher confirm nack).
+    RejectPublish,
+    /// Refuse the new message and dead-letter it.
+    RejectPublishDlx,
+}
+
+/// Parsed queue arguments. Durations are milliseconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueArgs {
+    /// `x-message-ttl`: per-queue message TTL, ms.
+    pub message_ttl: Option<u64>,
+    /// `x-expires`: delete the queue after this long unused, ms (> 0).
+    pub expires: Option<u64>,
+    /// `x-max-length`: most ready messages.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`: most ready body bytes.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    pub overflow: Overflow,
+    /// `x-dead-letter-exchange` (may be `""`, the default exchange).
+    pub dead_letter_exchange: Option<ShortString>,
+    /// `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<ShortString>,
+    /// `x-max-priority`: 1–255; messages' priority is capped to it.
+    pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`.
+    pub single_active_consumer: bool,
+    /// `x-delivery-limit`: deliveries a message may have before a requeue dead-letters it instead.
+    pub delivery_limit: Option<u32>,
+    /// `x-consumer-timeout`: how long a delivery may stay unacked, ms.
+    pub consumer_timeout: Option<u64>,
+}
+
+/// Largest TTL RabbitMQ accepts (`rabbit_misc:check_expiry`, 2^32 - 1 ms... as its `?MAX_EXPIRY_TIMER`).
+const MAX_EXPIRY: i128 = 4_294_967_295;
+
+/// Erlang-side type name of a field value, as RabbitMQ prints it in errors.
+pub fn type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) => "shortstr",
+        AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+/// An integer of any AMQP integer width.
+pub fn int_value(v: &AMQPValue) -> Option<i128> {
+    Some(match v {
+        AMQPValue::ShortShortInt(n) => (*n).into(),
+        AMQPValue::ShortShortUInt(n) => (*n).into(),
+        AMQPValue::ShortInt(n) => (*n).into(),
+        AMQPValue::ShortUInt(n) => (*n).into(),
+        AMQPValue::LongInt(n) => (*n).into(),
+        AMQPValue::LongUInt(n) => (*n).into(),
+        AMQPValue::LongLongInt(n) => (*n).into(),
+        _ => return None,
+    })
+}
+
+/// A string value (long or short string) as UTF-8.
+pub fn str_value(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+type Check<T> = Result<T, String>;
+
+fn int(v: &AMQPValue) -> Check<i128> {
+    int_value(v).ok_or_else(|| format!("{{unacceptable_type,{}}}", type_name(v)))
+}
+
+fn non_neg(v: &AMQPValue) -> Check<u64> {
+    let n = int(v)?;
+    if n < 0 {
+        return Err(format!("{{value_negative,{n}}}"));
+    }
+    u64::try_from(n).map_err(|_| format!("{{value_too_large,{n}}}"))
+}
+
+fn expiry(v: &AMQPValue, allow_zero: bool) -> Check<u64> {
+    let n = int(v)?;
+    if n < 0 {
+        return Err(format!("{{value_negative,{n}}}"));
+    }
+    if n == 0 && !allow_zero {
+        return Err("{value_zero,0}".into());
+    }
+    if n > MAX_EXPIRY {
+        return Err(format!("{{value_too_large,{n},{MAX_EXPIRY}}}"));
+    }
+    Ok(n as u64)
+}
+
+fn string(v: &AMQPValue) -> Check<ShortString> {
+    str_value(v)
+        .and_then(|s| ShortString::try_new(s).ok())
+        .ok_or_else(|| format!("{{unacceptable_type,{}}}", type_name(v)))
+}
+
+fn boolean(v: &AMQPValue) -> Check<bool> {
+    match v {
+        AMQPValue::Boolean(b) => Ok(*b),
+        other => Err(format!("{{unacceptable_type,{}}}", type_name(other))),
+    }
+}
+
+/// An invalid argument: which one and RabbitMQ's error term.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidArg {
+    /// Argument name.
+    pub key: &'static str,
+    /// RabbitMQ's error term, e.g. `{value_negative,-1}`.
+    pub detail: String,
+}
+
+impl QueueArgs {
+    /// Parses the arguments RabbitMQ validates; other keys are kept in the queue's table but ignored.
+    ///
+    /// # Errors
+    /// The first invalid argument, for `406 PRECONDITION_FAILED - invalid arg 'K' for queue …: detail`.
+    pub fn parse(args: &FieldTable) -> Result<QueueArgs, InvalidArg> {
+        let mut out = QueueArgs::default();
+        let get = |key: &str| args.inner().get(key);
+        let fail = |key: &'static str| move |detail: String| InvalidArg { key, detail };
+        if let Some(v) = get("x-message-ttl") {
+            out.message_ttl = Some(expiry(v, true).map_err(fail("x-message-ttl"))?);
+        }
+        if let Some(v) = get("x-expires") {
+            out.expires = Some(expiry(v, false).map_err(fail("x-expires"))?);
+        }
+        if let Some(v) = get("x-max-length") {
+            out.max_length = Some(non_neg(v).map_err(fail("x-max-length"))?);
+        }
+        if let Some(v) = get("x-max-length-bytes") {
+            out.max_length_bytes = Some(non_neg(v).map_err(fail("x-max-length-bytes"))?);
+        }
+        if let Some(v) = get("x-overflow") {
+            let s = str_value(v).ok_or_else(|| fail("x-overflow")(format!("{{unacceptable_type,{}}}", type_name(v))))?;
+            out.overflow = match s.as_str() {
+                "drop-head" => Overflow::DropHead,
+                "reject-publish" => Overflow::RejectPublish,
+                "reject-publish-dlx" => Overflow::RejectPublishDlx,
+                _ => return Err(fail("x-overflow")("invalid_overflow".into())),
+            };
+        }
+        if let Some(v) = get("x-dead-letter-exchange") {
+            out.dead_letter_exchange = Some(string(v).map_err(fail("x-dead-letter-exchange"))?);
+        }
+        if let Some(v) = get("x-dead-letter-routing-key") {
+            out.dead_letter_routing_key = Some(string(v).map_err(fail("x-dead-letter-routing-key"))?);
+            if out.dead_letter_exchange.is_none() {
+                return Err(fail("x-dead-letter-routing-key")("routing_key_but_no_dlx_defined".into()));
+            }
+        }
+        if let Some(v) = get("x-max-priority") {
+            let n = non_neg(v).map_err(fail("x-max-priority"))?;
+            if n == 0 {
+                return Err(fail("x-max-priority")("{value_zero,0}".into()));
+            }
+            out.max_priority = Some(u8::try_from(n).map_err(|_| fail("x-max-priority")(format!("{{max_value_exceeded,{n}}}")))?);
+        }
+        if let Some(v) = get("x-single-active-consumer") {
+            out.single_active_consumer = boolean(v).map_err(fail("x-single-active-consumer"))?;
+        }
+        if let Some(v) = get("x-delivery-limit") {
+            let n = int(v).map_err(fail("x-delivery-limit"))?;
+            // RabbitMQ 4.x: a negative limit means unlimited.
+            out.delivery_limit = if n < 0 { None } else { Some(u32::try_from(n).unwrap_or(u32::MAX)) };
+        }
+        if let Some(v) = get("x-consumer-timeout") {
+            out.consumer_timeout = Some(expiry(v, false).map_err(fail("x-consumer-timeout"))?);
+        }
+        if let Some(v) = get("x-queue-type") {
+            let s = str_value(v).ok_or_else(|| fail("x-queue-type")(format!("{{unacceptable_type,{}}}", type_name(v))))?;
+            match s.as_str() {
+                "classic" => {}
+                "quorum" | "stream" => {
+                    return Err(fail("x-queue-type")(format!(
+                        "queue type '{s}' is not supported by Warren; use 'classic'"
+                    )));
+                }
+                other => return Err(fail("x-queue-type")(format!("unknown queue type '{other}'"))),
+            }
+        }
+        if let Some(v) = get("x-queue-mode") {
+            match str_value(v).as_deref() {
+                Some("default" | "lazy") => {}
+                _ => return Err(fail("x-queue-mode")("{unacceptable_value, expected default or lazy}".into())),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::types::LongString;
+
+    fn args(k: &str, v: AMQPValue) -> FieldTable {
+        let mut t = FieldTable::default();
+        t.insert(k.into(), v);
+        t
+    }
+
+    fn s(v: &str) -> AMQPValue {
+        AMQPValue::LongString(LongString::from(v))
+    }
+
+    #[test]
+    fn valid_arguments_parse() {
+        let mut t = FieldTable::default();
+        t.insert("x-message-ttl".into(), AMQPValue::LongInt(1000));
+        t.insert("x-max-length".into(), AMQPValue::LongLongInt(5));
+        t.insert("x-overflow".into(), s("reject-publish"));
+        t.insert("x-dead-letter-exchange".into(), s("dlx"));
+        t.insert("x-dead-letter-routing-key".into(), s("dead"));
+        t.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(10));
+        t.insert("x-queue-type".into(), s("classic"));
+        let a = QueueArgs::parse(&t).unwrap();
+        assert_eq!(a.message_ttl, Some(1000));
+        assert_eq!(a.max_length, Some(5));
+        assert_eq!(a.overflow, Overflow::RejectPublish);
+        assert_eq!(a.dead_letter_exchange.as_ref().map(|s| s.as_str()), Some("dlx"));
+        assert_eq!(a.max_priority, Some(10));
+    }
+
+    #[test]
+    fn invalid_arguments_give_rabbitmq_terms() {
+        let cases: &[(&str, AMQPValue, &str)] = &[
+            ("x-message-ttl", AMQPValue::LongInt(-1), "{value_negative,-1}"),
+            ("x-message-ttl", s("10"), "{unacceptable_type,longstr}"),
+            ("x-expires", AMQPValue::LongInt(0), "{value_zero,0}"),
+            ("x-max-length", AMQPValue::LongInt(-5), "{value_negative,-5}"),
+            ("x-max-priority", AMQPValue::LongInt(0), "{value_zero,0}"),
+            ("x-max-priority", AMQPValue::LongInt(256), "{max_value_exceeded,256}"),
+            ("x-overflow", s("drop-tail"), "invalid_overflow"),
+            ("x-queue-type", s("quorum"), "queue type 'quorum' is not supported by Warren; use 'classic'"),
+            ("x-queue-type", s("fancy"), "unknown queue type 'fancy'"),
+            ("x-single-active-consumer", s("yes"), "{unacceptable_type,longstr}"),
+            ("x-dead-letter-routing-key", s("k"), "routing_key_but_no_dlx_defined"),
+        ];
+        for (key, value, detail) in cases {
+            let err = QueueArgs::parse(&args(key, value.clone())).unwrap_err();
+            assert_eq!((err.key, err.detail.as_str()), (*key, *detail));
+        }
+    }
+}
