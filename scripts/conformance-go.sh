@@ -53,7 +53,10 @@ if grep -q '^panic:' "$out" || [ "$passed" -eq 0 ]; then
   echo "conformance-go: the suite panicked or ran nothing"; status=1
 fi
 if [ $status -ne 0 ]; then
-  grep -E -- '^(--- FAIL|panic:|\s+\S+_test.go:[0-9]+:)' "$out" | head -60
+  for t in "${failed[@]}"; do
+    awk -v t="$t" '$0 ~ "^=== RUN +"t"$" {p=1} p {print} $0 ~ "^--- FAIL: "t" " {p=0}' "$out" | tail -40
+  done
+  grep -A30 '^panic:' "$out" | head -40 || true
 fi
 echo "conformance-go: ${#KNOWN_FAILURES[@]} known failures listed"
 echo "$passed passed, ${#failed[@]} failed"

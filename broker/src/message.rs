@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use amq_protocol::frame::WriteContext;
-use amq_protocol::protocol::BasicProperties;
 use amq_protocol::protocol::basic::gen_properties;
+use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use bytes::Bytes;
 
@@ -53,7 +53,11 @@ pub fn encode_properties(properties: &BasicProperties) -> Bytes {
 
 /// A copy of `p` with `headers` replaced (`None` removes them) and, if `drop_expiration`, no
 /// `expiration`. amq-protocol's properties only have setters, so the copy is rebuilt field by field.
-pub fn rebuild_properties(p: &BasicProperties, headers: Option<FieldTable>, drop_expiration: bool) -> BasicProperties {
+pub fn rebuild_properties(
+    p: &BasicProperties,
+    headers: Option<FieldTable>,
+    drop_expiration: bool,
+) -> BasicProperties {
     let mut out = BasicProperties::default();
     if let Some(v) = p.content_type() {
         out = out.with_content_type(v.clone());
@@ -121,7 +125,9 @@ pub fn header_strings(headers: Option<&FieldTable>, key: &str) -> Vec<String> {
 /// # Errors
 /// RabbitMQ's term for a value that is not a non-negative integer, e.g. `{value_negative,-1}`.
 pub fn expiration_ms(p: &BasicProperties) -> Result<Option<u64>, String> {
-    let Some(v) = p.expiration() else { return Ok(None) };
+    let Some(v) = p.expiration() else {
+        return Ok(None);
+    };
     let text = v.as_str();
     match text.parse::<i64>() {
         Ok(n) if n < 0 => Err(format!("{{value_negative,{n}}}")),

@@ -40,12 +40,7 @@ impl Broker {
         let vhosts = config
             .vhosts
             .iter()
-            .map(|name| {
-                (
-                    name.clone(),
-                    VHost::new(name, Arc::clone(&registry)),
-                )
-            })
+            .map(|name| (name.clone(), VHost::new(name, Arc::clone(&registry))))
             .collect();
         Broker {
             config,

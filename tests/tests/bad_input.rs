@@ -516,3 +516,47 @@ async fn random_garbage_after_handshake_never_takes_the_broker_down() {
     }
     assert_broker_serves(&broker).await;
 }
+
+/// Regression: a publish whose body arrives in a later read must not be confirmed by the flush at the
+/// end of the first read; here it fails with 404, so the client must see channel.close and no ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_waits_for_the_whole_message() {
+    let broker = start_broker().await;
+    let mut raw = Raw::opened(&broker).await;
+    raw.open_channel(1).await;
+    raw.method(
+        1,
+        AMQPClass::Confirm(amq_protocol::protocol::confirm::AMQPMethod::Select(
+            Default::default(),
+        )),
+    )
+    .await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(AMQPFrame::Method(1, AMQPClass::Confirm(_)))
+    ));
+    let publish = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+        exchange: "missing".into(),
+        routing_key: "k".into(),
+        ..Default::default()
+    }));
+    raw.method(1, publish).await;
+    raw.send_bytes(&encode(&AMQPFrame::Header(
+        1,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: 3,
+            properties: Default::default(),
+        },
+    )))
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // the server has read and flushed the first part
+    raw.send_bytes(&encode(&AMQPFrame::Body(1, b"abc".to_vec())))
+        .await;
+    match raw.recv().await {
+        Some(AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::Close(c)))) => {
+            assert_eq!(c.reply_code, 404)
+        }
+        other => panic!("expected channel.close 404 and no ack first, got {other:?}"),
+    }
+}

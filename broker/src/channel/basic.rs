@@ -10,7 +10,9 @@ use bytes::Bytes;
 
 use super::{requeue_all, write_message, Channel, ConnectionContext, Publication, TxOp, Unacked};
 use crate::error::{AmqpError, AmqpResult};
-use crate::message::{encode_properties, expiration_ms, header_strings, rebuild_properties, Message};
+use crate::message::{
+    encode_properties, expiration_ms, header_strings, rebuild_properties, Message,
+};
 use crate::protocol::encode;
 use crate::queue::{ConsumeRefused, Consumer, ConsumerSink, PublishOutcome, Queue, QueuedMessage};
 use crate::vhost::generate_name;
@@ -138,9 +140,6 @@ impl Channel {
         if m.immediate {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
-        if self.confirm {
-            self.publish_seq += 1;
-        }
         self.content = super::Content::Header(m);
         Ok(())
     }
@@ -157,6 +156,11 @@ impl Channel {
         raw_properties: Bytes,
         body: Bytes,
     ) -> AmqpResult {
+        // The confirm sequence number is taken when the content is complete: a batch flush must never
+        // confirm a publish whose body is still on its way.
+        if self.confirm {
+            self.publish_seq += 1;
+        }
         let mut properties = header.properties.clone();
         let own_ttl = expiration_ms(&properties).map_err(|detail| {
             let e = properties.expiration().as_ref().map_or("", |s| s.as_str());
@@ -167,8 +171,12 @@ impl Channel {
         let bcc = header_strings(headers, "BCC");
         let raw_properties = if headers.is_some_and(|h| h.contains_key("BCC")) {
             extra_keys.extend(bcc);
-            let kept: std::collections::BTreeMap<_, _> =
-                headers.map(|h| h.inner().clone()).unwrap_or_default().into_iter().filter(|(k, _)| k.as_str() != "BCC").collect();
+            let kept: std::collections::BTreeMap<_, _> = headers
+                .map(|h| h.inner().clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(k, _)| k.as_str() != "BCC")
+                .collect();
             properties = rebuild_properties(&properties, Some(kept.into()), false);
             encode_properties(&properties)
         } else {
@@ -181,7 +189,12 @@ impl Channel {
             raw_properties,
             body,
         });
-        let publication = Publication { mandatory: publish.mandatory, message, extra_keys, own_ttl };
+        let publication = Publication {
+            mandatory: publish.mandatory,
+            message,
+            extra_keys,
+            own_ttl,
+        };
         if let Some(ops) = &mut self.tx {
             // Check the exchange now so the error comes with the publish, as RabbitMQ does.
             let exchange = publication.message.exchange.as_str();
@@ -196,12 +209,22 @@ impl Channel {
 
     /// Routes and enqueues one publication; records a confirm nack if a queue refused it
     /// (`x-overflow = reject-publish`) and returns it to the publisher if mandatory and unroutable.
-    pub(super) fn route_and_enqueue(&mut self, ctx: &mut ConnectionContext, p: Publication) -> AmqpResult {
+    pub(super) fn route_and_enqueue(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        p: Publication,
+    ) -> AmqpResult {
         let mut queues = std::mem::take(&mut ctx.route_queues);
         let mut scratch = std::mem::take(&mut ctx.route_scratch);
         queues.clear();
         let message = &p.message;
-        let routed = ctx.vhost.route(message.exchange.as_str(), message, &p.extra_keys, &mut queues, &mut scratch);
+        let routed = ctx.vhost.route(
+            message.exchange.as_str(),
+            message,
+            &p.extra_keys,
+            &mut queues,
+            &mut scratch,
+        );
         scratch.clear();
         ctx.route_scratch = scratch;
         if let Err(e) = routed {
@@ -228,7 +251,14 @@ impl Channel {
             let id = self.id();
             let frame_max = ctx.outbound.frame_max();
             ctx.outbound.write(|out| {
-                encode::return_method(out, id, 312, "NO_ROUTE", message.exchange.as_str(), message.routing_key.as_str());
+                encode::return_method(
+                    out,
+                    id,
+                    312,
+                    "NO_ROUTE",
+                    message.exchange.as_str(),
+                    message.routing_key.as_str(),
+                );
                 write_message(out, id, message, frame_max);
             });
         }

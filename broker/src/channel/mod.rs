@@ -507,10 +507,18 @@ impl Channel {
             return;
         }
         let id = self.id();
-        let (confirmed, upto, nacks) = (self.confirmed, self.publish_seq, std::mem::take(&mut self.nacks));
+        let (confirmed, upto, nacks) = (
+            self.confirmed,
+            self.publish_seq,
+            std::mem::take(&mut self.nacks),
+        );
         ctx.outbound.write(|out| {
             let mut from = confirmed;
-            for nack in nacks.iter().copied().filter(|n| *n > confirmed && *n <= upto) {
+            for nack in nacks
+                .iter()
+                .copied()
+                .filter(|n| *n > confirmed && *n <= upto)
+            {
                 if nack - 1 > from {
                     encode::basic_ack(out, id, nack - 1, nack - 1 - from > 1);
                 }

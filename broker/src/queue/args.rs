@@ -166,7 +166,9 @@ impl QueueArgs {
             out.max_length_bytes = Some(non_neg(v).map_err(fail("x-max-length-bytes"))?);
         }
         if let Some(v) = get("x-overflow") {
-            let s = str_value(v).ok_or_else(|| fail("x-overflow")(format!("{{unacceptable_type,{}}}", type_name(v))))?;
+            let s = str_value(v).ok_or_else(|| {
+                fail("x-overflow")(format!("{{unacceptable_type,{}}}", type_name(v)))
+            })?;
             out.overflow = match s.as_str() {
                 "drop-head" => Overflow::DropHead,
                 "reject-publish" => Overflow::RejectPublish,
@@ -178,9 +180,12 @@ impl QueueArgs {
             out.dead_letter_exchange = Some(string(v).map_err(fail("x-dead-letter-exchange"))?);
         }
         if let Some(v) = get("x-dead-letter-routing-key") {
-            out.dead_letter_routing_key = Some(string(v).map_err(fail("x-dead-letter-routing-key"))?);
+            out.dead_letter_routing_key =
+                Some(string(v).map_err(fail("x-dead-letter-routing-key"))?);
             if out.dead_letter_exchange.is_none() {
-                return Err(fail("x-dead-letter-routing-key")("routing_key_but_no_dlx_defined".into()));
+                return Err(fail("x-dead-letter-routing-key")(
+                    "routing_key_but_no_dlx_defined".into(),
+                ));
             }
         }
         if let Some(v) = get("x-max-priority") {
@@ -188,7 +193,10 @@ impl QueueArgs {
             if n == 0 {
                 return Err(fail("x-max-priority")("{value_zero,0}".into()));
             }
-            out.max_priority = Some(u8::try_from(n).map_err(|_| fail("x-max-priority")(format!("{{max_value_exceeded,{n}}}")))?);
+            out.max_priority = Some(
+                u8::try_from(n)
+                    .map_err(|_| fail("x-max-priority")(format!("{{max_value_exceeded,{n}}}")))?,
+            );
         }
         if let Some(v) = get("x-single-active-consumer") {
             out.single_active_consumer = boolean(v).map_err(fail("x-single-active-consumer"))?;
@@ -196,13 +204,19 @@ impl QueueArgs {
         if let Some(v) = get("x-delivery-limit") {
             let n = int(v).map_err(fail("x-delivery-limit"))?;
             // RabbitMQ 4.x: a negative limit means unlimited.
-            out.delivery_limit = if n < 0 { None } else { Some(u32::try_from(n).unwrap_or(u32::MAX)) };
+            out.delivery_limit = if n < 0 {
+                None
+            } else {
+                Some(u32::try_from(n).unwrap_or(u32::MAX))
+            };
         }
         if let Some(v) = get("x-consumer-timeout") {
             out.consumer_timeout = Some(expiry(v, false).map_err(fail("x-consumer-timeout"))?);
         }
         if let Some(v) = get("x-queue-type") {
-            let s = str_value(v).ok_or_else(|| fail("x-queue-type")(format!("{{unacceptable_type,{}}}", type_name(v))))?;
+            let s = str_value(v).ok_or_else(|| {
+                fail("x-queue-type")(format!("{{unacceptable_type,{}}}", type_name(v)))
+            })?;
             match s.as_str() {
                 "classic" => {}
                 "quorum" | "stream" => {
@@ -210,13 +224,21 @@ impl QueueArgs {
                         "queue type '{s}' is not supported by Warren; use 'classic'"
                     )));
                 }
-                other => return Err(fail("x-queue-type")(format!("unknown queue type '{other}'"))),
+                other => {
+                    return Err(fail("x-queue-type")(format!(
+                        "unknown queue type '{other}'"
+                    )))
+                }
             }
         }
         if let Some(v) = get("x-queue-mode") {
             match str_value(v).as_deref() {
                 Some("default" | "lazy") => {}
-                _ => return Err(fail("x-queue-mode")("{unacceptable_value, expected default or lazy}".into())),
+                _ => {
+                    return Err(fail("x-queue-mode")(
+                        "{unacceptable_value, expected default or lazy}".into(),
+                    ))
+                }
             }
         }
         Ok(out)
@@ -252,24 +274,51 @@ mod tests {
         assert_eq!(a.message_ttl, Some(1000));
         assert_eq!(a.max_length, Some(5));
         assert_eq!(a.overflow, Overflow::RejectPublish);
-        assert_eq!(a.dead_letter_exchange.as_ref().map(|s| s.as_str()), Some("dlx"));
+        assert_eq!(
+            a.dead_letter_exchange.as_ref().map(|s| s.as_str()),
+            Some("dlx")
+        );
         assert_eq!(a.max_priority, Some(10));
     }
 
     #[test]
     fn invalid_arguments_give_rabbitmq_terms() {
         let cases: &[(&str, AMQPValue, &str)] = &[
-            ("x-message-ttl", AMQPValue::LongInt(-1), "{value_negative,-1}"),
+            (
+                "x-message-ttl",
+                AMQPValue::LongInt(-1),
+                "{value_negative,-1}",
+            ),
             ("x-message-ttl", s("10"), "{unacceptable_type,longstr}"),
             ("x-expires", AMQPValue::LongInt(0), "{value_zero,0}"),
-            ("x-max-length", AMQPValue::LongInt(-5), "{value_negative,-5}"),
+            (
+                "x-max-length",
+                AMQPValue::LongInt(-5),
+                "{value_negative,-5}",
+            ),
             ("x-max-priority", AMQPValue::LongInt(0), "{value_zero,0}"),
-            ("x-max-priority", AMQPValue::LongInt(256), "{max_value_exceeded,256}"),
+            (
+                "x-max-priority",
+                AMQPValue::LongInt(256),
+                "{max_value_exceeded,256}",
+            ),
             ("x-overflow", s("drop-tail"), "invalid_overflow"),
-            ("x-queue-type", s("quorum"), "queue type 'quorum' is not supported by Warren; use 'classic'"),
+            (
+                "x-queue-type",
+                s("quorum"),
+                "queue type 'quorum' is not supported by Warren; use 'classic'",
+            ),
             ("x-queue-type", s("fancy"), "unknown queue type 'fancy'"),
-            ("x-single-active-consumer", s("yes"), "{unacceptable_type,longstr}"),
-            ("x-dead-letter-routing-key", s("k"), "routing_key_but_no_dlx_defined"),
+            (
+                "x-single-active-consumer",
+                s("yes"),
+                "{unacceptable_type,longstr}",
+            ),
+            (
+                "x-dead-letter-routing-key",
+                s("k"),
+                "routing_key_but_no_dlx_defined",
+            ),
         ];
         for (key, value, detail) in cases {
             let err = QueueArgs::parse(&args(key, value.clone())).unwrap_err();

@@ -108,7 +108,9 @@ pub struct Consumer {
 
 impl Consumer {
     fn below_prefetch(&self) -> bool {
-        self.no_ack || self.prefetch == 0 || self.unacked.load(Ordering::Relaxed) < u32::from(self.prefetch)
+        self.no_ack
+            || self.prefetch == 0
+            || self.unacked.load(Ordering::Relaxed) < u32::from(self.prefetch)
     }
 
     fn can_take(&self) -> bool {
@@ -146,7 +148,11 @@ struct Ready {
 
 impl Ready {
     fn new(levels: usize) -> Self {
-        Ready { levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(), len: 0, bytes: 0 }
+        Ready {
+            levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(),
+            len: 0,
+            bytes: 0,
+        }
     }
 
     fn level_of(&self, m: &QueuedMessage) -> usize {
@@ -205,7 +211,10 @@ impl Ready {
     fn remove_expired(&mut self, now: Instant, full_scan: bool, out: &mut Vec<QueuedMessage>) {
         for level in &mut self.levels {
             // Messages carrying only the queue TTL expire in arrival order: the head is enough.
-            while level.front().is_some_and(|m| m.expires_at.is_some_and(|t| t <= now)) {
+            while level
+                .front()
+                .is_some_and(|m| m.expires_at.is_some_and(|t| t <= now))
+            {
                 if let Some(m) = level.pop_front() {
                     out.push(m);
                 }
@@ -228,7 +237,10 @@ impl Ready {
 
     /// Earliest expiry among level heads.
     fn head_deadline(&self) -> Option<Instant> {
-        self.levels.iter().filter_map(|l| l.front().and_then(|m| m.expires_at)).min()
+        self.levels
+            .iter()
+            .filter_map(|l| l.front().and_then(|m| m.expires_at))
+            .min()
     }
 }
 
@@ -281,7 +293,9 @@ pub struct Queue {
 
 impl fmt::Debug for Queue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Queue").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -344,7 +358,10 @@ impl Queue {
     /// Ready messages and consumers.
     pub fn counts(&self) -> QueueCounts {
         let inner = self.lock();
-        QueueCounts { messages: inner.ready.len as u32, consumers: inner.consumers.len() as u32 }
+        QueueCounts {
+            messages: inner.ready.len as u32,
+            consumers: inner.consumers.len() as u32,
+        }
     }
 
     /// Whether the queue has been deleted.
@@ -377,11 +394,20 @@ impl Queue {
             Some(b) => (ready.len as u64 + 1, ready.bytes + b),
             None => (ready.len as u64, ready.bytes),
         };
-        self.args.max_length.is_some_and(|max| len > max) || self.args.max_length_bytes.is_some_and(|max| bytes > max)
+        self.args.max_length.is_some_and(|max| len > max)
+            || self.args.max_length_bytes.is_some_and(|max| bytes > max)
     }
 
-    fn enqueue(self: &Arc<Self>, inner: &mut QueueInner, message: MessageRef, own_ttl: Option<u64>, letters: &mut Letters) -> PublishOutcome {
-        if self.args.overflow != Overflow::DropHead && self.over_limits(&inner.ready, Some(message.body_size())) {
+    fn enqueue(
+        self: &Arc<Self>,
+        inner: &mut QueueInner,
+        message: MessageRef,
+        own_ttl: Option<u64>,
+        letters: &mut Letters,
+    ) -> PublishOutcome {
+        if self.args.overflow != Overflow::DropHead
+            && self.over_limits(&inner.ready, Some(message.body_size()))
+        {
             if self.args.overflow == Overflow::RejectPublishDlx {
                 letters.push((message, DeadLetterReason::MaxLen));
             }
@@ -396,12 +422,20 @@ impl Queue {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         let own = own_ttl.is_some();
-        inner.ready.push_back(QueuedMessage { seq, message, redelivered: false, expires_at, delivery_count: 0 });
+        inner.ready.push_back(QueuedMessage {
+            seq,
+            message,
+            redelivered: false,
+            expires_at,
+            delivery_count: 0,
+        });
         if own {
             inner.own_expiration += 1;
         }
         while self.over_limits(&inner.ready, None) {
-            let Some(m) = inner.ready.pop_oldest() else { break };
+            let Some(m) = inner.ready.pop_oldest() else {
+                break;
+            };
             self.forget_expiration(inner, &m);
             letters.push((m.message, DeadLetterReason::MaxLen));
         }
@@ -436,8 +470,12 @@ impl Queue {
         }
         let now = Instant::now();
         while inner.ready.len > 0 {
-            let Some(idx) = self.pick_consumer(inner) else { break };
-            let Some(mut message) = inner.ready.pop_front() else { break };
+            let Some(idx) = self.pick_consumer(inner) else {
+                break;
+            };
+            let Some(mut message) = inner.ready.pop_front() else {
+                break;
+            };
             self.forget_expiration(inner, &message);
             if message.expires_at.is_some_and(|t| t <= now) {
                 letters.push((message.message, DeadLetterReason::Expired));
@@ -463,9 +501,16 @@ impl Queue {
         while i < n {
             // One priority band [i, end): round-robin within it from the shared cursor.
             let priority = inner.consumers[i].priority;
-            let end = inner.consumers[i..].iter().position(|c| c.priority != priority).map_or(n, |p| i + p);
+            let end = inner.consumers[i..]
+                .iter()
+                .position(|c| c.priority != priority)
+                .map_or(n, |p| i + p);
             let width = end - i;
-            let start = if (i..end).contains(&inner.next_consumer) { inner.next_consumer - i } else { 0 };
+            let start = if (i..end).contains(&inner.next_consumer) {
+                inner.next_consumer - i
+            } else {
+                0
+            };
             for k in 0..width {
                 let idx = i + (start + k) % width;
                 if inner.consumers[idx].can_take() {
@@ -481,12 +526,18 @@ impl Queue {
     /// Dead-letters (or drops) every expired ready message.
     fn expire(self: &Arc<Self>, inner: &mut QueueInner, now: Instant, letters: &mut Letters) {
         let mut expired = Vec::new();
-        inner.ready.remove_expired(now, inner.own_expiration > 0, &mut expired);
+        inner
+            .ready
+            .remove_expired(now, inner.own_expiration > 0, &mut expired);
         for m in expired {
             self.forget_expiration(inner, &m);
             letters.push((m.message, DeadLetterReason::Expired));
         }
-        while inner.message_deadlines.peek().is_some_and(|Reverse(t)| *t <= now) {
+        while inner
+            .message_deadlines
+            .peek()
+            .is_some_and(|Reverse(t)| *t <= now)
+        {
             inner.message_deadlines.pop();
         }
     }
@@ -537,7 +588,10 @@ impl Queue {
 
     /// Settles rejected deliveries (`requeue = false`): they are dead-lettered with reason `rejected`.
     pub fn reject(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
-        let mut letters: Letters = messages.into_iter().map(|m| (m.message, DeadLetterReason::Rejected)).collect();
+        let mut letters: Letters = messages
+            .into_iter()
+            .map(|m| (m.message, DeadLetterReason::Rejected))
+            .collect();
         {
             let mut inner = self.lock();
             inner.unacked = inner.unacked.saturating_sub(letters.len());
@@ -560,7 +614,11 @@ impl Queue {
                 if inner.deleted {
                     continue;
                 }
-                if self.args.delivery_limit.is_some_and(|limit| m.delivery_count > limit) {
+                if self
+                    .args
+                    .delivery_limit
+                    .is_some_and(|limit| m.delivery_count > limit)
+                {
                     letters.push((m.message, DeadLetterReason::DeliveryLimit));
                     continue;
                 }
@@ -582,17 +640,25 @@ impl Queue {
     ///
     /// # Errors
     /// [`ConsumeRefused`] when exclusivity forbids it or the queue is gone.
-    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>, on_added: impl FnOnce()) -> Result<(), ConsumeRefused> {
+    pub fn add_consumer(
+        self: &Arc<Self>,
+        consumer: Arc<Consumer>,
+        on_added: impl FnOnce(),
+    ) -> Result<(), ConsumeRefused> {
         let mut letters = Letters::new();
         {
             let mut inner = self.lock();
             if inner.deleted {
                 return Err(ConsumeRefused::Deleted);
             }
-            if !inner.consumers.is_empty() && (consumer.exclusive || inner.consumers.iter().any(|c| c.exclusive)) {
+            if !inner.consumers.is_empty()
+                && (consumer.exclusive || inner.consumers.iter().any(|c| c.exclusive))
+            {
                 return Err(ConsumeRefused::ExclusiveInUse);
             }
-            let pos = inner.consumers.partition_point(|c| c.priority >= consumer.priority);
+            let pos = inner
+                .consumers
+                .partition_point(|c| c.priority >= consumer.priority);
             inner.consumers.insert(pos, consumer);
             inner.had_consumer = true;
             inner.last_used = Instant::now();
@@ -648,17 +714,22 @@ impl Queue {
         if inner.timer_started {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         inner.timer_started = true;
         runtime.spawn(expiry_task(Arc::downgrade(self)));
     }
 
     /// The next moment something may expire: a message, or the whole queue.
     fn next_deadline(&self, inner: &QueueInner) -> Option<Instant> {
-        let messages = [inner.ready.head_deadline(), inner.message_deadlines.peek().map(|Reverse(t)| *t)]
-            .into_iter()
-            .flatten()
-            .min();
+        let messages = [
+            inner.ready.head_deadline(),
+            inner.message_deadlines.peek().map(|Reverse(t)| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let queue = self
             .args
             .expires
@@ -671,7 +742,9 @@ impl Queue {
 /// Expires messages (dead-lettering them) and the queue itself (`x-expires`) at their deadlines. Holds
 /// only a weak reference: it ends when the queue is dropped or deleted.
 async fn expiry_task(queue: Weak<Queue>) {
-    let Some(timer) = queue.upgrade().map(|q| Arc::clone(&q.timer)) else { return };
+    let Some(timer) = queue.upgrade().map(|q| Arc::clone(&q.timer)) else {
+        return;
+    };
     loop {
         let Some(q) = queue.upgrade() else { return };
         let deadline = {

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 
-use crate::message::{Message, encode_properties, header_strings, rebuild_properties};
+use crate::message::{encode_properties, header_strings, rebuild_properties, Message};
 use crate::queue::{DeadLetterReason, Queue};
 
 fn long_str(s: &str) -> AMQPValue {
@@ -25,10 +25,21 @@ fn text(v: Option<&AMQPValue>) -> Option<&[u8]> {
 /// (queue, reason) is added or its count incremented and moved first; `x-first-death-*` are set once,
 /// `x-last-death-*` every time; `expiration` is removed (kept as `original-expiration`). With a
 /// dead-letter routing key the message carries that key and loses its `CC` header.
-pub fn dead_lettered(message: &Message, queue: &Queue, reason: DeadLetterReason, dlx: &ShortString) -> Message {
-    let mut headers: BTreeMap<ShortString, AMQPValue> =
-        message.properties.headers().as_ref().map(|h| h.inner().clone()).unwrap_or_default();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+pub fn dead_lettered(
+    message: &Message,
+    queue: &Queue,
+    reason: DeadLetterReason,
+    dlx: &ShortString,
+) -> Message {
+    let mut headers: BTreeMap<ShortString, AMQPValue> = message
+        .properties
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().clone())
+        .unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let reason_str = reason.as_str();
     let mut deaths: Vec<AMQPValue> = match headers.get("x-death") {
         Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
@@ -58,13 +69,20 @@ pub fn dead_lettered(message: &Message, queue: &Queue, reason: DeadLetterReason,
         None => {
             let mut t = FieldTable::default();
             let mut keys = vec![long_str(message.routing_key.as_str())];
-            keys.extend(header_strings(message.properties.headers().as_ref(), "CC").iter().map(|k| long_str(k)));
+            keys.extend(
+                header_strings(message.properties.headers().as_ref(), "CC")
+                    .iter()
+                    .map(|k| long_str(k)),
+            );
             t.insert("count".into(), AMQPValue::LongLongInt(1));
             t.insert("reason".into(), long_str(reason_str));
             t.insert("queue".into(), long_str(queue.name.as_str()));
             t.insert("time".into(), AMQPValue::Timestamp(now));
             t.insert("exchange".into(), long_str(message.exchange.as_str()));
-            t.insert("routing-keys".into(), AMQPValue::FieldArray(FieldArray::from(keys)));
+            t.insert(
+                "routing-keys".into(),
+                AMQPValue::FieldArray(FieldArray::from(keys)),
+            );
             if let Some(e) = message.properties.expiration() {
                 t.insert("original-expiration".into(), long_str(e.as_str()));
             }
@@ -72,15 +90,24 @@ pub fn dead_lettered(message: &Message, queue: &Queue, reason: DeadLetterReason,
         }
     };
     deaths.insert(0, AMQPValue::FieldTable(entry));
-    headers.insert("x-death".into(), AMQPValue::FieldArray(FieldArray::from(deaths)));
+    headers.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(FieldArray::from(deaths)),
+    );
     if !headers.contains_key("x-first-death-reason") {
         headers.insert("x-first-death-reason".into(), long_str(reason_str));
         headers.insert("x-first-death-queue".into(), long_str(queue.name.as_str()));
-        headers.insert("x-first-death-exchange".into(), long_str(message.exchange.as_str()));
+        headers.insert(
+            "x-first-death-exchange".into(),
+            long_str(message.exchange.as_str()),
+        );
     }
     headers.insert("x-last-death-reason".into(), long_str(reason_str));
     headers.insert("x-last-death-queue".into(), long_str(queue.name.as_str()));
-    headers.insert("x-last-death-exchange".into(), long_str(message.exchange.as_str()));
+    headers.insert(
+        "x-last-death-exchange".into(),
+        long_str(message.exchange.as_str()),
+    );
     let routing_key = match &queue.args.dead_letter_routing_key {
         Some(key) => {
             headers.remove("CC");
@@ -102,12 +129,19 @@ pub fn dead_lettered(message: &Message, queue: &Queue, reason: DeadLetterReason,
 /// rejection broke (then RabbitMQ drops it): walking `x-death` from the most recent entry to the first
 /// one for `target`, no entry has reason `rejected`.
 pub fn is_cycle(message: &Message, target: &str) -> bool {
-    let Some(AMQPValue::FieldArray(deaths)) = message.properties.headers().as_ref().and_then(|h| h.inner().get("x-death")) else {
+    let Some(AMQPValue::FieldArray(deaths)) = message
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-death"))
+    else {
         return false;
     };
     let mut rejected = false;
     for d in deaths.as_slice() {
-        let AMQPValue::FieldTable(t) = d else { continue };
+        let AMQPValue::FieldTable(t) = d else {
+            continue;
+        };
         rejected |= text(t.inner().get("reason")) == Some(b"rejected");
         if text(t.inner().get("queue")) == Some(target.as_bytes()) {
             return !rejected;

@@ -17,7 +17,7 @@ use tracing::debug;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::registry::Registry;
 use crate::exchange::{Binding, Destination, Exchange};
-use crate::message::{Message, MessageRef, header_strings};
+use crate::message::{header_strings, Message, MessageRef};
 use crate::queue::{DeadLetterReason, Queue, QueueArgs, QueueCounts, QueueOwner};
 
 /// The standard exchanges every vhost has (RabbitMQ docs/exchanges.md "Default exchange", amq.*).
@@ -597,7 +597,8 @@ impl VHost {
         queues: &mut Vec<Arc<Queue>>,
         scratch: &mut Vec<Destination>,
     ) -> AmqpResult {
-        let keys = std::iter::once(message.routing_key.as_str()).chain(extra_keys.iter().map(String::as_str));
+        let keys = std::iter::once(message.routing_key.as_str())
+            .chain(extra_keys.iter().map(String::as_str));
         if exchange.is_empty() {
             let all = read(&self.queues);
             for key in keys {
@@ -610,7 +611,9 @@ impl VHost {
             return Ok(());
         }
         let exchanges = read(&self.exchanges);
-        let x = exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;
+        let x = exchanges
+            .get(exchange)
+            .ok_or_else(|| self.no_exchange(exchange))?;
         if x.internal {
             return Err(AmqpError::access_refused(format!(
                 "cannot publish to internal exchange '{exchange}' in vhost '{}'",
@@ -625,7 +628,10 @@ impl VHost {
                 return Ok(());
             }
             tried.push(current.name.as_str());
-            match current.alternate_exchange().and_then(|ae| exchanges.get(ae)) {
+            match current
+                .alternate_exchange()
+                .and_then(|ae| exchanges.get(ae))
+            {
                 Some(ae) if !tried.contains(&ae.name.as_str()) => current = ae,
                 _ => return Ok(()),
             }
@@ -672,7 +678,9 @@ impl VHost {
 
 impl QueueOwner for VHost {
     fn dead_letter(&self, queue: &Queue, letters: Vec<(MessageRef, DeadLetterReason)>) {
-        let Some(dlx) = &queue.args.dead_letter_exchange else { return };
+        let Some(dlx) = &queue.args.dead_letter_exchange else {
+            return;
+        };
         let mut queues = Vec::new();
         let mut scratch = Vec::new();
         for (message, reason) in letters {
