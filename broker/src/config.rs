@@ -39,6 +39,9 @@ pub struct Config {
     pub channel_max: u16,
     /// Largest message body accepted, octets (RabbitMQ `max_message_size`, default 16 MiB).
     pub max_message_size: u64,
+    /// Delivery acknowledgement timeout, ms (RabbitMQ `consumer_timeout`, default 30 min); a queue's
+    /// `x-consumer-timeout` overrides it.
+    pub consumer_timeout: u64,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             frame_max: 131_072,
             channel_max: 2047,
             max_message_size: 16 * 1024 * 1024,
+            consumer_timeout: 1_800_000,
         }
     }
 }

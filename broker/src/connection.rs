@@ -161,6 +161,11 @@ impl Connection {
                     if self.close_deadline.is_some_and(|d| now > d) {
                         return Ok(());
                     }
+                    if let (Some(ctx), State::Open) = (&self.ctx, self.state) {
+                        for ch in self.channels.values_mut() {
+                            ch.check_delivery_timeout(ctx, now);
+                        }
+                    }
                     if self.heartbeat > 0 {
                         let interval = Duration::from_secs(u64::from(self.heartbeat));
                         if now.duration_since(last_recv) > interval * 2 {
@@ -550,7 +555,7 @@ impl Connection {
             vhost,
             self.id,
             Arc::clone(&self.outbound),
-            self.broker.config.max_message_size,
+            &self.broker.config,
             self.cancel_notify,
         ));
         self.send(

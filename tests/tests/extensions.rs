@@ -930,3 +930,32 @@ async fn invalid_queue_arguments_are_406() {
         404,
     );
 }
+
+/// docs/consumers.md: a delivery unacked past x-consumer-timeout closes the channel with 406 and the
+/// message goes back to the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_timeout_closes_the_channel_and_requeues() {
+    let broker = start_broker().await;
+    let (conn, ch) = setup(&broker).await;
+    declare(&ch, "slowpoke", table(&[("x-consumer-timeout", AMQPValue::LongInt(100))])).await;
+    publish(&ch, "", "slowpoke", "late", BasicProperties::default()).await;
+    let cch = channel(&conn).await;
+    let mut c = cch.basic_consume("slowpoke".into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+    let first = next(&mut c).await;
+    assert!(!first.redelivered);
+    // Never acked: within the timeout plus the broker's 1 s check interval the channel is closed.
+    let err = tokio::time::timeout(WAIT, futures_lite::StreamExt::next(&mut c))
+        .await
+        .expect("channel closed in time")
+        .expect("an error item")
+        .expect_err("the consumer reports the channel error");
+    assert_eq!(reply_code(&err), Some(406));
+    assert_eq!(
+        reply_text(&err),
+        "PRECONDITION_FAILED - delivery acknowledgement on channel 2 timed out. Timeout value used: 100 ms. \
+         This timeout value can be configured, see consumers doc guide to learn more"
+    );
+    let again = wait_get(&ch, "slowpoke").await;
+    assert_eq!(body(&again), "late");
+    assert!(again.delivery.redelivered);
+}

@@ -14,6 +14,7 @@ mod queue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{
@@ -21,6 +22,7 @@ use amq_protocol::protocol::{
 };
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::Destination;
@@ -43,6 +45,8 @@ pub struct ConnectionContext {
     pub max_message_size: u64,
     /// The client advertised `consumer_cancel_notify`.
     pub cancel_notify: bool,
+    /// Default delivery acknowledgement timeout, ms (RabbitMQ `consumer_timeout`).
+    pub consumer_timeout: u64,
     /// Reused routing buffers (no allocation per publish).
     route_queues: Vec<Arc<Queue>>,
     route_scratch: Vec<Destination>,
@@ -54,15 +58,16 @@ impl ConnectionContext {
         vhost: Arc<VHost>,
         conn_id: u64,
         outbound: Arc<Outbound>,
-        max_message_size: u64,
+        config: &crate::config::Config,
         cancel_notify: bool,
     ) -> Self {
         ConnectionContext {
             vhost,
             conn_id,
             outbound,
-            max_message_size,
+            max_message_size: config.max_message_size,
             cancel_notify,
+            consumer_timeout: config.consumer_timeout,
             route_queues: Vec::new(),
             route_scratch: Vec::new(),
         }
@@ -77,6 +82,8 @@ struct Unacked {
     /// `None` for basic.get deliveries (no consumer prefetch to release).
     consumer: Option<Arc<Consumer>>,
     message: QueuedMessage,
+    /// When the delivery acknowledgement timeout runs out.
+    deadline: Instant,
 }
 
 /// Delivery state reached from queues: tags, unacked deliveries, consumers.
@@ -86,6 +93,8 @@ struct Deliveries {
     /// Sorted by tag (tags are assigned in increasing order).
     unacked: VecDeque<Unacked>,
     consumers: HashMap<ShortString, (Arc<Consumer>, Arc<Queue>)>,
+    /// No unacked delivery times out before this (may be stale-early; then a scan recomputes it).
+    earliest_deadline: Option<Instant>,
 }
 
 /// The half of a channel that queues deliver into. See the module docs.
@@ -100,6 +109,8 @@ pub struct ChannelShared {
     /// Channel-wide prefetch (`basic.qos global=true`); 0 = unlimited.
     global_prefetch: AtomicU16,
     cancel_notify: bool,
+    /// Default acknowledgement timeout, ms.
+    consumer_timeout: u64,
 }
 
 impl ChannelShared {
@@ -121,11 +132,15 @@ impl ChannelShared {
         d.next_tag += 1;
         let tag = d.next_tag;
         if !no_ack {
+            let timeout = queue.args.consumer_timeout.unwrap_or(self.consumer_timeout);
+            let deadline = Instant::now() + Duration::from_millis(timeout);
+            d.earliest_deadline = Some(d.earliest_deadline.map_or(deadline, |e| e.min(deadline)));
             d.unacked.push_back(Unacked {
                 tag,
                 queue: Arc::clone(queue),
                 consumer: consumer.cloned(),
                 message: m.clone(),
+                deadline,
             });
             self.unacked_len.store(d.unacked.len(), Ordering::Relaxed);
         }
@@ -155,6 +170,19 @@ impl ChannelShared {
         }
         self.unacked_len.store(d.unacked.len(), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The timeout (ms) of an unacked delivery whose acknowledgement deadline has passed, if any.
+    fn timed_out(&self, now: Instant) -> Option<u64> {
+        let mut d = self.lock();
+        if d.earliest_deadline.is_none_or(|e| e > now) {
+            return None;
+        }
+        if let Some(u) = d.unacked.iter().find(|u| u.deadline <= now) {
+            return Some(u.queue.args.consumer_timeout.unwrap_or(self.consumer_timeout));
+        }
+        d.earliest_deadline = d.unacked.iter().map(|u| u.deadline).min();
+        None
     }
 
     /// Queues this channel consumes from (to re-dispatch after capacity frees up).
@@ -309,6 +337,7 @@ impl Channel {
             unacked_len: AtomicUsize::new(0),
             global_prefetch: AtomicU16::new(0),
             cancel_notify: ctx.cancel_notify,
+            consumer_timeout: ctx.consumer_timeout,
         });
         Channel {
             shared,
@@ -530,6 +559,22 @@ impl Channel {
             }
         });
         self.confirmed = upto;
+    }
+
+    /// Closes the channel with 406 if a delivery has stayed unacked past its timeout (RabbitMQ
+    /// docs/consumers.md "Delivery Acknowledgement Timeout"); its unacked deliveries are requeued.
+    pub fn check_delivery_timeout(&mut self, ctx: &ConnectionContext, now: Instant) {
+        if self.closing {
+            return;
+        }
+        if let Some(timeout) = self.shared.timed_out(now) {
+            let error = AmqpError::precondition_failed(format!(
+                "delivery acknowledgement on channel {} timed out. Timeout value used: {timeout} ms. This \
+                 timeout value can be configured, see consumers doc guide to learn more",
+                self.id()
+            ));
+            self.close_with_error(ctx, &error, 0, 0);
+        }
     }
 
     /// Re-dispatches the queues this channel consumes from (after its write buffer drained).
