@@ -16,6 +16,8 @@ use crate::message::{
 use crate::protocol::encode;
 use crate::queue::{ConsumeRefused, Consumer, ConsumerSink, PublishOutcome, Queue, QueuedMessage};
 use crate::vhost::generate_name;
+use crate::vhost::reply_to::{ReplySink, REPLY_TO, REPLY_TO_PREFIX};
+use amq_protocol::types::ShortString;
 
 impl Channel {
     /// basic.qos: `global = false` sets the prefetch of consumers created afterwards on this channel,
@@ -43,6 +45,9 @@ impl Channel {
         m: basic::Consume,
     ) -> AmqpResult {
         let name = self.queue_name(m.queue)?;
+        if name.as_str() == REPLY_TO {
+            return self.consume_replies(ctx, m.consumer_tag, m.no_ack, m.nowait);
+        }
         let queue = ctx.vhost.queue(name.as_str(), ctx.conn_id)?;
         let tag = if m.consumer_tag.as_str().is_empty() {
             generate_name("amq.ctag-")
@@ -114,13 +119,54 @@ impl Channel {
         }
     }
 
+    /// basic.consume on `amq.rabbitmq.reply-to` (RabbitMQ docs/direct-reply-to.md): must be no-ack, one
+    /// per channel.
+    fn consume_replies(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        tag: ShortString,
+        no_ack: bool,
+        nowait: bool,
+    ) -> AmqpResult {
+        if !no_ack {
+            return Err(AmqpError::precondition_failed("reply consumer cannot acknowledge"));
+        }
+        let tag = if tag.as_str().is_empty() { generate_name("amq.ctag-") } else { tag };
+        {
+            let mut d = self.shared.lock();
+            if d.reply.is_some() {
+                return Err(AmqpError::precondition_failed("reply consumer already set"));
+            }
+            if d.consumers.contains_key(tag.as_str()) {
+                return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag}'")));
+            }
+            let token = generate_name("").to_string();
+            let sink: std::sync::Weak<dyn ReplySink> = Arc::downgrade(&self.shared) as std::sync::Weak<dyn ReplySink>;
+            ctx.vhost.replies.register(token.clone(), sink);
+            d.reply = Some((token, tag.clone()));
+        }
+        if !nowait {
+            let ok = basic::ConsumeOk { consumer_tag: tag };
+            self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok)));
+        }
+        Ok(())
+    }
+
     /// basic.cancel → cancel-ok. Unacked deliveries of the consumer stay unacked. An unknown tag is fine.
     pub(super) fn basic_cancel(
         &mut self,
         ctx: &mut ConnectionContext,
         m: basic::Cancel,
     ) -> AmqpResult {
-        let removed = self.shared.lock().consumers.remove(m.consumer_tag.as_str());
+        let removed = {
+            let mut d = self.shared.lock();
+            if d.reply.as_ref().is_some_and(|(_, tag)| *tag == m.consumer_tag) {
+                if let Some((token, _)) = d.reply.take() {
+                    ctx.vhost.replies.unregister(&token);
+                }
+            }
+            d.consumers.remove(m.consumer_tag.as_str())
+        };
         if let Some((consumer, queue)) = removed {
             if queue.remove_consumer(&consumer) {
                 ctx.vhost.remove_queue(&queue);
@@ -166,6 +212,15 @@ impl Channel {
             let e = properties.expiration().as_ref().map_or("", |s| s.as_str());
             AmqpError::precondition_failed(format!("invalid expiration '{e}': {detail}"))
         })?;
+        let mut rewritten = false;
+        if properties.reply_to().as_ref().is_some_and(|r| r.as_str() == REPLY_TO) {
+            let Some((token, _)) = self.shared.lock().reply.clone() else {
+                return Err(AmqpError::precondition_failed("fast reply consumer does not exist"));
+            };
+            let address = ShortString::try_new(format!("{REPLY_TO_PREFIX}{token}")).unwrap_or_default();
+            properties = properties.with_reply_to(address);
+            rewritten = true;
+        }
         let headers = properties.headers().as_ref();
         let mut extra_keys = header_strings(headers, "CC");
         let bcc = header_strings(headers, "BCC");
@@ -178,6 +233,8 @@ impl Channel {
                 .filter(|(k, _)| k.as_str() != "BCC")
                 .collect();
             properties = rebuild_properties(&properties, Some(kept.into()), false);
+            encode_properties(&properties)
+        } else if rewritten {
             encode_properties(&properties)
         } else {
             raw_properties
@@ -218,6 +275,14 @@ impl Channel {
         let mut scratch = std::mem::take(&mut ctx.route_scratch);
         queues.clear();
         let message = &p.message;
+        if message.exchange.as_str().is_empty() && message.routing_key.as_str().starts_with(REPLY_TO_PREFIX) {
+            ctx.route_queues = queues;
+            ctx.route_scratch = scratch;
+            if !ctx.vhost.replies.deliver(message.routing_key.as_str(), message) && p.mandatory {
+                self.return_unroutable(ctx, message);
+            }
+            return Ok(());
+        }
         let routed = ctx.vhost.route(
             message.exchange.as_str(),
             message,
@@ -248,21 +313,19 @@ impl Channel {
             self.nacks.push(self.publish_seq);
         }
         if !routed_to_any && p.mandatory {
-            let id = self.id();
-            let frame_max = ctx.outbound.frame_max();
-            ctx.outbound.write(|out| {
-                encode::return_method(
-                    out,
-                    id,
-                    312,
-                    "NO_ROUTE",
-                    message.exchange.as_str(),
-                    message.routing_key.as_str(),
-                );
-                write_message(out, id, message, frame_max);
-            });
+            self.return_unroutable(ctx, message);
         }
         Ok(())
+    }
+
+    /// basic.return 312 NO_ROUTE with the message (RabbitMQ docs/publishers.md, mandatory flag).
+    fn return_unroutable(&self, ctx: &ConnectionContext, message: &Message) {
+        let id = self.id();
+        let frame_max = ctx.outbound.frame_max();
+        ctx.outbound.write(|out| {
+            encode::return_method(out, id, 312, "NO_ROUTE", message.exchange.as_str(), message.routing_key.as_str());
+            write_message(out, id, message, frame_max);
+        });
     }
 
     /// basic.get → get-ok with the message, or get-empty.

@@ -31,6 +31,7 @@ use crate::protocol::encode;
 use crate::protocol::outbound::Outbound;
 use crate::queue::{Consumer, ConsumerSink, Queue, QueuedMessage};
 use crate::vhost::VHost;
+use crate::vhost::reply_to::ReplySink;
 
 /// What a channel handler may use of its connection.
 #[derive(Debug)]
@@ -95,6 +96,8 @@ struct Deliveries {
     consumers: HashMap<ShortString, (Arc<Consumer>, Arc<Queue>)>,
     /// No unacked delivery times out before this (may be stale-early; then a scan recomputes it).
     earliest_deadline: Option<Instant>,
+    /// Direct reply-to consumer: (token, consumer tag).
+    reply: Option<(String, ShortString)>,
 }
 
 /// The half of a channel that queues deliver into. See the module docs.
@@ -196,10 +199,35 @@ impl ChannelShared {
 }
 
 /// Writes a delivery (method, header, body frames) for `message` on `channel`.
-fn write_message(out: &mut BytesMut, channel: u16, message: &MessageRef, frame_max: usize) {
+fn write_message(out: &mut BytesMut, channel: u16, message: &crate::message::Message, frame_max: usize) {
     encode::content_header(out, channel, message.body_size(), &message.raw_properties);
     if !message.body.is_empty() {
         encode::content_body(out, channel, &message.body, frame_max);
+    }
+}
+
+impl ReplySink for ChannelShared {
+    fn deliver_reply(&self, message: &MessageRef) -> bool {
+        let mut d = self.lock();
+        let Some((_, tag)) = &d.reply else { return false };
+        let tag = tag.clone();
+        d.next_tag += 1;
+        let delivery_tag = d.next_tag;
+        let frame_max = self.outbound.frame_max();
+        self.outbound
+            .write(|out| {
+                encode::deliver_method(
+                    out,
+                    self.id,
+                    tag.as_str(),
+                    delivery_tag,
+                    false,
+                    message.exchange.as_str(),
+                    message.routing_key.as_str(),
+                );
+                write_message(out, self.id, message, frame_max);
+            })
+            .is_some()
     }
 }
 
@@ -613,6 +641,9 @@ impl Channel {
         self.tx = None;
         let (consumers, unacked) = {
             let mut d = self.shared.lock();
+            if let Some((token, _)) = d.reply.take() {
+                ctx.vhost.replies.unregister(&token);
+            }
             let consumers: Vec<_> = d.consumers.drain().map(|(_, v)| v).collect();
             let unacked: Vec<_> = d.unacked.drain(..).collect();
             self.shared.unacked_len.store(0, Ordering::Relaxed);

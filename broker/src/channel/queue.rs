@@ -5,6 +5,7 @@ use amq_protocol::types::ShortString;
 
 use super::{Channel, ConnectionContext};
 use crate::error::{AmqpError, AmqpResult};
+use crate::vhost::reply_to::{REPLY_TO, REPLY_TO_PREFIX};
 use crate::vhost::QueueFlags;
 
 impl Channel {
@@ -37,6 +38,13 @@ impl Channel {
         } else {
             m.queue
         };
+        let reply_address = name.as_str().strip_prefix(REPLY_TO_PREFIX);
+        if m.passive && (name.as_str() == REPLY_TO || reply_address.is_some_and(|t| ctx.vhost.replies.exists(t))) {
+            // The direct reply-to pseudo-queue exists for passive declares (RabbitMQ docs/direct-reply-to.md).
+            let ok = queue::DeclareOk { queue: name, message_count: 0, consumer_count: 0 };
+            self.reply(ctx, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)));
+            return Ok(());
+        }
         let (q, counts) =
             ctx.vhost
                 .queue_declare(&name, m.passive, flags, &m.arguments, ctx.conn_id)?;

@@ -6,6 +6,7 @@
 //! docs/e2e.md, docs/spec-differences.md (amq.* names, default exchange).
 
 pub mod dead_letter;
+pub mod reply_to;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
@@ -72,6 +73,8 @@ pub struct VHost {
     pub name: String,
     /// This vhost, handed to its queues as their [`QueueOwner`].
     me: Weak<VHost>,
+    /// Direct reply-to consumers of this vhost.
+    pub replies: reply_to::ReplyRegistry,
     registry: Arc<Registry>,
     exchanges: RwLock<HashMap<ShortString, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortString, Arc<Queue>>>,
@@ -105,6 +108,7 @@ impl VHost {
         let vhost = VHost {
             name: name.to_owned(),
             me,
+            replies: reply_to::ReplyRegistry::default(),
             registry,
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
