@@ -6,13 +6,70 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-/// A user allowed to connect (SASL PLAIN / AMQPLAIN).
+/// A user allowed to connect (SASL PLAIN / AMQPLAIN). Give `password` or RabbitMQ's `password_hash`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct User {
     /// User name.
     pub name: String,
-    /// Password (plain text in the config file for now).
-    pub password: String,
+    /// Plain password (hashed at load).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Password hash in RabbitMQ's `rabbit_password_hashing_sha256` format (base64).
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Tags (`administrator`, …).
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// A user's permissions in a vhost: regular expressions over resource names (RabbitMQ
+/// docs/access-control.md). The empty string grants nothing.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Permission {
+    /// User name.
+    pub user: String,
+    /// Vhost name.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// Declare/delete.
+    pub configure: String,
+    /// Publish/bind as destination.
+    pub write: String,
+    /// Consume/get/purge/bind as source.
+    pub read: String,
+}
+
+/// A policy (RabbitMQ docs/policies.md): queue/exchange settings for entities whose name matches.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Vhost the policy applies in.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// Policy name.
+    pub name: String,
+    /// Regular expression over entity names.
+    pub pattern: String,
+    /// `queues`, `exchanges` or `all`.
+    #[serde(default = "default_apply_to", rename = "apply-to", alias = "apply_to")]
+    pub apply_to: String,
+    /// Settings: `message-ttl`, `expires`, `max-length`, `max-length-bytes`, `overflow`,
+    /// `dead-letter-exchange`, `dead-letter-routing-key`, `delivery-limit`, `consumer-timeout`,
+    /// `alternate-exchange`.
+    pub definition: serde_json::Map<String, serde_json::Value>,
+    /// Among matching policies the highest priority applies.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+fn default_vhost() -> String {
+    "/".into()
+}
+
+fn default_apply_to() -> String {
+    "all".into()
 }
 
 /// All settings. Field names are the TOML keys.
@@ -29,6 +86,15 @@ pub struct Config {
     pub log: String,
     /// Users; default `guest`/`guest`.
     pub users: Vec<User>,
+    /// Permissions; default: `guest` may do everything in `/`.
+    pub permissions: Vec<Permission>,
+    /// Users that may only connect over loopback (RabbitMQ `loopback_users`; default `["guest"]`).
+    pub loopback_users: Vec<String>,
+    /// Policies applied to queues and exchanges as they are declared.
+    pub policies: Vec<Policy>,
+    /// RabbitMQ-format definitions JSON loaded at start (vhosts, users, permissions, policies,
+    /// exchanges, queues, bindings).
+    pub definitions: Option<PathBuf>,
     /// Virtual hosts; default `["/"]`.
     pub vhosts: Vec<String>,
     /// Heartbeat interval the server proposes in connection.tune, seconds (RabbitMQ default 60; 0 = off).
@@ -53,8 +119,20 @@ impl Default for Config {
             log: "info".into(),
             users: vec![User {
                 name: "guest".into(),
-                password: "guest".into(),
+                password: Some("guest".into()),
+                password_hash: None,
+                tags: vec!["administrator".into()],
             }],
+            permissions: vec![Permission {
+                user: "guest".into(),
+                vhost: "/".into(),
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            }],
+            loopback_users: vec!["guest".into()],
+            policies: Vec::new(),
+            definitions: None,
             vhosts: vec!["/".into()],
             heartbeat: 60,
             frame_max: 131_072,
@@ -99,6 +177,14 @@ impl Config {
         if self.max_message_size > 512 * 1024 * 1024 {
             bail!("max_message_size may be at most 512 MiB, as in RabbitMQ");
         }
+        for u in &self.users {
+            if u.password.is_some() == u.password_hash.is_some() {
+                bail!(
+                    "user '{}' needs exactly one of password and password_hash",
+                    u.name
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -121,8 +207,26 @@ mod tests {
             c.users,
             [User {
                 name: "a".into(),
-                password: "b".into()
+                password: Some("b".into()),
+                password_hash: None,
+                tags: vec![]
             }]
+        );
+        std::fs::write(
+            &path,
+            "[[policies]]\nname = \"ttl\"\npattern = \"^t\"\napply-to = \"queues\"\ndefinition = { message-ttl = 5 }\n",
+        )
+        .unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(
+            c.policies[0].definition["message-ttl"],
+            serde_json::json!(5)
+        );
+        assert_eq!(c.policies[0].vhost, "/");
+        std::fs::write(&path, "[[users]]\nname = \"a\"\n").unwrap();
+        assert!(
+            Config::from_file(&path).is_err(),
+            "a user needs a password or a hash"
         );
         assert_eq!(c.frame_max, 131_072);
         std::fs::write(&path, "listn = []\n").unwrap();

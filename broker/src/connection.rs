@@ -482,12 +482,12 @@ impl Connection {
                 )));
             }
         };
+        let from_loopback = self.peer.ip().is_loopback();
         let allowed = credentials.as_ref().is_some_and(|(user, pass)| {
             self.broker
-                .config
-                .users
-                .iter()
-                .any(|u| &u.name == user && &u.password == pass)
+                .auth
+                .authenticate(user, pass, from_loopback)
+                .is_some()
         });
         if !allowed {
             warn!(conn = self.id, peer = %self.peer, mechanism, user = ?credentials.map(|c| c.0), "login refused");
@@ -551,12 +551,24 @@ impl Connection {
                 m.virtual_host
             )));
         };
+        let Some(permission) = self
+            .broker
+            .auth
+            .permission(&self.user, m.virtual_host.as_str())
+        else {
+            return Err(AmqpError::not_allowed(format!(
+                "access to vhost '{}' refused for user '{}'",
+                m.virtual_host, self.user
+            )));
+        };
         self.ctx = Some(ConnectionContext::new(
             vhost,
             self.id,
             Arc::clone(&self.outbound),
             &self.broker.config,
             self.cancel_notify,
+            self.user.clone(),
+            permission,
         ));
         self.send(
             0,

@@ -3,10 +3,12 @@
 //! Layers, top to bottom (a module only uses those below it): [`server`] → [`connection`] → [`channel`]
 //! → [`vhost`] → [`exchange`], [`queue`] → [`message`] → [`protocol`]. See `ARCHITECTURE.md`.
 
+pub mod auth;
 pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod definitions;
 pub mod error;
 pub mod exchange;
 pub mod message;

@@ -49,7 +49,9 @@ async fn run(config: warren::config::Config) -> anyhow::Result<()> {
         info!(address = %listener.local_addr()?, "listening for AMQP 0-9-1");
         listeners.push(listener);
     }
-    let broker = Arc::new(Broker::new(config));
+    let broker = Arc::new(
+        Broker::new(config).context("loading users, permissions, policies and definitions")?,
+    );
     server::run(listeners, broker, shutdown_signal()).await;
     info!("stopped");
     Ok(())

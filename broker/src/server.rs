@@ -15,18 +15,27 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
+use amq_protocol::types::ShortString;
+use anyhow::bail;
+
+use crate::auth::Auth;
 use crate::config::Config;
+use crate::definitions::{field_table, Definitions};
 use crate::exchange::registry::Registry;
-use crate::vhost::VHost;
+use crate::vhost::policy::Policy;
+use crate::vhost::{ExchangeFlags, QueueFlags, VHost};
 
 /// How long shutdown waits for connections to answer connection.close before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Broker-wide state: configuration, exchange type registry, vhosts. Shared by all connections.
+/// Broker-wide state: configuration, users and permissions, exchange type registry, vhosts. Shared by
+/// all connections.
 #[derive(Debug)]
 pub struct Broker {
     /// Effective configuration.
     pub config: Config,
+    /// Users and permissions.
+    pub auth: Auth,
     /// Exchange types (native and, later, plugin types).
     pub registry: Arc<Registry>,
     vhosts: HashMap<String, Arc<VHost>>,
@@ -34,20 +43,149 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker with the configured vhosts.
-    pub fn new(config: Config) -> Self {
+    /// A broker with the configured users, permissions, vhosts and policies, and the definitions file
+    /// (if any) loaded.
+    ///
+    /// # Errors
+    /// A bad password hash, permission pattern or policy, an unreadable definitions file, or a definition
+    /// that a declare refuses; each message names the item.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
         let registry = Arc::new(Registry::default());
-        let vhosts = config
-            .vhosts
+        let defs = match &config.definitions {
+            Some(path) => Some(Definitions::load(path)?),
+            None => None,
+        };
+        let mut auth = Auth::default();
+        for u in &config.users {
+            match (&u.password, &u.password_hash) {
+                (Some(p), _) => auth.add_user(&u.name, p, u.tags.clone()),
+                (None, Some(h)) => auth.add_user_hashed(&u.name, h, u.tags.clone())?,
+                (None, None) => bail!("user '{}' has no password", u.name),
+            }
+        }
+        let mut permissions = config.permissions.clone();
+        let mut policies = config.policies.clone();
+        let mut vhost_names = config.vhosts.clone();
+        if let Some(d) = &defs {
+            for u in &d.users {
+                match (&u.password_hash, &u.password) {
+                    (Some(h), _) => auth.add_user_hashed(&u.name, h, u.tag_list())?,
+                    (None, Some(p)) => auth.add_user(&u.name, p, u.tag_list()),
+                    (None, None) => bail!("definitions: user '{}' has no password_hash", u.name),
+                }
+            }
+            permissions.extend(d.permissions.iter().cloned());
+            policies.extend(d.policies.iter().cloned());
+            vhost_names.extend(d.vhosts.iter().map(|v| v.name.clone()));
+        }
+        for p in &permissions {
+            auth.set_permission(&p.user, &p.vhost, &p.configure, &p.write, &p.read)?;
+        }
+        auth.set_loopback_users(config.loopback_users.iter().cloned());
+        let vhosts: HashMap<String, Arc<VHost>> = vhost_names
             .iter()
             .map(|name| (name.clone(), VHost::new(name, Arc::clone(&registry))))
             .collect();
-        Broker {
+        let mut by_vhost: HashMap<&str, Vec<Policy>> = HashMap::new();
+        for p in &policies {
+            if !vhosts.contains_key(&p.vhost) {
+                bail!("policy '{}' names unknown vhost '{}'", p.name, p.vhost);
+            }
+            let policy = Policy::new(&p.name, &p.pattern, &p.apply_to, p.priority, &p.definition)
+                .map_err(anyhow::Error::msg)?;
+            by_vhost.entry(p.vhost.as_str()).or_default().push(policy);
+        }
+        for (name, list) in by_vhost {
+            if let Some(v) = vhosts.get(name) {
+                v.set_policies(list);
+            }
+        }
+        let broker = Broker {
             config,
+            auth,
             registry,
             vhosts,
             next_connection: AtomicU64::new(1),
+        };
+        if let Some(d) = &defs {
+            broker.declare_definitions(d)?;
         }
+        Ok(broker)
+    }
+
+    fn declare_definitions(&self, d: &Definitions) -> anyhow::Result<()> {
+        let vhost = |name: &str| {
+            self.vhost(name)
+                .ok_or_else(|| anyhow::anyhow!("definitions: unknown vhost '{name}'"))
+        };
+        let short = |s: &str| {
+            ShortString::try_new(s).map_err(|e| anyhow::anyhow!("definitions: name '{s}': {e}"))
+        };
+        for x in &d.exchanges {
+            let flags = ExchangeFlags {
+                durable: x.durable,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+            };
+            vhost(&x.vhost)?
+                .exchange_declare(
+                    &short(&x.name)?,
+                    &x.kind,
+                    false,
+                    flags,
+                    &field_table(&x.arguments),
+                )
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "definitions: exchange '{}' in vhost '{}': {e}",
+                        x.name,
+                        x.vhost
+                    )
+                })?;
+        }
+        for q in &d.queues {
+            let flags = QueueFlags {
+                durable: q.durable,
+                exclusive: false,
+                auto_delete: q.auto_delete,
+            };
+            vhost(&q.vhost)?
+                .queue_declare(
+                    &short(&q.name)?,
+                    false,
+                    flags,
+                    &field_table(&q.arguments),
+                    0,
+                )
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "definitions: queue '{}' in vhost '{}': {e}",
+                        q.name,
+                        q.vhost
+                    )
+                })?;
+        }
+        for b in &d.bindings {
+            let v = vhost(&b.vhost)?;
+            let key = short(&b.routing_key)?;
+            let args = field_table(&b.arguments);
+            let result = match b.destination_type.as_str() {
+                "queue" => v.queue_bind(&b.destination, &b.source, &key, &args, 0, true),
+                "exchange" => v.exchange_bind(&b.destination, &b.source, &key, &args, true),
+                other => bail!(
+                    "definitions: binding destination_type '{other}' is not queue or exchange"
+                ),
+            };
+            result.map_err(|e| {
+                anyhow::anyhow!(
+                    "definitions: binding {} -> {} in vhost '{}': {e}",
+                    b.source,
+                    b.destination,
+                    b.vhost
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// The vhost named `name`, if configured.

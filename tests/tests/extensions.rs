@@ -937,10 +937,23 @@ async fn invalid_queue_arguments_are_406() {
 async fn consumer_timeout_closes_the_channel_and_requeues() {
     let broker = start_broker().await;
     let (conn, ch) = setup(&broker).await;
-    declare(&ch, "slowpoke", table(&[("x-consumer-timeout", AMQPValue::LongInt(100))])).await;
+    declare(
+        &ch,
+        "slowpoke",
+        table(&[("x-consumer-timeout", AMQPValue::LongInt(100))]),
+    )
+    .await;
     publish(&ch, "", "slowpoke", "late", BasicProperties::default()).await;
     let cch = channel(&conn).await;
-    let mut c = cch.basic_consume("slowpoke".into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+    let mut c = cch
+        .basic_consume(
+            "slowpoke".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let first = next(&mut c).await;
     assert!(!first.redelivered);
     // Never acked: within the timeout plus the broker's 1 s check interval the channel is closed.
@@ -967,41 +980,98 @@ async fn direct_reply_to_round_trip() {
     let server_conn = connect(&broker).await;
     let server = channel(&server_conn).await;
     declare(&server, "rpc", FieldTable::default()).await;
-    let mut requests = server.basic_consume("rpc".into(), "srv".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+    let mut requests = server
+        .basic_consume(
+            "rpc".into(),
+            "srv".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
 
     let client_conn = connect(&broker).await;
     let client = channel(&client_conn).await;
     // Publishing with reply_to before consuming replies is refused, as in RabbitMQ.
     let early = channel(&client_conn).await;
-    early.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let refused = early
-        .basic_publish("".into(), "rpc".into(), BasicPublishOptions::default(), b"x", BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()))
+    early
+        .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    assert_eq!(expect_code(refused.await, 406), "PRECONDITION_FAILED - fast reply consumer does not exist");
+    let refused = early
+        .basic_publish(
+            "".into(),
+            "rpc".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_code(refused.await, 406),
+        "PRECONDITION_FAILED - fast reply consumer does not exist"
+    );
 
     let mut replies = client
-        .basic_consume("amq.rabbitmq.reply-to".into(), "replies".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "replies".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
-    let props = BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()).with_correlation_id("c-42".into());
+    let props = BasicProperties::default()
+        .with_reply_to("amq.rabbitmq.reply-to".into())
+        .with_correlation_id("c-42".into());
     publish(&client, "", "rpc", "21", props).await;
 
     let request = next(&mut requests).await;
     let reply_to = request.properties.reply_to().clone().expect("reply_to");
-    assert!(reply_to.as_str().starts_with("amq.rabbitmq.reply-to."), "rewritten: {reply_to}");
+    assert!(
+        reply_to.as_str().starts_with("amq.rabbitmq.reply-to."),
+        "rewritten: {reply_to}"
+    );
     assert_ne!(reply_to.as_str(), "amq.rabbitmq.reply-to.");
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    server.queue_declare(reply_to.clone(), passive, FieldTable::default()).await.expect("reply address exists");
-    let answer = BasicProperties::default().with_correlation_id(request.properties.correlation_id().clone().unwrap());
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    server
+        .queue_declare(reply_to.clone(), passive, FieldTable::default())
+        .await
+        .expect("reply address exists");
+    let answer = BasicProperties::default()
+        .with_correlation_id(request.properties.correlation_id().clone().unwrap());
     publish(&server, "", reply_to.as_str(), "42", answer).await;
     request.ack(BasicAckOptions::default()).await.unwrap();
 
     let reply = next(&mut replies).await;
     assert_eq!(reply.data, b"42");
-    assert_eq!(reply.properties.correlation_id().as_ref().map(|c| c.as_str()), Some("c-42"));
+    assert_eq!(
+        reply
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str()),
+        Some("c-42")
+    );
     // A consumer that acks is refused.
     let acking = channel(&client_conn).await;
-    let err = acking.basic_consume("amq.rabbitmq.reply-to".into(), "x".into(), BasicConsumeOptions::default(), FieldTable::default()).await;
-    assert_eq!(expect_code(err, 406), "PRECONDITION_FAILED - reply consumer cannot acknowledge");
+    let err = acking
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "x".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    assert_eq!(
+        expect_code(err, 406),
+        "PRECONDITION_FAILED - reply consumer cannot acknowledge"
+    );
 }

@@ -9,6 +9,7 @@ use amq_protocol::protocol::{basic, channel, confirm, tx, AMQPClass};
 use bytes::Bytes;
 
 use super::{requeue_all, write_message, Channel, ConnectionContext, Publication, TxOp, Unacked};
+use crate::auth::Access;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{
     encode_properties, expiration_ms, header_strings, rebuild_properties, Message,
@@ -48,6 +49,7 @@ impl Channel {
         if name.as_str() == REPLY_TO {
             return self.consume_replies(ctx, m.consumer_tag, m.no_ack, m.nowait);
         }
+        ctx.check(Access::Read, "queue", name.as_str())?;
         let queue = ctx.vhost.queue(name.as_str(), ctx.conn_id)?;
         let tag = if m.consumer_tag.as_str().is_empty() {
             generate_name("amq.ctag-")
@@ -129,19 +131,28 @@ impl Channel {
         nowait: bool,
     ) -> AmqpResult {
         if !no_ack {
-            return Err(AmqpError::precondition_failed("reply consumer cannot acknowledge"));
+            return Err(AmqpError::precondition_failed(
+                "reply consumer cannot acknowledge",
+            ));
         }
-        let tag = if tag.as_str().is_empty() { generate_name("amq.ctag-") } else { tag };
+        let tag = if tag.as_str().is_empty() {
+            generate_name("amq.ctag-")
+        } else {
+            tag
+        };
         {
             let mut d = self.shared.lock();
             if d.reply.is_some() {
                 return Err(AmqpError::precondition_failed("reply consumer already set"));
             }
             if d.consumers.contains_key(tag.as_str()) {
-                return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag}'")));
+                return Err(AmqpError::not_allowed(format!(
+                    "attempt to reuse consumer tag '{tag}'"
+                )));
             }
             let token = generate_name("").to_string();
-            let sink: std::sync::Weak<dyn ReplySink> = Arc::downgrade(&self.shared) as std::sync::Weak<dyn ReplySink>;
+            let sink: std::sync::Weak<dyn ReplySink> =
+                Arc::downgrade(&self.shared) as std::sync::Weak<dyn ReplySink>;
             ctx.vhost.replies.register(token.clone(), sink);
             d.reply = Some((token, tag.clone()));
         }
@@ -160,7 +171,10 @@ impl Channel {
     ) -> AmqpResult {
         let removed = {
             let mut d = self.shared.lock();
-            if d.reply.as_ref().is_some_and(|(_, tag)| *tag == m.consumer_tag) {
+            if d.reply
+                .as_ref()
+                .is_some_and(|(_, tag)| *tag == m.consumer_tag)
+            {
                 if let Some((token, _)) = d.reply.take() {
                     ctx.vhost.replies.unregister(&token);
                 }
@@ -208,16 +222,32 @@ impl Channel {
             self.publish_seq += 1;
         }
         let mut properties = header.properties.clone();
+        if let Some(user_id) = properties.user_id() {
+            // RabbitMQ docs/validated-user-id.md.
+            if user_id.as_str() != ctx.user {
+                return Err(AmqpError::precondition_failed(format!(
+                    "user_id property set to '{user_id}' but authenticated user was '{}'",
+                    ctx.user
+                )));
+            }
+        }
         let own_ttl = expiration_ms(&properties).map_err(|detail| {
             let e = properties.expiration().as_ref().map_or("", |s| s.as_str());
             AmqpError::precondition_failed(format!("invalid expiration '{e}': {detail}"))
         })?;
         let mut rewritten = false;
-        if properties.reply_to().as_ref().is_some_and(|r| r.as_str() == REPLY_TO) {
+        if properties
+            .reply_to()
+            .as_ref()
+            .is_some_and(|r| r.as_str() == REPLY_TO)
+        {
             let Some((token, _)) = self.shared.lock().reply.clone() else {
-                return Err(AmqpError::precondition_failed("fast reply consumer does not exist"));
+                return Err(AmqpError::precondition_failed(
+                    "fast reply consumer does not exist",
+                ));
             };
-            let address = ShortString::try_new(format!("{REPLY_TO_PREFIX}{token}")).unwrap_or_default();
+            let address =
+                ShortString::try_new(format!("{REPLY_TO_PREFIX}{token}")).unwrap_or_default();
             properties = properties.with_reply_to(address);
             rewritten = true;
         }
@@ -275,10 +305,18 @@ impl Channel {
         let mut scratch = std::mem::take(&mut ctx.route_scratch);
         queues.clear();
         let message = &p.message;
-        if message.exchange.as_str().is_empty() && message.routing_key.as_str().starts_with(REPLY_TO_PREFIX) {
+        ctx.check_publish(&message.exchange)?;
+        if message.exchange.as_str().is_empty()
+            && message.routing_key.as_str().starts_with(REPLY_TO_PREFIX)
+        {
             ctx.route_queues = queues;
             ctx.route_scratch = scratch;
-            if !ctx.vhost.replies.deliver(message.routing_key.as_str(), message) && p.mandatory {
+            if !ctx
+                .vhost
+                .replies
+                .deliver(message.routing_key.as_str(), message)
+                && p.mandatory
+            {
                 self.return_unroutable(ctx, message);
             }
             return Ok(());
@@ -323,7 +361,14 @@ impl Channel {
         let id = self.id();
         let frame_max = ctx.outbound.frame_max();
         ctx.outbound.write(|out| {
-            encode::return_method(out, id, 312, "NO_ROUTE", message.exchange.as_str(), message.routing_key.as_str());
+            encode::return_method(
+                out,
+                id,
+                312,
+                "NO_ROUTE",
+                message.exchange.as_str(),
+                message.routing_key.as_str(),
+            );
             write_message(out, id, message, frame_max);
         });
     }
@@ -331,6 +376,7 @@ impl Channel {
     /// basic.get → get-ok with the message, or get-empty.
     pub(super) fn basic_get(&mut self, ctx: &mut ConnectionContext, m: basic::Get) -> AmqpResult {
         let name = self.queue_name(m.queue)?;
+        ctx.check(Access::Read, "queue", name.as_str())?;
         let queue = ctx.vhost.queue(name.as_str(), ctx.conn_id)?;
         let Some((message, remaining)) = queue.get(m.no_ack) else {
             self.reply(

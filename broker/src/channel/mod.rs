@@ -24,14 +24,15 @@ use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
+use crate::auth::{Access, Permission};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::Destination;
 use crate::message::MessageRef;
 use crate::protocol::encode;
 use crate::protocol::outbound::Outbound;
 use crate::queue::{Consumer, ConsumerSink, Queue, QueuedMessage};
-use crate::vhost::VHost;
 use crate::vhost::reply_to::ReplySink;
+use crate::vhost::VHost;
 
 /// What a channel handler may use of its connection.
 #[derive(Debug)]
@@ -48,12 +49,48 @@ pub struct ConnectionContext {
     pub cancel_notify: bool,
     /// Default delivery acknowledgement timeout, ms (RabbitMQ `consumer_timeout`).
     pub consumer_timeout: u64,
+    /// The authenticated user.
+    pub user: String,
+    /// The user's permissions in this vhost.
+    pub permission: Arc<Permission>,
+    /// Last exchange a publish was allowed to (skips the regex on the hot path).
+    write_allowed: Option<ShortString>,
     /// Reused routing buffers (no allocation per publish).
     route_queues: Vec<Arc<Queue>>,
     route_scratch: Vec<Destination>,
 }
 
 impl ConnectionContext {
+    /// Checks the user's permission for `access` to the `kind` (`queue` / `exchange`) named `name`.
+    ///
+    /// # Errors
+    /// 403 ACCESS_REFUSED with RabbitMQ's text.
+    pub fn check(&self, access: Access, kind: &str, name: &str) -> AmqpResult {
+        // RabbitMQ names the default exchange `amq.default` in permission checks.
+        let name = if kind == "exchange" && name.is_empty() {
+            "amq.default"
+        } else {
+            name
+        };
+        if self.permission.allows(access, name) {
+            return Ok(());
+        }
+        Err(AmqpError::access_refused(format!(
+            "access to {kind} '{name}' in vhost '{}' refused for user '{}'",
+            self.vhost.name, self.user
+        )))
+    }
+
+    /// The write check for basic.publish, cached for the last exchange published to.
+    fn check_publish(&mut self, exchange: &ShortString) -> AmqpResult {
+        if self.write_allowed.as_ref() == Some(exchange) {
+            return Ok(());
+        }
+        self.check(Access::Write, "exchange", exchange.as_str())?;
+        self.write_allowed = Some(exchange.clone());
+        Ok(())
+    }
+
     /// A context for a connection that has opened `vhost`.
     pub fn new(
         vhost: Arc<VHost>,
@@ -61,8 +98,13 @@ impl ConnectionContext {
         outbound: Arc<Outbound>,
         config: &crate::config::Config,
         cancel_notify: bool,
+        user: String,
+        permission: Arc<Permission>,
     ) -> Self {
         ConnectionContext {
+            user,
+            permission,
+            write_allowed: None,
             vhost,
             conn_id,
             outbound,
@@ -182,7 +224,12 @@ impl ChannelShared {
             return None;
         }
         if let Some(u) = d.unacked.iter().find(|u| u.deadline <= now) {
-            return Some(u.queue.args.consumer_timeout.unwrap_or(self.consumer_timeout));
+            return Some(
+                u.queue
+                    .args
+                    .consumer_timeout
+                    .unwrap_or(self.consumer_timeout),
+            );
         }
         d.earliest_deadline = d.unacked.iter().map(|u| u.deadline).min();
         None
@@ -199,7 +246,12 @@ impl ChannelShared {
 }
 
 /// Writes a delivery (method, header, body frames) for `message` on `channel`.
-fn write_message(out: &mut BytesMut, channel: u16, message: &crate::message::Message, frame_max: usize) {
+fn write_message(
+    out: &mut BytesMut,
+    channel: u16,
+    message: &crate::message::Message,
+    frame_max: usize,
+) {
     encode::content_header(out, channel, message.body_size(), &message.raw_properties);
     if !message.body.is_empty() {
         encode::content_body(out, channel, &message.body, frame_max);
@@ -209,7 +261,9 @@ fn write_message(out: &mut BytesMut, channel: u16, message: &crate::message::Mes
 impl ReplySink for ChannelShared {
     fn deliver_reply(&self, message: &MessageRef) -> bool {
         let mut d = self.lock();
-        let Some((_, tag)) = &d.reply else { return false };
+        let Some((_, tag)) = &d.reply else {
+            return false;
+        };
         let tag = tag.clone();
         d.next_tag += 1;
         let delivery_tag = d.next_tag;

@@ -4,7 +4,9 @@ use amq_protocol::protocol::{queue, AMQPClass};
 use amq_protocol::types::ShortString;
 
 use super::{Channel, ConnectionContext};
+use crate::auth::Access;
 use crate::error::{AmqpError, AmqpResult};
+use crate::queue::args::str_value;
 use crate::vhost::reply_to::{REPLY_TO, REPLY_TO_PREFIX};
 use crate::vhost::QueueFlags;
 
@@ -39,11 +41,36 @@ impl Channel {
             m.queue
         };
         let reply_address = name.as_str().strip_prefix(REPLY_TO_PREFIX);
-        if m.passive && (name.as_str() == REPLY_TO || reply_address.is_some_and(|t| ctx.vhost.replies.exists(t))) {
+        if m.passive
+            && (name.as_str() == REPLY_TO
+                || reply_address.is_some_and(|t| ctx.vhost.replies.exists(t)))
+        {
             // The direct reply-to pseudo-queue exists for passive declares (RabbitMQ docs/direct-reply-to.md).
-            let ok = queue::DeclareOk { queue: name, message_count: 0, consumer_count: 0 };
+            let ok = queue::DeclareOk {
+                queue: name,
+                message_count: 0,
+                consumer_count: 0,
+            };
             self.reply(ctx, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)));
             return Ok(());
+        }
+        if !m.passive {
+            // A server-named queue is checked under its prefix, before the name exists.
+            let checked = if name.as_str().is_empty() {
+                "amq.gen-"
+            } else {
+                name.as_str()
+            };
+            ctx.check(Access::Configure, "queue", checked)?;
+            if let Some(dlx) = m
+                .arguments
+                .inner()
+                .get("x-dead-letter-exchange")
+                .and_then(str_value)
+            {
+                // RabbitMQ docs/dlx.md: a queue dead-letters only where its declarer may write.
+                ctx.check(Access::Write, "exchange", &dlx)?;
+            }
         }
         let (q, counts) =
             ctx.vhost
@@ -63,6 +90,8 @@ impl Channel {
     /// queue.bind → bind-ok.
     pub(super) fn queue_bind(&mut self, ctx: &mut ConnectionContext, m: queue::Bind) -> AmqpResult {
         let name = self.queue_name(m.queue)?;
+        ctx.check(Access::Write, "queue", name.as_str())?;
+        ctx.check(Access::Read, "exchange", m.exchange.as_str())?;
         ctx.vhost.queue_bind(
             name.as_str(),
             m.exchange.as_str(),
@@ -87,6 +116,8 @@ impl Channel {
         m: queue::Unbind,
     ) -> AmqpResult {
         let name = self.queue_name(m.queue)?;
+        ctx.check(Access::Write, "queue", name.as_str())?;
+        ctx.check(Access::Read, "exchange", m.exchange.as_str())?;
         ctx.vhost.queue_bind(
             name.as_str(),
             m.exchange.as_str(),
@@ -109,6 +140,7 @@ impl Channel {
         m: queue::Purge,
     ) -> AmqpResult {
         let name = self.queue_name(m.queue)?;
+        ctx.check(Access::Read, "queue", name.as_str())?;
         let message_count = ctx.vhost.queue_purge(name.as_str(), ctx.conn_id)?;
         if !m.nowait {
             self.reply(
@@ -126,6 +158,7 @@ impl Channel {
         m: queue::Delete,
     ) -> AmqpResult {
         let name = self.queue_name(m.queue)?;
+        ctx.check(Access::Configure, "queue", name.as_str())?;
         let message_count =
             ctx.vhost
                 .queue_delete(name.as_str(), m.if_unused, m.if_empty, ctx.conn_id)?;

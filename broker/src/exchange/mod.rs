@@ -111,6 +111,8 @@ pub struct Exchange {
     pub internal: bool,
     /// Declare arguments.
     pub arguments: FieldTable,
+    /// `alternate-exchange` from a policy, used when the arguments name none.
+    policy_alternate: Option<ShortString>,
     state: RwLock<ExchangeState>,
 }
 
@@ -138,6 +140,7 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
+            policy_alternate: None,
             state: RwLock::new(ExchangeState {
                 bindings: Vec::new(),
                 router,
@@ -214,12 +217,20 @@ impl Exchange {
         self.read().router.route(routing_key, message, out);
     }
 
-    /// The `alternate-exchange` argument (RabbitMQ docs/ae.md).
+    /// Sets the alternate exchange given by a policy (the `alternate-exchange` argument still wins).
+    pub fn with_policy_alternate(mut self, alternate: Option<ShortString>) -> Self {
+        self.policy_alternate = alternate;
+        self
+    }
+
+    /// The alternate exchange: the `alternate-exchange` argument, else the policy's (RabbitMQ docs/ae.md).
     pub fn alternate_exchange(&self) -> Option<&str> {
-        match self.arguments.inner().get("alternate-exchange")? {
-            amq_protocol::types::AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
-            amq_protocol::types::AMQPValue::ShortString(s) => Some(s.as_str()),
-            _ => None,
+        match self.arguments.inner().get("alternate-exchange") {
+            Some(amq_protocol::types::AMQPValue::LongString(s)) => {
+                std::str::from_utf8(s.as_bytes()).ok()
+            }
+            Some(amq_protocol::types::AMQPValue::ShortString(s)) => Some(s.as_str()),
+            _ => self.policy_alternate.as_ref().map(ShortString::as_str),
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct QueueArgs {
     pub max_length_bytes: Option<u64>,
     /// `x-overflow`.
     pub overflow: Overflow,
+    /// Whether `x-overflow` was given (a policy's `overflow` applies only when not).
+    pub overflow_given: bool,
     /// `x-dead-letter-exchange` (may be `""`, the default exchange).
     pub dead_letter_exchange: Option<ShortString>,
     /// `x-dead-letter-routing-key`.
@@ -169,6 +171,7 @@ impl QueueArgs {
             let s = str_value(v).ok_or_else(|| {
                 fail("x-overflow")(format!("{{unacceptable_type,{}}}", type_name(v)))
             })?;
+            out.overflow_given = true;
             out.overflow = match s.as_str() {
                 "drop-head" => Overflow::DropHead,
                 "reject-publish" => Overflow::RejectPublish,

@@ -6,6 +6,7 @@
 //! docs/e2e.md, docs/spec-differences.md (amq.* names, default exchange).
 
 pub mod dead_letter;
+pub mod policy;
 pub mod reply_to;
 
 use std::collections::HashMap;
@@ -75,6 +76,8 @@ pub struct VHost {
     me: Weak<VHost>,
     /// Direct reply-to consumers of this vhost.
     pub replies: reply_to::ReplyRegistry,
+    /// Policies, applied to queues and exchanges as they are declared.
+    policies: RwLock<Vec<policy::Policy>>,
     registry: Arc<Registry>,
     exchanges: RwLock<HashMap<ShortString, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortString, Arc<Queue>>>,
@@ -109,6 +112,7 @@ impl VHost {
             name: name.to_owned(),
             me,
             replies: reply_to::ReplyRegistry::default(),
+            policies: RwLock::new(Vec::new()),
             registry,
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
@@ -202,6 +206,8 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
+        let policy_ae = policy::Policy::select(&read(&self.policies), false, name.as_str())
+            .and_then(|p| p.alternate_exchange().cloned());
         let x = Exchange::new(
             name.clone(),
             kind.into(),
@@ -210,9 +216,15 @@ impl VHost {
             flags.internal,
             arguments.clone(),
             router,
-        );
+        )
+        .with_policy_alternate(policy_ae);
         exchanges.insert(name.clone(), Arc::new(x));
         Ok(())
+    }
+
+    /// Replaces the vhost's policies; they apply to queues and exchanges declared from now on.
+    pub fn set_policies(&self, policies: Vec<policy::Policy>) {
+        *write(&self.policies) = policies;
     }
 
     fn exchange_equivalent(
@@ -389,7 +401,7 @@ impl VHost {
             let counts = q.counts();
             return Ok((q, counts));
         }
-        let parsed = QueueArgs::parse(arguments).map_err(|e| {
+        let mut parsed = QueueArgs::parse(arguments).map_err(|e| {
             AmqpError::precondition_failed(format!(
                 "invalid arg '{}' for queue '{}' in vhost '{}': {}",
                 e.key, name, self.name, e.detail
@@ -414,6 +426,9 @@ impl VHost {
             return Err(AmqpError::access_refused(format!(
                 "queue name '{name}' contains reserved prefix 'amq.*'"
             )));
+        }
+        if let Some(p) = policy::Policy::select(&read(&self.policies), true, name.as_str()) {
+            p.apply_to_queue(&mut parsed);
         }
         let owner = flags.exclusive.then_some(conn_id);
         let me: Weak<dyn QueueOwner> = self.me.clone();

@@ -56,7 +56,9 @@ impl ReplyRegistry {
     /// Delivers `message` to the consumer of `address` (`amq.rabbitmq.reply-to.<token>`); false if
     /// there is none (the message is then unroutable).
     pub fn deliver(&self, address: &str, message: &MessageRef) -> bool {
-        let Some(token) = address.strip_prefix(REPLY_TO_PREFIX) else { return false };
+        let Some(token) = address.strip_prefix(REPLY_TO_PREFIX) else {
+            return false;
+        };
         let sink = self.lock().get(token).and_then(Weak::upgrade);
         sink.is_some_and(|s| s.deliver_reply(message))
     }

@@ -1,6 +1,8 @@
 //! Shared helpers: start a broker on an ephemeral port, connect lapin, read reply codes, take deliveries.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +53,7 @@ pub async fn start_broker() -> TestBroker {
 pub async fn start_broker_with(config: Config) -> TestBroker {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let broker = Arc::new(Broker::new(config));
+    let broker = Arc::new(Broker::new(config).expect("broker config"));
     let (tx, rx) = oneshot::channel();
     let done = tokio::spawn(server::run(vec![listener], broker, async {
         let _ = rx.await;

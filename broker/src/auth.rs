@@ -1,0 +1,277 @@
+//! Users, password hashes and per-vhost permissions (RabbitMQ docs/access-control.md, docs/passwords.md).
+//!
+//! Passwords are stored as RabbitMQ does with `rabbit_password_hashing_sha256`: base64 of a 4-byte salt
+//! followed by SHA-256(salt ‖ password), so hashes move between RabbitMQ definitions and Warren.
+//! Permissions are three regular expressions (configure, write, read) matched against resource names,
+//! unanchored as in RabbitMQ; the empty pattern grants nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use rand::RngCore;
+use regex::Regex;
+use sha2::{Digest, Sha256};
+
+/// Which permission an operation needs (RabbitMQ docs/access-control.md "How Permissions Work").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Declare or delete a resource.
+    Configure,
+    /// Publish to an exchange, bind a queue or exchange as destination.
+    Write,
+    /// Consume, get, purge; be the source of a binding.
+    Read,
+}
+
+/// A user's permissions in one vhost.
+#[derive(Debug, Clone)]
+pub struct Permission {
+    configure: Option<Regex>,
+    write: Option<Regex>,
+    read: Option<Regex>,
+}
+
+fn pattern(p: &str) -> Result<Option<Regex>, regex::Error> {
+    if p.is_empty() {
+        Ok(None)
+    } else {
+        Regex::new(p).map(Some)
+    }
+}
+
+impl Permission {
+    /// Compiles the three patterns.
+    ///
+    /// # Errors
+    /// An invalid regular expression.
+    pub fn new(configure: &str, write: &str, read: &str) -> Result<Self, regex::Error> {
+        Ok(Permission {
+            configure: pattern(configure)?,
+            write: pattern(write)?,
+            read: pattern(read)?,
+        })
+    }
+
+    /// Full access (`.*` for all three).
+    pub fn all() -> Self {
+        Permission::new(".*", ".*", ".*").unwrap_or(Permission {
+            configure: None,
+            write: None,
+            read: None,
+        })
+    }
+
+    /// Whether `access` to the resource named `name` is granted.
+    pub fn allows(&self, access: Access, name: &str) -> bool {
+        let re = match access {
+            Access::Configure => &self.configure,
+            Access::Write => &self.write,
+            Access::Read => &self.read,
+        };
+        re.as_ref().is_some_and(|r| r.is_match(name))
+    }
+}
+
+/// A user that may log in.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// User name.
+    pub name: String,
+    /// Salted SHA-256 hash (salt ‖ digest).
+    hash: Vec<u8>,
+    /// Tags (`administrator`, `monitoring`, …), kept for the management API.
+    pub tags: Vec<String>,
+}
+
+/// Hashes `password` in RabbitMQ's `rabbit_password_hashing_sha256` format (base64).
+pub fn hash_password(password: &str) -> String {
+    let mut salt = [0u8; 4];
+    rand::thread_rng().fill_bytes(&mut salt);
+    let mut out = salt.to_vec();
+    out.extend_from_slice(
+        &Sha256::new()
+            .chain_update(salt)
+            .chain_update(password.as_bytes())
+            .finalize(),
+    );
+    BASE64.encode(out)
+}
+
+fn verify(hash: &[u8], password: &str) -> bool {
+    if hash.len() != 4 + 32 {
+        return false;
+    }
+    let (salt, digest) = hash.split_at(4);
+    let computed = Sha256::new()
+        .chain_update(salt)
+        .chain_update(password.as_bytes())
+        .finalize();
+    // Constant-time comparison: no early exit on the first differing byte.
+    computed
+        .iter()
+        .zip(digest)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+/// Why a user could not be added.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UserError {
+    /// The password hash is not base64 of salt + SHA-256.
+    #[error("password hash of user '{0}' is not a base64 rabbit_password_hashing_sha256 hash")]
+    BadHash(String),
+    /// A permission pattern does not compile.
+    #[error("permission pattern for user '{user}' in vhost '{vhost}': {source}")]
+    BadPattern {
+        /// User.
+        user: String,
+        /// Vhost.
+        vhost: String,
+        /// The regex error.
+        source: regex::Error,
+    },
+}
+
+/// All users and permissions.
+#[derive(Debug, Default)]
+pub struct Auth {
+    users: HashMap<String, User>,
+    permissions: HashMap<(String, String), Arc<Permission>>,
+    loopback_users: HashSet<String>,
+}
+
+impl Auth {
+    /// Adds (or replaces) a user from a plain password.
+    pub fn add_user(&mut self, name: &str, password: &str, tags: Vec<String>) {
+        let hash = BASE64.decode(hash_password(password)).unwrap_or_default();
+        self.users.insert(
+            name.to_owned(),
+            User {
+                name: name.to_owned(),
+                hash,
+                tags,
+            },
+        );
+    }
+
+    /// Adds (or replaces) a user from a RabbitMQ password hash (base64).
+    ///
+    /// # Errors
+    /// A hash that is not base64 of 36 bytes.
+    pub fn add_user_hashed(
+        &mut self,
+        name: &str,
+        hash_b64: &str,
+        tags: Vec<String>,
+    ) -> Result<(), UserError> {
+        let hash = BASE64
+            .decode(hash_b64)
+            .ok()
+            .filter(|h| h.len() == 36)
+            .ok_or_else(|| UserError::BadHash(name.to_owned()))?;
+        self.users.insert(
+            name.to_owned(),
+            User {
+                name: name.to_owned(),
+                hash,
+                tags,
+            },
+        );
+        Ok(())
+    }
+
+    /// Grants `user` permissions in `vhost`.
+    ///
+    /// # Errors
+    /// A pattern that does not compile.
+    pub fn set_permission(
+        &mut self,
+        user: &str,
+        vhost: &str,
+        configure: &str,
+        write: &str,
+        read: &str,
+    ) -> Result<(), UserError> {
+        let p =
+            Permission::new(configure, write, read).map_err(|source| UserError::BadPattern {
+                user: user.to_owned(),
+                vhost: vhost.to_owned(),
+                source,
+            })?;
+        self.permissions
+            .insert((user.to_owned(), vhost.to_owned()), Arc::new(p));
+        Ok(())
+    }
+
+    /// Users that may only connect from the loopback interface (RabbitMQ `loopback_users`).
+    pub fn set_loopback_users(&mut self, users: impl IntoIterator<Item = String>) {
+        self.loopback_users = users.into_iter().collect();
+    }
+
+    /// Checks credentials; `from_loopback` says whether the client connected over loopback.
+    pub fn authenticate(&self, name: &str, password: &str, from_loopback: bool) -> Option<&User> {
+        let user = self.users.get(name)?;
+        if !verify(&user.hash, password) {
+            return None;
+        }
+        if self.loopback_users.contains(name) && !from_loopback {
+            return None;
+        }
+        Some(user)
+    }
+
+    /// `user`'s permissions in `vhost`, if any (none means no access to the vhost).
+    pub fn permission(&self, user: &str, vhost: &str) -> Option<Arc<Permission>> {
+        self.permissions
+            .get(&(user.to_owned(), vhost.to_owned()))
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_match_rabbitmq_format() {
+        let h = hash_password("secret");
+        let raw = BASE64.decode(&h).unwrap();
+        assert_eq!(raw.len(), 36);
+        assert!(verify(&raw, "secret"));
+        assert!(!verify(&raw, "Secret"));
+        // A hash produced by RabbitMQ (`rabbitmqctl hash_password guest`) for the password "guest".
+        let mut auth = Auth::default();
+        auth.add_user_hashed(
+            "g",
+            "9/1i+jKFRpbTRV1PtRnzFFYibT3cEpP92JeZ8YKGtflf4e/u",
+            vec![],
+        )
+        .unwrap();
+        assert!(auth.authenticate("g", "guest", true).is_some());
+        assert!(auth.authenticate("g", "nope", true).is_none());
+        assert!(auth.add_user_hashed("bad", "not base64!", vec![]).is_err());
+    }
+
+    #[test]
+    fn loopback_users_and_permissions() {
+        let mut auth = Auth::default();
+        auth.add_user("guest", "guest", vec![]);
+        auth.set_loopback_users(["guest".to_owned()]);
+        assert!(auth.authenticate("guest", "guest", true).is_some());
+        assert!(auth.authenticate("guest", "guest", false).is_none());
+        auth.set_permission("guest", "/", "^tmp-", "", ".*")
+            .unwrap();
+        let p = auth.permission("guest", "/").unwrap();
+        assert!(p.allows(Access::Configure, "tmp-1"));
+        assert!(!p.allows(Access::Configure, "orders"));
+        assert!(
+            !p.allows(Access::Write, "anything"),
+            "empty pattern grants nothing"
+        );
+        assert!(p.allows(Access::Read, "orders"));
+        assert!(auth.permission("guest", "/other").is_none());
+    }
+}

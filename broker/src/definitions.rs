@@ -1,0 +1,191 @@
+//! RabbitMQ-format definitions (JSON export of `rabbitmqctl export_definitions` / the management API),
+//! loaded at start: vhosts, users, permissions, policies, exchanges, queues, bindings
+//! (RabbitMQ docs/definitions.md). Entities are declared through the same vhost calls as live declares.
+//! Unknown top-level keys (`rabbit_version`, `parameters`, …) are ignored.
+
+use std::path::Path;
+
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::{Permission, Policy};
+
+/// A user entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DefUser {
+    /// Name.
+    pub name: String,
+    /// RabbitMQ password hash (base64).
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Plain password (accepted for hand-written files).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Must be `rabbit_password_hashing_sha256` when given.
+    #[serde(default)]
+    pub hashing_algorithm: Option<String>,
+    /// Tags: an array, or a comma-separated string in older exports.
+    #[serde(default)]
+    pub tags: Value,
+}
+
+impl DefUser {
+    /// Tags as a list.
+    pub fn tag_list(&self) -> Vec<String> {
+        match &self.tags {
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect(),
+            Value::String(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A vhost entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DefVhost {
+    /// Name.
+    pub name: String,
+}
+
+/// An exchange entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DefExchange {
+    /// Name.
+    pub name: String,
+    /// Vhost.
+    pub vhost: String,
+    /// Exchange type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Durable flag.
+    #[serde(default)]
+    pub durable: bool,
+    /// Auto-delete flag.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Internal flag.
+    #[serde(default)]
+    pub internal: bool,
+    /// Arguments.
+    #[serde(default)]
+    pub arguments: serde_json::Map<String, Value>,
+}
+
+/// A queue entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DefQueue {
+    /// Name.
+    pub name: String,
+    /// Vhost.
+    pub vhost: String,
+    /// Durable flag.
+    #[serde(default)]
+    pub durable: bool,
+    /// Auto-delete flag.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Arguments.
+    #[serde(default)]
+    pub arguments: serde_json::Map<String, Value>,
+}
+
+/// A binding entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DefBinding {
+    /// Source exchange.
+    pub source: String,
+    /// Vhost.
+    pub vhost: String,
+    /// Destination name.
+    pub destination: String,
+    /// `queue` or `exchange`.
+    pub destination_type: String,
+    /// Binding key.
+    #[serde(default)]
+    pub routing_key: String,
+    /// Arguments.
+    #[serde(default)]
+    pub arguments: serde_json::Map<String, Value>,
+}
+
+/// A definitions file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Definitions {
+    /// Users.
+    pub users: Vec<DefUser>,
+    /// Vhosts.
+    pub vhosts: Vec<DefVhost>,
+    /// Permissions.
+    pub permissions: Vec<Permission>,
+    /// Policies.
+    pub policies: Vec<Policy>,
+    /// Exchanges.
+    pub exchanges: Vec<DefExchange>,
+    /// Queues.
+    pub queues: Vec<DefQueue>,
+    /// Bindings.
+    pub bindings: Vec<DefBinding>,
+}
+
+impl Definitions {
+    /// Reads and parses a definitions file.
+    ///
+    /// # Errors
+    /// The file cannot be read or is not valid definitions JSON.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading definitions {}", path.display()))?;
+        let defs: Definitions = serde_json::from_str(&text)
+            .with_context(|| format!("parsing definitions {}", path.display()))?;
+        for u in &defs.users {
+            if let Some(alg) = &u.hashing_algorithm {
+                if alg != "rabbit_password_hashing_sha256" {
+                    bail!(
+                        "definitions: user '{}' uses unsupported hashing algorithm '{alg}'",
+                        u.name
+                    );
+                }
+            }
+        }
+        Ok(defs)
+    }
+}
+
+/// Converts a JSON value to an AMQP field value (integers as signed 64-bit, as RabbitMQ's import does).
+pub fn amqp_value(v: &Value) -> AMQPValue {
+    match v {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => AMQPValue::LongLongInt(i),
+            None => AMQPValue::Double(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+        Value::Array(a) => AMQPValue::FieldArray(FieldArray::from(
+            a.iter().map(amqp_value).collect::<Vec<_>>(),
+        )),
+        Value::Object(o) => AMQPValue::FieldTable(field_table(o)),
+    }
+}
+
+/// Converts a JSON object to an AMQP table; keys longer than 255 bytes are skipped.
+pub fn field_table(o: &serde_json::Map<String, Value>) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in o {
+        if let Ok(k) = ShortString::try_new(k.as_str()) {
+            t.insert(k, amqp_value(v));
+        }
+    }
+    t
+}

@@ -1,0 +1,197 @@
+//! A raw AMQP client over a socket, for what stock clients cannot send (malformed frames) or where a
+//! client library's own handling would hide the server's reply. Frames are built and parsed with
+//! amq-protocol, independently of the broker's codec.
+#![allow(dead_code, unreachable_pub)]
+
+use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
+use amq_protocol::protocol::{channel, connection, AMQPClass};
+use amq_protocol::types::{FieldTable, LongString};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{TestBroker, WAIT};
+
+pub struct Raw {
+    pub sock: TcpStream,
+    pub buf: BytesMut,
+}
+
+pub fn encode(frame: &AMQPFrame) -> Vec<u8> {
+    gen_frame(frame)(WriteContext::from(Vec::new()))
+        .expect("encode")
+        .write
+}
+
+impl Raw {
+    pub async fn connect_bare(broker: &TestBroker) -> Raw {
+        Raw {
+            sock: TcpStream::connect(broker.addr).await.expect("tcp connect"),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Header, start-ok (PLAIN), tune-ok, open; returns after open-ok.
+    pub async fn open(
+        broker: &TestBroker,
+        user: &str,
+        pass: &str,
+        vhost: &str,
+        heartbeat: u16,
+    ) -> Raw {
+        let mut raw = Raw::connect_bare(broker).await;
+        raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
+        let start = raw.recv().await.expect("connection.start");
+        assert!(matches!(
+            start,
+            AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(_)))
+        ));
+        let start_ok = connection::StartOk {
+            client_properties: FieldTable::default(),
+            mechanism: "PLAIN".into(),
+            response: LongString::from(format!("\0{user}\0{pass}")),
+            locale: "en_US".into(),
+        };
+        raw.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
+        )
+        .await;
+        match raw.recv().await.expect("tune") {
+            AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(t))) => {
+                assert_eq!(
+                    (t.channel_max, t.frame_max, t.heartbeat),
+                    (2047, 131_072, 60)
+                );
+            }
+            other => return raw.with_pending(other),
+        }
+        let tune_ok = connection::TuneOk {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat,
+        };
+        raw.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
+        )
+        .await;
+        raw.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: vhost.into(),
+            })),
+        )
+        .await;
+        raw
+    }
+
+    fn with_pending(mut self, frame: AMQPFrame) -> Raw {
+        // Put an early frame back so the caller's expectation sees it.
+        let mut bytes = BytesMut::from(&encode(&frame)[..]);
+        bytes.extend_from_slice(&self.buf);
+        self.buf = bytes;
+        self
+    }
+
+    pub async fn opened(broker: &TestBroker) -> Raw {
+        let mut raw = Raw::open(broker, "guest", "guest", "/", 0).await;
+        let ok = raw.recv().await.expect("open-ok");
+        assert!(
+            matches!(
+                ok,
+                AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))
+            ),
+            "{ok:?}"
+        );
+        raw
+    }
+
+    pub async fn open_channel(&mut self, id: u16) {
+        self.method(
+            id,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        )
+        .await;
+        let ok = self.recv().await.expect("channel.open-ok");
+        assert!(
+            matches!(
+                ok,
+                AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))
+            ),
+            "{ok:?}"
+        );
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).await.expect("write");
+    }
+
+    pub async fn method(&mut self, ch: u16, method: AMQPClass) {
+        self.send_bytes(&encode(&AMQPFrame::Method(ch, method)))
+            .await;
+    }
+
+    /// The next frame, or None at EOF. Fails the test after 5 s.
+    pub async fn recv(&mut self) -> Option<AMQPFrame> {
+        loop {
+            match parse_frame(&self.buf[..]) {
+                Ok((rest, frame)) => {
+                    let used = self.buf.len() - rest.len();
+                    let _ = self.buf.split_to(used);
+                    return Some(frame);
+                }
+                Err(e) if e.is_incomplete() => {}
+                Err(e) => panic!("server sent an undecodable frame: {e:?}"),
+            }
+            let n = tokio::time::timeout(WAIT, self.sock.read_buf(&mut self.buf))
+                .await
+                .expect("timed out reading")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until connection.close; answers close-ok; returns (code, text).
+    pub async fn expect_connection_close(&mut self) -> (u16, String) {
+        loop {
+            match self.recv().await {
+                Some(AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Close(c)),
+                )) => {
+                    self.method(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                            connection::CloseOk {},
+                        )),
+                    )
+                    .await;
+                    return (c.reply_code, c.reply_text.to_string());
+                }
+                Some(_) => continue,
+                None => panic!("socket closed without connection.close"),
+            }
+        }
+    }
+
+    pub async fn expect_channel_close(&mut self) -> (u16, String) {
+        loop {
+            match self.recv().await {
+                Some(AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::Close(c)))) => {
+                    return (c.reply_code, c.reply_text.to_string());
+                }
+                Some(_) => continue,
+                None => panic!("socket closed without channel.close"),
+            }
+        }
+    }
+
+    pub async fn expect_eof(&mut self) {
+        while let Some(frame) = self.recv().await {
+            let _ = frame;
+        }
+    }
+}
