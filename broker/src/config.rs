@@ -105,6 +105,14 @@ pub struct Config {
     pub channel_max: u16,
     /// Largest message body accepted, octets (RabbitMQ `max_message_size`, default 16 MiB).
     pub max_message_size: u64,
+    /// Memory high watermark as a fraction of total RAM (RabbitMQ `vm_memory_high_watermark.relative`,
+    /// default 0.4); message memory above it blocks publishers.
+    pub memory_high_watermark: f64,
+    /// Absolute memory high watermark in bytes; overrides the fraction when set.
+    pub memory_high_watermark_absolute: Option<u64>,
+    /// Free disk space (bytes, on `data_dir` or the working directory) below which publishers are blocked
+    /// (RabbitMQ `disk_free_limit`, default 50 MB).
+    pub disk_free_limit: u64,
     /// Delivery acknowledgement timeout, ms (RabbitMQ `consumer_timeout`, default 30 min); a queue's
     /// `x-consumer-timeout` overrides it.
     pub consumer_timeout: u64,
@@ -139,6 +147,9 @@ impl Default for Config {
             channel_max: 2047,
             max_message_size: 16 * 1024 * 1024,
             consumer_timeout: 1_800_000,
+            memory_high_watermark: 0.4,
+            memory_high_watermark_absolute: None,
+            disk_free_limit: 50_000_000,
         }
     }
 }
@@ -176,6 +187,12 @@ impl Config {
         }
         if self.max_message_size > 512 * 1024 * 1024 {
             bail!("max_message_size may be at most 512 MiB, as in RabbitMQ");
+        }
+        if !(self.memory_high_watermark > 0.0 && self.memory_high_watermark <= 1.0) {
+            bail!(
+                "memory_high_watermark must be in (0, 1], got {}",
+                self.memory_high_watermark
+            );
         }
         for u in &self.users {
             if u.password.is_some() == u.password_hash.is_some() {

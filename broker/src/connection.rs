@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::alarm::AlarmState;
 use crate::channel::{short_text, Channel, ConnectionContext};
 use crate::error::AmqpError;
 use crate::protocol::outbound::Outbound;
@@ -60,6 +61,12 @@ struct Connection {
     ctx: Option<ConnectionContext>,
     channels: HashMap<u16, Channel>,
     close_deadline: Option<Instant>,
+    /// This connection has published: resource alarms block it.
+    publisher: bool,
+    /// Blocked by a resource alarm: the socket is not read.
+    blocked: bool,
+    /// The client advertised the `connection.blocked` capability.
+    blocked_notify: bool,
 }
 
 /// Serves one accepted socket until it closes or `shutdown` fires (then closes it with 320).
@@ -91,6 +98,9 @@ pub async fn serve(
         ctx: None,
         channels: HashMap::new(),
         close_deadline: None,
+        publisher: false,
+        blocked: false,
+        blocked_notify: false,
     };
     debug!(conn = id, %peer, "accepted connection");
     if let Err(e) = conn.run(rd, shutdown).await {
@@ -130,7 +140,9 @@ impl Connection {
         let mut last_recv = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_heartbeat_sent = Instant::now();
+        let mut alarms = self.broker.alarms.subscribe();
         loop {
+            self.apply_alarm(*alarms.borrow_and_update());
             tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if self.state == State::Open => {
@@ -145,7 +157,8 @@ impl Connection {
                         ch.kick_consumers();
                     }
                 }
-                read = rd.read_buf(&mut buf) => {
+                Ok(()) = alarms.changed() => {}
+                read = rd.read_buf(&mut buf), if !self.blocked => {
                     if read? == 0 {
                         return Ok(());
                     }
@@ -165,6 +178,10 @@ impl Connection {
                         for ch in self.channels.values_mut() {
                             ch.check_delivery_timeout(ctx, now);
                         }
+                    }
+                    if self.blocked {
+                        // Not reading while blocked: the client's heartbeats wait in the socket.
+                        last_recv = now;
                     }
                     if self.heartbeat > 0 {
                         let interval = Duration::from_secs(u64::from(self.heartbeat));
@@ -258,7 +275,35 @@ impl Connection {
         self.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
     }
 
+    /// Blocks or unblocks this connection for the current alarm state (publishers only, once open).
+    fn apply_alarm(&mut self, alarm: AlarmState) {
+        let block = alarm.any() && self.publisher && self.state == State::Open;
+        if block == self.blocked {
+            return;
+        }
+        self.blocked = block;
+        if self.blocked_notify {
+            let method = if block {
+                connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: alarm.reason().into(),
+                })
+            } else {
+                connection::AMQPMethod::Unblocked(connection::Unblocked {})
+            };
+            self.send(0, AMQPClass::Connection(method));
+        }
+        info!(conn = self.id, peer = %self.peer, blocked = block, "publishing connection flow control");
+    }
+
     fn handle_frame(&mut self, frame: Frame) {
+        if let Frame::Method(_, m) = &frame {
+            if matches!(
+                **m,
+                AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(_))
+            ) {
+                self.publisher = true;
+            }
+        }
         if self.state == State::Draining {
             return;
         }
@@ -469,6 +514,10 @@ impl Connection {
         if let Some(AMQPValue::FieldTable(caps)) = m.client_properties.inner().get("capabilities") {
             self.cancel_notify = matches!(
                 caps.inner().get("consumer_cancel_notify"),
+                Some(AMQPValue::Boolean(true))
+            );
+            self.blocked_notify = matches!(
+                caps.inner().get("connection.blocked"),
                 Some(AMQPValue::Boolean(true))
             );
         }

@@ -3,6 +3,7 @@
 //! Layers, top to bottom (a module only uses those below it): [`server`] → [`connection`] → [`channel`]
 //! → [`vhost`] → [`exchange`], [`queue`] → [`message`] → [`protocol`]. See `ARCHITECTURE.md`.
 
+pub mod alarm;
 pub mod auth;
 pub mod channel;
 pub mod cli;

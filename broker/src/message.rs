@@ -4,6 +4,7 @@
 //! routed to, so fanout never copies a body. The encoded property list is kept as received and written
 //! back verbatim on delivery, so delivering a message never re-encodes its properties.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use amq_protocol::frame::WriteContext;
@@ -30,7 +31,43 @@ pub struct Message {
 /// A shared, immutable message.
 pub type MessageRef = Arc<Message>;
 
+/// Bytes held by live messages (bodies and encoded properties), for the memory alarm.
+static MESSAGE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes currently held by messages anywhere in the broker (queued, unacked, in flight). Zero-copy bodies
+/// may keep a larger read buffer alive, so this is a lower bound on message memory.
+pub fn message_bytes() -> usize {
+    MESSAGE_BYTES.load(Ordering::Relaxed)
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        MESSAGE_BYTES.fetch_sub(
+            self.body.len() + self.raw_properties.len(),
+            Ordering::Relaxed,
+        );
+    }
+}
+
 impl Message {
+    /// A message; its size counts towards [`message_bytes`] until it is dropped.
+    pub fn new(
+        exchange: ShortString,
+        routing_key: ShortString,
+        properties: BasicProperties,
+        raw_properties: Bytes,
+        body: Bytes,
+    ) -> Self {
+        MESSAGE_BYTES.fetch_add(body.len() + raw_properties.len(), Ordering::Relaxed);
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            raw_properties,
+            body,
+        }
+    }
+
     /// Body size in octets.
     pub fn body_size(&self) -> u64 {
         self.body.len() as u64

@@ -18,6 +18,9 @@ use tracing::{error, info};
 use amq_protocol::types::ShortString;
 use anyhow::bail;
 
+use tokio::sync::watch;
+
+use crate::alarm::{AlarmState, Limits};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::definitions::{field_table, Definitions};
@@ -38,6 +41,8 @@ pub struct Broker {
     pub auth: Auth,
     /// Exchange types (native and, later, plugin types).
     pub registry: Arc<Registry>,
+    /// Resource alarms; connections subscribe to block publishers.
+    pub alarms: Arc<watch::Sender<AlarmState>>,
     vhosts: HashMap<String, Arc<VHost>>,
     next_connection: AtomicU64,
 }
@@ -104,6 +109,7 @@ impl Broker {
             config,
             auth,
             registry,
+            alarms: Arc::new(watch::channel(AlarmState::default()).0),
             vhosts,
             next_connection: AtomicU64::new(1),
         };
@@ -238,6 +244,11 @@ pub async fn run(
             }
         });
     }
+    tracker.spawn(crate::alarm::monitor(
+        Limits::from_config(&broker.config),
+        Arc::clone(&broker.alarms),
+        cancel.clone(),
+    ));
     shutdown.await;
     info!("shutting down: closing connections");
     cancel.cancel();

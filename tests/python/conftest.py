@@ -22,11 +22,16 @@ def free_port():
 
 
 class Broker:
-    def __init__(self):
+    def __init__(self, config_text=None, tmp_path=None):
         self.port = free_port()
         binary = os.environ.get("WARREN_BIN", str(ROOT / "target" / "debug" / "warren"))
+        args = [binary, "--listen", f"127.0.0.1:{self.port}", "--log", "warn"]
+        if config_text is not None:
+            path = pathlib.Path(tmp_path) / "warren.toml"
+            path.write_text(config_text)
+            args += ["--config", str(path)]
         self.proc = subprocess.Popen(
-            [binary, "--listen", f"127.0.0.1:{self.port}", "--log", "warn"],
+            args,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
@@ -40,11 +45,11 @@ class Broker:
         self.proc.kill()
         raise RuntimeError("warren did not start: " + self.proc.stdout.read().decode())
 
-    def params(self):
-        return pika.ConnectionParameters("127.0.0.1", self.port)
+    def params(self, user="guest", password="guest", vhost="/"):
+        return pika.ConnectionParameters("127.0.0.1", self.port, vhost, pika.PlainCredentials(user, password))
 
-    def connect(self):
-        return pika.BlockingConnection(self.params())
+    def connect(self, **kwargs):
+        return pika.BlockingConnection(self.params(**kwargs))
 
     def stop(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)
@@ -65,3 +70,19 @@ def fresh_broker():
     yield b
     if b.proc.poll() is None:
         b.stop()
+
+
+@pytest.fixture
+def configured_broker(tmp_path):
+    """A factory: configured_broker(toml_text) starts a broker with that config file."""
+    started = []
+
+    def start(text):
+        b = Broker(text, tmp_path)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        if b.proc.poll() is None:
+            b.stop()

@@ -269,13 +269,13 @@ impl Channel {
         } else {
             raw_properties
         };
-        let message = Arc::new(Message {
-            exchange: publish.exchange,
-            routing_key: publish.routing_key,
+        let message = Arc::new(Message::new(
+            publish.exchange,
+            publish.routing_key,
             properties,
             raw_properties,
             body,
-        });
+        ));
         let publication = Publication {
             mandatory: publish.mandatory,
             message,

@@ -261,13 +261,13 @@ pub(crate) mod test_support {
         if let Some(h) = headers {
             properties = properties.with_headers(h);
         }
-        Message {
-            exchange: "x".into(),
-            routing_key: ShortString::try_new(routing_key).expect("short routing key"),
+        Message::new(
+            "x".into(),
+            ShortString::try_new(routing_key).expect("short routing key"),
             properties,
-            raw_properties: Bytes::new(),
-            body: Bytes::new(),
-        }
+            Bytes::new(),
+            Bytes::new(),
+        )
     }
 
     /// Binds each `(queue, key)` and returns the sorted, deduplicated queue names `key` routes to.

@@ -116,13 +116,14 @@ pub fn dead_lettered(
         None => message.routing_key.clone(),
     };
     let properties = rebuild_properties(&message.properties, Some(FieldTable::from(headers)), true);
-    Message {
-        exchange: dlx.clone(),
+    let raw_properties = encode_properties(&properties);
+    Message::new(
+        dlx.clone(),
         routing_key,
-        raw_properties: encode_properties(&properties),
         properties,
-        body: message.body.clone(),
-    }
+        raw_properties,
+        message.body.clone(),
+    )
 }
 
 /// Whether delivering a dead-lettered `message` to `target` would close a cycle that no client
