@@ -58,7 +58,7 @@ impl Limits {
         let total = total_memory().unwrap_or(8 << 30);
         let memory_bytes = config
             .memory_high_watermark_absolute
-            .unwrap_or_else(|| (total as f64 * config.memory_high_watermark) as u64);
+            .unwrap_or((total as f64 * config.memory_high_watermark) as u64);
         Limits {
             memory_bytes,
             disk_free_bytes: config.disk_free_limit,
@@ -92,7 +92,7 @@ pub async fn monitor(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if n % 20 == 0 {
+        if n.is_multiple_of(20) {
             disk = match fs4::available_space(&limits.disk_path) {
                 Ok(free) => free < limits.disk_free_bytes,
                 Err(_) => false, // cannot measure: do not block publishers on a guess
