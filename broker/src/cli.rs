@@ -27,6 +27,9 @@ pub struct Cli {
     /// Log filter, e.g. `info`, `debug`, `warren=trace`.
     #[arg(long, env = "WARREN_LOG")]
     pub log: Option<String>,
+    /// RabbitMQ-format definitions JSON to load at start.
+    #[arg(long, env = "WARREN_DEFINITIONS")]
+    pub definitions: Option<PathBuf>,
 }
 
 impl Cli {
@@ -50,6 +53,9 @@ impl Cli {
         }
         if let Some(log) = self.log {
             config.log = log;
+        }
+        if self.definitions.is_some() {
+            config.definitions = self.definitions;
         }
         config.validate()?;
         Ok(config)
