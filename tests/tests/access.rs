@@ -318,20 +318,8 @@ async fn definitions_file_is_loaded_at_start() {
     )
     .await
     .unwrap();
-    let dead = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(m) = ch
-                .basic_get("events.dead".into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap()
-            {
-                return m;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("policy TTL dead-lettered the message");
+    // The policy's TTL dead-lettered the message.
+    let dead = wait_get(&ch, "events.dead", true).await;
     assert_eq!(dead.delivery.data, b"e");
     // guest has no permissions in /prod.
     let mut raw = Raw::open(&broker, "guest", "guest", "/prod", 0).await;

@@ -193,20 +193,7 @@ async fn unacked_messages_are_requeued_when_the_connection_drops() {
     let mut c = consume(&cch, "conn-drop", "c", false).await;
     let _held = next(&mut c).await;
     consumer_conn.close(200, "bye".into()).await.unwrap();
-    let got = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(m) = ch
-                .basic_get("conn-drop".into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap()
-            {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("message requeued");
+    let got = wait_get(&ch, "conn-drop", true).await;
     assert!(got.delivery.redelivered);
 }
 

@@ -48,19 +48,6 @@ async fn get(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessag
 }
 
 /// Polls `queue` until a message arrives (dead-lettering and expiry are asynchronous).
-async fn wait_get(ch: &Channel, queue: &str) -> lapin::message::BasicGetMessage {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(m) = get(ch, queue).await {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("nothing arrived on {queue}"))
-}
-
 fn header<'a>(m: &'a lapin::message::Delivery, key: &str) -> Option<&'a AMQPValue> {
     m.properties.headers().as_ref()?.inner().get(key)
 }
@@ -137,7 +124,7 @@ async fn queue_ttl_dead_letters_with_x_death() {
         BasicProperties::default().with_message_id("m1".into()),
     )
     .await;
-    let m = wait_get(&ch, "dead").await;
+    let m = wait_get(&ch, "dead", true).await;
     assert_eq!(body(&m), "old");
     assert_eq!(m.delivery.exchange.as_str(), "dlx");
     assert_eq!(m.delivery.routing_key.as_str(), "ttl");
@@ -191,7 +178,7 @@ async fn per_message_ttl_expires_promptly_even_behind_the_head() {
         BasicProperties::default().with_expiration("50".into()),
     )
     .await;
-    let m = wait_get(&ch, "dead2").await;
+    let m = wait_get(&ch, "dead2", true).await;
     assert_eq!(body(&m), "short");
     let d = &x_death(&m.delivery)[0];
     assert_eq!(text(d.inner().get("original-expiration")), "50");
@@ -315,7 +302,7 @@ async fn rejected_messages_are_dead_lettered() {
         .reject(BasicRejectOptions { requeue: false })
         .await
         .unwrap();
-    let dead = wait_get(&ch, "parking").await;
+    let dead = wait_get(&ch, "parking", true).await;
     assert_eq!(body(&dead), "poison");
     assert_eq!(dead.delivery.routing_key.as_str(), "parked");
     let d = &x_death(&dead.delivery)[0];
@@ -335,7 +322,7 @@ async fn rejected_messages_are_dead_lettered() {
         })
         .await
         .unwrap();
-    assert_eq!(body(&wait_get(&ch, "parking").await), "poison2");
+    assert_eq!(body(&wait_get(&ch, "parking", true).await), "poison2");
 }
 
 /// The delayed-retry pattern: a failed message waits in a retry queue (TTL) and comes back to the work
@@ -397,20 +384,7 @@ async fn delayed_retry_with_ttl_and_dlx() {
     publish(&ch, "work-x", "job", "flaky", BasicProperties::default()).await;
     let started = std::time::Instant::now();
     for round in 1..=2i64 {
-        let m = tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(m) = ch
-                    .basic_get("jobs".into(), BasicGetOptions::default())
-                    .await
-                    .unwrap()
-                {
-                    return m;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .expect("job comes back");
+        let m = wait_get(&ch, "jobs", false).await;
         if round == 2 {
             let deaths = x_death(&m.delivery);
             let rejected = deaths
@@ -501,7 +475,7 @@ async fn length_limits_and_overflow_modes() {
     for b in ["1", "2", "3"] {
         publish(&ch, "", "head", b, BasicProperties::default()).await;
     }
-    let dropped = wait_get(&ch, "overflowed").await;
+    let dropped = wait_get(&ch, "overflowed", true).await;
     assert_eq!(body(&dropped), "1");
     assert_eq!(
         text(x_death(&dropped.delivery)[0].inner().get("reason")),
@@ -562,7 +536,7 @@ async fn length_limits_and_overflow_modes() {
         assert!(matches!(second, Confirmation::Nack(_)), "{q}: {second:?}");
     }
     // Only reject-publish-dlx dead-letters the refused message.
-    let m = wait_get(&ch, "overflowed").await;
+    let m = wait_get(&ch, "overflowed", true).await;
     assert_eq!(body(&m), "refused");
     assert_eq!(
         text(x_death(&m.delivery)[0].inner().get("queue")),
@@ -635,7 +609,7 @@ async fn delivery_limit_dead_letters_poison_messages() {
     .await;
     publish(&ch, "", "limited", "bad", BasicProperties::default()).await;
     for _ in 0..2 {
-        let m = wait_get_ack(&ch, "limited").await;
+        let m = wait_get(&ch, "limited", false).await;
         m.delivery
             .nack(BasicNackOptions {
                 requeue: true,
@@ -644,29 +618,12 @@ async fn delivery_limit_dead_letters_poison_messages() {
             .await
             .unwrap();
     }
-    let dead = wait_get(&ch, "poisoned").await;
+    let dead = wait_get(&ch, "poisoned", true).await;
     assert_eq!(
         text(x_death(&dead.delivery)[0].inner().get("reason")),
         "delivery_limit"
     );
     assert!(get(&ch, "limited").await.is_none());
-}
-
-async fn wait_get_ack(ch: &Channel, queue: &str) -> lapin::message::BasicGetMessage {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(m) = ch
-                .basic_get(queue.into(), BasicGetOptions::default())
-                .await
-                .unwrap()
-            {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("message")
 }
 
 /// docs/consumers.md: single active consumer; the next consumer takes over on cancel.
@@ -968,7 +925,7 @@ async fn consumer_timeout_closes_the_channel_and_requeues() {
         "PRECONDITION_FAILED - delivery acknowledgement on channel 2 timed out. Timeout value used: 100 ms. \
          This timeout value can be configured, see consumers doc guide to learn more"
     );
-    let again = wait_get(&ch, "slowpoke").await;
+    let again = wait_get(&ch, "slowpoke", true).await;
     assert_eq!(body(&again), "late");
     assert!(again.delivery.redelivered);
 }

@@ -10,6 +10,7 @@ use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 
 use super::{Binding, Destination, ExchangeType};
 use crate::message::Message;
+use crate::protocol::values::int_value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MatchKind {
@@ -46,20 +47,6 @@ fn parse_match(args: &FieldTable) -> Result<MatchKind, String> {
             String::from_utf8_lossy(other)
         )),
     }
-}
-
-fn int_value(v: &AMQPValue) -> Option<i128> {
-    Some(match v {
-        AMQPValue::ShortShortInt(n) => (*n).into(),
-        AMQPValue::ShortShortUInt(n) => (*n).into(),
-        AMQPValue::ShortInt(n) => (*n).into(),
-        AMQPValue::ShortUInt(n) => (*n).into(),
-        AMQPValue::LongInt(n) => (*n).into(),
-        AMQPValue::LongUInt(n) => (*n).into(),
-        AMQPValue::LongLongInt(n) => (*n).into(),
-        AMQPValue::Timestamp(n) => (*n).into(),
-        _ => return None,
-    })
 }
 
 fn float_value(v: &AMQPValue) -> Option<f64> {

@@ -8,6 +8,7 @@
 
 pub mod encode;
 pub mod outbound;
+pub mod values;
 
 use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::{constants, AMQPClass};

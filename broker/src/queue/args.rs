@@ -5,6 +5,8 @@
 
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 
+pub use crate::protocol::values::{int_value, str_value, type_name};
+
 /// What happens when a queue is over `x-max-length` / `x-max-length-bytes` (RabbitMQ docs/maxlength).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Overflow {
@@ -48,53 +50,6 @@ pub struct QueueArgs {
 
 /// Largest TTL RabbitMQ accepts (`rabbit_misc:check_expiry`, 2^32 - 1 ms... as its `?MAX_EXPIRY_TIMER`).
 const MAX_EXPIRY: i128 = 4_294_967_295;
-
-/// Erlang-side type name of a field value, as RabbitMQ prints it in errors.
-pub fn type_name(v: &AMQPValue) -> &'static str {
-    match v {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::ShortShortInt(_) => "byte",
-        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
-        AMQPValue::ShortInt(_) => "short",
-        AMQPValue::ShortUInt(_) => "unsignedshort",
-        AMQPValue::LongInt(_) => "signedint",
-        AMQPValue::LongUInt(_) => "unsignedint",
-        AMQPValue::LongLongInt(_) => "long",
-        AMQPValue::Float(_) => "float",
-        AMQPValue::Double(_) => "double",
-        AMQPValue::DecimalValue(_) => "decimal",
-        AMQPValue::ShortString(_) => "shortstr",
-        AMQPValue::LongString(_) => "longstr",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::Timestamp(_) => "timestamp",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::ByteArray(_) => "binary",
-        AMQPValue::Void => "void",
-    }
-}
-
-/// An integer of any AMQP integer width.
-pub fn int_value(v: &AMQPValue) -> Option<i128> {
-    Some(match v {
-        AMQPValue::ShortShortInt(n) => (*n).into(),
-        AMQPValue::ShortShortUInt(n) => (*n).into(),
-        AMQPValue::ShortInt(n) => (*n).into(),
-        AMQPValue::ShortUInt(n) => (*n).into(),
-        AMQPValue::LongInt(n) => (*n).into(),
-        AMQPValue::LongUInt(n) => (*n).into(),
-        AMQPValue::LongLongInt(n) => (*n).into(),
-        _ => return None,
-    })
-}
-
-/// A string value (long or short string) as UTF-8.
-pub fn str_value(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
 
 type Check<T> = Result<T, String>;
 

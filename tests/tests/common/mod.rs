@@ -123,3 +123,22 @@ pub async fn expect_silence(consumer: &mut Consumer, dur: Duration) {
         );
     }
 }
+
+/// Polls `queue` with basic.get until a message arrives (dead-lettering, expiry and requeues after a
+/// connection drops are asynchronous); fails the test after 5 s.
+pub async fn wait_get(ch: &Channel, queue: &str, no_ack: bool) -> lapin::message::BasicGetMessage {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let got = ch
+                .basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack })
+                .await
+                .expect("basic.get");
+            if let Some(m) = got {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("nothing arrived on {queue}"))
+}
