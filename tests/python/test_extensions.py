@@ -146,3 +146,147 @@ def test_queue_argument_errors_and_permissions(configured_broker):
     assert e.value.reply_code == 403
     assert e.value.reply_text == "ACCESS_REFUSED - access to queue 'mine' in vhost '/' refused for user 'ro'"
     ro.close()
+
+
+def pump(conn, done, timeout=5.0):
+    """Processes connection events until done() or the timeout."""
+    deadline = time.time() + timeout
+    while not done() and time.time() < deadline:
+        conn.process_data_events(time_limit=0.05)
+
+
+def drain(conn, ch, queue, n, timeout=5.0):
+    got = []
+    tag = ch.basic_consume(queue, lambda c, m, p, b: got.append(b), auto_ack=True)
+    deadline = time.time() + timeout
+    while len(got) < n and time.time() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    ch.basic_cancel(tag)
+    return got
+
+
+def test_single_active_consumer_and_consumer_priorities(broker):
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.queue_declare("py-sac", arguments={"x-single-active-consumer": True})
+    first, second = [], []
+    t1 = ch.basic_consume("py-sac", lambda c, m, p, b: first.append(b), auto_ack=True)
+    ch.basic_consume("py-sac", lambda c, m, p, b: second.append(b), auto_ack=True)
+    for i in range(3):
+        ch.basic_publish("", "py-sac", str(i).encode())
+    pump(conn, lambda: len(first) + len(second) >= 3)
+    conn.process_data_events(time_limit=0.2)  # anything extra would show up here
+    assert (first, second) == ([b"0", b"1", b"2"], [])
+    ch.basic_cancel(t1)
+    ch.basic_publish("", "py-sac", b"3")
+    pump(conn, lambda: second)
+    assert second == [b"3"]
+
+    ch.queue_declare("py-cprio")
+    low, high = [], []
+    ch.basic_consume("py-cprio", lambda c, m, p, b: low.append(b), auto_ack=True)
+    ch.basic_consume("py-cprio", lambda c, m, p, b: high.append(b), auto_ack=True, arguments={"x-priority": 5})
+    for i in range(4):
+        ch.basic_publish("", "py-cprio", str(i).encode())
+    pump(conn, lambda: len(high) + len(low) >= 4)
+    assert (len(high), low) == (4, []), "the higher-priority consumer with capacity gets everything"
+    conn.close()
+
+
+def test_alternate_exchange_and_sender_selected_distribution(broker):
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.exchange_declare("py-ae", "fanout")
+    ch.exchange_declare("py-main", "direct", arguments={"alternate-exchange": "py-ae"})
+    ch.queue_declare("py-unrouted")
+    ch.queue_bind("py-unrouted", "py-ae")
+    ch.basic_publish("py-main", "nobody", b"lost?")
+    assert ch.basic_get("py-unrouted", auto_ack=True)[2] == b"lost?"
+    for q in ("py-to", "py-cc", "py-bcc"):
+        ch.queue_declare(q)
+    ch.basic_publish("", "py-to", b"hi", pika.BasicProperties(headers={"CC": ["py-cc"], "BCC": ["py-bcc"]}))
+    for q in ("py-to", "py-cc", "py-bcc"):
+        method, props, body = ch.basic_get(q, auto_ack=True)
+        assert body == b"hi", q
+        assert "BCC" not in props.headers and props.headers["CC"] == ["py-cc"], q
+    conn.close()
+
+
+def test_transactions_and_confirm_tx_exclusion(broker):
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.queue_declare("py-tx")
+    ch.tx_select()
+    ch.basic_publish("", "py-tx", b"a")
+    ch.tx_rollback()
+    ch.basic_publish("", "py-tx", b"b")
+    ch.tx_commit()
+    assert ch.basic_get("py-tx", auto_ack=True)[2] == b"b"
+    assert ch.basic_get("py-tx", auto_ack=True)[0] is None
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.confirm_delivery()
+    assert (e.value.reply_code, e.value.reply_text) == (406, "PRECONDITION_FAILED - cannot switch from tx to confirm mode")
+    ch = conn.channel()
+    ch.confirm_delivery()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.tx_select()
+    assert (e.value.reply_code, e.value.reply_text) == (406, "PRECONDITION_FAILED - cannot switch from confirm to tx mode")
+    conn.close()
+
+
+def test_delivery_limit_consumer_timeout_and_queue_expiry(broker):
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.queue_declare("py-poison-dlq")
+    ch.queue_declare("py-limited", arguments={"x-delivery-limit": 0, "x-dead-letter-exchange": "",
+                                              "x-dead-letter-routing-key": "py-poison-dlq"})
+    ch.basic_publish("", "py-limited", b"poison")
+    method, _, _ = ch.basic_get("py-limited")
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    got = None
+    for _ in range(100):
+        method, props, body = ch.basic_get("py-poison-dlq", auto_ack=True)
+        if method:
+            got = props.headers["x-death"][0]["reason"]
+            break
+        conn.sleep(0.02)
+    assert got == "delivery_limit"
+
+    ch.queue_declare("py-slow", arguments={"x-consumer-timeout": 100})
+    ch.basic_publish("", "py-slow", b"x")
+    slow = conn.channel()
+    closed = []
+    # BlockingChannel has no close callback of its own; its underlying pika Channel does.
+    slow._impl.add_on_close_callback(lambda c, reason: closed.append(reason))
+    slow.basic_consume("py-slow", lambda c, m, p, b: None)  # never acks
+    pump(conn, lambda: closed)
+    assert closed and closed[0].reply_code == 406, closed
+    assert "delivery acknowledgement on channel" in closed[0].reply_text
+
+    ch.queue_declare("py-lease", arguments={"x-expires": 100})
+    conn.sleep(1.0)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.queue_declare("py-lease", passive=True)
+    assert e.value.reply_code == 404
+    conn.close()
+
+
+def test_definitions_file_at_start(configured_broker, tmp_path):
+    defs = tmp_path / "defs.json"
+    defs.write_text(
+        '{"vhosts": [{"name": "/"}],'
+        ' "users": [{"name": "guest", "password_hash": "9/1i+jKFRpbTRV1PtRnzFFYibT3cEpP92JeZ8YKGtflf4e/u",'
+        '            "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": "administrator"}],'
+        ' "permissions": [{"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],'
+        ' "exchanges": [{"name": "py-defs-x", "vhost": "/", "type": "fanout", "durable": true,'
+        '                "auto_delete": false, "internal": false, "arguments": {}}],'
+        ' "queues": [{"name": "py-defs-q", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}],'
+        ' "bindings": [{"source": "py-defs-x", "vhost": "/", "destination": "py-defs-q",'
+        '               "destination_type": "queue", "routing_key": "", "arguments": {}}]}'
+    )
+    broker = configured_broker(f'definitions = "{defs}"\n')
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.basic_publish("py-defs-x", "", b"from definitions")
+    assert ch.basic_get("py-defs-q", auto_ack=True)[2] == b"from definitions"
+    conn.close()
