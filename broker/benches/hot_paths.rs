@@ -1,0 +1,113 @@
+//! Micro-benchmarks of the hot paths: frame decode and encode, topic and headers matching.
+//! `cargo bench -p warren`. (The plugin route call arrives with the plugin issue.)
+
+use std::hint::black_box;
+use std::sync::{Arc, Weak};
+
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::protocol::{AMQPClass, BasicProperties, basic};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::{Bytes, BytesMut};
+use criterion::{Criterion, criterion_group, criterion_main};
+use warren::exchange::headers::Headers;
+use warren::exchange::topic::Topic;
+use warren::exchange::{Binding, Destination, ExchangeType};
+use warren::message::Message;
+use warren::protocol::{decode_frame, encode};
+use warren::queue::{Queue, QueueOwner};
+use warren::vhost::VHost;
+
+fn queue(name: &str) -> Arc<Queue> {
+    let owner: Weak<dyn QueueOwner> = Weak::<VHost>::new();
+    Arc::new(Queue::new(name.into(), false, false, None, FieldTable::default(), Default::default(), owner))
+}
+
+fn publish_bytes() -> Vec<u8> {
+    let mut out = BytesMut::new();
+    let publish = basic::Publish { exchange: "amq.topic".into(), routing_key: "a.b.c".into(), mandatory: false, immediate: false };
+    encode::frame(&mut out, &AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Publish(publish))));
+    let header = AMQPContentHeader { class_id: 60, body_size: 16, properties: BasicProperties::default() };
+    encode::frame(&mut out, &AMQPFrame::Header(1, header));
+    encode::content_body(&mut out, 1, &[7u8; 16], 131072);
+    out.to_vec()
+}
+
+fn codec(c: &mut Criterion) {
+    let bytes = publish_bytes();
+    c.bench_function("decode publish+header+body (16 B)", |b| {
+        b.iter(|| {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(frame)) = decode_frame(&mut buf, 131072) {
+                black_box(frame);
+            }
+        })
+    });
+    let body = vec![1u8; 16];
+    let mut out = BytesMut::with_capacity(1 << 20);
+    c.bench_function("encode deliver+header+body (16 B)", |b| {
+        b.iter(|| {
+            out.clear();
+            encode::deliver_method(&mut out, 1, "amq.ctag-abcdefghijklmnopqrstuv", 42, false, "amq.topic", "a.b.c");
+            encode::content_header(&mut out, 1, 16, &[0, 0]);
+            encode::content_body(&mut out, 1, &body, 131072);
+            black_box(out.len());
+        })
+    });
+}
+
+fn message(key: &str, headers: Option<FieldTable>) -> Message {
+    let mut props = BasicProperties::default();
+    if let Some(h) = headers {
+        props = props.with_headers(h);
+    }
+    Message::new("x".into(), key.into(), props, Bytes::new(), Bytes::new())
+}
+
+fn topic(c: &mut Criterion) {
+    let mut t = Topic::default();
+    let q = queue("q");
+    for i in 0..10_000 {
+        let key = match i % 3 {
+            0 => format!("k{i}.*.*"),
+            1 => format!("k{i}.#"),
+            _ => format!("*.k{i}.z"),
+        };
+        t.bind(&Binding { destination: Destination::Queue(Arc::clone(&q)), key: key.as_str().into(), arguments: FieldTable::default() });
+    }
+    let m = message("k3000.x.y", None);
+    let mut out = Vec::with_capacity(16);
+    c.bench_function("topic route, 10 000 bindings", |b| {
+        b.iter(|| {
+            out.clear();
+            t.route(black_box("k3000.x.y"), &m, &mut out);
+            black_box(out.len());
+        })
+    });
+}
+
+fn headers(c: &mut Criterion) {
+    let mut h = Headers::default();
+    let q = queue("q");
+    for i in 0..100 {
+        let mut args = FieldTable::default();
+        args.insert("x-match".into(), AMQPValue::LongString(LongString::from(if i % 2 == 0 { "all" } else { "any" })));
+        args.insert("region".into(), AMQPValue::LongString(LongString::from(format!("r{i}"))));
+        args.insert("kind".into(), AMQPValue::LongString(LongString::from("order")));
+        h.bind(&Binding { destination: Destination::Queue(Arc::clone(&q)), key: "".into(), arguments: args });
+    }
+    let mut headers = FieldTable::default();
+    headers.insert("region".into(), AMQPValue::LongString(LongString::from("r42")));
+    headers.insert("kind".into(), AMQPValue::LongString(LongString::from("order")));
+    let m = message("", Some(headers));
+    let mut out = Vec::with_capacity(128);
+    c.bench_function("headers route, 100 bindings", |b| {
+        b.iter(|| {
+            out.clear();
+            h.route("", black_box(&m), &mut out);
+            black_box(out.len());
+        })
+    });
+}
+
+criterion_group!(benches, codec, topic, headers);
+criterion_main!(benches);

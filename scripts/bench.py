@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: Warren vs RabbitMQ (Debian's rabbitmq-server) on loopback, same machine,
+same generator (warren-perf), runs alternating between the brokers. Prints medians and the
+Warren/RabbitMQ ratio per scenario as a Markdown table (also written to --out).
+
+Usage: scripts/bench.sh [--runs N] [--seconds S] [--only a,b,...] [--out FILE]
+"""
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PERF = ROOT / "target" / "release" / "warren-perf"
+WARREN = ROOT / "target" / "release" / "warren"
+WARREN_PORT, RABBIT_PORT, SINK_PORT = 5674, 5673, 5699
+
+# name -> (description, warren-perf arguments, metric)
+SCENARIOS = {
+    "a": ("1 producer / 1 consumer, 16 B, auto-ack", ["-x1", "-y1", "-s16", "-a"], "consume_rate"),
+    "b": ("1 producer / 1 consumer, 1 KiB, auto-ack", ["-x1", "-y1", "-s1024", "-a"], "consume_rate"),
+    "d": ("fixed 10 000 msg/s, 16 B: latency p99 (us, lower is better)", ["-x1", "-y1", "-s16", "-a", "-r", "10000"], "p99"),
+    "e": ("4 producers / 4 consumers / 4 queues, 16 B", ["-x4", "-y4", "--queues", "4", "-s16", "-a"], "consume_rate"),
+    "f": ("fanout to 10 queues, 10 consumers, 16 B (deliveries/s)",
+          ["-e", "perf-fanout", "-t", "fanout", "--queues", "10", "-x1", "-y10", "-s16", "-a"], "consume_rate"),
+    "g": ("topic exchange, 10 000 bindings, random keys, 16 B",
+          ["-e", "perf-topic", "-t", "topic", "--bindings", "10000", "-k", "random", "--keys", "10000", "-x1", "-y1",
+           "-s16", "-a"], "consume_rate"),
+    "m": ("manual acks (multiple every 100), confirms (window 1000), transient, 16 B",
+          ["-x1", "-y1", "-s16", "-q", "1000", "-A", "100", "-c", "1000"], "consume_rate"),
+}
+
+
+def wait_port(port, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def start_rabbitmq(tmp):
+    if not shutil.which("rabbitmq-server") and not pathlib.Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "rabbitmq-server"], check=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    # The Debian service may have started a node of its own; it listens on 5672, ours on 5673. A stray
+    # node on our port would be measured instead of ours: refuse.
+    if wait_port(RABBIT_PORT, 0.5):
+        sys.exit(f"port {RABBIT_PORT} is already in use; stop whatever listens there first")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{RABBIT_PORT}\nloopback_users = none\n")
+    (tmp / "enabled_plugins").write_text("[].\n")
+    env = dict(os.environ, HOME=str(tmp), RABBITMQ_NODENAME="warrenbench@localhost",
+               RABBITMQ_MNESIA_BASE=str(tmp / "mnesia"), RABBITMQ_LOG_BASE=str(tmp / "log"),
+               RABBITMQ_CONFIG_FILE=str(tmp / "rabbitmq"), RABBITMQ_DIST_PORT="25679",
+               RABBITMQ_ENABLED_PLUGINS_FILE=str(tmp / "enabled_plugins"))
+    proc = subprocess.Popen(["/usr/lib/rabbitmq/bin/rabbitmq-server"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    if not wait_port(RABBIT_PORT, 90):
+        sys.exit("RabbitMQ did not start")
+    time.sleep(2)
+    return proc, env
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def listener_pids(port):
+    """PIDs of the processes listening on `port` (the node name is not on beam's command line)."""
+    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return sorted({int(p) for p in __import__("re").findall(r"pid=(\d+)", out)})
+
+
+def stop_rabbitmq(proc, env):
+    subprocess.run(["rabbitmqctl", "-n", "warrenbench@localhost", "stop"], env=env, capture_output=True, timeout=60)
+    for pid in listener_pids(RABBIT_PORT):
+        try:
+            os.kill(pid, 15)
+        except OSError:
+            pass
+    proc.terminate()
+
+
+def perf(port, args, seconds):
+    cmd = [str(PERF), "--uri", f"127.0.0.1:{port}", "-z", str(seconds), "--json", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr.strip()}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def metric(result, name):
+    return result["latency_us"]["p99"] if name == "p99" else result[name]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--out", default=str(ROOT / "target" / "bench-results.md"))
+    opts = ap.parse_args()
+    chosen = [s for s in SCENARIOS if not opts.only or s in opts.only.split(",")]
+    tmp = ROOT / "target" / "bench-rabbitmq"
+    rabbit, rabbit_env = start_rabbitmq(tmp)
+    warren = subprocess.Popen([str(WARREN), "--listen", f"127.0.0.1:{WARREN_PORT}", "--log", "warn"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sink = subprocess.Popen([str(PERF), "sink", "--listen", f"127.0.0.1:{SINK_PORT}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(WARREN_PORT)
+    wait_port(SINK_PORT)
+    rows = []
+    try:
+        if not opts.only or "i" in opts.only.split(","):
+            # First, on fresh brokers: an allocator keeps memory from earlier scenarios.
+            args = ["-x1", "-s16", "-c", "1000", "--no-consume", "-C", "1000000", "-u", "perf-rss"]
+            before_w, before_r = rss_kib([warren.pid]), rss_kib(listener_pids(RABBIT_PORT))
+            perf(WARREN_PORT, args, 120)
+            perf(RABBIT_PORT, args, 120)
+            time.sleep(2)
+            w_mib, r_mib = rss_kib([warren.pid]) / 1024, rss_kib(listener_pids(RABBIT_PORT)) / 1024
+            rows.append(("(i) RSS with 1 000 000 16 B messages queued (MiB, lower is better; idle before: "
+                         f"warren {before_w // 1024}, rabbitmq {before_r // 1024})", w_mib, r_mib, r_mib / w_mib))
+            perf(WARREN_PORT, ["-x0", "-y1", "-a", "-u", "perf-rss"], 1)  # setup purges the queue
+            perf(RABBIT_PORT, ["-x0", "-y1", "-a", "-u", "perf-rss"], 1)
+        ceiling = [perf(SINK_PORT, ["-x1", "-s16", "-a", "--no-consume"], opts.seconds)["publish_rate"]
+                   for _ in range(opts.runs)]
+        rows.append(("generator ceiling: 1 producer, 16 B, into a discarding sink (publish msg/s)",
+                     statistics.median(ceiling), None, None))
+        for key in chosen:
+            desc, args, name = SCENARIOS[key]
+            w, r = [], []
+            for _ in range(opts.runs):
+                w.append(metric(perf(WARREN_PORT, args, opts.seconds), name))
+                r.append(metric(perf(RABBIT_PORT, args, opts.seconds), name))
+            wm, rm = statistics.median(w), statistics.median(r)
+            ratio = (rm / wm if name == "p99" else wm / rm) if wm and rm else None
+            rows.append((f"({key}) {desc}", wm, rm, ratio))
+            print(f"({key}) warren {w} rabbitmq {r}", file=sys.stderr)
+    finally:
+        for p in (warren, sink):
+            p.terminate()
+        stop_rabbitmq(rabbit, rabbit_env)
+    lines = ["| scenario | Warren | RabbitMQ | Warren advantage |", "|---|---:|---:|---:|"]
+    for desc, wm, rm, ratio in rows:
+        lines.append(f"| {desc} | {wm:,.0f} | {'' if rm is None else f'{rm:,.0f}'} | "
+                     f"{'' if ratio is None else f'{ratio:.2f}x'} |")
+    table = "\n".join(lines)
+    print(table)
+    pathlib.Path(opts.out).write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
