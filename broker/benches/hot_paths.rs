@@ -5,10 +5,10 @@ use std::hint::black_box;
 use std::sync::{Arc, Weak};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{AMQPClass, BasicProperties, basic};
+use amq_protocol::protocol::{basic, AMQPClass, BasicProperties};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{Bytes, BytesMut};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{criterion_group, criterion_main, Criterion};
 use warren::exchange::headers::Headers;
 use warren::exchange::topic::Topic;
 use warren::exchange::{Binding, Destination, ExchangeType};
@@ -19,14 +19,34 @@ use warren::vhost::VHost;
 
 fn queue(name: &str) -> Arc<Queue> {
     let owner: Weak<dyn QueueOwner> = Weak::<VHost>::new();
-    Arc::new(Queue::new(name.into(), false, false, None, FieldTable::default(), Default::default(), owner))
+    Arc::new(Queue::new(
+        name.into(),
+        false,
+        false,
+        None,
+        FieldTable::default(),
+        Default::default(),
+        owner,
+    ))
 }
 
 fn publish_bytes() -> Vec<u8> {
     let mut out = BytesMut::new();
-    let publish = basic::Publish { exchange: "amq.topic".into(), routing_key: "a.b.c".into(), mandatory: false, immediate: false };
-    encode::frame(&mut out, &AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Publish(publish))));
-    let header = AMQPContentHeader { class_id: 60, body_size: 16, properties: BasicProperties::default() };
+    let publish = basic::Publish {
+        exchange: "amq.topic".into(),
+        routing_key: "a.b.c".into(),
+        mandatory: false,
+        immediate: false,
+    };
+    encode::frame(
+        &mut out,
+        &AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Publish(publish))),
+    );
+    let header = AMQPContentHeader {
+        class_id: 60,
+        body_size: 16,
+        properties: BasicProperties::default(),
+    };
     encode::frame(&mut out, &AMQPFrame::Header(1, header));
     encode::content_body(&mut out, 1, &[7u8; 16], 131072);
     out.to_vec()
@@ -47,7 +67,15 @@ fn codec(c: &mut Criterion) {
     c.bench_function("encode deliver+header+body (16 B)", |b| {
         b.iter(|| {
             out.clear();
-            encode::deliver_method(&mut out, 1, "amq.ctag-abcdefghijklmnopqrstuv", 42, false, "amq.topic", "a.b.c");
+            encode::deliver_method(
+                &mut out,
+                1,
+                "amq.ctag-abcdefghijklmnopqrstuv",
+                42,
+                false,
+                "amq.topic",
+                "a.b.c",
+            );
             encode::content_header(&mut out, 1, 16, &[0, 0]);
             encode::content_body(&mut out, 1, &body, 131072);
             black_box(out.len());
@@ -72,7 +100,11 @@ fn topic(c: &mut Criterion) {
             1 => format!("k{i}.#"),
             _ => format!("*.k{i}.z"),
         };
-        t.bind(&Binding { destination: Destination::Queue(Arc::clone(&q)), key: key.as_str().into(), arguments: FieldTable::default() });
+        t.bind(&Binding {
+            destination: Destination::Queue(Arc::clone(&q)),
+            key: key.as_str().into(),
+            arguments: FieldTable::default(),
+        });
     }
     let m = message("k3000.x.y", None);
     let mut out = Vec::with_capacity(16);
@@ -90,14 +122,33 @@ fn headers(c: &mut Criterion) {
     let q = queue("q");
     for i in 0..100 {
         let mut args = FieldTable::default();
-        args.insert("x-match".into(), AMQPValue::LongString(LongString::from(if i % 2 == 0 { "all" } else { "any" })));
-        args.insert("region".into(), AMQPValue::LongString(LongString::from(format!("r{i}"))));
-        args.insert("kind".into(), AMQPValue::LongString(LongString::from("order")));
-        h.bind(&Binding { destination: Destination::Queue(Arc::clone(&q)), key: "".into(), arguments: args });
+        args.insert(
+            "x-match".into(),
+            AMQPValue::LongString(LongString::from(if i % 2 == 0 { "all" } else { "any" })),
+        );
+        args.insert(
+            "region".into(),
+            AMQPValue::LongString(LongString::from(format!("r{i}"))),
+        );
+        args.insert(
+            "kind".into(),
+            AMQPValue::LongString(LongString::from("order")),
+        );
+        h.bind(&Binding {
+            destination: Destination::Queue(Arc::clone(&q)),
+            key: "".into(),
+            arguments: args,
+        });
     }
     let mut headers = FieldTable::default();
-    headers.insert("region".into(), AMQPValue::LongString(LongString::from("r42")));
-    headers.insert("kind".into(), AMQPValue::LongString(LongString::from("order")));
+    headers.insert(
+        "region".into(),
+        AMQPValue::LongString(LongString::from("r42")),
+    );
+    headers.insert(
+        "kind".into(),
+        AMQPValue::LongString(LongString::from("order")),
+    );
     let m = message("", Some(headers));
     let mut out = Vec::with_capacity(128);
     c.bench_function("headers route, 100 bindings", |b| {

@@ -1,14 +1,14 @@
 //! The generator's AMQP side: a small handshake/RPC client for setup, and the hot producer and
 //! consumer loops, which bypass a client library (pre-encoded frames out, a minimal parser in).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
-use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
+use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
+use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queue, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail, Context};
 use bytes::{Buf, BufMut, BytesMut};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,7 +20,9 @@ use crate::{RunArgs, Stats};
 const BATCH: u64 = 256;
 
 pub(crate) fn encode(frame: &AMQPFrame) -> Vec<u8> {
-    gen_frame(frame)(WriteContext::from(Vec::new())).map(|c| c.write).unwrap_or_default()
+    gen_frame(frame)(WriteContext::from(Vec::new()))
+        .map(|c| c.write)
+        .unwrap_or_default()
 }
 
 /// One connection with channel 1 open.
@@ -57,7 +59,9 @@ impl Conn {
         self.send(&AMQPFrame::Method(1, method)).await?;
         loop {
             match self.recv().await? {
-                AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::Close(c))) => bail!("channel closed: {}", c.reply_text),
+                AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::Close(c))) => {
+                    bail!("channel closed: {}", c.reply_text)
+                }
                 AMQPFrame::Method(_, AMQPClass::Connection(connection::AMQPMethod::Close(c))) => {
                     bail!("connection closed: {}", c.reply_text)
                 }
@@ -69,42 +73,81 @@ impl Conn {
 
     /// Connects as guest/guest to vhost `/` with heartbeats off and opens channel 1.
     pub(crate) async fn open(addr: &str) -> anyhow::Result<Conn> {
-        let sock = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        let sock = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
         sock.set_nodelay(true)?;
-        let mut c = Conn { sock, buf: BytesMut::with_capacity(1 << 20) };
+        let mut c = Conn {
+            sock,
+            buf: BytesMut::with_capacity(1 << 20),
+        };
         c.sock.write_all(b"AMQP\x00\x00\x09\x01").await?;
-        let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(_))) = c.recv().await? else {
+        let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(_))) =
+            c.recv().await?
+        else {
             bail!("expected connection.start");
         };
         let mut caps = FieldTable::default();
         caps.insert("publisher_confirms".into(), AMQPValue::Boolean(true));
         let mut props = FieldTable::default();
         props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-        props.insert("product".into(), AMQPValue::LongString("warren-perf".into()));
+        props.insert(
+            "product".into(),
+            AMQPValue::LongString("warren-perf".into()),
+        );
         let start_ok = connection::StartOk {
             client_properties: props,
             mechanism: "PLAIN".into(),
             response: LongString::from("\0guest\0guest"),
             locale: "en_US".into(),
         };
-        c.send(&AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)))).await?;
-        let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(t))) = c.recv().await? else {
+        c.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
+        ))
+        .await?;
+        let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(t))) =
+            c.recv().await?
+        else {
             bail!("expected connection.tune (bad credentials?)");
         };
-        let tune_ok = connection::TuneOk { channel_max: t.channel_max, frame_max: t.frame_max, heartbeat: 0 };
-        c.send(&AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)))).await?;
-        let open = connection::Open { virtual_host: "/".into() };
-        c.send(&AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Open(open)))).await?;
-        let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))) = c.recv().await? else {
+        let tune_ok = connection::TuneOk {
+            channel_max: t.channel_max,
+            frame_max: t.frame_max,
+            heartbeat: 0,
+        };
+        c.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
+        ))
+        .await?;
+        let open = connection::Open {
+            virtual_host: "/".into(),
+        };
+        c.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(open)),
+        ))
+        .await?;
+        let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))) =
+            c.recv().await?
+        else {
             bail!("expected connection.open-ok");
         };
-        c.rpc(AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await?;
+        c.rpc(AMQPClass::Channel(channel::AMQPMethod::Open(
+            channel::Open {},
+        )))
+        .await?;
         Ok(c)
     }
 }
 
 pub(crate) fn queue_name(args: &RunArgs, i: usize) -> String {
-    if args.queues <= 1 { args.queue.clone() } else { format!("{}-{}", args.queue, i % args.queues) }
+    if args.queues <= 1 {
+        args.queue.clone()
+    } else {
+        format!("{}-{}", args.queue, i % args.queues)
+    }
 }
 
 /// Declares queues, the exchange and bindings (purging queues left over from a previous run).
@@ -117,20 +160,34 @@ pub(crate) async fn setup(args: &RunArgs) -> anyhow::Result<()> {
             durable: args.persistent,
             ..Default::default()
         };
-        c.rpc(AMQPClass::Exchange(exchange::AMQPMethod::Declare(declare))).await?;
+        c.rpc(AMQPClass::Exchange(exchange::AMQPMethod::Declare(declare)))
+            .await?;
     }
     for i in 0..args.queues.max(1) {
         let name = queue_name(args, i);
-        let declare = queue::Declare { queue: name.as_str().into(), durable: args.persistent, ..Default::default() };
-        c.rpc(AMQPClass::Queue(queue::AMQPMethod::Declare(declare))).await?;
-        c.rpc(AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge { queue: name.as_str().into(), nowait: false }))).await?;
+        let declare = queue::Declare {
+            queue: name.as_str().into(),
+            durable: args.persistent,
+            ..Default::default()
+        };
+        c.rpc(AMQPClass::Queue(queue::AMQPMethod::Declare(declare)))
+            .await?;
+        c.rpc(AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
+            queue: name.as_str().into(),
+            nowait: false,
+        })))
+        .await?;
         if args.exchange.is_empty() {
             continue;
         }
         let keys: Vec<String> = if args.bindings > 0 {
             (0..args.bindings).map(|b| format!("k{b}.*.*")).collect()
         } else {
-            vec![args.routing_key.clone().filter(|k| k != "random").unwrap_or_else(|| name.clone())]
+            vec![args
+                .routing_key
+                .clone()
+                .filter(|k| k != "random")
+                .unwrap_or_else(|| name.clone())]
         };
         for key in keys {
             let bind = queue::Bind {
@@ -139,7 +196,8 @@ pub(crate) async fn setup(args: &RunArgs) -> anyhow::Result<()> {
                 routing_key: key.as_str().into(),
                 ..Default::default()
             };
-            c.rpc(AMQPClass::Queue(queue::AMQPMethod::Bind(bind))).await?;
+            c.rpc(AMQPClass::Queue(queue::AMQPMethod::Bind(bind)))
+                .await?;
         }
     }
     Ok(())
@@ -151,7 +209,15 @@ fn put_short_str(out: &mut BytesMut, s: &str) {
 }
 
 /// Appends basic.publish + content header + one body frame; the body starts with `stamp` and `seq`.
-fn put_publish(out: &mut BytesMut, exchange: &str, key: &str, header: &[u8], size: usize, stamp: u64, seq: u64) {
+fn put_publish(
+    out: &mut BytesMut,
+    exchange: &str,
+    key: &str,
+    header: &[u8],
+    size: usize,
+    stamp: u64,
+    seq: u64,
+) {
     let method_len = 4 + 2 + 1 + exchange.len() + 1 + key.len() + 1;
     out.put_u8(1);
     out.put_u16(1);
@@ -174,10 +240,18 @@ fn put_publish(out: &mut BytesMut, exchange: &str, key: &str, header: &[u8], siz
 }
 
 /// One producer: publishes until the run stops (or `pmessages`), within the confirm window and rate.
-pub(crate) async fn produce(args: Arc<RunArgs>, index: usize, stats: Arc<Stats>, epoch: Instant) -> anyhow::Result<()> {
+pub(crate) async fn produce(
+    args: Arc<RunArgs>,
+    index: usize,
+    stats: Arc<Stats>,
+    epoch: Instant,
+) -> anyhow::Result<()> {
     let mut c = Conn::open(&args.addr).await?;
     if args.confirm > 0 {
-        c.rpc(AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: false }))).await?;
+        c.rpc(AMQPClass::Confirm(confirm::AMQPMethod::Select(
+            confirm::Select { nowait: false },
+        )))
+        .await?;
     }
     let mut props = basic::AMQPProperties::default();
     if args.persistent {
@@ -185,7 +259,11 @@ pub(crate) async fn produce(args: Arc<RunArgs>, index: usize, stats: Arc<Stats>,
     }
     let header = encode(&AMQPFrame::Header(
         1,
-        amq_protocol::frame::AMQPContentHeader { class_id: 60, body_size: args.size as u64, properties: props },
+        amq_protocol::frame::AMQPContentHeader {
+            class_id: 60,
+            body_size: args.size as u64,
+            properties: props,
+        },
     ));
     let queue = queue_name(&args, index);
     let fixed_key = match args.routing_key.as_deref() {
@@ -197,7 +275,12 @@ pub(crate) async fn produce(args: Arc<RunArgs>, index: usize, stats: Arc<Stats>,
     let confirmed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let notify = Arc::new(tokio::sync::Notify::new());
     let reader = if args.confirm > 0 {
-        let (confirmed, notify, stats, mut buf) = (Arc::clone(&confirmed), Arc::clone(&notify), Arc::clone(&stats), c.buf);
+        let (confirmed, notify, stats, mut buf) = (
+            Arc::clone(&confirmed),
+            Arc::clone(&notify),
+            Arc::clone(&stats),
+            c.buf,
+        );
         Some(tokio::spawn(async move {
             loop {
                 while buf.len() >= 7 {
@@ -205,11 +288,19 @@ pub(crate) async fn produce(args: Arc<RunArgs>, index: usize, stats: Arc<Stats>,
                     if buf.len() < size + 8 {
                         break;
                     }
-                    if buf[0] == 1 && size >= 13 && buf[7..9] == [0, 60] && (buf[9..11] == [0, 80] || buf[9..11] == [0, 120]) {
+                    if buf[0] == 1
+                        && size >= 13
+                        && buf[7..9] == [0, 60]
+                        && (buf[9..11] == [0, 80] || buf[9..11] == [0, 120])
+                    {
                         let tag = u64::from_be_bytes(buf[11..19].try_into().unwrap_or_default());
                         let multiple = buf[19] & 1 == 1;
                         let before = confirmed.load(Ordering::Relaxed);
-                        let now = if multiple { tag.max(before) } else { before + 1 };
+                        let now = if multiple {
+                            tag.max(before)
+                        } else {
+                            before + 1
+                        };
                         confirmed.store(now, Ordering::Relaxed);
                         stats.confirmed.fetch_add(now - before, Ordering::Relaxed);
                         notify.notify_one();
@@ -272,7 +363,15 @@ pub(crate) async fn produce(args: Arc<RunArgs>, index: usize, stats: Arc<Stats>,
                     key_buf.as_str()
                 }
             };
-            put_publish(&mut out, &args.exchange, key, &header, args.size, epoch.elapsed().as_nanos() as u64, sent);
+            put_publish(
+                &mut out,
+                &args.exchange,
+                key,
+                &header,
+                args.size,
+                epoch.elapsed().as_nanos() as u64,
+                sent,
+            );
         }
         wr.write_all(&out).await?;
         stats.published.fetch_add(batch, Ordering::Relaxed);
@@ -280,7 +379,10 @@ pub(crate) async fn produce(args: Arc<RunArgs>, index: usize, stats: Arc<Stats>,
     if let Some(r) = reader {
         // Give outstanding confirms a moment, then stop reading.
         let deadline = Instant::now() + Duration::from_secs(2);
-        while args.confirm > 0 && confirmed.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+        while args.confirm > 0
+            && confirmed.load(Ordering::Relaxed) < sent
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         r.abort();
@@ -289,10 +391,19 @@ pub(crate) async fn produce(args: Arc<RunArgs>, index: usize, stats: Arc<Stats>,
 }
 
 /// One consumer: counts deliveries, records latency from the timestamp in each body, acks.
-pub(crate) async fn consume(args: Arc<RunArgs>, index: usize, stats: Arc<Stats>, epoch: Instant) -> anyhow::Result<Histogram<u64>> {
+pub(crate) async fn consume(
+    args: Arc<RunArgs>,
+    index: usize,
+    stats: Arc<Stats>,
+    epoch: Instant,
+) -> anyhow::Result<Histogram<u64>> {
     let mut c = Conn::open(&args.addr).await?;
     if args.qos > 0 {
-        c.rpc(AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos { prefetch_count: args.qos, global: false }))).await?;
+        c.rpc(AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count: args.qos,
+            global: false,
+        })))
+        .await?;
     }
     let consume = basic::Consume {
         queue: queue_name(&args, index).as_str().into(),
@@ -300,7 +411,10 @@ pub(crate) async fn consume(args: Arc<RunArgs>, index: usize, stats: Arc<Stats>,
         no_ack: args.auto_ack,
         ..Default::default()
     };
-    match c.rpc(AMQPClass::Basic(basic::AMQPMethod::Consume(consume))).await? {
+    match c
+        .rpc(AMQPClass::Basic(basic::AMQPMethod::Consume(consume)))
+        .await?
+    {
         AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)) => {}
         other => return Err(anyhow!("expected consume-ok, got {other:?}")),
     }

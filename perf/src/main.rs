@@ -10,8 +10,8 @@
 mod client;
 mod sink;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,7 +21,11 @@ use serde::Serialize;
 
 /// Command line.
 #[derive(Debug, Parser)]
-#[command(name = "warren-perf", version, about = "AMQP 0-9-1 load generator (PerfTest vocabulary)")]
+#[command(
+    name = "warren-perf",
+    version,
+    about = "AMQP 0-9-1 load generator (PerfTest vocabulary)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -157,7 +161,9 @@ pub struct Latency {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Some(Command::Sink { listen }) => runtime.block_on(sink::run(&listen)),
         None => {
@@ -182,16 +188,23 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<Summary> {
-    anyhow::ensure!(args.size >= 16, "--size must be at least 16 (timestamp and sequence)");
+    anyhow::ensure!(
+        args.size >= 16,
+        "--size must be at least 16 (timestamp and sequence)"
+    );
     let args = Arc::new(args);
-    client::setup(&args).await.context("declaring the topology")?;
+    client::setup(&args)
+        .await
+        .context("declaring the topology")?;
     let stats = Arc::new(Stats::default());
     let epoch = Instant::now();
     let mut consumers = Vec::new();
     if !args.no_consume {
         for i in 0..args.consumers {
             let (args, stats) = (Arc::clone(&args), Arc::clone(&stats));
-            consumers.push(tokio::spawn(async move { client::consume(args, i, stats, epoch).await }));
+            consumers.push(tokio::spawn(async move {
+                client::consume(args, i, stats, epoch).await
+            }));
         }
         tokio::time::sleep(Duration::from_millis(200)).await; // consumers subscribed before publishing
     }
@@ -199,7 +212,9 @@ async fn run(args: RunArgs) -> anyhow::Result<Summary> {
     let start = Instant::now();
     for i in 0..args.producers {
         let (args, stats) = (Arc::clone(&args), Arc::clone(&stats));
-        producers.push(tokio::spawn(async move { client::produce(args, i, stats, epoch).await }));
+        producers.push(tokio::spawn(async move {
+            client::produce(args, i, stats, epoch).await
+        }));
     }
     let mut last = (0, 0, 0);
     for _ in 0..args.time {
@@ -210,7 +225,12 @@ async fn run(args: RunArgs) -> anyhow::Result<Summary> {
             stats.consumed.load(Ordering::Relaxed),
         );
         if args.verbose {
-            eprintln!("sent {} msg/s, confirmed {} msg/s, received {} msg/s", now.0 - last.0, now.1 - last.1, now.2 - last.2);
+            eprintln!(
+                "sent {} msg/s, confirmed {} msg/s, received {} msg/s",
+                now.0 - last.0,
+                now.1 - last.1,
+                now.2 - last.2
+            );
         }
         last = now;
         if producers.iter().all(|p| p.is_finished()) && (args.no_consume || now.2 >= now.0) {
@@ -227,7 +247,10 @@ async fn run(args: RunArgs) -> anyhow::Result<Summary> {
     }
     let mut histogram = Histogram::<u64>::new(3)?;
     for c in consumers {
-        if let Ok(Ok(h)) = tokio::time::timeout(Duration::from_secs(5), c).await.context("consumer task")? {
+        if let Ok(Ok(h)) = tokio::time::timeout(Duration::from_secs(5), c)
+            .await
+            .context("consumer task")?
+        {
             histogram.add(h)?;
         }
     }

@@ -1,8 +1,8 @@
 //! A trivial AMQP server for measuring the generator itself: completes the handshake, answers setup
 //! methods, discards publishes and confirms them (one multiple ack per read).
 
-use amq_protocol::frame::{AMQPFrame, parse_frame};
-use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
+use amq_protocol::frame::{parse_frame, AMQPFrame};
+use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queue, AMQPClass};
 use amq_protocol::types::{FieldTable, LongString};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,7 +45,11 @@ async fn serve(mut sock: TcpStream) -> anyhow::Result<()> {
         mechanisms: LongString::from("PLAIN"),
         locales: LongString::from("en_US"),
     };
-    sock.write_all(&reply(0, AMQPClass::Connection(connection::AMQPMethod::Start(start)))).await?;
+    sock.write_all(&reply(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Start(start)),
+    ))
+    .await?;
     let mut out = BytesMut::new();
     let mut confirming = false;
     let mut published: u64 = 0;
@@ -61,31 +65,53 @@ async fn serve(mut sock: TcpStream) -> anyhow::Result<()> {
             } else if buf[0] == 1 {
                 if let Ok((_, AMQPFrame::Method(ch, m))) = parse_frame(&buf[..size + 8]) {
                     let answer = match m {
-                        AMQPClass::Connection(connection::AMQPMethod::StartOk(_)) => Some(AMQPClass::Connection(
-                            connection::AMQPMethod::Tune(connection::Tune { channel_max: 2047, frame_max: 131072, heartbeat: 0 }),
-                        )),
+                        AMQPClass::Connection(connection::AMQPMethod::StartOk(_)) => Some(
+                            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                                channel_max: 2047,
+                                frame_max: 131072,
+                                heartbeat: 0,
+                            })),
+                        ),
                         AMQPClass::Connection(connection::AMQPMethod::Open(_)) => {
-                            Some(AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})))
+                            Some(AMQPClass::Connection(connection::AMQPMethod::OpenOk(
+                                connection::OpenOk {},
+                            )))
                         }
                         AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
-                            Some(AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})))
+                            Some(AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                connection::CloseOk {},
+                            )))
                         }
-                        AMQPClass::Channel(channel::AMQPMethod::Open(_)) => Some(AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {}))),
+                        AMQPClass::Channel(channel::AMQPMethod::Open(_)) => Some(
+                            AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+                        ),
                         AMQPClass::Confirm(confirm::AMQPMethod::Select(_)) => {
                             confirming = true;
-                            Some(AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})))
+                            Some(AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(
+                                confirm::SelectOk {},
+                            )))
                         }
                         AMQPClass::Exchange(exchange::AMQPMethod::Declare(_)) => {
-                            Some(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})))
+                            Some(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                                exchange::DeclareOk {},
+                            )))
                         }
-                        AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => Some(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(
-                            queue::DeclareOk { queue: d.queue, message_count: 0, consumer_count: 0 },
-                        ))),
-                        AMQPClass::Queue(queue::AMQPMethod::Purge(_)) => {
-                            Some(AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count: 0 })))
+                        AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => Some(AMQPClass::Queue(
+                            queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                                queue: d.queue,
+                                message_count: 0,
+                                consumer_count: 0,
+                            }),
+                        )),
+                        AMQPClass::Queue(queue::AMQPMethod::Purge(_)) => Some(AMQPClass::Queue(
+                            queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count: 0 }),
+                        )),
+                        AMQPClass::Queue(queue::AMQPMethod::Bind(_)) => Some(AMQPClass::Queue(
+                            queue::AMQPMethod::BindOk(queue::BindOk {}),
+                        )),
+                        AMQPClass::Basic(basic::AMQPMethod::Qos(_)) => {
+                            Some(AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})))
                         }
-                        AMQPClass::Queue(queue::AMQPMethod::Bind(_)) => Some(AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {}))),
-                        AMQPClass::Basic(basic::AMQPMethod::Qos(_)) => Some(AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {}))),
                         _ => None,
                     };
                     if let Some(a) = answer {
