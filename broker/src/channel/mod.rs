@@ -546,7 +546,7 @@ impl Channel {
             )));
         }
         if header.body_size == 0 {
-            return self.publish_content(ctx, publish, &header, raw_properties, Bytes::new());
+            return self.publish_content(ctx, publish, header, raw_properties, Bytes::new());
         }
         self.content = Content::Body {
             publish,
@@ -607,7 +607,7 @@ impl Channel {
             return Ok(());
         };
         let body = first.unwrap_or_else(|| body.freeze());
-        self.publish_content(ctx, publish, &header, raw_properties, body)
+        self.publish_content(ctx, publish, header, raw_properties, body)
     }
 
     /// Sends pending publisher confirms: one basic.ack (`multiple` when it covers several publishes) per

@@ -372,7 +372,9 @@ impl Queue {
     /// Records a use for `x-expires` (queue.declare, basic.get, basic.consume).
     pub fn touch(self: &Arc<Self>) {
         self.lock().last_used = Instant::now();
-        self.ensure_timer();
+        if self.args.expires.is_some() {
+            self.ensure_timer();
+        }
     }
 
     /// Offers a routed message. `own_ttl` is the message's `expiration` in ms, if any.
