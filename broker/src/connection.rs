@@ -31,6 +31,9 @@ use crate::server::Broker;
 /// How long a client has to complete the handshake, and to answer our connection.close.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Smallest frame_max a client may negotiate: AMQP 0-9-1 `frame-min-size` (4096, as RabbitMQ uses;
+/// amq-protocol's generated constant says 8192).
+const FRAME_MIN_SIZE: u32 = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -569,7 +572,7 @@ impl Connection {
                 server.frame_max
             )));
         }
-        if frame_max < amq_protocol::protocol::constants::FRAME_MIN_SIZE {
+        if frame_max < FRAME_MIN_SIZE {
             return Err(AmqpError::not_allowed(format!(
                 "frame_max={frame_max} < 4096 min"
             )));

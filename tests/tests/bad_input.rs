@@ -381,3 +381,101 @@ async fn confirm_waits_for_the_whole_message() {
         other => panic!("expected channel.close 404 and no ack first, got {other:?}"),
     }
 }
+
+/// connection.tune: the client's lower frame_max and channel_max are honoured; higher ones refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tune_honours_the_clients_lower_limits() {
+    use amq_protocol::protocol::connection;
+    let broker = start_broker().await;
+    let mut raw = Raw::open_tuned(&broker, "guest", "guest", "/", 0, 2, 4096).await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
+        ))
+    ));
+    raw.open_channel(1).await;
+    raw.method(1, declare("small-frames")).await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(AMQPFrame::Method(1, AMQPClass::Queue(_)))
+    ));
+    let publish = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+        exchange: "".into(),
+        routing_key: "small-frames".into(),
+        ..Default::default()
+    }));
+    raw.method(1, publish).await;
+    raw.send_bytes(&encode(&AMQPFrame::Header(
+        1,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: 10_000,
+            properties: Default::default(),
+        },
+    )))
+    .await;
+    for chunk in vec![7u8; 10_000].chunks(4088) {
+        raw.send_bytes(&encode(&AMQPFrame::Body(1, chunk.to_vec())))
+            .await;
+    }
+    raw.method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: "small-frames".into(),
+            no_ack: true,
+        })),
+    )
+    .await;
+    let mut bodies = Vec::new();
+    while bodies.iter().map(Vec::len).sum::<usize>() < 10_000 {
+        match raw.recv().await.expect("delivery frames") {
+            AMQPFrame::Body(1, b) => bodies.push(b),
+            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::GetOk(_)))
+            | AMQPFrame::Header(..) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        bodies.len(),
+        3,
+        "10 000 bytes in frames of at most 4096 - 8"
+    );
+    assert!(bodies.iter().all(|b| b.len() <= 4088));
+    // A frame larger than the negotiated 4096 octets is now a frame error.
+    raw.send_bytes(&encode(&AMQPFrame::Body(1, vec![0u8; 5000])))
+        .await;
+    let (code, text) = raw.expect_connection_close().await;
+    assert_eq!(code, 501, "{text}");
+
+    let mut raw = Raw::open_tuned(&broker, "guest", "guest", "/", 0, 2, 131_072).await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
+        ))
+    ));
+    raw.open_channel(2).await;
+    raw.method(
+        3,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    )
+    .await;
+    let (code, text) = raw.expect_connection_close().await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            530,
+            "NOT_ALLOWED - channel id 3 exceeds negotiated channel_max 2"
+        )
+    );
+
+    let mut raw = Raw::open_tuned(&broker, "guest", "guest", "/", 0, 2047, 1_000_000).await;
+    let (code, text) = raw.expect_connection_close().await;
+    assert_eq!(
+        (code, text.as_str()),
+        (530, "NOT_ALLOWED - frame_max=1000000 > 131072 max")
+    );
+}

@@ -31,13 +31,26 @@ impl Raw {
         }
     }
 
-    /// Header, start-ok (PLAIN), tune-ok, open; returns after open-ok.
+    /// Header, start-ok (PLAIN), tune-ok, open (the caller reads open-ok or the close).
     pub async fn open(
         broker: &TestBroker,
         user: &str,
         pass: &str,
         vhost: &str,
         heartbeat: u16,
+    ) -> Raw {
+        Raw::open_tuned(broker, user, pass, vhost, heartbeat, 2047, 131_072).await
+    }
+
+    /// Like [`Raw::open`], answering connection.tune with `channel_max` and `frame_max`.
+    pub async fn open_tuned(
+        broker: &TestBroker,
+        user: &str,
+        pass: &str,
+        vhost: &str,
+        heartbeat: u16,
+        channel_max: u16,
+        frame_max: u32,
     ) -> Raw {
         let mut raw = Raw::connect_bare(broker).await;
         raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
@@ -67,8 +80,8 @@ impl Raw {
             other => return raw.with_pending(other),
         }
         let tune_ok = connection::TuneOk {
-            channel_max: 2047,
-            frame_max: 131_072,
+            channel_max,
+            frame_max,
             heartbeat,
         };
         raw.method(
