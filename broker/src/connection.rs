@@ -218,7 +218,9 @@ impl Connection {
                     }
                     // RabbitMQ reports undecodable payloads as frame errors (rabbit_reader frame_error).
                     let code = match e {
-                        FrameError::UnknownMethod { .. } => AMQPHardError::NOTIMPLEMENTED,
+                        FrameError::UnknownMethod { .. } | FrameError::PrefetchSize(_) => {
+                            AMQPHardError::NOTIMPLEMENTED
+                        }
                         _ => AMQPHardError::FRAMEERROR,
                     };
                     warn!(conn = self.id, peer = %self.peer, error = %e, "bad frame");

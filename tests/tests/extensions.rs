@@ -722,7 +722,7 @@ async fn consumer_priorities() {
             table(&[("x-priority", s("high"))]),
         )
         .await;
-    assert_eq!(expect_code(bad, 406), "PRECONDITION_FAILED - invalid arg 'x-priority' for queue 'cp' in vhost '/': {unacceptable_type,longstr}");
+    assert_eq!(expect_code(bad, 406), "PRECONDITION_FAILED - invalid arg 'x-priority' for queue 'cp' in vhost '/': \"expected integer, got longstr\"");
 }
 
 /// docs/ae.md: unroutable messages go to the alternate exchange (and are not returned as unroutable).
@@ -860,6 +860,12 @@ async fn invalid_queue_arguments_are_406() {
             s("stream"),
             "queue type 'stream' is not supported by Warren; use 'classic'",
         ),
+        (
+            "x-queue-type",
+            s("fancy"),
+            "\"unsupported queue type 'fancy'\"",
+        ),
+        ("x-max-length", s("5"), "\"expected integer, got longstr\""),
         ("x-expires", AMQPValue::LongInt(0), "{value_zero,0}"),
     ];
     for (key, value, detail) in cases {
@@ -875,6 +881,17 @@ async fn invalid_queue_arguments_are_406() {
         );
         assert_eq!(text, format!("PRECONDITION_FAILED - invalid arg '{key}' for queue 'bad-args' in vhost '/': {detail}"));
     }
+    let ch = channel(&conn).await;
+    let text = expect_code(
+        ch.queue_declare(
+            "bad-args".into(),
+            QueueDeclareOptions::default(),
+            table(&[("x-dead-letter-exchange", AMQPValue::LongInt(5))]),
+        )
+        .await,
+        406,
+    );
+    assert_eq!(text, "PRECONDITION_FAILED - invalid type 'signedint' for arg 'x-dead-letter-exchange' in queue 'bad-args' in vhost '/'");
     let ch = channel(&conn).await;
     declare(&ch, "classic-q", table(&[("x-queue-type", s("classic"))])).await;
     let passive = QueueDeclareOptions {

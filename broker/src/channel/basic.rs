@@ -67,7 +67,7 @@ impl Channel {
                 .and_then(|n| i32::try_from(n).ok())
                 .ok_or_else(|| {
                     AmqpError::precondition_failed(format!(
-                        "invalid arg 'x-priority' for queue '{name}' in vhost '{}': {{unacceptable_type,{}}}",
+                        "invalid arg 'x-priority' for queue '{name}' in vhost '{}': \"expected integer, got {}\"",
                         ctx.vhost.name,
                         crate::queue::args::type_name(v)
                     ))

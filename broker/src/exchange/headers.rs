@@ -43,7 +43,7 @@ fn parse_match(args: &FieldTable) -> Result<MatchKind, String> {
         b"all-with-x" => Ok(MatchKind::AllWithX),
         b"any-with-x" => Ok(MatchKind::AnyWithX),
         other => Err(format!(
-            "Invalid x-match field value \"{}\"; expected all, any, all-with-x, or any-with-x",
+            "Invalid x-match field value <<\"{}\">>; expected all, any, all-with-x, or any-with-x",
             String::from_utf8_lossy(other)
         )),
     }
@@ -257,7 +257,7 @@ mod tests {
         };
         let err = h.validate_binding(&binding).unwrap_err();
         assert!(
-            err.contains("Invalid x-match field value \"some\""),
+            err.contains("Invalid x-match field value <<\"some\">>"),
             "{err}"
         );
     }

@@ -62,6 +62,10 @@ pub enum FrameError {
         /// Method id from the payload.
         method_id: u16,
     },
+    /// basic.qos with a non-zero prefetch_size, which RabbitMQ refuses with 540 NOT_IMPLEMENTED
+    /// (`prefetch_size!=0 (N)`); amq-protocol's decoded `Qos` drops the field, so it is checked here.
+    #[error("prefetch_size!=0 ({0})")]
+    PrefetchSize(u32),
     /// A known method or content header whose arguments do not decode (501 FRAME_ERROR, as RabbitMQ).
     #[error("malformed {what} frame on channel {channel}")]
     Malformed {
@@ -123,6 +127,12 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame
 }
 
 fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, FrameError> {
+    if payload.len() >= 8 && payload[..4] == [0, 60, 0, 10] {
+        let prefetch_size = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+        if prefetch_size != 0 {
+            return Err(FrameError::PrefetchSize(prefetch_size));
+        }
+    }
     match amq_protocol::protocol::parse_class(payload) {
         Ok((&[], class)) => Ok(Frame::Method(channel, Box::new(class))),
         _ => {

@@ -54,7 +54,8 @@ const MAX_EXPIRY: i128 = 4_294_967_295;
 type Check<T> = Result<T, String>;
 
 fn int(v: &AMQPValue) -> Check<i128> {
-    int_value(v).ok_or_else(|| format!("{{unacceptable_type,{}}}", type_name(v)))
+    // RabbitMQ 3.10's wording for a non-integer where an integer is required.
+    int_value(v).ok_or_else(|| format!("\"expected integer, got {}\"", type_name(v)))
 }
 
 fn non_neg(v: &AMQPValue) -> Check<u64> {
@@ -99,6 +100,25 @@ pub struct InvalidArg {
     pub key: &'static str,
     /// RabbitMQ's error term, e.g. `{value_negative,-1}`.
     pub detail: String,
+    /// Set for a dead-letter argument of the wrong type, which RabbitMQ reports in another sentence:
+    /// `invalid type 'signedint' for arg 'x-dead-letter-exchange' in queue 'q' in vhost '/'`.
+    pub wrong_type: Option<&'static str>,
+}
+
+impl InvalidArg {
+    /// The reply text after `PRECONDITION_FAILED - `, in RabbitMQ's words.
+    pub fn text(&self, queue: &str, vhost: &str) -> String {
+        match self.wrong_type {
+            Some(t) => format!(
+                "invalid type '{t}' for arg '{}' in queue '{queue}' in vhost '{vhost}'",
+                self.key
+            ),
+            None => format!(
+                "invalid arg '{}' for queue '{queue}' in vhost '{vhost}': {}",
+                self.key, self.detail
+            ),
+        }
+    }
 }
 
 impl QueueArgs {
@@ -109,7 +129,20 @@ impl QueueArgs {
     pub fn parse(args: &FieldTable) -> Result<QueueArgs, InvalidArg> {
         let mut out = QueueArgs::default();
         let get = |key: &str| args.inner().get(key);
-        let fail = |key: &'static str| move |detail: String| InvalidArg { key, detail };
+        let fail = |key: &'static str| {
+            move |detail: String| InvalidArg {
+                key,
+                detail,
+                wrong_type: None,
+            }
+        };
+        let dead_letter_string = |key: &'static str, v: &AMQPValue| {
+            string(v).map_err(|detail| InvalidArg {
+                key,
+                detail,
+                wrong_type: Some(type_name(v)),
+            })
+        };
         if let Some(v) = get("x-message-ttl") {
             out.message_ttl = Some(expiry(v, true).map_err(fail("x-message-ttl"))?);
         }
@@ -135,11 +168,10 @@ impl QueueArgs {
             };
         }
         if let Some(v) = get("x-dead-letter-exchange") {
-            out.dead_letter_exchange = Some(string(v).map_err(fail("x-dead-letter-exchange"))?);
+            out.dead_letter_exchange = Some(dead_letter_string("x-dead-letter-exchange", v)?);
         }
         if let Some(v) = get("x-dead-letter-routing-key") {
-            out.dead_letter_routing_key =
-                Some(string(v).map_err(fail("x-dead-letter-routing-key"))?);
+            out.dead_letter_routing_key = Some(dead_letter_string("x-dead-letter-routing-key", v)?);
             if out.dead_letter_exchange.is_none() {
                 return Err(fail("x-dead-letter-routing-key")(
                     "routing_key_but_no_dlx_defined".into(),
@@ -184,7 +216,7 @@ impl QueueArgs {
                 }
                 other => {
                     return Err(fail("x-queue-type")(format!(
-                        "unknown queue type '{other}'"
+                        "\"unsupported queue type '{other}'\""
                     )))
                 }
             }
@@ -247,7 +279,11 @@ mod tests {
                 AMQPValue::LongInt(-1),
                 "{value_negative,-1}",
             ),
-            ("x-message-ttl", s("10"), "{unacceptable_type,longstr}"),
+            (
+                "x-message-ttl",
+                s("10"),
+                "\"expected integer, got longstr\"",
+            ),
             ("x-expires", AMQPValue::LongInt(0), "{value_zero,0}"),
             (
                 "x-max-length",
@@ -266,7 +302,11 @@ mod tests {
                 s("quorum"),
                 "queue type 'quorum' is not supported by Warren; use 'classic'",
             ),
-            ("x-queue-type", s("fancy"), "unknown queue type 'fancy'"),
+            (
+                "x-queue-type",
+                s("fancy"),
+                "\"unsupported queue type 'fancy'\"",
+            ),
             (
                 "x-single-active-consumer",
                 s("yes"),

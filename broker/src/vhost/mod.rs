@@ -92,13 +92,19 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// An argument value as RabbitMQ prints it in an inequivalence error: `the value '5' of type 'signedint'`.
 fn show(v: &AMQPValue) -> String {
-    match v {
-        AMQPValue::LongString(s) => format!("'{s}'"),
-        AMQPValue::ShortString(s) => format!("'{s}'"),
-        AMQPValue::Boolean(b) => format!("'{b}'"),
-        other => format!("{other:?}"),
-    }
+    let plain = match v {
+        AMQPValue::LongString(s) => s.to_string(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        other => crate::protocol::values::int_value(other)
+            .map_or_else(|| format!("{other:?}"), |n| n.to_string()),
+    };
+    format!(
+        "the value '{plain}' of type '{}'",
+        crate::protocol::values::type_name(v)
+    )
 }
 
 impl VHost {
@@ -401,12 +407,8 @@ impl VHost {
             let counts = q.counts();
             return Ok((q, counts));
         }
-        let mut parsed = QueueArgs::parse(arguments).map_err(|e| {
-            AmqpError::precondition_failed(format!(
-                "invalid arg '{}' for queue '{}' in vhost '{}': {}",
-                e.key, name, self.name, e.detail
-            ))
-        })?;
+        let mut parsed = QueueArgs::parse(arguments)
+            .map_err(|e| AmqpError::precondition_failed(e.text(name.as_str(), &self.name)))?;
         let generated = name.as_str().is_empty();
         let name = if generated {
             generate_name("amq.gen-")
