@@ -250,11 +250,12 @@ impl Connection {
             class_id,
             method_id,
         };
+        // As for channel.close: consumers detached before the close goes out, so no delivery follows it.
+        self.release_channels();
         self.send(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Close(close)),
         );
-        self.release_channels();
         self.state = State::Closing;
         self.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
     }

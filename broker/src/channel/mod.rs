@@ -674,6 +674,11 @@ impl Channel {
         class_id: u16,
         method_id: u16,
     ) {
+        // Detach consumers first: once channel.close is on the wire, no delivery may follow it (a queue
+        // dispatching on another thread could otherwise slip one in; clients such as lapin then fail
+        // the whole connection). `release` waits for in-flight dispatches through each queue's lock.
+        self.release(ctx);
+        self.closing = true;
         let close = amqp_channel::Close {
             reply_code: error.reply_code(),
             reply_text: short_text(error.reply_text()),
@@ -684,8 +689,6 @@ impl Channel {
             ctx,
             AMQPClass::Channel(amqp_channel::AMQPMethod::Close(close)),
         );
-        self.release(ctx);
-        self.closing = true;
     }
 
     /// Frees the channel: cancels its consumers (deleting auto-delete queues left without one) and

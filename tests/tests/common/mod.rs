@@ -51,6 +51,13 @@ pub async fn start_broker() -> TestBroker {
 }
 
 pub async fn start_broker_with(config: Config) -> TestBroker {
+    // WARREN_TEST_LOG=debug (a tracing filter) shows the broker's log in test output.
+    if let Ok(filter) = std::env::var("WARREN_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let broker = Arc::new(Broker::new(config).expect("broker config"));
