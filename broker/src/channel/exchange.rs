@@ -1,6 +1,7 @@
 //! exchange.* handlers (AMQP 0-9-1 §1.6).
 
 use amq_protocol::protocol::{exchange, AMQPClass};
+use amq_protocol::types::{FieldTable, ShortString};
 
 use super::{Channel, ConnectionContext};
 use crate::auth::Access;
@@ -61,15 +62,30 @@ impl Channel {
         Ok(())
     }
 
+    /// The shared part of exchange.bind and exchange.unbind: permissions (write on the destination,
+    /// read on the source, RabbitMQ docs/access-control.md), then the vhost change.
+    fn change_exchange_binding(
+        ctx: &ConnectionContext,
+        destination: &str,
+        source: &str,
+        key: &ShortString,
+        arguments: &FieldTable,
+        bind: bool,
+    ) -> AmqpResult {
+        ctx.check(Access::Write, "exchange", destination)?;
+        ctx.check(Access::Read, "exchange", source)?;
+        ctx.vhost
+            .exchange_bind(destination, source, key, arguments, bind)
+    }
+
     /// exchange.bind → bind-ok (RabbitMQ docs/e2e.md).
     pub(super) fn exchange_bind(
         &mut self,
         ctx: &mut ConnectionContext,
         m: exchange::Bind,
     ) -> AmqpResult {
-        ctx.check(Access::Write, "exchange", m.destination.as_str())?;
-        ctx.check(Access::Read, "exchange", m.source.as_str())?;
-        ctx.vhost.exchange_bind(
+        Self::change_exchange_binding(
+            ctx,
             m.destination.as_str(),
             m.source.as_str(),
             &m.routing_key,
@@ -91,9 +107,8 @@ impl Channel {
         ctx: &mut ConnectionContext,
         m: exchange::Unbind,
     ) -> AmqpResult {
-        ctx.check(Access::Write, "exchange", m.destination.as_str())?;
-        ctx.check(Access::Read, "exchange", m.source.as_str())?;
-        ctx.vhost.exchange_bind(
+        Self::change_exchange_binding(
+            ctx,
             m.destination.as_str(),
             m.source.as_str(),
             &m.routing_key,

@@ -1,7 +1,7 @@
 //! queue.* handlers (AMQP 0-9-1 §1.7).
 
 use amq_protocol::protocol::{queue, AMQPClass};
-use amq_protocol::types::ShortString;
+use amq_protocol::types::{FieldTable, ShortString};
 
 use super::{Channel, ConnectionContext};
 use crate::auth::Access;
@@ -87,17 +87,38 @@ impl Channel {
         Ok(())
     }
 
-    /// queue.bind → bind-ok.
-    pub(super) fn queue_bind(&mut self, ctx: &mut ConnectionContext, m: queue::Bind) -> AmqpResult {
-        let name = self.queue_name(m.queue)?;
+    /// The shared part of queue.bind and queue.unbind: permissions (write on the queue, read on the
+    /// exchange, RabbitMQ docs/access-control.md), then the vhost change.
+    fn change_queue_binding(
+        &self,
+        ctx: &ConnectionContext,
+        queue: ShortString,
+        exchange: &ShortString,
+        key: &ShortString,
+        arguments: &FieldTable,
+        bind: bool,
+    ) -> AmqpResult {
+        let name = self.queue_name(queue)?;
         ctx.check(Access::Write, "queue", name.as_str())?;
-        ctx.check(Access::Read, "exchange", m.exchange.as_str())?;
+        ctx.check(Access::Read, "exchange", exchange.as_str())?;
         ctx.vhost.queue_bind(
             name.as_str(),
-            m.exchange.as_str(),
+            exchange.as_str(),
+            key,
+            arguments,
+            ctx.conn_id,
+            bind,
+        )
+    }
+
+    /// queue.bind → bind-ok.
+    pub(super) fn queue_bind(&mut self, ctx: &mut ConnectionContext, m: queue::Bind) -> AmqpResult {
+        self.change_queue_binding(
+            ctx,
+            m.queue,
+            &m.exchange,
             &m.routing_key,
             &m.arguments,
-            ctx.conn_id,
             true,
         )?;
         if !m.nowait {
@@ -115,15 +136,12 @@ impl Channel {
         ctx: &mut ConnectionContext,
         m: queue::Unbind,
     ) -> AmqpResult {
-        let name = self.queue_name(m.queue)?;
-        ctx.check(Access::Write, "queue", name.as_str())?;
-        ctx.check(Access::Read, "exchange", m.exchange.as_str())?;
-        ctx.vhost.queue_bind(
-            name.as_str(),
-            m.exchange.as_str(),
+        self.change_queue_binding(
+            ctx,
+            m.queue,
+            &m.exchange,
             &m.routing_key,
             &m.arguments,
-            ctx.conn_id,
             false,
         )?;
         self.reply(
