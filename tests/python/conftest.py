@@ -1,6 +1,9 @@
 """Starts the real `warren` binary on a free loopback port for the pika tests.
 
 WARREN_BIN names the binary (default: target/debug/warren under the repository root).
+WARREN_TEST_BROKER=HOST:PORT runs the tests against an already running broker instead (for example a
+RabbitMQ, to check that the tests encode RabbitMQ's behaviour); tests that need their own
+configuration or a restart are skipped then.
 """
 import os
 import pathlib
@@ -56,8 +59,28 @@ class Broker:
         return self.proc.wait(timeout=10)
 
 
+class External:
+    """A broker someone else runs (WARREN_TEST_BROKER)."""
+
+    def __init__(self, address):
+        host, port = address.rsplit(":", 1)
+        self.host, self.port = host, int(port)
+
+    def params(self, user="guest", password="guest", vhost="/"):
+        return pika.ConnectionParameters(self.host, self.port, vhost, pika.PlainCredentials(user, password))
+
+    def connect(self, **kwargs):
+        return pika.BlockingConnection(self.params(**kwargs))
+
+
+EXTERNAL = os.environ.get("WARREN_TEST_BROKER")
+
+
 @pytest.fixture(scope="module")
 def broker():
+    if EXTERNAL:
+        yield External(EXTERNAL)
+        return
     b = Broker()
     yield b
     if b.proc.poll() is None:
@@ -66,6 +89,8 @@ def broker():
 
 @pytest.fixture
 def fresh_broker():
+    if EXTERNAL:
+        pytest.skip("needs a broker of its own")
     b = Broker()
     yield b
     if b.proc.poll() is None:
@@ -75,6 +100,8 @@ def fresh_broker():
 @pytest.fixture
 def configured_broker(tmp_path):
     """A factory: configured_broker(toml_text) starts a broker with that config file."""
+    if EXTERNAL:
+        pytest.skip("needs a broker with its own configuration")
     started = []
 
     def start(text):
