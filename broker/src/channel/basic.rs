@@ -8,14 +8,14 @@ use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::{basic, channel, confirm, tx, AMQPClass};
 use bytes::Bytes;
 
-use super::{requeue_all, write_message, Channel, ConnectionContext, Publication, TxOp, Unacked};
+use super::{settle, write_message, Channel, ConnectionContext, Publication, Settle, TxOp};
 use crate::auth::Access;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{
     encode_properties, expiration_ms, header_strings, rebuild_properties, Message,
 };
 use crate::protocol::encode;
-use crate::queue::{ConsumeRefused, Consumer, ConsumerSink, PublishOutcome, Queue, QueuedMessage};
+use crate::queue::{ConsumeRefused, Consumer, ConsumerSink, PublishOutcome};
 use crate::vhost::generate_name;
 use crate::vhost::reply_to::{ReplySink, REPLY_TO, REPLY_TO_PREFIX};
 use amq_protocol::types::ShortString;
@@ -448,11 +448,14 @@ impl Channel {
         }
         let mut taken = Vec::new();
         self.shared.take(tag, multiple, &mut taken)?;
-        if requeue {
-            requeue_all(taken);
-        } else {
-            settle(&mut taken, Settle::Reject);
-        }
+        settle(
+            &mut taken,
+            if requeue {
+                Settle::Requeue
+            } else {
+                Settle::Reject
+            },
+        );
         self.kick_global_prefetch();
         Ok(())
     }
@@ -478,7 +481,7 @@ impl Channel {
         }
         let mut taken = Vec::new();
         self.shared.take(0, true, &mut taken)?;
-        requeue_all(taken);
+        settle(&mut taken, Settle::Requeue);
         self.kick_global_prefetch();
         Ok(())
     }
@@ -591,40 +594,5 @@ impl Channel {
             AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active })),
         );
         Ok(())
-    }
-}
-
-/// How deliveries are settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Settle {
-    /// basic.ack: done with.
-    Ack,
-    /// basic.reject / nack without requeue: dead-lettered with reason `rejected` (or dropped).
-    Reject,
-}
-
-/// Releases consumer prefetch for settled deliveries and tells each queue (once per run of the same
-/// queue) so it can dispatch into the freed capacity. Empties `settled`.
-fn settle(settled: &mut Vec<Unacked>, how: Settle) {
-    let mut run: Option<(Arc<Queue>, Vec<QueuedMessage>)> = None;
-    let finish = |q: Arc<Queue>, ms: Vec<QueuedMessage>| match how {
-        Settle::Ack => q.settle(ms.len()),
-        Settle::Reject => q.reject(ms),
-    };
-    for u in settled.drain(..) {
-        if let Some(c) = &u.consumer {
-            c.unacked.fetch_sub(1, Ordering::Relaxed);
-        }
-        match &mut run {
-            Some((q, ms)) if Arc::ptr_eq(q, &u.queue) => ms.push(u.message),
-            _ => {
-                if let Some((q, ms)) = run.replace((u.queue, vec![u.message])) {
-                    finish(q, ms);
-                }
-            }
-        }
-    }
-    if let Some((q, ms)) = run {
-        finish(q, ms);
     }
 }

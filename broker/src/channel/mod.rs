@@ -696,13 +696,13 @@ impl Channel {
     pub fn release(&mut self, ctx: &ConnectionContext) {
         self.content = Content::Idle;
         self.tx = None;
-        let (consumers, unacked) = {
+        let (consumers, mut unacked) = {
             let mut d = self.shared.lock();
             if let Some((token, _)) = d.reply.take() {
                 ctx.vhost.replies.unregister(&token);
             }
             let consumers: Vec<_> = d.consumers.drain().map(|(_, v)| v).collect();
-            let unacked: Vec<_> = d.unacked.drain(..).collect();
+            let unacked: Vec<Unacked> = d.unacked.drain(..).collect();
             self.shared.unacked_len.store(0, Ordering::Relaxed);
             (consumers, unacked)
         };
@@ -711,24 +711,46 @@ impl Channel {
                 ctx.vhost.remove_queue(&queue);
             }
         }
-        requeue_all(unacked);
+        settle(&mut unacked, Settle::Requeue);
     }
 }
 
-/// Requeues deliveries, grouped by queue, and releases their consumers' prefetch.
-fn requeue_all(unacked: Vec<Unacked>) {
-    let mut by_queue: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
-    for u in unacked {
+/// How deliveries are settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// basic.ack: done with.
+    Ack,
+    /// basic.reject / nack without requeue: dead-lettered with reason `rejected` (or dropped).
+    Reject,
+    /// nack/reject with requeue, recover, or the channel going away: back to the queue at the original
+    /// position, flagged redelivered.
+    Requeue,
+}
+
+/// Releases consumer prefetch for settled deliveries and hands them to their queue (once per run of
+/// the same queue), which dispatches into the freed capacity. Empties `settled`.
+fn settle(settled: &mut Vec<Unacked>, how: Settle) {
+    let mut run: Option<(Arc<Queue>, Vec<QueuedMessage>)> = None;
+    let finish = |q: Arc<Queue>, ms: Vec<QueuedMessage>| match how {
+        Settle::Ack => q.settle(ms.len()),
+        Settle::Reject => q.reject(ms),
+        Settle::Requeue => q.requeue(ms),
+    };
+    for u in settled.drain(..) {
         if let Some(c) = &u.consumer {
             c.unacked.fetch_sub(1, Ordering::Relaxed);
         }
-        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, ms)) => ms.push(u.message),
-            None => by_queue.push((u.queue, vec![u.message])),
+        match &mut run {
+            Some((q, ms)) if Arc::ptr_eq(q, &u.queue) => ms.push(u.message),
+            _ => {
+                if let Some((q, ms)) = run.replace((u.queue, vec![u.message])) {
+                    finish(q, ms);
+                }
+            }
         }
     }
-    for (q, ms) in by_queue {
-        q.requeue(ms);
+    if let Some((q, ms)) = run {
+        finish(q, ms);
     }
 }
 
