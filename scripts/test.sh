@@ -6,10 +6,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+# The crash test (tests/tests/durability.rs), the pika and the Go suites drive the real binary.
+cargo build --locked --bin warren
+
 echo "== cargo test (unit + lapin integration tests)"
 cargo test --workspace --locked
-# The pika and Go suites drive the real binary.
-cargo build --locked --bin warren
 
 echo "== pika tests"
 venv=tests/python/.venv

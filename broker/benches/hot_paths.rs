@@ -27,6 +27,7 @@ fn queue(name: &str) -> Arc<Queue> {
         FieldTable::default(),
         Default::default(),
         owner,
+        None,
     ))
 }
 

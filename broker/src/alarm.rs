@@ -77,11 +77,13 @@ fn total_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Checks the limits (memory every 50 ms, disk every second) and publishes the state on `alarms` until
+/// Checks the limits (memory every 50 ms, disk every second; a failing queue log write counts as a disk
+/// alarm at once) and publishes the state on `alarms` until
 /// `stop` is cancelled.
 pub async fn monitor(
     limits: Limits,
     alarms: std::sync::Arc<watch::Sender<AlarmState>>,
+    store: Option<std::sync::Arc<crate::store::Store>>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -101,7 +103,8 @@ pub async fn monitor(
         n += 1;
         let state = AlarmState {
             memory: crate::message::message_bytes() as u64 > limits.memory_bytes,
-            disk,
+            // A failing queue log write (disk full, I/O error) raises the disk alarm too.
+            disk: disk || store.as_ref().is_some_and(|s| s.io_error()),
         };
         alarms.send_if_modified(|current| {
             if *current == state {

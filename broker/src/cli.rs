@@ -7,6 +7,9 @@ use clap::Parser;
 
 use crate::config::Config;
 
+/// Where the binary keeps durable state unless told otherwise (the library's default is none).
+pub const DEFAULT_DATA_DIR: &str = "warren-data";
+
 /// Warren: an AMQP 0-9-1 message broker, wire-compatible with RabbitMQ.
 #[derive(Debug, Parser)]
 #[command(name = "warren", version, about)]
@@ -18,7 +21,8 @@ pub struct Cli {
     /// In the environment, separate several with commas.
     #[arg(long, env = "WARREN_LISTEN", value_delimiter = ',')]
     pub listen: Vec<String>,
-    /// Directory for durable state.
+    /// Directory for durable state: durable exchanges, queues and bindings, persistent messages
+    /// (default `warren-data` in the working directory).
     #[arg(long, env = "WARREN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Directory of .wasm plugins.
@@ -45,9 +49,10 @@ impl Cli {
         if !self.listen.is_empty() {
             config.listen = self.listen;
         }
-        if self.data_dir.is_some() {
-            config.data_dir = self.data_dir;
-        }
+        config.data_dir = self
+            .data_dir
+            .or(config.data_dir)
+            .or_else(|| Some(PathBuf::from(DEFAULT_DATA_DIR)));
         if self.plugin_dir.is_some() {
             config.plugin_dir = self.plugin_dir;
         }

@@ -78,7 +78,8 @@ fn default_apply_to() -> String {
 pub struct Config {
     /// Addresses to accept AMQP connections on, `HOST:PORT` (default `127.0.0.1:5672`).
     pub listen: Vec<String>,
-    /// Where durable state is kept (used by the durability work; accepted now).
+    /// Where durable state is kept; `None` keeps everything in memory (the binary defaults to
+    /// `warren-data`).
     pub data_dir: Option<PathBuf>,
     /// Directory of `.wasm` plugins (used by the plugin work; accepted now).
     pub plugin_dir: Option<PathBuf>,
@@ -113,6 +114,12 @@ pub struct Config {
     /// Free disk space (bytes, on `data_dir` or the working directory) below which publishers are blocked
     /// (RabbitMQ `disk_free_limit`, default 50 MB).
     pub disk_free_limit: u64,
+    /// Body octets of ready messages a durable queue keeps in memory; beyond it new messages are paged
+    /// out to the queue's log and read back in order (default 16 MiB).
+    pub queue_memory_limit: u64,
+    /// Size at which a queue log starts a new segment file, octets (default 16 MiB); emptied segments
+    /// are deleted.
+    pub segment_size: u64,
     /// Delivery acknowledgement timeout, ms (RabbitMQ `consumer_timeout`, default 30 min); a queue's
     /// `x-consumer-timeout` overrides it.
     pub consumer_timeout: u64,
@@ -150,6 +157,8 @@ impl Default for Config {
             memory_high_watermark: 0.4,
             memory_high_watermark_absolute: None,
             disk_free_limit: 50_000_000,
+            queue_memory_limit: 16 << 20,
+            segment_size: 16 << 20,
         }
     }
 }

@@ -144,7 +144,9 @@ impl Connection {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_heartbeat_sent = Instant::now();
         let mut alarms = self.broker.alarms.subscribe();
+        let mut commits = self.broker.store.as_ref().map(|s| s.commits());
         loop {
+            let awaiting = self.channels.values().any(Channel::awaits_durability);
             self.apply_alarm(*alarms.borrow_and_update());
             tokio::select! {
                 biased;
@@ -161,6 +163,13 @@ impl Connection {
                     }
                 }
                 Ok(()) = alarms.changed() => {}
+                Ok(()) = store_committed(&mut commits), if awaiting => {
+                    if let Some(ctx) = &self.ctx {
+                        for ch in self.channels.values_mut() {
+                            ch.flush_confirms(ctx);
+                        }
+                    }
+                }
                 read = rd.read_buf(&mut buf), if !self.blocked => {
                     if read? == 0 {
                         return Ok(());
@@ -662,6 +671,16 @@ fn parse_amqplain(response: &[u8]) -> Option<(String, String)> {
         _ => None,
     };
     Some((text("LOGIN")?, text("PASSWORD")?))
+}
+
+/// Completes when the store finishes a commit round (never without a store).
+async fn store_committed(
+    commits: &mut Option<tokio::sync::watch::Receiver<u64>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match commits {
+        Some(r) => r.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

@@ -16,4 +16,5 @@ pub mod message;
 pub mod protocol;
 pub mod queue;
 pub mod server;
+pub mod store;
 pub mod vhost;

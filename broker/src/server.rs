@@ -25,6 +25,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::definitions::{field_table, Definitions};
 use crate::exchange::registry::Registry;
+use crate::store::Store;
 use crate::vhost::policy::Policy;
 use crate::vhost::{ExchangeFlags, QueueFlags, VHost};
 
@@ -43,6 +44,8 @@ pub struct Broker {
     pub registry: Arc<Registry>,
     /// Resource alarms; connections subscribe to block publishers.
     pub alarms: Arc<watch::Sender<AlarmState>>,
+    /// The data directory, when one is configured.
+    pub store: Option<Arc<Store>>,
     vhosts: HashMap<String, Arc<VHost>>,
     next_connection: AtomicU64,
 }
@@ -87,9 +90,20 @@ impl Broker {
             auth.set_permission(&p.user, &p.vhost, &p.configure, &p.write, &p.read)?;
         }
         auth.set_loopback_users(config.loopback_users.iter().cloned());
+        let store = match &config.data_dir {
+            Some(dir) => Some(Store::open(
+                dir,
+                config.segment_size,
+                config.queue_memory_limit,
+            )?),
+            None => None,
+        };
         let vhosts: HashMap<String, Arc<VHost>> = vhost_names
             .iter()
-            .map(|name| (name.clone(), VHost::new(name, Arc::clone(&registry))))
+            .map(|name| {
+                let v = VHost::new(name, Arc::clone(&registry), store.clone());
+                (name.clone(), v)
+            })
             .collect();
         let mut by_vhost: HashMap<&str, Vec<Policy>> = HashMap::new();
         for p in &policies {
@@ -105,10 +119,14 @@ impl Broker {
                 v.set_policies(list);
             }
         }
+        for v in vhosts.values() {
+            v.recover()?;
+        }
         let broker = Broker {
             config,
             auth,
             registry,
+            store,
             alarms: Arc::new(watch::channel(AlarmState::default()).0),
             vhosts,
             next_connection: AtomicU64::new(1),
@@ -247,6 +265,7 @@ pub async fn run(
     tracker.spawn(crate::alarm::monitor(
         Limits::from_config(&broker.config),
         Arc::clone(&broker.alarms),
+        broker.store.clone(),
         cancel.clone(),
     ));
     shutdown.await;
@@ -258,5 +277,8 @@ pub async fn run(
         .is_err()
     {
         error!("connections did not close within {SHUTDOWN_GRACE:?}");
+    }
+    if let Some(store) = &broker.store {
+        store.shutdown();
     }
 }

@@ -10,6 +10,7 @@ import pathlib
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 import pika
@@ -28,7 +29,8 @@ class Broker:
     def __init__(self, config_text=None, tmp_path=None):
         self.port = free_port()
         binary = os.environ.get("WARREN_BIN", str(ROOT / "target" / "debug" / "warren"))
-        args = [binary, "--listen", f"127.0.0.1:{self.port}", "--log", "warn"]
+        self.data_dir = tempfile.mkdtemp(prefix="warren-pika-")
+        args = [binary, "--listen", f"127.0.0.1:{self.port}", "--log", "warn", "--data-dir", self.data_dir]
         if config_text is not None:
             path = pathlib.Path(tmp_path) / "warren.toml"
             path.write_text(config_text)

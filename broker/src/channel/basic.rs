@@ -336,8 +336,10 @@ impl Channel {
         }
         let mut routed_to_any = false;
         let mut rejected = false;
+        let mut waits = Vec::new();
         for q in queues.drain(..) {
-            match q.publish(Arc::clone(message), p.own_ttl) {
+            let (outcome, lsn) = q.publish_durable(Arc::clone(message), p.own_ttl);
+            match outcome {
                 PublishOutcome::Enqueued => routed_to_any = true,
                 PublishOutcome::Rejected => {
                     routed_to_any = true;
@@ -345,10 +347,18 @@ impl Channel {
                 }
                 PublishOutcome::Deleted => {}
             }
+            if let (Some(lsn), true) = (lsn, self.confirm) {
+                waits.push((q, lsn));
+            }
         }
         ctx.route_queues = queues;
         if rejected && self.confirm {
             self.nacks.push(self.publish_seq);
+        } else if !waits.is_empty() {
+            self.durable_waits.push_back(super::DurableWait {
+                seq: self.publish_seq,
+                waits,
+            });
         }
         if !routed_to_any && p.mandatory {
             self.return_unroutable(ctx, message);

@@ -31,6 +31,7 @@ use crate::message::MessageRef;
 use crate::protocol::encode;
 use crate::protocol::outbound::Outbound;
 use crate::queue::{Consumer, ConsumerSink, Queue, QueuedMessage};
+use crate::store::Durability;
 use crate::vhost::reply_to::ReplySink;
 use crate::vhost::VHost;
 
@@ -397,8 +398,10 @@ pub struct Channel {
     publish_seq: u64,
     /// Highest sequence number confirmed so far.
     confirmed: u64,
-    /// Unconfirmed sequence numbers to nack (a queue refused them), ascending.
+    /// Unconfirmed sequence numbers to nack (a queue refused them, a log write failed), ascending.
     nacks: Vec<u64>,
+    /// Publishes whose confirm waits for queue logs to reach the disk, in publish order.
+    durable_waits: VecDeque<DurableWait>,
     /// Transaction mode (tx.select) and its pending operations.
     tx: Option<Vec<TxOp>>,
     /// Prefetch count for consumers created from now on (`basic.qos global=false`).
@@ -429,6 +432,7 @@ impl Channel {
             publish_seq: 0,
             confirmed: 0,
             nacks: Vec::new(),
+            durable_waits: VecDeque::new(),
             tx: None,
             consumer_prefetch: 0,
             last_queue: None,
@@ -613,16 +617,41 @@ impl Channel {
     /// Sends pending publisher confirms: one basic.ack (`multiple` when it covers several publishes) per
     /// run of accepted publishes and a basic.nack for each refused one. Called once per batch of frames
     /// read, so a burst of publishes costs one ack.
+    ///
+    /// A persistent message routed to durable queues is confirmed only once every such queue's log has
+    /// fsynced it (RabbitMQ docs/confirms.md "When Will Published Messages Be Confirmed"), and nacked if
+    /// the write failed; later publishes wait behind it so that `multiple` acks stay truthful.
     pub fn flush_confirms(&mut self, ctx: &ConnectionContext) {
         if !self.confirm || self.closing || self.publish_seq == self.confirmed {
             return;
         }
+        let mut upto = self.publish_seq;
+        while let Some(front) = self.durable_waits.front() {
+            let states = front.waits.iter().map(|(q, lsn)| q.durability(*lsn));
+            let (mut failed, mut pending) = (false, false);
+            for state in states {
+                failed |= state == Durability::Failed;
+                pending |= state == Durability::Pending;
+            }
+            if failed {
+                let seq = front.seq;
+                let pos = self.nacks.partition_point(|&n| n < seq);
+                if self.nacks.get(pos) != Some(&seq) {
+                    self.nacks.insert(pos, seq);
+                }
+            } else if pending {
+                upto = front.seq - 1;
+                break;
+            }
+            self.durable_waits.pop_front();
+        }
+        if upto <= self.confirmed {
+            return;
+        }
         let id = self.id();
-        let (confirmed, upto, nacks) = (
-            self.confirmed,
-            self.publish_seq,
-            std::mem::take(&mut self.nacks),
-        );
+        let split = self.nacks.partition_point(|&n| n <= upto);
+        let later = self.nacks.split_off(split);
+        let (confirmed, nacks) = (self.confirmed, std::mem::replace(&mut self.nacks, later));
         ctx.outbound.write(|out| {
             let mut from = confirmed;
             for nack in nacks
@@ -641,6 +670,11 @@ impl Channel {
             }
         });
         self.confirmed = upto;
+    }
+
+    /// Whether some publisher confirm waits for a queue log to reach the disk.
+    pub fn awaits_durability(&self) -> bool {
+        !self.durable_waits.is_empty() && !self.closing
     }
 
     /// Closes the channel with 406 if a delivery has stayed unacked past its timeout (RabbitMQ
@@ -715,6 +749,15 @@ impl Channel {
     }
 }
 
+/// A publish whose confirm waits for the logs of the durable queues it went to.
+#[derive(Debug)]
+struct DurableWait {
+    /// Confirm sequence number.
+    seq: u64,
+    /// Each queue and the LSN of the append.
+    waits: Vec<(Arc<Queue>, u64)>,
+}
+
 /// How deliveries are settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settle {
@@ -732,7 +775,7 @@ enum Settle {
 fn settle(settled: &mut Vec<Unacked>, how: Settle) {
     let mut run: Option<(Arc<Queue>, Vec<QueuedMessage>)> = None;
     let finish = |q: Arc<Queue>, ms: Vec<QueuedMessage>| match how {
-        Settle::Ack => q.settle(ms.len()),
+        Settle::Ack => q.settle(&ms),
         Settle::Reject => q.reject(ms),
         Settle::Requeue => q.requeue(ms),
     };

@@ -253,6 +253,7 @@ pub(crate) mod test_support {
             FieldTable::default(),
             Default::default(),
             owner,
+            None,
         ))
     }
 

@@ -11,9 +11,10 @@
 //! docs/dlx.md, docs/maxlength, docs/priority.md, docs/consumer-priority.md.
 
 pub mod args;
+mod tail;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -24,7 +25,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use self::args::{Overflow, QueueArgs};
+use self::tail::{AckRange, Tail};
 use crate::message::MessageRef;
+use crate::store::record::PublishRef;
+use crate::store::{Durability, QueueLog, Recovered};
 
 /// A message waiting in (or delivered from) a queue.
 #[derive(Debug, Clone)]
@@ -39,6 +43,8 @@ pub struct QueuedMessage {
     pub expires_at: Option<Instant>,
     /// Deliveries so far (for `x-delivery-limit`).
     pub delivery_count: u32,
+    /// A persistent message with a record in this queue's log: leaving the queue appends an Ack.
+    pub logged: bool,
 }
 
 /// Why a message is dead-lettered (the `reason` of its `x-death` entry, RabbitMQ docs/dlx.md).
@@ -138,12 +144,20 @@ pub enum PublishOutcome {
     Deleted,
 }
 
-/// Ready messages, one FIFO per priority level (a single level without `x-max-priority`).
+/// Ready messages, one FIFO per priority level (a single level without `x-max-priority`), and for a
+/// durable queue the paged-out [`Tail`] that follows them.
 #[derive(Debug, Default)]
 struct Ready {
     levels: Vec<VecDeque<QueuedMessage>>,
+    /// All ready messages, in memory and paged out.
     len: usize,
+    /// Their body octets.
     bytes: u64,
+    /// Body octets of the in-memory messages.
+    mem_bytes: u64,
+    tail: Option<Tail>,
+    /// In-memory body octets above which new messages are paged out (durable queues).
+    memory_limit: u64,
 }
 
 impl Ready {
@@ -152,7 +166,67 @@ impl Ready {
             levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(),
             len: 0,
             bytes: 0,
+            mem_bytes: 0,
+            tail: None,
+            memory_limit: u64::MAX,
         }
+    }
+
+    /// Whether a new message of `size` octets goes to the tail instead of memory. Priority queues keep
+    /// everything in memory (their order is not the log's).
+    fn should_page(&self, size: u64) -> bool {
+        self.levels.len() == 1
+            && self
+                .tail
+                .as_ref()
+                .is_some_and(|t| t.count > 0 || self.mem_bytes + size > self.memory_limit)
+    }
+
+    fn push_paged(&mut self, seq: u64, size: u64, persistent: bool) {
+        if let Some(t) = &mut self.tail {
+            t.page(seq, size, persistent);
+            self.len += 1;
+            self.bytes += size;
+        }
+    }
+
+    /// Reads paged messages back once the in-memory part has run dry.
+    fn refill(&mut self) {
+        let Some(tail) = &mut self.tail else { return };
+        if tail.count == 0 || self.levels.iter().any(|l| !l.is_empty()) {
+            return;
+        }
+        let before = tail.count;
+        let mut loaded = 0;
+        let (levels, mem_bytes) = (&mut self.levels, &mut self.mem_bytes);
+        let single = levels.len() == 1;
+        let max = if single {
+            self.memory_limit / 2
+        } else {
+            u64::MAX
+        };
+        tail.load(max, |m| {
+            loaded += 1;
+            *mem_bytes += m.message.body_size();
+            let level = if single {
+                0
+            } else {
+                (m.message.properties.priority().unwrap_or(0) as usize).min(levels.len() - 1)
+            };
+            levels[level].push_back(m);
+        });
+        // Messages the log no longer had (or could not decode) leave the count too.
+        self.len -= before - tail.count - loaded;
+        self.bytes = self.mem_bytes + tail.bytes;
+    }
+
+    /// Lowest sequence number among ready messages (memory and tail).
+    fn min_seq(&self) -> Option<u64> {
+        self.levels
+            .iter()
+            .filter_map(|l| l.front().map(|m| m.seq))
+            .chain(self.tail.as_ref().and_then(Tail::min_seq))
+            .min()
     }
 
     fn level_of(&self, m: &QueuedMessage) -> usize {
@@ -166,6 +240,7 @@ impl Ready {
     fn push_back(&mut self, m: QueuedMessage) {
         self.len += 1;
         self.bytes += m.message.body_size();
+        self.mem_bytes += m.message.body_size();
         let level = self.level_of(&m);
         self.levels[level].push_back(m);
     }
@@ -174,6 +249,7 @@ impl Ready {
     fn insert_by_seq(&mut self, m: QueuedMessage) {
         self.len += 1;
         self.bytes += m.message.body_size();
+        self.mem_bytes += m.message.body_size();
         let level = self.level_of(&m);
         let queue = &mut self.levels[level];
         let pos = queue.partition_point(|r| r.seq < m.seq);
@@ -183,10 +259,12 @@ impl Ready {
     fn account_removed(&mut self, m: &QueuedMessage) {
         self.len -= 1;
         self.bytes -= m.message.body_size();
+        self.mem_bytes -= m.message.body_size();
     }
 
     /// The next message to deliver: highest priority first, FIFO within a priority.
     fn pop_front(&mut self) -> Option<QueuedMessage> {
+        self.refill();
         let m = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
         self.account_removed(&m);
         Some(m)
@@ -194,21 +272,27 @@ impl Ready {
 
     /// The oldest message of the lowest priority (what `drop-head` drops first).
     fn pop_oldest(&mut self) -> Option<QueuedMessage> {
+        self.refill();
         let m = self.levels.iter_mut().find_map(VecDeque::pop_front)?;
         self.account_removed(&m);
         Some(m)
     }
 
-    fn clear(&mut self) -> usize {
+    /// Empties the queue: returns the number of messages, the in-memory ones, and the Ack range of the
+    /// paged persistent ones.
+    fn clear(&mut self, next_seq: u64) -> (usize, Vec<QueuedMessage>, Option<AckRange>) {
         let n = self.len;
-        self.levels.iter_mut().for_each(VecDeque::clear);
+        let memory = self.levels.iter_mut().flat_map(|l| l.drain(..)).collect();
+        let range = self.tail.as_mut().and_then(|t| t.clear(next_seq));
         self.len = 0;
         self.bytes = 0;
-        n
+        self.mem_bytes = 0;
+        (n, memory, range)
     }
 
     /// Removes every message expired at `now`, appending it to `out`.
     fn remove_expired(&mut self, now: Instant, full_scan: bool, out: &mut Vec<QueuedMessage>) {
+        self.refill();
         for level in &mut self.levels {
             // Messages carrying only the queue TTL expire in arrival order: the head is enough.
             while level
@@ -232,6 +316,7 @@ impl Ready {
         for m in out.iter() {
             self.len -= 1;
             self.bytes -= m.message.body_size();
+            self.mem_bytes -= m.message.body_size();
         }
     }
 
@@ -247,6 +332,8 @@ impl Ready {
 struct QueueInner {
     ready: Ready,
     next_seq: u64,
+    /// Logged messages delivered and not yet settled (their segments must stay).
+    outstanding: BTreeSet<u64>,
     /// Sorted by priority, highest first; insertion order within a priority.
     consumers: Vec<Arc<Consumer>>,
     next_consumer: usize,
@@ -286,6 +373,8 @@ pub struct Queue {
     /// The arguments Warren acts on, parsed.
     pub args: QueueArgs,
     owner: Weak<dyn QueueOwner>,
+    /// The log of a durable queue when the broker has a data directory.
+    log: Option<Arc<QueueLog>>,
     /// Wakes the expiry task when an earlier deadline appears.
     timer: Arc<Notify>,
     inner: Mutex<QueueInner>,
@@ -302,9 +391,23 @@ impl fmt::Debug for Queue {
 /// Dead letters gathered under the queue lock, handed to the owner after it is released.
 type Letters = Vec<(MessageRef, DeadLetterReason)>;
 
+/// What a durable queue is created with: its log, what was recovered from it, and its paging limit.
+#[derive(Debug)]
+pub struct QueueStorage {
+    /// The queue's log.
+    pub log: Arc<QueueLog>,
+    /// Messages found in it at start.
+    pub recovered: Recovered,
+    /// The previous shutdown was clean (exact `redelivered` flags for recovered messages).
+    pub clean_start: bool,
+    /// In-memory body octets above which new messages are paged out to the log.
+    pub memory_limit: u64,
+}
+
 impl Queue {
-    /// A new, empty queue. `owner` receives dead letters and expiry; `args` must come from
-    /// [`QueueArgs::parse`] of `arguments`.
+    /// A new queue, empty or holding what `storage` recovered. `owner` receives dead letters and
+    /// expiry; `args` must come from [`QueueArgs::parse`] of `arguments`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: ShortString,
         durable: bool,
@@ -313,8 +416,20 @@ impl Queue {
         arguments: FieldTable,
         args: QueueArgs,
         owner: Weak<dyn QueueOwner>,
+        storage: Option<QueueStorage>,
     ) -> Self {
         let levels = args.max_priority.map_or(1, |p| usize::from(p) + 1);
+        let mut ready = Ready::new(levels);
+        let mut next_seq = 0;
+        let log = storage.map(|st| {
+            next_seq = st.recovered.next_seq;
+            ready.len = st.recovered.count as usize;
+            ready.bytes = st.recovered.bytes;
+            ready.memory_limit = st.memory_limit;
+            ready.tail = Some(Tail::new(&st.log, st.recovered, st.clean_start));
+            ready.refill();
+            st.log
+        });
         Queue {
             name,
             durable,
@@ -323,10 +438,12 @@ impl Queue {
             arguments,
             args,
             owner,
+            log,
             timer: Arc::new(Notify::new()),
             inner: Mutex::new(QueueInner {
-                ready: Ready::new(levels),
-                next_seq: 0,
+                ready,
+                next_seq,
+                outstanding: BTreeSet::new(),
                 consumers: Vec::new(),
                 next_consumer: 0,
                 unacked: 0,
@@ -344,6 +461,77 @@ impl Queue {
         // Queue operations do not panic while holding the lock; if one did, the state is still a valid
         // queue, so recover it rather than take every publisher down with the poison.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends Ack records for the logged messages among `ms` (a run of consecutive sequence numbers
+    /// shares one record) and tells the log the lowest sequence number still in the queue, so the
+    /// committer can delete segments that have emptied.
+    fn log_acks<'a>(
+        &self,
+        inner: &mut QueueInner,
+        ms: impl IntoIterator<Item = &'a QueuedMessage>,
+    ) {
+        let Some(log) = &self.log else { return };
+        let mut v: Vec<(u64, u64)> = ms
+            .into_iter()
+            .filter(|m| m.logged)
+            .map(|m| (m.seq, m.message.body_size()))
+            .collect();
+        if v.is_empty() {
+            return;
+        }
+        v.sort_unstable();
+        let mut i = 0;
+        while i < v.len() {
+            let (first, mut bytes) = v[i];
+            let mut last = first;
+            let mut j = i + 1;
+            while j < v.len() && v[j].0 == last + 1 {
+                last += 1;
+                bytes += v[j].1;
+                j += 1;
+            }
+            log.append_ack(first, last, (j - i) as u64, bytes);
+            i = j;
+        }
+        let min_live = [
+            inner.outstanding.first().copied(),
+            inner.ready.min_seq(),
+            Some(inner.next_seq),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(0);
+        log.set_min_live(min_live);
+    }
+
+    /// Records a delivery of a logged message: a Deliver record the first time, an Ack if the consumer
+    /// does not ack (the message is gone), else it stays outstanding until settled.
+    fn log_delivery(&self, inner: &mut QueueInner, m: &QueuedMessage, no_ack: bool) {
+        let Some(log) = self.log.as_ref().filter(|_| m.logged) else {
+            return;
+        };
+        if no_ack {
+            self.log_acks(inner, [m]);
+        } else {
+            if m.delivery_count == 0 && !m.redelivered {
+                log.append_deliver(m.seq);
+            }
+            inner.outstanding.insert(m.seq);
+        }
+    }
+
+    /// Whether the log append with `lsn` (from [`Queue::publish_durable`]) is on disk.
+    pub fn durability(&self, lsn: u64) -> Durability {
+        self.log
+            .as_ref()
+            .map_or(Durability::Durable, |l| l.durability(lsn))
+    }
+
+    /// The queue's log, if it is durable and the broker has a data directory.
+    pub fn log(&self) -> Option<&Arc<QueueLog>> {
+        self.log.as_ref()
     }
 
     fn hand_over(&self, letters: Letters) {
@@ -379,11 +567,21 @@ impl Queue {
 
     /// Offers a routed message. `own_ttl` is the message's `expiration` in ms, if any.
     pub fn publish(self: &Arc<Self>, message: MessageRef, own_ttl: Option<u64>) -> PublishOutcome {
+        self.publish_durable(message, own_ttl).0
+    }
+
+    /// [`Queue::publish`], also returning the LSN of the log append when the message is persistent
+    /// and the queue durable: a publisher confirm waits until [`Queue::durability`] says it is on disk.
+    pub fn publish_durable(
+        self: &Arc<Self>,
+        message: MessageRef,
+        own_ttl: Option<u64>,
+    ) -> (PublishOutcome, Option<u64>) {
         let mut letters = Letters::new();
         let outcome = {
             let mut inner = self.lock();
             if inner.deleted {
-                return PublishOutcome::Deleted;
+                return (PublishOutcome::Deleted, None);
             }
             self.enqueue(&mut inner, message, own_ttl, &mut letters)
         };
@@ -406,14 +604,14 @@ impl Queue {
         message: MessageRef,
         own_ttl: Option<u64>,
         letters: &mut Letters,
-    ) -> PublishOutcome {
+    ) -> (PublishOutcome, Option<u64>) {
         if self.args.overflow != Overflow::DropHead
             && self.over_limits(&inner.ready, Some(message.body_size()))
         {
             if self.args.overflow == Overflow::RejectPublishDlx {
                 letters.push((message, DeadLetterReason::MaxLen));
             }
-            return PublishOutcome::Rejected;
+            return (PublishOutcome::Rejected, None);
         }
         let now = Instant::now();
         let ttl = match (self.args.message_ttl, own_ttl) {
@@ -424,13 +622,34 @@ impl Queue {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         let own = own_ttl.is_some();
-        inner.ready.push_back(QueuedMessage {
-            seq,
-            message,
-            redelivered: false,
-            expires_at,
-            delivery_count: 0,
-        });
+        let persistent = message.is_persistent();
+        let size = message.body_size();
+        let page = inner.ready.should_page(size);
+        let mut lsn = None;
+        if let Some(log) = self.log.as_ref().filter(|_| persistent || page) {
+            let appended = log.append_publish(&PublishRef {
+                seq,
+                persistent,
+                expires_at: ttl.map_or(0, |ms| tail::wall_ms() + ms.max(1)),
+                exchange: message.exchange.as_str().as_bytes(),
+                routing_key: message.routing_key.as_str().as_bytes(),
+                properties: &message.raw_properties,
+                body: &message.body,
+            });
+            lsn = persistent.then_some(appended);
+        }
+        if page {
+            inner.ready.push_paged(seq, size, persistent);
+        } else {
+            inner.ready.push_back(QueuedMessage {
+                seq,
+                message,
+                redelivered: false,
+                expires_at,
+                delivery_count: 0,
+                logged: lsn.is_some(),
+            });
+        }
         if own {
             inner.own_expiration += 1;
         }
@@ -439,6 +658,7 @@ impl Queue {
                 break;
             };
             self.forget_expiration(inner, &m);
+            self.log_acks(inner, [&m]);
             letters.push((m.message, DeadLetterReason::MaxLen));
         }
         self.dispatch(inner, letters);
@@ -454,7 +674,7 @@ impl Queue {
                 self.timer.notify_one();
             }
         }
-        PublishOutcome::Enqueued
+        (PublishOutcome::Enqueued, lsn)
     }
 
     fn forget_expiration(&self, inner: &mut QueueInner, m: &QueuedMessage) {
@@ -480,6 +700,7 @@ impl Queue {
             };
             self.forget_expiration(inner, &message);
             if message.expires_at.is_some_and(|t| t <= now) {
+                self.log_acks(inner, [&message]);
                 letters.push((message.message, DeadLetterReason::Expired));
                 continue;
             }
@@ -488,6 +709,7 @@ impl Queue {
                 inner.unacked += 1;
                 consumer.unacked.fetch_add(1, Ordering::Relaxed);
             }
+            self.log_delivery(inner, &message, consumer.no_ack);
             message.delivery_count += 1;
             consumer.sink.deliver(self, &consumer, message);
         }
@@ -531,6 +753,7 @@ impl Queue {
         inner
             .ready
             .remove_expired(now, inner.own_expiration > 0, &mut expired);
+        self.log_acks(inner, &expired);
         for m in expired {
             self.forget_expiration(inner, &m);
             letters.push((m.message, DeadLetterReason::Expired));
@@ -567,6 +790,7 @@ impl Queue {
                 if !no_ack {
                     inner.unacked += 1;
                 }
+                self.log_delivery(&mut inner, m, no_ack);
             }
             got.map(|mut m| {
                 m.delivery_count += 1;
@@ -577,28 +801,43 @@ impl Queue {
         got
     }
 
-    /// Acknowledges `count` deliveries of this queue and dispatches into the freed capacity.
-    pub fn settle(self: &Arc<Self>, count: usize) {
+    fn forget_outstanding(&self, inner: &mut QueueInner, ms: &[QueuedMessage]) {
+        if self.log.is_some() {
+            for m in ms.iter().filter(|m| m.logged) {
+                inner.outstanding.remove(&m.seq);
+            }
+        }
+    }
+
+    /// Acknowledges deliveries of this queue and dispatches into the freed capacity.
+    pub fn settle(self: &Arc<Self>, messages: &[QueuedMessage]) {
         let mut letters = Letters::new();
         {
             let mut inner = self.lock();
-            inner.unacked = inner.unacked.saturating_sub(count);
+            inner.unacked = inner.unacked.saturating_sub(messages.len());
+            self.forget_outstanding(&mut inner, messages);
+            if !inner.deleted {
+                self.log_acks(&mut inner, messages);
+            }
             self.dispatch(&mut inner, &mut letters);
         }
         self.hand_over(letters);
     }
 
     /// Settles rejected deliveries (`requeue = false`): they are dead-lettered with reason `rejected`.
-    pub fn reject(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
-        let mut letters: Letters = messages
-            .into_iter()
-            .map(|m| (m.message, DeadLetterReason::Rejected))
-            .collect();
+    pub fn reject(self: &Arc<Self>, messages: Vec<QueuedMessage>) {
+        let mut letters = Letters::new();
         {
             let mut inner = self.lock();
-            inner.unacked = inner.unacked.saturating_sub(letters.len());
-            if inner.deleted {
-                letters.clear();
+            inner.unacked = inner.unacked.saturating_sub(messages.len());
+            self.forget_outstanding(&mut inner, &messages);
+            if !inner.deleted {
+                self.log_acks(&mut inner, &messages);
+                letters.extend(
+                    messages
+                        .into_iter()
+                        .map(|m| (m.message, DeadLetterReason::Rejected)),
+                );
             }
             self.dispatch(&mut inner, &mut letters);
         }
@@ -616,11 +855,15 @@ impl Queue {
                 if inner.deleted {
                     continue;
                 }
+                if m.logged {
+                    inner.outstanding.remove(&m.seq);
+                }
                 if self
                     .args
                     .delivery_limit
                     .is_some_and(|limit| m.delivery_count > limit)
                 {
+                    self.log_acks(&mut inner, [&m]);
                     letters.push((m.message, DeadLetterReason::DeliveryLimit));
                     continue;
                 }
@@ -693,7 +936,13 @@ impl Queue {
         let mut inner = self.lock();
         inner.own_expiration = 0;
         inner.message_deadlines.clear();
-        inner.ready.clear() as u32
+        let next_seq = inner.next_seq;
+        let (n, memory, paged) = inner.ready.clear(next_seq);
+        self.log_acks(&mut inner, &memory);
+        if let (Some(log), Some(r)) = (&self.log, paged) {
+            log.append_ack(r.first, r.last, r.count, r.bytes);
+        }
+        n as u32
     }
 
     /// Marks the queue deleted, drops its ready messages and detaches its consumers (which are returned so
@@ -701,7 +950,8 @@ impl Queue {
     pub fn delete(&self) -> (u32, Vec<Arc<Consumer>>) {
         let mut inner = self.lock();
         inner.deleted = true;
-        let n = inner.ready.clear() as u32;
+        let next_seq = inner.next_seq;
+        let n = inner.ready.clear(next_seq).0 as u32;
         self.timer.notify_one();
         (n, std::mem::take(&mut inner.consumers))
     }

@@ -18,6 +18,7 @@ use warren::server::{self, Broker};
 /// A broker running in this test's runtime; stopped (gracefully) on drop.
 pub struct TestBroker {
     pub addr: SocketAddr,
+    pub broker: Arc<Broker>,
     shutdown: Option<oneshot::Sender<()>>,
     pub done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -62,11 +63,12 @@ pub async fn start_broker_with(config: Config) -> TestBroker {
     let addr = listener.local_addr().expect("addr");
     let broker = Arc::new(Broker::new(config).expect("broker config"));
     let (tx, rx) = oneshot::channel();
-    let done = tokio::spawn(server::run(vec![listener], broker, async {
+    let done = tokio::spawn(server::run(vec![listener], Arc::clone(&broker), async {
         let _ = rx.await;
     }));
     TestBroker {
         addr,
+        broker,
         shutdown: Some(tx),
         done: Some(done),
     }

@@ -1,0 +1,653 @@
+//! One durable queue's log: a directory of segment files (`<id>.seg`, 20-digit ids) holding its
+//! Publish, Ack and Deliver records (format in [`super::record`]).
+//!
+//! Appends go to an in-memory pending buffer under a short lock; the [`super::Committer`] thread writes
+//! and fsyncs it (group commit: every append made while the previous fsync ran shares the next one) and
+//! then publishes the log's durable LSN, which publisher confirms wait for. Segments are deleted from
+//! the front once every message in them has left the queue. Paged-out messages are read back in order
+//! by a [`TailReader`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tracing::{error, warn};
+
+use super::record::{self, PublishRef, Record, Scanned, Scanner, StoredPublish};
+use super::Committer;
+
+/// Sequence numbers as inclusive ranges, merged (acked and delivered sets at recovery).
+#[derive(Debug, Default, Clone)]
+pub struct RangeSet {
+    ranges: BTreeMap<u64, u64>,
+}
+
+impl RangeSet {
+    /// Adds `first..=last`.
+    pub fn insert(&mut self, first: u64, last: u64) {
+        let (mut first, mut last) = (first, last);
+        if let Some((&s, &e)) = self.ranges.range(..=first).next_back() {
+            if e.saturating_add(1) >= first {
+                first = s;
+                last = last.max(e);
+                self.ranges.remove(&s);
+            }
+        }
+        while let Some((&s, &e)) = self.ranges.range(first..).next() {
+            if s > last.saturating_add(1) {
+                break;
+            }
+            last = last.max(e);
+            self.ranges.remove(&s);
+        }
+        self.ranges.insert(first, last);
+    }
+
+    /// Whether `seq` is in the set.
+    pub fn contains(&self, seq: u64) -> bool {
+        self.ranges
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, &e)| seq <= e)
+    }
+
+    /// Drops everything below `seq` (the part a reader has passed).
+    pub fn trim_below(&mut self, seq: u64) {
+        while let Some((&s, &e)) = self.ranges.iter().next() {
+            if e >= seq {
+                break;
+            }
+            self.ranges.remove(&s);
+        }
+    }
+}
+
+/// Whether an append has reached the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Written and fsynced.
+    Durable,
+    /// The write or fsync failed (disk full, I/O error): the publisher gets a nack.
+    Failed,
+    /// Not yet synced.
+    Pending,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// LSN of the last record appended (per log, from 1).
+    lsn: u64,
+    max_seq: Option<u64>,
+}
+
+#[derive(Debug)]
+struct SegmentMeta {
+    id: u64,
+    /// Highest Publish seq in the segment; `None` if it holds no Publish.
+    max_seq: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    file: File,
+    /// Logical size of the current segment (synced part + `unsynced`).
+    size: u64,
+    synced_size: u64,
+    /// Octets written since the last fsync: rewritten after a failed write or fsync.
+    unsynced: Vec<u8>,
+    /// A write or fsync failed: the file was cut back to `synced_size` and `unsynced` must be rewritten.
+    broken: bool,
+    written_lsn: u64,
+    segments: VecDeque<SegmentMeta>,
+    deleted: bool,
+}
+
+/// What recovery found in a log.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Persistent messages still in the queue.
+    pub count: u64,
+    /// Their body octets.
+    pub bytes: u64,
+    /// Acked sequence numbers (to skip while reading the log back).
+    pub acked: RangeSet,
+    /// Sequence numbers delivered at least once.
+    pub delivered: RangeSet,
+    /// One past the highest sequence number in the log.
+    pub next_seq: u64,
+}
+
+/// A durable queue's log. Shared by the queue (appends, reads) and the committer (writes, fsyncs).
+#[derive(Debug)]
+pub struct QueueLog {
+    /// `vhost/queue`, for log lines.
+    pub label: String,
+    dir: PathBuf,
+    segment_bytes: u64,
+    committer: Arc<Committer>,
+    pending: Mutex<Pending>,
+    writer: Mutex<Writer>,
+    durable_lsn: AtomicU64,
+    failed_lsn: AtomicU64,
+    dirty: AtomicBool,
+    deleted: AtomicBool,
+    /// Lowest sequence number still in the queue (set by the queue as messages leave): segments whose
+    /// Publish records are all below it are deleted after the next commit.
+    min_live: AtomicU64,
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Ids of the segment files in `dir`, ascending.
+fn segment_ids(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(id) = name.strip_suffix(".seg").and_then(|s| s.parse().ok()) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+fn create_segment(dir: &Path, id: u64) -> io::Result<File> {
+    let path = segment_path(dir, id);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    file.write_all_at(&record::segment_header(), 0)?;
+    file.sync_data()?;
+    File::open(dir)?.sync_all()?;
+    Ok(file)
+}
+
+/// Reads a whole segment in chunks, feeding every item to `f`; returns where valid data ends.
+fn scan_segment(
+    file: &File,
+    mut f: impl FnMut(Scanned) -> io::Result<()>,
+) -> io::Result<(u64, Option<(u64, u64)>)> {
+    const CHUNK: usize = 8 << 20;
+    let len = file.metadata()?.len();
+    let mut offset = record::SEGMENT_HEADER_LEN as u64;
+    let mut want = CHUNK;
+    loop {
+        let n = (len.saturating_sub(offset) as usize).min(want.max(CHUNK));
+        let mut buf = vec![0u8; n];
+        file.read_exact_at(&mut buf, offset)?;
+        let at_eof = offset + n as u64 >= len;
+        let mut s = Scanner::new(offset, Bytes::from(buf));
+        loop {
+            match s.next_item() {
+                Scanned::End { offset: end } if at_eof => return Ok((end, None)),
+                Scanned::Incomplete { offset: at, len } if at_eof => {
+                    return Ok((at, Some((at, len))));
+                }
+                Scanned::End { offset: at } | Scanned::Incomplete { offset: at, .. } => {
+                    // Need the next chunk (a record crossing the chunk end, or a longer one).
+                    want = if at == offset { want * 2 } else { CHUNK };
+                    offset = at;
+                    break;
+                }
+                item => f(item)?,
+            }
+        }
+    }
+}
+
+impl QueueLog {
+    /// Opens (creating it if needed) the log in `dir` and recovers what it holds. A torn record at the
+    /// end of the newest segment is cut off; corrupt records are skipped; each is logged. Appends go to
+    /// a new segment.
+    ///
+    /// # Errors
+    /// I/O errors, or a segment written by a newer format version.
+    pub fn open(
+        label: String,
+        dir: PathBuf,
+        segment_bytes: u64,
+        committer: Arc<Committer>,
+    ) -> anyhow::Result<(Arc<Self>, Recovered)> {
+        fs::create_dir_all(&dir)?;
+        let ids = segment_ids(&dir)?;
+        let mut rec = Recovered::default();
+        let mut segments = VecDeque::new();
+        let mut files = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let path = segment_path(&dir, id);
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let mut header = [0u8; record::SEGMENT_HEADER_LEN];
+            if file.read_exact_at(&mut header, 0).is_err() {
+                warn!(file = %path.display(), "segment shorter than its header: removed");
+                fs::remove_file(&path)?;
+                continue;
+            }
+            match record::segment_version(&header) {
+                Some(v) if v > record::FORMAT_VERSION => anyhow::bail!(
+                    "{} was written by a newer Warren (segment format {v}, this build reads up to {}); refusing to start",
+                    path.display(),
+                    record::FORMAT_VERSION
+                ),
+                Some(_) => {}
+                None => {
+                    error!(file = %path.display(), "not a Warren segment (bad header): skipped");
+                    continue;
+                }
+            }
+            let mut max_seq = None;
+            let (end, torn) = scan_segment(&file, |item| {
+                match item {
+                    Scanned::Record { record, .. } => match record {
+                        Record::Publish(p) => {
+                            rec.next_seq = rec.next_seq.max(p.seq + 1);
+                            max_seq = Some(p.seq);
+                        }
+                        Record::Ack { first, last, .. } => rec.acked.insert(first, last),
+                        Record::Deliver { seq } => rec.delivered.insert(seq, seq),
+                    },
+                    Scanned::Corrupt {
+                        offset,
+                        len,
+                        records,
+                    } => error!(
+                        file = %path.display(), offset, octets = len, records,
+                        "corrupt record(s) skipped"
+                    ),
+                    Scanned::End { .. } | Scanned::Incomplete { .. } => {}
+                }
+                Ok(())
+            })?;
+            if let Some((offset, len)) = torn {
+                if i + 1 == ids.len() {
+                    warn!(
+                        file = %path.display(), offset, octets = len,
+                        "torn write at the end of the log: 1 incomplete record dropped"
+                    );
+                    file.set_len(end)?;
+                    file.sync_all()?;
+                } else {
+                    error!(file = %path.display(), offset, octets = len, "incomplete record inside the log skipped");
+                }
+            }
+            segments.push_back(SegmentMeta { id, max_seq });
+            files.push(file);
+        }
+        // Second pass: the live messages are the persistent Publish records not acked. (Ack records can
+        // outlive the segments of the messages they settled, so their counts cannot be summed.)
+        for file in &files {
+            scan_segment(file, |item| {
+                if let Scanned::Record {
+                    record: Record::Publish(p),
+                    ..
+                } = item
+                {
+                    if p.persistent && !rec.acked.contains(p.seq) {
+                        rec.count += 1;
+                        rec.bytes += p.body.len() as u64;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        let id = ids.last().map_or(1, |l| l + 1);
+        let file = create_segment(&dir, id)?;
+        segments.push_back(SegmentMeta { id, max_seq: None });
+        let log = Arc::new(QueueLog {
+            label,
+            dir,
+            segment_bytes,
+            committer,
+            pending: Mutex::new(Pending::default()),
+            writer: Mutex::new(Writer {
+                file,
+                size: record::SEGMENT_HEADER_LEN as u64,
+                synced_size: record::SEGMENT_HEADER_LEN as u64,
+                unsynced: Vec::new(),
+                broken: false,
+                written_lsn: 0,
+                segments,
+                deleted: false,
+            }),
+            durable_lsn: AtomicU64::new(0),
+            failed_lsn: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
+            min_live: AtomicU64::new(0),
+        });
+        Ok((log, rec))
+    }
+
+    fn append(self: &Arc<Self>, f: impl FnOnce(&mut Vec<u8>), seq: Option<u64>) -> u64 {
+        if self.deleted.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let lsn = {
+            let mut p = lock(&self.pending);
+            f(&mut p.buf);
+            p.lsn += 1;
+            if seq.is_some() {
+                p.max_seq = seq;
+            }
+            p.lsn
+        };
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            self.committer.mark_dirty(Arc::clone(self));
+        }
+        lsn
+    }
+
+    /// Appends a Publish record; returns its LSN (see [`QueueLog::durability`]).
+    pub fn append_publish(self: &Arc<Self>, p: &PublishRef<'_>) -> u64 {
+        self.append(|buf| record::encode_publish(buf, p), Some(p.seq))
+    }
+
+    /// Appends an Ack record for the persistent messages `first..=last` (`count` of them, `bytes` of
+    /// body).
+    pub fn append_ack(self: &Arc<Self>, first: u64, last: u64, count: u64, bytes: u64) {
+        self.append(
+            |buf| record::encode_ack(buf, first, last, count, bytes),
+            None,
+        );
+    }
+
+    /// Appends a Deliver record (first delivery of a persistent message).
+    pub fn append_deliver(self: &Arc<Self>, seq: u64) {
+        self.append(|buf| record::encode_deliver(buf, seq), None);
+    }
+
+    /// Whether the append with `lsn` is on disk.
+    pub fn durability(&self, lsn: u64) -> Durability {
+        if self.durable_lsn.load(Ordering::Acquire) >= lsn {
+            Durability::Durable
+        } else if self.failed_lsn.load(Ordering::Acquire) >= lsn {
+            Durability::Failed
+        } else {
+            Durability::Pending
+        }
+    }
+
+    /// Moves the pending buffer into the current segment (no fsync). Records stay in order: the buffer
+    /// is taken under the writer lock.
+    fn write_pending(&self, w: &mut Writer) -> io::Result<()> {
+        if w.deleted {
+            return Ok(());
+        }
+        let (buf, lsn, max_seq) = {
+            let mut p = lock(&self.pending);
+            (std::mem::take(&mut p.buf), p.lsn, p.max_seq.take())
+        };
+        if let (Some(seq), Some(seg)) = (max_seq, w.segments.back_mut()) {
+            seg.max_seq = Some(seq);
+        }
+        w.written_lsn = lsn;
+        if w.broken {
+            w.unsynced.extend_from_slice(&buf);
+            w.file.write_all_at(&w.unsynced, w.synced_size)?;
+            w.size = w.synced_size + w.unsynced.len() as u64;
+            w.broken = false;
+            return Ok(());
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let at = w.size;
+        w.size += buf.len() as u64;
+        let result = w.file.write_all_at(&buf, at);
+        if w.unsynced.is_empty() {
+            w.unsynced = buf;
+        } else {
+            w.unsynced.extend_from_slice(&buf);
+        }
+        result
+    }
+
+    fn fail(&self, w: &mut Writer, e: &io::Error) {
+        w.broken = true;
+        let _ = w.file.set_len(w.synced_size);
+        w.size = w.synced_size;
+        self.failed_lsn.fetch_max(w.written_lsn, Ordering::AcqRel);
+        error!(log = %self.label, error = %e, "queue log write failed; publishes are nacked until it recovers");
+    }
+
+    /// Writes and fsyncs everything appended so far; rotates to a new segment when the current one is
+    /// full. Called by the committer thread. Returns false if the write or fsync failed.
+    pub(super) fn commit(&self) -> bool {
+        self.dirty.store(false, Ordering::Release);
+        let mut w = lock(&self.writer);
+        if w.deleted {
+            return true;
+        }
+        let result = self.write_pending(&mut w).and_then(|()| {
+            if w.size > w.synced_size {
+                w.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = result {
+            self.fail(&mut w, &e);
+            return false;
+        }
+        w.synced_size = w.size;
+        w.unsynced.clear();
+        self.durable_lsn.store(w.written_lsn, Ordering::Release);
+        self.reclaim(&mut w);
+        if w.size >= self.segment_bytes {
+            let id = w.segments.back().map_or(1, |s| s.id + 1);
+            match create_segment(&self.dir, id) {
+                Ok(file) => {
+                    w.file = file;
+                    w.size = record::SEGMENT_HEADER_LEN as u64;
+                    w.synced_size = w.size;
+                    w.segments.push_back(SegmentMeta { id, max_seq: None });
+                }
+                Err(e) => {
+                    error!(log = %self.label, error = %e, "cannot start a new segment; appending to the full one");
+                }
+            }
+        }
+        true
+    }
+
+    /// Records the lowest sequence number still in the queue.
+    pub fn set_min_live(&self, seq: u64) {
+        self.min_live.store(seq, Ordering::Relaxed);
+    }
+
+    /// Deletes the segments at the front whose messages have all left the queue (every Publish seq below
+    /// the queue's lowest live one). Never the segment being written. Segments go from the front only:
+    /// an Ack record always follows its Publish, so no surviving Publish loses its Ack.
+    fn reclaim(&self, w: &mut Writer) {
+        let min_live = self.min_live.load(Ordering::Relaxed);
+        while w.segments.len() > 1 && w.segments[0].max_seq.is_none_or(|m| m < min_live) {
+            let Some(seg) = w.segments.pop_front() else {
+                break;
+            };
+            if let Err(e) = fs::remove_file(segment_path(&self.dir, seg.id)) {
+                warn!(log = %self.label, segment = seg.id, error = %e, "cannot remove an emptied segment");
+            }
+        }
+    }
+
+    /// Number of segment files (for tests and metrics).
+    pub fn segment_count(&self) -> usize {
+        lock(&self.writer).segments.len()
+    }
+
+    /// Removes the log's files (queue deleted). Later appends are dropped.
+    pub fn destroy(&self) {
+        self.deleted.store(true, Ordering::Relaxed);
+        let mut w = lock(&self.writer);
+        w.deleted = true;
+        lock(&self.pending).buf = Vec::new();
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            warn!(log = %self.label, error = %e, "cannot remove the log of a deleted queue");
+        }
+    }
+
+    /// A reader from the first segment.
+    pub fn reader(self: &Arc<Self>) -> TailReader {
+        let first = lock(&self.writer).segments.front().map_or(1, |s| s.id);
+        TailReader {
+            log: Arc::clone(self),
+            segment: first,
+            file: None,
+            scanner: Scanner::new(0, Bytes::new()),
+            eof_flushed: false,
+        }
+    }
+
+    /// The segment after `id`, if there is one, and whether `id` is the one being written.
+    fn next_segment(&self, id: u64) -> (Option<u64>, bool) {
+        let w = lock(&self.writer);
+        let current = w.segments.back().map(|s| s.id) == Some(id);
+        (w.segments.iter().map(|s| s.id).find(|&s| s > id), current)
+    }
+
+    /// Writes the pending buffer so a reader can see it.
+    fn flush_for_read(&self) -> io::Result<()> {
+        let mut w = lock(&self.writer);
+        let r = self.write_pending(&mut w);
+        if let Err(e) = &r {
+            self.fail(&mut w, e);
+        }
+        r
+    }
+}
+
+/// Reads a log's Publish records in order (segment by segment, across the write position).
+#[derive(Debug)]
+pub struct TailReader {
+    log: Arc<QueueLog>,
+    segment: u64,
+    file: Option<File>,
+    scanner: Scanner,
+    eof_flushed: bool,
+}
+
+impl TailReader {
+    /// The next Publish record, `Ok(None)` at the end of the log.
+    ///
+    /// # Errors
+    /// I/O errors reading a segment (the reader stays where it was and can be retried).
+    pub fn next_publish(&mut self) -> io::Result<Option<StoredPublish>> {
+        const CHUNK: usize = 1 << 20;
+        self.eof_flushed = false;
+        loop {
+            match self.scanner.next_item() {
+                Scanned::Record {
+                    record: Record::Publish(p),
+                    ..
+                } => {
+                    self.eof_flushed = false;
+                    return Ok(Some(p));
+                }
+                Scanned::Record { .. } => {}
+                Scanned::Corrupt {
+                    offset,
+                    len,
+                    records,
+                } => {
+                    error!(log = %self.log.label, segment = self.segment, offset, octets = len, records, "corrupt record(s) skipped while reading back");
+                }
+                Scanned::End { offset } | Scanned::Incomplete { offset, .. } => {
+                    let file = match &self.file {
+                        Some(f) => f,
+                        None => {
+                            let path = segment_path(&self.log.dir, self.segment);
+                            match File::open(&path) {
+                                Ok(f) => self.file.insert(f),
+                                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                                    match self.log.next_segment(self.segment).0 {
+                                        Some(next) => {
+                                            self.segment = next;
+                                            continue;
+                                        }
+                                        None => return Ok(None),
+                                    }
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    };
+                    let offset = offset.max(record::SEGMENT_HEADER_LEN as u64);
+                    let pending = self.scanner.data.len() - self.scanner.pos;
+                    let want = CHUNK.max(pending * 2);
+                    let mut buf = vec![0u8; want];
+                    let n = read_at_most(file, &mut buf, offset)?;
+                    if n > pending {
+                        buf.truncate(n);
+                        self.scanner = Scanner::new(offset, Bytes::from(buf));
+                        continue;
+                    }
+                    // Nothing new in this segment.
+                    let (next, current) = self.log.next_segment(self.segment);
+                    if !current {
+                        if let Some(next) = next {
+                            self.segment = next;
+                            self.file = None;
+                            self.scanner = Scanner::new(0, Bytes::new());
+                            continue;
+                        }
+                    }
+                    if self.eof_flushed {
+                        return Ok(None);
+                    }
+                    // The rest may still be in the pending buffer: write it out and look again.
+                    self.log.flush_for_read()?;
+                    self.eof_flushed = true;
+                }
+            }
+        }
+    }
+}
+
+fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_set_merges_and_trims() {
+        let mut s = RangeSet::default();
+        s.insert(5, 5);
+        s.insert(7, 9);
+        s.insert(6, 6);
+        s.insert(20, 21);
+        assert!(s.contains(5) && s.contains(9) && s.contains(21));
+        assert!(!s.contains(4) && !s.contains(10) && !s.contains(19));
+        assert_eq!(s.ranges.len(), 2);
+        s.insert(1, 30);
+        assert_eq!(s.ranges.len(), 1);
+        s.trim_below(31);
+        assert!(s.ranges.is_empty());
+    }
+}
