@@ -4,6 +4,10 @@ same generator (warren-perf), runs alternating between the brokers. Prints media
 Warren/RabbitMQ ratio per scenario as a Markdown table (also written to --out).
 
 Usage: scripts/bench.sh [--runs N] [--seconds S] [--only a,b,...] [--out FILE]
+
+Scenario (c) also counts fsync/fdatasync calls per second of each broker with `perf stat` (Debian's
+linux-perf; skipped when `perf` is missing). Scenario (j), run only when named in --only, fills a durable
+queue with 10 million persistent 1 KiB messages (Warren only; ~11 GB of disk) and reports Warren's RSS.
 """
 import argparse
 import json
@@ -25,6 +29,8 @@ WARREN_PORT, RABBIT_PORT, SINK_PORT = 5674, 5673, 5699
 SCENARIOS = {
     "a": ("1 producer / 1 consumer, 16 B, auto-ack", ["-x1", "-y1", "-s16", "-a"], "consume_rate"),
     "b": ("1 producer / 1 consumer, 1 KiB, auto-ack", ["-x1", "-y1", "-s1024", "-a"], "consume_rate"),
+    "c": ("persistent 1 KiB, durable queue, confirms (window 1000), manual acks (prefetch 1000)",
+          ["-x1", "-y1", "-s1024", "-f", "-c", "1000", "-q", "1000"], "consume_rate"),
     "d": ("fixed 10 000 msg/s, 16 B: latency p99 (us, lower is better)", ["-x1", "-y1", "-s16", "-a", "-r", "10000"], "p99"),
     "e": ("4 producers / 4 consumers / 4 queues, 16 B", ["-x4", "-y4", "--queues", "4", "-s16", "-a"], "consume_rate"),
     "f": ("fanout to 10 queues, 10 consumers, 16 B (deliveries/s)",
@@ -108,6 +114,27 @@ def perf(port, args, seconds):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def start_sync_count(pids, seconds):
+    """`perf stat` counting fsync + fdatasync of `pids` for `seconds`, or None without perf."""
+    if not shutil.which("perf") or not pids:
+        return None
+    return subprocess.Popen(["perf", "stat", "-x,", "-e", "syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync",
+                             "-p", ",".join(map(str, pids)), "--", "sleep", str(seconds)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def syncs_per_second(proc, seconds):
+    if proc is None:
+        return None
+    _, err = proc.communicate(timeout=seconds + 30)
+    total = 0
+    for line in err.splitlines():
+        field = line.split(",")[0]
+        if field.isdigit():
+            total += int(field)
+    return total / seconds
+
+
 def metric(result, name):
     return result["latency_us"]["p99"] if name == "p99" else result[name]
 
@@ -122,8 +149,13 @@ def main():
     chosen = [s for s in SCENARIOS if not opts.only or s in opts.only.split(",")]
     tmp = ROOT / "target" / "bench-rabbitmq"
     rabbit, rabbit_env = start_rabbitmq(tmp)
-    warren = subprocess.Popen([str(WARREN), "--listen", f"127.0.0.1:{WARREN_PORT}", "--log", "warn"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if wait_port(WARREN_PORT, 0.5):
+        stop_rabbitmq(rabbit, rabbit_env)
+        sys.exit(f"port {WARREN_PORT} is already in use; stop whatever listens there first")
+    data = ROOT / "target" / "bench-warren-data"
+    shutil.rmtree(data, ignore_errors=True)
+    warren = subprocess.Popen([str(WARREN), "--listen", f"127.0.0.1:{WARREN_PORT}", "--log", "warn",
+                               "--data-dir", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sink = subprocess.Popen([str(PERF), "sink", "--listen", f"127.0.0.1:{SINK_PORT}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(WARREN_PORT)
@@ -148,14 +180,45 @@ def main():
                      statistics.median(ceiling), None, None))
         for key in chosen:
             desc, args, name = SCENARIOS[key]
-            w, r = [], []
+            w, r, ws, rs = [], [], [], []
             for _ in range(opts.runs):
-                w.append(metric(perf(WARREN_PORT, args, opts.seconds), name))
-                r.append(metric(perf(RABBIT_PORT, args, opts.seconds), name))
+                for port, pids, out, syncs in ((WARREN_PORT, [warren.pid], w, ws),
+                                               (RABBIT_PORT, listener_pids(RABBIT_PORT), r, rs)):
+                    # Count syncs over the middle of the run (after connection set-up).
+                    window = max(opts.seconds - 3, 1)
+                    counter = None
+                    if key == "c":
+                        counter = start_sync_count(pids, window)
+                    out.append(metric(perf(port, args, opts.seconds), name))
+                    rate = syncs_per_second(counter, window)
+                    if rate is not None:
+                        syncs.append(rate)
             wm, rm = statistics.median(w), statistics.median(r)
             ratio = (rm / wm if name == "p99" else wm / rm) if wm and rm else None
             rows.append((f"({key}) {desc}", wm, rm, ratio))
-            print(f"({key}) warren {w} rabbitmq {r}", file=sys.stderr)
+            if ws and rs:
+                rows.append((f"({key}) fsync + fdatasync calls per second during the run",
+                             statistics.median(ws), statistics.median(rs), None))
+            print(f"({key}) warren {w} rabbitmq {r} syncs/s {ws} {rs}", file=sys.stderr)
+        if "j" in opts.only.split(","):
+            n = 10_000_000
+            before = rss_kib([warren.pid]) // 1024
+            peak = 0
+            run = subprocess.Popen([str(PERF), "--uri", f"127.0.0.1:{WARREN_PORT}", "-x1", "-s1024", "-f", "-c", "1000",
+                                    "--no-consume", "-C", str(n), "-u", "perf-backlog", "-z", "3600", "--json"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            started = time.time()
+            while run.poll() is None:
+                peak = max(peak, rss_kib([warren.pid]) // 1024)
+                time.sleep(1)
+            elapsed = time.time() - started
+            time.sleep(2)
+            after = rss_kib([warren.pid]) // 1024
+            disk = sum(f.stat().st_size for f in data.rglob("*.seg")) / 2**30
+            rows.append((f"(j) 10 000 000 persistent 1 KiB messages queued in {elapsed:.0f} s: Warren RSS MiB "
+                         f"(idle before {before}, peak while filling {peak}; {disk:.1f} GiB of segments)",
+                         after, None, None))
+            perf(WARREN_PORT, ["-x0", "-y1", "-a", "-f", "-u", "perf-backlog"], 1)  # set-up purges the queue
     finally:
         for p in (warren, sink):
             p.terminate()

@@ -50,7 +50,8 @@ async fn run(config: warren::config::Config) -> anyhow::Result<()> {
         listeners.push(listener);
     }
     let broker = Arc::new(
-        Broker::new(config).context("loading users, permissions, policies and definitions")?,
+        Broker::new(config)
+            .context("loading users, permissions, policies, definitions and the data directory")?,
     );
     server::run(listeners, broker, shutdown_signal()).await;
     info!("stopped");
