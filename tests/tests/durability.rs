@@ -88,6 +88,16 @@ async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
     out
 }
 
+/// Starts a broker on `dir`, drains `queue`, stops the broker.
+async fn start_and_drain(dir: &Path, queue: &str) -> Vec<(String, bool)> {
+    let broker = start_broker_with(config(dir)).await;
+    let conn = connect(&broker).await;
+    let got = drain(&channel(&conn).await, queue).await;
+    drop(conn);
+    broker.stop().await;
+    got
+}
+
 fn bodies(v: &[(String, bool)]) -> Vec<&str> {
     v.iter().map(|(b, _)| b.as_str()).collect()
 }
@@ -369,12 +379,7 @@ async fn torn_last_write_recovers_every_intact_record() {
         publish(&ch, "", "q", b"after", persistent()).await;
         drop(conn);
         broker.stop().await;
-        let broker = start_broker_with(config(&dir)).await;
-        let conn = connect(&broker).await;
-        let ch = channel(&conn).await;
-        assert_eq!(bodies(&drain(&ch, "q").await), ["after"]);
-        drop(conn);
-        broker.stop().await;
+        assert_eq!(bodies(&start_and_drain(&dir, "q").await), ["after"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -388,10 +393,7 @@ async fn a_corrupt_record_in_the_middle_is_skipped() {
     let at = data.len() / 2;
     data[at] ^= 0x5a;
     std::fs::write(&seg, &data).unwrap();
-    let broker = start_broker_with(config(&dir)).await;
-    let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
-    let got = drain(&ch, "q").await;
+    let got = start_and_drain(&dir, "q").await;
     assert_eq!(got.len(), 49, "exactly the damaged record is lost");
     let all: Vec<String> = (0..50).map(|i| format!("m{i:04}").repeat(20)).collect();
     let missing: Vec<&String> = all
@@ -402,8 +404,6 @@ async fn a_corrupt_record_in_the_middle_is_skipped() {
     let mut sorted = bodies(&got);
     sorted.sort_unstable();
     assert_eq!(sorted, bodies(&got), "order kept");
-    drop(conn);
-    broker.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -534,6 +534,7 @@ async fn a_full_disk_nacks_persistent_publishes_and_raises_the_disk_alarm() {
         mounted.success(),
         "this test mounts a 1 MiB tmpfs (needs root)"
     );
+    let _unmount = Unmount(dir.clone());
     let cfg = Config {
         disk_free_limit: 0,
         ..config(&dir)
@@ -604,8 +605,16 @@ async fn a_full_disk_nacks_persistent_publishes_and_raises_the_disk_alarm() {
     drop(other);
     drop(conn);
     broker.stop().await;
-    let _ = Command::new("umount").arg("-l").arg(&dir).status();
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Unmounts (and removes) the tmpfs when the test ends, also when it fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The real binary, so that it can be killed with SIGKILL.
