@@ -371,9 +371,10 @@ impl QueueLog {
         self.append(|buf| record::encode_deliver(buf, seq), None);
     }
 
-    /// Whether the append with `lsn` is on disk.
+    /// Whether the append with `lsn` is on disk. Appends to a deleted queue's log count as durable:
+    /// the message is gone with its queue, and its publisher's confirm must not wait forever.
     pub fn durability(&self, lsn: u64) -> Durability {
-        if self.durable_lsn.load(Ordering::Acquire) >= lsn {
+        if self.durable_lsn.load(Ordering::Acquire) >= lsn || self.deleted.load(Ordering::Acquire) {
             Durability::Durable
         } else if self.failed_lsn.load(Ordering::Acquire) >= lsn {
             Durability::Failed
@@ -634,6 +635,71 @@ fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
+
+    fn publish(seq: u64, body: &[u8]) -> PublishRef<'_> {
+        PublishRef {
+            seq,
+            persistent: true,
+            expires_at: 0,
+            exchange: b"",
+            routing_key: b"q",
+            properties: b"\x00\x00",
+            body,
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("warren-log-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn appends_become_durable_and_read_back_in_order() {
+        let dir = temp_dir("order");
+        let store = Store::open(&dir, 4096, 1 << 20).unwrap();
+        let (log, rec) = store.open_queue_log("/", "q").unwrap();
+        assert_eq!(rec.count, 0);
+        let mut lsn = 0;
+        for seq in 0..100 {
+            lsn = log.append_publish(&publish(seq, format!("m{seq}").as_bytes()));
+        }
+        let mut commits = store.commits();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        while log.durability(lsn) != Durability::Durable {
+            rt.block_on(commits.changed()).unwrap();
+        }
+        let mut reader = log.reader();
+        for seq in 0..100 {
+            let p = reader.next_publish().unwrap().unwrap();
+            assert_eq!((p.seq, &p.body[..]), (seq, format!("m{seq}").as_bytes()));
+        }
+        assert!(reader.next_publish().unwrap().is_none());
+        assert!(log.segment_count() > 1, "4 KiB segments rotated");
+        store.shutdown();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_deleted_log_never_holds_a_confirm_back() {
+        let dir = temp_dir("deleted");
+        // A committer that never runs: the append stays pending.
+        let idle = Arc::new(super::super::Committer {
+            dirty: Mutex::new(Vec::new()),
+            wake: std::sync::Condvar::new(),
+            stop: AtomicBool::new(false),
+            commits: tokio::sync::watch::channel(0).0,
+            fsyncs: AtomicU64::new(0),
+            io_error: AtomicBool::new(false),
+        });
+        let (log, _) = QueueLog::open("/q".into(), dir.clone(), 1 << 20, idle).unwrap();
+        let lsn = log.append_publish(&publish(0, b"x"));
+        assert_eq!(log.durability(lsn), Durability::Pending);
+        log.destroy();
+        assert_eq!(log.durability(lsn), Durability::Durable);
+        assert!(!dir.exists());
+    }
 
     #[test]
     fn range_set_merges_and_trims() {
