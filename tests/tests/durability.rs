@@ -796,6 +796,50 @@ async fn check_after_restart(p: &Process, seen: &Seen) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_transactions_survive_kill_9() {
+    let dir = fresh_dir("tx");
+    let p = Process::start(&dir);
+    let conn = p.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare("txq".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
+    ch.tx_select().await.unwrap();
+    for i in 0..100 {
+        ch.basic_publish(
+            "".into(),
+            "txq".into(),
+            BasicPublishOptions::default(),
+            format!("c{i}").as_bytes(),
+            persistent(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.tx_commit().await.unwrap();
+    ch.basic_publish(
+        "".into(),
+        "txq".into(),
+        BasicPublishOptions::default(),
+        b"uncommitted",
+        persistent(),
+    )
+    .await
+    .unwrap();
+    p.kill(); // right after commit-ok: the committed messages must be on disk
+    let p = Process::start(&dir);
+    let conn = p.connect().await;
+    let got = drain(&conn.create_channel().await.unwrap(), "txq").await;
+    let expected: Vec<String> = (0..100).map(|i| format!("c{i}")).collect();
+    assert_eq!(
+        bodies(&got),
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_messages_survive_kill_9() {
     let rounds: usize = std::env::var("WARREN_CRASH_ROUNDS")
         .ok()

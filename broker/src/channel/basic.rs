@@ -347,14 +347,16 @@ impl Channel {
                 }
                 PublishOutcome::Deleted => {}
             }
-            if let (Some(lsn), true) = (lsn, self.confirm) {
+            if let Some(lsn) = lsn {
                 waits.push((q, lsn));
             }
         }
         ctx.route_queues = queues;
-        if rejected && self.confirm {
+        if let Some(commit) = &mut self.commit_waits {
+            commit.extend(waits);
+        } else if rejected && self.confirm {
             self.nacks.push(self.publish_seq);
-        } else if !waits.is_empty() {
+        } else if self.confirm && !waits.is_empty() {
             self.durable_waits.push_back(super::DurableWait {
                 seq: self.publish_seq,
                 waits,
@@ -557,6 +559,7 @@ impl Channel {
             ));
         };
         self.tx = None;
+        self.commit_waits = Some(Vec::new());
         let result = ops.into_iter().try_for_each(|op| match op {
             TxOp::Publish(publication) => self.route_and_enqueue(ctx, publication),
             TxOp::Ack { tag, multiple } => self.basic_ack(ctx, tag, multiple),
@@ -567,11 +570,19 @@ impl Channel {
             } => self.basic_nack(ctx, tag, multiple, requeue),
         });
         self.tx = Some(Vec::new());
+        let waits = self.commit_waits.take().unwrap_or_default();
         result?;
-        self.reply(
-            ctx,
-            AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
-        );
+        if waits.is_empty() {
+            self.reply(
+                ctx,
+                AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+            );
+        } else {
+            // Persistent messages on durable queues: commit-ok once they are on disk (sent by
+            // `flush_confirms` after the commit round). A well-behaved client sends no synchronous
+            // method before it, and asynchronous ones are held in the next transaction.
+            self.pending_commit = Some(waits);
+        }
         Ok(())
     }
 

@@ -402,6 +402,10 @@ pub struct Channel {
     nacks: Vec<u64>,
     /// Publishes whose confirm waits for queue logs to reach the disk, in publish order.
     durable_waits: VecDeque<DurableWait>,
+    /// Log appends of the tx.commit being applied.
+    commit_waits: Option<Vec<(Arc<Queue>, u64)>>,
+    /// A tx.commit-ok that waits for these log appends to reach the disk.
+    pending_commit: Option<Vec<(Arc<Queue>, u64)>>,
     /// Transaction mode (tx.select) and its pending operations.
     tx: Option<Vec<TxOp>>,
     /// Prefetch count for consumers created from now on (`basic.qos global=false`).
@@ -433,6 +437,8 @@ impl Channel {
             confirmed: 0,
             nacks: Vec::new(),
             durable_waits: VecDeque::new(),
+            commit_waits: None,
+            pending_commit: None,
             tx: None,
             consumer_prefetch: 0,
             last_queue: None,
@@ -622,6 +628,7 @@ impl Channel {
     /// fsynced it (RabbitMQ docs/confirms.md "When Will Published Messages Be Confirmed"), and nacked if
     /// the write failed; later publishes wait behind it so that `multiple` acks stay truthful.
     pub fn flush_confirms(&mut self, ctx: &ConnectionContext) {
+        self.flush_pending_commit(ctx);
         if !self.confirm || self.closing || self.publish_seq == self.confirmed {
             return;
         }
@@ -672,9 +679,35 @@ impl Channel {
         self.confirmed = upto;
     }
 
-    /// Whether some publisher confirm waits for a queue log to reach the disk.
+    /// Sends a deferred tx.commit-ok once the transaction's persistent messages are on disk; closes
+    /// the channel with 406 if their log write failed.
+    fn flush_pending_commit(&mut self, ctx: &ConnectionContext) {
+        let Some(waits) = &self.pending_commit else {
+            return;
+        };
+        let states: Vec<Durability> = waits.iter().map(|(q, lsn)| q.durability(*lsn)).collect();
+        if states.contains(&Durability::Pending) {
+            return;
+        }
+        self.pending_commit = None;
+        if states.contains(&Durability::Failed) {
+            let error = AmqpError::precondition_failed(
+                "the transaction's persistent messages could not be written to disk",
+            );
+            self.close_with_error(ctx, &error, 90, 20);
+            return;
+        }
+        self.reply(
+            ctx,
+            AMQPClass::Tx(amq_protocol::protocol::tx::AMQPMethod::CommitOk(
+                amq_protocol::protocol::tx::CommitOk {},
+            )),
+        );
+    }
+
+    /// Whether a publisher confirm or a tx.commit-ok waits for a queue log to reach the disk.
     pub fn awaits_durability(&self) -> bool {
-        !self.durable_waits.is_empty() && !self.closing
+        (!self.durable_waits.is_empty() || self.pending_commit.is_some()) && !self.closing
     }
 
     /// Closes the channel with 406 if a delivery has stayed unacked past its timeout (RabbitMQ

@@ -666,7 +666,9 @@ mod tests {
             lsn = log.append_publish(&publish(seq, format!("m{seq}").as_bytes()));
         }
         let mut commits = store.commits();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         while log.durability(lsn) != Durability::Durable {
             rt.block_on(commits.changed()).unwrap();
         }
