@@ -26,10 +26,10 @@ def free_port():
 
 
 class Broker:
-    def __init__(self, config_text=None, tmp_path=None):
+    def __init__(self, config_text=None, tmp_path=None, data_dir=None):
         self.port = free_port()
         binary = os.environ.get("WARREN_BIN", str(ROOT / "target" / "debug" / "warren"))
-        self.data_dir = tempfile.mkdtemp(prefix="warren-pika-")
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="warren-pika-")
         args = [binary, "--listen", f"127.0.0.1:{self.port}", "--log", "warn", "--data-dir", self.data_dir]
         if config_text is not None:
             path = pathlib.Path(tmp_path) / "warren.toml"
