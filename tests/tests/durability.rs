@@ -334,12 +334,20 @@ async fn fill(dir: &Path, n: usize) {
     broker.stop().await;
 }
 
+/// Length of a segment's written data (segments are preallocated: zeros follow the data).
+fn data_len(path: &Path) -> u64 {
+    let data = std::fs::read(path).unwrap();
+    data.iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
+}
+
 /// The newest non-empty segment.
 fn newest_with_data(dir: &Path) -> PathBuf {
     segments(dir)
         .into_iter()
         .rev()
-        .find(|p| std::fs::metadata(p).unwrap().len() > 16)
+        .find(|p| data_len(p) > 16)
         .expect("a segment with records")
 }
 
@@ -349,14 +357,19 @@ async fn torn_last_write_recovers_every_intact_record() {
         let dir = fresh_dir(&format!("torn{round}"));
         fill(&dir, 50).await;
         let seg = newest_with_data(&dir);
-        let len = std::fs::metadata(&seg).unwrap().len();
+        let len = data_len(&seg);
         let cut = rand::thread_rng().gen_range(17..len);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&seg)
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        if round % 2 == 0 {
+            // The file ends inside a record.
+            file.set_len(cut).unwrap();
+        } else {
+            // The write stopped inside a record in preallocated space: zeros follow.
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&vec![0u8; (len - cut) as usize], cut)
+                .unwrap();
+        }
+        drop(file);
         let broker = start_broker_with(config(&dir)).await;
         let conn = connect(&broker).await;
         let ch = channel(&conn).await;
@@ -390,7 +403,7 @@ async fn a_corrupt_record_in_the_middle_is_skipped() {
     fill(&dir, 50).await;
     let seg = newest_with_data(&dir);
     let mut data = std::fs::read(&seg).unwrap();
-    let at = data.len() / 2;
+    let at = data_len(&seg) as usize / 2;
     data[at] ^= 0x5a;
     std::fs::write(&seg, &data).unwrap();
     let got = start_and_drain(&dir, "q").await;

@@ -242,6 +242,12 @@ pub enum Scanned {
         /// End offset.
         offset: u64,
     },
+    /// Only zero octets from `offset` to the end of the data: the unwritten, preallocated end of a
+    /// segment.
+    Zeros {
+        /// Where the zeros start.
+        offset: u64,
+    },
 }
 
 /// Walks the records of a buffer that holds a file's octets from `base` onwards.
@@ -298,9 +304,13 @@ impl Scanner {
         }
     }
 
-    /// The next item. After `Incomplete` or `End` the scanner stays where it is.
+    /// The next item. After `Incomplete`, `End` or `Zeros` the scanner stays where it is.
     pub fn next_item(&mut self) -> Scanned {
         let offset = self.base + self.pos as u64;
+        let rest = &self.data[self.pos..];
+        if rest.len() >= 4 && rest[..4] == [0; 4] && rest.iter().all(|&b| b == 0) {
+            return Scanned::Zeros { offset };
+        }
         match self.record_at(self.pos) {
             Ok(Some((len, record))) => {
                 self.pos += len;
@@ -370,7 +380,10 @@ mod tests {
         let mut out = Vec::new();
         loop {
             let item = s.next_item();
-            let stop = matches!(item, Scanned::End { .. } | Scanned::Incomplete { .. });
+            let stop = matches!(
+                item,
+                Scanned::End { .. } | Scanned::Incomplete { .. } | Scanned::Zeros { .. }
+            );
             out.push(item);
             if stop {
                 return out;
@@ -425,6 +438,16 @@ mod tests {
                 "cut {cut}: {items:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_preallocated_zero_tail_ends_the_data() {
+        let mut data = sample();
+        let end = 16 + data.len() as u64;
+        data.extend_from_slice(&[0; 100]);
+        let items = scan_all(data);
+        assert_eq!(items.len(), 4);
+        assert_eq!(items[3], Scanned::Zeros { offset: end });
     }
 
     #[test]
