@@ -557,6 +557,15 @@ impl Queue {
         self.lock().deleted
     }
 
+    /// Starts what a queue restored from its log needs: the expiry task, when messages came back (they
+    /// may carry expiry times; like RabbitMQ, recovered messages expire when they reach the head).
+    pub fn start_recovered(self: &Arc<Self>) {
+        if self.lock().ready.len > 0 {
+            self.ensure_timer();
+            self.timer.notify_one();
+        }
+    }
+
     /// Records a use for `x-expires` (queue.declare, basic.get, basic.consume).
     pub fn touch(self: &Arc<Self>) {
         self.lock().last_used = Instant::now();

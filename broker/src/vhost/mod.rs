@@ -510,6 +510,9 @@ impl VHost {
         queues.insert(name, Arc::clone(&q));
         drop(queues);
         q.touch();
+        if q.log().is_some() {
+            q.start_recovered();
+        }
         if persisted {
             self.persist();
         }
