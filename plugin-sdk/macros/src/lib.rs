@@ -1,0 +1,371 @@
+//! Attribute macros of `warren-plugin-sdk`: `#[exchange]`, `#[filter]`, `#[idempotency]`.
+//!
+//! Each one checks the annotated function's signature (a spanned compile error otherwise), keeps the
+//! function unchanged, and adds a private module that generates the guest bindings for its world of
+//! `wit/warren-plugin.wit` (with `wit-bindgen`, reached through the SDK so a plugin needs no other
+//! dependency) and exports a component that calls the function.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{quote, quote_spanned};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, ItemFn, Lit, Meta, Path, Token};
+
+/// The WIT package the plugins target, embedded so the SDK works wherever it is built.
+const WIT: &str = include_str!("../../../wit/warren-plugin.wit");
+
+/// The three plugin kinds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Exchange,
+    Filter,
+    Idempotency,
+}
+
+impl Kind {
+    fn world(self) -> &'static str {
+        match self {
+            Kind::Exchange => "exchange-plugin",
+            Kind::Filter => "filter-plugin",
+            Kind::Idempotency => "idempotency-plugin",
+        }
+    }
+
+    /// The expected signature, for error messages.
+    fn signature(self) -> &'static str {
+        match self {
+            Kind::Exchange => "fn(exchange: &Exchange, message: &Message) -> Vec<u32> (or Option<u32>)",
+            Kind::Filter => "fn(config: &Table, message: &Message) -> Decision",
+            Kind::Idempotency => "fn(config: &Table, message: &Message) -> Option<Vec<u8>>",
+        }
+    }
+
+    /// Attribute keys besides `name` and `description`.
+    fn hooks(self) -> &'static [&'static str] {
+        match self {
+            Kind::Exchange => &["init", "validate_binding"],
+            Kind::Filter | Kind::Idempotency => &["init"],
+        }
+    }
+}
+
+/// Parsed attribute arguments.
+struct Args {
+    name: String,
+    description: String,
+    hooks: Vec<(String, Path)>,
+}
+
+fn parse_args(kind: Kind, attr: TokenStream2) -> syn::Result<Args> {
+    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr.clone())?;
+    let mut name = None;
+    let mut description = String::new();
+    let mut hooks = Vec::new();
+    for meta in metas {
+        let Meta::NameValue(nv) = &meta else {
+            return Err(syn::Error::new_spanned(
+                &meta,
+                "expected `key = value`, e.g. name = \"x-my-type\"",
+            ));
+        };
+        let key = nv
+            .path
+            .get_ident()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        match (key.as_str(), &nv.value) {
+            (
+                "name",
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(s), ..
+                }),
+            ) => name = Some((s.value(), s.span())),
+            (
+                "description",
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(s), ..
+                }),
+            ) => description = s.value(),
+            (k, Expr::Path(p)) if kind.hooks().contains(&k) => hooks.push((key, p.path.clone())),
+            _ => {
+                let mut allowed = vec!["name = \"…\"", "description = \"…\""];
+                allowed.extend(kind.hooks().iter().map(|h| match *h {
+                    "init" => "init = function",
+                    _ => "validate_binding = function",
+                }));
+                return Err(syn::Error::new_spanned(
+                    &meta,
+                    format!("unknown or malformed argument; expected {}", allowed.join(", ")),
+                ));
+            }
+        }
+    }
+    let Some((name, span)) = name else {
+        return Err(syn::Error::new(
+            attr.span(),
+            "missing `name = \"…\"`: the exchange type or plugin name clients use",
+        ));
+    };
+    if kind == Kind::Exchange && !name.starts_with("x-") {
+        return Err(syn::Error::new(
+            span,
+            "an exchange type name must start with `x-` (e.g. \"x-consistent-hash\")",
+        ));
+    }
+    if name.is_empty() || name.len() > 255 {
+        return Err(syn::Error::new(span, "a plugin name has 1 to 255 octets"));
+    }
+    Ok(Args {
+        name,
+        description,
+        hooks,
+    })
+}
+
+fn check_signature(kind: Kind, f: &ItemFn) -> syn::Result<()> {
+    let sig = &f.sig;
+    let wrong = |span: Span, what: &str| {
+        Err(syn::Error::new(
+            span,
+            format!("{what}; a {} plugin function is `{}`", kind.world(), kind.signature()),
+        ))
+    };
+    if sig.asyncness.is_some() {
+        return wrong(sig.asyncness.span(), "plugin functions cannot be async");
+    }
+    if !sig.generics.params.is_empty() {
+        return wrong(sig.generics.span(), "plugin functions cannot be generic");
+    }
+    if sig.inputs.len() != 2 {
+        return wrong(sig.inputs.span(), "expected exactly two parameters");
+    }
+    for input in &sig.inputs {
+        match input {
+            syn::FnArg::Receiver(r) => return wrong(r.span(), "expected a free function"),
+            syn::FnArg::Typed(t) if !matches!(*t.ty, syn::Type::Reference(_)) => {
+                return wrong(t.ty.span(), "expected a reference parameter");
+            }
+            syn::FnArg::Typed(_) => {}
+        }
+    }
+    if matches!(sig.output, syn::ReturnType::Default) {
+        return wrong(sig.span(), "missing return type");
+    }
+    Ok(())
+}
+
+/// The glue shared by all kinds: bindings generation and the message view adapter.
+fn common(kind: Kind) -> TokenStream2 {
+    let world = kind.world();
+    quote! {
+        ::warren_plugin_sdk::__private::wit_bindgen::generate!({
+            inline: #WIT,
+            world: #world,
+            runtime_path: "::warren_plugin_sdk::__private::wit_bindgen::rt",
+        });
+
+        use warren::plugin::types as __types;
+        use ::warren_plugin_sdk::__private::{MessageSource as __MessageSource, Table as __Table, Value as __Value};
+
+        fn __value(v: __types::FieldValue) -> __Value {
+            match v {
+                __types::FieldValue::Boolean(b) => __Value::Boolean(b),
+                __types::FieldValue::Integer(n) => __Value::Integer(n),
+                __types::FieldValue::Float(n) => __Value::Float(n),
+                __types::FieldValue::Decimal((s, n)) => __Value::Decimal(s, n),
+                __types::FieldValue::Text(s) => __Value::Text(s),
+                __types::FieldValue::Bytes(b) => __Value::Bytes(b),
+                __types::FieldValue::Timestamp(t) => __Value::Timestamp(t),
+                __types::FieldValue::Table(t) => __Value::Table(__Table::decode(&t).unwrap_or_default()),
+                __types::FieldValue::Array(a) => __Value::Array(
+                    ::warren_plugin_sdk::__private::decode_array(&a).unwrap_or_default(),
+                ),
+                __types::FieldValue::Void => __Value::Void,
+            }
+        }
+
+        struct __Source<'a>(&'a __types::Message);
+
+        impl __MessageSource for __Source<'_> {
+            fn exchange(&self) -> String { self.0.exchange() }
+            fn routing_key(&self) -> String { self.0.routing_key() }
+            fn body_size(&self) -> u64 { self.0.body_size() }
+            fn body(&self) -> Vec<u8> { self.0.body() }
+            fn property(&self, name: &str) -> Option<__Value> { self.0.property(name).map(__value) }
+            fn header(&self, name: &str) -> Option<__Value> { self.0.header(name).map(__value) }
+            fn headers(&self) -> __Table { __Table::decode(&self.0.headers()).unwrap_or_default() }
+        }
+
+        fn __info(name: &str, description: &str) -> __types::PluginInfo {
+            __types::PluginInfo {
+                name: name.to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                description: description.to_string(),
+            }
+        }
+
+        struct __Component;
+        export!(__Component);
+    }
+}
+
+fn hook(args: &Args, key: &str, default: TokenStream2) -> TokenStream2 {
+    match args.hooks.iter().find(|(k, _)| k == key) {
+        Some((_, path)) => quote!(#path),
+        None => default,
+    }
+}
+
+fn expand(kind: Kind, attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream2> {
+    let args = parse_args(kind, attr.into())?;
+    let f: ItemFn = syn::parse(item)?;
+    check_signature(kind, &f)?;
+    let fn_name = &f.sig.ident;
+    // Calls to the user's function carry its span, so a type mismatch points at the function.
+    let call = quote_spanned!(f.sig.span()=> super::#fn_name);
+    let (name, description) = (&args.name, &args.description);
+    let common = common(kind);
+    let glue = match kind {
+        Kind::Exchange => {
+            let init = hook(
+                &args,
+                "init",
+                quote!(::warren_plugin_sdk::exchange::runtime::accept_any),
+            );
+            let validate = hook(
+                &args,
+                "validate_binding",
+                quote!(::warren_plugin_sdk::exchange::runtime::accept_binding),
+            );
+            quote! {
+                use exports::warren::plugin::exchange as __x;
+                use ::warren_plugin_sdk::exchange::{runtime as __rt, Hooks as __Hooks, RoutesOn as __RoutesOn};
+
+                const __HOOKS: __Hooks = __Hooks {
+                    init: #init,
+                    validate_binding: #validate,
+                    route: |x, m| ::warren_plugin_sdk::exchange::IntoRoute::into_route(#call(x, m)),
+                };
+
+                impl __x::Guest for __Component {
+                    fn describe() -> __types::PluginInfo { __info(#name, #description) }
+                    fn init(arguments: Vec<u8>) -> Result<__x::RoutesOn, String> {
+                        __rt::init(&__HOOKS, &arguments).map(|r| match r {
+                            __RoutesOn::RoutingKey => __x::RoutesOn::RoutingKey,
+                            __RoutesOn::Message => __x::RoutesOn::Message,
+                        })
+                    }
+                    fn validate_binding(b: __x::Binding) -> Result<(), String> {
+                        __rt::validate_binding(&__HOOKS, b.id, b.key, &b.arguments)
+                    }
+                    fn add_binding(b: __x::Binding) { __rt::add_binding(b.id, b.key, &b.arguments) }
+                    fn remove_binding(id: u32) { __rt::remove_binding(id) }
+                    fn route(message: &__types::Message, routing_key: String) -> Vec<u32> {
+                        __rt::route(&__HOOKS, &__Source(message), &routing_key)
+                    }
+                }
+            }
+        }
+        Kind::Filter => {
+            let init = hook(
+                &args,
+                "init",
+                quote!(::warren_plugin_sdk::filter::runtime::accept),
+            );
+            quote! {
+                use exports::warren::plugin::filter as __f;
+                use ::warren_plugin_sdk::filter::{runtime as __rt, Hooks as __Hooks, Decision as __Decision};
+
+                const __HOOKS: __Hooks = __Hooks {
+                    init: #init,
+                    filter: |c, m| ::core::convert::Into::<__Decision>::into(#call(c, m)),
+                };
+
+                impl __f::Guest for __Component {
+                    fn describe() -> __types::PluginInfo { __info(#name, #description) }
+                    fn init(config: Vec<u8>) -> Result<(), String> { __rt::init(&__HOOKS, &config) }
+                    fn filter(message: &__types::Message) -> __f::Decision {
+                        match __rt::filter(&__HOOKS, &__Source(message)) {
+                            __Decision::Deliver => __f::Decision::Deliver,
+                            __Decision::Skip => __f::Decision::Skip,
+                            __Decision::Reject => __f::Decision::Reject,
+                        }
+                    }
+                }
+            }
+        }
+        Kind::Idempotency => {
+            let init = hook(
+                &args,
+                "init",
+                quote!(::warren_plugin_sdk::idempotency::runtime::accept),
+            );
+            quote! {
+                use exports::warren::plugin::idempotency as __i;
+                use ::warren_plugin_sdk::idempotency::{runtime as __rt, Hooks as __Hooks};
+
+                const __HOOKS: __Hooks = __Hooks {
+                    init: #init,
+                    key: |c, m| #call(c, m),
+                };
+
+                impl __i::Guest for __Component {
+                    fn describe() -> __types::PluginInfo { __info(#name, #description) }
+                    fn init(config: Vec<u8>) -> Result<(), String> { __rt::init(&__HOOKS, &config) }
+                    fn key(message: &__types::Message) -> Option<Vec<u8>> {
+                        __rt::key(&__HOOKS, &__Source(message))
+                    }
+                }
+            }
+        }
+    };
+    Ok(quote! {
+        #f
+
+        #[doc(hidden)]
+        #[allow(warnings, clippy::all, unsafe_code)]
+        mod __warren_plugin {
+            use super::*;
+            #common
+            #glue
+        }
+    })
+}
+
+fn run(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(kind, attr, item)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Makes the function the routing logic of an exchange type.
+///
+/// `#[exchange(name = "x-…", description = "…", init = f, validate_binding = g)]` on
+/// `fn(&Exchange, &Message) -> Vec<u32>` (or `Option<u32>`): the ids of the bindings to route to.
+/// `init: fn(&Table) -> Result<RoutesOn, String>` checks the declare arguments;
+/// `validate_binding: fn(&Exchange, &Binding) -> Result<(), String>` checks each binding. Errors reach
+/// the client as `406 PRECONDITION_FAILED`.
+#[proc_macro_attribute]
+pub fn exchange(attr: TokenStream, item: TokenStream) -> TokenStream {
+    run(Kind::Exchange, attr, item)
+}
+
+/// Makes the function a consumer filter.
+///
+/// `#[filter(name = "…", description = "…", init = f)]` on `fn(&Table, &Message) -> Decision` (or
+/// `bool`: deliver or skip); the table is the consumer's `x-filter-args`.
+#[proc_macro_attribute]
+pub fn filter(attr: TokenStream, item: TokenStream) -> TokenStream {
+    run(Kind::Filter, attr, item)
+}
+
+/// Makes the function the key derivation of an idempotency plugin.
+///
+/// `#[idempotency(name = "…", description = "…", init = f)]` on
+/// `fn(&Table, &Message) -> Option<Vec<u8>>`; the table is the queue's `x-idempotency-args`.
+#[proc_macro_attribute]
+pub fn idempotency(attr: TokenStream, item: TokenStream) -> TokenStream {
+    run(Kind::Idempotency, attr, item)
+}

@@ -1,0 +1,176 @@
+//! Exchange plugins: an exchange type written as one routing function.
+//!
+//! The SDK keeps the exchange's state inside the instance — its declare arguments and its bindings,
+//! pushed by the broker as they change — so the routing function sees them without the broker
+//! re-sending them per message. Derived data (a hash ring, an index) goes in [`Exchange::cached`],
+//! rebuilt lazily after the bindings change.
+
+use std::any::Any;
+use std::cell::{OnceCell, RefCell};
+
+use crate::message::{Message, MessageSource};
+use crate::table::Table;
+
+/// One binding of the exchange.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    /// Broker-assigned id, stable while the binding exists; routing answers with ids.
+    pub id: u32,
+    /// The binding key (`routing_key` of queue.bind / exchange.bind).
+    pub key: String,
+    /// The binding's arguments.
+    pub arguments: Table,
+}
+
+/// What routing depends on; tells the broker whether it may cache routing decisions per routing key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoutesOn {
+    /// The routing key alone (the same key always routes to the same bindings while they are
+    /// unchanged): the broker caches decisions per key.
+    RoutingKey,
+    /// Headers, properties or the body: every message is routed by the plugin.
+    Message,
+}
+
+/// The exchange an instance routes for: its declare arguments and current bindings.
+pub struct Exchange {
+    arguments: Table,
+    bindings: Vec<Binding>,
+    cache: OnceCell<Box<dyn Any>>,
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("arguments", &self.arguments)
+            .field("bindings", &self.bindings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exchange {
+    /// The arguments given in exchange.declare.
+    pub fn arguments(&self) -> &Table {
+        &self.arguments
+    }
+
+    /// The current bindings, in the order they were added.
+    pub fn bindings(&self) -> &[Binding] {
+        &self.bindings
+    }
+
+    /// A value derived from the exchange (e.g. a hash ring built from the bindings), built by `build`
+    /// on first use and dropped whenever a binding is added or removed.
+    ///
+    /// # Panics
+    /// If one exchange asks for cached values of two different types.
+    pub fn cached<T: 'static>(&self, build: impl FnOnce(&Exchange) -> T) -> &T {
+        self.cache
+            .get_or_init(|| Box::new(build(self)))
+            .downcast_ref::<T>()
+            .expect("Exchange::cached used with two different types")
+    }
+}
+
+/// What a routing function may return: binding ids.
+pub trait IntoRoute {
+    /// The binding ids.
+    fn into_route(self) -> Vec<u32>;
+}
+
+impl IntoRoute for Vec<u32> {
+    fn into_route(self) -> Vec<u32> {
+        self
+    }
+}
+
+impl IntoRoute for Option<u32> {
+    fn into_route(self) -> Vec<u32> {
+        self.into_iter().collect()
+    }
+}
+
+/// The plugin's functions, filled in by `#[warren_plugin_sdk::exchange]`.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct Hooks {
+    pub init: fn(&Table) -> Result<RoutesOn, String>,
+    pub validate_binding: fn(&Exchange, &Binding) -> Result<(), String>,
+    pub route: fn(&Exchange, &Message<'_>) -> Vec<u32>,
+}
+
+thread_local! {
+    static STATE: RefCell<Option<Exchange>> = const { RefCell::new(None) };
+}
+
+fn binding(id: u32, key: String, arguments: &[u8]) -> Result<Binding, String> {
+    Ok(Binding {
+        id,
+        key,
+        arguments: Table::decode(arguments).map_err(|e| e.to_string())?,
+    })
+}
+
+/// Entry points the generated glue calls; each mirrors a function of the WIT `exchange` interface.
+#[doc(hidden)]
+pub mod runtime {
+    use super::*;
+
+    pub fn init(hooks: &Hooks, arguments: &[u8]) -> Result<RoutesOn, String> {
+        let arguments = Table::decode(arguments).map_err(|e| e.to_string())?;
+        let routes_on = (hooks.init)(&arguments)?;
+        STATE.with_borrow_mut(|s| {
+            *s = Some(Exchange {
+                arguments,
+                bindings: Vec::new(),
+                cache: OnceCell::new(),
+            })
+        });
+        Ok(routes_on)
+    }
+
+    fn with<R>(f: impl FnOnce(&mut Exchange) -> R) -> R {
+        STATE.with_borrow_mut(|s| f(s.as_mut().expect("the broker calls init first")))
+    }
+
+    pub fn validate_binding(
+        hooks: &Hooks,
+        id: u32,
+        key: String,
+        arguments: &[u8],
+    ) -> Result<(), String> {
+        let b = binding(id, key, arguments)?;
+        with(|x| (hooks.validate_binding)(x, &b))
+    }
+
+    pub fn add_binding(id: u32, key: String, arguments: &[u8]) {
+        // The broker only adds bindings that passed validate_binding, so the arguments decode.
+        if let Ok(b) = binding(id, key, arguments) {
+            with(|x| {
+                x.bindings.push(b);
+                x.cache = OnceCell::new();
+            })
+        }
+    }
+
+    pub fn remove_binding(id: u32) {
+        with(|x| {
+            x.bindings.retain(|b| b.id != id);
+            x.cache = OnceCell::new();
+        })
+    }
+
+    pub fn route(hooks: &Hooks, source: &dyn MessageSource, routing_key: &str) -> Vec<u32> {
+        with(|x| (hooks.route)(x, &Message::new(source, routing_key)))
+    }
+
+    /// Default for plugins without an `init` function: routing may look at the whole message.
+    pub fn accept_any(_: &Table) -> Result<RoutesOn, String> {
+        Ok(RoutesOn::Message)
+    }
+
+    /// Default for plugins without a `validate_binding` function.
+    pub fn accept_binding(_: &Exchange, _: &Binding) -> Result<(), String> {
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! Filter plugins: what one consumer receives, decided per message.
+
+use std::cell::RefCell;
+
+use crate::message::{Message, MessageSource};
+use crate::table::Table;
+
+/// The decision for one message offered to a consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The consumer receives it.
+    Deliver,
+    /// Not for this consumer; it stays in the queue for others (like a JMS selector).
+    Skip,
+    /// Nobody should have it: dead-lettered if the queue has a dead-letter exchange, else dropped.
+    Reject,
+}
+
+impl From<bool> for Decision {
+    /// `true` delivers, `false` skips.
+    fn from(deliver: bool) -> Self {
+        if deliver {
+            Decision::Deliver
+        } else {
+            Decision::Skip
+        }
+    }
+}
+
+/// The plugin's functions, filled in by `#[warren_plugin_sdk::filter]`.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct Hooks {
+    pub init: fn(&Table) -> Result<(), String>,
+    pub filter: fn(&Table, &Message<'_>) -> Decision,
+}
+
+thread_local! {
+    static CONFIG: RefCell<Table> = RefCell::new(Table::default());
+}
+
+/// Entry points the generated glue calls.
+#[doc(hidden)]
+pub mod runtime {
+    use super::*;
+
+    pub fn init(hooks: &Hooks, config: &[u8]) -> Result<(), String> {
+        let config = Table::decode(config).map_err(|e| e.to_string())?;
+        (hooks.init)(&config)?;
+        CONFIG.set(config);
+        Ok(())
+    }
+
+    pub fn filter(hooks: &Hooks, source: &dyn MessageSource) -> Decision {
+        let key = source.routing_key();
+        CONFIG.with_borrow(|c| (hooks.filter)(c, &Message::new(source, &key)))
+    }
+
+    /// Default for filters without an `init` function.
+    pub fn accept(_: &Table) -> Result<(), String> {
+        Ok(())
+    }
+}

@@ -1,0 +1,83 @@
+//! # warren-plugin-sdk
+//!
+//! Write [Warren](https://example.invalid/warren) plugins — custom exchange types, consumer filters and
+//! idempotency keys — as one annotated Rust function, built to a WebAssembly component with
+//! `cargo build --release --target wasm32-wasip2` and dropped into the broker's plugin directory.
+//! The contract is the WIT package `warren:plugin@0.1.0` (`wit/warren-plugin.wit`); this crate is
+//! the only dependency a plugin needs.
+//!
+//! ## An exchange type
+//! The function receives the exchange (declare arguments and bindings, kept inside the plugin
+//! instance) and the message, and returns the ids of the bindings to route to.
+//!
+//! ```ignore
+//! use warren_plugin_sdk::exchange::{Exchange, RoutesOn};
+//! use warren_plugin_sdk::{Message, Table};
+//!
+//! fn init(_arguments: &Table) -> Result<RoutesOn, String> {
+//!     Ok(RoutesOn::RoutingKey) // the same key always routes the same way: the broker may cache
+//! }
+//!
+//! /// Routes to every binding whose key is a prefix of the routing key.
+//! #[warren_plugin_sdk::exchange(name = "x-prefix", description = "binding key = prefix", init = init)]
+//! fn route(exchange: &Exchange, message: &Message) -> Vec<u32> {
+//!     exchange
+//!         .bindings()
+//!         .iter()
+//!         .filter(|b| message.routing_key().starts_with(b.key.as_str()))
+//!         .map(|b| b.id)
+//!         .collect()
+//! }
+//! ```
+//!
+//! ## A consumer filter
+//! Attached with `basic.consume` arguments `x-filter = "<name>"` and `x-filter-args = {…}`.
+//!
+//! ```ignore
+//! use warren_plugin_sdk::filter::Decision;
+//! use warren_plugin_sdk::{Message, Table};
+//!
+//! #[warren_plugin_sdk::filter(name = "only-json")]
+//! fn filter(_config: &Table, message: &Message) -> Decision {
+//!     match message.property_str("content-type").as_deref() {
+//!         Some("application/json") => Decision::Deliver,
+//!         _ => Decision::Skip,
+//!     }
+//! }
+//! ```
+//!
+//! ## An idempotency key
+//! Attached with the queue argument `x-idempotency = "<name>"`; the broker remembers acked keys.
+//!
+//! ```ignore
+//! use warren_plugin_sdk::{Message, Table};
+//!
+//! #[warren_plugin_sdk::idempotency(name = "by-message-id")]
+//! fn key(_config: &Table, message: &Message) -> Option<Vec<u8>> {
+//!     message.property_str("message-id").map(String::into_bytes)
+//! }
+//! ```
+//!
+//! Plugins run sandboxed: no files, network or environment; a per-call CPU deadline and a memory cap.
+//! A panic or a limit breach is contained by the broker and handled by its failure policy.
+#![deny(missing_docs)]
+
+extern crate self as warren_plugin_sdk;
+
+pub mod exchange;
+pub mod filter;
+pub mod idempotency;
+mod message;
+pub mod table;
+
+pub use message::Message;
+pub use table::{Table, Value};
+pub use warren_plugin_sdk_macros::{exchange, filter, idempotency};
+
+/// What the macros' generated code uses; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::message::MessageSource;
+    pub use crate::table::{decode_array, Table, Value};
+    pub use wit_bindgen;
+}
