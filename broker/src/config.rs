@@ -81,8 +81,14 @@ pub struct Config {
     /// Where durable state is kept; `None` keeps everything in memory (the binary defaults to
     /// `warren-data`).
     pub data_dir: Option<PathBuf>,
-    /// Directory of `.wasm` plugins (used by the plugin work; accepted now).
+    /// Directory of `.wasm` plugins (components targeting `wit/warren-plugin.wit`), loaded at start
+    /// and watched for changes.
     pub plugin_dir: Option<PathBuf>,
+    /// Wall-clock budget of one plugin call, ms (default 100); a call past it is stopped and the
+    /// plugin's failure policy applies.
+    pub plugin_call_timeout: u64,
+    /// Linear memory one plugin instance may use, octets (default 64 MiB).
+    pub plugin_memory_limit: u64,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax, e.g. `info` or `warren=debug`.
     pub log: String,
     /// Users; default `guest`/`guest`.
@@ -131,6 +137,8 @@ impl Default for Config {
             listen: vec!["127.0.0.1:5672".into()],
             data_dir: None,
             plugin_dir: None,
+            plugin_call_timeout: 100,
+            plugin_memory_limit: 64 << 20,
             log: "info".into(),
             users: vec![User {
                 name: "guest".into(),

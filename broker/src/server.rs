@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use amq_protocol::types::ShortString;
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 use tokio::sync::watch;
 
@@ -25,6 +25,8 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::definitions::{field_table, Definitions};
 use crate::exchange::registry::Registry;
+use crate::plugin::watcher::{self, PluginWatcher};
+use crate::plugin::PluginHost;
 use crate::store::Store;
 use crate::vhost::policy::Policy;
 use crate::vhost::{ExchangeFlags, QueueFlags, VHost};
@@ -40,8 +42,12 @@ pub struct Broker {
     pub config: Config,
     /// Users and permissions.
     pub auth: Auth,
-    /// Exchange types (native and, later, plugin types).
+    /// Exchange types (native and plugin types).
     pub registry: Arc<Registry>,
+    /// The WebAssembly plugin host (exchange types, filters, idempotency).
+    pub plugins: Arc<PluginHost>,
+    /// Watches the plugin directory while the broker lives.
+    _plugin_watcher: Option<PluginWatcher>,
     /// Resource alarms; connections subscribe to block publishers.
     pub alarms: Arc<watch::Sender<AlarmState>>,
     /// The data directory, when one is configured.
@@ -58,7 +64,26 @@ impl Broker {
     /// A bad password hash, permission pattern or policy, an unreadable definitions file, or a definition
     /// that a declare refuses; each message names the item.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let registry = Arc::new(Registry::default());
+        let plugins = PluginHost::new(
+            crate::plugin::Limits {
+                call_timeout: Duration::from_millis(config.plugin_call_timeout.max(1)),
+                memory_bytes: usize::try_from(config.plugin_memory_limit).unwrap_or(usize::MAX),
+            },
+            config.plugin_dir.clone(),
+        )?;
+        // Plugins load before durable state is recovered, so plugin exchanges come back routing.
+        plugins.load_dir();
+        let plugin_watcher = watcher::watch(&plugins).with_context(|| {
+            format!(
+                "cannot watch the plugin directory {}",
+                config
+                    .plugin_dir
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            )
+        })?;
+        let registry = Arc::new(Registry::new(Some(Arc::clone(&plugins))));
         let defs = match &config.definitions {
             Some(path) => Some(Definitions::load(path)?),
             None => None,
@@ -126,6 +151,8 @@ impl Broker {
             config,
             auth,
             registry,
+            plugins,
+            _plugin_watcher: plugin_watcher,
             store,
             alarms: Arc::new(watch::channel(AlarmState::default()).0),
             vhosts,

@@ -330,10 +330,13 @@ impl Channel {
         );
         scratch.clear();
         ctx.route_scratch = scratch;
-        if let Err(e) = routed {
-            ctx.route_queues = queues;
-            return Err(e);
-        }
+        let route_failure = match routed {
+            Ok(failure) => failure,
+            Err(e) => {
+                ctx.route_queues = queues;
+                return Err(e);
+            }
+        };
         let mut routed_to_any = false;
         let mut rejected = false;
         let mut waits = Vec::new();
@@ -352,9 +355,12 @@ impl Channel {
             }
         }
         ctx.route_queues = queues;
+        // A plugin exchange that failed to route makes an otherwise unroutable message a nack (the
+        // exchange failure policy), so a publisher in confirm mode learns it was not routed by choice.
+        let plugin_failed = route_failure.is_some() && !routed_to_any;
         if let Some(commit) = &mut self.commit_waits {
             commit.extend(waits);
-        } else if rejected && self.confirm {
+        } else if (rejected || plugin_failed) && self.confirm {
             self.nacks.push(self.publish_seq);
         } else if self.confirm && !waits.is_empty() {
             self.durable_waits.push_back(super::DurableWait {

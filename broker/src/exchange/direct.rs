@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use amq_protocol::types::ShortString;
 
-use super::{Binding, Destination, ExchangeType};
-use crate::message::Message;
+use super::{Binding, Destination, ExchangeType, RouteError};
+use crate::message::MessageRef;
 
 /// Index: binding key → destinations. Lookup by `&str` borrows, so routing does not allocate.
 #[derive(Debug, Default)]
@@ -32,10 +32,16 @@ impl ExchangeType for Direct {
         }
     }
 
-    fn route(&self, routing_key: &str, _message: &Message, out: &mut Vec<Destination>) {
+    fn route(
+        &self,
+        routing_key: &str,
+        _message: &MessageRef,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
         if let Some(dests) = self.routes.get(routing_key) {
             out.extend(dests.iter().cloned());
         }
+        Ok(())
     }
 }
 

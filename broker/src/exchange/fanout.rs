@@ -1,7 +1,7 @@
 //! `fanout`: routes to every binding, ignoring the routing key (RabbitMQ docs/exchanges.md).
 
-use super::{Binding, Destination, ExchangeType};
-use crate::message::Message;
+use super::{Binding, Destination, ExchangeType, RouteError};
+use crate::message::MessageRef;
 
 /// Index: the list of destinations.
 #[derive(Debug, Default)]
@@ -24,8 +24,14 @@ impl ExchangeType for Fanout {
         }
     }
 
-    fn route(&self, _routing_key: &str, _message: &Message, out: &mut Vec<Destination>) {
+    fn route(
+        &self,
+        _routing_key: &str,
+        _message: &MessageRef,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
         out.extend(self.destinations.iter().cloned());
+        Ok(())
     }
 }
 

@@ -8,8 +8,8 @@
 
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 
-use super::{Binding, Destination, ExchangeType};
-use crate::message::Message;
+use super::{Binding, Destination, ExchangeType, RouteError};
+use crate::message::MessageRef;
 use crate::protocol::values::int_value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,13 +133,19 @@ impl ExchangeType for Headers {
         }
     }
 
-    fn route(&self, _routing_key: &str, message: &Message, out: &mut Vec<Destination>) {
+    fn route(
+        &self,
+        _routing_key: &str,
+        message: &MessageRef,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
         let headers = message.properties.headers().as_ref();
         for b in &self.bindings {
             if b.matches(headers) {
                 out.push(b.destination.clone());
             }
         }
+        Ok(())
     }
 }
 

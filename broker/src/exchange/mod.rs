@@ -11,13 +11,14 @@ pub mod fanout;
 pub mod headers;
 pub mod registry;
 pub mod topic;
+pub mod wasm;
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use amq_protocol::types::{FieldTable, ShortString};
 
-use crate::message::Message;
+use crate::message::MessageRef;
 use crate::queue::Queue;
 
 /// Where a binding sends matching messages.
@@ -93,8 +94,22 @@ pub trait ExchangeType: Send + Sync + fmt::Debug {
     /// Appends the destinations of `message` published with `routing_key` (the message's own key, or a
     /// `CC`/`BCC` key); duplicates are allowed (the caller deduplicates). Must not allocate per call for
     /// the native types.
-    fn route(&self, routing_key: &str, message: &Message, out: &mut Vec<Destination>);
+    ///
+    /// # Errors
+    /// [`RouteError`] when the type could not decide (a plugin faulted or is unavailable); the
+    /// message is then treated as unroutable by this exchange (alternate exchange, basic.return,
+    /// confirm nack).
+    fn route(
+        &self,
+        routing_key: &str,
+        message: &MessageRef,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError>;
 }
+
+/// Why an exchange type could not route a message (plugin types only; native types always route).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteError(pub String);
 
 /// An exchange as declared (AMQP 0-9-1 §1.6.2.1 exchange.declare) with its bindings.
 #[derive(Debug)]
@@ -213,8 +228,16 @@ impl Exchange {
     }
 
     /// Appends the destinations of `message` under `routing_key` to `out` (may contain duplicates).
-    pub fn route(&self, routing_key: &str, message: &Message, out: &mut Vec<Destination>) {
-        self.read().router.route(routing_key, message, out);
+    ///
+    /// # Errors
+    /// The type could not route (see [`ExchangeType::route`]).
+    pub fn route(
+        &self,
+        routing_key: &str,
+        message: &MessageRef,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
+        self.read().router.route(routing_key, message, out)
     }
 
     /// Sets the alternate exchange given by a policy (the `alternate-exchange` argument still wins).
@@ -239,6 +262,7 @@ impl Exchange {
 pub(crate) mod test_support {
     //! Helpers for the per-type routing tables.
     use super::*;
+    use crate::message::Message;
     use amq_protocol::protocol::BasicProperties;
     use bytes::Bytes;
 
@@ -257,18 +281,18 @@ pub(crate) mod test_support {
         ))
     }
 
-    pub(crate) fn message(routing_key: &str, headers: Option<FieldTable>) -> Message {
+    pub(crate) fn message(routing_key: &str, headers: Option<FieldTable>) -> MessageRef {
         let mut properties = BasicProperties::default();
         if let Some(h) = headers {
             properties = properties.with_headers(h);
         }
-        Message::new(
+        Arc::new(Message::new(
             "x".into(),
             ShortString::try_new(routing_key).expect("short routing key"),
             properties,
             Bytes::new(),
             Bytes::new(),
-        )
+        ))
     }
 
     /// Binds each `(queue, key)` and returns the sorted, deduplicated queue names `key` routes to.
@@ -285,7 +309,9 @@ pub(crate) mod test_support {
             });
         }
         let mut out = Vec::new();
-        router.route(key, &message(key, None), &mut out);
+        router
+            .route(key, &message(key, None), &mut out)
+            .expect("native types always route");
         let mut names: Vec<String> = out.iter().map(|d| d.name().to_owned()).collect();
         names.sort();
         names.dedup();

@@ -1,30 +1,45 @@
-//! Exchange type registry: type name → constructor (RabbitMQ `rabbit_registry`).
+//! Exchange type registry: type name → routing state (RabbitMQ `rabbit_registry`).
 //!
-//! The four standard types are registered at start. Plugin types (`x-…`) register and unregister here
-//! as plugins load and unload.
+//! The four standard types are registered at start. Plugin types (`x-…`) are looked up in the
+//! [`PluginHost`] at declare time, so a type exists exactly while a plugin providing it is loaded;
+//! native and plugin types sit side by side and route through the same [`ExchangeType`] trait.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+
+use amq_protocol::types::FieldTable;
 
 use super::direct::Direct;
 use super::fanout::Fanout;
 use super::headers::Headers;
 use super::topic::Topic;
+use super::wasm::WasmExchange;
 use super::ExchangeType;
+use crate::plugin::{Kind, PluginHost};
 
-/// Builds the routing state for a new exchange of one type.
+/// Builds the routing state for a new exchange of a native type.
 pub type Factory = fn() -> Box<dyn ExchangeType>;
 
-/// Type name → factory. Read on every exchange.declare, written when plugins come and go.
+/// Type name → factory for native types, plus the plugin host for `x-` types. Read on every
+/// exchange.declare.
 #[derive(Debug)]
 pub struct Registry {
     types: RwLock<HashMap<String, Factory>>,
+    plugins: Option<Arc<PluginHost>>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
+        Registry::new(None)
+    }
+}
+
+impl Registry {
+    /// The native types, and plugin types from `plugins` if given.
+    pub fn new(plugins: Option<Arc<PluginHost>>) -> Self {
         let r = Registry {
             types: RwLock::new(HashMap::new()),
+            plugins,
         };
         r.register("direct", || Box::new(Direct::default()));
         r.register("fanout", || Box::new(Fanout::default()));
@@ -32,10 +47,8 @@ impl Default for Registry {
         r.register("headers", || Box::new(Headers::default()));
         r
     }
-}
 
-impl Registry {
-    /// Registers (or replaces) the factory for `name`.
+    /// Registers (or replaces) the factory for a native type `name`.
     pub fn register(&self, name: &str, factory: Factory) {
         self.types
             .write()
@@ -43,21 +56,55 @@ impl Registry {
             .insert(name.to_owned(), factory);
     }
 
-    /// Removes `name`; returns whether it was registered.
-    pub fn unregister(&self, name: &str) -> bool {
-        self.types
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name)
-            .is_some()
-    }
-
-    /// New routing state for an exchange of type `name`, or `None` for an unknown type.
-    pub fn create(&self, name: &str) -> Option<Box<dyn ExchangeType>> {
+    /// Whether exchanges of type `name` can be declared now (native, or a loaded plugin type).
+    pub fn knows(&self, name: &str) -> bool {
         self.types
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name)
+            || self
+                .plugins
+                .as_ref()
+                .is_some_and(|p| p.loaded(Kind::Exchange, name).is_some())
+    }
+
+    /// New routing state for an exchange of type `name` declared with `arguments`; `None` for an
+    /// unknown type.
+    ///
+    /// # Errors
+    /// `Some(Err(reason))` when a plugin type refuses the arguments (sent as 406).
+    pub fn create(
+        &self,
+        name: &str,
+        arguments: &FieldTable,
+    ) -> Option<Result<Box<dyn ExchangeType>, String>> {
+        let native = self
+            .types
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .get(name)
-            .map(|f| f())
+            .copied();
+        if let Some(factory) = native {
+            return Some(Ok(factory()));
+        }
+        let host = self.plugins.as_ref()?;
+        let slot = host.loaded(Kind::Exchange, name)?;
+        Some(
+            WasmExchange::new(host, &slot, arguments)
+                .map(|x| Box::new(x) as Box<dyn ExchangeType>),
+        )
+    }
+
+    /// Routing state for a recovered exchange whose plugin type is not loaded: it stays declared and
+    /// unavailable until a plugin of that type is loaded. `None` without a plugin host or for a name
+    /// that cannot be a plugin type.
+    pub fn create_unavailable(
+        &self,
+        name: &str,
+        arguments: &FieldTable,
+    ) -> Option<Box<dyn ExchangeType>> {
+        let host = self.plugins.as_ref().filter(|_| name.starts_with("x-"))?;
+        let slot = host.slot(Kind::Exchange, name);
+        Some(Box::new(WasmExchange::unavailable(host, &slot, arguments)))
     }
 }

@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
-use super::{Binding, Destination, ExchangeType};
-use crate::message::Message;
+use super::{Binding, Destination, ExchangeType, RouteError};
+use crate::message::MessageRef;
 
 /// Most words a 255-byte key can have (127 dots).
 const MAX_WORDS: usize = 128;
@@ -142,10 +142,16 @@ impl ExchangeType for Topic {
         self.root.remove(&words[..n], &binding.destination);
     }
 
-    fn route(&self, routing_key: &str, _message: &Message, out: &mut Vec<Destination>) {
+    fn route(
+        &self,
+        routing_key: &str,
+        _message: &MessageRef,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
         let mut words = [""; MAX_WORDS];
         let n = split_words(routing_key, &mut words);
         self.root.collect(&words[..n], out);
+        Ok(())
     }
 }
 

@@ -49,3 +49,21 @@ pub fn str_value(v: &AMQPValue) -> Option<String> {
         _ => None,
     }
 }
+
+/// A field table in wire encoding, with its 32-bit length prefix (AMQP 0-9-1 §4.2.5.5).
+pub fn encode_table(t: &amq_protocol::types::FieldTable) -> Vec<u8> {
+    amq_protocol::types::generation::gen_field_table(t)(amq_protocol::frame::WriteContext::from(
+        Vec::new(),
+    ))
+    .map(|ctx| ctx.write)
+    .unwrap_or_default()
+}
+
+/// A field array in wire encoding, with its 32-bit length prefix.
+pub fn encode_array(a: &amq_protocol::types::FieldArray) -> Vec<u8> {
+    amq_protocol::types::generation::gen_field_array(a)(amq_protocol::frame::WriteContext::from(
+        Vec::new(),
+    ))
+    .map(|ctx| ctx.write)
+    .unwrap_or_default()
+}

@@ -6,8 +6,6 @@
 
 use std::path::Path;
 
-use amq_protocol::frame::WriteContext;
-use amq_protocol::types::generation::gen_field_table;
 use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::FieldTable;
 use anyhow::{bail, Context};
@@ -74,9 +72,7 @@ pub struct StoredDefinitions {
 
 /// Encodes a table for [`StoredDefinitions`].
 pub fn encode_table(t: &FieldTable) -> String {
-    let bytes = gen_field_table(t)(WriteContext::from(Vec::new()))
-        .map(|ctx| ctx.write)
-        .unwrap_or_default();
+    let bytes = crate::protocol::values::encode_table(t);
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 

@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use anyhow::Context;
 use rand::Rng;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::registry::Registry;
-use crate::exchange::{Binding, Destination, Exchange};
-use crate::message::{header_strings, Message, MessageRef};
+use crate::exchange::{Binding, Destination, Exchange, RouteError};
+use crate::message::{header_strings, MessageRef};
 use crate::queue::{DeadLetterReason, Queue, QueueArgs, QueueCounts, QueueOwner, QueueStorage};
 use crate::store::definitions::{
     decode_table, encode_table, StoredBinding, StoredDefinitions, StoredExchange, StoredQueue,
@@ -147,7 +147,7 @@ impl VHost {
             recovering: AtomicBool::new(false),
         };
         for (xname, kind) in PREDECLARED {
-            if let Some(router) = vhost.registry.create(kind) {
+            if let Some(Ok(router)) = vhost.registry.create(kind, &FieldTable::default()) {
                 let x = Exchange::new(
                     (*xname).into(),
                     (*kind).into(),
@@ -219,21 +219,43 @@ impl VHost {
         if passive {
             return self.exchange(name.as_str()).map(|_| ());
         }
-        let Some(router) = self.registry.create(kind) else {
+        let recovering = self.recovering.load(Ordering::Relaxed);
+        if !self.registry.knows(kind) && !recovering {
             return Err(AmqpError::command_invalid(format!(
                 "unknown exchange type '{kind}'"
             )));
-        };
-        let mut exchanges = write(&self.exchanges);
-        if let Some(x) = exchanges.get(name.as_str()) {
+        }
+        if let Some(x) = read(&self.exchanges).get(name.as_str()) {
             let x = Arc::clone(x);
-            drop(exchanges);
             return self.exchange_equivalent(&x, kind, flags, arguments);
         }
         if name.as_str().starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
+        }
+        // A plugin type instantiates and initialises its plugin here, outside the vhost's lock.
+        let router = match self.registry.create(kind, arguments) {
+            Some(Ok(router)) => router,
+            Some(Err(reason)) => return Err(AmqpError::precondition_failed(reason)),
+            None => match self.registry.create_unavailable(kind, arguments) {
+                Some(router) if recovering => {
+                    warn!(vhost = %self.name, exchange = %name, kind, "exchange recovered with its plugin type not loaded: unavailable until the plugin returns");
+                    router
+                }
+                _ => {
+                    return Err(AmqpError::command_invalid(format!(
+                        "unknown exchange type '{kind}'"
+                    )))
+                }
+            },
+        };
+        let mut exchanges = write(&self.exchanges);
+        if let Some(x) = exchanges.get(name.as_str()) {
+            // Declared concurrently by another channel.
+            let x = Arc::clone(x);
+            drop(exchanges);
+            return self.exchange_equivalent(&x, kind, flags, arguments);
         }
         let policy_ae = policy::Policy::select(&read(&self.policies), false, name.as_str())
             .and_then(|p| p.alternate_exchange().cloned());
@@ -843,18 +865,20 @@ impl VHost {
     /// Routes `message` published to `exchange` under its routing key and the `extra_keys` (from `CC` /
     /// `BCC`, RabbitMQ docs/sender-selected.md), and appends the distinct destination queues to `queues`.
     /// `scratch` is a reusable buffer. Follows exchange-to-exchange bindings, each exchange at most once;
-    /// when nothing matches, tries the exchange's alternate exchange (RabbitMQ docs/ae.md).
+    /// when nothing matches, tries the exchange's alternate exchange (RabbitMQ docs/ae.md). A plugin
+    /// exchange that fails to route counts as matching nothing there (its failure policy), and the
+    /// failure is reported so that the publisher's confirm can be a nack.
     ///
     /// # Errors
     /// 404 missing exchange, 403 internal exchange.
     pub fn route(
         &self,
         exchange: &str,
-        message: &Message,
+        message: &MessageRef,
         extra_keys: &[String],
         queues: &mut Vec<Arc<Queue>>,
         scratch: &mut Vec<Destination>,
-    ) -> AmqpResult {
+    ) -> AmqpResult<Option<RouteError>> {
         let keys = std::iter::once(message.routing_key.as_str())
             .chain(extra_keys.iter().map(String::as_str));
         if exchange.is_empty() {
@@ -866,7 +890,7 @@ impl VHost {
                     }
                 }
             }
-            return Ok(());
+            return Ok(None);
         }
         let exchanges = read(&self.exchanges);
         let x = exchanges
@@ -880,10 +904,13 @@ impl VHost {
         }
         let mut current = x;
         let mut tried: Vec<&str> = Vec::new();
+        let mut failure = None;
         loop {
-            Self::route_through(&exchanges, current, message, keys.clone(), queues, scratch);
+            let failed =
+                Self::route_through(&exchanges, current, message, keys.clone(), queues, scratch);
+            failure = failure.or(failed);
             if !queues.is_empty() {
-                return Ok(());
+                return Ok(failure);
             }
             tried.push(current.name.as_str());
             match current
@@ -891,22 +918,26 @@ impl VHost {
                 .and_then(|ae| exchanges.get(ae))
             {
                 Some(ae) if !tried.contains(&ae.name.as_str()) => current = ae,
-                _ => return Ok(()),
+                _ => return Ok(failure),
             }
         }
     }
 
+    /// Routes through `x` and the exchanges bound to it; returns the first routing failure.
     fn route_through<'k>(
         exchanges: &HashMap<ShortString, Arc<Exchange>>,
         x: &Exchange,
-        message: &Message,
+        message: &MessageRef,
         keys: impl Iterator<Item = &'k str> + Clone,
         queues: &mut Vec<Arc<Queue>>,
         scratch: &mut Vec<Destination>,
-    ) {
+    ) -> Option<RouteError> {
         scratch.clear();
+        let mut failure = None;
         for key in keys.clone() {
-            x.route(key, message, scratch);
+            if let Err(e) = x.route(key, message, scratch) {
+                failure.get_or_insert(e);
+            }
         }
         let mut visited: Vec<&str> = vec![x.name.as_str()];
         let mut i = 0;
@@ -926,11 +957,14 @@ impl VHost {
             if let Some((key, next)) = next {
                 visited.push(key.as_str());
                 for k in keys.clone() {
-                    next.route(k, message, scratch);
+                    if let Err(e) = next.route(k, message, scratch) {
+                        failure.get_or_insert(e);
+                    }
                 }
             }
             i += 1;
         }
+        failure
     }
 }
 

@@ -1,0 +1,240 @@
+//! Exchange types implemented by plugins: [`ExchangeType`] over one plugin instance per exchange.
+//!
+//! The adapter owns the exchange's bindings as the plugin sees them (an id per binding; ids are reused
+//! after removal) and pushes each change to the instance, so routing calls carry only the message
+//! view and the routing key. When the plugin's slot has a newer version (hot reload), the next call
+//! builds a new instance, calls `init` with the declare arguments and replays every binding before
+//! routing — calls in flight finish on the old instance, since both happen under this exchange's
+//! lock. A faulted instance is dropped and rebuilt on the next call. With no version loaded (file
+//! removed, quarantined) the exchange stays declared and routing fails: the failure policy
+//! (unroutable → alternate exchange, basic.return, confirm nack) applies
+//! (RabbitMQ's `rabbit_exchange_type_invalid`).
+//!
+//! For plugins that declare `routes-on = routing-key`, decisions are cached per routing key until a
+//! binding changes or the version does.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use amq_protocol::types::FieldTable;
+
+use super::{Binding, Destination, ExchangeType, RouteError};
+use crate::message::MessageRef;
+use crate::plugin::bindings::{Binding as WitBinding, ExchangePlugin, RoutesOn};
+use crate::plugin::engine::table_body;
+use crate::plugin::instance::Instance;
+use crate::plugin::{Fault, PluginHost, Slot};
+
+/// Routing decisions kept per exchange for `routes-on = routing-key` plugins; the cache is cleared
+/// when it reaches this many keys.
+const CACHE_KEYS: usize = 10_000;
+
+/// A binding as the plugin knows it.
+#[derive(Debug)]
+struct Entry {
+    destination: Destination,
+    wit: WitBinding,
+}
+
+#[derive(Debug)]
+struct Active {
+    instance: Option<Instance<ExchangePlugin>>,
+    routes_on: RoutesOn,
+    cache: HashMap<String, Vec<u32>>,
+}
+
+/// An exchange whose type is a plugin.
+#[derive(Debug)]
+pub struct WasmExchange {
+    host: Arc<PluginHost>,
+    slot: Arc<Slot>,
+    /// Declare arguments, wire-encoded (the WIT `field-table`).
+    arguments: Vec<u8>,
+    /// Slab: binding id → binding.
+    entries: Vec<Option<Entry>>,
+    active: Mutex<Active>,
+}
+
+impl WasmExchange {
+    /// An exchange of the plugin type in `slot`: instantiates the plugin and calls `init` with the
+    /// declare arguments.
+    ///
+    /// # Errors
+    /// The plugin's reason when it refuses the arguments (sent as 406), or a description of its fault.
+    pub fn new(
+        host: &Arc<PluginHost>,
+        slot: &Arc<Slot>,
+        arguments: &FieldTable,
+    ) -> Result<Self, String> {
+        let x = Self::unavailable(host, slot, arguments);
+        let mut active = x.active.lock().unwrap_or_else(|e| e.into_inner());
+        let mut instance = Instance::<ExchangePlugin>::new(host, slot).map_err(|f| describe(slot, &f))?;
+        active.routes_on = instance
+            .init(&x.arguments)
+            .map_err(|f| describe(slot, &f))??;
+        active.instance = Some(instance);
+        drop(active);
+        Ok(x)
+    }
+
+    /// An exchange of a plugin type that is not loaded now (recovered from disk before its plugin
+    /// returned): instantiated on first use.
+    pub fn unavailable(host: &Arc<PluginHost>, slot: &Arc<Slot>, arguments: &FieldTable) -> Self {
+        WasmExchange {
+            host: Arc::clone(host),
+            slot: Arc::clone(slot),
+            arguments: table_body(arguments),
+            entries: Vec::new(),
+            active: Mutex::new(Active {
+                instance: None,
+                routes_on: RoutesOn::Message,
+                cache: HashMap::new(),
+            }),
+        }
+    }
+
+    fn next_id(&self) -> u32 {
+        let free = self.entries.iter().position(Option::is_none);
+        u32::try_from(free.unwrap_or(self.entries.len())).unwrap_or(u32::MAX)
+    }
+
+    /// Makes sure `active` holds an instance of the current version, rebuilding it (init + binding
+    /// replay) when it is missing or stale.
+    fn ensure(&self, active: &mut Active) -> Result<(), Fault> {
+        if active.instance.as_ref().is_some_and(Instance::is_current) {
+            return Ok(());
+        }
+        active.instance = None;
+        active.cache.clear();
+        let mut instance = Instance::<ExchangePlugin>::new(&self.host, &self.slot)?;
+        active.routes_on = match instance.init(&self.arguments)? {
+            Ok(r) => r,
+            Err(reason) => {
+                return Err(Fault::Unavailable(format!(
+                    "this version of '{}' refuses the exchange's arguments: {reason}",
+                    self.slot.name
+                )))
+            }
+        };
+        for e in self.entries.iter().flatten() {
+            instance.add_binding(&e.wit)?;
+        }
+        active.instance = Some(instance);
+        Ok(())
+    }
+
+    fn with_instance<T>(
+        &self,
+        active: &mut Active,
+        f: impl FnOnce(&mut Instance<ExchangePlugin>) -> Result<T, Fault>,
+    ) -> Result<T, Fault> {
+        self.ensure(active)?;
+        let Some(instance) = active.instance.as_mut() else {
+            return Err(Fault::Unavailable("no instance".into()));
+        };
+        let result = f(instance);
+        if result.is_err() {
+            active.instance = None;
+        }
+        result
+    }
+
+    fn route_ids(&self, routing_key: &str, message: &MessageRef) -> Result<Vec<u32>, Fault> {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        self.ensure(&mut active)?;
+        if active.routes_on == RoutesOn::RoutingKey {
+            if let Some(ids) = active.cache.get(routing_key) {
+                return Ok(ids.clone());
+            }
+        }
+        let ids = self.with_instance(&mut active, |i| i.route(message, routing_key))?;
+        if active.routes_on == RoutesOn::RoutingKey {
+            if active.cache.len() >= CACHE_KEYS {
+                active.cache.clear();
+            }
+            active.cache.insert(routing_key.to_owned(), ids.clone());
+        }
+        Ok(ids)
+    }
+}
+
+fn describe(slot: &Slot, fault: &Fault) -> String {
+    format!("exchange type '{}' failed: {fault}", slot.name)
+}
+
+impl ExchangeType for WasmExchange {
+    fn validate_binding(&self, binding: &Binding) -> Result<(), String> {
+        let wit = WitBinding {
+            id: self.next_id(),
+            key: binding.key.to_string(),
+            arguments: table_body(&binding.arguments),
+        };
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        match self.with_instance(&mut active, |i| i.validate_binding(&wit)) {
+            Ok(verdict) => verdict,
+            // No plugin to ask (file removed, or recovered before the plugin returned): the binding
+            // is kept and replayed into the plugin when it is back, like every other binding.
+            Err(Fault::Unavailable(_)) if !self.slot.is_loaded() => Ok(()),
+            Err(f) => Err(describe(&self.slot, &f)),
+        }
+    }
+
+    fn bind(&mut self, binding: &Binding) {
+        let id = self.next_id();
+        let wit = WitBinding {
+            id,
+            key: binding.key.to_string(),
+            arguments: table_body(&binding.arguments),
+        };
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        active.cache.clear();
+        // A failure drops the instance; the next call rebuilds it and replays this binding too.
+        let _ = self.with_instance(&mut active, |i| i.add_binding(&wit));
+        let entry = Entry {
+            destination: binding.destination.clone(),
+            wit,
+        };
+        drop(active);
+        match self.entries.get_mut(id as usize) {
+            Some(slot) => *slot = Some(entry),
+            None => self.entries.push(Some(entry)),
+        }
+    }
+
+    fn unbind(&mut self, binding: &Binding) {
+        let Some(id) = self.entries.iter().position(|e| {
+            e.as_ref().is_some_and(|e| {
+                e.destination.same(&binding.destination)
+                    && e.wit.key == binding.key.as_str()
+                    && e.wit.arguments == table_body(&binding.arguments)
+            })
+        }) else {
+            return;
+        };
+        self.entries[id] = None;
+        let active = self.active.get_mut().unwrap_or_else(|e| e.into_inner());
+        active.cache.clear();
+        if let Some(instance) = active.instance.as_mut() {
+            if instance.remove_binding(id as u32).is_err() {
+                active.instance = None;
+            }
+        }
+    }
+
+    fn route(
+        &self,
+        routing_key: &str,
+        message: &MessageRef,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
+        let ids = self
+            .route_ids(routing_key, message)
+            .map_err(|f| RouteError(describe(&self.slot, &f)))?;
+        for id in ids {
+            if let Some(Some(e)) = self.entries.get(id as usize) {
+                out.push(e.destination.clone());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! The only place that generates host bindings for `wit/warren-plugin.wit` (one `bindgen!` per
+//! world; the shared `types` interface is generated once, with the exchange world, and reused).
+//!
+//! Exports are generated `async` because WASI is linked asynchronously (wasmtime-wasi's synchronous
+//! shims start a Tokio `block_on`, which panics on the broker's runtime threads); calls are driven to
+//! completion on the calling thread by `engine::run`, since nothing a plugin can reach ever waits.
+//!
+//! The `message` resource is backed by [`MessageView`]: the broker's message plus the routing key the
+//! call is about, held in the store's resource table for the duration of one call.
+
+use std::sync::Arc;
+
+use crate::message::Message;
+
+/// What a plugin's `message` handle points at during a call.
+#[derive(Debug)]
+pub struct MessageView {
+    /// The message (shared, never copied).
+    pub message: Arc<Message>,
+}
+
+// Generated code uses `unsafe` internally for the canonical ABI; nothing hand-written here does.
+#[allow(unsafe_code, missing_debug_implementations, unreachable_pub, missing_docs, clippy::all)]
+mod generated {
+    pub(super) mod exchange {
+        wasmtime::component::bindgen!({
+            path: "../wit/warren-plugin.wit",
+            world: "warren:plugin/exchange-plugin",
+            with: { "warren:plugin/types.message": crate::plugin::bindings::MessageView },
+            exports: { default: async },
+        });
+    }
+    pub(super) mod filter {
+        wasmtime::component::bindgen!({
+            path: "../wit/warren-plugin.wit",
+            world: "warren:plugin/filter-plugin",
+            with: { "warren:plugin/types": super::exchange::warren::plugin::types },
+            exports: { default: async },
+        });
+    }
+    pub(super) mod idempotency {
+        wasmtime::component::bindgen!({
+            path: "../wit/warren-plugin.wit",
+            world: "warren:plugin/idempotency-plugin",
+            with: { "warren:plugin/types": super::exchange::warren::plugin::types },
+            exports: { default: async },
+        });
+    }
+}
+
+pub use generated::exchange::exports::warren::plugin::exchange::{Binding, RoutesOn};
+pub use generated::exchange::warren::plugin::types::{
+    self, FieldValue, Host as TypesHost, HostMessage, PluginInfo,
+};
+pub use generated::exchange::{ExchangePlugin, ExchangePluginPre};
+pub use generated::filter::exports::warren::plugin::filter::Decision;
+pub use generated::filter::{FilterPlugin, FilterPluginPre};
+pub use generated::idempotency::{IdempotencyPlugin, IdempotencyPluginPre};

@@ -1,0 +1,318 @@
+//! One wasmtime [`Engine`] and [`Linker`] for every plugin, the per-instance store state, the host side
+//! of the `message` resource, and the sandbox limits.
+//!
+//! Phases (spin's `factors`): the engine and linker are made once; a plugin version is compiled and
+//! pre-instantiated once (`loader`); each entity gets its own [`Store`] and instance. Every call runs
+//! under an epoch deadline (a 10 ms ticker thread) and every store under a memory cap; WASI is linked
+//! with an empty context (no files, environment, network or arguments; stderr is the broker's).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::types::AMQPValue;
+use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{self, FieldValue, MessageView};
+use crate::message::Message;
+use crate::protocol::values::{encode_array, encode_table};
+
+/// How often the epoch advances; the unit of the call deadline.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Sandbox limits for plugin calls (config keys `plugin_call_timeout` and `plugin_memory_limit`).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Wall-clock budget of one call. Epoch deadlines are wall-clock, so keep it well above a healthy
+    /// call's time on a busy machine (DESIGN.md §3: ≥ 100 ms held while the other core compiled).
+    pub call_timeout: Duration,
+    /// Linear memory one instance may grow to, in octets.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            call_timeout: Duration::from_millis(100),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why a plugin call failed. The instance is unusable afterwards (a trapped instance cannot be
+/// re-entered) and is replaced on the next call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The call ran past its deadline (endless loop or too slow).
+    Timeout,
+    /// The instance tried to grow its memory past the cap.
+    Memory,
+    /// A trap: a guest panic (`unreachable`), a bad memory access, …
+    Trap(String),
+    /// The plugin's file is gone or quarantined: nothing to call.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Timeout => write!(f, "call timed out"),
+            Fault::Memory => write!(f, "memory limit exceeded"),
+            Fault::Trap(t) => write!(f, "trap: {t}"),
+            Fault::Unavailable(why) => write!(f, "unavailable: {why}"),
+        }
+    }
+}
+
+impl Fault {
+    /// Classifies a wasmtime call error.
+    pub fn from_error(e: &wasmtime::Error) -> Fault {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Fault::Timeout,
+            Some(trap) => Fault::Trap(trap.to_string()),
+            None => {
+                let text = format!("{e:#}");
+                if text.contains("memory") {
+                    Fault::Memory
+                } else {
+                    Fault::Trap(text)
+                }
+            }
+        }
+    }
+}
+
+/// What one instance's [`Store`] holds.
+pub struct StoreState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    limits: StoreLimits,
+}
+
+impl std::fmt::Debug for StoreState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreState").finish_non_exhaustive()
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl StoreState {
+    fn view(&self, r: &Resource<MessageView>) -> Option<&Message> {
+        self.table.get(r).ok().map(|v| &*v.message)
+    }
+}
+
+fn text(s: &amq_protocol::types::ShortString) -> FieldValue {
+    FieldValue::Text(s.as_str().to_owned())
+}
+
+/// An AMQP value as the WIT `field-value`.
+pub fn field_value(v: &AMQPValue) -> FieldValue {
+    match v {
+        AMQPValue::Boolean(b) => FieldValue::Boolean(*b),
+        AMQPValue::Float(f) => FieldValue::Float((*f).into()),
+        AMQPValue::Double(f) => FieldValue::Float(*f),
+        AMQPValue::DecimalValue(d) => FieldValue::Decimal((d.scale, d.value)),
+        AMQPValue::ShortString(s) => text(s),
+        AMQPValue::LongString(s) => {
+            FieldValue::Text(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::ByteArray(b) => FieldValue::Bytes(b.as_slice().to_vec()),
+        AMQPValue::Timestamp(t) => FieldValue::Timestamp(*t),
+        AMQPValue::FieldTable(t) => FieldValue::Table(table_body(t)),
+        AMQPValue::FieldArray(a) => {
+            let mut bytes = encode_array(a);
+            bytes.drain(..bytes.len().min(4));
+            FieldValue::Array(bytes)
+        }
+        AMQPValue::Void => FieldValue::Void,
+        other => crate::protocol::values::int_value(other)
+            .and_then(|n| i64::try_from(n).ok())
+            .map_or(FieldValue::Void, FieldValue::Integer),
+    }
+}
+
+/// A field table's octets after its length prefix (the WIT `field-table`).
+pub fn table_body(t: &amq_protocol::types::FieldTable) -> Vec<u8> {
+    let mut bytes = encode_table(t);
+    bytes.drain(..bytes.len().min(4));
+    bytes
+}
+
+impl bindings::HostMessage for StoreState {
+    fn exchange(&mut self, r: Resource<MessageView>) -> String {
+        self.view(&r)
+            .map(|m| m.exchange.to_string())
+            .unwrap_or_default()
+    }
+
+    fn routing_key(&mut self, r: Resource<MessageView>) -> String {
+        self.view(&r)
+            .map(|m| m.routing_key.to_string())
+            .unwrap_or_default()
+    }
+
+    fn body_size(&mut self, r: Resource<MessageView>) -> u64 {
+        self.view(&r).map_or(0, Message::body_size)
+    }
+
+    fn body(&mut self, r: Resource<MessageView>) -> Vec<u8> {
+        self.view(&r).map(|m| m.body.to_vec()).unwrap_or_default()
+    }
+
+    fn property(&mut self, r: Resource<MessageView>, name: String) -> Option<FieldValue> {
+        let p = &self.view(&r)?.properties;
+        match name.as_str() {
+            "content-type" => p.content_type().as_ref().map(text),
+            "content-encoding" => p.content_encoding().as_ref().map(text),
+            "delivery-mode" => p.delivery_mode().map(|n| FieldValue::Integer(n.into())),
+            "priority" => p.priority().map(|n| FieldValue::Integer(n.into())),
+            "correlation-id" => p.correlation_id().as_ref().map(text),
+            "reply-to" => p.reply_to().as_ref().map(text),
+            "expiration" => p.expiration().as_ref().map(text),
+            "message-id" => p.message_id().as_ref().map(text),
+            "timestamp" => p.timestamp().map(FieldValue::Timestamp),
+            "type" => p.kind().as_ref().map(text),
+            "user-id" => p.user_id().as_ref().map(text),
+            "app-id" => p.app_id().as_ref().map(text),
+            _ => None,
+        }
+    }
+
+    fn header(&mut self, r: Resource<MessageView>, name: String) -> Option<FieldValue> {
+        let headers = self.view(&r)?.properties.headers().as_ref()?;
+        headers.inner().get(name.as_str()).map(field_value)
+    }
+
+    fn headers(&mut self, r: Resource<MessageView>) -> Vec<u8> {
+        self.view(&r)
+            .and_then(|m| m.properties.headers().as_ref().map(table_body))
+            .unwrap_or_default()
+    }
+
+    fn drop(&mut self, r: Resource<MessageView>) -> wasmtime::Result<()> {
+        // The host lends message views (`borrow<message>`) and deletes them after each call; a guest
+        // never owns one, but dropping an own handle must still be safe.
+        let _ = self.table.delete(r);
+        Ok(())
+    }
+}
+
+impl bindings::TypesHost for StoreState {}
+
+/// The engine, the linker and the limits shared by every plugin.
+#[derive(Clone)]
+pub struct Runtime {
+    /// Compiles components; its epoch drives call deadlines.
+    pub engine: Engine,
+    /// WASI (empty context) + `warren:plugin/types`.
+    pub linker: Arc<Linker<StoreState>>,
+    /// Applied to every store and call.
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Builds the engine (epoch interruption on) and the linker, and starts the epoch ticker thread,
+    /// which ends when the engine is dropped.
+    ///
+    /// # Errors
+    /// wasmtime refused the configuration or a linker definition clashed (a bug).
+    pub fn new(limits: Limits) -> anyhow::Result<Runtime> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let mut linker = Linker::<StoreState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e:#}"))?;
+        bindings::types::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("linking warren:plugin/types: {e:#}"))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("warren-plugin-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            })?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            limits,
+        })
+    }
+
+    /// A fresh store for one instance, with the memory cap applied.
+    pub fn store(&self) -> Store<StoreState> {
+        let state = StoreState {
+            table: ResourceTable::new(),
+            wasi: WasiCtxBuilder::new().inherit_stderr().build(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store
+    }
+
+    /// Arms the deadline for the next call on `store`.
+    pub fn arm(&self, store: &mut Store<StoreState>) {
+        let ticks = (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+    }
+}
+
+/// Drives a plugin call's future to completion on this thread. A plugin's only imports are
+/// `warren:plugin/types` (synchronous) and WASI with an empty context whose stderr writes
+/// synchronously, so the future never waits on I/O; the CPU deadline is enforced by epoch
+/// interruption inside the call.
+pub fn run<F: std::future::Future>(future: F) -> F::Output {
+    futures_lite::future::block_on(future)
+}
+
+/// Lends `message` to a call as a `message` resource; the caller deletes it afterwards with
+/// [`forget_message`].
+///
+/// # Errors
+/// The resource table is full (a guest leaking handles).
+pub fn lend_message(
+    store: &mut Store<StoreState>,
+    message: &Arc<Message>,
+) -> Result<Resource<MessageView>, Fault> {
+    store
+        .data_mut()
+        .table
+        .push(MessageView {
+            message: Arc::clone(message),
+        })
+        .map_err(|e| Fault::Trap(e.to_string()))
+}
+
+/// Deletes a view made by [`lend_message`].
+pub fn forget_message(store: &mut Store<StoreState>, view: Resource<MessageView>) {
+    let _ = store.data_mut().table.delete(view);
+}

@@ -1,0 +1,234 @@
+//! Typed plugin instances: one store + instance per broker entity (an exchange, a consumer, a queue).
+//!
+//! Every call is armed with the deadline, counted in its slot, and turned into a [`Fault`] when it
+//! traps; a faulted instance must be dropped (wasmtime cannot re-enter it) and rebuilt with
+//! [`Instance::new`]. [`Instance::is_current`] tells whether a newer version has been loaded since.
+
+use std::sync::Arc;
+
+use wasmtime::Store;
+
+use super::bindings::{Binding, Decision, ExchangePlugin, FilterPlugin, IdempotencyPlugin, RoutesOn};
+use super::engine::{forget_message, lend_message, run, Fault, StoreState};
+use super::loader::{Kind, Pre};
+use super::registry::{PluginHost, Slot};
+use crate::message::Message;
+
+/// The bindings of one world, instantiated from a matching [`Pre`].
+pub trait World: Sized {
+    /// The plugin kind this world is.
+    const KIND: Kind;
+    /// Instantiates `pre` into `store`.
+    ///
+    /// # Errors
+    /// `pre` is of another kind, or instantiation trapped.
+    fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self>;
+}
+
+impl World for ExchangePlugin {
+    const KIND: Kind = Kind::Exchange;
+    fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
+        match pre {
+            Pre::Exchange(p) => run(p.instantiate_async(store)),
+            other => wasmtime::bail!("{} plugin is not an exchange plugin", other.kind()),
+        }
+    }
+}
+
+impl World for FilterPlugin {
+    const KIND: Kind = Kind::Filter;
+    fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
+        match pre {
+            Pre::Filter(p) => run(p.instantiate_async(store)),
+            other => wasmtime::bail!("{} plugin is not a filter plugin", other.kind()),
+        }
+    }
+}
+
+impl World for IdempotencyPlugin {
+    const KIND: Kind = Kind::Idempotency;
+    fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
+        match pre {
+            Pre::Idempotency(p) => run(p.instantiate_async(store)),
+            other => wasmtime::bail!("{} plugin is not an idempotency plugin", other.kind()),
+        }
+    }
+}
+
+/// A live instance of one plugin version, serving one entity.
+pub struct Instance<W> {
+    host: Arc<PluginHost>,
+    slot: Arc<Slot>,
+    store: Store<StoreState>,
+    bindings: W,
+    generation: u64,
+    version: String,
+}
+
+impl<W> std::fmt::Debug for Instance<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("plugin", &self.slot.name)
+            .field("version", &self.version)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: World> Instance<W> {
+    /// Instantiates the slot's current version.
+    ///
+    /// # Errors
+    /// [`Fault::Unavailable`] when no version is loaded or the plugin is quarantined; a fault when
+    /// instantiation traps.
+    pub fn new(host: &Arc<PluginHost>, slot: &Arc<Slot>) -> Result<Self, Fault> {
+        let version = slot.current()?;
+        let runtime = host.runtime();
+        let mut store = runtime.store();
+        runtime.arm(&mut store);
+        let bindings = W::instantiate(&version.loaded.pre, &mut store).map_err(|e| {
+            let fault = Fault::from_error(&e);
+            slot.record_fault(&fault, &version.loaded.version);
+            fault
+        })?;
+        Ok(Instance {
+            host: Arc::clone(host),
+            slot: Arc::clone(slot),
+            store,
+            bindings,
+            generation: version.generation,
+            version: version.loaded.version.clone(),
+        })
+    }
+
+    /// Whether this instance runs the slot's current version (false after a reload or removal).
+    pub fn is_current(&self) -> bool {
+        self.slot.generation() == self.generation
+    }
+
+    /// The plugin's slot.
+    pub fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+
+    /// Runs one call under the deadline; counts it; maps a trap to a [`Fault`].
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&W, &mut Store<StoreState>) -> wasmtime::Result<T>,
+    ) -> Result<T, Fault> {
+        self.host.runtime().arm(&mut self.store);
+        match f(&self.bindings, &mut self.store) {
+            Ok(v) => {
+                self.slot.record_success();
+                Ok(v)
+            }
+            Err(e) => {
+                let fault = Fault::from_error(&e);
+                self.slot.record_fault(&fault, &self.version);
+                Err(fault)
+            }
+        }
+    }
+
+    /// Runs a call that is lent `message` as its `message` resource.
+    fn call_with_message<T>(
+        &mut self,
+        message: &Arc<Message>,
+        f: impl FnOnce(
+            &W,
+            &mut Store<StoreState>,
+            wasmtime::component::Resource<super::bindings::MessageView>,
+        ) -> wasmtime::Result<T>,
+    ) -> Result<T, Fault> {
+        let view = lend_message(&mut self.store, message)?;
+        // Lent as a borrow: the guest's handle ends with the call, the host keeps ownership.
+        let borrow = wasmtime::component::Resource::new_borrow(view.rep());
+        let result = self.call(|w, store| f(w, store, borrow));
+        forget_message(&mut self.store, view);
+        result
+    }
+}
+
+impl Instance<ExchangePlugin> {
+    /// `init(arguments)`: `Ok(Err(reason))` when the plugin refuses the declare arguments.
+    ///
+    /// # Errors
+    /// The call faulted.
+    pub fn init(&mut self, arguments: &Vec<u8>) -> Result<Result<RoutesOn, String>, Fault> {
+        self.call(|w, s| run(w.warren_plugin_exchange().call_init(s, arguments)))
+    }
+
+    /// `validate-binding`: `Ok(Err(reason))` when the plugin refuses it.
+    ///
+    /// # Errors
+    /// The call faulted.
+    pub fn validate_binding(&mut self, binding: &Binding) -> Result<Result<(), String>, Fault> {
+        self.call(|w, s| run(w.warren_plugin_exchange().call_validate_binding(s, binding)))
+    }
+
+    /// `add-binding`.
+    ///
+    /// # Errors
+    /// The call faulted.
+    pub fn add_binding(&mut self, binding: &Binding) -> Result<(), Fault> {
+        self.call(|w, s| run(w.warren_plugin_exchange().call_add_binding(s, binding)))
+    }
+
+    /// `remove-binding`.
+    ///
+    /// # Errors
+    /// The call faulted.
+    pub fn remove_binding(&mut self, id: u32) -> Result<(), Fault> {
+        self.call(|w, s| run(w.warren_plugin_exchange().call_remove_binding(s, id)))
+    }
+
+    /// `route`: binding ids for `message` under `routing_key`.
+    ///
+    /// # Errors
+    /// The call faulted.
+    pub fn route(&mut self, message: &Arc<Message>, routing_key: &str) -> Result<Vec<u32>, Fault> {
+        self.call_with_message(message, |w, s, view| {
+            run(w.warren_plugin_exchange().call_route(s, view, routing_key))
+        })
+    }
+}
+
+impl Instance<FilterPlugin> {
+    /// `init(config)`: `Ok(Err(reason))` when the plugin refuses the consumer's `x-filter-args`.
+    ///
+    /// # Errors
+    /// The call faulted.
+    pub fn init(&mut self, config: &Vec<u8>) -> Result<Result<(), String>, Fault> {
+        self.call(|w, s| run(w.warren_plugin_filter().call_init(s, config)))
+    }
+
+    /// `filter`: the decision for `message`.
+    ///
+    /// # Errors
+    /// The call faulted.
+    pub fn filter(&mut self, message: &Arc<Message>) -> Result<Decision, Fault> {
+        self.call_with_message(message, |w, s, view| {
+            run(w.warren_plugin_filter().call_filter(s, view))
+        })
+    }
+}
+
+impl Instance<IdempotencyPlugin> {
+    /// `init(config)`: `Ok(Err(reason))` when the plugin refuses the queue's `x-idempotency-args`.
+    ///
+    /// # Errors
+    /// The call faulted.
+    pub fn init(&mut self, config: &Vec<u8>) -> Result<Result<(), String>, Fault> {
+        self.call(|w, s| run(w.warren_plugin_idempotency().call_init(s, config)))
+    }
+
+    /// `key`: the message's idempotency key, if it has one.
+    ///
+    /// # Errors
+    /// The call faulted.
+    pub fn key(&mut self, message: &Arc<Message>) -> Result<Option<Vec<u8>>, Fault> {
+        self.call_with_message(message, |w, s, view| {
+            run(w.warren_plugin_idempotency().call_key(s, view))
+        })
+    }
+}

@@ -1,0 +1,22 @@
+//! The WebAssembly plugin host: custom exchange types, consumer filters and idempotency keys as
+//! components targeting `wit/warren-plugin.wit` (`warren:plugin@0.1.0`).
+//!
+//! - `bindings`: the only `bindgen!` site.
+//! - `engine`: engine, linker, store state, sandbox limits, the host `message` resource.
+//! - `loader`: file → compiled, checked, pre-instantiated version.
+//! - `registry`: live versions per plugin name (atomic swap), fault counters, quarantine, snapshot.
+//! - `instance`: one instance per broker entity; calls under the deadline.
+//! - `watcher`: the plugin directory → reloads.
+//!
+//! This module knows nothing of AMQP sessions: no channel, connection or vhost types.
+
+pub mod bindings;
+pub mod engine;
+pub mod instance;
+pub mod loader;
+pub mod registry;
+pub mod watcher;
+
+pub use engine::{Fault, Limits};
+pub use loader::Kind;
+pub use registry::{PluginHost, PluginStatus, Slot};

@@ -1,0 +1,401 @@
+//! Which plugin versions are live: one [`Slot`] per (kind, name), holding the current version behind an
+//! atomic pointer. Loading a file swaps the slot's version; instances notice the new generation on
+//! their next call and rebuild (so calls in flight finish on the old version). A file that fails to
+//! load leaves the old version in place; a removed file empties its slot, which makes exchanges of that
+//! type unavailable until a plugin of that name returns. Faults are counted per slot, and a plugin
+//! that keeps failing is quarantined until its file changes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use tracing::{error, info, warn};
+
+use super::engine::{Fault, Limits, Runtime};
+use super::loader::{self, Kind, Loaded};
+
+/// Consecutive failed calls after which a plugin is quarantined (every call fails fast until a new
+/// version of its file is loaded).
+pub const QUARANTINE_AFTER: u32 = 20;
+
+/// One loaded version of a plugin, as a slot holds it.
+#[derive(Debug)]
+pub struct Version {
+    /// The compiled plugin and what it says about itself.
+    pub loaded: Loaded,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Increases with every version loaded into any slot; instances compare it to know they are stale.
+    pub generation: u64,
+}
+
+/// Counters of one plugin (all versions), for logs and the management snapshot.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Calls made into the plugin.
+    pub calls: AtomicU64,
+    /// Calls that trapped (panic, bad access, …).
+    pub traps: AtomicU64,
+    /// Calls stopped by the deadline.
+    pub timeouts: AtomicU64,
+    /// Calls stopped by the memory cap.
+    pub memory: AtomicU64,
+    /// Versions loaded after the first.
+    pub reloads: AtomicU64,
+}
+
+/// The live version of one plugin name, and its health.
+#[derive(Debug)]
+pub struct Slot {
+    /// Plugin kind.
+    pub kind: Kind,
+    /// Exchange type or filter / idempotency name.
+    pub name: String,
+    current: ArcSwapOption<Version>,
+    /// Counters.
+    pub stats: Stats,
+    consecutive_failures: AtomicU32,
+    quarantined: AtomicBool,
+}
+
+impl Slot {
+    fn new(kind: Kind, name: &str) -> Slot {
+        Slot {
+            kind,
+            name: name.to_owned(),
+            current: ArcSwapOption::empty(),
+            stats: Stats::default(),
+            consecutive_failures: AtomicU32::new(0),
+            quarantined: AtomicBool::new(false),
+        }
+    }
+
+    /// The current version, or why there is none to call.
+    ///
+    /// # Errors
+    /// [`Fault::Unavailable`] when no file provides the plugin or it is quarantined.
+    pub fn current(&self) -> Result<Arc<Version>, Fault> {
+        if self.quarantined.load(Ordering::Relaxed) {
+            return Err(Fault::Unavailable(format!(
+                "plugin '{}' is quarantined after {QUARANTINE_AFTER} consecutive failures",
+                self.name
+            )));
+        }
+        self.current.load_full().ok_or_else(|| {
+            Fault::Unavailable(format!("no plugin provides {} '{}'", self.kind, self.name))
+        })
+    }
+
+    /// Whether a version is loaded (quarantined or not).
+    pub fn is_loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// The generation of the current version (0 when none).
+    pub fn generation(&self) -> u64 {
+        self.current.load().as_ref().map_or(0, |v| v.generation)
+    }
+
+    /// Counts a call that returned.
+    pub fn record_success(&self) {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts and logs a failed call; quarantines the plugin after [`QUARANTINE_AFTER`] in a row.
+    pub fn record_fault(&self, fault: &Fault, version: &str) {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let counter = match fault {
+            Fault::Timeout => &self.stats.timeouts,
+            Fault::Memory => &self.stats.memory,
+            Fault::Trap(_) => &self.stats.traps,
+            Fault::Unavailable(_) => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        warn!(plugin = %self.name, kind = %self.kind, version, %fault, consecutive = n, "plugin call failed; instance replaced");
+        if n >= QUARANTINE_AFTER && !self.quarantined.swap(true, Ordering::Relaxed) {
+            error!(plugin = %self.name, kind = %self.kind, version, "plugin quarantined after {n} consecutive failures; replace its file to load it again");
+        }
+    }
+
+    fn install(&self, version: Option<Arc<Version>>) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.quarantined.store(false, Ordering::Relaxed);
+        self.current.store(version);
+    }
+}
+
+#[derive(Debug)]
+struct FileState {
+    hash: String,
+    /// The slot the file's last good version went to.
+    slot: Option<(Kind, String)>,
+}
+
+/// The state of one plugin, as the management API will serve it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PluginStatus {
+    /// Exchange type or filter / idempotency name.
+    pub name: String,
+    /// Plugin kind.
+    pub kind: Kind,
+    /// `loaded`, `unavailable` (no file provides it) or `quarantined`.
+    pub state: &'static str,
+    /// The plugin's version string.
+    pub version: Option<String>,
+    /// SHA-256 of the loaded file.
+    pub hash: Option<String>,
+    /// The loaded file.
+    pub file: Option<PathBuf>,
+    /// Seconds since the Unix epoch at which the current version was loaded.
+    pub loaded_at: Option<u64>,
+    /// Calls made (all versions).
+    pub calls: u64,
+    /// Traps.
+    pub traps: u64,
+    /// Timeouts.
+    pub timeouts: u64,
+    /// Memory-cap breaches.
+    pub memory: u64,
+    /// Reloads.
+    pub reloads: u64,
+}
+
+/// The plugin host: runtime, slots, and the files they were loaded from.
+#[derive(Debug)]
+pub struct PluginHost {
+    runtime: Runtime,
+    dir: Option<PathBuf>,
+    slots: RwLock<HashMap<(Kind, String), Arc<Slot>>>,
+    files: Mutex<HashMap<PathBuf, FileState>>,
+    generation: AtomicU64,
+}
+
+impl PluginHost {
+    /// A host with no plugins loaded yet; `dir` is the plugin directory (none: no plugins).
+    ///
+    /// # Errors
+    /// The wasmtime engine could not be built.
+    pub fn new(limits: Limits, dir: Option<PathBuf>) -> anyhow::Result<Arc<PluginHost>> {
+        Ok(Arc::new(PluginHost {
+            runtime: Runtime::new(limits)?,
+            dir,
+            slots: RwLock::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        }))
+    }
+
+    /// The engine, linker and limits.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The plugin directory.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The slot of a loaded plugin (one with a current version, quarantined or not).
+    pub fn loaded(&self, kind: Kind, name: &str) -> Option<Arc<Slot>> {
+        self.slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(kind, name.to_owned()))
+            .filter(|s| s.is_loaded())
+            .cloned()
+    }
+
+    /// The slot for `name`, created empty if no plugin of that name was ever loaded (for entities
+    /// recovered before their plugin is back).
+    pub fn slot(&self, kind: Kind, name: &str) -> Arc<Slot> {
+        Arc::clone(
+            self.slots
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry((kind, name.to_owned()))
+                .or_insert_with(|| Arc::new(Slot::new(kind, name))),
+        )
+    }
+
+    /// Loads every `.wasm` file in the plugin directory (at start, before durable state is recovered).
+    pub fn load_dir(&self) {
+        let Some(dir) = &self.dir else { return };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                error!(dir = %dir.display(), error = %e, "cannot read the plugin directory");
+                return;
+            }
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_plugin_file(p))
+            .collect();
+        paths.sort();
+        for p in paths {
+            self.file_changed(&p);
+        }
+    }
+
+    /// Reacts to a created or changed file: loads it unless its content is what is already loaded.
+    /// A file that fails to load is logged and leaves the old version running.
+    pub fn file_changed(&self, path: &Path) {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.file_removed(path),
+            Err(e) => {
+                error!(file = %path.display(), error = %e, "plugin not loaded: cannot read the file");
+                return;
+            }
+        };
+        let hash = loader::content_hash(&bytes);
+        {
+            let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            if files.get(path).is_some_and(|f| f.hash == hash) {
+                return;
+            }
+        }
+        let started = std::time::Instant::now();
+        let loaded = match loader::load(&self.runtime, &bytes) {
+            Ok(l) => l,
+            Err(e) => {
+                error!(file = %path.display(), hash = %&hash[..16], "plugin refused, previous version (if any) kept: {e:#}");
+                self.files
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(path.to_owned())
+                    .and_modify(|f| f.hash.clone_from(&hash))
+                    .or_insert(FileState {
+                        hash: hash.clone(),
+                        slot: None,
+                    });
+                return;
+            }
+        };
+        let key = (loaded.kind, loaded.name.clone());
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = self.slot(loaded.kind, &loaded.name);
+        let previous = {
+            let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            let previous = files.get(path).and_then(|f| f.slot.clone());
+            files.insert(
+                path.to_owned(),
+                FileState {
+                    hash: hash.clone(),
+                    slot: Some(key.clone()),
+                },
+            );
+            previous
+        };
+        if let Some(prev) = previous.filter(|p| *p != key) {
+            // The file now holds another plugin: the old name loses this file's version.
+            self.empty_slot_of(path, &prev);
+        }
+        let reload = slot.is_loaded();
+        if reload {
+            slot.stats.reloads.fetch_add(1, Ordering::Relaxed);
+        }
+        info!(
+            plugin = %loaded.name,
+            kind = %loaded.kind,
+            version = %loaded.version,
+            hash = %&hash[..16],
+            file = %path.display(),
+            compile_ms = started.elapsed().as_millis() as u64,
+            "{}",
+            if reload { "plugin reloaded" } else { "plugin loaded" }
+        );
+        slot.install(Some(Arc::new(Version {
+            loaded,
+            file: path.to_owned(),
+            generation,
+        })));
+    }
+
+    /// Reacts to a removed file: its plugin becomes unavailable (entities using it stay declared).
+    pub fn file_removed(&self, path: &Path) {
+        let state = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path);
+        if let Some(key) = state.and_then(|s| s.slot) {
+            self.empty_slot_of(path, &key);
+        }
+    }
+
+    fn empty_slot_of(&self, path: &Path, key: &(Kind, String)) {
+        let slot = self
+            .slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned();
+        if let Some(slot) = slot {
+            let from_this_file = slot
+                .current
+                .load()
+                .as_ref()
+                .is_some_and(|v| v.file == path);
+            if from_this_file {
+                warn!(plugin = %key.1, kind = %key.0, file = %path.display(), "plugin file removed: plugin unavailable until it returns");
+                self.generation.fetch_add(1, Ordering::Relaxed);
+                slot.install(None);
+            }
+        }
+    }
+
+    /// Every plugin known, loaded or not, with its counters.
+    pub fn snapshot(&self) -> Vec<PluginStatus> {
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<PluginStatus> = slots
+            .values()
+            .map(|s| {
+                let v = s.current.load_full();
+                let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                PluginStatus {
+                    name: s.name.clone(),
+                    kind: s.kind,
+                    state: match (&v, s.quarantined.load(Ordering::Relaxed)) {
+                        (None, _) => "unavailable",
+                        (Some(_), true) => "quarantined",
+                        (Some(_), false) => "loaded",
+                    },
+                    version: v.as_ref().map(|v| v.loaded.version.clone()),
+                    hash: v.as_ref().map(|v| v.loaded.hash.clone()),
+                    file: v.as_ref().map(|v| v.file.clone()),
+                    loaded_at: v.as_ref().and_then(|v| {
+                        v.loaded
+                            .loaded_at
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_secs())
+                    }),
+                    calls: n(&s.stats.calls),
+                    traps: n(&s.stats.traps),
+                    timeouts: n(&s.stats.timeouts),
+                    memory: n(&s.stats.memory),
+                    reloads: n(&s.stats.reloads),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// Whether `path` names a plugin file (`*.wasm`; temporary and hidden files are ignored).
+pub fn is_plugin_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "wasm")
+        && !path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+}
