@@ -15,6 +15,7 @@ use crate::message::{
     encode_properties, expiration_ms, header_strings, rebuild_properties, Message,
 };
 use crate::protocol::encode;
+use crate::queue::plugins::{AttachError, ConsumerFilter, OnFailure};
 use crate::queue::{ConsumeRefused, Consumer, ConsumerSink, PublishOutcome};
 use crate::vhost::generate_name;
 use crate::vhost::reply_to::{ReplySink, REPLY_TO, REPLY_TO_PREFIX};
@@ -73,6 +74,7 @@ impl Channel {
                     ))
                 })?,
         };
+        let filter = consumer_filter(ctx, name.as_str(), &m.arguments)?;
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
             no_ack: m.no_ack,
@@ -81,6 +83,7 @@ impl Channel {
             priority,
             unacked: Default::default(),
             sink: Arc::clone(&self.shared) as Arc<dyn ConsumerSink>,
+            filter,
         });
         self.shared
             .lock()
@@ -621,5 +624,61 @@ impl Channel {
             AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active })),
         );
         Ok(())
+    }
+}
+
+/// The consumer's filter plugin, from the basic.consume arguments `x-filter` (plugin name),
+/// `x-filter-args` (its configuration table) and `x-filter-on-failure` (`hold`, the default, or
+/// `deliver`).
+///
+/// # Errors
+/// 404 when no such filter plugin is loaded; 406 for malformed arguments or a configuration the plugin
+/// refuses.
+fn consumer_filter(
+    ctx: &ConnectionContext,
+    queue: &str,
+    arguments: &amq_protocol::types::FieldTable,
+) -> AmqpResult<Option<ConsumerFilter>> {
+    use amq_protocol::types::AMQPValue;
+    let args = arguments.inner();
+    let Some(value) = args.get("x-filter") else {
+        return Ok(None);
+    };
+    let invalid = |arg: &str, why: &str| {
+        AmqpError::precondition_failed(format!(
+            "invalid arg '{arg}' for queue '{queue}' in vhost '{}': {why}",
+            ctx.vhost.name
+        ))
+    };
+    let name = crate::protocol::values::str_value(value)
+        .ok_or_else(|| invalid("x-filter", "expected a string"))?;
+    let config = match args.get("x-filter-args") {
+        None => amq_protocol::types::FieldTable::default(),
+        Some(AMQPValue::FieldTable(t)) => t.clone(),
+        Some(_) => return Err(invalid("x-filter-args", "expected a table")),
+    };
+    let on_failure = match args
+        .get("x-filter-on-failure")
+        .map(crate::protocol::values::str_value)
+    {
+        None => OnFailure::Hold,
+        Some(Some(s)) if s == "hold" => OnFailure::Hold,
+        Some(Some(s)) if s == "deliver" => OnFailure::Deliver,
+        Some(_) => {
+            return Err(invalid(
+                "x-filter-on-failure",
+                "expected \"hold\" or \"deliver\"",
+            ))
+        }
+    };
+    let Some(host) = ctx.vhost.plugins() else {
+        return Err(AmqpError::not_found(format!(
+            "no filter plugin '{name}' is loaded"
+        )));
+    };
+    match ConsumerFilter::attach(host, &name, &config, on_failure) {
+        Ok(f) => Ok(Some(f)),
+        Err(AttachError::NotFound(why)) => Err(AmqpError::not_found(why)),
+        Err(AttachError::Refused(why)) => Err(AmqpError::precondition_failed(why)),
     }
 }

@@ -244,7 +244,8 @@ mod tests {
             assert!(h.validate_binding(&binding).is_ok());
             h.bind(&binding);
             let mut out = Vec::new();
-            h.route("", &message("", headers.clone()), &mut out);
+            h.route("", &message("", headers.clone()), &mut out)
+                .expect("native types always route");
             assert_eq!(
                 !out.is_empty(),
                 expected,

@@ -48,6 +48,11 @@ impl Registry {
         r
     }
 
+    /// The plugin host, if plugins are enabled.
+    pub fn plugins(&self) -> Option<&Arc<PluginHost>> {
+        self.plugins.as_ref()
+    }
+
     /// Registers (or replaces) the factory for a native type `name`.
     pub fn register(&self, name: &str, factory: Factory) {
         self.types

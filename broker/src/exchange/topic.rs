@@ -223,7 +223,8 @@ mod tests {
             "a.b",
             &crate::exchange::test_support::message("a.b", None),
             &mut out,
-        );
+        )
+        .expect("native types always route");
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].name(), "q2");
         assert!(t.root.star.is_none(), "empty branch pruned");

@@ -11,6 +11,7 @@
 //! docs/dlx.md, docs/maxlength, docs/priority.md, docs/consumer-priority.md.
 
 pub mod args;
+pub mod plugins;
 mod tail;
 
 use std::cmp::Reverse;
@@ -58,6 +59,8 @@ pub enum DeadLetterReason {
     MaxLen,
     /// Requeued more often than `x-delivery-limit` allows.
     DeliveryLimit,
+    /// Its idempotency key was already acked within the queue's window (`x-idempotency`).
+    Duplicate,
 }
 
 impl DeadLetterReason {
@@ -68,6 +71,7 @@ impl DeadLetterReason {
             DeadLetterReason::Expired => "expired",
             DeadLetterReason::MaxLen => "maxlen",
             DeadLetterReason::DeliveryLimit => "delivery_limit",
+            DeadLetterReason::Duplicate => "duplicate",
         }
     }
 }
@@ -110,6 +114,8 @@ pub struct Consumer {
     pub unacked: AtomicU32,
     /// The channel this consumer delivers to.
     pub sink: Arc<dyn ConsumerSink>,
+    /// A filter plugin deciding what this consumer receives (`x-filter`).
+    pub filter: Option<plugins::ConsumerFilter>,
 }
 
 impl Consumer {
@@ -262,6 +268,13 @@ impl Ready {
         self.mem_bytes -= m.message.body_size();
     }
 
+    /// Removes the message at `index` of priority `level`.
+    fn remove_at(&mut self, level: usize, index: usize) -> Option<QueuedMessage> {
+        let m = self.levels.get_mut(level)?.remove(index)?;
+        self.account_removed(&m);
+        Some(m)
+    }
+
     /// The next message to deliver: highest priority first, FIFO within a priority.
     fn pop_front(&mut self) -> Option<QueuedMessage> {
         self.refill();
@@ -377,6 +390,8 @@ pub struct Queue {
     log: Option<Arc<QueueLog>>,
     /// Wakes the expiry task when an earlier deadline appears.
     timer: Arc<Notify>,
+    /// Idempotency keys (`x-idempotency`): duplicates of acked messages are not delivered.
+    idempotency: Option<plugins::Idempotency>,
     inner: Mutex<QueueInner>,
 }
 
@@ -387,6 +402,9 @@ impl fmt::Debug for Queue {
             .finish_non_exhaustive()
     }
 }
+
+/// Ready messages examined per dispatch when filters or idempotency keys can hold messages back.
+const SCAN_LIMIT: usize = 10_000;
 
 /// Dead letters gathered under the queue lock, handed to the owner after it is released.
 type Letters = Vec<(MessageRef, DeadLetterReason)>;
@@ -440,6 +458,7 @@ impl Queue {
             owner,
             log,
             timer: Arc::new(Notify::new()),
+            idempotency: None,
             inner: Mutex::new(QueueInner {
                 ready,
                 next_seq,
@@ -455,6 +474,19 @@ impl Queue {
                 timer_started: false,
             }),
         }
+    }
+
+    /// Attaches idempotency keys (`x-idempotency`) to a queue being declared.
+    pub fn with_idempotency(mut self, idempotency: Option<plugins::Idempotency>) -> Self {
+        self.idempotency = idempotency;
+        self
+    }
+
+    /// Idempotency keys recorded by this queue (0 without `x-idempotency`).
+    pub fn idempotency_keys(&self) -> usize {
+        self.idempotency
+            .as_ref()
+            .map_or(0, plugins::Idempotency::recorded_keys)
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueInner> {
@@ -699,6 +731,9 @@ impl Queue {
         if inner.consumers.is_empty() || inner.ready.len == 0 {
             return;
         }
+        if self.idempotency.is_some() || inner.consumers.iter().any(|c| c.filter.is_some()) {
+            return self.dispatch_scan(inner, letters);
+        }
         let now = Instant::now();
         while inner.ready.len > 0 {
             let Some(idx) = self.pick_consumer(inner) else {
@@ -724,10 +759,115 @@ impl Queue {
         }
     }
 
+    /// Dispatch when consumers have filters or the queue has idempotency keys: messages that cannot go
+    /// now (every consumer with room skips them, or their key is in flight) stay in place and later
+    /// ones are tried, up to [`SCAN_LIMIT`] messages per dispatch.
+    fn dispatch_scan(self: &Arc<Self>, inner: &mut QueueInner, letters: &mut Letters) {
+        let now = Instant::now();
+        inner.ready.refill();
+        let mut examined = 0;
+        for level in (0..inner.ready.levels.len()).rev() {
+            let mut i = 0;
+            while i < inner.ready.levels[level].len() {
+                if examined >= SCAN_LIMIT || !inner.consumers.iter().any(|c| c.can_take()) {
+                    return;
+                }
+                examined += 1;
+                let (seq, message, expired) = {
+                    let m = &inner.ready.levels[level][i];
+                    (
+                        m.seq,
+                        Arc::clone(&m.message),
+                        m.expires_at.is_some_and(|t| t <= now),
+                    )
+                };
+                let mut drop_reason = expired.then_some(DeadLetterReason::Expired);
+                let mut key = None;
+                if drop_reason.is_none() {
+                    if let Some(idem) = &self.idempotency {
+                        match idem.check(seq, &message) {
+                            plugins::KeyCheck::Fresh(k) => key = k,
+                            plugins::KeyCheck::Wait => {
+                                i += 1;
+                                continue;
+                            }
+                            plugins::KeyCheck::Duplicate => {
+                                drop_reason = Some(DeadLetterReason::Duplicate)
+                            }
+                        }
+                    }
+                }
+                let mut rejected = false;
+                let picked = if drop_reason.is_some() {
+                    None
+                } else {
+                    self.pick_consumer_where(inner, |c| match &c.filter {
+                        None => true,
+                        Some(_) if rejected => false,
+                        Some(f) => match f.decide(seq, &message) {
+                            plugins::Verdict::Deliver => true,
+                            plugins::Verdict::Skip => false,
+                            plugins::Verdict::Reject => {
+                                rejected = true;
+                                false
+                            }
+                        },
+                    })
+                };
+                if rejected {
+                    drop_reason = Some(DeadLetterReason::Rejected);
+                }
+                if let Some(reason) = drop_reason {
+                    if let Some(m) = inner.ready.remove_at(level, i) {
+                        self.forget_expiration(inner, &m);
+                        self.log_acks(inner, [&m]);
+                        letters.push((m.message, reason));
+                    }
+                    continue;
+                }
+                let Some(idx) = picked else {
+                    i += 1;
+                    continue;
+                };
+                let Some(mut m) = inner.ready.remove_at(level, i) else {
+                    break;
+                };
+                self.forget_expiration(inner, &m);
+                let consumer = Arc::clone(&inner.consumers[idx]);
+                if !consumer.no_ack {
+                    inner.unacked += 1;
+                    consumer.unacked.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(idem) = &self.idempotency {
+                    idem.delivered(m.seq, key, consumer.no_ack);
+                }
+                self.log_delivery(inner, &m, consumer.no_ack);
+                m.delivery_count += 1;
+                consumer.sink.deliver(self, &consumer, m);
+            }
+        }
+        if let Some(idem) = &self.idempotency {
+            idem.forget_pending(inner.ready.len);
+        }
+    }
+
     /// The index of the consumer that gets the next message, if any can take one.
     fn pick_consumer(&self, inner: &mut QueueInner) -> Option<usize> {
+        self.pick_consumer_where(inner, |_| true)
+    }
+
+    /// Like [`Queue::pick_consumer`], among the consumers with room that `accept` the message.
+    fn pick_consumer_where(
+        &self,
+        inner: &mut QueueInner,
+        mut accept: impl FnMut(&Consumer) -> bool,
+    ) -> Option<usize> {
         if self.args.single_active_consumer {
-            return inner.consumers.first().filter(|c| c.can_take()).map(|_| 0);
+            return inner
+                .consumers
+                .first()
+                .filter(|c| c.can_take() && accept(c))
+                .map(|_| 0);
         }
         let n = inner.consumers.len();
         let mut i = 0;
@@ -746,7 +886,7 @@ impl Queue {
             };
             for k in 0..width {
                 let idx = i + (start + k) % width;
-                if inner.consumers[idx].can_take() {
+                if inner.consumers[idx].can_take() && accept(&inner.consumers[idx]) {
                     inner.next_consumer = if idx + 1 < end { idx + 1 } else { i };
                     return Some(idx);
                 }
@@ -793,7 +933,10 @@ impl Queue {
             let mut inner = self.lock();
             inner.last_used = Instant::now();
             self.expire(&mut inner, Instant::now(), &mut letters);
-            let got = inner.ready.pop_front();
+            let got = match &self.idempotency {
+                None => inner.ready.pop_front(),
+                Some(idem) => self.next_by_key(&mut inner, idem, no_ack, &mut letters),
+            };
             if let Some(m) = &got {
                 self.forget_expiration(&mut inner, m);
                 if !no_ack {
@@ -810,6 +953,42 @@ impl Queue {
         got
     }
 
+    /// basic.get on a queue with idempotency keys: the first ready message whose key is not in flight;
+    /// duplicates met on the way are dropped (or dead-lettered).
+    fn next_by_key(
+        &self,
+        inner: &mut QueueInner,
+        idem: &plugins::Idempotency,
+        no_ack: bool,
+        letters: &mut Letters,
+    ) -> Option<QueuedMessage> {
+        inner.ready.refill();
+        for level in (0..inner.ready.levels.len()).rev() {
+            let mut i = 0;
+            while i < inner.ready.levels[level].len() {
+                let (seq, message) = {
+                    let m = &inner.ready.levels[level][i];
+                    (m.seq, Arc::clone(&m.message))
+                };
+                match idem.check(seq, &message) {
+                    plugins::KeyCheck::Wait => i += 1,
+                    plugins::KeyCheck::Duplicate => {
+                        if let Some(m) = inner.ready.remove_at(level, i) {
+                            self.forget_expiration(inner, &m);
+                            self.log_acks(inner, [&m]);
+                            letters.push((m.message, DeadLetterReason::Duplicate));
+                        }
+                    }
+                    plugins::KeyCheck::Fresh(key) => {
+                        idem.delivered(seq, key, no_ack);
+                        return inner.ready.remove_at(level, i);
+                    }
+                }
+            }
+        }
+        None
+    }
+
     fn forget_outstanding(&self, inner: &mut QueueInner, ms: &[QueuedMessage]) {
         if self.log.is_some() {
             for m in ms.iter().filter(|m| m.logged) {
@@ -824,6 +1003,9 @@ impl Queue {
         {
             let mut inner = self.lock();
             inner.unacked = inner.unacked.saturating_sub(messages.len());
+            if let Some(idem) = &self.idempotency {
+                idem.acked(messages.iter().map(|m| m.seq));
+            }
             self.forget_outstanding(&mut inner, messages);
             if !inner.deleted {
                 self.log_acks(&mut inner, messages);
@@ -839,6 +1021,9 @@ impl Queue {
         {
             let mut inner = self.lock();
             inner.unacked = inner.unacked.saturating_sub(messages.len());
+            if let Some(idem) = &self.idempotency {
+                idem.returned(messages.iter().map(|m| m.seq));
+            }
             self.forget_outstanding(&mut inner, &messages);
             if !inner.deleted {
                 self.log_acks(&mut inner, &messages);
@@ -861,6 +1046,9 @@ impl Queue {
             let mut inner = self.lock();
             for mut m in messages {
                 inner.unacked = inner.unacked.saturating_sub(1);
+                if let Some(idem) = &self.idempotency {
+                    idem.returned([m.seq]);
+                }
                 if inner.deleted {
                     continue;
                 }

@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::registry::Registry;
+use crate::queue::plugins;
 use crate::exchange::{Binding, Destination, Exchange, RouteError};
 use crate::message::{header_strings, MessageRef};
 use crate::queue::{DeadLetterReason, Queue, QueueArgs, QueueCounts, QueueOwner, QueueStorage};
@@ -187,6 +188,11 @@ impl VHost {
             "inequivalent arg '{arg}' for {kind} '{name}' in vhost '{}': received {received} but current is {current}",
             self.name
         ))
+    }
+
+    /// The plugin host, if plugins are enabled.
+    pub fn plugins(&self) -> Option<&Arc<crate::plugin::PluginHost>> {
+        self.registry.plugins()
     }
 
     /// Looks up an exchange.
@@ -479,6 +485,11 @@ impl VHost {
         } else {
             name.clone()
         };
+        let idempotency = if read(&self.queues).contains_key(name.as_str()) {
+            None
+        } else {
+            self.attach_idempotency(name.as_str(), arguments)?
+        };
         let mut queues = write(&self.queues);
         if let Some(q) = queues.get(name.as_str()) {
             let q = Arc::clone(q);
@@ -528,7 +539,8 @@ impl VHost {
             parsed,
             me,
             storage,
-        ));
+        )
+        .with_idempotency(idempotency));
         queues.insert(name, Arc::clone(&q));
         drop(queues);
         q.touch();
@@ -540,6 +552,65 @@ impl VHost {
         }
         let counts = q.counts();
         Ok((q, counts))
+    }
+
+    /// The idempotency plugin named by the queue argument `x-idempotency`, attached with
+    /// `x-idempotency-args` and the window arguments `x-idempotency-window` (ms) and
+    /// `x-idempotency-max-keys`.
+    ///
+    /// # Errors
+    /// 404 when no such plugin is loaded (a recovered queue keeps its argument and runs without keys
+    /// until the plugin returns), 406 for bad arguments or a configuration the plugin refuses.
+    fn attach_idempotency(
+        &self,
+        queue: &str,
+        arguments: &FieldTable,
+    ) -> AmqpResult<Option<plugins::Idempotency>> {
+        use crate::protocol::values::{int_value, str_value};
+        let args = arguments.inner();
+        let Some(value) = args.get("x-idempotency") else {
+            return Ok(None);
+        };
+        let invalid = |arg: &str, why: &str| {
+            AmqpError::precondition_failed(format!(
+                "invalid arg '{arg}' for queue '{queue}' in vhost '{}': {why}",
+                self.name
+            ))
+        };
+        let name = str_value(value).ok_or_else(|| invalid("x-idempotency", "expected a string"))?;
+        let config = match args.get("x-idempotency-args") {
+            None => FieldTable::default(),
+            Some(AMQPValue::FieldTable(t)) => t.clone(),
+            Some(_) => return Err(invalid("x-idempotency-args", "expected a table")),
+        };
+        let mut window = plugins::Window::default();
+        if let Some(v) = args.get("x-idempotency-window") {
+            let ms = int_value(v)
+                .and_then(|n| u64::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("x-idempotency-window", "expected a positive integer (ms)"))?;
+            window.time = std::time::Duration::from_millis(ms);
+        }
+        if let Some(v) = args.get("x-idempotency-max-keys") {
+            window.max_keys = int_value(v)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("x-idempotency-max-keys", "expected a positive integer"))?;
+        }
+        let Some(host) = self.registry.plugins() else {
+            return Err(AmqpError::not_found(format!(
+                "no idempotency plugin '{name}' is loaded"
+            )));
+        };
+        match plugins::Idempotency::attach(host, &name, &config, window) {
+            Ok(i) => Ok(Some(i)),
+            Err(plugins::AttachError::NotFound(_)) if self.recovering.load(Ordering::Relaxed) => {
+                warn!(vhost = %self.name, queue, plugin = %name, "queue recovered with its idempotency plugin not loaded: messages are delivered without keys until it returns");
+                Ok(Some(plugins::Idempotency::unavailable(host, &name, &config, window)))
+            }
+            Err(plugins::AttachError::NotFound(why)) => Err(AmqpError::not_found(why)),
+            Err(plugins::AttachError::Refused(why)) => Err(AmqpError::precondition_failed(why)),
+        }
     }
 
     fn queue_equivalent(

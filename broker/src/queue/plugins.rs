@@ -1,0 +1,406 @@
+//! Consumer-side plugins, as a queue uses them: a [`ConsumerFilter`] per consumer (`x-filter`) and an
+//! [`Idempotency`] record per queue (`x-idempotency`).
+//!
+//! Each holds its own plugin instance (one store per consumer / queue) and rebuilds it when the
+//! plugin's slot has a newer version or after a fault. Calls happen under the queue's lock, bounded by
+//! the plugin call deadline. Failure policies (DESIGN.md §2): a filter that faults either delivers or
+//! holds the message (consumer argument `x-filter-on-failure`, default `hold`); an idempotency plugin
+//! that faults delivers (the message is treated as having no key).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use amq_protocol::types::FieldTable;
+
+use crate::message::MessageRef;
+use crate::plugin::bindings::{Decision, FilterPlugin, IdempotencyPlugin};
+use crate::plugin::engine::table_body;
+use crate::plugin::instance::Instance;
+use crate::plugin::{Fault, Kind, PluginHost, Slot};
+
+/// Why a plugin could not be attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachError {
+    /// No loaded plugin of that kind has this name (sent as 404 NOT_FOUND).
+    NotFound(String),
+    /// The plugin refused its configuration, or faulted while reading it (sent as 406).
+    Refused(String),
+}
+
+fn attach<W: crate::plugin::instance::World>(
+    host: &Arc<PluginHost>,
+    kind: Kind,
+    name: &str,
+) -> Result<(Arc<Slot>, Instance<W>), AttachError> {
+    let slot = host
+        .loaded(kind, name)
+        .ok_or_else(|| AttachError::NotFound(format!("no {kind} plugin '{name}' is loaded")))?;
+    let instance = Instance::<W>::new(host, &slot)
+        .map_err(|f| AttachError::Refused(format!("{kind} plugin '{name}' failed: {f}")))?;
+    Ok((slot, instance))
+}
+
+/// What to do with a message when the consumer's filter faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Deliver it to this consumer.
+    Deliver,
+    /// Leave it in the queue (for other consumers, or for this one once the filter works again).
+    Hold,
+}
+
+/// A filter's verdict on one message for one consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Deliver to this consumer.
+    Deliver,
+    /// Leave it for others.
+    Skip,
+    /// Dead-letter (reason `rejected`) or drop.
+    Reject,
+}
+
+/// Skip decisions remembered per consumer, so a waiting message is not re-filtered on every dispatch;
+/// the set is cleared when it grows past this.
+const SKIP_MEMORY: usize = 100_000;
+
+#[derive(Debug)]
+struct FilterState {
+    instance: Option<Instance<FilterPlugin>>,
+    /// Sequence numbers this consumer's filter skipped (valid for the instance's version).
+    skipped: HashSet<u64>,
+}
+
+/// One consumer's filter: `x-filter` names the plugin, `x-filter-args` is its configuration.
+#[derive(Debug)]
+pub struct ConsumerFilter {
+    host: Arc<PluginHost>,
+    slot: Arc<Slot>,
+    config: Vec<u8>,
+    on_failure: OnFailure,
+    state: Mutex<FilterState>,
+}
+
+impl ConsumerFilter {
+    /// Attaches the filter plugin `name` with `config` (the consumer's `x-filter-args`).
+    ///
+    /// # Errors
+    /// [`AttachError::NotFound`] for an unknown plugin; [`AttachError::Refused`] when it refuses the
+    /// configuration.
+    pub fn attach(
+        host: &Arc<PluginHost>,
+        name: &str,
+        config: &FieldTable,
+        on_failure: OnFailure,
+    ) -> Result<ConsumerFilter, AttachError> {
+        let (slot, mut instance) = attach::<FilterPlugin>(host, Kind::Filter, name)?;
+        let config = table_body(config);
+        instance
+            .init(&config)
+            .map_err(|f| AttachError::Refused(format!("filter '{name}' failed: {f}")))?
+            .map_err(AttachError::Refused)?;
+        Ok(ConsumerFilter {
+            host: Arc::clone(host),
+            slot,
+            config,
+            on_failure,
+            state: Mutex::new(FilterState {
+                instance: Some(instance),
+                skipped: HashSet::new(),
+            }),
+        })
+    }
+
+    fn ensure(&self, state: &mut FilterState) -> Result<(), Fault> {
+        if state.instance.as_ref().is_some_and(Instance::is_current) {
+            return Ok(());
+        }
+        state.instance = None;
+        state.skipped.clear();
+        let mut instance = Instance::<FilterPlugin>::new(&self.host, &self.slot)?;
+        if let Err(reason) = instance.init(&self.config)? {
+            return Err(Fault::Unavailable(format!(
+                "this version of filter '{}' refuses the consumer's x-filter-args: {reason}",
+                self.slot.name
+            )));
+        }
+        state.instance = Some(instance);
+        Ok(())
+    }
+
+    /// The verdict for the message with sequence number `seq`.
+    pub fn decide(&self, seq: u64, message: &MessageRef) -> Verdict {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let decision = self.ensure(&mut state).and_then(|()| {
+            if state.skipped.contains(&seq) {
+                return Ok(Decision::Skip);
+            }
+            let instance = state
+                .instance
+                .as_mut()
+                .ok_or_else(|| Fault::Unavailable("no instance".into()))?;
+            instance.filter(message)
+        });
+        match decision {
+            Ok(Decision::Deliver) => Verdict::Deliver,
+            Ok(Decision::Skip) => {
+                if state.skipped.len() >= SKIP_MEMORY {
+                    state.skipped.clear();
+                }
+                state.skipped.insert(seq);
+                Verdict::Skip
+            }
+            Ok(Decision::Reject) => Verdict::Reject,
+            Err(_) => {
+                // The fault was counted and logged by the instance; a trapped instance is replaced.
+                state.instance = None;
+                match self.on_failure {
+                    OnFailure::Deliver => Verdict::Deliver,
+                    OnFailure::Hold => Verdict::Skip,
+                }
+            }
+        }
+    }
+}
+
+/// An idempotency key, as the plugin derived it.
+pub type Key = Arc<[u8]>;
+
+/// The bounds of the key record (queue arguments `x-idempotency-window` in ms and
+/// `x-idempotency-max-keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// How long an acked key is remembered.
+    pub time: Duration,
+    /// How many acked keys are remembered at most (the oldest are forgotten first).
+    pub max_keys: usize,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            time: Duration::from_secs(3600),
+            max_keys: 100_000,
+        }
+    }
+}
+
+/// What the queue should do with a ready message, as far as idempotency goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// No key, or a key not seen: deliver (and track the key while unacked).
+    Fresh(Option<Key>),
+    /// A delivery with the same key is unacked: the message waits.
+    Wait,
+    /// The key was acked within the window: the message is a duplicate.
+    Duplicate,
+}
+
+#[derive(Debug)]
+struct IdempotencyState {
+    instance: Option<Instance<IdempotencyPlugin>>,
+    /// Keys of ready messages, computed once per message (by sequence number).
+    pending: HashMap<u64, Option<Key>>,
+    /// Keys of delivered, unacked messages (by sequence number) and how many carry each key.
+    inflight: HashMap<u64, Key>,
+    inflight_keys: HashMap<Key, u32>,
+    /// Acked keys with when they were recorded, oldest first in `order`.
+    recorded: HashMap<Key, Instant>,
+    order: VecDeque<(Instant, Key)>,
+}
+
+/// A queue's idempotency: the plugin derives keys; the record of acked keys is the broker's.
+#[derive(Debug)]
+pub struct Idempotency {
+    host: Arc<PluginHost>,
+    slot: Arc<Slot>,
+    config: Vec<u8>,
+    window: Window,
+    state: Mutex<IdempotencyState>,
+}
+
+impl Idempotency {
+    /// Attaches the idempotency plugin `name` with `config` (the queue's `x-idempotency-args`).
+    ///
+    /// # Errors
+    /// [`AttachError::NotFound`] for an unknown plugin; [`AttachError::Refused`] when it refuses the
+    /// configuration.
+    pub fn attach(
+        host: &Arc<PluginHost>,
+        name: &str,
+        config: &FieldTable,
+        window: Window,
+    ) -> Result<Idempotency, AttachError> {
+        let (slot, mut instance) = attach::<IdempotencyPlugin>(host, Kind::Idempotency, name)?;
+        let config = table_body(config);
+        instance
+            .init(&config)
+            .map_err(|f| AttachError::Refused(format!("idempotency plugin '{name}' failed: {f}")))?
+            .map_err(AttachError::Refused)?;
+        Ok(Idempotency {
+            host: Arc::clone(host),
+            slot,
+            config,
+            window,
+            state: Mutex::new(IdempotencyState {
+                instance: Some(instance),
+                pending: HashMap::new(),
+                inflight: HashMap::new(),
+                inflight_keys: HashMap::new(),
+                recorded: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+        })
+    }
+
+    /// Idempotency for a recovered queue whose plugin is not loaded: no keys (every message is
+    /// delivered) until a plugin of that name is loaded.
+    pub fn unavailable(
+        host: &Arc<PluginHost>,
+        name: &str,
+        config: &FieldTable,
+        window: Window,
+    ) -> Idempotency {
+        Idempotency {
+            host: Arc::clone(host),
+            slot: host.slot(Kind::Idempotency, name),
+            config: table_body(config),
+            window,
+            state: Mutex::new(IdempotencyState {
+                instance: None,
+                pending: HashMap::new(),
+                inflight: HashMap::new(),
+                inflight_keys: HashMap::new(),
+                recorded: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdempotencyState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn key_of(&self, state: &mut IdempotencyState, message: &MessageRef) -> Option<Key> {
+        if !state.instance.as_ref().is_some_and(Instance::is_current) {
+            state.instance = None;
+            let rebuilt = Instance::<IdempotencyPlugin>::new(&self.host, &self.slot)
+                .and_then(|mut i| match i.init(&self.config)? {
+                    Ok(()) => Ok(i),
+                    Err(reason) => Err(Fault::Unavailable(reason)),
+                });
+            state.instance = rebuilt.ok();
+        }
+        // Failure policy: no key → delivered.
+        let instance = state.instance.as_mut()?;
+        match instance.key(message) {
+            Ok(key) => key.map(Key::from),
+            Err(_) => {
+                state.instance = None;
+                None
+            }
+        }
+    }
+
+    fn expire(&self, state: &mut IdempotencyState, now: Instant) {
+        while let Some((at, _)) = state.order.front() {
+            let expired = now.duration_since(*at) >= self.window.time;
+            if !expired && state.order.len() <= self.window.max_keys {
+                break;
+            }
+            if let Some((at, key)) = state.order.pop_front() {
+                if state.recorded.get(&key) == Some(&at) {
+                    state.recorded.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Checks a ready message before it is delivered.
+    pub fn check(&self, seq: u64, message: &MessageRef) -> KeyCheck {
+        let mut state = self.lock();
+        let key = match state.pending.get(&seq) {
+            Some(k) => k.clone(),
+            None => {
+                let k = self.key_of(&mut state, message);
+                state.pending.insert(seq, k.clone());
+                k
+            }
+        };
+        let Some(key) = key else {
+            return KeyCheck::Fresh(None);
+        };
+        self.expire(&mut state, Instant::now());
+        if state.recorded.contains_key(&key) {
+            state.pending.remove(&seq);
+            KeyCheck::Duplicate
+        } else if state.inflight_keys.contains_key(&key) {
+            KeyCheck::Wait
+        } else {
+            KeyCheck::Fresh(Some(key))
+        }
+    }
+
+    /// The message `seq` was delivered with `key`: it stays in flight until acked or returned. A
+    /// no-ack delivery is recorded at once.
+    pub fn delivered(&self, seq: u64, key: Option<Key>, no_ack: bool) {
+        let mut state = self.lock();
+        state.pending.remove(&seq);
+        let Some(key) = key else { return };
+        if no_ack {
+            Self::record(&mut state, key);
+        } else {
+            *state.inflight_keys.entry(Arc::clone(&key)).or_insert(0) += 1;
+            state.inflight.insert(seq, key);
+        }
+    }
+
+    fn record(state: &mut IdempotencyState, key: Key) {
+        let now = Instant::now();
+        state.recorded.insert(Arc::clone(&key), now);
+        state.order.push_back((now, key));
+    }
+
+    fn release(state: &mut IdempotencyState, seq: u64) -> Option<Key> {
+        let key = state.inflight.remove(&seq)?;
+        if let Some(n) = state.inflight_keys.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                state.inflight_keys.remove(&key);
+            }
+        }
+        Some(key)
+    }
+
+    /// Deliveries were acked: their keys are recorded.
+    pub fn acked(&self, seqs: impl IntoIterator<Item = u64>) {
+        let mut state = self.lock();
+        for seq in seqs {
+            if let Some(key) = Self::release(&mut state, seq) {
+                Self::record(&mut state, key);
+            }
+        }
+    }
+
+    /// Deliveries came back (requeued) or were rejected: their keys are not recorded.
+    pub fn returned(&self, seqs: impl IntoIterator<Item = u64>) {
+        let mut state = self.lock();
+        for seq in seqs {
+            Self::release(&mut state, seq);
+        }
+    }
+
+    /// Forgets cached keys of ready messages that left the queue some other way (purge, expiry).
+    pub fn forget_pending(&self, ready: usize) {
+        let mut state = self.lock();
+        if state.pending.len() > ready.saturating_mul(2) + 1024 {
+            state.pending.clear();
+        }
+    }
+
+    /// Keys recorded now (for tests and the management snapshot).
+    pub fn recorded_keys(&self) -> usize {
+        self.lock().recorded.len()
+    }
+}
