@@ -39,6 +39,9 @@ fn main() {
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_MAKEFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CLIPPY_ARGS")
         .status()
         .expect("run cargo for the plugins");
     assert!(status.success(), "building plugins/ for {TARGET} failed");
@@ -69,5 +72,8 @@ fn ensure_target() {
         .args(["target", "add", TARGET])
         .status()
         .is_ok_and(|s| s.success());
-    assert!(ok, "the {TARGET} target is missing and `rustup target add {TARGET}` failed");
+    assert!(
+        ok,
+        "the {TARGET} target is missing and `rustup target add {TARGET}` failed"
+    );
 }

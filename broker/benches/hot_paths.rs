@@ -84,12 +84,18 @@ fn codec(c: &mut Criterion) {
     });
 }
 
-fn message(key: &str, headers: Option<FieldTable>) -> Message {
+fn message(key: &str, headers: Option<FieldTable>) -> Arc<Message> {
     let mut props = BasicProperties::default();
     if let Some(h) = headers {
         props = props.with_headers(h);
     }
-    Message::new("x".into(), key.into(), props, Bytes::new(), Bytes::new())
+    Arc::new(Message::new(
+        "x".into(),
+        key.into(),
+        props,
+        Bytes::new(),
+        Bytes::new(),
+    ))
 }
 
 fn topic(c: &mut Criterion) {
@@ -112,7 +118,7 @@ fn topic(c: &mut Criterion) {
     c.bench_function("topic route, 10 000 bindings", |b| {
         b.iter(|| {
             out.clear();
-            t.route(black_box("k3000.x.y"), &m, &mut out);
+            let _ = t.route(black_box("k3000.x.y"), &m, &mut out);
             black_box(out.len());
         })
     });
@@ -155,11 +161,85 @@ fn headers(c: &mut Criterion) {
     c.bench_function("headers route, 100 bindings", |b| {
         b.iter(|| {
             out.clear();
-            h.route("", black_box(&m), &mut out);
+            let _ = h.route("", black_box(&m), &mut out);
             black_box(out.len());
         })
     });
 }
 
-criterion_group!(benches, codec, topic, headers);
+/// Builds `plugins/` (as `tests/build.rs` does) and returns the x-consistent-hash component's path.
+fn consistent_hash_component() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let target = root.join("target").join("plugins");
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(root.join("plugins").join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .expect("cargo");
+    assert!(status.success(), "building plugins/ failed");
+    target.join("wasm32-wasip2/release/x_consistent_hash.wasm")
+}
+
+/// One `route` call into the x-consistent-hash plugin over 10 bindings (per-key cache missed and
+/// hit), against the native direct exchange.
+fn plugin_route(c: &mut Criterion) {
+    use warren::exchange::direct::Direct;
+    use warren::exchange::registry::Registry;
+    use warren::plugin::{Limits, PluginHost};
+    let dir = std::env::temp_dir().join(format!("warren-bench-plugins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(consistent_hash_component(), dir.join("chash.wasm")).expect("copy");
+    let host = PluginHost::new(Limits::default(), Some(dir.clone())).expect("host");
+    host.load_dir();
+    let registry = Registry::new(Some(host));
+    let mut plugin = registry
+        .create("x-consistent-hash", &FieldTable::default())
+        .expect("type loaded")
+        .expect("declare");
+    let mut direct = Direct::default();
+    for i in 0..10 {
+        let b = Binding {
+            destination: Destination::Queue(queue(&format!("q{i}"))),
+            key: "1".into(),
+            arguments: FieldTable::default(),
+        };
+        plugin.bind(&b);
+        direct.bind(&b);
+    }
+    let keys: Vec<String> = (0..100_000).map(|i| format!("key-{i}")).collect();
+    let messages: Vec<Arc<Message>> = keys.iter().map(|k| message(k, None)).collect();
+    let mut out = Vec::with_capacity(4);
+    let mut i = 0;
+    c.bench_function("x-consistent-hash plugin route, 10 bindings, new key each call", |b| {
+        b.iter(|| {
+            out.clear();
+            i = (i + 1) % keys.len();
+            // More keys than the cache holds, cycled: every call goes into the plugin.
+            let _ = plugin.route(black_box(&keys[i]), &messages[i], &mut out);
+            black_box(out.len());
+        })
+    });
+    c.bench_function("x-consistent-hash plugin route, 10 bindings, cached key", |b| {
+        b.iter(|| {
+            out.clear();
+            let _ = plugin.route(black_box(&keys[7]), &messages[7], &mut out);
+            black_box(out.len());
+        })
+    });
+    c.bench_function("direct route, 10 bindings", |b| {
+        b.iter(|| {
+            out.clear();
+            let _ = direct.route(black_box("1"), &messages[7], &mut out);
+            black_box(out.len());
+        })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, codec, topic, headers, plugin_route);
 criterion_main!(benches);

@@ -26,11 +26,13 @@ def free_port():
 
 
 class Broker:
-    def __init__(self, config_text=None, tmp_path=None, data_dir=None):
+    def __init__(self, config_text=None, tmp_path=None, data_dir=None, plugin_dir=None):
         self.port = free_port()
         binary = os.environ.get("WARREN_BIN", str(ROOT / "target" / "debug" / "warren"))
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="warren-pika-")
         args = [binary, "--listen", f"127.0.0.1:{self.port}", "--log", "warn", "--data-dir", self.data_dir]
+        if plugin_dir is not None:
+            args += ["--plugin-dir", str(plugin_dir)]
         if config_text is not None:
             path = pathlib.Path(tmp_path) / "warren.toml"
             path.write_text(config_text)
@@ -115,3 +117,28 @@ def configured_broker(tmp_path):
     for b in started:
         if b.proc.poll() is None:
             b.stop()
+
+
+# The plugin components built from plugins/ (tests/build.rs builds them during `cargo test`).
+PLUGINS = pathlib.Path(
+    os.environ.get("WARREN_PLUGINS", str(ROOT / "target" / "plugins" / "wasm32-wasip2" / "release"))
+)
+
+
+@pytest.fixture(scope="module")
+def plugin_broker(tmp_path_factory):
+    """A broker with the first-party plugins (x-consistent-hash, x-random, match, idempotency-key)
+    in its plugin directory. Against WARREN_TEST_BROKER, that broker (RabbitMQ with its consistent-hash
+    and random exchange plugins enabled, say) is used as it is."""
+    if EXTERNAL:
+        yield External(EXTERNAL)
+        return
+    plugin_dir = tmp_path_factory.mktemp("plugins")
+    for name in ["x_consistent_hash", "x_random", "match_filter", "idempotency_key"]:
+        src = PLUGINS / f"{name}.wasm"
+        assert src.exists(), f"{src} missing: run `cargo test` (it builds plugins/) or set WARREN_PLUGINS"
+        (plugin_dir / f"{name}.wasm").write_bytes(src.read_bytes())
+    b = Broker(plugin_dir=plugin_dir)
+    yield b
+    if b.proc.poll() is None:
+        b.stop()

@@ -322,7 +322,15 @@ async fn idempotency_delivers_each_message_id_once() {
     assert_eq!(got.len(), 500, "1000 messages with 500 ids deliver 500");
     assert_eq!(ids.len(), 500);
     assert_eq!(message_count(&ch, "payments").await, 0);
-    assert_eq!(b.broker.vhost("/").expect("vhost").queue("payments", 0).expect("queue").idempotency_keys(), 500);
+    assert_eq!(
+        b.broker
+            .vhost("/")
+            .expect("vhost")
+            .queue("payments", 0)
+            .expect("queue")
+            .idempotency_keys(),
+        500
+    );
 }
 
 #[tokio::test]
@@ -427,8 +435,7 @@ async fn idempotency_by_header_and_body_hash_and_errors() {
     )
     .await;
     for (body, order) in [("x", "1"), ("y", "1"), ("z", "2")] {
-        let props =
-            BasicProperties::default().with_headers(table(&[("order", text(order))]));
+        let props = BasicProperties::default().with_headers(table(&[("order", text(order))]));
         publish(&ch, "by-header", body, props).await;
     }
     for body in ["same", "same", "other"] {

@@ -90,9 +90,13 @@ async fn declare_exchange(ch: &Channel, name: &str, kind_name: &str, arguments: 
 /// Declares `queues` (exclusive to nothing; auto-named by the caller) and binds each with `key`.
 async fn bind_queues(ch: &Channel, exchange: &str, queues: &[&str], key: &str) {
     for q in queues {
-        ch.queue_declare((*q).into(), QueueDeclareOptions::default(), FieldTable::default())
-            .await
-            .expect("queue.declare");
+        ch.queue_declare(
+            (*q).into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.declare");
         ch.queue_bind(
             (*q).into(),
             exchange.into(),
@@ -361,9 +365,13 @@ async fn bad_declares_and_bindings_are_refused() {
     let ch = channel(&conn).await;
     declare_exchange(&ch, "cx", "x-consistent-hash", FieldTable::default()).await;
     bind_queues(&ch, "cx", &["good"], "1").await;
-    ch.queue_declare("bad-q".into(), QueueDeclareOptions::default(), FieldTable::default())
-        .await
-        .expect("queue.declare");
+    ch.queue_declare(
+        "bad-q".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.declare");
     let reason = expect_code(
         ch.queue_bind(
             "bad-q".into(),
@@ -695,7 +703,13 @@ async fn durable_plugin_exchanges_survive_a_restart() {
         .await
         .expect("confirm");
     assert!(ack.is_ack());
-    assert_eq!(counts_when_total(&ch, &["d0", "d1"], 1).await.iter().sum::<u32>(), 1);
+    assert_eq!(
+        counts_when_total(&ch, &["d0", "d1"], 1)
+            .await
+            .iter()
+            .sum::<u32>(),
+        1
+    );
     conn.close(200, "bye".into()).await.expect("close");
     b.stop().await;
 
@@ -729,6 +743,12 @@ async fn durable_plugin_exchanges_survive_a_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The earlier (transient) message did not survive the restarts; the new one is routed.
-    assert_eq!(counts_when_total(&ch, &["d0", "d1"], 1).await.iter().sum::<u32>(), 1);
+    assert_eq!(
+        counts_when_total(&ch, &["d0", "d1"], 1)
+            .await
+            .iter()
+            .sum::<u32>(),
+        1
+    );
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -105,7 +105,11 @@ async fn hot_reload_under_load_loses_and_misroutes_nothing() {
         .expect("declare");
     for q in ["a", "b"] {
         setup
-            .queue_declare(q.into(), QueueDeclareOptions::default(), FieldTable::default())
+            .queue_declare(
+                q.into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .expect("queue");
         setup

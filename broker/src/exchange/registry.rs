@@ -95,8 +95,7 @@ impl Registry {
         let host = self.plugins.as_ref()?;
         let slot = host.loaded(Kind::Exchange, name)?;
         Some(
-            WasmExchange::new(host, &slot, arguments)
-                .map(|x| Box::new(x) as Box<dyn ExchangeType>),
+            WasmExchange::new(host, &slot, arguments).map(|x| Box::new(x) as Box<dyn ExchangeType>),
         )
     }
 

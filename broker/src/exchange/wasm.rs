@@ -68,7 +68,8 @@ impl WasmExchange {
     ) -> Result<Self, String> {
         let x = Self::unavailable(host, slot, arguments);
         let mut active = x.active.lock().unwrap_or_else(|e| e.into_inner());
-        let mut instance = Instance::<ExchangePlugin>::new(host, slot).map_err(|f| describe(slot, &f))?;
+        let mut instance =
+            Instance::<ExchangePlugin>::new(host, slot).map_err(|f| describe(slot, &f))?;
         active.routes_on = instance
             .init(&x.arguments)
             .map_err(|f| describe(slot, &f))??;

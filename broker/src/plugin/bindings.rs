@@ -20,7 +20,13 @@ pub struct MessageView {
 }
 
 // Generated code uses `unsafe` internally for the canonical ABI; nothing hand-written here does.
-#[allow(unsafe_code, missing_debug_implementations, unreachable_pub, missing_docs, clippy::all)]
+#[allow(
+    unsafe_code,
+    missing_debug_implementations,
+    unreachable_pub,
+    missing_docs,
+    clippy::all
+)]
 mod generated {
     pub(super) mod exchange {
         wasmtime::component::bindgen!({

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use wasmtime::Store;
 
-use super::bindings::{Binding, Decision, ExchangePlugin, FilterPlugin, IdempotencyPlugin, RoutesOn};
+use super::bindings::{
+    Binding, Decision, ExchangePlugin, FilterPlugin, IdempotencyPlugin, RoutesOn,
+};
 use super::engine::{forget_message, lend_message, run, Fault, StoreState};
 use super::loader::{Kind, Pre};
 use super::registry::{PluginHost, Slot};

@@ -158,7 +158,9 @@ fn describe(runtime: &Runtime, pre: &Pre) -> anyhow::Result<PluginInfo> {
             }
             Pre::Idempotency(p) => {
                 let i = p.instantiate_async(&mut store).await?;
-                i.warren_plugin_idempotency().call_describe(&mut store).await
+                i.warren_plugin_idempotency()
+                    .call_describe(&mut store)
+                    .await
             }
         }
     });

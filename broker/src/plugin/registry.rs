@@ -339,11 +339,7 @@ impl PluginHost {
             .get(key)
             .cloned();
         if let Some(slot) = slot {
-            let from_this_file = slot
-                .current
-                .load()
-                .as_ref()
-                .is_some_and(|v| v.file == path);
+            let from_this_file = slot.current.load().as_ref().is_some_and(|v| v.file == path);
             if from_this_file {
                 warn!(plugin = %key.1, kind = %key.0, file = %path.display(), "plugin file removed: plugin unavailable until it returns");
                 self.generation.fetch_add(1, Ordering::Relaxed);

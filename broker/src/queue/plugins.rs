@@ -285,11 +285,12 @@ impl Idempotency {
     fn key_of(&self, state: &mut IdempotencyState, message: &MessageRef) -> Option<Key> {
         if !state.instance.as_ref().is_some_and(Instance::is_current) {
             state.instance = None;
-            let rebuilt = Instance::<IdempotencyPlugin>::new(&self.host, &self.slot)
-                .and_then(|mut i| match i.init(&self.config)? {
+            let rebuilt = Instance::<IdempotencyPlugin>::new(&self.host, &self.slot).and_then(
+                |mut i| match i.init(&self.config)? {
                     Ok(()) => Ok(i),
                     Err(reason) => Err(Fault::Unavailable(reason)),
-                });
+                },
+            );
             state.instance = rebuilt.ok();
         }
         // Failure policy: no key → delivered.

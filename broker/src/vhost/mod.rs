@@ -20,9 +20,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::registry::Registry;
-use crate::queue::plugins;
 use crate::exchange::{Binding, Destination, Exchange, RouteError};
 use crate::message::{header_strings, MessageRef};
+use crate::queue::plugins;
 use crate::queue::{DeadLetterReason, Queue, QueueArgs, QueueCounts, QueueOwner, QueueStorage};
 use crate::store::definitions::{
     decode_table, encode_table, StoredBinding, StoredDefinitions, StoredExchange, StoredQueue,
@@ -530,17 +530,19 @@ impl VHost {
             }
             _ => None,
         };
-        let q = Arc::new(Queue::new(
-            name.clone(),
-            flags.durable,
-            flags.auto_delete,
-            owner,
-            arguments.clone(),
-            parsed,
-            me,
-            storage,
-        )
-        .with_idempotency(idempotency));
+        let q = Arc::new(
+            Queue::new(
+                name.clone(),
+                flags.durable,
+                flags.auto_delete,
+                owner,
+                arguments.clone(),
+                parsed,
+                me,
+                storage,
+            )
+            .with_idempotency(idempotency),
+        );
         queues.insert(name, Arc::clone(&q));
         drop(queues);
         q.touch();
@@ -588,7 +590,9 @@ impl VHost {
             let ms = int_value(v)
                 .and_then(|n| u64::try_from(n).ok())
                 .filter(|n| *n > 0)
-                .ok_or_else(|| invalid("x-idempotency-window", "expected a positive integer (ms)"))?;
+                .ok_or_else(|| {
+                    invalid("x-idempotency-window", "expected a positive integer (ms)")
+                })?;
             window.time = std::time::Duration::from_millis(ms);
         }
         if let Some(v) = args.get("x-idempotency-max-keys") {
@@ -606,7 +610,9 @@ impl VHost {
             Ok(i) => Ok(Some(i)),
             Err(plugins::AttachError::NotFound(_)) if self.recovering.load(Ordering::Relaxed) => {
                 warn!(vhost = %self.name, queue, plugin = %name, "queue recovered with its idempotency plugin not loaded: messages are delivered without keys until it returns");
-                Ok(Some(plugins::Idempotency::unavailable(host, &name, &config, window)))
+                Ok(Some(plugins::Idempotency::unavailable(
+                    host, &name, &config, window,
+                )))
             }
             Err(plugins::AttachError::NotFound(why)) => Err(AmqpError::not_found(why)),
             Err(plugins::AttachError::Refused(why)) => Err(AmqpError::precondition_failed(why)),

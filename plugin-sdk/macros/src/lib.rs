@@ -36,7 +36,9 @@ impl Kind {
     /// The expected signature, for error messages.
     fn signature(self) -> &'static str {
         match self {
-            Kind::Exchange => "fn(exchange: &Exchange, message: &Message) -> Vec<u32> (or Option<u32>)",
+            Kind::Exchange => {
+                "fn(exchange: &Exchange, message: &Message) -> Vec<u32> (or Option<u32>)"
+            }
             Kind::Filter => "fn(config: &Table, message: &Message) -> Decision",
             Kind::Idempotency => "fn(config: &Table, message: &Message) -> Option<Vec<u8>>",
         }
@@ -97,7 +99,10 @@ fn parse_args(kind: Kind, attr: TokenStream2) -> syn::Result<Args> {
                 }));
                 return Err(syn::Error::new_spanned(
                     &meta,
-                    format!("unknown or malformed argument; expected {}", allowed.join(", ")),
+                    format!(
+                        "unknown or malformed argument; expected {}",
+                        allowed.join(", ")
+                    ),
                 ));
             }
         }
@@ -129,7 +134,11 @@ fn check_signature(kind: Kind, f: &ItemFn) -> syn::Result<()> {
     let wrong = |span: Span, what: &str| {
         Err(syn::Error::new(
             span,
-            format!("{what}; a {} plugin function is `{}`", kind.world(), kind.signature()),
+            format!(
+                "{what}; a {} plugin function is `{}`",
+                kind.world(),
+                kind.signature()
+            ),
         ))
     };
     if sig.asyncness.is_some() {

@@ -44,22 +44,17 @@ fn init(config: &Table) -> Result<(), String> {
 )]
 fn filter(config: &Table, message: &Message) -> Decision {
     let any = config.get("x-match").and_then(Value::as_str) == Some("any");
-    let expected = |kind: &str| {
-        config
-            .get(kind)
-            .and_then(|v| match v {
-                Value::Table(t) => Some(t.iter().map(|(k, v)| (k.to_owned(), v.clone())).collect()),
-                _ => None,
-            })
-            .unwrap_or_else(Vec::new)
+    let entries = |kind: &str| match config.get(kind) {
+        Some(Value::Table(t)) => t.iter().collect::<Vec<_>>(),
+        _ => Vec::new(),
     };
-    let mut checks = expected("headers")
+    let mut checks = entries("headers")
         .into_iter()
-        .map(|(k, v)| message.header(&k).as_ref() == Some(&v))
+        .map(|(k, v)| message.header(k).as_ref() == Some(v))
         .chain(
-            expected("properties")
+            entries("properties")
                 .into_iter()
-                .map(|(k, v)| message.property(&k).as_ref() == Some(&v)),
+                .map(|(k, v)| message.property(k).as_ref() == Some(v)),
         );
     let matched = if any {
         checks.any(|m| m)
