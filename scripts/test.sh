@@ -6,6 +6,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+# Plugins and test fixtures are WebAssembly components (tests/build.rs builds them).
+rustup target add wasm32-wasip2
+
 # The crash test (tests/tests/durability.rs), the pika and the Go suites drive the real binary.
 cargo build --locked --bin warren
 
