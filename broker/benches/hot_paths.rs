@@ -175,7 +175,13 @@ fn consistent_hash_component() -> std::path::PathBuf {
         .to_path_buf();
     let target = root.join("target").join("plugins");
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(root.join("plugins").join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target)
@@ -215,22 +221,28 @@ fn plugin_route(c: &mut Criterion) {
     let messages: Vec<Arc<Message>> = keys.iter().map(|k| message(k, None)).collect();
     let mut out = Vec::with_capacity(4);
     let mut i = 0;
-    c.bench_function("x-consistent-hash plugin route, 10 bindings, new key each call", |b| {
-        b.iter(|| {
-            out.clear();
-            i = (i + 1) % keys.len();
-            // More keys than the cache holds, cycled: every call goes into the plugin.
-            let _ = plugin.route(black_box(&keys[i]), &messages[i], &mut out);
-            black_box(out.len());
-        })
-    });
-    c.bench_function("x-consistent-hash plugin route, 10 bindings, cached key", |b| {
-        b.iter(|| {
-            out.clear();
-            let _ = plugin.route(black_box(&keys[7]), &messages[7], &mut out);
-            black_box(out.len());
-        })
-    });
+    c.bench_function(
+        "x-consistent-hash plugin route, 10 bindings, new key each call",
+        |b| {
+            b.iter(|| {
+                out.clear();
+                i = (i + 1) % keys.len();
+                // More keys than the cache holds, cycled: every call goes into the plugin.
+                let _ = plugin.route(black_box(&keys[i]), &messages[i], &mut out);
+                black_box(out.len());
+            })
+        },
+    );
+    c.bench_function(
+        "x-consistent-hash plugin route, 10 bindings, cached key",
+        |b| {
+            b.iter(|| {
+                out.clear();
+                let _ = plugin.route(black_box(&keys[7]), &messages[7], &mut out);
+                black_box(out.len());
+            })
+        },
+    );
     c.bench_function("direct route, 10 bindings", |b| {
         b.iter(|| {
             out.clear();

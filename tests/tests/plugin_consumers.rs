@@ -473,3 +473,63 @@ async fn idempotency_by_header_and_body_hash_and_errors() {
         406,
     );
 }
+
+#[tokio::test]
+async fn idempotency_keys_of_durable_queues_survive_a_restart() {
+    let dir = PluginDir::new("idem-durable");
+    let data = std::env::temp_dir().join(format!(
+        "warren-idem-data-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let config = || Config {
+        data_dir: Some(data.clone()),
+        ..dir.config()
+    };
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let b = start_broker_with(config()).await;
+    {
+        let conn = connect(&b).await;
+        let ch = channel(&conn).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        ch.queue_declare("ledger".into(), durable, idempotent(&[]))
+            .await
+            .expect("declare");
+        for id in ["t1", "t2"] {
+            publish(&ch, "ledger", id, with_id(id)).await;
+        }
+        let cc = channel(&conn).await;
+        let mut consumer = consume(&cc, "ledger", "c", FieldTable::default()).await;
+        assert_eq!(drain(&mut consumer).await, ["t1", "t2"]);
+        conn.close(200, "bye".into()).await.expect("close");
+    }
+    b.stop().await;
+
+    let b = start_broker_with(config()).await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    ch.queue_declare("ledger".into(), durable, idempotent(&[]))
+        .await
+        .expect("redeclare");
+    for id in ["t1", "t2", "t3"] {
+        publish(&ch, "ledger", id, with_id(id)).await;
+    }
+    let cc = channel(&conn).await;
+    let mut consumer = consume(&cc, "ledger", "c", FieldTable::default()).await;
+    assert_eq!(
+        drain(&mut consumer).await,
+        ["t3"],
+        "keys acked before the restart are still recorded"
+    );
+    conn.close(200, "bye".into()).await.expect("close");
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&data);
+}

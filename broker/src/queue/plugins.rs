@@ -18,6 +18,7 @@ use crate::plugin::bindings::{Decision, FilterPlugin, IdempotencyPlugin};
 use crate::plugin::engine::table_body;
 use crate::plugin::instance::Instance;
 use crate::plugin::{Fault, Kind, PluginHost, Slot};
+use crate::store::keys::KeyLog;
 
 /// Why a plugin could not be attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,14 +211,22 @@ struct IdempotencyState {
     order: VecDeque<(Instant, Key)>,
 }
 
-/// A queue's idempotency: the plugin derives keys; the record of acked keys is the broker's.
+/// A queue's idempotency: the plugin derives keys; the record of acked keys is the broker's (and, for
+/// a durable queue, on disk: `store::keys`).
 #[derive(Debug)]
 pub struct Idempotency {
     host: Arc<PluginHost>,
     slot: Arc<Slot>,
     config: Vec<u8>,
     window: Window,
+    keys: Option<KeyLog>,
     state: Mutex<IdempotencyState>,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Idempotency {
@@ -243,6 +252,7 @@ impl Idempotency {
             slot,
             config,
             window,
+            keys: None,
             state: Mutex::new(IdempotencyState {
                 instance: Some(instance),
                 pending: HashMap::new(),
@@ -267,6 +277,7 @@ impl Idempotency {
             slot: host.slot(Kind::Idempotency, name),
             config: table_body(config),
             window,
+            keys: None,
             state: Mutex::new(IdempotencyState {
                 instance: None,
                 pending: HashMap::new(),
@@ -276,6 +287,28 @@ impl Idempotency {
                 order: VecDeque::new(),
             }),
         }
+    }
+
+    /// Keeps the record of acked keys in `log` (a durable queue), starting from the `recovered` keys
+    /// (recorded-at wall-clock ms, key) that are still inside the window.
+    pub fn with_key_log(mut self, log: KeyLog, recovered: Vec<(u64, Vec<u8>)>) -> Self {
+        {
+            let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+            let (now, wall) = (Instant::now(), wall_ms());
+            for (at_ms, key) in recovered {
+                let age = Duration::from_millis(wall.saturating_sub(at_ms));
+                if age >= self.window.time {
+                    continue;
+                }
+                let at = now.checked_sub(age).unwrap_or(now);
+                let key: Key = key.into();
+                state.recorded.insert(Arc::clone(&key), at);
+                state.order.push_back((at, key));
+            }
+            Self::expire(self.window, state, now);
+        }
+        self.keys = Some(log);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, IdempotencyState> {
@@ -304,10 +337,10 @@ impl Idempotency {
         }
     }
 
-    fn expire(&self, state: &mut IdempotencyState, now: Instant) {
+    fn expire(window: Window, state: &mut IdempotencyState, now: Instant) {
         while let Some((at, _)) = state.order.front() {
-            let expired = now.duration_since(*at) >= self.window.time;
-            if !expired && state.order.len() <= self.window.max_keys {
+            let expired = now.duration_since(*at) >= window.time;
+            if !expired && state.order.len() <= window.max_keys {
                 break;
             }
             if let Some((at, key)) = state.order.pop_front() {
@@ -332,7 +365,7 @@ impl Idempotency {
         let Some(key) = key else {
             return KeyCheck::Fresh(None);
         };
-        self.expire(&mut state, Instant::now());
+        Self::expire(self.window, &mut state, Instant::now());
         if state.recorded.contains_key(&key) {
             state.pending.remove(&seq);
             KeyCheck::Duplicate
@@ -350,6 +383,7 @@ impl Idempotency {
         state.pending.remove(&seq);
         let Some(key) = key else { return };
         if no_ack {
+            self.persist(&state, std::slice::from_ref(&key));
             Self::record(&mut state, key);
         } else {
             *state.inflight_keys.entry(Arc::clone(&key)).or_insert(0) += 1;
@@ -377,11 +411,39 @@ impl Idempotency {
     /// Deliveries were acked: their keys are recorded.
     pub fn acked(&self, seqs: impl IntoIterator<Item = u64>) {
         let mut state = self.lock();
+        let mut keys = Vec::new();
         for seq in seqs {
             if let Some(key) = Self::release(&mut state, seq) {
-                Self::record(&mut state, key);
+                keys.push(key);
             }
         }
+        self.persist(&state, &keys);
+        for key in keys {
+            Self::record(&mut state, key);
+        }
+    }
+
+    /// Writes newly recorded keys to the durable record, compacting it when it has grown.
+    fn persist(&self, state: &IdempotencyState, keys: &[Key]) {
+        let Some(log) = &self.keys else { return };
+        if keys.is_empty() {
+            return;
+        }
+        let (now, wall) = (Instant::now(), wall_ms());
+        log.append(wall, keys.iter().map(|k| &k[..]));
+        log.compact(state.recorded.len() + keys.len(), || {
+            let mut live: Vec<(u64, &[u8])> = state
+                .order
+                .iter()
+                .filter(|(at, k)| state.recorded.get(k) == Some(at))
+                .map(|(at, k)| {
+                    let age = u64::try_from(now.duration_since(*at).as_millis()).unwrap_or(0);
+                    (wall.saturating_sub(age), &k[..])
+                })
+                .collect();
+            live.extend(keys.iter().map(|k| (wall, &k[..])));
+            live
+        });
     }
 
     /// Deliveries came back (requeued) or were rejected: their keys are not recorded.

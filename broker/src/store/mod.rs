@@ -14,6 +14,7 @@
 //! longer than a file name may be, and contain `/`).
 
 pub mod definitions;
+pub mod keys;
 pub mod log;
 pub mod record;
 
@@ -230,6 +231,21 @@ impl Store {
             self.segment_bytes,
             Arc::clone(&self.committer),
         )
+    }
+
+    /// Opens the idempotency key record of a durable queue (`store/keys.rs`); returns it and the keys
+    /// it holds as (recorded-at wall-clock ms, key), oldest first.
+    ///
+    /// # Errors
+    /// The file cannot be read or opened.
+    pub fn open_key_log(
+        &self,
+        vhost: &str,
+        queue: &str,
+    ) -> anyhow::Result<(keys::KeyLog, Vec<(u64, Vec<u8>)>)> {
+        let dir = self.queue_dir(vhost, queue);
+        keys::KeyLog::open(&dir)
+            .with_context(|| format!("idempotency keys of queue '{queue}' in {}", dir.display()))
     }
 
     /// Removes queue log directories of `vhost` that belong to none of `queues` (a queue deleted just

@@ -530,6 +530,19 @@ impl VHost {
             }
             _ => None,
         };
+        let idempotency = match (idempotency, &self.store, persisted) {
+            (Some(i), Some(store), true) => {
+                let (log, keys) = store.open_key_log(&self.name, name.as_str()).map_err(|e| {
+                    error!(vhost = %self.name, queue = %name, error = %e, "cannot open the idempotency key record");
+                    AmqpError::connection(
+                        amq_protocol::protocol::AMQPHardError::INTERNALERROR,
+                        format!("cannot store the idempotency keys of queue '{name}': {e}"),
+                    )
+                })?;
+                Some(i.with_key_log(log, keys))
+            }
+            (i, _, _) => i,
+        };
         let q = Arc::new(
             Queue::new(
                 name.clone(),
