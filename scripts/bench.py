@@ -38,6 +38,19 @@ SCENARIOS = {
     "g": ("topic exchange, 10 000 bindings, random keys, 16 B",
           ["-e", "perf-topic", "-t", "topic", "--bindings", "10000", "-k", "random", "--keys", "10000", "-x1", "-y1",
            "-s16", "-a"], "consume_rate"),
+    # (h): the same 1 producer / 1 consumer / 1 queue flow through an exchange: a plugin exchange type
+    # (x-consistent-hash, one binding of weight 1) against the native direct exchange. "h-direct" is the
+    # baseline; "h-chash-key" uses one routing key (answered from the per-key routing cache after the
+    # first message), "h-chash-random" a new key for almost every message (a plugin call each).
+    "h-direct": ("native direct exchange, 1 binding, 16 B",
+                 ["-e", "perf-direct", "-t", "direct", "-k", "1", "--binding-key", "1", "-x1", "-y1", "-s16", "-a"],
+                 "consume_rate"),
+    "h-chash-key": ("x-consistent-hash plugin exchange, 1 binding, one routing key, 16 B",
+                    ["-e", "perf-chash", "-t", "x-consistent-hash", "-k", "1", "--binding-key", "1", "-x1", "-y1",
+                     "-s16", "-a"], "consume_rate"),
+    "h-chash-random": ("x-consistent-hash plugin exchange, 1 binding, random keys (1 000 000), 16 B",
+                       ["-e", "perf-chash-r", "-t", "x-consistent-hash", "-k", "random", "--keys", "1000000",
+                        "--binding-key", "1", "-x1", "-y1", "-s16", "-a"], "consume_rate"),
     "m": ("manual acks (multiple every 100), confirms (window 1000), transient, 16 B",
           ["-x1", "-y1", "-s16", "-q", "1000", "-A", "100", "-c", "1000"], "consume_rate"),
 }
@@ -65,7 +78,8 @@ def start_rabbitmq(tmp):
         sys.exit(f"port {RABBIT_PORT} is already in use; stop whatever listens there first")
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{RABBIT_PORT}\nloopback_users = none\n")
-    (tmp / "enabled_plugins").write_text("[].\n")
+    # The consistent-hash exchange ships with RabbitMQ; enabled so scenario (h) runs on both brokers.
+    (tmp / "enabled_plugins").write_text("[rabbitmq_consistent_hash_exchange].\n")
     env = dict(os.environ, HOME=str(tmp), RABBITMQ_NODENAME="warrenbench@localhost",
                RABBITMQ_MNESIA_BASE=str(tmp / "mnesia"), RABBITMQ_LOG_BASE=str(tmp / "log"),
                RABBITMQ_CONFIG_FILE=str(tmp / "rabbitmq"), RABBITMQ_DIST_PORT="25679",
@@ -154,13 +168,21 @@ def main():
         sys.exit(f"port {WARREN_PORT} is already in use; stop whatever listens there first")
     data = ROOT / "target" / "bench-warren-data"
     shutil.rmtree(data, ignore_errors=True)
+    plugins = ROOT / "target" / "bench-plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip2", "--manifest-path",
+                    str(ROOT / "plugins" / "Cargo.toml"), "--target-dir", str(ROOT / "target" / "plugins")],
+                   check=True)
+    shutil.copy(ROOT / "target" / "plugins" / "wasm32-wasip2" / "release" / "x_consistent_hash.wasm", plugins)
     warren = subprocess.Popen([str(WARREN), "--listen", f"127.0.0.1:{WARREN_PORT}", "--log", "warn",
-                               "--data-dir", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--data-dir", str(data), "--plugin-dir", str(plugins)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sink = subprocess.Popen([str(PERF), "sink", "--listen", f"127.0.0.1:{SINK_PORT}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(WARREN_PORT)
     wait_port(SINK_PORT)
     rows = []
+    medians = {}
     try:
         if not opts.only or "i" in opts.only.split(","):
             # First, on fresh brokers: an allocator keeps memory from earlier scenarios.
@@ -196,10 +218,18 @@ def main():
             wm, rm = statistics.median(w), statistics.median(r)
             ratio = (rm / wm if name == "p99" else wm / rm) if wm and rm else None
             rows.append((f"({key}) {desc}", wm, rm, ratio))
+            medians[key] = (wm, rm)
             if ws and rs:
                 rows.append((f"({key}) fsync + fdatasync calls per second during the run",
                              statistics.median(ws), statistics.median(rs), None))
             print(f"({key}) warren {w} rabbitmq {r} syncs/s {ws} {rs}", file=sys.stderr)
+        if "h-direct" in medians:
+            base_w, base_r = medians["h-direct"]
+            for key in ("h-chash-key", "h-chash-random"):
+                if key in medians:
+                    w, r = medians[key]
+                    rows.append((f"({key}) plugin exchange / native direct, same broker (ratio x1000; goal >= 800)",
+                                 1000 * w / base_w, 1000 * r / base_r if r and base_r else None, None))
         if "j" in opts.only.split(","):
             n = 10_000_000
             before = rss_kib([warren.pid]) // 1024

@@ -182,6 +182,8 @@ pub(crate) async fn setup(args: &RunArgs) -> anyhow::Result<()> {
         }
         let keys: Vec<String> = if args.bindings > 0 {
             (0..args.bindings).map(|b| format!("k{b}.*.*")).collect()
+        } else if let Some(key) = &args.binding_key {
+            vec![key.clone()]
         } else {
             vec![args
                 .routing_key

@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// Extra bindings per queue (topic scenario: `--bindings 10000` binds random patterns; one matches).
     #[arg(long, default_value_t = 0)]
     pub bindings: usize,
+    /// Binding key of every queue's binding (default: the routing key, or the queue name); e.g. `1` for
+    /// an `x-consistent-hash` weight.
+    #[arg(long)]
+    pub binding_key: Option<String>,
     /// Number of distinct random routing keys with `-k random`.
     #[arg(long, default_value_t = 1000)]
     pub keys: usize,
