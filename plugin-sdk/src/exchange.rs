@@ -16,6 +16,9 @@ use crate::table::Table;
 pub struct Binding {
     /// Broker-assigned id, stable while the binding exists; routing answers with ids.
     pub id: u32,
+    /// The bound queue's or exchange's name: stable across broker restarts, unlike `id`, so use it
+    /// for anything that must route the same way after a restart (e.g. hash ring positions).
+    pub destination: String,
     /// The binding key (`routing_key` of queue.bind / exchange.bind).
     pub key: String,
     /// The binding's arguments.
@@ -103,9 +106,10 @@ thread_local! {
     static STATE: RefCell<Option<Exchange>> = const { RefCell::new(None) };
 }
 
-fn binding(id: u32, key: String, arguments: &[u8]) -> Result<Binding, String> {
+fn binding(id: u32, destination: String, key: String, arguments: &[u8]) -> Result<Binding, String> {
     Ok(Binding {
         id,
+        destination,
         key,
         arguments: Table::decode(arguments).map_err(|e| e.to_string())?,
     })
@@ -136,16 +140,17 @@ pub mod runtime {
     pub fn validate_binding(
         hooks: &Hooks,
         id: u32,
+        destination: String,
         key: String,
         arguments: &[u8],
     ) -> Result<(), String> {
-        let b = binding(id, key, arguments)?;
+        let b = binding(id, destination, key, arguments)?;
         with(|x| (hooks.validate_binding)(x, &b))
     }
 
-    pub fn add_binding(id: u32, key: String, arguments: &[u8]) {
+    pub fn add_binding(id: u32, destination: String, key: String, arguments: &[u8]) {
         // The broker only adds bindings that passed validate_binding, so the arguments decode.
-        if let Ok(b) = binding(id, key, arguments) {
+        if let Ok(b) = binding(id, destination, key, arguments) {
             with(|x| {
                 x.bindings.push(b);
                 x.cache = OnceCell::new();

@@ -1,7 +1,5 @@
 //! Filter plugins: what one consumer receives, decided per message.
 
-use std::cell::RefCell;
-
 use crate::message::{Message, MessageSource};
 use crate::table::Table;
 
@@ -35,25 +33,18 @@ pub struct Hooks {
     pub filter: fn(&Table, &Message<'_>) -> Decision,
 }
 
-thread_local! {
-    static CONFIG: RefCell<Table> = RefCell::new(Table::default());
-}
-
 /// Entry points the generated glue calls.
 #[doc(hidden)]
 pub mod runtime {
     use super::*;
 
     pub fn init(hooks: &Hooks, config: &[u8]) -> Result<(), String> {
-        let config = Table::decode(config).map_err(|e| e.to_string())?;
-        (hooks.init)(&config)?;
-        CONFIG.set(config);
-        Ok(())
+        crate::config::init(hooks.init, config)
     }
 
     pub fn filter(hooks: &Hooks, source: &dyn MessageSource) -> Decision {
         let key = source.routing_key();
-        CONFIG.with_borrow(|c| (hooks.filter)(c, &Message::new(source, &key)))
+        crate::config::with(|c| (hooks.filter)(c, &Message::new(source, &key)))
     }
 
     /// Default for filters without an `init` function.

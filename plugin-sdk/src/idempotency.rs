@@ -1,8 +1,6 @@
 //! Idempotency plugins: the key that makes two messages "the same" for a queue. The broker keeps the
 //! record of keys; the plugin only derives them.
 
-use std::cell::RefCell;
-
 use crate::message::{Message, MessageSource};
 use crate::table::Table;
 
@@ -14,25 +12,18 @@ pub struct Hooks {
     pub key: fn(&Table, &Message<'_>) -> Option<Vec<u8>>,
 }
 
-thread_local! {
-    static CONFIG: RefCell<Table> = RefCell::new(Table::default());
-}
-
 /// Entry points the generated glue calls.
 #[doc(hidden)]
 pub mod runtime {
     use super::*;
 
     pub fn init(hooks: &Hooks, config: &[u8]) -> Result<(), String> {
-        let config = Table::decode(config).map_err(|e| e.to_string())?;
-        (hooks.init)(&config)?;
-        CONFIG.set(config);
-        Ok(())
+        crate::config::init(hooks.init, config)
     }
 
     pub fn key(hooks: &Hooks, source: &dyn MessageSource) -> Option<Vec<u8>> {
         let key = source.routing_key();
-        CONFIG.with_borrow(|c| (hooks.key)(c, &Message::new(source, &key)))
+        crate::config::with(|c| (hooks.key)(c, &Message::new(source, &key)))
     }
 
     /// Default for plugins without an `init` function.

@@ -64,6 +64,7 @@
 
 extern crate self as warren_plugin_sdk;
 
+mod config;
 pub mod exchange;
 pub mod filter;
 pub mod idempotency;

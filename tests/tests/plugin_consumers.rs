@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -13,33 +12,14 @@ use lapin::{BasicProperties, Channel, Consumer};
 use warren::config::Config;
 use warren_tests::plugins;
 
-struct PluginDir(PathBuf);
-
-impl PluginDir {
-    fn new(name: &str) -> PluginDir {
-        let dir = std::env::temp_dir().join(format!(
-            "warren-consumer-plugins-{}-{name}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).expect("plugin dir");
-        std::fs::copy(plugins::MATCH_FILTER, dir.join("match.wasm")).expect("copy");
-        std::fs::copy(plugins::IDEMPOTENCY_KEY, dir.join("idempotency.wasm")).expect("copy");
-        PluginDir(dir)
-    }
-
-    fn config(&self) -> Config {
-        Config {
-            plugin_dir: Some(self.0.clone()),
-            ..Config::default()
-        }
-    }
-}
-
-impl Drop for PluginDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn plugin_dir(name: &str) -> PluginDir {
+    PluginDir::with(
+        name,
+        &[
+            (plugins::MATCH_FILTER, "match.wasm"),
+            (plugins::IDEMPOTENCY_KEY, "idempotency.wasm"),
+        ],
+    )
 }
 
 fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
@@ -102,20 +82,6 @@ fn filter_on(header: &str, value: &str) -> FieldTable {
     ])
 }
 
-async fn message_count(ch: &Channel, queue: &str) -> u32 {
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive")
-    .message_count()
-}
-
 /// Takes deliveries until none arrives for 300 ms; acks each; returns the bodies.
 async fn drain(consumer: &mut Consumer) -> Vec<String> {
     let mut got = Vec::new();
@@ -138,7 +104,7 @@ async fn drain(consumer: &mut Consumer) -> Vec<String> {
 
 #[tokio::test]
 async fn filters_give_each_consumer_exactly_its_messages() {
-    let dir = PluginDir::new("filters");
+    let dir = plugin_dir("filters");
     let b = start_broker_with(dir.config()).await;
     let conn = connect(&b).await;
     let ch = channel(&conn).await;
@@ -186,7 +152,7 @@ async fn filters_give_each_consumer_exactly_its_messages() {
 
 #[tokio::test]
 async fn filter_properties_reject_and_bad_arguments() {
-    let dir = PluginDir::new("filter-errors");
+    let dir = plugin_dir("filter-errors");
     let b = start_broker_with(dir.config()).await;
     let conn = connect(&b).await;
     let ch = channel(&conn).await;
@@ -286,7 +252,7 @@ fn idempotent(extra: &[(&str, AMQPValue)]) -> FieldTable {
 
 #[tokio::test]
 async fn idempotency_delivers_each_message_id_once() {
-    let dir = PluginDir::new("idem");
+    let dir = plugin_dir("idem");
     let b = start_broker_with(dir.config()).await;
     let conn = connect(&b).await;
     let ch = channel(&conn).await;
@@ -335,7 +301,7 @@ async fn idempotency_delivers_each_message_id_once() {
 
 #[tokio::test]
 async fn idempotency_waits_for_the_ack_and_lets_requeues_through() {
-    let dir = PluginDir::new("idem-wait");
+    let dir = plugin_dir("idem-wait");
     let b = start_broker_with(dir.config()).await;
     let conn = connect(&b).await;
     let ch = channel(&conn).await;
@@ -409,7 +375,7 @@ async fn idempotency_waits_for_the_ack_and_lets_requeues_through() {
 
 #[tokio::test]
 async fn idempotency_by_header_and_body_hash_and_errors() {
-    let dir = PluginDir::new("idem-config");
+    let dir = plugin_dir("idem-config");
     let b = start_broker_with(dir.config()).await;
     let conn = connect(&b).await;
     let ch = channel(&conn).await;
@@ -476,7 +442,7 @@ async fn idempotency_by_header_and_body_hash_and_errors() {
 
 #[tokio::test]
 async fn idempotency_keys_of_durable_queues_survive_a_restart() {
-    let dir = PluginDir::new("idem-durable");
+    let dir = plugin_dir("idem-durable");
     let data = std::env::temp_dir().join(format!(
         "warren-idem-data-{}-{}",
         std::process::id(),

@@ -16,50 +16,6 @@ use lapin::{BasicProperties, Channel, ExchangeKind};
 use warren::config::Config;
 use warren_tests::plugins;
 
-/// A fresh plugin directory, removed on drop.
-struct PluginDir(PathBuf);
-
-impl PluginDir {
-    fn new(name: &str) -> PluginDir {
-        let dir = std::env::temp_dir().join(format!(
-            "warren-plugins-{}-{name}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).expect("plugin dir");
-        PluginDir(dir)
-    }
-
-    fn with(name: &str, files: &[(&str, &str)]) -> PluginDir {
-        let d = PluginDir::new(name);
-        for (src, file) in files {
-            d.install(src, file);
-        }
-        d
-    }
-
-    fn install(&self, src: &str, file: &str) {
-        std::fs::copy(src, self.0.join(file)).expect("copy plugin");
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-
-    fn config(&self) -> Config {
-        Config {
-            plugin_dir: Some(self.0.clone()),
-            ..Config::default()
-        }
-    }
-}
-
-impl Drop for PluginDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn kind(name: &str) -> ExchangeKind {
     ExchangeKind::Custom(name.into())
 }
@@ -107,20 +63,6 @@ async fn bind_queues(ch: &Channel, exchange: &str, queues: &[&str], key: &str) {
         .await
         .expect("queue.bind");
     }
-}
-
-async fn message_count(ch: &Channel, queue: &str) -> u32 {
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive queue.declare")
-    .message_count()
 }
 
 /// Waits until the queues hold `total` messages in all; returns each one's count.

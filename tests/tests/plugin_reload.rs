@@ -234,18 +234,7 @@ async fn hot_reload_under_load_loses_and_misroutes_nothing() {
     let mut seen = HashSet::with_capacity(published as usize);
     let mut per_queue = [0u64; 2];
     for (i, q) in ["a", "b"].iter().enumerate() {
-        let count = consume
-            .queue_declare(
-                (*q).into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("passive")
-            .message_count();
+        let count = message_count(&consume, q).await;
         let mut consumer = consume
             .basic_consume(
                 (*q).into(),

@@ -15,7 +15,7 @@ use crate::message::{
     encode_properties, expiration_ms, header_strings, rebuild_properties, Message,
 };
 use crate::protocol::encode;
-use crate::queue::plugins::{AttachError, ConsumerFilter, OnFailure};
+use crate::queue::plugins::{plugin_arguments, AttachError, ConsumerFilter, OnFailure};
 use crate::queue::{ConsumeRefused, Consumer, ConsumerSink, PublishOutcome};
 use crate::vhost::generate_name;
 use crate::vhost::reply_to::{ReplySink, REPLY_TO, REPLY_TO_PREFIX};
@@ -639,24 +639,18 @@ fn consumer_filter(
     queue: &str,
     arguments: &amq_protocol::types::FieldTable,
 ) -> AmqpResult<Option<ConsumerFilter>> {
-    use amq_protocol::types::AMQPValue;
-    let args = arguments.inner();
-    let Some(value) = args.get("x-filter") else {
-        return Ok(None);
-    };
     let invalid = |arg: &str, why: &str| {
         AmqpError::precondition_failed(format!(
             "invalid arg '{arg}' for queue '{queue}' in vhost '{}': {why}",
             ctx.vhost.name
         ))
     };
-    let name = crate::protocol::values::str_value(value)
-        .ok_or_else(|| invalid("x-filter", "expected a string"))?;
-    let config = match args.get("x-filter-args") {
-        None => amq_protocol::types::FieldTable::default(),
-        Some(AMQPValue::FieldTable(t)) => t.clone(),
-        Some(_) => return Err(invalid("x-filter-args", "expected a table")),
+    let Some((name, config)) = plugin_arguments(arguments, "x-filter", "x-filter-args")
+        .map_err(|(arg, why)| invalid(arg, why))?
+    else {
+        return Ok(None);
     };
+    let args = arguments.inner();
     let on_failure = match args
         .get("x-filter-on-failure")
         .map(crate::protocol::values::str_value)

@@ -167,6 +167,7 @@ impl ExchangeType for WasmExchange {
     fn validate_binding(&self, binding: &Binding) -> Result<(), String> {
         let wit = WitBinding {
             id: self.next_id(),
+            destination: binding.destination.name().to_owned(),
             key: binding.key.to_string(),
             arguments: table_body(&binding.arguments),
         };
@@ -184,6 +185,7 @@ impl ExchangeType for WasmExchange {
         let id = self.next_id();
         let wit = WitBinding {
             id,
+            destination: binding.destination.name().to_owned(),
             key: binding.key.to_string(),
             arguments: table_body(&binding.arguments),
         };

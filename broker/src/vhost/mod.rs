@@ -581,23 +581,20 @@ impl VHost {
         queue: &str,
         arguments: &FieldTable,
     ) -> AmqpResult<Option<plugins::Idempotency>> {
-        use crate::protocol::values::{int_value, str_value};
-        let args = arguments.inner();
-        let Some(value) = args.get("x-idempotency") else {
-            return Ok(None);
-        };
+        use crate::protocol::values::int_value;
         let invalid = |arg: &str, why: &str| {
             AmqpError::precondition_failed(format!(
                 "invalid arg '{arg}' for queue '{queue}' in vhost '{}': {why}",
                 self.name
             ))
         };
-        let name = str_value(value).ok_or_else(|| invalid("x-idempotency", "expected a string"))?;
-        let config = match args.get("x-idempotency-args") {
-            None => FieldTable::default(),
-            Some(AMQPValue::FieldTable(t)) => t.clone(),
-            Some(_) => return Err(invalid("x-idempotency-args", "expected a table")),
+        let Some((name, config)) =
+            plugins::plugin_arguments(arguments, "x-idempotency", "x-idempotency-args")
+                .map_err(|(arg, why)| invalid(arg, why))?
+        else {
+            return Ok(None);
         };
+        let args = arguments.inner();
         let mut window = plugins::Window::default();
         if let Some(v) = args.get("x-idempotency-window") {
             let ms = int_value(v)

@@ -267,9 +267,9 @@ fn expand(kind: Kind, attr: TokenStream, item: TokenStream) -> syn::Result<Token
                         })
                     }
                     fn validate_binding(b: __x::Binding) -> Result<(), String> {
-                        __rt::validate_binding(&__HOOKS, b.id, b.key, &b.arguments)
+                        __rt::validate_binding(&__HOOKS, b.id, b.destination, b.key, &b.arguments)
                     }
-                    fn add_binding(b: __x::Binding) { __rt::add_binding(b.id, b.key, &b.arguments) }
+                    fn add_binding(b: __x::Binding) { __rt::add_binding(b.id, b.destination, b.key, &b.arguments) }
                     fn remove_binding(id: u32) { __rt::remove_binding(id) }
                     fn route(message: &__types::Message, routing_key: String) -> Vec<u32> {
                         __rt::route(&__HOOKS, &__Source(message), &routing_key)

@@ -1,18 +1,26 @@
 //! `x-consistent-hash`: RabbitMQ's consistent-hash exchange (rabbitmq_consistent_hash_exchange) as a
 //! Warren plugin.
 //!
-//! Each binding's key is an integer weight; the binding owns points on a 64-bit hash ring in
-//! proportion to it. A message goes to the binding owning the first point at or after the hash of its
-//! routing key — or, with the declare argument `hash-header`, of that header's value, or with
-//! `hash-property`, of `message_id`, `correlation_id` or `timestamp`. Points are placed by hashing
-//! (binding id, point index) with xxh3, so the ring is the same on every broker and after reloads.
+//! Each binding's key is an integer weight. The hashed value is the routing key — or, with the declare
+//! argument `hash-header`, that header's value, or with `hash-property`, `message_id`,
+//! `correlation_id` or `timestamp`.
+//!
+//! Up to [`RENDEZVOUS_MAX`] bindings, the binding is chosen by weighted rendezvous hashing: every
+//! binding scores `weight / -ln(u)` with `u` the xxh3 hash of (value, destination name) mapped to
+//! (0, 1), and the highest score wins. Each binding's share is exactly its weight's share in
+//! expectation (no ring noise), and adding or removing a binding moves only the messages that go to or
+//! come from it. Beyond that, a hash ring with points in proportion to the weights keeps routing
+//! O(log n). Positions derive from destination names, not broker-assigned ids, so a key routes the same
+//! way after a restart or a reload.
 
 use warren_plugin_sdk::exchange::{Binding, Exchange, RoutesOn};
 use warren_plugin_sdk::{Message, Table, Value};
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-/// Ring points per unit of weight are chosen so that the ring has about this many points in all:
-/// enough that every binding's share is within about 1 % of its weight's share.
+/// Bindings up to which rendezvous hashing is used (one hash per binding per message).
+const RENDEZVOUS_MAX: usize = 64;
+
+/// Ring points per unit of weight are chosen so that the ring has about this many points in all.
 const TARGET_POINTS: u64 = 100_000;
 
 /// Where the hashed value comes from, per the declare arguments.
@@ -72,55 +80,85 @@ fn validate_binding(_: &Exchange, binding: &Binding) -> Result<(), String> {
     weight(binding).map(|_| ())
 }
 
-/// The ring: sorted (point, binding id).
-struct Ring {
-    points: Vec<(u64, u32)>,
+/// How bindings are chosen, rebuilt when they change.
+enum Chooser {
+    /// (binding id, weight, seed from the destination name).
+    Rendezvous(Vec<(u32, f64, u64)>),
+    /// Sorted (point, binding id).
+    Ring(Vec<(u64, u32)>),
+}
+
+struct Router {
+    chooser: Chooser,
     source: Source,
 }
 
-impl Ring {
-    fn build(exchange: &Exchange) -> Ring {
-        let weights: Vec<(u32, u64)> = exchange
+impl Router {
+    fn build(exchange: &Exchange) -> Router {
+        let weights: Vec<(&Binding, u64)> = exchange
             .bindings()
             .iter()
-            .filter_map(|b| weight(b).ok().map(|w| (b.id, w)))
+            .filter_map(|b| weight(b).ok().map(|w| (b, w)))
             .collect();
-        let total: u64 = weights.iter().map(|(_, w)| w).sum();
-        let per_unit = (TARGET_POINTS / total.max(1)).max(1);
-        let mut points = Vec::with_capacity((total * per_unit).min(4 * TARGET_POINTS) as usize);
-        for (id, w) in weights {
-            for i in 0..w * per_unit {
-                let mut seed = [0u8; 12];
-                seed[..4].copy_from_slice(&id.to_le_bytes());
-                seed[4..].copy_from_slice(&i.to_le_bytes());
-                points.push((xxh3_64(&seed), id));
+        let seed = |b: &Binding| xxh3_64(b.destination.as_bytes());
+        let chooser = if weights.len() <= RENDEZVOUS_MAX {
+            Chooser::Rendezvous(
+                weights
+                    .iter()
+                    .map(|(b, w)| (b.id, *w as f64, seed(b)))
+                    .collect(),
+            )
+        } else {
+            let total: u64 = weights.iter().map(|(_, w)| w).sum();
+            let per_unit = (TARGET_POINTS / total.max(1)).max(1);
+            let mut points = Vec::with_capacity((total * per_unit).min(4 * TARGET_POINTS) as usize);
+            for (b, w) in &weights {
+                let s = seed(b);
+                for i in 0..w * per_unit {
+                    points.push((xxh3_64_with_seed(&i.to_le_bytes(), s), b.id));
+                }
             }
-        }
-        points.sort_unstable();
+            points.sort_unstable();
+            Chooser::Ring(points)
+        };
         let source = source(exchange.arguments()).unwrap_or(Source::RoutingKey);
-        Ring { points, source }
+        Router { chooser, source }
     }
 
-    fn lookup(&self, hash: u64) -> Option<u32> {
-        if self.points.is_empty() {
-            return None;
+    fn choose(&self, value: &[u8]) -> Option<u32> {
+        match &self.chooser {
+            Chooser::Rendezvous(bindings) => bindings
+                .iter()
+                .map(|(id, w, seed)| {
+                    // u in (0, 1): 53 random bits, never 0 or 1.
+                    let h = xxh3_64_with_seed(value, *seed);
+                    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                    (w / -u.ln(), *id)
+                })
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, id)| id),
+            Chooser::Ring(points) if points.is_empty() => None,
+            Chooser::Ring(points) => {
+                let hash = xxh3_64(value);
+                let i = points.partition_point(|(p, _)| *p < hash);
+                Some(points[i % points.len()].1)
+            }
         }
-        let i = self.points.partition_point(|(p, _)| *p < hash);
-        Some(self.points[i % self.points.len()].1)
     }
 }
 
-fn hashed(value: &Value) -> Option<u64> {
+/// The octets a field value is hashed as.
+fn hashed(value: Value) -> Option<Vec<u8>> {
     Some(match value {
-        Value::Text(s) => xxh3_64(s.as_bytes()),
-        Value::Bytes(b) => xxh3_64(b),
-        Value::Integer(n) => xxh3_64(n.to_string().as_bytes()),
-        Value::Timestamp(t) => xxh3_64(t.to_string().as_bytes()),
+        Value::Text(s) => s.into_bytes(),
+        Value::Bytes(b) => b,
+        Value::Integer(n) => n.to_string().into_bytes(),
+        Value::Timestamp(t) => t.to_string().into_bytes(),
         _ => return None,
     })
 }
 
-/// Routes to the one binding owning the message's point on the ring; nowhere when the hashed header
+/// Routes to the one binding chosen for the message's hashed value; nowhere when the hashed header
 /// or property is missing.
 #[warren_plugin_sdk::exchange(
     name = "x-consistent-hash",
@@ -129,11 +167,10 @@ fn hashed(value: &Value) -> Option<u64> {
     validate_binding = validate_binding
 )]
 fn route(exchange: &Exchange, message: &Message) -> Option<u32> {
-    let ring = exchange.cached(Ring::build);
-    let hash = match &ring.source {
-        Source::RoutingKey => xxh3_64(message.routing_key().as_bytes()),
-        Source::Header(h) => hashed(&message.header(h)?)?,
-        Source::Property(p) => hashed(&message.property(p)?)?,
-    };
-    ring.lookup(hash)
+    let router = exchange.cached(Router::build);
+    match &router.source {
+        Source::RoutingKey => router.choose(message.routing_key().as_bytes()),
+        Source::Header(h) => router.choose(&hashed(message.header(h)?)?),
+        Source::Property(p) => router.choose(&hashed(message.property(p)?)?),
+    }
 }

@@ -151,3 +151,61 @@ pub async fn wait_get(ch: &Channel, queue: &str, no_ack: bool) -> lapin::message
     .await
     .unwrap_or_else(|_| panic!("nothing arrived on {queue}"))
 }
+
+/// Ready messages in `queue` (passive queue.declare).
+pub async fn message_count(ch: &Channel, queue: &str) -> u32 {
+    ch.queue_declare(
+        queue.into(),
+        lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .expect("passive queue.declare")
+    .message_count()
+}
+
+/// A fresh plugin directory holding copies of `files` ((built component path, file name)); removed on
+/// drop.
+pub struct PluginDir(pub std::path::PathBuf);
+
+impl PluginDir {
+    pub fn with(name: &str, files: &[(&str, &str)]) -> PluginDir {
+        let dir = std::env::temp_dir().join(format!(
+            "warren-plugins-{}-{name}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).expect("plugin dir");
+        let d = PluginDir(dir);
+        for (src, file) in files {
+            d.install(src, file);
+        }
+        d
+    }
+
+    /// Copies the component at `src` into the directory as `file`.
+    pub fn install(&self, src: &str, file: &str) {
+        std::fs::copy(src, self.0.join(file)).expect("copy plugin");
+    }
+
+    pub fn path(&self, file: &str) -> std::path::PathBuf {
+        self.0.join(file)
+    }
+
+    /// A default config with this plugin directory.
+    pub fn config(&self) -> Config {
+        Config {
+            plugin_dir: Some(self.0.clone()),
+            ..Config::default()
+        }
+    }
+}
+
+impl Drop for PluginDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
