@@ -10,7 +10,7 @@
 //! The function receives the exchange (declare arguments and bindings, kept inside the plugin
 //! instance) and the message, and returns the ids of the bindings to route to.
 //!
-//! ```ignore
+//! ```no_run
 //! use warren_plugin_sdk::exchange::{Exchange, RoutesOn};
 //! use warren_plugin_sdk::{Message, Table};
 //!
@@ -28,12 +28,13 @@
 //!         .map(|b| b.id)
 //!         .collect()
 //! }
+//! # fn main() {}
 //! ```
 //!
 //! ## A consumer filter
 //! Attached with `basic.consume` arguments `x-filter = "<name>"` and `x-filter-args = {…}`.
 //!
-//! ```ignore
+//! ```no_run
 //! use warren_plugin_sdk::filter::Decision;
 //! use warren_plugin_sdk::{Message, Table};
 //!
@@ -44,18 +45,20 @@
 //!         _ => Decision::Skip,
 //!     }
 //! }
+//! # fn main() {}
 //! ```
 //!
 //! ## An idempotency key
 //! Attached with the queue argument `x-idempotency = "<name>"`; the broker remembers acked keys.
 //!
-//! ```ignore
+//! ```no_run
 //! use warren_plugin_sdk::{Message, Table};
 //!
 //! #[warren_plugin_sdk::idempotency(name = "by-message-id")]
 //! fn key(_config: &Table, message: &Message) -> Option<Vec<u8>> {
 //!     message.property_str("message-id").map(String::into_bytes)
 //! }
+//! # fn main() {}
 //! ```
 //!
 //! Plugins run sandboxed: no files, network or environment; a per-call CPU deadline and a memory cap.

@@ -25,6 +25,15 @@ enum Kind {
 }
 
 impl Kind {
+    /// "an exchange", "a filter", "an idempotency", for messages.
+    fn article(self) -> &'static str {
+        match self {
+            Kind::Exchange => "an exchange",
+            Kind::Filter => "a filter",
+            Kind::Idempotency => "an idempotency",
+        }
+    }
+
     fn world(self) -> &'static str {
         match self {
             Kind::Exchange => "exchange-plugin",
@@ -227,9 +236,9 @@ fn hook(args: &Args, key: &str, default: TokenStream2) -> TokenStream2 {
     }
 }
 
-fn expand(kind: Kind, attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream2> {
-    let args = parse_args(kind, attr.into())?;
-    let f: ItemFn = syn::parse(item)?;
+fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
+    let args = parse_args(kind, attr)?;
+    let f: ItemFn = syn::parse2(item)?;
     check_signature(kind, &f)?;
     let fn_name = &f.sig.ident;
     // Calls to the user's function carry its span, so a type mismatch points at the function.
@@ -344,7 +353,7 @@ fn expand(kind: Kind, attr: TokenStream, item: TokenStream) -> syn::Result<Token
 }
 
 fn run(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
-    expand(kind, attr, item)
+    expand(kind, attr.into(), item.into())
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
@@ -377,4 +386,98 @@ pub fn filter(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn idempotency(attr: TokenStream, item: TokenStream) -> TokenStream {
     run(Kind::Idempotency, attr, item)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn error(kind: Kind, attr: TokenStream2, item: TokenStream2) -> String {
+        match expand(kind, attr, item) {
+            Ok(_) => panic!("expected a compile error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn accepts_each_kind() {
+        let ok = |kind, attr, item| expand(kind, attr, item).expect("expands");
+        ok(
+            Kind::Exchange,
+            quote!(name = "x-a", init = init),
+            quote!(
+                fn route(x: &Exchange, m: &Message) -> Vec<u32> {
+                    vec![]
+                }
+            ),
+        );
+        ok(
+            Kind::Filter,
+            quote!(name = "f"),
+            quote!(
+                fn f(c: &Table, m: &Message) -> Decision {
+                    Decision::Deliver
+                }
+            ),
+        );
+        ok(
+            Kind::Idempotency,
+            quote!(name = "k", description = "d"),
+            quote!(
+                fn k(c: &Table, m: &Message) -> Option<Vec<u8>> {
+                    None
+                }
+            ),
+        );
+    }
+
+    #[test]
+    fn refuses_wrong_signatures_and_arguments() {
+        let item = quote!(
+            fn route(x: &Exchange, m: &Message) -> Vec<u32> {
+                vec![]
+            }
+        );
+        assert!(error(Kind::Exchange, quote!(), item.clone()).contains("missing `name"));
+        assert!(
+            error(Kind::Exchange, quote!(name = "plain"), item.clone()).contains("start with `x-`")
+        );
+        assert!(error(
+            Kind::Exchange,
+            quote!(name = "x-a", colour = "red"),
+            item.clone()
+        )
+        .contains("unknown or malformed argument"));
+        assert!(
+            error(Kind::Filter, quote!(name = "f", validate_binding = v), item)
+                .contains("unknown or malformed argument")
+        );
+        let one = quote!(
+            fn route(x: &Exchange) -> Vec<u32> {
+                vec![]
+            }
+        );
+        assert!(error(Kind::Exchange, quote!(name = "x-a"), one).contains("exactly two parameters"));
+        let by_value = quote!(
+            fn f(c: Table, m: &Message) -> Decision {
+                Decision::Skip
+            }
+        );
+        assert!(error(Kind::Filter, quote!(name = "f"), by_value).contains("reference parameter"));
+        let no_ret = quote!(
+            fn k(c: &Table, m: &Message) {}
+        );
+        assert!(
+            error(Kind::Idempotency, quote!(name = "k"), no_ret).contains("missing return type")
+        );
+        let asynchronous = quote!(
+            async fn k(c: &Table, m: &Message) -> Option<Vec<u8>> {
+                None
+            }
+        );
+        assert!(
+            error(Kind::Idempotency, quote!(name = "k"), asynchronous).contains("cannot be async")
+        );
+    }
 }
