@@ -140,22 +140,40 @@ impl WasmExchange {
         result
     }
 
-    fn route_ids(&self, routing_key: &str, message: &MessageRef) -> Result<Vec<u32>, Fault> {
+    /// Appends the destinations of the bindings with these ids.
+    fn push_destinations(&self, ids: &[u32], out: &mut Vec<Destination>) {
+        for id in ids {
+            if let Some(Some(e)) = self.entries.get(*id as usize) {
+                out.push(e.destination.clone());
+            }
+        }
+    }
+
+    /// Routes through the per-key cache or the plugin; the cache keeps the plugin's answer (no copy).
+    fn route_into(
+        &self,
+        routing_key: &str,
+        message: &MessageRef,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), Fault> {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         self.ensure(&mut active)?;
-        if active.routes_on == RoutesOn::RoutingKey {
+        let cacheable = active.routes_on == RoutesOn::RoutingKey;
+        if cacheable {
             if let Some(ids) = active.cache.get(routing_key) {
-                return Ok(ids.clone());
+                self.push_destinations(ids, out);
+                return Ok(());
             }
         }
         let ids = self.with_instance(&mut active, |i| i.route(message, routing_key))?;
-        if active.routes_on == RoutesOn::RoutingKey {
+        self.push_destinations(&ids, out);
+        if cacheable {
             if active.cache.len() >= CACHE_KEYS {
                 active.cache.clear();
             }
-            active.cache.insert(routing_key.to_owned(), ids.clone());
+            active.cache.insert(routing_key.to_owned(), ids);
         }
-        Ok(ids)
+        Ok(())
     }
 }
 
@@ -230,14 +248,7 @@ impl ExchangeType for WasmExchange {
         message: &MessageRef,
         out: &mut Vec<Destination>,
     ) -> Result<(), RouteError> {
-        let ids = self
-            .route_ids(routing_key, message)
-            .map_err(|f| RouteError(describe(&self.slot, &f)))?;
-        for id in ids {
-            if let Some(Some(e)) = self.entries.get(id as usize) {
-                out.push(e.destination.clone());
-            }
-        }
-        Ok(())
+        self.route_into(routing_key, message, out)
+            .map_err(|f| RouteError(describe(&self.slot, &f)))
     }
 }
