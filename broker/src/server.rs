@@ -71,8 +71,8 @@ impl Broker {
             },
             config.plugin_dir.clone(),
         )?;
-        // Plugins load before durable state is recovered, so plugin exchanges come back routing.
-        plugins.load_dir();
+        // Plugins load before durable state is recovered, so plugin exchanges come back routing. The
+        // watcher starts first so that a file written during the initial load is not missed.
         let plugin_watcher = watcher::watch(&plugins).with_context(|| {
             format!(
                 "cannot watch the plugin directory {}",
@@ -83,6 +83,7 @@ impl Broker {
                     .display()
             )
         })?;
+        plugins.load_dir();
         let registry = Arc::new(Registry::new(Some(Arc::clone(&plugins))));
         let defs = match &config.definitions {
             Some(path) => Some(Definitions::load(path)?),

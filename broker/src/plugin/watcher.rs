@@ -33,11 +33,13 @@ impl std::fmt::Debug for PluginWatcher {
 /// Starts watching `host`'s plugin directory. `None` when there is no directory.
 ///
 /// # Errors
-/// The directory cannot be watched (missing, no inotify watches left).
+/// The directory cannot be created or watched (permissions, no inotify watches left).
 pub fn watch(host: &Arc<PluginHost>) -> anyhow::Result<Option<PluginWatcher>> {
     let Some(dir) = host.dir().map(PathBuf::from) else {
         return Ok(None);
     };
+    // A missing directory is created, so plugins can be dropped in later.
+    std::fs::create_dir_all(&dir)?;
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::recommended_watcher(tx)?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
