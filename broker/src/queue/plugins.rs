@@ -314,7 +314,11 @@ impl Idempotency {
 
     /// Keeps the record of acked keys in `log` (a durable queue), starting from the `recovered` keys
     /// (recorded-at wall-clock ms, key) that are still inside the window.
-    pub fn with_key_log(mut self, log: KeyLog, recovered: Vec<(u64, Vec<u8>)>) -> Self {
+    pub fn with_key_log(
+        mut self,
+        log: KeyLog,
+        recovered: Vec<crate::store::keys::RecordedKey>,
+    ) -> Self {
         {
             let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
             let (now, wall) = (Instant::now(), wall_ms());

@@ -20,6 +20,9 @@ const HEADER: usize = 12;
 /// Keys are at most this long (a plugin returning more is truncated to it by the queue).
 pub const MAX_KEY: usize = 64 * 1024;
 
+/// A recorded key: (recorded-at wall-clock ms, key).
+pub type RecordedKey = (u64, Vec<u8>);
+
 /// The file name inside a queue's directory.
 pub const FILE_NAME: &str = "idempotency.keys";
 
@@ -34,14 +37,14 @@ fn encode(out: &mut Vec<u8>, at_ms: u64, key: &[u8]) {
 }
 
 /// Decodes records from `data`; returns them and the length of the intact prefix.
-fn decode(data: &[u8]) -> (Vec<(u64, Vec<u8>)>, usize) {
+fn decode(data: &[u8]) -> (Vec<RecordedKey>, usize) {
     let mut out = Vec::new();
     let mut pos = 0;
     while data.len() - pos >= HEADER {
         let word =
             |at: usize| u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
         let (magic, len, crc) = (word(pos), word(pos + 4) as usize, word(pos + 8));
-        if magic != MAGIC || len < 8 || len > 8 + MAX_KEY || data.len() - pos - HEADER < len {
+        if magic != MAGIC || !(8..=8 + MAX_KEY).contains(&len) || data.len() - pos - HEADER < len {
             break;
         }
         let payload = &data[pos + HEADER..pos + HEADER + len];
@@ -74,7 +77,7 @@ impl KeyLog {
     ///
     /// # Errors
     /// The file cannot be read, cut back to its intact prefix, or opened for appending.
-    pub fn open(dir: &Path) -> io::Result<(KeyLog, Vec<(u64, Vec<u8>)>)> {
+    pub fn open(dir: &Path) -> io::Result<(KeyLog, Vec<RecordedKey>)> {
         fs::create_dir_all(dir)?;
         let path = dir.join(FILE_NAME);
         let data = match fs::read(&path) {

@@ -242,7 +242,7 @@ impl Store {
         &self,
         vhost: &str,
         queue: &str,
-    ) -> anyhow::Result<(keys::KeyLog, Vec<(u64, Vec<u8>)>)> {
+    ) -> anyhow::Result<(keys::KeyLog, Vec<keys::RecordedKey>)> {
         let dir = self.queue_dir(vhost, queue);
         keys::KeyLog::open(&dir)
             .with_context(|| format!("idempotency keys of queue '{queue}' in {}", dir.display()))

@@ -144,8 +144,8 @@ fn check_signature(kind: Kind, f: &ItemFn) -> syn::Result<()> {
         Err(syn::Error::new(
             span,
             format!(
-                "{what}; a {} plugin function is `{}`",
-                kind.world(),
+                "{what}; {} plugin function is `{}`",
+                kind.article(),
                 kind.signature()
             ),
         ))
