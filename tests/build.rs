@@ -18,6 +18,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("SWITCH_A", "switch_a"),
     ("SWITCH_B", "switch_b"),
     ("OTHER_WORLD", "other_world"),
+    ("TRAP_ON_LOAD", "trap_on_load"),
 ];
 
 fn main() {

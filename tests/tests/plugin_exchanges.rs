@@ -543,6 +543,7 @@ async fn broken_files_are_refused_and_the_broker_keeps_serving() {
     let full = std::fs::read(plugins::X_CONSISTENT_HASH).expect("read");
     std::fs::write(dir.path("truncated.wasm"), &full[..full.len() / 2]).expect("write");
     std::fs::copy(plugins::OTHER_WORLD, dir.path("other-world.wasm")).expect("copy");
+    std::fs::copy(plugins::TRAP_ON_LOAD, dir.path("trap-on-load.wasm")).expect("copy");
     let b = start_broker_with(dir.config()).await;
     let names: Vec<String> = b
         .broker
@@ -556,6 +557,10 @@ async fn broken_files_are_refused_and_the_broker_keeps_serving() {
     let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "still", "x-random", FieldTable::default()).await;
     bind_queues(&ch, "still", &["still-q"], "").await;
+    assert!(confirmed(&ch, "still", "k", false).await);
+    // A plugin that traps while loading, copied over a loaded one, keeps the old version too.
+    std::fs::copy(plugins::TRAP_ON_LOAD, dir.path("random.wasm")).expect("copy");
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(confirmed(&ch, "still", "k", false).await);
     // A broken copy over a loaded plugin keeps the old version.
     std::fs::write(dir.path("random.wasm"), b"broken").expect("write");
@@ -693,4 +698,50 @@ async fn durable_plugin_exchanges_survive_a_restart() {
         1
     );
     let _ = std::fs::remove_dir_all(&data);
+}
+
+#[tokio::test]
+async fn a_plugin_that_keeps_failing_is_quarantined_until_its_file_changes() {
+    let dir = PluginDir::with("quarantine", &[(plugins::FAULTY, "faulty.wasm")]);
+    let b = start_broker_with(dir.config()).await;
+    let conn = connect(&b).await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(
+        &ch,
+        "q-panic",
+        "x-faulty",
+        args(&[("fault", text("panic"))]),
+    )
+    .await;
+    bind_queues(&ch, "q-panic", &["q-panic-q"], "").await;
+    let state = |b: &TestBroker| {
+        b.broker
+            .plugins
+            .snapshot()
+            .into_iter()
+            .find(|s| s.name == "x-faulty")
+            .map(|s| s.state)
+    };
+    for _ in 0..warren::plugin::registry::QUARANTINE_AFTER {
+        assert!(!confirmed(&ch, "q-panic", "fail", false).await);
+    }
+    assert_eq!(state(&b), Some("quarantined"));
+    // Quarantined: even a message it would route fails fast (nack) …
+    assert!(!confirmed(&ch, "q-panic", "ok", false).await);
+    // … until a new version of the file is loaded.
+    let mut bytes = std::fs::read(plugins::FAULTY).expect("read");
+    // The same code with a custom section appended (id 0, 3 octets: name "x", payload "1"): a valid
+    // component with other content, i.e. a new version of the file.
+    bytes.extend_from_slice(&[0x00, 0x03, 0x01, b'x', b'1']);
+    std::fs::write(dir.path("faulty.wasm"), &bytes).expect("write");
+    let deadline = Instant::now() + WAIT;
+    while state(&b) != Some("loaded") {
+        assert!(
+            Instant::now() < deadline,
+            "new version not loaded: {:?}",
+            state(&b)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(confirmed(&ch, "q-panic", "ok", false).await);
 }

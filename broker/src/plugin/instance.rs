@@ -113,15 +113,23 @@ impl<W: World> Instance<W> {
         &self.slot
     }
 
-    /// Runs one call under the deadline; counts it; maps a trap to a [`Fault`].
+    /// Runs one set-up call under the deadline; counts it; maps a trap to a [`Fault`].
     fn call<T>(
         &mut self,
+        f: impl FnOnce(&W, &mut Store<StoreState>) -> wasmtime::Result<T>,
+    ) -> Result<T, Fault> {
+        self.call_counted(false, f)
+    }
+
+    fn call_counted<T>(
+        &mut self,
+        handles_message: bool,
         f: impl FnOnce(&W, &mut Store<StoreState>) -> wasmtime::Result<T>,
     ) -> Result<T, Fault> {
         self.host.runtime().arm(&mut self.store);
         match f(&self.bindings, &mut self.store) {
             Ok(v) => {
-                self.slot.record_success();
+                self.slot.record_success(handles_message);
                 Ok(v)
             }
             Err(e) => {
@@ -145,7 +153,7 @@ impl<W: World> Instance<W> {
         let view = lend_message(&mut self.store, message)?;
         // Lent as a borrow: the guest's handle ends with the call, the host keeps ownership.
         let borrow = wasmtime::component::Resource::new_borrow(view.rep());
-        let result = self.call(|w, store| f(w, store, borrow));
+        let result = self.call_counted(true, |w, store| f(w, store, borrow));
         forget_message(&mut self.store, view);
         result
     }

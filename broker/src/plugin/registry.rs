@@ -99,10 +99,12 @@ impl Slot {
         self.current.load().as_ref().map_or(0, |v| v.generation)
     }
 
-    /// Counts a call that returned.
-    pub fn record_success(&self) {
+    /// Counts a call that returned. Only a message handled (`route`, `filter`, `key`) ends a run of
+    /// failures: the set-up calls that follow every instance replacement (`init`, binding replay)
+    /// succeed even for a plugin that fails on every message.
+    pub fn record_success(&self, handled_message: bool) {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+        if handled_message && self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
     }
