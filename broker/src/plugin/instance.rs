@@ -86,7 +86,7 @@ impl<W: World> Instance<W> {
     pub fn new(host: &Arc<PluginHost>, slot: &Arc<Slot>) -> Result<Self, Fault> {
         let version = slot.current()?;
         let runtime = host.runtime();
-        let mut store = runtime.store();
+        let mut store = runtime.store(&slot.name);
         runtime.arm(&mut store);
         let bindings = W::instantiate(&version.loaded.pre, &mut store).map_err(|e| {
             let fault = Fault::from_error(&e);

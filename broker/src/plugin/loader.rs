@@ -144,7 +144,8 @@ pub fn load(runtime: &Runtime, bytes: &[u8]) -> anyhow::Result<Loaded> {
 }
 
 fn describe(runtime: &Runtime, pre: &Pre) -> anyhow::Result<PluginInfo> {
-    let mut store = runtime.store();
+    // Its name is not known before `describe` answers.
+    let mut store = runtime.store("(loading)");
     runtime.arm(&mut store);
     let info = super::engine::run(async {
         match pre {
