@@ -30,7 +30,7 @@ SCENARIOS = {
     "a": ("1 producer / 1 consumer, 16 B, auto-ack", ["-x1", "-y1", "-s16", "-a"], "consume_rate"),
     "b": ("1 producer / 1 consumer, 1 KiB, auto-ack", ["-x1", "-y1", "-s1024", "-a"], "consume_rate"),
     "c": ("persistent 1 KiB, durable queue, confirms (window 1000), manual acks (prefetch 1000)",
-          ["-x1", "-y1", "-s1024", "-f", "-c", "1000", "-q", "1000"], "consume_rate"),
+          ["-x1", "-y1", "-s1024", "-f", "-c", "1000", "-q", "1000", "-u", "perf-durable"], "consume_rate"),
     "d": ("fixed 10 000 msg/s, 16 B: latency p99 (us, lower is better)", ["-x1", "-y1", "-s16", "-a", "-r", "10000"], "p99"),
     "e": ("4 producers / 4 consumers / 4 queues, 16 B", ["-x4", "-y4", "--queues", "4", "-s16", "-a"], "consume_rate"),
     "f": ("fanout to 10 queues, 10 consumers, 16 B (deliveries/s)",
@@ -76,6 +76,8 @@ def start_rabbitmq(tmp):
     # node on our port would be measured instead of ours: refuse.
     if wait_port(RABBIT_PORT, 0.5):
         sys.exit(f"port {RABBIT_PORT} is already in use; stop whatever listens there first")
+    # A fresh node each time: durable queues of an earlier run would clash with this run's declares.
+    shutil.rmtree(tmp / "mnesia", ignore_errors=True)
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{RABBIT_PORT}\nloopback_users = none\n")
     # The consistent-hash exchange ships with RabbitMQ; enabled so scenario (h) runs on both brokers.
