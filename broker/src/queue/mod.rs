@@ -739,7 +739,7 @@ impl Queue {
             let Some(idx) = self.pick_consumer(inner) else {
                 break;
             };
-            let Some(mut message) = inner.ready.pop_front() else {
+            let Some(message) = inner.ready.pop_front() else {
                 break;
             };
             self.forget_expiration(inner, &message);
@@ -748,14 +748,42 @@ impl Queue {
                 letters.push((message.message, DeadLetterReason::Expired));
                 continue;
             }
-            let consumer = Arc::clone(&inner.consumers[idx]);
-            if !consumer.no_ack {
-                inner.unacked += 1;
-                consumer.unacked.fetch_add(1, Ordering::Relaxed);
-            }
-            self.log_delivery(inner, &message, consumer.no_ack);
-            message.delivery_count += 1;
-            consumer.sink.deliver(self, &consumer, message);
+            self.deliver_to(inner, idx, message);
+        }
+    }
+
+    /// Hands a message taken from the ready list to consumer `idx`: prefetch accounting, the Deliver
+    /// record, the delivery count, then the consumer's channel.
+    fn deliver_to(
+        self: &Arc<Self>,
+        inner: &mut QueueInner,
+        idx: usize,
+        mut message: QueuedMessage,
+    ) {
+        let consumer = Arc::clone(&inner.consumers[idx]);
+        if !consumer.no_ack {
+            inner.unacked += 1;
+            consumer.unacked.fetch_add(1, Ordering::Relaxed);
+        }
+        self.log_delivery(inner, &message, consumer.no_ack);
+        message.delivery_count += 1;
+        consumer.sink.deliver(self, &consumer, message);
+    }
+
+    /// Takes the ready message at (`level`, `index`) out of the queue for good: dead-lettered (or
+    /// dropped) with `reason`.
+    fn drop_ready(
+        &self,
+        inner: &mut QueueInner,
+        level: usize,
+        index: usize,
+        reason: DeadLetterReason,
+        letters: &mut Letters,
+    ) {
+        if let Some(m) = inner.ready.remove_at(level, index) {
+            self.forget_expiration(inner, &m);
+            self.log_acks(inner, [&m]);
+            letters.push((m.message, reason));
         }
     }
 
@@ -818,32 +846,21 @@ impl Queue {
                     drop_reason = Some(DeadLetterReason::Rejected);
                 }
                 if let Some(reason) = drop_reason {
-                    if let Some(m) = inner.ready.remove_at(level, i) {
-                        self.forget_expiration(inner, &m);
-                        self.log_acks(inner, [&m]);
-                        letters.push((m.message, reason));
-                    }
+                    self.drop_ready(inner, level, i, reason, letters);
                     continue;
                 }
                 let Some(idx) = picked else {
                     i += 1;
                     continue;
                 };
-                let Some(mut m) = inner.ready.remove_at(level, i) else {
+                let Some(m) = inner.ready.remove_at(level, i) else {
                     break;
                 };
                 self.forget_expiration(inner, &m);
-                let consumer = Arc::clone(&inner.consumers[idx]);
-                if !consumer.no_ack {
-                    inner.unacked += 1;
-                    consumer.unacked.fetch_add(1, Ordering::Relaxed);
-                }
                 if let Some(idem) = &self.idempotency {
-                    idem.delivered(m.seq, key, consumer.no_ack);
+                    idem.delivered(m.seq, key, inner.consumers[idx].no_ack);
                 }
-                self.log_delivery(inner, &m, consumer.no_ack);
-                m.delivery_count += 1;
-                consumer.sink.deliver(self, &consumer, m);
+                self.deliver_to(inner, idx, m);
             }
         }
         if let Some(idem) = &self.idempotency {
@@ -973,11 +990,7 @@ impl Queue {
                 match idem.check(seq, &message) {
                     plugins::KeyCheck::Wait => i += 1,
                     plugins::KeyCheck::Duplicate => {
-                        if let Some(m) = inner.ready.remove_at(level, i) {
-                            self.forget_expiration(inner, &m);
-                            self.log_acks(inner, [&m]);
-                            letters.push((m.message, DeadLetterReason::Duplicate));
-                        }
+                        self.drop_ready(inner, level, i, DeadLetterReason::Duplicate, letters)
                     }
                     plugins::KeyCheck::Fresh(key) => {
                         idem.delivered(seq, key, no_ack);
