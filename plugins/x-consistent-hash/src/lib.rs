@@ -5,9 +5,10 @@
 //! argument `hash-header`, that header's value, or with `hash-property`, `message_id`,
 //! `correlation_id` or `timestamp`.
 //!
-//! Up to [`RENDEZVOUS_MAX`] bindings, the binding is chosen by weighted rendezvous hashing: every
-//! binding scores `weight / -ln(u)` with `u` the xxh3 hash of (value, destination name) mapped to
-//! (0, 1), and the highest score wins. Each binding's share is exactly its weight's share in
+//! Up to [`RENDEZVOUS_MAX`] bindings, the binding is chosen by weighted rendezvous hashing: the value
+//! is hashed once (xxh3), each binding mixes that hash with its own seed (the xxh3 of its destination
+//! name) into `u` in (0, 1) and scores `weight / -ln(u)`; the highest score wins. When all weights are
+//! equal the score order is the order of `u`, so no logarithm is taken. Each binding's share is exactly its weight's share in
 //! expectation (no ring noise), and adding or removing a binding moves only the messages that go to or
 //! come from it. Beyond that, a hash ring with points in proportion to the weights keeps routing
 //! O(log n). Positions derive from destination names, not broker-assigned ids, so a key routes the same
@@ -82,8 +83,11 @@ fn validate_binding(_: &Exchange, binding: &Binding) -> Result<(), String> {
 
 /// How bindings are chosen, rebuilt when they change.
 enum Chooser {
-    /// (binding id, weight, seed from the destination name).
-    Rendezvous(Vec<(u32, f64, u64)>),
+    /// (binding id, weight, seed from the destination name); `equal` when every weight is the same.
+    Rendezvous {
+        bindings: Vec<(u32, f64, u64)>,
+        equal: bool,
+    },
     /// Sorted (point, binding id).
     Ring(Vec<(u64, u32)>),
 }
@@ -102,12 +106,13 @@ impl Router {
             .collect();
         let seed = |b: &Binding| xxh3_64(b.destination.as_bytes());
         let chooser = if weights.len() <= RENDEZVOUS_MAX {
-            Chooser::Rendezvous(
-                weights
+            Chooser::Rendezvous {
+                bindings: weights
                     .iter()
                     .map(|(b, w)| (b.id, *w as f64, seed(b)))
                     .collect(),
-            )
+                equal: weights.windows(2).all(|p| p[0].1 == p[1].1),
+            }
         } else {
             let total: u64 = weights.iter().map(|(_, w)| w).sum();
             let per_unit = (TARGET_POINTS / total.max(1)).max(1);
@@ -127,16 +132,24 @@ impl Router {
 
     fn choose(&self, value: &[u8]) -> Option<u32> {
         match &self.chooser {
-            Chooser::Rendezvous(bindings) => bindings
-                .iter()
-                .map(|(id, w, seed)| {
-                    // u in (0, 1): 53 random bits, never 0 or 1.
-                    let h = xxh3_64_with_seed(value, *seed);
-                    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-                    (w / -u.ln(), *id)
-                })
-                .max_by(|a, b| a.0.total_cmp(&b.0))
-                .map(|(_, id)| id),
+            Chooser::Rendezvous { bindings, equal } => {
+                let hash = xxh3_64(value);
+                if *equal {
+                    return bindings
+                        .iter()
+                        .max_by_key(|(id, _, seed)| (mix(hash ^ seed), *id))
+                        .map(|(id, _, _)| *id);
+                }
+                bindings
+                    .iter()
+                    .map(|(id, w, seed)| {
+                        // u in (0, 1): 53 random bits, never 0 or 1.
+                        let u = ((mix(hash ^ seed) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                        (w / -u.ln(), *id)
+                    })
+                    .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+                    .map(|(_, id)| id)
+            }
             Chooser::Ring(points) if points.is_empty() => None,
             Chooser::Ring(points) => {
                 let hash = xxh3_64(value);
@@ -145,6 +158,14 @@ impl Router {
             }
         }
     }
+}
+
+/// A bijective 64-bit finalizer (splitmix64's): every input bit flips each output bit with
+/// probability ~1/2, so one value hash mixed with different binding seeds gives independent scores.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The octets a field value is hashed as.
