@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the hot paths: frame decode and encode, topic and headers matching.
-//! `cargo bench -p warren`. (The plugin route call arrives with the plugin issue.)
+//! Micro-benchmarks of the hot paths: frame decode and encode, topic and headers matching, a plugin
+//! route call (one key per call, a batch of keys per call, a cached key). `cargo bench -p warren`.
 
 use std::hint::black_box;
 use std::sync::{Arc, Weak};
@@ -230,6 +230,23 @@ fn plugin_route(c: &mut Criterion) {
                 // More keys than the cache holds, cycled: every call goes into the plugin.
                 let _ = plugin.route(black_box(&keys[i]), &messages[i], &mut out);
                 black_box(out.len());
+            })
+        },
+    );
+    let mut batch_start = 0;
+    c.bench_function(
+        "x-consistent-hash plugin route, 10 bindings, 64 new keys prepared in one call + 64 routes",
+        |b| {
+            b.iter(|| {
+                batch_start = (batch_start + 64) % (keys.len() - 64);
+                let batch = &keys[batch_start..batch_start + 64];
+                let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+                plugin.prepare(&refs);
+                for (k, m) in batch.iter().zip(&messages[batch_start..batch_start + 64]) {
+                    out.clear();
+                    let _ = plugin.route(black_box(k), m, &mut out);
+                    black_box(out.len());
+                }
             })
         },
     );

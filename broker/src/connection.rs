@@ -239,10 +239,27 @@ impl Connection {
                 }
             }
         }
+        let held: Vec<u16> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.has_pending_publications())
+            .map(|(id, _)| *id)
+            .collect();
+        for ch in held {
+            self.flush_publications(ch);
+        }
         if let Some(ctx) = &self.ctx {
             for ch in self.channels.values_mut() {
                 ch.flush_confirms(ctx);
             }
+        }
+    }
+
+    /// Routes the publishes channel `ch` holds back for batch routing; an error closes the channel as
+    /// basic.publish's would.
+    fn flush_publications(&mut self, ch: u16) {
+        if let Err(e) = self.with_channel(ch, 60, 40, Channel::flush_publications) {
+            self.fail(&e, 60, 40);
         }
     }
 
@@ -270,8 +287,13 @@ impl Connection {
     }
 
     fn release_channels(&mut self) {
-        if let Some(ctx) = &self.ctx {
+        if let Some(ctx) = &mut self.ctx {
             for (_, mut ch) in self.channels.drain() {
+                // Publishes complete before the close were accepted: route them (errors change nothing
+                // now).
+                if !ch.is_closing() {
+                    let _ = ch.flush_publications(ctx);
+                }
                 ch.release(ctx);
             }
         }
@@ -390,19 +412,39 @@ impl Connection {
         if channel.is_closing() {
             return Ok(()); // frames after our channel.close are dropped until close-ok (§2.2.4)
         }
-        match f(channel, ctx) {
-            Ok(()) => Ok(()),
-            Err(e @ AmqpError::Channel(_)) => {
+        let (e, class_id, method_id) = match f(channel, ctx) {
+            Ok(()) => return Ok(()),
+            // Publishes held back came before the failing frame: they are routed first, and their
+            // error, if any, is the one reported.
+            Err(e) => match channel.flush_publications(ctx) {
+                Err(first) => (first, 60, 40),
+                Ok(()) => (e, class_id, method_id),
+            },
+        };
+        match e {
+            AmqpError::Channel(_) => {
                 debug!(conn = self.id, channel = ch, error = %e, "channel error");
                 channel.close_with_error(ctx, &e, class_id, method_id);
                 Ok(())
             }
-            Err(e) => Err(e),
+            e => Err(e),
         }
     }
 
     fn channel_method(&mut self, ch: u16, method: AMQPClass) {
         let (class_id, method_id) = (method.get_amqp_class_id(), method.get_amqp_method_id());
+        let publish = matches!(
+            method,
+            AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(_))
+        );
+        if !publish
+            && self
+                .channels
+                .get(&ch)
+                .is_some_and(Channel::has_pending_publications)
+        {
+            self.flush_publications(ch);
+        }
         let result = match method {
             AMQPClass::Channel(amqp_channel::AMQPMethod::Open(_)) => self.channel_open(ch),
             AMQPClass::Channel(amqp_channel::AMQPMethod::Close(_)) => {

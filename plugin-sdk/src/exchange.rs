@@ -8,7 +8,7 @@
 use std::any::Any;
 use std::cell::{OnceCell, RefCell};
 
-use crate::message::{Message, MessageSource};
+use crate::message::{KeyOnly, Message, MessageSource};
 use crate::table::Table;
 
 /// One binding of the exchange.
@@ -29,7 +29,8 @@ pub struct Binding {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RoutesOn {
     /// The routing key alone (the same key always routes to the same bindings while they are
-    /// unchanged): the broker caches decisions per key.
+    /// unchanged): the broker caches decisions per key and may ask for many keys in one call, with a
+    /// [`Message`] whose other parts (exchange, properties, headers, body) read as empty.
     RoutingKey,
     /// Headers, properties or the body: every message is routed by the plugin.
     Message,
@@ -167,6 +168,25 @@ pub mod runtime {
 
     pub fn route(hooks: &Hooks, source: &dyn MessageSource, routing_key: &str) -> Vec<u32> {
         with(|x| (hooks.route)(x, &Message::new(source, routing_key)))
+    }
+
+    /// `route-keys`: the routing function applied to each key of a batch, with a message that has
+    /// only its routing key (the broker batches only when `init` said [`RoutesOn::RoutingKey`]).
+    /// Returns the ids back to back and where each key's ids end.
+    pub fn route_keys(hooks: &Hooks, keys: &[u8], key_ends: &[u32]) -> (Vec<u32>, Vec<u32>) {
+        let mut ids = Vec::with_capacity(key_ends.len());
+        let mut id_ends = Vec::with_capacity(key_ends.len());
+        let mut start = 0;
+        with(|x| {
+            for &end in key_ends {
+                let end = (end as usize).clamp(start, keys.len());
+                let key = std::str::from_utf8(&keys[start..end]).unwrap_or_default();
+                start = end;
+                ids.extend((hooks.route)(x, &Message::new(&KeyOnly(key), key)));
+                id_ends.push(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+            }
+        });
+        (ids, id_ends)
     }
 
     /// Default for plugins without an `init` function: routing may look at the whole message.

@@ -3,7 +3,7 @@
 //! Write [Warren](https://example.invalid/warren) plugins — custom exchange types, consumer filters and
 //! idempotency keys — as one annotated Rust function, built to a WebAssembly component with
 //! `cargo build --release --target wasm32-wasip2` and dropped into the broker's plugin directory.
-//! The contract is the WIT package `warren:plugin@0.1.0` (`wit/warren-plugin.wit`); this crate is
+//! The contract is the WIT package `warren:plugin@0.2.0` (`wit/warren-plugin.wit`); this crate is
 //! the only dependency a plugin needs.
 //!
 //! ## An exchange type

@@ -15,6 +15,33 @@ pub trait MessageSource {
     fn headers(&self) -> Table;
 }
 
+/// A message known only by its routing key (`route-keys` batches): every other part reads as empty.
+pub(crate) struct KeyOnly<'a>(pub(crate) &'a str);
+
+impl MessageSource for KeyOnly<'_> {
+    fn exchange(&self) -> String {
+        String::new()
+    }
+    fn routing_key(&self) -> String {
+        self.0.to_owned()
+    }
+    fn body_size(&self) -> u64 {
+        0
+    }
+    fn body(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn property(&self, _: &str) -> Option<Value> {
+        None
+    }
+    fn header(&self, _: &str) -> Option<Value> {
+        None
+    }
+    fn headers(&self) -> Table {
+        Table::default()
+    }
+}
+
 /// A read-only message (basic.publish + content header + body). Every accessor asks the broker for
 /// just that part, so read only what the decision needs.
 pub struct Message<'a> {

@@ -294,15 +294,33 @@ impl Channel {
             ops.push(TxOp::Publish(publication));
             return Ok(());
         }
-        self.route_and_enqueue(ctx, publication)
+        let same_run = self
+            .pending
+            .first()
+            .is_some_and(|(p, _)| p.message.exchange == publication.message.exchange);
+        if !same_run {
+            self.flush_publications(ctx)?;
+        }
+        if self.routes_in_batches(ctx, &publication.message.exchange) {
+            ctx.check_publish(&publication.message.exchange)?;
+            self.pending.push((publication, self.publish_seq));
+            if self.pending.len() >= crate::exchange::wasm::PREPARE_MAX {
+                return self.flush_publications(ctx);
+            }
+            return Ok(());
+        }
+        self.flush_publications(ctx)?;
+        self.route_and_enqueue(ctx, publication, self.publish_seq)
     }
 
-    /// Routes and enqueues one publication; records a confirm nack if a queue refused it
-    /// (`x-overflow = reject-publish`) and returns it to the publisher if mandatory and unroutable.
+    /// Routes and enqueues one publication (confirm sequence number `seq`); records a confirm nack if a
+    /// queue refused it (`x-overflow = reject-publish`) and returns it to the publisher if mandatory and
+    /// unroutable.
     pub(super) fn route_and_enqueue(
         &mut self,
         ctx: &mut ConnectionContext,
         p: Publication,
+        seq: u64,
     ) -> AmqpResult {
         let mut queues = std::mem::take(&mut ctx.route_queues);
         let mut scratch = std::mem::take(&mut ctx.route_scratch);
@@ -364,12 +382,10 @@ impl Channel {
         if let Some(commit) = &mut self.commit_waits {
             commit.extend(waits);
         } else if (rejected || plugin_failed) && self.confirm {
-            self.nacks.push(self.publish_seq);
+            self.nacks.push(seq);
         } else if self.confirm && !waits.is_empty() {
-            self.durable_waits.push_back(super::DurableWait {
-                seq: self.publish_seq,
-                waits,
-            });
+            self.durable_waits
+                .push_back(super::DurableWait { seq, waits });
         }
         if !routed_to_any && p.mandatory {
             self.return_unroutable(ctx, message);
@@ -570,7 +586,10 @@ impl Channel {
         self.tx = None;
         self.commit_waits = Some(Vec::new());
         let result = ops.into_iter().try_for_each(|op| match op {
-            TxOp::Publish(publication) => self.route_and_enqueue(ctx, publication),
+            TxOp::Publish(publication) => {
+                let seq = self.publish_seq;
+                self.route_and_enqueue(ctx, publication, seq)
+            }
             TxOp::Ack { tag, multiple } => self.basic_ack(ctx, tag, multiple),
             TxOp::Nack {
                 tag,

@@ -370,6 +370,19 @@ struct Publication {
     own_ttl: Option<u64>,
 }
 
+/// Which exchange this channel last published to and whether that exchange routes in batches
+/// ([`crate::exchange::Exchange::routes_in_batches`]), asked again after [`MEMO_PUBLISHES`] publishes.
+#[derive(Debug)]
+struct BatchMemo {
+    exchange: ShortString,
+    batches: bool,
+    left: u32,
+}
+
+/// Publishes after which a channel asks its exchange again whether it routes in batches (the answer
+/// changes when a plugin is reloaded, or the exchange is redeclared with another type).
+const MEMO_PUBLISHES: u32 = 4096;
+
 /// A basic.publish or an ack held back until tx.commit.
 #[derive(Debug)]
 enum TxOp {
@@ -414,6 +427,10 @@ pub struct Channel {
     last_queue: Option<ShortString>,
     /// Reused buffer for acks.
     settle_buf: Vec<Unacked>,
+    /// Complete publishes to an exchange that routes in batches, with their confirm sequence numbers,
+    /// waiting for the end of the read batch (or the next other method) to be routed together.
+    pending: Vec<(Publication, u64)>,
+    batch_memo: Option<BatchMemo>,
 }
 
 impl Channel {
@@ -443,6 +460,8 @@ impl Channel {
             consumer_prefetch: 0,
             last_queue: None,
             settle_buf: Vec::new(),
+            pending: Vec::new(),
+            batch_memo: None,
         }
     }
 
@@ -620,6 +639,65 @@ impl Channel {
         self.publish_content(ctx, publish, header, raw_properties, body)
     }
 
+    /// Whether publishes wait in [`Channel::flush_publications`].
+    pub fn has_pending_publications(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Routes and enqueues the publishes held back for batch routing, in order: the exchange first
+    /// computes the decisions for all their routing keys in one go ([`crate::exchange::Exchange::prepare`]).
+    /// The connection calls it at the end of each read batch, before any other method on this
+    /// channel, before an error closes the channel and before the channel or connection closes, so
+    /// holding publishes back changes no observable order.
+    ///
+    /// # Errors
+    /// The first publish's error (as from basic.publish); the publishes after it are dropped with the
+    /// channel.
+    pub fn flush_publications(&mut self, ctx: &mut ConnectionContext) -> AmqpResult {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        if pending.len() > 1 {
+            if let Ok(x) = ctx.vhost.exchange(pending[0].0.message.exchange.as_str()) {
+                let keys: Vec<&str> = pending
+                    .iter()
+                    .map(|(p, _)| p.message.routing_key.as_str())
+                    .collect();
+                x.prepare(&keys);
+            }
+        }
+        let mut result = Ok(());
+        for (publication, seq) in pending.drain(..) {
+            if result.is_ok() {
+                result = self.route_and_enqueue(ctx, publication, seq);
+            }
+        }
+        self.pending = pending; // keeps the allocation
+        result
+    }
+
+    /// Whether publishes to `exchange` are held back for batch routing (see [`BatchMemo`]).
+    fn routes_in_batches(&mut self, ctx: &ConnectionContext, exchange: &ShortString) -> bool {
+        if let Some(memo) = &mut self.batch_memo {
+            if memo.exchange == *exchange && memo.left > 0 {
+                memo.left -= 1;
+                return memo.batches;
+            }
+        }
+        let batches = !exchange.as_str().is_empty()
+            && ctx
+                .vhost
+                .exchange(exchange.as_str())
+                .is_ok_and(|x| x.routes_in_batches());
+        self.batch_memo = Some(BatchMemo {
+            exchange: exchange.clone(),
+            batches,
+            left: MEMO_PUBLISHES,
+        });
+        batches
+    }
+
     /// Sends pending publisher confirms: one basic.ack (`multiple` when it covers several publishes) per
     /// run of accepted publishes and a basic.nack for each refused one. Called once per batch of frames
     /// read, so a burst of publishes costs one ack.
@@ -632,7 +710,11 @@ impl Channel {
         if !self.confirm || self.closing || self.publish_seq == self.confirmed {
             return;
         }
-        let mut upto = self.publish_seq;
+        // Publishes held back for batch routing are not routed yet (the connection flushes them first).
+        let mut upto = self
+            .pending
+            .first()
+            .map_or(self.publish_seq, |(_, seq)| seq - 1);
         while let Some(front) = self.durable_waits.front() {
             let states = front.waits.iter().map(|(q, lsn)| q.durability(*lsn));
             let (mut failed, mut pending) = (false, false);

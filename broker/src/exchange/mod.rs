@@ -105,6 +105,16 @@ pub trait ExchangeType: Send + Sync + fmt::Debug {
         message: &MessageRef,
         out: &mut Vec<Destination>,
     ) -> Result<(), RouteError>;
+    /// Whether routing decisions can be computed for many routing keys at once with
+    /// [`ExchangeType::prepare`] (a plugin whose decisions depend on the routing key alone). Publishers
+    /// then route runs of messages to this exchange as a batch.
+    fn routes_in_batches(&self) -> bool {
+        false
+    }
+    /// Computes the decisions for `keys` (the routing keys of messages about to be routed, in the order
+    /// their [`ExchangeType::route`] calls will come) in one go; those calls then use them. Only a
+    /// speed-up: a call that finds no prepared decision routes as usual.
+    fn prepare(&self, _keys: &[&str]) {}
 }
 
 /// Why an exchange type could not route a message (plugin types only; native types always route).
@@ -238,6 +248,16 @@ impl Exchange {
         out: &mut Vec<Destination>,
     ) -> Result<(), RouteError> {
         self.read().router.route(routing_key, message, out)
+    }
+
+    /// See [`ExchangeType::routes_in_batches`].
+    pub fn routes_in_batches(&self) -> bool {
+        self.read().router.routes_in_batches()
+    }
+
+    /// See [`ExchangeType::prepare`].
+    pub fn prepare(&self, keys: &[&str]) {
+        self.read().router.prepare(keys);
     }
 
     /// Sets the alternate exchange given by a policy (the `alternate-exchange` argument still wins).

@@ -389,8 +389,15 @@ impl Runtime {
 
     /// Arms the deadline for the next call on `store`.
     pub fn arm(&self, store: &mut Store<StoreState>) {
+        self.arm_for(store, 1);
+    }
+
+    /// Arms the deadline for a call that does the work of `calls` calls (a `route-keys` batch): the
+    /// call timeout times `calls`.
+    pub fn arm_for(&self, store: &mut Store<StoreState>, calls: u64) {
         let ticks = (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        let ticks = u64::try_from(ticks).unwrap_or(u64::MAX);
+        store.set_epoch_deadline(ticks.saturating_mul(calls.max(1)));
     }
 }
 

@@ -126,7 +126,17 @@ impl<W: World> Instance<W> {
         handles_message: bool,
         f: impl FnOnce(&W, &mut Store<StoreState>) -> wasmtime::Result<T>,
     ) -> Result<T, Fault> {
-        self.host.runtime().arm(&mut self.store);
+        self.call_scaled(handles_message, 1, f)
+    }
+
+    /// [`Self::call_counted`] with the deadline of `calls` calls.
+    fn call_scaled<T>(
+        &mut self,
+        handles_message: bool,
+        calls: u64,
+        f: impl FnOnce(&W, &mut Store<StoreState>) -> wasmtime::Result<T>,
+    ) -> Result<T, Fault> {
+        self.host.runtime().arm_for(&mut self.store, calls);
         match f(&self.bindings, &mut self.store) {
             Ok(v) => {
                 self.slot.record_success(handles_message);
@@ -200,6 +210,33 @@ impl Instance<ExchangePlugin> {
         self.call_with_message(message, |w, s, view| {
             run(w.warren_plugin_exchange().call_route(s, view, routing_key))
         })
+    }
+
+    /// `route-keys`: binding ids for each of a run of routing keys (`keys` back to back, key i ending
+    /// at `key_ends[i]`), as `(ids, id_ends)` in the same flat form. The deadline is the call timeout
+    /// per key.
+    ///
+    /// # Errors
+    /// The call faulted, or the answer does not have one end per key.
+    pub fn route_keys(
+        &mut self,
+        keys: &[u8],
+        key_ends: &[u32],
+    ) -> Result<(Vec<u32>, Vec<u32>), Fault> {
+        let calls = key_ends.len() as u64;
+        let routed = self.call_scaled(true, calls, |w, s| {
+            run(w
+                .warren_plugin_exchange()
+                .call_route_keys(s, keys, key_ends))
+        })?;
+        if routed.id_ends.len() != key_ends.len() {
+            return Err(Fault::Trap(format!(
+                "route-keys answered for {} keys, asked for {}",
+                routed.id_ends.len(),
+                key_ends.len()
+            )));
+        }
+        Ok((routed.ids, routed.id_ends))
     }
 }
 

@@ -11,7 +11,7 @@ use wasmtime::component::Component;
 use super::bindings::{ExchangePluginPre, FilterPluginPre, IdempotencyPluginPre, PluginInfo};
 use super::engine::{Fault, Runtime};
 
-/// The kinds of plugin, one per world of `warren:plugin@0.1.0`.
+/// The kinds of plugin, one per world of `warren:plugin@0.2.0`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
@@ -118,8 +118,8 @@ pub fn load(runtime: &Runtime, bytes: &[u8]) -> anyhow::Result<Loaded> {
         Pre::Idempotency(p)
     } else {
         bail!(
-            "exports none of warren:plugin/exchange@0.1.0, warren:plugin/filter@0.1.0, \
-             warren:plugin/idempotency@0.1.0 (built against another package version?)"
+            "exports none of warren:plugin/exchange@0.2.0, warren:plugin/filter@0.2.0, \
+             warren:plugin/idempotency@0.2.0 (built against another package version?)"
         );
     };
     let info = describe(runtime, &pre).context("failed to initialise and describe itself")?;

@@ -1,5 +1,5 @@
 //! The WebAssembly plugin host: custom exchange types, consumer filters and idempotency keys as
-//! components targeting `wit/warren-plugin.wit` (`warren:plugin@0.1.0`).
+//! components targeting `wit/warren-plugin.wit` (`warren:plugin@0.2.0`).
 //!
 //! - `bindings`: the only `bindgen!` site.
 //! - `engine`: engine, linker, store state, sandbox limits, the host `message` resource.

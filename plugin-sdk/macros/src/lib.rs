@@ -283,6 +283,10 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
                     fn route(message: &__types::Message, routing_key: String) -> Vec<u32> {
                         __rt::route(&__HOOKS, &__Source(message), &routing_key)
                     }
+                    fn route_keys(keys: Vec<u8>, key_ends: Vec<u32>) -> __x::RoutedKeys {
+                        let (ids, id_ends) = __rt::route_keys(&__HOOKS, &keys, &key_ends);
+                        __x::RoutedKeys { ids, id_ends }
+                    }
                 }
             }
         }
