@@ -294,14 +294,14 @@ impl Channel {
             ops.push(TxOp::Publish(publication));
             return Ok(());
         }
-        let same_run = self
-            .pending
-            .first()
-            .is_some_and(|(p, _)| p.message.exchange == publication.message.exchange);
-        if !same_run {
-            self.flush_publications(ctx)?;
-        }
         if self.routes_in_batches(ctx, &publication.message.exchange) {
+            let same_run = self
+                .pending
+                .first()
+                .is_some_and(|(p, _)| p.message.exchange == publication.message.exchange);
+            if !same_run {
+                self.flush_publications(ctx)?;
+            }
             ctx.check_publish(&publication.message.exchange)?;
             self.pending.push((publication, self.publish_seq));
             if self.pending.len() >= crate::exchange::wasm::PREPARE_MAX {

@@ -653,10 +653,15 @@ impl Channel {
     /// # Errors
     /// The first publish's error (as from basic.publish); the publishes after it are dropped with the
     /// channel.
+    #[inline]
     pub fn flush_publications(&mut self, ctx: &mut ConnectionContext) -> AmqpResult {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.route_pending(ctx)
+    }
+
+    fn route_pending(&mut self, ctx: &mut ConnectionContext) -> AmqpResult {
         let mut pending = std::mem::take(&mut self.pending);
         if pending.len() > 1 {
             if let Ok(x) = ctx.vhost.exchange(pending[0].0.message.exchange.as_str()) {

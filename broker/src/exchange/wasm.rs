@@ -75,7 +75,7 @@ fn new_stamp() -> u64 {
 
 thread_local! {
     /// The decisions of this thread's last `route-keys` call.
-    static PREPARED: RefCell<Prepared> = RefCell::new(Prepared::default());
+    static PREPARED: RefCell<Prepared> = const { RefCell::new(Prepared::EMPTY) };
 }
 
 /// Decisions from one `route-keys` call, in the flat form of the WIT, consumed in order.
@@ -92,6 +92,15 @@ struct Prepared {
 }
 
 impl Prepared {
+    const EMPTY: Prepared = Prepared {
+        stamp: 0,
+        keys: Vec::new(),
+        key_ends: Vec::new(),
+        ids: Vec::new(),
+        id_ends: Vec::new(),
+        next: 0,
+    };
+
     fn clear(&mut self) {
         self.stamp = 0;
         self.keys.clear();
@@ -139,6 +148,9 @@ pub struct WasmExchange {
     by_key: AtomicBool,
     /// Renewed whenever a binding or the instance changes, voiding prepared decisions.
     stamp: AtomicU64,
+    /// The stamp of the last `route-keys` answer made on any thread: routing looks for prepared
+    /// decisions only while it equals `stamp` (spares a cached-key route the thread-local access).
+    prepared_for: AtomicU64,
 }
 
 impl WasmExchange {
@@ -184,6 +196,7 @@ impl WasmExchange {
             }),
             by_key: AtomicBool::new(false),
             stamp: AtomicU64::new(new_stamp()),
+            prepared_for: AtomicU64::new(0),
         }
     }
 
@@ -263,15 +276,19 @@ impl WasmExchange {
         }
         // Prepared decisions first: they were asked for exactly the keys that missed the cache.
         let stamp = self.stamp.load(Ordering::Relaxed);
-        let prepared = PREPARED.with_borrow_mut(|p| {
-            if p.stamp != stamp {
-                return None;
-            }
-            let range = p.take(routing_key)?;
-            let ids = &p.ids[range];
-            self.push_destinations(ids, out);
-            Some(cacheable.then(|| ids.to_vec()))
-        });
+        let prepared = (self.prepared_for.load(Ordering::Relaxed) == stamp)
+            .then(|| {
+                PREPARED.with_borrow_mut(|p| {
+                    if p.stamp != stamp {
+                        return None;
+                    }
+                    let range = p.take(routing_key)?;
+                    let ids = &p.ids[range];
+                    self.push_destinations(ids, out);
+                    Some(cacheable.then(|| ids.to_vec()))
+                })
+            })
+            .flatten();
         if let Some(to_cache) = prepared {
             if let Some(ids) = to_cache {
                 active.misses = active.misses.saturating_add(1);
@@ -346,6 +363,7 @@ impl WasmExchange {
                 return;
             }
             p.stamp = self.stamp.load(Ordering::Relaxed);
+            self.prepared_for.store(p.stamp, Ordering::Relaxed);
         });
     }
 }
