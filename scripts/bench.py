@@ -8,6 +8,8 @@ Usage: scripts/bench.sh [--runs N] [--seconds S] [--only a,b,...] [--out FILE]
 Scenario (c) also counts fsync/fdatasync calls per second of each broker with `perf stat` (Debian's
 linux-perf; skipped when `perf` is missing). Scenario (j), run only when named in --only, fills a durable
 queue with 10 million persistent 1 KiB messages (Warren only; ~11 GB of disk) and reports Warren's RSS.
+Scenarios (a), (e) and (e-1core) also report each broker's CPU use (from /proc); (e-1core) pins each
+broker to CPU 0 with `taskset -a` for its runs. Every run starts once both brokers are idle.
 """
 import argparse
 import json
@@ -51,9 +53,45 @@ SCENARIOS = {
     "h-chash-random": ("x-consistent-hash plugin exchange, 1 binding, random keys (1 000 000), 16 B",
                        ["-e", "perf-chash-r", "-t", "x-consistent-hash", "-k", "random", "--keys", "1000000",
                         "--binding-key", "1", "-x1", "-y1", "-s16", "-a"], "consume_rate"),
+    # (e-1core): scenario (e) with each broker's threads pinned to CPU 0 for the run (`taskset -a`), the
+    # load generator unpinned; (e) / (e-1core) tells how much a broker gains from a second core.
+    "e-1core": ("4 producers / 4 consumers / 4 queues, 16 B, broker pinned to 1 core",
+                ["-x4", "-y4", "--queues", "4", "-s16", "-a"], "consume_rate"),
     "m": ("manual acks (multiple every 100), confirms (window 1000), transient, 16 B",
           ["-x1", "-y1", "-s16", "-q", "1000", "-A", "100", "-c", "1000"], "consume_rate"),
 }
+
+
+# Scenarios for which each broker's CPU use (cores busy during the run) is reported.
+CPU_REPORTED = {"a", "e", "e-1core"}
+
+
+def cpu_seconds(pids):
+    """User + system CPU time of `pids` so far, in seconds (/proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(pids, timeout=30):
+    """Waits until `pids` use under a tenth of a core over a quarter second: a broker can go on working
+    for seconds after its load generator stops (RabbitMQ drains the backlog its publishers built up),
+    which would steal CPU from the next run on the other broker."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        before = cpu_seconds(pids)
+        time.sleep(0.25)
+        if cpu_seconds(pids) - before < 0.025:
+            return
+
+
+def pin(pids, cpus):
+    """Sets the CPU affinity of every thread of `pids` (taskset -a)."""
+    for pid in pids:
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, stdout=subprocess.DEVNULL)
 
 
 def wait_port(port, timeout=60):
@@ -204,16 +242,25 @@ def main():
                      statistics.median(ceiling), None, None))
         for key in chosen:
             desc, args, name = SCENARIOS[key]
-            w, r, ws, rs = [], [], [], []
+            w, r, ws, rs, wc, rc = [], [], [], [], [], []
             for _ in range(opts.runs):
-                for port, pids, out, syncs in ((WARREN_PORT, [warren.pid], w, ws),
-                                               (RABBIT_PORT, listener_pids(RABBIT_PORT), r, rs)):
+                for port, pids, out, syncs, cores in ((WARREN_PORT, [warren.pid], w, ws, wc),
+                                                      (RABBIT_PORT, listener_pids(RABBIT_PORT), r, rs, rc)):
                     # Count syncs over the middle of the run (after connection set-up).
                     window = max(opts.seconds - 3, 1)
                     counter = None
                     if key == "c":
                         counter = start_sync_count(pids, window)
-                    out.append(metric(perf(port, args, opts.seconds), name))
+                    if key == "e-1core":
+                        pin(pids, "0")
+                    wait_idle([warren.pid] + listener_pids(RABBIT_PORT))
+                    try:
+                        cpu0, t0 = cpu_seconds(pids), time.time()
+                        out.append(metric(perf(port, args, opts.seconds), name))
+                        cores.append((cpu_seconds(pids) - cpu0) / (time.time() - t0))
+                    finally:
+                        if key == "e-1core":
+                            pin(pids, f"0-{os.cpu_count() - 1}")
                     rate = syncs_per_second(counter, window)
                     if rate is not None:
                         syncs.append(rate)
@@ -224,6 +271,9 @@ def main():
             if ws and rs:
                 rows.append((f"({key}) fsync + fdatasync calls per second during the run",
                              statistics.median(ws), statistics.median(rs), None))
+            if key in CPU_REPORTED:
+                rows.append((f"({key}) broker CPU use during the run (cores busy, x1000)",
+                             1000 * statistics.median(wc), 1000 * statistics.median(rc), None))
             print(f"({key}) warren {w} rabbitmq {r} syncs/s {ws} {rs}", file=sys.stderr)
         if "h-direct" in medians:
             base_w, base_r = medians["h-direct"]
@@ -232,6 +282,10 @@ def main():
                     w, r = medians[key]
                     rows.append((f"({key}) plugin exchange / native direct, same broker (ratio x1000; goal >= 800)",
                                  1000 * w / base_w, 1000 * r / base_r if r and base_r else None, None))
+        if "e" in medians and "e-1core" in medians:
+            (w2, r2), (w1, r1) = medians["e"], medians["e-1core"]
+            rows.append(("(e) / (e-1core): rate with 2 cores over rate pinned to 1 core, same broker (x1000)",
+                         1000 * w2 / w1, 1000 * r2 / r1 if r1 else None, None))
         if "j" in opts.only.split(","):
             n = 10_000_000
             before = rss_kib([warren.pid]) // 1024
