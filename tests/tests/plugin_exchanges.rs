@@ -714,14 +714,7 @@ async fn a_plugin_that_keeps_failing_is_quarantined_until_its_file_changes() {
     )
     .await;
     bind_queues(&ch, "q-panic", &["q-panic-q"], "").await;
-    let state = |b: &TestBroker| {
-        b.broker
-            .plugins
-            .snapshot()
-            .into_iter()
-            .find(|s| s.name == "x-faulty")
-            .map(|s| s.state)
-    };
+    let state = |b: &TestBroker| plugin_status(b, "x-faulty").map(|s| s.state);
     for _ in 0..warren::plugin::registry::QUARANTINE_AFTER {
         assert!(!confirmed(&ch, "q-panic", "fail", false).await);
     }
@@ -829,14 +822,7 @@ async fn back_to_back_publishes_are_routed_in_batches_with_the_same_decisions() 
     let queues = ["batch-q0", "batch-q1", "batch-q2"];
     declare_exchange(&ch, "batch-x", "x-consistent-hash", FieldTable::default()).await;
     bind_queues(&ch, "batch-x", &queues, "1").await;
-    let calls = |b: &TestBroker| {
-        b.broker
-            .plugins
-            .snapshot()
-            .into_iter()
-            .find(|s| s.name == "x-consistent-hash")
-            .map_or(0, |s| s.calls)
-    };
+    let calls = |b: &TestBroker| plugin_status(b, "x-consistent-hash").map_or(0, |s| s.calls);
 
     // 300 publishes written at once: the broker reads them in one or a few reads.
     const N: u64 = 300;

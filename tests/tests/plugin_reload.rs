@@ -27,21 +27,13 @@ const EFFECT_WITHIN: Duration = Duration::from_secs(1);
 
 /// The loaded plugin's content hash, from the broker's snapshot.
 fn loaded_hash(b: &TestBroker) -> Option<String> {
-    b.broker
-        .plugins
-        .snapshot()
-        .into_iter()
-        .find(|s| s.name == "x-switch" && s.state == "loaded")
+    plugin_status(b, "x-switch")
+        .filter(|s| s.state == "loaded")
         .and_then(|s| s.hash)
 }
 
 fn reloads(b: &TestBroker) -> u64 {
-    b.broker
-        .plugins
-        .snapshot()
-        .into_iter()
-        .find(|s| s.name == "x-switch")
-        .map_or(0, |s| s.reloads)
+    plugin_status(b, "x-switch").map_or(0, |s| s.reloads)
 }
 
 fn sha256(path: &str) -> String {

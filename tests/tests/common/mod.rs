@@ -209,3 +209,12 @@ impl Drop for PluginDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The broker's status of the plugin named `name` (exchange type or filter / idempotency name).
+pub fn plugin_status(b: &TestBroker, name: &str) -> Option<warren::plugin::PluginStatus> {
+    b.broker
+        .plugins
+        .snapshot()
+        .into_iter()
+        .find(|s| s.name == name)
+}
