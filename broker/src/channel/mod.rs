@@ -719,7 +719,7 @@ impl Channel {
         let mut upto = self
             .pending
             .first()
-            .map_or(self.publish_seq, |(_, seq)| seq - 1);
+            .map_or(self.publish_seq, |(_, seq)| seq.saturating_sub(1));
         while let Some(front) = self.durable_waits.front() {
             let states = front.waits.iter().map(|(q, lsn)| q.durability(*lsn));
             let (mut failed, mut pending) = (false, false);
