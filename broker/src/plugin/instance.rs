@@ -27,6 +27,39 @@ pub trait World: Sized {
     fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self>;
 }
 
+/// A world whose `init` takes the entity's configuration (a wire-encoded field table) and accepts or
+/// refuses it: filters (`x-filter-args`) and idempotency plugins (`x-idempotency-args`).
+pub trait Configurable: World {
+    /// Calls `init(config)` on `instance`: `Ok(Err(reason))` when the plugin refuses `config`.
+    ///
+    /// # Errors
+    /// The call faulted.
+    // `&Vec<u8>`: the generated bindings take the WIT `field-table` (a `list<u8>`) so.
+    #[allow(clippy::ptr_arg)]
+    fn init_config(
+        instance: &mut Instance<Self>,
+        config: &Vec<u8>,
+    ) -> Result<Result<(), String>, Fault>;
+}
+
+impl Configurable for FilterPlugin {
+    fn init_config(
+        instance: &mut Instance<Self>,
+        config: &Vec<u8>,
+    ) -> Result<Result<(), String>, Fault> {
+        instance.init(config)
+    }
+}
+
+impl Configurable for IdempotencyPlugin {
+    fn init_config(
+        instance: &mut Instance<Self>,
+        config: &Vec<u8>,
+    ) -> Result<Result<(), String>, Fault> {
+        instance.init(config)
+    }
+}
+
 impl World for ExchangePlugin {
     const KIND: Kind = Kind::Exchange;
     fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
@@ -101,6 +134,23 @@ impl<W: World> Instance<W> {
             generation: version.generation,
             version: version.loaded.version.clone(),
         })
+    }
+
+    /// An instance of the slot's current version initialised with `config`: `Ok(Err(reason))` when
+    /// the plugin refuses it.
+    ///
+    /// # Errors
+    /// As [`Instance::new`], or `init` faulted.
+    pub fn configured(
+        host: &Arc<PluginHost>,
+        slot: &Arc<Slot>,
+        config: &Vec<u8>,
+    ) -> Result<Result<Self, String>, Fault>
+    where
+        W: Configurable,
+    {
+        let mut instance = Self::new(host, slot)?;
+        Ok(W::init_config(&mut instance, config)?.map(|()| instance))
     }
 
     /// Whether this instance runs the slot's current version (false after a reload or removal).

@@ -16,7 +16,7 @@ use amq_protocol::types::FieldTable;
 use crate::message::MessageRef;
 use crate::plugin::bindings::{Decision, FilterPlugin, IdempotencyPlugin};
 use crate::plugin::engine::table_body;
-use crate::plugin::instance::Instance;
+use crate::plugin::instance::{Configurable, Instance};
 use crate::plugin::{Fault, Kind, PluginHost, Slot};
 use crate::store::keys::KeyLog;
 
@@ -52,16 +52,19 @@ pub fn plugin_arguments(
     Ok(Some((name, config)))
 }
 
-fn attach<W: crate::plugin::instance::World>(
+/// The loaded plugin `name` of `kind`, instantiated and initialised with `config`.
+fn attach<W: Configurable>(
     host: &Arc<PluginHost>,
     kind: Kind,
     name: &str,
+    config: &Vec<u8>,
 ) -> Result<(Arc<Slot>, Instance<W>), AttachError> {
     let slot = host
         .loaded(kind, name)
         .ok_or_else(|| AttachError::NotFound(format!("no {kind} plugin '{name}' is loaded")))?;
-    let instance = Instance::<W>::new(host, &slot)
-        .map_err(|f| AttachError::Refused(format!("{kind} plugin '{name}' failed: {f}")))?;
+    let instance = Instance::<W>::configured(host, &slot, config)
+        .map_err(|f| AttachError::Refused(format!("{kind} plugin '{name}' failed: {f}")))?
+        .map_err(AttachError::Refused)?;
     Ok((slot, instance))
 }
 
@@ -118,12 +121,8 @@ impl ConsumerFilter {
         config: &FieldTable,
         on_failure: OnFailure,
     ) -> Result<ConsumerFilter, AttachError> {
-        let (slot, mut instance) = attach::<FilterPlugin>(host, Kind::Filter, name)?;
         let config = table_body(config);
-        instance
-            .init(&config)
-            .map_err(|f| AttachError::Refused(format!("filter '{name}' failed: {f}")))?
-            .map_err(AttachError::Refused)?;
+        let (slot, instance) = attach::<FilterPlugin>(host, Kind::Filter, name, &config)?;
         Ok(ConsumerFilter {
             host: Arc::clone(host),
             slot,
@@ -142,15 +141,16 @@ impl ConsumerFilter {
         }
         state.instance = None;
         state.skipped.clear();
-        let mut instance = Instance::<FilterPlugin>::new(&self.host, &self.slot)?;
-        if let Err(reason) = instance.init(&self.config)? {
-            return Err(Fault::Unavailable(format!(
+        match Instance::configured(&self.host, &self.slot, &self.config)? {
+            Ok(instance) => {
+                state.instance = Some(instance);
+                Ok(())
+            }
+            Err(reason) => Err(Fault::Unavailable(format!(
                 "this version of filter '{}' refuses the consumer's x-filter-args: {reason}",
                 self.slot.name
-            )));
+            ))),
         }
-        state.instance = Some(instance);
-        Ok(())
     }
 
     /// The verdict for the message with sequence number `seq`.
@@ -264,12 +264,8 @@ impl Idempotency {
         config: &FieldTable,
         window: Window,
     ) -> Result<Idempotency, AttachError> {
-        let (slot, mut instance) = attach::<IdempotencyPlugin>(host, Kind::Idempotency, name)?;
         let config = table_body(config);
-        instance
-            .init(&config)
-            .map_err(|f| AttachError::Refused(format!("idempotency plugin '{name}' failed: {f}")))?
-            .map_err(AttachError::Refused)?;
+        let (slot, instance) = attach::<IdempotencyPlugin>(host, Kind::Idempotency, name, &config)?;
         Ok(Idempotency {
             host: Arc::clone(host),
             slot,
@@ -344,14 +340,9 @@ impl Idempotency {
 
     fn key_of(&self, state: &mut IdempotencyState, message: &MessageRef) -> Option<Key> {
         if !state.instance.as_ref().is_some_and(Instance::is_current) {
-            state.instance = None;
-            let rebuilt = Instance::<IdempotencyPlugin>::new(&self.host, &self.slot).and_then(
-                |mut i| match i.init(&self.config)? {
-                    Ok(()) => Ok(i),
-                    Err(reason) => Err(Fault::Unavailable(reason)),
-                },
-            );
-            state.instance = rebuilt.ok();
+            state.instance = Instance::configured(&self.host, &self.slot, &self.config)
+                .ok()
+                .and_then(Result::ok);
         }
         // Failure policy: no key → delivered.
         let instance = state.instance.as_mut()?;
