@@ -1,7 +1,8 @@
 //! Bytes ↔ AMQP frames. Owns the wire format and nothing else: no channel, queue or connection state.
 //!
 //! Frames are split here (so `frame_max` and the frame-end octet are enforced before anything is parsed),
-//! method and content-header payloads are decoded by amq-protocol, and content bodies stay zero-copy
+//! method and content-header payloads are decoded by amq-protocol — except basic.publish and basic.ack,
+//! which come once per message and are decoded by hand — and content bodies stay zero-copy
 //! [`Bytes`] slices of the read buffer. The hot outgoing frames (basic.deliver, content header/body,
 //! basic.ack) are encoded by hand into the connection's write buffer; everything else goes through
 //! amq-protocol's `gen_frame`. AMQP 0-9-1 §4.2 (general frame format).
@@ -11,7 +12,8 @@ pub mod outbound;
 pub mod values;
 
 use amq_protocol::frame::AMQPContentHeader;
-use amq_protocol::protocol::{constants, AMQPClass};
+use amq_protocol::protocol::{basic, constants, AMQPClass};
+use amq_protocol::types::ShortString;
 use bytes::{Buf, Bytes, BytesMut};
 
 /// The 8-octet protocol header a 0-9-1 client sends first (AMQP 0-9-1 §4.2.2).
@@ -127,6 +129,9 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame
 }
 
 fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, FrameError> {
+    if let Some(method) = decode_hot_method(payload) {
+        return Ok(Frame::Method(channel, Box::new(method)));
+    }
     if payload.len() >= 8 && payload[..4] == [0, 60, 0, 10] {
         let prefetch_size = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
         if prefetch_size != 0 {
@@ -154,6 +159,50 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, FrameError> {
     }
 }
 
+/// basic.publish (60, 40) and basic.ack (60, 80), decoded by hand: they arrive once per message, and
+/// amq-protocol's generic parser builds a map of flag names on every call. `None` for any other payload
+/// and for one that is not exactly a well-formed method of the two (the generic parser then decodes it
+/// or reports what is wrong). Argument layout: AMQP 0-9-1 §1.8.3.7 and §1.8.3.13.
+fn decode_hot_method(payload: &[u8]) -> Option<AMQPClass> {
+    let (ids, args) = payload.split_first_chunk::<4>()?;
+    match ids {
+        [0, 60, 0, 40] => {
+            // reserved-1 (short), exchange, routing-key, bits: mandatory, immediate.
+            let (exchange, rest) = short_string(args.get(2..)?)?;
+            let (routing_key, rest) = short_string(rest)?;
+            let &[bits] = rest else { return None };
+            Some(AMQPClass::Basic(basic::AMQPMethod::Publish(
+                basic::Publish {
+                    exchange,
+                    routing_key,
+                    mandatory: bits & 1 != 0,
+                    immediate: bits & 2 != 0,
+                },
+            )))
+        }
+        [0, 60, 0, 80] => {
+            // delivery-tag (longlong), bits: multiple.
+            let (tag, rest) = args.split_first_chunk::<8>()?;
+            let &[bits] = rest else { return None };
+            Some(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: u64::from_be_bytes(*tag),
+                multiple: bits & 1 != 0,
+            })))
+        }
+        _ => None,
+    }
+}
+
+/// A short string (length octet + UTF-8) and what follows it.
+fn short_string(input: &[u8]) -> Option<(ShortString, &[u8])> {
+    let (&len, rest) = input.split_first()?;
+    let (s, rest) = rest.split_at_checked(usize::from(len))?;
+    Some((
+        ShortString::from(std::str::from_utf8(s).ok()?.to_owned()),
+        rest,
+    ))
+}
+
 /// Whether `(class_id, method_id)` is a method of AMQP 0-9-1 (with RabbitMQ's extensions).
 fn is_known_method(class_id: u16, method_id: u16) -> bool {
     let methods: &[u16] = match class_id {
@@ -176,7 +225,73 @@ fn is_known_method(class_id: u16, method_id: u16) -> bool {
 mod tests {
     use super::*;
     use amq_protocol::frame::AMQPFrame;
-    use amq_protocol::protocol::basic;
+
+    /// The method payload (class id onwards) of `method` as amq-protocol encodes it.
+    fn method_payload(method: AMQPClass) -> Vec<u8> {
+        encoded(&AMQPFrame::Method(1, method))[FRAME_HEADER_SIZE..].to_vec()
+    }
+
+    #[test]
+    fn hand_decoded_publish_and_ack_match_amq_protocol() {
+        let mut methods = Vec::new();
+        for (exchange, routing_key) in [("", ""), ("amq.topic", "a.b.c"), ("x", &"k".repeat(255))] {
+            for bits in 0..4u8 {
+                methods.push(AMQPClass::Basic(basic::AMQPMethod::Publish(
+                    basic::Publish {
+                        exchange: exchange.into(),
+                        routing_key: routing_key.into(),
+                        mandatory: bits & 1 != 0,
+                        immediate: bits & 2 != 0,
+                    },
+                )));
+            }
+        }
+        for (delivery_tag, multiple) in [(0, false), (1, true), (u64::MAX, false)] {
+            methods.push(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag,
+                multiple,
+            })));
+        }
+        for method in methods {
+            let mut payload = method_payload(method.clone());
+            payload.pop(); // frame-end
+            let generic = amq_protocol::protocol::parse_class(&payload[..])
+                .expect("parse")
+                .1;
+            assert_eq!(decode_hot_method(&payload), Some(generic.clone()));
+            assert_eq!(generic, method);
+        }
+    }
+
+    #[test]
+    fn malformed_publish_and_ack_are_left_to_the_generic_parser() {
+        let publish = method_payload(AMQPClass::Basic(basic::AMQPMethod::Publish(
+            basic::Publish {
+                exchange: "x".into(),
+                routing_key: "key".into(),
+                mandatory: true,
+                immediate: false,
+            },
+        )));
+        let publish = &publish[..publish.len() - 1];
+        // Truncated at every length, one octet too many, invalid UTF-8 in the routing key.
+        for cut in 0..publish.len() {
+            assert_eq!(decode_hot_method(&publish[..cut]), None, "cut at {cut}");
+        }
+        let mut long = publish.to_vec();
+        long.push(0);
+        assert_eq!(decode_hot_method(&long), None);
+        let mut bad_utf8 = publish.to_vec();
+        let key_at = 4 + 2 + 2 + 1; // ids, reserved, "x" with its length, length of the key
+        bad_utf8[key_at] = 0xff;
+        assert_eq!(decode_hot_method(&bad_utf8), None);
+        assert!(matches!(
+            decode_method(1, &bad_utf8),
+            Err(FrameError::Malformed { .. })
+        ));
+        let ack = [0, 60, 0, 80, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(decode_hot_method(&ack), None, "ack without its bits octet");
+    }
 
     fn encoded(frame: &AMQPFrame) -> Vec<u8> {
         let mut out = BytesMut::new();
