@@ -258,6 +258,9 @@ impl Connection {
     /// Routes the publishes channel `ch` holds back for batch routing; an error closes the channel as
     /// basic.publish's would.
     fn flush_publications(&mut self, ch: u16) {
+        if !self.channels.contains_key(&ch) {
+            return; // released meanwhile (a connection error closed every channel)
+        }
         if let Err(e) = self.with_channel(ch, 60, 40, Channel::flush_publications) {
             self.fail(&e, 60, 40);
         }

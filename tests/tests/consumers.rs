@@ -238,36 +238,48 @@ async fn nack_reject_and_recover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_delivery_tag_is_406() {
+    use amq_protocol::frame::AMQPFrame;
+    use amq_protocol::protocol::{basic, AMQPClass};
     let broker = start_broker().await;
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
     declare(&ch, "tags").await;
     publish(&ch, "tags", "x").await;
-    let m = ch
-        .basic_get("tags".into(), BasicGetOptions { no_ack: false })
-        .await
-        .unwrap()
-        .expect("message");
-    m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    // The acks go over a raw socket: lapin, seeing the channel.close before it sends its next method,
+    // reports only "channel closed", without the reply code.
+    let mut r = raw::Raw::opened(&broker).await;
+    r.open_channel(1).await;
+    r.method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: "tags".into(),
+            no_ack: false,
+        })),
+    )
+    .await;
+    let tag = match r.recv().await {
+        Some(AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::GetOk(ok)))) => {
+            ok.delivery_tag
+        }
+        other => panic!("expected basic.get-ok, got {other:?}"),
+    };
+    let ack = AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+        delivery_tag: tag,
+        multiple: false,
+    }));
+    r.method(1, ack.clone()).await;
     // Acking the same tag twice closes the channel with 406.
-    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
-        .await
-        .unwrap();
-    let text = expect_code(
-        ch.queue_declare(
-            "tags".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await,
-        406,
-    );
+    r.method(1, ack).await;
+    let (code, text) = r.expect_channel_close().await;
+    assert_eq!(code, 406);
     assert_eq!(
         text,
-        format!(
-            "PRECONDITION_FAILED - unknown delivery tag {}",
-            m.delivery.delivery_tag
-        )
+        format!("PRECONDITION_FAILED - unknown delivery tag {tag}")
+    );
+    assert_eq!(
+        message_count(&ch, "tags").await,
+        0,
+        "the first ack took the message"
     );
 }
 
