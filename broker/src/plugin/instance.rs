@@ -47,7 +47,7 @@ impl Configurable for FilterPlugin {
         instance: &mut Instance<Self>,
         config: &Vec<u8>,
     ) -> Result<Result<(), String>, Fault> {
-        instance.init(config)
+        instance.call(|w, s| run(w.warren_plugin_filter().call_init(s, config)))
     }
 }
 
@@ -56,7 +56,7 @@ impl Configurable for IdempotencyPlugin {
         instance: &mut Instance<Self>,
         config: &Vec<u8>,
     ) -> Result<Result<(), String>, Fault> {
-        instance.init(config)
+        instance.call(|w, s| run(w.warren_plugin_idempotency().call_init(s, config)))
     }
 }
 
@@ -291,14 +291,6 @@ impl Instance<ExchangePlugin> {
 }
 
 impl Instance<FilterPlugin> {
-    /// `init(config)`: `Ok(Err(reason))` when the plugin refuses the consumer's `x-filter-args`.
-    ///
-    /// # Errors
-    /// The call faulted.
-    pub fn init(&mut self, config: &Vec<u8>) -> Result<Result<(), String>, Fault> {
-        self.call(|w, s| run(w.warren_plugin_filter().call_init(s, config)))
-    }
-
     /// `filter`: the decision for `message`.
     ///
     /// # Errors
@@ -311,14 +303,6 @@ impl Instance<FilterPlugin> {
 }
 
 impl Instance<IdempotencyPlugin> {
-    /// `init(config)`: `Ok(Err(reason))` when the plugin refuses the queue's `x-idempotency-args`.
-    ///
-    /// # Errors
-    /// The call faulted.
-    pub fn init(&mut self, config: &Vec<u8>) -> Result<Result<(), String>, Fault> {
-        self.call(|w, s| run(w.warren_plugin_idempotency().call_init(s, config)))
-    }
-
     /// `key`: the message's idempotency key, if it has one.
     ///
     /// # Errors

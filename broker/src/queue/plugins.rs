@@ -221,7 +221,7 @@ pub enum KeyCheck {
     Duplicate,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct IdempotencyState {
     instance: Option<Instance<IdempotencyPlugin>>,
     /// Keys of ready messages, computed once per message (by sequence number).
@@ -274,11 +274,7 @@ impl Idempotency {
             keys: None,
             state: Mutex::new(IdempotencyState {
                 instance: Some(instance),
-                pending: HashMap::new(),
-                inflight: HashMap::new(),
-                inflight_keys: HashMap::new(),
-                recorded: HashMap::new(),
-                order: VecDeque::new(),
+                ..IdempotencyState::default()
             }),
         })
     }
@@ -297,14 +293,7 @@ impl Idempotency {
             config: table_body(config),
             window,
             keys: None,
-            state: Mutex::new(IdempotencyState {
-                instance: None,
-                pending: HashMap::new(),
-                inflight: HashMap::new(),
-                inflight_keys: HashMap::new(),
-                recorded: HashMap::new(),
-                order: VecDeque::new(),
-            }),
+            state: Mutex::new(IdempotencyState::default()),
         }
     }
 
