@@ -1,7 +1,10 @@
 //! Users, password hashes and per-vhost permissions (RabbitMQ docs/access-control.md, docs/passwords.md).
 //!
-//! Passwords are stored as RabbitMQ does with `rabbit_password_hashing_sha256`: base64 of a 4-byte salt
-//! followed by SHA-256(salt ‖ password), so hashes move between RabbitMQ definitions and Warren.
+//! Passwords are stored as RabbitMQ does with `rabbit_password_hashing_sha256` (the default):
+//! base64 of a 4-byte salt followed by SHA-256(salt ‖ password), so hashes move between RabbitMQ
+//! definitions and Warren; `rabbit_password_hashing_sha512` hashes (salt ‖ SHA-512) are accepted too.
+//! A login for an unknown user hashes the password all the same, so its timing does not tell which
+//! users exist.
 //! Permissions are three regular expressions (configure, write, read) matched against resource names,
 //! unanchored as in RabbitMQ; the empty pattern grants nothing.
 
@@ -12,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use rand::RngCore;
 use regex::Regex;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 /// Which permission an operation needs (RabbitMQ docs/access-control.md "How Permissions Work").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,10 +82,65 @@ impl Permission {
 pub struct User {
     /// User name.
     pub name: String,
-    /// Salted SHA-256 hash (salt ‖ digest).
+    /// Salted hash (salt ‖ digest).
     hash: Vec<u8>,
+    /// The algorithm of `hash`.
+    algorithm: HashingAlgorithm,
     /// Tags (`administrator`, `monitoring`, …), kept for the management API.
     pub tags: Vec<String>,
+}
+
+/// A password hashing algorithm of RabbitMQ's (docs/passwords.md "Hashing algorithms"): a 4-byte salt
+/// followed by the digest of salt ‖ password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HashingAlgorithm {
+    /// `rabbit_password_hashing_sha256`, RabbitMQ's default (36 octets with the salt).
+    #[default]
+    Sha256,
+    /// `rabbit_password_hashing_sha512` (68 octets with the salt).
+    Sha512,
+}
+
+impl HashingAlgorithm {
+    /// The algorithm RabbitMQ names `name` in definitions (`hashing_algorithm`); `None` for others.
+    pub fn from_rabbit_name(name: &str) -> Option<Self> {
+        match name {
+            "rabbit_password_hashing_sha256" => Some(Self::Sha256),
+            "rabbit_password_hashing_sha512" => Some(Self::Sha512),
+            _ => None,
+        }
+    }
+
+    /// RabbitMQ's name for the algorithm.
+    pub fn rabbit_name(self) -> &'static str {
+        match self {
+            Self::Sha256 => "rabbit_password_hashing_sha256",
+            Self::Sha512 => "rabbit_password_hashing_sha512",
+        }
+    }
+
+    /// Octets of a stored hash: salt and digest.
+    fn hash_len(self) -> usize {
+        match self {
+            Self::Sha256 => 4 + 32,
+            Self::Sha512 => 4 + 64,
+        }
+    }
+
+    fn digest(self, salt: &[u8], password: &str) -> Vec<u8> {
+        match self {
+            Self::Sha256 => Sha256::new()
+                .chain_update(salt)
+                .chain_update(password.as_bytes())
+                .finalize()
+                .to_vec(),
+            Self::Sha512 => Sha512::new()
+                .chain_update(salt)
+                .chain_update(password.as_bytes())
+                .finalize()
+                .to_vec(),
+        }
+    }
 }
 
 /// Hashes `password` in RabbitMQ's `rabbit_password_hashing_sha256` format (base64).
@@ -99,15 +157,12 @@ pub fn hash_password(password: &str) -> String {
     BASE64.encode(out)
 }
 
-fn verify(hash: &[u8], password: &str) -> bool {
-    if hash.len() != 4 + 32 {
+fn verify(hash: &[u8], algorithm: HashingAlgorithm, password: &str) -> bool {
+    if hash.len() != algorithm.hash_len() {
         return false;
     }
     let (salt, digest) = hash.split_at(4);
-    let computed = Sha256::new()
-        .chain_update(salt)
-        .chain_update(password.as_bytes())
-        .finalize();
+    let computed = algorithm.digest(salt, password);
     // Constant-time comparison: no early exit on the first differing byte.
     computed
         .iter()
@@ -120,9 +175,9 @@ fn verify(hash: &[u8], password: &str) -> bool {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UserError {
-    /// The password hash is not base64 of salt + SHA-256.
-    #[error("password hash of user '{0}' is not a base64 rabbit_password_hashing_sha256 hash")]
-    BadHash(String),
+    /// The password hash is not base64 of a salt and a digest of the named algorithm.
+    #[error("password hash of user '{0}' is not a base64 {1} hash")]
+    BadHash(String, &'static str),
     /// A permission pattern does not compile.
     #[error("permission pattern for user '{user}' in vhost '{vhost}': {source}")]
     BadPattern {
@@ -152,31 +207,35 @@ impl Auth {
             User {
                 name: name.to_owned(),
                 hash,
+                algorithm: HashingAlgorithm::Sha256,
                 tags,
             },
         );
     }
 
-    /// Adds (or replaces) a user from a RabbitMQ password hash (base64).
+    /// Adds (or replaces) a user from a RabbitMQ password hash (base64) of `algorithm`.
     ///
     /// # Errors
-    /// A hash that is not base64 of 36 bytes.
+    /// A hash that is not base64 of a 4-octet salt and a digest of `algorithm` (36 octets for SHA-256,
+    /// 68 for SHA-512).
     pub fn add_user_hashed(
         &mut self,
         name: &str,
         hash_b64: &str,
+        algorithm: HashingAlgorithm,
         tags: Vec<String>,
     ) -> Result<(), UserError> {
         let hash = BASE64
             .decode(hash_b64)
             .ok()
-            .filter(|h| h.len() == 36)
-            .ok_or_else(|| UserError::BadHash(name.to_owned()))?;
+            .filter(|h| h.len() == algorithm.hash_len())
+            .ok_or_else(|| UserError::BadHash(name.to_owned(), algorithm.rabbit_name()))?;
         self.users.insert(
             name.to_owned(),
             User {
                 name: name.to_owned(),
                 hash,
+                algorithm,
                 tags,
             },
         );
@@ -212,9 +271,22 @@ impl Auth {
     }
 
     /// Checks credentials; `from_loopback` says whether the client connected over loopback.
+    ///
+    /// An unknown user costs the same hashing as a known one (against a fixed hash), so the time a
+    /// refusal takes does not tell whether the user exists.
     pub fn authenticate(&self, name: &str, password: &str, from_loopback: bool) -> Option<&User> {
-        let user = self.users.get(name)?;
-        if !verify(&user.hash, password) {
+        let Some(user) = self.users.get(name) else {
+            /// salt ‖ SHA-256 of nothing in particular: no password matches it in practice, and the
+            /// answer is ignored anyway.
+            const UNKNOWN_USER_HASH: [u8; 36] = [0x5a; 36];
+            std::hint::black_box(verify(
+                &UNKNOWN_USER_HASH,
+                HashingAlgorithm::Sha256,
+                password,
+            ));
+            return None;
+        };
+        if !verify(&user.hash, user.algorithm, password) {
             return None;
         }
         if self.loopback_users.contains(name) && !from_loopback {
@@ -240,19 +312,53 @@ mod tests {
         let h = hash_password("secret");
         let raw = BASE64.decode(&h).unwrap();
         assert_eq!(raw.len(), 36);
-        assert!(verify(&raw, "secret"));
-        assert!(!verify(&raw, "Secret"));
+        assert!(verify(&raw, HashingAlgorithm::Sha256, "secret"));
+        assert!(!verify(&raw, HashingAlgorithm::Sha256, "Secret"));
         // A hash produced by RabbitMQ (`rabbitmqctl hash_password guest`) for the password "guest".
         let mut auth = Auth::default();
         auth.add_user_hashed(
             "g",
             "9/1i+jKFRpbTRV1PtRnzFFYibT3cEpP92JeZ8YKGtflf4e/u",
+            HashingAlgorithm::Sha256,
             vec![],
         )
         .unwrap();
         assert!(auth.authenticate("g", "guest", true).is_some());
         assert!(auth.authenticate("g", "nope", true).is_none());
-        assert!(auth.add_user_hashed("bad", "not base64!", vec![]).is_err());
+        assert!(auth
+            .add_user_hashed("bad", "not base64!", HashingAlgorithm::Sha256, vec![])
+            .is_err());
+        // A SHA-256 hash is not a SHA-512 one.
+        assert!(auth
+            .add_user_hashed(
+                "g5",
+                "9/1i+jKFRpbTRV1PtRnzFFYibT3cEpP92JeZ8YKGtflf4e/u",
+                HashingAlgorithm::Sha512,
+                vec![],
+            )
+            .is_err());
+    }
+
+    /// rabbit_password_hashing_sha512: salt ‖ SHA-512(salt ‖ password), built here independently.
+    #[test]
+    fn sha512_hashes_verify() {
+        let salt = [1u8, 2, 3, 4];
+        let mut raw = salt.to_vec();
+        raw.extend_from_slice(&Sha512::digest([&salt[..], b"s3cret"].concat()));
+        let mut auth = Auth::default();
+        auth.add_user_hashed("u", &BASE64.encode(&raw), HashingAlgorithm::Sha512, vec![])
+            .unwrap();
+        assert!(auth.authenticate("u", "s3cret", true).is_some());
+        assert!(auth.authenticate("u", "s3cre", true).is_none());
+        assert!(auth.authenticate("nobody", "s3cret", true).is_none());
+        assert_eq!(
+            HashingAlgorithm::from_rabbit_name("rabbit_password_hashing_sha512"),
+            Some(HashingAlgorithm::Sha512)
+        );
+        assert_eq!(
+            HashingAlgorithm::from_rabbit_name("rabbit_password_hashing_md5"),
+            None
+        );
     }
 
     #[test]

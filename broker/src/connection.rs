@@ -50,6 +50,31 @@ enum State {
     Closed,
 }
 
+impl State {
+    /// RabbitMQ's name for the state (`connection_state` in rabbit_reader), used in reply texts.
+    fn rabbit_name(self) -> &'static str {
+        match self {
+            State::AwaitStartOk => "starting",
+            State::AwaitTuneOk => "tuning",
+            State::AwaitOpen => "opening",
+            State::Open => "running",
+            State::Closing | State::Draining | State::Closed => "closing",
+        }
+    }
+}
+
+/// How often a connection's timer ticks: every second, or at half the negotiated heartbeat interval
+/// when that is shorter, so heartbeats go out at half the interval as RabbitMQ sends them
+/// (docs/heartbeats.md) — a client that treats one interval of silence as a dead peer stays up.
+fn tick_period(heartbeat: u16) -> Duration {
+    let half = Duration::from_millis(u64::from(heartbeat) * 500);
+    if heartbeat == 0 {
+        Duration::from_secs(1)
+    } else {
+        half.min(Duration::from_secs(1))
+    }
+}
+
 struct Connection {
     broker: Arc<Broker>,
     id: u64,
@@ -88,7 +113,9 @@ pub async fn serve(
     };
     let id = broker.next_connection_id();
     let mut conn = Connection {
-        frame_max: broker.config.frame_max as usize,
+        // Until tune-ok the spec's frame-min-size bounds every frame, as in RabbitMQ: a client cannot
+        // make the broker buffer more than 4 KiB before it has logged in.
+        frame_max: FRAME_MIN_SIZE as usize,
         channel_max: broker.config.channel_max,
         heartbeat: 0,
         broker,
@@ -139,9 +166,14 @@ impl Connection {
         }
         buf.advance(PROTOCOL_HEADER.len());
         self.send_start();
+        // The client may have written start-ok in the same segment as the header: handle it now rather
+        // than wait for bytes it will not send before our connection.tune.
+        if !buf.is_empty() {
+            self.process(&mut buf);
+        }
 
         let mut last_recv = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(tick_period(0));
         let mut last_heartbeat_sent = Instant::now();
         let mut alarms = self.broker.alarms.subscribe();
         let mut commits = self.broker.store.as_ref().map(|s| s.commits());
@@ -210,6 +242,11 @@ impl Connection {
             }
             if self.state == State::Closed || self.outbound.is_closed() {
                 return Ok(());
+            }
+            let period = tick_period(self.heartbeat);
+            if tick.period() != period {
+                // Negotiated a heartbeat below 2 s: tick often enough to send at half the interval.
+                tick = tokio::time::interval_at(Instant::now() + period, period);
             }
         }
     }
@@ -504,9 +541,11 @@ impl Connection {
     fn connection_method(&mut self, method: AMQPClass) -> Result<(), AmqpError> {
         use connection::AMQPMethod as M;
         let AMQPClass::Connection(method) = method else {
-            return Err(AmqpError::command_invalid(
-                "only connection methods are valid on channel 0",
-            ));
+            // RabbitMQ: rabbit_reader handle_method0's catch-all.
+            return Err(AmqpError::channel_error(format!(
+                "unexpected method in connection state {}",
+                self.state.rabbit_name()
+            )));
         };
         match (self.state, method) {
             (State::AwaitStartOk, M::StartOk(m)) => self.start_ok(&m),
@@ -709,6 +748,11 @@ fn parse_amqplain(response: &[u8]) -> Option<(String, String)> {
     let mut framed = Vec::with_capacity(response.len() + 4);
     framed.extend_from_slice(&(response.len() as u32).to_be_bytes());
     framed.extend_from_slice(response);
+    if crate::protocol::nesting::table_nesting(&framed)
+        > crate::protocol::nesting::MAX_FIELD_NESTING
+    {
+        return None;
+    }
     let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
     let text = |key: &str| match table.inner().get(key)? {
         AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -23,7 +23,8 @@ pub struct DefUser {
     /// Plain password (accepted for hand-written files).
     #[serde(default)]
     pub password: Option<String>,
-    /// Must be `rabbit_password_hashing_sha256` when given.
+    /// `rabbit_password_hashing_sha256` (the default when absent) or
+    /// `rabbit_password_hashing_sha512`.
     #[serde(default)]
     pub hashing_algorithm: Option<String>,
     /// Tags: an array, or a comma-separated string in older exports.
@@ -32,6 +33,23 @@ pub struct DefUser {
 }
 
 impl DefUser {
+    /// The user's hashing algorithm; SHA-256 when the entry names none.
+    ///
+    /// # Errors
+    /// An algorithm Warren does not implement, named in the message.
+    pub fn algorithm(&self) -> anyhow::Result<crate::auth::HashingAlgorithm> {
+        match &self.hashing_algorithm {
+            None => Ok(crate::auth::HashingAlgorithm::default()),
+            Some(alg) => crate::auth::HashingAlgorithm::from_rabbit_name(alg).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "definitions: user '{}' uses unsupported hashing algorithm '{alg}' \
+                     (supported: rabbit_password_hashing_sha256, rabbit_password_hashing_sha512)",
+                    self.name
+                )
+            }),
+        }
+    }
+
     /// Tags as a list.
     pub fn tag_list(&self) -> Vec<String> {
         match &self.tags {
@@ -149,14 +167,7 @@ impl Definitions {
         let defs: Definitions = serde_json::from_str(&text)
             .with_context(|| format!("parsing definitions {}", path.display()))?;
         for u in &defs.users {
-            if let Some(alg) = &u.hashing_algorithm {
-                if alg != "rabbit_password_hashing_sha256" {
-                    bail!(
-                        "definitions: user '{}' uses unsupported hashing algorithm '{alg}'",
-                        u.name
-                    );
-                }
-            }
+            u.algorithm()?;
         }
         Ok(defs)
     }

@@ -93,7 +93,12 @@ impl Broker {
         for u in &config.users {
             match (&u.password, &u.password_hash) {
                 (Some(p), _) => auth.add_user(&u.name, p, u.tags.clone()),
-                (None, Some(h)) => auth.add_user_hashed(&u.name, h, u.tags.clone())?,
+                (None, Some(h)) => auth.add_user_hashed(
+                    &u.name,
+                    h,
+                    crate::auth::HashingAlgorithm::default(),
+                    u.tags.clone(),
+                )?,
                 (None, None) => bail!("user '{}' has no password", u.name),
             }
         }
@@ -103,7 +108,9 @@ impl Broker {
         if let Some(d) = &defs {
             for u in &d.users {
                 match (&u.password_hash, &u.password) {
-                    (Some(h), _) => auth.add_user_hashed(&u.name, h, u.tag_list())?,
+                    (Some(h), _) => {
+                        auth.add_user_hashed(&u.name, h, u.algorithm()?, u.tag_list())?;
+                    }
                     (None, Some(p)) => auth.add_user(&u.name, p, u.tag_list()),
                     (None, None) => bail!("definitions: user '{}' has no password_hash", u.name),
                 }

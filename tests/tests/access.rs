@@ -259,9 +259,12 @@ async fn definitions_file_is_loaded_at_start() {
         r#"{
           "rabbit_version": "3.10.8",
           "users": [{"name": "bob", "password_hash": "9/1i+jKFRpbTRV1PtRnzFFYibT3cEpP92JeZ8YKGtflf4e/u",
-                     "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["management"], "limits": {}}],
+                     "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["management"], "limits": {}},
+                    {"name": "carol", "password_hash": "nBF+AtCKA0lzLqI31XXs679DADXBOdFYlh7V7UPrxKOEQUC9XTh+P2EPBzgZEOvkkPdbIe6jAfGomyA8Oa6qcZmxEJU=",
+                     "hashing_algorithm": "rabbit_password_hashing_sha512", "tags": [], "limits": {}}],
           "vhosts": [{"name": "/prod", "limits": [], "metadata": {"description": ""}}],
-          "permissions": [{"user": "bob", "vhost": "/prod", "configure": ".*", "write": ".*", "read": ".*"}],
+          "permissions": [{"user": "bob", "vhost": "/prod", "configure": ".*", "write": ".*", "read": ".*"},
+                          {"user": "carol", "vhost": "/prod", "configure": "", "write": "", "read": ".*"}],
           "topic_permissions": [],
           "parameters": [],
           "global_parameters": [],
@@ -282,6 +285,16 @@ async fn definitions_file_is_loaded_at_start() {
     let bob = connect_as(&broker, "bob", "guest", "/prod")
         .await
         .expect("bob from definitions logs in");
+    // carol's hash is rabbit_password_hashing_sha512 (salt ‖ SHA-512(salt ‖ "carol-pw")).
+    connect_as(&broker, "carol", "carol-pw", "/prod")
+        .await
+        .expect("carol (SHA-512 hash) logs in");
+    assert!(
+        connect_as(&broker, "carol", "guest", "/prod")
+            .await
+            .is_err(),
+        "a wrong password is refused"
+    );
     let ch = channel(&bob).await;
     for key in ["order.created", "order.paid"] {
         ch.basic_publish(

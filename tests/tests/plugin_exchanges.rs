@@ -280,6 +280,50 @@ async fn random_exchange_routes_each_message_to_one_queue() {
     d.ack(BasicAckOptions::default()).await.expect("ack");
 }
 
+/// Each x-random exchange draws its own sequence, seeded from the host's randomness: two exchanges
+/// with the same bindings (the same plugin, one instance each) do not route 64 messages alike. With a
+/// fixed seed they would, every time and after every restart.
+#[tokio::test]
+async fn random_exchanges_draw_different_sequences() {
+    let dir = PluginDir::with("random-seed", &[(plugins::X_RANDOM, "x-random.wasm")]);
+    let b = start_broker_with(dir.config()).await;
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    let mut patterns = Vec::new();
+    for x in ["rnd-a", "rnd-b"] {
+        declare_exchange(&ch, x, "x-random", FieldTable::default()).await;
+        let qs = [format!("{x}-0"), format!("{x}-1")];
+        let qs: Vec<&str> = qs.iter().map(String::as_str).collect();
+        bind_queues(&ch, x, &qs, "").await;
+        for i in 0..64u8 {
+            ch.basic_publish(
+                x.into(),
+                "k".into(),
+                BasicPublishOptions::default(),
+                &[i],
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish");
+        }
+        counts_when_total(&ch, &qs, 64).await;
+        // Bit i set: message i went to the second queue.
+        let mut pattern = 0u64;
+        while let Some(m) = ch
+            .basic_get(qs[1].into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            pattern |= 1 << m.delivery.data[0];
+        }
+        patterns.push(pattern);
+    }
+    assert_ne!(
+        patterns[0], patterns[1],
+        "two exchanges replayed one random sequence"
+    );
+}
+
 #[tokio::test]
 async fn bad_declares_and_bindings_are_refused() {
     let dir = PluginDir::with("bad", &[(plugins::X_CONSISTENT_HASH, "chash.wasm")]);

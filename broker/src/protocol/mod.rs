@@ -8,6 +8,7 @@
 //! amq-protocol's `gen_frame`. AMQP 0-9-1 §4.2 (general frame format).
 
 pub mod encode;
+pub mod nesting;
 pub mod outbound;
 pub mod values;
 
@@ -68,6 +69,15 @@ pub enum FrameError {
     /// (`prefetch_size!=0 (N)`); amq-protocol's decoded `Qos` drops the field, so it is checked here.
     #[error("prefetch_size!=0 ({0})")]
     PrefetchSize(u32),
+    /// A field table or array nested deeper than [`nesting::MAX_FIELD_NESTING`] levels (501
+    /// FRAME_ERROR): refused before it reaches a recursive parser.
+    #[error("field table nesting of {depth} levels on channel {channel} exceeds the limit of {max}", max = nesting::MAX_FIELD_NESTING)]
+    TooDeep {
+        /// Levels of tables and arrays found (the walk may stop early past the limit).
+        depth: usize,
+        /// Channel the frame arrived on.
+        channel: u16,
+    },
     /// A known method or content header whose arguments do not decode (501 FRAME_ERROR, as RabbitMQ).
     #[error("malformed {what} frame on channel {channel}")]
     Malformed {
@@ -111,6 +121,10 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame
         constants::FRAME_METHOD => decode_method(channel, &frame).map(Some),
         constants::FRAME_HEADER => {
             let payload = frame.freeze();
+            let depth = nesting::content_header_nesting(&payload);
+            if depth > nesting::MAX_FIELD_NESTING {
+                return Err(FrameError::TooDeep { depth, channel });
+            }
             match amq_protocol::frame::parsing::parse_content_header(&payload[..]) {
                 Ok((rest, header)) if rest.is_empty() && payload.len() >= 12 => {
                     let raw = payload.slice(12..);
@@ -137,6 +151,10 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, FrameError> {
         if prefetch_size != 0 {
             return Err(FrameError::PrefetchSize(prefetch_size));
         }
+    }
+    let depth = nesting::method_nesting(payload);
+    if depth > nesting::MAX_FIELD_NESTING {
+        return Err(FrameError::TooDeep { depth, channel });
     }
     match amq_protocol::protocol::parse_class(payload) {
         Ok((&[], class)) => Ok(Frame::Method(channel, Box::new(class))),
@@ -169,7 +187,10 @@ fn decode_hot_method(payload: &[u8]) -> Option<AMQPClass> {
         [0, 60, 0, 40] => {
             // reserved-1 (short), exchange, routing-key, bits: mandatory, immediate.
             let (exchange, rest) = short_string(args.get(2..)?)?;
-            let (routing_key, rest) = short_string(rest)?;
+            // AMQP short strings are octets and RabbitMQ routes on them as such; amq-protocol's
+            // ShortString is UTF-8, so a key that is not UTF-8 is kept with U+FFFD in place of the
+            // invalid sequences rather than refused.
+            let (routing_key, rest) = short_string_lossy(rest)?;
             let &[bits] = rest else { return None };
             Some(AMQPClass::Basic(basic::AMQPMethod::Publish(
                 basic::Publish {
@@ -199,6 +220,16 @@ fn short_string(input: &[u8]) -> Option<(ShortString, &[u8])> {
     let (s, rest) = rest.split_at_checked(usize::from(len))?;
     Some((
         ShortString::from(std::str::from_utf8(s).ok()?.to_owned()),
+        rest,
+    ))
+}
+
+/// A short string whose octets need not be UTF-8 (invalid sequences become U+FFFD).
+fn short_string_lossy(input: &[u8]) -> Option<(ShortString, &[u8])> {
+    let (&len, rest) = input.split_first()?;
+    let (s, rest) = rest.split_at_checked(usize::from(len))?;
+    Some((
+        ShortString::from(String::from_utf8_lossy(s).into_owned()),
         rest,
     ))
 }
@@ -284,9 +315,18 @@ mod tests {
         let mut bad_utf8 = publish.to_vec();
         let key_at = 4 + 2 + 2 + 1; // ids, reserved, "x" with its length, length of the key
         bad_utf8[key_at] = 0xff;
-        assert_eq!(decode_hot_method(&bad_utf8), None);
+        // A routing key is octets (RabbitMQ accepts any): kept, invalid UTF-8 replaced.
+        let Some(AMQPClass::Basic(basic::AMQPMethod::Publish(p))) = decode_hot_method(&bad_utf8)
+        else {
+            panic!("a non-UTF-8 routing key is accepted");
+        };
+        assert_eq!(p.routing_key.as_str(), "\u{fffd}ey");
+        // An exchange name that is not UTF-8 is left to the generic parser, which refuses it.
+        let mut bad_exchange = publish.to_vec();
+        bad_exchange[4 + 2 + 1] = 0xff;
+        assert_eq!(decode_hot_method(&bad_exchange), None);
         assert!(matches!(
-            decode_method(1, &bad_utf8),
+            decode_method(1, &bad_exchange),
             Err(FrameError::Malformed { .. })
         ));
         let ack = [0, 60, 0, 80, 0, 0, 0, 0, 0, 0, 0, 1];

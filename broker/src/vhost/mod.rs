@@ -385,7 +385,8 @@ impl VHost {
     /// exchange.bind / exchange.unbind (RabbitMQ docs/e2e.md).
     ///
     /// # Errors
-    /// 403 default exchange, 404 missing exchange, 406 binding refused by the type.
+    /// 403 default exchange, 404 missing exchange (bind only: unbind of a missing one is a no-op), 406
+    /// binding refused by the type.
     pub fn exchange_bind(
         &self,
         destination: &str,
@@ -397,8 +398,16 @@ impl VHost {
         if destination.is_empty() || source.is_empty() {
             return Err(Self::default_exchange_refused());
         }
-        let src = self.exchange(source)?;
-        self.exchange(destination)?;
+        // Unbinding is idempotent: a missing source or destination has no binding to remove, and
+        // RabbitMQ answers unbind-ok (rabbit_binding:remove).
+        let src = match self.exchange(source) {
+            Err(e) if !bind && e.is_not_found() => return Ok(()),
+            r => r?,
+        };
+        match self.exchange(destination) {
+            Err(e) if !bind && e.is_not_found() => return Ok(()),
+            r => r?,
+        };
         let binding = Binding {
             destination: Destination::Exchange(destination.into()),
             key: key.clone(),
@@ -675,7 +684,8 @@ impl VHost {
     /// queue.bind / queue.unbind (AMQP 0-9-1 §1.7.2.3, §1.7.2.5).
     ///
     /// # Errors
-    /// 403 default exchange, 404 missing queue or exchange, 405 exclusive queue, 406 refused binding.
+    /// 403 default exchange, 404 missing queue or exchange (bind only: unbind of a missing one is a
+    /// no-op), 405 exclusive queue, 406 refused binding.
     pub fn queue_bind(
         &self,
         queue: &str,
@@ -688,8 +698,15 @@ impl VHost {
         if exchange.is_empty() {
             return Err(Self::default_exchange_refused());
         }
-        let q = self.queue(queue, conn_id)?;
-        let src = self.exchange(exchange)?;
+        // As for exchange.unbind: nothing to remove when the queue or the exchange is gone.
+        let q = match self.queue(queue, conn_id) {
+            Err(e) if !bind && e.is_not_found() => return Ok(()),
+            r => r?,
+        };
+        let src = match self.exchange(exchange) {
+            Err(e) if !bind && e.is_not_found() => return Ok(()),
+            r => r?,
+        };
         let binding = Binding {
             destination: Destination::Queue(q),
             key: key.clone(),

@@ -2,18 +2,29 @@
 //! (RabbitMQ's rabbitmq_random_exchange).
 
 use std::cell::Cell;
+use std::hash::{BuildHasher, RandomState};
 
 use warren_plugin_sdk::exchange::Exchange;
 use warren_plugin_sdk::Message;
 
 thread_local! {
     /// xorshift64* state; one instance routes for one exchange, so each exchange has its own stream.
-    static STATE: Cell<u64> = const { Cell::new(0x9E37_79B9_7F4A_7C15) };
+    /// 0 until the first message, then seeded from the host's randomness.
+    static STATE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A seed from WASI randomness (`wasi:random`, which std's `RandomState` keys come from), never 0
+/// (xorshift's fixed point): each exchange, and each restart, draws a different sequence.
+fn seed() -> u64 {
+    RandomState::new().hash_one(0x9E37_79B9_7F4A_7C15_u64) | 1
 }
 
 fn next_random() -> u64 {
     STATE.with(|s| {
         let mut x = s.get();
+        if x == 0 {
+            x = seed();
+        }
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;

@@ -108,7 +108,12 @@ impl Raw {
     }
 
     pub async fn opened(broker: &TestBroker) -> Raw {
-        let mut raw = Raw::open(broker, "guest", "guest", "/", 0).await;
+        Raw::opened_with_heartbeat(broker, 0).await
+    }
+
+    /// Logged in as guest to `/` with `heartbeat` seconds negotiated, open-ok read.
+    pub async fn opened_with_heartbeat(broker: &TestBroker, heartbeat: u16) -> Raw {
+        let mut raw = Raw::open(broker, "guest", "guest", "/", heartbeat).await;
         let ok = raw.recv().await.expect("open-ok");
         assert!(
             matches!(
