@@ -21,6 +21,9 @@ pub struct User {
     /// Tags (`administrator`, …).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// User limits (RabbitMQ docs/user-limits.md): `limits = { max-connections = 10, max-channels = 100 }`.
+    #[serde(default)]
+    pub limits: crate::limits::UserLimits,
 }
 
 /// A user's permissions in a vhost: regular expressions over resource names (RabbitMQ
@@ -104,6 +107,18 @@ pub struct Config {
     pub definitions: Option<PathBuf>,
     /// Virtual hosts; default `["/"]`.
     pub vhosts: Vec<String>,
+    /// Vhost limits by vhost name (RabbitMQ docs/vhosts.md "Limits"):
+    /// `[vhost_limits."/"]` with `max-connections` and `max-queues`.
+    pub vhost_limits: std::collections::HashMap<String, crate::limits::VhostLimits>,
+    /// Most client connections the broker accepts at once (RabbitMQ `connection_max`; default: no
+    /// limit). Past it a new socket is closed as soon as it is accepted.
+    pub connection_max: Option<u64>,
+    /// Most connections that may be in the handshake (not yet logged in and open) at once (default
+    /// 2048); past it a new socket is closed as soon as it is accepted, so unauthenticated clients
+    /// cannot hold more than this many sockets and buffers.
+    pub unauthenticated_connection_max: u64,
+    /// Most consumers one channel may have (RabbitMQ `consumer_max_per_channel`; default: no limit).
+    pub consumer_max_per_channel: Option<u64>,
     /// Heartbeat interval the server proposes in connection.tune, seconds (RabbitMQ default 60; 0 = off).
     pub heartbeat: u16,
     /// Largest frame the server accepts, octets (connection.tune frame_max; default 131072).
@@ -145,6 +160,7 @@ impl Default for Config {
                 password: Some("guest".into()),
                 password_hash: None,
                 tags: vec!["administrator".into()],
+                limits: Default::default(),
             }],
             permissions: vec![Permission {
                 user: "guest".into(),
@@ -157,6 +173,10 @@ impl Default for Config {
             policies: Vec::new(),
             definitions: None,
             vhosts: vec!["/".into()],
+            vhost_limits: std::collections::HashMap::new(),
+            connection_max: None,
+            unauthenticated_connection_max: 2048,
+            consumer_max_per_channel: None,
             heartbeat: 60,
             frame_max: 131_072,
             channel_max: 2047,
@@ -243,7 +263,8 @@ mod tests {
                 name: "a".into(),
                 password: Some("b".into()),
                 password_hash: None,
-                tags: vec![]
+                tags: vec![],
+                limits: Default::default(),
             }]
         );
         std::fs::write(

@@ -95,6 +95,8 @@ struct Connection {
     blocked: bool,
     /// The client advertised the `connection.blocked` capability.
     blocked_notify: bool,
+    /// Counted among the broker's connections still in the handshake (until connection.open-ok).
+    in_handshake: bool,
 }
 
 /// Serves one accepted socket until it closes or `shutdown` fires (then closes it with 320).
@@ -104,6 +106,23 @@ pub async fn serve(
     broker: Arc<Broker>,
     shutdown: CancellationToken,
 ) {
+    // connection_max, then the cap on connections that have not logged in: past either the socket is
+    // closed at once, before anything is read or allocated for it.
+    if !broker
+        .connections
+        .try_increment(broker.config.connection_max)
+    {
+        warn!(%peer, limit = ?broker.config.connection_max, "connection_max reached, closing the new connection");
+        return;
+    }
+    if !broker
+        .handshakes
+        .try_increment(Some(broker.config.unauthenticated_connection_max))
+    {
+        broker.connections.decrement();
+        warn!(%peer, limit = broker.config.unauthenticated_connection_max, "too many connections in the handshake, closing the new connection");
+        return;
+    }
     let _ = socket.set_nodelay(true);
     let (rd, wr) = socket.into_split();
     let outbound = Arc::new(Outbound::new(broker.config.frame_max as usize));
@@ -131,12 +150,14 @@ pub async fn serve(
         publisher: false,
         blocked: false,
         blocked_notify: false,
+        in_handshake: true,
     };
     debug!(conn = id, %peer, "accepted connection");
     if let Err(e) = conn.run(rd, shutdown).await {
         debug!(conn = id, %peer, error = %e, "connection read error");
     }
     conn.cleanup();
+    conn.broker.connections.decrement();
     outbound.close();
     let _ = writer.await;
     info!(conn = id, %peer, user = %conn.user, "connection closed");
@@ -326,7 +347,13 @@ impl Connection {
         self.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
     }
 
+    /// Gives back `n` channels counted against the user's `max-channels`.
+    fn forget_channels(&self, n: usize) {
+        self.broker.user_limits.close_channels(&self.user, n as u64);
+    }
+
     fn release_channels(&mut self) {
+        self.forget_channels(self.channels.len());
         if let Some(ctx) = &mut self.ctx {
             for (_, mut ch) in self.channels.drain() {
                 // Publishes complete before the close were accepted: route them (errors change nothing
@@ -344,6 +371,16 @@ impl Connection {
         self.release_channels();
         if let Some(ctx) = &self.ctx {
             ctx.vhost.remove_exclusive_queues(self.id);
+            ctx.vhost.close_connection();
+            self.broker.user_limits.close_connection(&self.user);
+        }
+        self.leave_handshake();
+    }
+
+    /// Gives back this connection's place among those in the handshake (once).
+    fn leave_handshake(&mut self) {
+        if std::mem::take(&mut self.in_handshake) {
+            self.broker.handshakes.decrement();
         }
     }
 
@@ -488,7 +525,9 @@ impl Connection {
         let result = match method {
             AMQPClass::Channel(amqp_channel::AMQPMethod::Open(_)) => self.channel_open(ch),
             AMQPClass::Channel(amqp_channel::AMQPMethod::Close(_)) => {
-                if let (Some(mut c), Some(ctx)) = (self.channels.remove(&ch), self.ctx.as_ref()) {
+                let removed = self.channels.remove(&ch);
+                self.forget_channels(usize::from(removed.is_some()));
+                if let (Some(mut c), Some(ctx)) = (removed, self.ctx.as_ref()) {
                     c.release(ctx);
                 }
                 self.send(
@@ -500,6 +539,7 @@ impl Connection {
             AMQPClass::Channel(amqp_channel::AMQPMethod::CloseOk(_)) => {
                 if self.channels.get(&ch).is_some_and(Channel::is_closing) {
                     self.channels.remove(&ch);
+                    self.forget_channels(1);
                 }
                 Ok(())
             }
@@ -521,15 +561,18 @@ impl Connection {
                 "channel.open before connection.open",
             ));
         };
-        if ch > self.channel_max {
-            return Err(AmqpError::not_allowed(format!(
-                "channel id {ch} exceeds negotiated channel_max {}",
-                self.channel_max
-            )));
-        }
         if self.channels.contains_key(&ch) {
             return Err(AmqpError::channel_error("second 'channel.open' seen"));
         }
+        // Open channels are counted, whatever their ids (rabbit_reader create_channel).
+        if self.channels.len() >= usize::from(self.channel_max) {
+            return Err(AmqpError::not_allowed(format!(
+                "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                self.channels.len(),
+                self.channel_max
+            )));
+        }
+        self.broker.user_limits.open_channel(&self.user)?;
         self.channels.insert(ch, Channel::new(ch, ctx));
         self.send(
             ch,
@@ -709,6 +752,12 @@ impl Connection {
                 m.virtual_host, self.user
             )));
         };
+        vhost.open_connection(&self.user)?;
+        if let Err(e) = self.broker.user_limits.open_connection(&self.user) {
+            vhost.close_connection();
+            return Err(e);
+        }
+        self.leave_handshake();
         self.ctx = Some(ConnectionContext::new(
             vhost,
             self.id,

@@ -30,9 +30,35 @@ pub struct DefUser {
     /// Tags: an array, or a comma-separated string in older exports.
     #[serde(default)]
     pub tags: Value,
+    /// User limits (`max-connections`, `max-channels`); `{}` or absent for none.
+    #[serde(default)]
+    pub limits: Value,
+}
+
+/// Limits from a definitions value: an object of limits, or RabbitMQ's `[]` / `{}` / absent for none.
+///
+/// # Errors
+/// An object with an unknown key or a value that is not an integer.
+fn limits_from<T: Default + serde::de::DeserializeOwned>(
+    v: &Value,
+    what: &str,
+) -> anyhow::Result<T> {
+    match v {
+        Value::Object(o) if !o.is_empty() => serde_json::from_value(v.clone())
+            .with_context(|| format!("definitions: limits of {what}")),
+        _ => Ok(T::default()),
+    }
 }
 
 impl DefUser {
+    /// The user's limits.
+    ///
+    /// # Errors
+    /// Limits that do not parse, with the user's name.
+    pub fn user_limits(&self) -> anyhow::Result<crate::limits::UserLimits> {
+        limits_from(&self.limits, &format!("user '{}'", self.name))
+    }
+
     /// The user's hashing algorithm; SHA-256 when the entry names none.
     ///
     /// # Errors
@@ -73,6 +99,25 @@ impl DefUser {
 pub struct DefVhost {
     /// Name.
     pub name: String,
+    /// Vhost limits as some exports carry them here (`[]` when none).
+    #[serde(default)]
+    pub limits: Value,
+}
+
+/// A runtime parameter entry; Warren reads component `vhost-limits` (RabbitMQ's home of vhost limits
+/// in definitions) and ignores the others.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DefParameter {
+    /// Vhost.
+    pub vhost: String,
+    /// Component, e.g. `vhost-limits`, `shovel`, `federation-upstream`.
+    pub component: String,
+    /// Parameter name (`limits` for vhost limits).
+    #[serde(default)]
+    pub name: String,
+    /// The value.
+    #[serde(default)]
+    pub value: Value,
 }
 
 /// An exchange entry.
@@ -154,6 +199,8 @@ pub struct Definitions {
     pub queues: Vec<DefQueue>,
     /// Bindings.
     pub bindings: Vec<DefBinding>,
+    /// Runtime parameters (vhost limits among them).
+    pub parameters: Vec<DefParameter>,
 }
 
 impl Definitions {
@@ -168,8 +215,35 @@ impl Definitions {
             .with_context(|| format!("parsing definitions {}", path.display()))?;
         for u in &defs.users {
             u.algorithm()?;
+            u.user_limits()?;
         }
+        defs.vhost_limits()?;
         Ok(defs)
+    }
+
+    /// Vhost limits by vhost: each vhost entry's `limits`, then `vhost-limits` parameters over them.
+    ///
+    /// # Errors
+    /// Limits that do not parse, naming the vhost.
+    pub fn vhost_limits(&self) -> anyhow::Result<Vec<(String, crate::limits::VhostLimits)>> {
+        let mut out = Vec::new();
+        for v in &self.vhosts {
+            out.push((
+                v.name.clone(),
+                limits_from(&v.limits, &format!("vhost '{}'", v.name))?,
+            ));
+        }
+        for p in self
+            .parameters
+            .iter()
+            .filter(|p| p.component == "vhost-limits")
+        {
+            out.push((
+                p.vhost.clone(),
+                limits_from(&p.value, &format!("vhost '{}'", p.vhost))?,
+            ));
+        }
+        Ok(out)
     }
 }
 

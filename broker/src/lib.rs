@@ -12,6 +12,7 @@ pub mod connection;
 pub mod definitions;
 pub mod error;
 pub mod exchange;
+pub mod limits;
 pub mod message;
 pub mod plugin;
 pub mod protocol;

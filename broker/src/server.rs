@@ -25,6 +25,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::definitions::{field_table, Definitions};
 use crate::exchange::registry::Registry;
+use crate::limits::{Gauge, UserLimiter};
 use crate::plugin::watcher::{self, PluginWatcher};
 use crate::plugin::PluginHost;
 use crate::store::Store;
@@ -54,6 +55,12 @@ pub struct Broker {
     pub store: Option<Arc<Store>>,
     vhosts: HashMap<String, Arc<VHost>>,
     next_connection: AtomicU64,
+    /// Client connections open (checked against `connection_max`).
+    pub connections: Gauge,
+    /// Connections still in the handshake (checked against `unauthenticated_connection_max`).
+    pub handshakes: Gauge,
+    /// User limits and what each user has open.
+    pub user_limits: UserLimiter,
 }
 
 impl Broker {
@@ -90,7 +97,9 @@ impl Broker {
             None => None,
         };
         let mut auth = Auth::default();
+        let user_limits = UserLimiter::default();
         for u in &config.users {
+            user_limits.set(&u.name, u.limits);
             match (&u.password, &u.password_hash) {
                 (Some(p), _) => auth.add_user(&u.name, p, u.tags.clone()),
                 (None, Some(h)) => auth.add_user_hashed(
@@ -152,6 +161,23 @@ impl Broker {
                 v.set_policies(list);
             }
         }
+        let mut vhost_limits: Vec<(String, crate::limits::VhostLimits)> = config
+            .vhost_limits
+            .iter()
+            .map(|(name, l)| (name.clone(), *l))
+            .collect();
+        if let Some(d) = &defs {
+            for u in &d.users {
+                user_limits.set(&u.name, u.user_limits()?);
+            }
+            vhost_limits.extend(d.vhost_limits()?);
+        }
+        for (name, limits) in vhost_limits {
+            let Some(v) = vhosts.get(&name) else {
+                bail!("vhost limits name unknown vhost '{name}'");
+            };
+            v.set_limits(limits);
+        }
         for v in vhosts.values() {
             v.recover()?;
         }
@@ -165,6 +191,9 @@ impl Broker {
             alarms: Arc::new(watch::channel(AlarmState::default()).0),
             vhosts,
             next_connection: AtomicU64::new(1),
+            connections: Gauge::default(),
+            handshakes: Gauge::default(),
+            user_limits,
         };
         if let Some(d) = &defs {
             broker.declare_definitions(d)?;

@@ -16,6 +16,7 @@ fn user(name: &str, password: &str) -> User {
         password: Some(password.into()),
         password_hash: None,
         tags: vec![],
+        limits: Default::default(),
     }
 }
 

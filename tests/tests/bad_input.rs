@@ -457,7 +457,10 @@ async fn tune_honours_the_clients_lower_limits() {
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
         ))
     ));
+    // channel_max counts open channels, not ids, as RabbitMQ (rabbit_reader create_channel): with
+    // channel_max 2, a third open channel is refused whatever its id.
     raw.open_channel(2).await;
+    raw.open_channel(7).await;
     raw.method(
         3,
         AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
@@ -468,7 +471,7 @@ async fn tune_honours_the_clients_lower_limits() {
         (code, text.as_str()),
         (
             530,
-            "NOT_ALLOWED - channel id 3 exceeds negotiated channel_max 2"
+            "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)"
         )
     );
 

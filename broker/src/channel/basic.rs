@@ -57,10 +57,21 @@ impl Channel {
         } else {
             m.consumer_tag
         };
-        if self.shared.lock().consumers.contains_key(tag.as_str()) {
-            return Err(AmqpError::not_allowed(format!(
-                "attempt to reuse consumer tag '{tag}'"
-            )));
+        {
+            let shared = self.shared.lock();
+            if shared.consumers.contains_key(tag.as_str()) {
+                return Err(AmqpError::not_allowed(format!(
+                    "attempt to reuse consumer tag '{tag}'"
+                )));
+            }
+            // RabbitMQ (rabbit_channel, consumer_max_per_channel): a connection error.
+            if let Some(max) = ctx.consumer_max_per_channel {
+                if shared.consumers.len() as u64 >= max {
+                    return Err(AmqpError::not_allowed(format!(
+                        "reached maximum ({max}) of consumers per channel"
+                    )));
+                }
+            }
         }
         let priority = match m.arguments.inner().get("x-priority") {
             None => 0,

@@ -50,6 +50,8 @@ pub struct ConnectionContext {
     pub cancel_notify: bool,
     /// Default delivery acknowledgement timeout, ms (RabbitMQ `consumer_timeout`).
     pub consumer_timeout: u64,
+    /// Most consumers per channel (RabbitMQ `consumer_max_per_channel`; `None`: no limit).
+    pub consumer_max_per_channel: Option<u64>,
     /// The authenticated user.
     pub user: String,
     /// The user's permissions in this vhost.
@@ -112,6 +114,7 @@ impl ConnectionContext {
             max_message_size: config.max_message_size,
             cancel_notify,
             consumer_timeout: config.consumer_timeout,
+            consumer_max_per_channel: config.consumer_max_per_channel,
             route_queues: Vec::new(),
             route_scratch: Vec::new(),
         }

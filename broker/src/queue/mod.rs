@@ -1106,8 +1106,10 @@ impl Queue {
             if inner.deleted {
                 return Err(ConsumeRefused::Deleted);
             }
+            // An exclusive consumer is always alone, so the first one tells (O(1) per consumer: a
+            // scan here made registering n consumers O(n²)).
             if !inner.consumers.is_empty()
-                && (consumer.exclusive || inner.consumers.iter().any(|c| c.exclusive))
+                && (consumer.exclusive || inner.consumers.first().is_some_and(|c| c.exclusive))
             {
                 return Err(ConsumeRefused::ExclusiveInUse);
             }

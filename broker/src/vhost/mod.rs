@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::registry::Registry;
 use crate::exchange::{Binding, Destination, Exchange, RouteError};
+use crate::limits::{Gauge, VhostLimits};
 use crate::message::{header_strings, MessageRef};
 use crate::queue::plugins;
 use crate::queue::{DeadLetterReason, Queue, QueueArgs, QueueCounts, QueueOwner, QueueStorage};
@@ -96,6 +97,10 @@ pub struct VHost {
     persisted: Mutex<Option<StoredDefinitions>>,
     /// Replaying stored definitions at start: nothing is written back meanwhile.
     recovering: AtomicBool,
+    /// `max-connections` and `max-queues` (RabbitMQ docs/vhosts.md "Limits").
+    limits: RwLock<VhostLimits>,
+    /// Client connections open to this vhost.
+    connections: Gauge,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -123,6 +128,43 @@ fn show(v: &AMQPValue) -> String {
 }
 
 impl VHost {
+    /// Sets (replaces) the vhost's limits; they apply to later connections and declares.
+    pub fn set_limits(&self, limits: VhostLimits) {
+        *write(&self.limits) = limits;
+    }
+
+    /// The vhost's limits.
+    pub fn limits(&self) -> VhostLimits {
+        *read(&self.limits)
+    }
+
+    /// Counts a client connection to the vhost, or refuses it at `max-connections`. Pair with
+    /// [`VHost::close_connection`].
+    ///
+    /// # Errors
+    /// 530 NOT_ALLOWED with RabbitMQ's text (rabbit_reader `is_over_vhost_connection_limit`).
+    pub fn open_connection(&self, user: &str) -> AmqpResult {
+        let max = self.limits().connections();
+        if self.connections.try_increment(max) {
+            return Ok(());
+        }
+        Err(AmqpError::not_allowed(format!(
+            "access to vhost '{}' refused for user '{user}': connection limit ({}) is reached",
+            self.name,
+            max.unwrap_or_default()
+        )))
+    }
+
+    /// Forgets a connection counted by [`VHost::open_connection`].
+    pub fn close_connection(&self) {
+        self.connections.decrement();
+    }
+
+    /// Client connections open to the vhost.
+    pub fn connection_count(&self) -> u64 {
+        self.connections.get()
+    }
+
     /// A vhost with the pre-declared `amq.*` exchanges. With a `store`, durable entities and
     /// persistent messages are kept in it; call [`VHost::recover`] to load what it holds.
     pub fn new(name: &str, registry: Arc<Registry>, store: Option<Arc<Store>>) -> Arc<Self> {
@@ -146,6 +188,8 @@ impl VHost {
             store,
             persisted: Mutex::new(None),
             recovering: AtomicBool::new(false),
+            limits: RwLock::new(VhostLimits::default()),
+            connections: Gauge::default(),
         };
         for (xname, kind) in PREDECLARED {
             if let Some(Ok(router)) = vhost.registry.create(kind, &FieldTable::default()) {
@@ -512,6 +556,15 @@ impl VHost {
             return Err(AmqpError::access_refused(format!(
                 "queue name '{name}' contains reserved prefix 'amq.*'"
             )));
+        }
+        if let Some(max) = self.limits().queues() {
+            // Recovery brings back what exists; the limit applies to new declares.
+            if queues.len() as u64 >= max && !self.recovering.load(Ordering::Acquire) {
+                return Err(AmqpError::precondition_failed(format!(
+                    "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+                    self.name
+                )));
+            }
         }
         if let Some(p) = policy::Policy::select(&read(&self.policies), true, name.as_str()) {
             p.apply_to_queue(&mut parsed);
