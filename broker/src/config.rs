@@ -119,6 +119,11 @@ pub struct Config {
     pub unauthenticated_connection_max: u64,
     /// Most consumers one channel may have (RabbitMQ `consumer_max_per_channel`; default: no limit).
     pub consumer_max_per_channel: Option<u64>,
+    /// Failed logins a source address may make before it is throttled (default 20).
+    pub login_failure_burst: u32,
+    /// Failed logins per second a throttled address gets back, and connections per second it may
+    /// then start (default 10; 0 turns throttling off).
+    pub login_failure_rate: f64,
     /// Heartbeat interval the server proposes in connection.tune, seconds (RabbitMQ default 60; 0 = off).
     pub heartbeat: u16,
     /// Largest frame the server accepts, octets (connection.tune frame_max; default 131072).
@@ -177,6 +182,8 @@ impl Default for Config {
             connection_max: None,
             unauthenticated_connection_max: 2048,
             consumer_max_per_channel: None,
+            login_failure_burst: 20,
+            login_failure_rate: 10.0,
             heartbeat: 60,
             frame_max: 131_072,
             channel_max: 2047,

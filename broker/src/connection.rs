@@ -27,6 +27,7 @@ use crate::error::AmqpError;
 use crate::protocol::outbound::Outbound;
 use crate::protocol::{decode_frame, encode, Frame, FrameError, PROTOCOL_HEADER};
 use crate::server::Broker;
+use crate::throttle::Admission;
 
 /// How long a client has to complete the handshake, and to answer our connection.close.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -121,6 +122,23 @@ pub async fn serve(
     {
         broker.connections.decrement();
         warn!(%peer, limit = broker.config.unauthenticated_connection_max, "too many connections in the handshake, closing the new connection");
+        return;
+    }
+    // An address that keeps failing to log in waits for its turn (crate::throttle).
+    let admitted = match broker.login_throttle.admit(peer.ip(), HANDSHAKE_TIMEOUT) {
+        Admission::Now => true,
+        Admission::After(wait) => tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = shutdown.cancelled() => false,
+        },
+        Admission::Refuse => {
+            debug!(%peer, "failed-login throttle: closing the new connection");
+            false
+        }
+    };
+    if !admitted {
+        broker.handshakes.decrement();
+        broker.connections.decrement();
         return;
     }
     let _ = socket.set_nodelay(true);
@@ -681,12 +699,14 @@ impl Connection {
                 .is_some()
         });
         if !allowed {
+            self.broker.login_throttle.failed(self.peer.ip());
             warn!(conn = self.id, peer = %self.peer, mechanism, user = ?credentials.map(|c| c.0), "login refused");
             // Sent as connection.close 403 (RabbitMQ's authentication_failure_close behaviour).
             return Err(AmqpError::access_refused(format!(
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
             )));
         }
+        self.broker.login_throttle.succeeded(self.peer.ip());
         self.user = credentials.map(|c| c.0).unwrap_or_default();
         let tune = connection::Tune {
             channel_max: self.broker.config.channel_max,

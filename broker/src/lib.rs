@@ -19,4 +19,5 @@ pub mod protocol;
 pub mod queue;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod vhost;

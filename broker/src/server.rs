@@ -29,6 +29,7 @@ use crate::limits::{Gauge, UserLimiter};
 use crate::plugin::watcher::{self, PluginWatcher};
 use crate::plugin::PluginHost;
 use crate::store::Store;
+use crate::throttle::LoginThrottle;
 use crate::vhost::policy::Policy;
 use crate::vhost::{ExchangeFlags, QueueFlags, VHost};
 
@@ -61,6 +62,8 @@ pub struct Broker {
     pub handshakes: Gauge,
     /// User limits and what each user has open.
     pub user_limits: UserLimiter,
+    /// Failed-login budgets by source address.
+    pub login_throttle: LoginThrottle,
 }
 
 impl Broker {
@@ -181,6 +184,8 @@ impl Broker {
         for v in vhosts.values() {
             v.recover()?;
         }
+        let login_throttle =
+            LoginThrottle::new(config.login_failure_burst, config.login_failure_rate);
         let broker = Broker {
             config,
             auth,
@@ -194,6 +199,7 @@ impl Broker {
             connections: Gauge::default(),
             handshakes: Gauge::default(),
             user_limits,
+            login_throttle,
         };
         if let Some(d) = &defs {
             broker.declare_definitions(d)?;

@@ -357,3 +357,38 @@ async fn limits_from_definitions() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Failed logins are throttled per source address: after the free burst (3 here), each new
+/// connection from the address waits for its slot (5 a second here), so wrong passwords cannot be
+/// tried at full speed; a right password still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled_per_address() {
+    let config = Config {
+        login_failure_burst: 3,
+        login_failure_rate: 5.0,
+        ..Config::default()
+    };
+    let broker = start_broker_with(config).await;
+    for _ in 0..3 {
+        refused(&broker).await;
+    }
+    let started = Instant::now();
+    for _ in 0..6 {
+        refused(&broker).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800),
+        "6 wrong passwords after the burst took only {took:?}"
+    );
+    // The right password gets in after its slot (the end of the penalty is unit-tested in
+    // warren::throttle).
+    open_eventually(&broker).await;
+}
+
+/// One login with a wrong password, refused with 403.
+async fn refused(broker: &TestBroker) {
+    let mut raw = Raw::open(broker, "guest", "wrong", "/", 0).await;
+    let (code, _) = raw.expect_connection_close().await;
+    assert_eq!(code, 403);
+}
