@@ -5,6 +5,9 @@
 //!
 //! Memory is measured as the bytes held by live messages ([`crate::message::message_bytes`]): exact,
 //! cheap to read, and it falls as consumers drain queues (process RSS would not, with most allocators).
+//! The monitor samples it every 50 ms; a publishing connection also checks it after each read batch
+//! ([`raise_memory_alarm_if_over`]), so a fast publisher is blocked within one batch of crossing the
+//! watermark rather than up to a tick later.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -106,26 +109,47 @@ pub async fn monitor(
             // A failing queue log write (disk full, I/O error) raises the disk alarm too.
             disk: disk || store.as_ref().is_some_and(|s| s.io_error()),
         };
-        alarms.send_if_modified(|current| {
-            if *current == state {
-                return false;
-            }
-            if state.memory != current.memory {
-                if state.memory {
-                    warn!(limit = limits.memory_bytes, "memory alarm set: blocking publishers");
-                } else {
-                    info!("memory alarm cleared");
-                }
-            }
-            if state.disk != current.disk {
-                if state.disk {
-                    warn!(limit = limits.disk_free_bytes, path = %limits.disk_path.display(), "disk alarm set: blocking publishers");
-                } else {
-                    info!("disk alarm cleared");
-                }
-            }
-            *current = state;
-            true
-        });
+        set(&alarms, &limits, state);
     }
+}
+
+/// Publishes `state`, logging each alarm that changes.
+fn set(alarms: &watch::Sender<AlarmState>, limits: &Limits, state: AlarmState) {
+    alarms.send_if_modified(|current| {
+        if *current == state {
+            return false;
+        }
+        if state.memory != current.memory {
+            if state.memory {
+                warn!(
+                    limit = limits.memory_bytes,
+                    "memory alarm set: blocking publishers"
+                );
+            } else {
+                info!("memory alarm cleared");
+            }
+        }
+        if state.disk != current.disk {
+            if state.disk {
+                warn!(limit = limits.disk_free_bytes, path = %limits.disk_path.display(), "disk alarm set: blocking publishers");
+            } else {
+                info!("disk alarm cleared");
+            }
+        }
+        *current = state;
+        true
+    });
+}
+
+/// Raises the memory alarm at once when message memory is over the watermark (the publish path's
+/// check; the monitor clears it once memory falls). One atomic load when under it.
+pub fn raise_memory_alarm_if_over(alarms: &watch::Sender<AlarmState>, limits: &Limits) {
+    if crate::message::message_bytes() as u64 <= limits.memory_bytes || alarms.borrow().memory {
+        return;
+    }
+    let state = AlarmState {
+        memory: true,
+        ..*alarms.borrow()
+    };
+    set(alarms, limits, state);
 }

@@ -247,6 +247,12 @@ impl Connection {
                     }
                     last_recv = Instant::now();
                     self.process(&mut buf);
+                    if self.publisher {
+                        crate::alarm::raise_memory_alarm_if_over(
+                            &self.broker.alarms,
+                            &self.broker.alarm_limits,
+                        );
+                    }
                 }
                 now = tick.tick() => {
                     let handshaking = matches!(self.state, State::AwaitStartOk | State::AwaitTuneOk | State::AwaitOpen);

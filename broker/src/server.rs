@@ -52,6 +52,8 @@ pub struct Broker {
     _plugin_watcher: Option<PluginWatcher>,
     /// Resource alarms; connections subscribe to block publishers.
     pub alarms: Arc<watch::Sender<AlarmState>>,
+    /// The memory watermark and disk limit the alarms are raised at.
+    pub alarm_limits: Limits,
     /// The data directory, when one is configured.
     pub store: Option<Arc<Store>>,
     vhosts: HashMap<String, Arc<VHost>>,
@@ -184,6 +186,7 @@ impl Broker {
         for v in vhosts.values() {
             v.recover()?;
         }
+        let alarm_limits = Limits::from_config(&config);
         let login_throttle =
             LoginThrottle::new(config.login_failure_burst, config.login_failure_rate);
         let broker = Broker {
@@ -194,6 +197,7 @@ impl Broker {
             _plugin_watcher: plugin_watcher,
             store,
             alarms: Arc::new(watch::channel(AlarmState::default()).0),
+            alarm_limits,
             vhosts,
             next_connection: AtomicU64::new(1),
             connections: Gauge::default(),
@@ -333,7 +337,7 @@ pub async fn run(
         });
     }
     tracker.spawn(crate::alarm::monitor(
-        Limits::from_config(&broker.config),
+        broker.alarm_limits.clone(),
         Arc::clone(&broker.alarms),
         broker.store.clone(),
         cancel.clone(),
