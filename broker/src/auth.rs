@@ -295,6 +295,16 @@ impl Auth {
         Some(user)
     }
 
+    /// Checks a user authenticated outside SASL (a verified TLS client certificate, SASL EXTERNAL): it
+    /// must exist, and a loopback-only user must come over loopback. No password is involved.
+    pub fn authenticate_external(&self, name: &str, from_loopback: bool) -> Option<&User> {
+        let user = self.users.get(name)?;
+        if self.loopback_users.contains(name) && !from_loopback {
+            return None;
+        }
+        Some(user)
+    }
+
     /// `user`'s permissions in `vhost`, if any (none means no access to the vhost).
     pub fn permission(&self, user: &str, vhost: &str) -> Option<Arc<Permission>> {
         self.permissions

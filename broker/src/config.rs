@@ -67,6 +67,50 @@ pub struct Policy {
     pub priority: i32,
 }
 
+/// TLS listeners (`[tls]`), with RabbitMQ's `ssl_options` names (docs/ssl.md).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Addresses to accept AMQPS connections on, `HOST:PORT` (RabbitMQ's convention is port 5671).
+    pub listen: Vec<String>,
+    /// The server's certificate chain, PEM.
+    pub certfile: PathBuf,
+    /// The server's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub keyfile: PathBuf,
+    /// CA certificates client certificates are verified against, PEM (needed by `verify_peer`).
+    #[serde(default)]
+    pub cacertfile: Option<PathBuf>,
+    /// `verify_none` (default: no client certificate asked for) or `verify_peer`.
+    #[serde(default)]
+    pub verify: TlsVerify,
+    /// With `verify_peer`: refuse clients that present no certificate (default false).
+    #[serde(default)]
+    pub fail_if_no_peer_cert: bool,
+}
+
+/// Whether client certificates are asked for and verified (RabbitMQ `ssl_options.verify`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsVerify {
+    /// No client certificate is requested.
+    #[default]
+    VerifyNone,
+    /// A client certificate is requested and verified against `cacertfile`.
+    VerifyPeer,
+}
+
+/// Which part of a client certificate is the user name for SASL EXTERNAL (RabbitMQ
+/// `ssl_cert_login_from`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CertLoginFrom {
+    /// The subject's distinguished name, RFC 4514 (RabbitMQ's default).
+    #[default]
+    DistinguishedName,
+    /// The subject's first common name (CN).
+    CommonName,
+}
+
 fn default_vhost() -> String {
     "/".into()
 }
@@ -81,6 +125,10 @@ fn default_apply_to() -> String {
 pub struct Config {
     /// Addresses to accept AMQP connections on, `HOST:PORT` (default `127.0.0.1:5672`).
     pub listen: Vec<String>,
+    /// TLS (AMQPS) listeners, beside the plain ones; none by default.
+    pub tls: Option<TlsConfig>,
+    /// Where SASL EXTERNAL takes the user name from a verified client certificate.
+    pub ssl_cert_login_from: CertLoginFrom,
     /// Where durable state is kept; `None` keeps everything in memory (the binary defaults to
     /// `warren-data`).
     pub data_dir: Option<PathBuf>,
@@ -155,6 +203,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: vec!["127.0.0.1:5672".into()],
+            tls: None,
+            ssl_cert_login_from: CertLoginFrom::default(),
             data_dir: None,
             plugin_dir: None,
             plugin_call_timeout: 100,
@@ -217,7 +267,7 @@ impl Config {
     /// # Errors
     /// A message naming the bad setting.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.listen.is_empty() {
+        if self.listen.is_empty() && self.tls.as_ref().is_none_or(|t| t.listen.is_empty()) {
             bail!("no listen address configured");
         }
         if self.frame_max < 4096 {

@@ -14,8 +14,7 @@ use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{channel as amqp_channel, connection, AMQPClass, AMQPHardError};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +27,7 @@ use crate::protocol::outbound::Outbound;
 use crate::protocol::{decode_frame, encode, Frame, FrameError, PROTOCOL_HEADER};
 use crate::server::Broker;
 use crate::throttle::Admission;
+use crate::tls::TlsAcceptor;
 
 /// How long a client has to complete the handshake, and to answer our connection.close.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,14 +98,18 @@ struct Connection {
     blocked_notify: bool,
     /// Counted among the broker's connections still in the handshake (until connection.open-ok).
     in_handshake: bool,
+    /// Set on an AMQPS connection.
+    tls: Option<TlsSession>,
 }
 
-/// Serves one accepted socket until it closes or `shutdown` fires (then closes it with 320).
+/// Serves one accepted socket until it closes or `shutdown` fires (then closes it with 320); with
+/// `tls`, the TLS handshake comes first (within the handshake timeout).
 pub async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
     shutdown: CancellationToken,
+    tls: Option<TlsAcceptor>,
 ) {
     // connection_max, then the cap on connections that have not logged in: past either the socket is
     // closed at once, before anything is read or allocated for it.
@@ -142,7 +146,63 @@ pub async fn serve(
         return;
     }
     let _ = socket.set_nodelay(true);
-    let (rd, wr) = socket.into_split();
+    let Some(tls) = tls else {
+        let (rd, wr) = socket.into_split();
+        return serve_stream(rd, wr, peer, broker, shutdown, None).await;
+    };
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            info!(%peer, error = %e, "TLS handshake failed");
+            broker.handshakes.decrement();
+            broker.connections.decrement();
+            return;
+        }
+        Err(_) => {
+            info!(%peer, "TLS handshake timed out");
+            broker.handshakes.decrement();
+            broker.connections.decrement();
+            return;
+        }
+    };
+    // A verified client certificate names the user SASL EXTERNAL logs in as.
+    let identity = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|cert| crate::tls::cert_login_name(cert, broker.config.ssl_cert_login_from));
+    let (rd, wr) = tokio::io::split(stream);
+    serve_stream(
+        rd,
+        wr,
+        peer,
+        broker,
+        shutdown,
+        Some(TlsSession { identity }),
+    )
+    .await;
+}
+
+/// What a TLS connection knows of its client.
+#[derive(Debug, Default)]
+struct TlsSession {
+    /// The user name from the client's verified certificate (`ssl_cert_login_from`), if it sent one.
+    identity: Option<String>,
+}
+
+/// Serves a connection over `rd` / `wr` (a TCP socket's halves or a TLS stream's) once admitted.
+async fn serve_stream<R, W>(
+    rd: R,
+    wr: W,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+    tls: Option<TlsSession>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let outbound = Arc::new(Outbound::new(broker.config.frame_max as usize));
     let writer = {
         let outbound = Arc::clone(&outbound);
@@ -169,6 +229,7 @@ pub async fn serve(
         blocked: false,
         blocked_notify: false,
         in_handshake: true,
+        tls,
     };
     debug!(conn = id, %peer, "accepted connection");
     if let Err(e) = conn.run(rd, shutdown).await {
@@ -182,9 +243,9 @@ pub async fn serve(
 }
 
 impl Connection {
-    async fn run(
+    async fn run<R: AsyncRead + Unpin>(
         &mut self,
-        mut rd: OwnedReadHalf,
+        mut rd: R,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -638,6 +699,11 @@ impl Connection {
         }
     }
 
+    /// The user a verified TLS client certificate names, if any.
+    fn external_identity(&self) -> Option<&str> {
+        self.tls.as_ref()?.identity.as_deref()
+    }
+
     fn send_start(&self) {
         let mut caps = FieldTable::default();
         for cap in [
@@ -663,11 +729,18 @@ impl Connection {
             "information".into(),
             s("Licensed under the Apache License 2.0"),
         );
+        // EXTERNAL is offered to a TLS client that presented a verified certificate, as RabbitMQ's
+        // rabbitmq_auth_mechanism_ssl does.
+        let mechanisms = if self.external_identity().is_some() {
+            "PLAIN AMQPLAIN EXTERNAL"
+        } else {
+            "PLAIN AMQPLAIN"
+        };
         let start = connection::Start {
             version_major: 0,
             version_minor: 9,
             server_properties: props,
-            mechanisms: LongString::from("PLAIN AMQPLAIN"),
+            mechanisms: LongString::from(mechanisms),
             locales: LongString::from("en_US"),
         };
         self.send(
@@ -688,22 +761,39 @@ impl Connection {
             );
         }
         let mechanism = m.mechanism.as_str();
-        let credentials = match mechanism {
-            "PLAIN" => parse_plain(m.response.as_bytes()),
-            "AMQPLAIN" => parse_amqplain(m.response.as_bytes()),
+        let from_loopback = self.peer.ip().is_loopback();
+        let (credentials, allowed) = match mechanism {
+            "PLAIN" | "AMQPLAIN" => {
+                let credentials = if mechanism == "PLAIN" {
+                    parse_plain(m.response.as_bytes())
+                } else {
+                    parse_amqplain(m.response.as_bytes())
+                };
+                let allowed = credentials.as_ref().is_some_and(|(user, pass)| {
+                    self.broker
+                        .auth
+                        .authenticate(user, pass, from_loopback)
+                        .is_some()
+                });
+                (credentials, allowed)
+            }
+            // SASL EXTERNAL: the user named by the verified client certificate, if it exists
+            // (RabbitMQ rabbit_auth_mechanism_ssl; the response is not used).
+            "EXTERNAL" if self.external_identity().is_some() => {
+                let user = self.external_identity().unwrap_or_default().to_owned();
+                let allowed = self
+                    .broker
+                    .auth
+                    .authenticate_external(&user, from_loopback)
+                    .is_some();
+                (Some((user, String::new())), allowed)
+            }
             other => {
                 return Err(AmqpError::command_invalid(format!(
                     "unknown authentication mechanism '{other}'"
                 )));
             }
         };
-        let from_loopback = self.peer.ip().is_loopback();
-        let allowed = credentials.as_ref().is_some_and(|(user, pass)| {
-            self.broker
-                .auth
-                .authenticate(user, pass, from_loopback)
-                .is_some()
-        });
         if !allowed {
             self.broker.login_throttle.failed(self.peer.ip());
             warn!(conn = self.id, peer = %self.peer, mechanism, user = ?credentials.map(|c| c.0), "login refused");

@@ -20,4 +20,5 @@ pub mod queue;
 pub mod server;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 pub mod vhost;

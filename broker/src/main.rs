@@ -8,7 +8,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 use warren::cli::Cli;
-use warren::server::{self, Broker};
+use warren::server::{self, Broker, Listener};
 
 fn main() -> ExitCode {
     let config = match Cli::parse().into_config() {
@@ -41,13 +41,26 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: warren::config::Config) -> anyhow::Result<()> {
-    let mut listeners = Vec::new();
+    let mut listeners: Vec<Listener> = Vec::new();
     for addr in &config.listen {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
         info!(address = %listener.local_addr()?, "listening for AMQP 0-9-1");
-        listeners.push(listener);
+        listeners.push(listener.into());
+    }
+    if let Some(tls) = &config.tls {
+        let acceptor = warren::tls::acceptor(tls).context("setting up TLS ([tls])")?;
+        for addr in &tls.listen {
+            let tcp = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (TLS)"))?;
+            info!(address = %tcp.local_addr()?, "listening for AMQP 0-9-1 over TLS");
+            listeners.push(Listener {
+                tcp,
+                tls: Some(acceptor.clone()),
+            });
+        }
     }
     let broker = Arc::new(
         Broker::new(config)

@@ -30,6 +30,7 @@ use crate::plugin::watcher::{self, PluginWatcher};
 use crate::plugin::PluginHost;
 use crate::store::Store;
 use crate::throttle::LoginThrottle;
+use crate::tls::TlsAcceptor;
 use crate::vhost::policy::Policy;
 use crate::vhost::{ExchangeFlags, QueueFlags, VHost};
 
@@ -297,15 +298,39 @@ impl Broker {
     }
 }
 
+/// A bound listener: plain AMQP, or AMQPS with the TLS acceptor its connections go through.
+pub struct Listener {
+    /// The bound socket.
+    pub tcp: TcpListener,
+    /// TLS for every connection accepted on it (AMQPS), or none (AMQP).
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("tcp", &self.tcp)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Self {
+        Listener { tcp, tls: None }
+    }
+}
+
 /// Accepts connections on `listeners` until `shutdown` completes, then shuts down gracefully.
-pub async fn run(
-    listeners: Vec<TcpListener>,
+pub async fn run<L: Into<Listener>>(
+    listeners: Vec<L>,
     broker: Arc<Broker>,
     shutdown: impl Future<Output = ()>,
 ) {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     for listener in listeners {
+        let Listener { tcp: listener, tls } = listener.into();
         let (broker, cancel_accept, cancel_conn, conns) = (
             Arc::clone(&broker),
             cancel.clone(),
@@ -325,6 +350,7 @@ pub async fn run(
                             peer,
                             Arc::clone(&broker),
                             cancel_conn.clone(),
+                            tls.clone(),
                         ));
                     }
                     Err(e) => {
