@@ -3,9 +3,10 @@
 //! blocked (`connection.blocked` to clients with the capability, docs/connection-blocked.md) and their
 //! sockets are not read until the alarm clears, so a traffic spike cannot exhaust the broker.
 //!
-//! Memory is measured as the bytes held by live messages ([`crate::message::message_bytes`]): exact,
-//! cheap to read, and it falls as consumers drain queues (process RSS would not, with most allocators).
-//! The monitor samples it every 50 ms; a publishing connection also checks it after each read batch
+//! Memory is measured as [`crate::memory`] describes: accounted memory (messages, bodies still arriving,
+//! queues, exchanges, bindings) against the watermark, and the process's RSS against the relative
+//! watermark of the container's or machine's memory. The monitor samples both every 50 ms; a
+//! publishing connection also checks accounted memory after each read batch
 //! ([`raise_memory_alarm_if_over`]), so a fast publisher is blocked within one batch of crossing the
 //! watermark rather than up to a tick later.
 
@@ -46,8 +47,11 @@ impl AlarmState {
 /// The effective limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Message bytes above which the memory alarm is raised.
+    /// Accounted octets (messages, bodies arriving, entities) above which the memory alarm is raised.
     pub memory_bytes: u64,
+    /// Resident octets of the process above which the memory alarm is raised: the relative watermark
+    /// of the container's (cgroup v2 `memory.max`) or machine's memory.
+    pub process_bytes: u64,
     /// Free bytes below which the disk alarm is raised.
     pub disk_free_bytes: u64,
     /// Where free space is measured.
@@ -55,15 +59,15 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Limits from the configuration; the relative watermark is a fraction of total RAM
-    /// (`/proc/meminfo`, or 8 GiB where it cannot be read).
+    /// Limits from the configuration; the relative watermark is a fraction of the memory the process
+    /// may use (cgroup v2 `memory.max`, else RAM; 8 GiB where neither can be read).
     pub fn from_config(config: &Config) -> Self {
-        let total = total_memory().unwrap_or(8 << 30);
-        let memory_bytes = config
-            .memory_high_watermark_absolute
-            .unwrap_or((total as f64 * config.memory_high_watermark) as u64);
+        let total = crate::memory::available_bytes().unwrap_or(8 << 30);
+        let relative = (total as f64 * config.memory_high_watermark) as u64;
+        let memory_bytes = config.memory_high_watermark_absolute.unwrap_or(relative);
         Limits {
             memory_bytes,
+            process_bytes: relative,
             disk_free_bytes: config.disk_free_limit,
             disk_path: config
                 .data_dir
@@ -73,11 +77,10 @@ impl Limits {
     }
 }
 
-fn total_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+/// Whether either memory measure is over its limit.
+fn memory_over(limits: &Limits) -> bool {
+    crate::memory::accounted() > limits.memory_bytes
+        || crate::memory::resident_bytes().is_some_and(|rss| rss > limits.process_bytes)
 }
 
 /// Checks the limits (memory every 50 ms, disk every second; a failing queue log write counts as a disk
@@ -105,7 +108,7 @@ pub async fn monitor(
         }
         n += 1;
         let state = AlarmState {
-            memory: crate::message::message_bytes() as u64 > limits.memory_bytes,
+            memory: memory_over(&limits),
             // A failing queue log write (disk full, I/O error) raises the disk alarm too.
             disk: disk || store.as_ref().is_some_and(|s| s.io_error()),
         };
@@ -144,7 +147,7 @@ fn set(alarms: &watch::Sender<AlarmState>, limits: &Limits, state: AlarmState) {
 /// Raises the memory alarm at once when message memory is over the watermark (the publish path's
 /// check; the monitor clears it once memory falls). One atomic load when under it.
 pub fn raise_memory_alarm_if_over(alarms: &watch::Sender<AlarmState>, limits: &Limits) {
-    if crate::message::message_bytes() as u64 <= limits.memory_bytes || alarms.borrow().memory {
+    if crate::memory::accounted() <= limits.memory_bytes || alarms.borrow().memory {
         return;
     }
     let state = AlarmState {

@@ -167,6 +167,10 @@ pub struct Config {
     pub unauthenticated_connection_max: u64,
     /// Most consumers one channel may have (RabbitMQ `consumer_max_per_channel`; default: no limit).
     pub consumer_max_per_channel: Option<u64>,
+    /// Octets of unfinished message bodies (sent in several frames, not yet complete) one connection
+    /// may hold, all its channels together (default 4 × `max_message_size`); past it the connection is
+    /// closed with 506 RESOURCE_ERROR.
+    pub partial_content_limit: Option<u64>,
     /// Failed logins a source address may make before it is throttled (default 20).
     pub login_failure_burst: u32,
     /// Failed logins per second a throttled address gets back, and connections per second it may
@@ -232,6 +236,7 @@ impl Default for Config {
             connection_max: None,
             unauthenticated_connection_max: 2048,
             consumer_max_per_channel: None,
+            partial_content_limit: None,
             login_failure_burst: 20,
             login_failure_rate: 10.0,
             heartbeat: 60,
@@ -249,6 +254,12 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The effective [`Config::partial_content_limit`], octets.
+    pub fn partial_content_limit(&self) -> u64 {
+        self.partial_content_limit
+            .unwrap_or(self.max_message_size.saturating_mul(4))
+    }
+
     /// Reads a TOML file over the defaults.
     ///
     /// # Errors

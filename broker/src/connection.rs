@@ -32,6 +32,8 @@ use crate::tls::TlsAcceptor;
 /// How long a client has to complete the handshake, and to answer our connection.close.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Octets read ahead, unhandled, while a connection's input is held back (alarm, full write buffer).
+const READ_AHEAD: usize = 64 * 1024;
 /// Smallest frame_max a client may negotiate: AMQP 0-9-1 `frame-min-size` (4096, as RabbitMQ uses;
 /// amq-protocol's generated constant says 8192).
 const FRAME_MIN_SIZE: u32 = 4096;
@@ -268,8 +270,9 @@ impl Connection {
         self.send_start();
         // The client may have written start-ok in the same segment as the header: handle it now rather
         // than wait for bytes it will not send before our connection.tune.
+        let mut input_left = false;
         if !buf.is_empty() {
-            self.process(&mut buf);
+            input_left = self.process(&mut buf);
         }
 
         let mut last_recv = Instant::now();
@@ -280,6 +283,14 @@ impl Connection {
         loop {
             let awaiting = self.channels.values().any(Channel::awaits_durability);
             self.apply_alarm(*alarms.borrow_and_update());
+            // Input is not handled while blocked by an alarm, nor while the client is not reading what
+            // the broker already owes it (its write buffer is past the high-water mark): whatever the
+            // client asks for (basic.get, replies, returns) waits in its socket rather than in broker
+            // memory. The writer signals `resume` once it has drained. Meanwhile up to READ_AHEAD
+            // octets are still read (not handled), so that a client that goes away is noticed and its
+            // resources freed.
+            let can_process = !self.blocked && self.outbound.has_room();
+            let can_read = can_process || buf.len() < READ_AHEAD;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if self.state == State::Open => {
@@ -302,18 +313,16 @@ impl Connection {
                         }
                     }
                 }
-                read = rd.read_buf(&mut buf), if !self.blocked => {
+                read = rd.read_buf(&mut buf), if can_read => {
                     if read? == 0 {
                         return Ok(());
                     }
                     last_recv = Instant::now();
-                    self.process(&mut buf);
-                    if self.publisher {
-                        crate::alarm::raise_memory_alarm_if_over(
-                            &self.broker.alarms,
-                            &self.broker.alarm_limits,
-                        );
-                    }
+                    input_left = !can_process || self.process(&mut buf);
+                }
+                // Input left unhandled while blocked or while the client's write buffer was full.
+                () = std::future::ready(()), if input_left && can_process => {
+                    input_left = self.process(&mut buf);
                 }
                 now = tick.tick() => {
                     let handshaking = matches!(self.state, State::AwaitStartOk | State::AwaitTuneOk | State::AwaitOpen);
@@ -329,8 +338,8 @@ impl Connection {
                             ch.check_delivery_timeout(ctx, now);
                         }
                     }
-                    if self.blocked {
-                        // Not reading while blocked: the client's heartbeats wait in the socket.
+                    if !can_process {
+                        // Input not handled: the client's heartbeats wait in the socket or the buffer.
                         last_recv = now;
                     }
                     if self.heartbeat > 0 {
@@ -357,9 +366,16 @@ impl Connection {
         }
     }
 
-    /// Decodes and handles every complete frame in `buf`, then flushes publisher confirms.
-    fn process(&mut self, buf: &mut BytesMut) {
+    /// Decodes and handles the complete frames in `buf`, then flushes publisher confirms. Stops early
+    /// when the client's write buffer is full (it is not reading what it asked for); returns whether
+    /// input was left in `buf` for that reason.
+    fn process(&mut self, buf: &mut BytesMut) -> bool {
+        let mut left = false;
         while self.state != State::Closed {
+            if !self.outbound.has_room() {
+                left = !buf.is_empty();
+                break;
+            }
             match decode_frame(buf, self.frame_max) {
                 Ok(Some(frame)) => self.handle_frame(frame),
                 Ok(None) => break,
@@ -396,6 +412,13 @@ impl Connection {
                 ch.flush_confirms(ctx);
             }
         }
+        if self.publisher {
+            crate::alarm::raise_memory_alarm_if_over(
+                &self.broker.alarms,
+                &self.broker.alarm_limits,
+            );
+        }
+        left
     }
 
     /// Routes the publishes channel `ch` holds back for batch routing; an error closes the channel as

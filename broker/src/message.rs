@@ -4,7 +4,6 @@
 //! routed to, so fanout never copies a body. The encoded property list is kept as received and written
 //! back verbatim on delivery, so delivering a message never re-encodes its properties.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use amq_protocol::frame::WriteContext;
@@ -12,6 +11,8 @@ use amq_protocol::protocol::basic::gen_properties;
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use bytes::Bytes;
+
+use crate::memory;
 
 /// One message as published with basic.publish (AMQP 0-9-1 §1.8.3.7) plus its content.
 #[derive(Debug)]
@@ -31,26 +32,18 @@ pub struct Message {
 /// A shared, immutable message.
 pub type MessageRef = Arc<Message>;
 
-/// Bytes held by live messages (bodies and encoded properties), for the memory alarm.
-static MESSAGE_BYTES: AtomicUsize = AtomicUsize::new(0);
-
-/// Bytes currently held by messages anywhere in the broker (queued, unacked, in flight). Zero-copy bodies
-/// may keep a larger read buffer alive, so this is a lower bound on message memory.
-pub fn message_bytes() -> usize {
-    MESSAGE_BYTES.load(Ordering::Relaxed)
-}
-
 impl Drop for Message {
     fn drop(&mut self) {
-        MESSAGE_BYTES.fetch_sub(
+        memory::sub(
+            memory::Account::Messages,
             self.body.len() + self.raw_properties.len(),
-            Ordering::Relaxed,
         );
     }
 }
 
 impl Message {
-    /// A message; its size counts towards [`message_bytes`] until it is dropped.
+    /// A message; its size counts towards the memory alarm's message account
+    /// ([`crate::memory::Account::Messages`]) until it is dropped.
     pub fn new(
         exchange: ShortString,
         routing_key: ShortString,
@@ -58,7 +51,7 @@ impl Message {
         raw_properties: Bytes,
         body: Bytes,
     ) -> Self {
-        MESSAGE_BYTES.fetch_add(body.len() + raw_properties.len(), Ordering::Relaxed);
+        memory::add(memory::Account::Messages, body.len() + raw_properties.len());
         Message {
             exchange,
             routing_key,

@@ -8,10 +8,11 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::Process;
 use common::*;
 use futures_lite::StreamExt;
 use lapin::options::*;
@@ -702,71 +703,6 @@ impl Drop for Unmount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The real binary, so that it can be killed with SIGKILL.
-struct Process {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    fn start(dir: &Path) -> Process {
-        let bin = std::env::var("WARREN_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                let target = std::env::var("CARGO_TARGET_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-                target.join("debug/warren")
-            });
-        assert!(
-            bin.exists(),
-            "{} missing: run `cargo build --bin warren` first",
-            bin.display()
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(&bin)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--log",
-                "warn",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Process { child, port }
-    }
-
-    async fn connect(&self) -> Connection {
-        connect_port(self.port).await
-    }
-
-    /// SIGKILL.
-    fn kill(self) {
-        drop(self);
     }
 }
 

@@ -283,6 +283,8 @@ impl Channel {
         } else {
             raw_properties
         };
+        // A small message owns its octets rather than pinning the read buffer it arrived in.
+        let (raw_properties, body) = crate::content::own_small_content(raw_properties, body);
         let message = Arc::new(Message::new(
             publish.exchange,
             publish.routing_key,

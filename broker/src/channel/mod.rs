@@ -25,6 +25,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use crate::auth::{Access, Permission};
+use crate::content::{ContentBudget, PartialBody};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::Destination;
 use crate::message::MessageRef;
@@ -50,6 +51,8 @@ pub struct ConnectionContext {
     pub cancel_notify: bool,
     /// Default delivery acknowledgement timeout, ms (RabbitMQ `consumer_timeout`).
     pub consumer_timeout: u64,
+    /// Unfinished message bodies this connection may hold, all channels together.
+    pub content_budget: Arc<ContentBudget>,
     /// Most consumers per channel (RabbitMQ `consumer_max_per_channel`; `None`: no limit).
     pub consumer_max_per_channel: Option<u64>,
     /// The authenticated user.
@@ -114,6 +117,9 @@ impl ConnectionContext {
             max_message_size: config.max_message_size,
             cancel_notify,
             consumer_timeout: config.consumer_timeout,
+            content_budget: ContentBudget::new(
+                usize::try_from(config.partial_content_limit()).unwrap_or(usize::MAX),
+            ),
             consumer_max_per_channel: config.consumer_max_per_channel,
             route_queues: Vec::new(),
             route_scratch: Vec::new(),
@@ -357,7 +363,7 @@ enum Content {
         publish: amqp_basic::Publish,
         header: Box<AMQPContentHeader>,
         raw_properties: Bytes,
-        body: BytesMut,
+        body: PartialBody,
         first: Option<Bytes>,
     },
 }
@@ -584,7 +590,7 @@ impl Channel {
             publish,
             header,
             raw_properties,
-            body: BytesMut::new(),
+            body: PartialBody::new(Arc::clone(&ctx.content_budget)),
             first: None,
         };
         Ok(())
@@ -619,11 +625,13 @@ impl Channel {
         if first.is_none() && body.is_empty() {
             *first = Some(data); // zero-copy when the body comes in one frame
         } else {
+            let over = |e: crate::content::BudgetExceeded| {
+                AmqpError::connection(AMQPHardError::RESOURCEERROR, e)
+            };
             if let Some(f) = first.take() {
-                body.reserve(expected);
-                body.extend_from_slice(&f);
+                body.extend(&f, expected).map_err(over)?;
             }
-            body.extend_from_slice(&data);
+            body.extend(&data, expected).map_err(over)?;
         }
         if received < expected {
             return Ok(());

@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use amq_protocol::types::{FieldTable, ShortString};
 
+use crate::memory::{self, Account, Charge};
 use crate::message::MessageRef;
 use crate::queue::Queue;
 
@@ -139,12 +140,27 @@ pub struct Exchange {
     /// `alternate-exchange` from a policy, used when the arguments name none.
     policy_alternate: Option<ShortString>,
     state: RwLock<ExchangeState>,
+    /// What the exchange itself costs, in the memory alarm's entity account.
+    _memory: Charge,
 }
 
 #[derive(Debug)]
 struct ExchangeState {
     bindings: Vec<Binding>,
     router: Box<dyn ExchangeType>,
+    /// What `bindings` cost, charged to the memory alarm's entity account (given back on drop).
+    binding_bytes: usize,
+}
+
+impl Drop for ExchangeState {
+    fn drop(&mut self) {
+        memory::sub(Account::Entities, self.binding_bytes);
+    }
+}
+
+/// What one binding costs, octets (an estimate for the memory alarm).
+fn binding_cost(b: &Binding) -> usize {
+    memory::BINDING_OVERHEAD + b.key.as_str().len() + memory::table_cost(&b.arguments)
 }
 
 impl Exchange {
@@ -158,6 +174,10 @@ impl Exchange {
         arguments: FieldTable,
         router: Box<dyn ExchangeType>,
     ) -> Self {
+        let memory = Charge::new(
+            Account::Entities,
+            memory::EXCHANGE_OVERHEAD + name.as_str().len() + memory::table_cost(&arguments),
+        );
         Exchange {
             name,
             kind,
@@ -169,7 +189,9 @@ impl Exchange {
             state: RwLock::new(ExchangeState {
                 bindings: Vec::new(),
                 router,
+                binding_bytes: 0,
             }),
+            _memory: memory,
         }
     }
 
@@ -194,6 +216,9 @@ impl Exchange {
         }
         state.router.validate_binding(&binding)?;
         state.router.bind(&binding);
+        let cost = binding_cost(&binding);
+        memory::add(Account::Entities, cost);
+        state.binding_bytes += cost;
         state.bindings.push(binding);
         Ok(true)
     }
@@ -206,6 +231,9 @@ impl Exchange {
         };
         let removed = state.bindings.swap_remove(pos);
         state.router.unbind(&removed);
+        let cost = binding_cost(&removed);
+        memory::sub(Account::Entities, cost);
+        state.binding_bytes -= cost;
         true
     }
 
@@ -219,6 +247,9 @@ impl Exchange {
             if state.bindings[i].destination.same(destination) {
                 let b = state.bindings.swap_remove(i);
                 state.router.unbind(&b);
+                let cost = binding_cost(&b);
+                memory::sub(Account::Entities, cost);
+                state.binding_bytes -= cost;
                 removed += 1;
             } else {
                 i += 1;

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 pub use self::args::{Overflow, QueueArgs};
 use self::tail::{AckRange, Tail};
+use crate::memory::{Account, Charge};
 use crate::message::MessageRef;
 use crate::store::record::PublishRef;
 use crate::store::{Durability, QueueLog, Recovered};
@@ -393,6 +394,8 @@ pub struct Queue {
     /// Idempotency keys (`x-idempotency`): duplicates of acked messages are not delivered.
     idempotency: Option<plugins::Idempotency>,
     inner: Mutex<QueueInner>,
+    /// What the queue itself costs, in the memory alarm's entity account.
+    _memory: Charge,
 }
 
 impl fmt::Debug for Queue {
@@ -448,6 +451,12 @@ impl Queue {
             ready.refill();
             st.log
         });
+        let memory = Charge::new(
+            Account::Entities,
+            crate::memory::QUEUE_OVERHEAD
+                + name.as_str().len()
+                + crate::memory::table_cost(&arguments),
+        );
         Queue {
             name,
             durable,
@@ -455,6 +464,7 @@ impl Queue {
             exclusive_owner,
             arguments,
             args,
+            _memory: memory,
             owner,
             log,
             timer: Arc::new(Notify::new()),

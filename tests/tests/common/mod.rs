@@ -1,6 +1,7 @@
 //! Shared helpers: start a broker on an ephemeral port, connect lapin, read reply codes, take deliveries.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
+pub mod process;
 pub mod raw;
 
 use std::net::SocketAddr;

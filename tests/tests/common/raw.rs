@@ -25,8 +25,16 @@ pub fn encode(frame: &AMQPFrame) -> Vec<u8> {
 
 impl Raw {
     pub async fn connect_bare(broker: &TestBroker) -> Raw {
+        Raw::connect_addr(broker.addr).await
+    }
+
+    /// A socket to `addr`, nothing sent.
+    pub async fn connect_addr(addr: std::net::SocketAddr) -> Raw {
+        let sock = TcpStream::connect(addr).await.expect("tcp connect");
+        // Small frames go out at once (no Nagle wait for the broker's delayed ack).
+        let _ = sock.set_nodelay(true);
         Raw {
-            sock: TcpStream::connect(broker.addr).await.expect("tcp connect"),
+            sock,
             buf: BytesMut::new(),
         }
     }
@@ -52,7 +60,29 @@ impl Raw {
         channel_max: u16,
         frame_max: u32,
     ) -> Raw {
-        let mut raw = Raw::connect_bare(broker).await;
+        Raw::open_tuned_at(
+            broker.addr,
+            user,
+            pass,
+            vhost,
+            heartbeat,
+            channel_max,
+            frame_max,
+        )
+        .await
+    }
+
+    /// Like [`Raw::open_tuned`], to a broker at `addr`.
+    pub async fn open_tuned_at(
+        addr: std::net::SocketAddr,
+        user: &str,
+        pass: &str,
+        vhost: &str,
+        heartbeat: u16,
+        channel_max: u16,
+        frame_max: u32,
+    ) -> Raw {
+        let mut raw = Raw::connect_addr(addr).await;
         raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
         let start = raw.recv().await.expect("connection.start");
         assert!(matches!(
@@ -113,7 +143,13 @@ impl Raw {
 
     /// Logged in as guest to `/` with `heartbeat` seconds negotiated, open-ok read.
     pub async fn opened_with_heartbeat(broker: &TestBroker, heartbeat: u16) -> Raw {
-        let mut raw = Raw::open(broker, "guest", "guest", "/", heartbeat).await;
+        Raw::opened_at(broker.addr, heartbeat).await
+    }
+
+    /// Logged in as guest to `/` at `addr` with `heartbeat` seconds negotiated, open-ok read.
+    pub async fn opened_at(addr: std::net::SocketAddr, heartbeat: u16) -> Raw {
+        let mut raw =
+            Raw::open_tuned_at(addr, "guest", "guest", "/", heartbeat, 2047, 131_072).await;
         let ok = raw.recv().await.expect("open-ok");
         assert!(
             matches!(

@@ -1,0 +1,186 @@
+//! Message content on its way in: bodies that arrive in several frames, and the copy that keeps a small
+//! message from pinning its publisher's read buffer.
+//!
+//! A body in several frames is assembled in a [`PartialBody`], which grows geometrically (never past
+//! the declared body size) and is charged, by capacity, against its connection's [`ContentBudget`] and
+//! the memory alarm's account of bodies still arriving ([`crate::memory::Account::Partial`]). So a client that opens
+//! many channels and leaves a large body unfinished on each cannot grow the broker unseen: past its
+//! connection's budget it is closed with 506 RESOURCE_ERROR.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::memory::{self, Account};
+
+/// Content at most this long (properties and body) is copied out of the read buffer into an allocation
+/// of its own when the message is complete, so that a message kept for long holds only its own octets
+/// rather than the 64 KiB or more of buffer it arrived in. Longer bodies stay zero-copy slices (they
+/// are most of whatever buffer they pin).
+pub const SMALL_CONTENT_MAX: usize = 16 * 1024;
+
+/// The first reservation of a body arriving in several frames, at most (then it doubles).
+const FIRST_RESERVATION_MAX: usize = 1 << 20;
+
+/// `raw_properties` and `body` in one allocation of their own when together they are at most
+/// [`SMALL_CONTENT_MAX`] octets; unchanged otherwise.
+pub fn own_small_content(raw_properties: Bytes, body: Bytes) -> (Bytes, Bytes) {
+    let total = raw_properties.len() + body.len();
+    if total > SMALL_CONTENT_MAX {
+        return (raw_properties, body);
+    }
+    let mut both = BytesMut::with_capacity(total);
+    both.extend_from_slice(&raw_properties);
+    both.extend_from_slice(&body);
+    let both = both.freeze();
+    let split = raw_properties.len();
+    (both.slice(..split), both.slice(split..))
+}
+
+/// Octets of unfinished bodies one connection may hold at once.
+#[derive(Debug)]
+pub struct ContentBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl ContentBudget {
+    /// A budget of `limit` octets.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(ContentBudget {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Octets charged now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The limit, octets.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// Growing a body would take its connection past its [`ContentBudget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unfinished message bodies on this connection would exceed {limit} octets")]
+pub struct BudgetExceeded {
+    /// The connection's budget, octets.
+    pub limit: usize,
+}
+
+/// A body arriving in several frames; its reservation is charged until it is frozen or dropped.
+#[derive(Debug)]
+pub struct PartialBody {
+    buf: BytesMut,
+    charged: usize,
+    budget: Arc<ContentBudget>,
+}
+
+impl PartialBody {
+    /// An empty body charged to `budget`.
+    pub fn new(budget: Arc<ContentBudget>) -> Self {
+        PartialBody {
+            buf: BytesMut::new(),
+            charged: 0,
+            budget,
+        }
+    }
+
+    /// Octets received so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing was received yet.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Appends `data` to a body declared `expected` octets long (the caller has checked that it fits).
+    ///
+    /// # Errors
+    /// [`BudgetExceeded`] when the growth this needs does not fit the connection's budget; nothing is
+    /// appended then.
+    pub fn extend(&mut self, data: &[u8], expected: usize) -> Result<(), BudgetExceeded> {
+        let needed = self.buf.len() + data.len();
+        if needed > self.buf.capacity() {
+            let grown = (2 * self.buf.capacity()).max(FIRST_RESERVATION_MAX.min(expected));
+            let target = needed.max(grown.min(expected));
+            let delta = target.saturating_sub(self.charged);
+            let used = self.budget.used.fetch_add(delta, Ordering::AcqRel);
+            if used + delta > self.budget.limit {
+                self.budget.used.fetch_sub(delta, Ordering::AcqRel);
+                return Err(BudgetExceeded {
+                    limit: self.budget.limit,
+                });
+            }
+            memory::add(Account::Partial, delta);
+            self.charged += delta;
+            self.buf.reserve(target - self.buf.len());
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The complete body (its charge is released).
+    pub fn freeze(mut self) -> Bytes {
+        std::mem::take(&mut self.buf).freeze()
+    }
+}
+
+impl Drop for PartialBody {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.charged, Ordering::AcqRel);
+        memory::sub(Account::Partial, self.charged);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_charged_until_done_and_refused_past_the_budget() {
+        let budget = ContentBudget::new(3 << 20);
+        let mut a = PartialBody::new(Arc::clone(&budget));
+        a.extend(&[1; 1000], 4 << 20).unwrap();
+        assert_eq!(budget.used(), 1 << 20, "first reservation: 1 MiB");
+        a.extend(&vec![2; 1 << 20], 4 << 20).unwrap();
+        assert_eq!(budget.used(), 2 << 20, "then it doubles");
+        let mut b = PartialBody::new(Arc::clone(&budget));
+        assert_eq!(
+            b.extend(&vec![3; (1 << 20) + 1], 2 << 20),
+            Err(BudgetExceeded { limit: 3 << 20 })
+        );
+        assert!(b.is_empty());
+        drop(b);
+        let body = a.freeze();
+        assert_eq!(body.len(), 1000 + (1 << 20));
+        assert_eq!(budget.used(), 0);
+        // A small body reserves only what it is declared to be.
+        let mut c = PartialBody::new(Arc::clone(&budget));
+        c.extend(b"abc", 10).unwrap();
+        assert_eq!(budget.used(), 10);
+        drop(c);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn small_content_gets_its_own_allocation() {
+        let buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let (p, b) = own_small_content(buffer.slice(0..10), buffer.slice(10..40));
+        assert_eq!((p.len(), b.len()), (10, 30));
+        assert_eq!(&b[..], &[7u8; 30][..]);
+        // Neither points into the 64 KiB buffer any more.
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        assert!(!range.contains(&(b.as_ptr() as usize)));
+        assert!(!range.contains(&(p.as_ptr() as usize)));
+        let (_, big) = own_small_content(Bytes::new(), buffer.slice(..));
+        assert_eq!(big.as_ptr(), buffer.as_ptr(), "large bodies stay zero-copy");
+    }
+}

@@ -1,0 +1,113 @@
+//! The real `warren` binary as a child process: for tests that kill it with SIGKILL or measure its
+//! memory. `WARREN_BIN` names the binary (default `target/debug/warren`; `cargo build --bin warren`
+//! first, as `scripts/test.sh` does).
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+
+/// A running broker process; killed (SIGKILL) when dropped.
+pub struct Process {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary() -> PathBuf {
+    let bin = std::env::var("WARREN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+            target.join("debug/warren")
+        });
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build --bin warren` first",
+        bin.display()
+    );
+    bin
+}
+
+impl Process {
+    /// The broker with its data in `dir`.
+    pub fn start(dir: &Path) -> Process {
+        Process::start_with(dir, None)
+    }
+
+    /// The broker with its data in `dir` and, if given, a config file holding `config` (TOML).
+    pub fn start_with(dir: &Path, config: Option<&str>) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(binary());
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log",
+            "warn",
+            "--data-dir",
+        ])
+        .arg(dir);
+        if let Some(text) = config {
+            std::fs::create_dir_all(dir).unwrap();
+            let path = dir.with_extension("toml");
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Process { child, port }
+    }
+
+    /// The broker's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// A lapin connection as guest to `/`.
+    pub async fn connect(&self) -> Connection {
+        let uri = format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port);
+        Connection::connect(&uri, ConnectionProperties::default())
+            .await
+            .unwrap()
+    }
+
+    /// The process's resident set size, octets (`VmRSS` in `/proc/PID/status`).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("process status");
+        let kib: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
+    /// SIGKILL.
+    pub fn kill(self) {
+        drop(self);
+    }
+}
