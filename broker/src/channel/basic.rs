@@ -95,6 +95,8 @@ impl Channel {
             unacked: Default::default(),
             sink: Arc::clone(&self.shared) as Arc<dyn ConsumerSink>,
             filter,
+            seq: crate::queue::next_consumer_seq(),
+            cancelled: Default::default(),
         });
         self.shared
             .lock()

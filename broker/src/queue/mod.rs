@@ -11,6 +11,7 @@
 //! docs/dlx.md, docs/maxlength, docs/priority.md, docs/consumer-priority.md.
 
 pub mod args;
+mod consumers;
 pub mod plugins;
 mod tail;
 
@@ -26,6 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use self::args::{Overflow, QueueArgs};
+pub use self::consumers::next_consumer_seq;
 use self::tail::{AckRange, Tail};
 use crate::memory::{Account, Charge};
 use crate::message::MessageRef;
@@ -117,9 +119,23 @@ pub struct Consumer {
     pub sink: Arc<dyn ConsumerSink>,
     /// A filter plugin deciding what this consumer receives (`x-filter`).
     pub filter: Option<plugins::ConsumerFilter>,
+    /// Registration number ([`next_consumer_seq`]): the consumer's place within its priority.
+    pub seq: u64,
+    /// Set once the queue has cancelled it (basic.cancel, channel closed, queue deleted): it takes
+    /// nothing more. Starts false.
+    pub cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl Consumer {
+    /// Marks the consumer cancelled; whether it was not already.
+    fn cancel(&self) -> bool {
+        !self.cancelled.swap(true, Ordering::AcqRel)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
     fn below_prefetch(&self) -> bool {
         self.no_ack
             || self.prefetch == 0
@@ -127,7 +143,7 @@ impl Consumer {
     }
 
     fn can_take(&self) -> bool {
-        self.below_prefetch() && self.sink.has_capacity(self)
+        !self.is_cancelled() && self.below_prefetch() && self.sink.has_capacity(self)
     }
 }
 
@@ -348,9 +364,7 @@ struct QueueInner {
     next_seq: u64,
     /// Logged messages delivered and not yet settled (their segments must stay).
     outstanding: BTreeSet<u64>,
-    /// Sorted by priority, highest first; insertion order within a priority.
-    consumers: Vec<Arc<Consumer>>,
-    next_consumer: usize,
+    consumers: consumers::Consumers,
     unacked: usize,
     had_consumer: bool,
     deleted: bool,
@@ -473,8 +487,7 @@ impl Queue {
                 ready,
                 next_seq,
                 outstanding: BTreeSet::new(),
-                consumers: Vec::new(),
-                next_consumer: 0,
+                consumers: consumers::Consumers::default(),
                 unacked: 0,
                 had_consumer: false,
                 deleted: false,
@@ -741,7 +754,7 @@ impl Queue {
         if inner.consumers.is_empty() || inner.ready.len == 0 {
             return;
         }
-        if self.idempotency.is_some() || inner.consumers.iter().any(|c| c.filter.is_some()) {
+        if self.idempotency.is_some() || inner.consumers.any_filtered() {
             return self.dispatch_scan(inner, letters);
         }
         let now = Instant::now();
@@ -770,7 +783,7 @@ impl Queue {
         idx: usize,
         mut message: QueuedMessage,
     ) {
-        let consumer = Arc::clone(&inner.consumers[idx]);
+        let consumer = Arc::clone(inner.consumers.get(idx));
         if !consumer.no_ack {
             inner.unacked += 1;
             consumer.unacked.fetch_add(1, Ordering::Relaxed);
@@ -807,7 +820,7 @@ impl Queue {
         for level in (0..inner.ready.levels.len()).rev() {
             let mut i = 0;
             while i < inner.ready.levels[level].len() {
-                if examined >= SCAN_LIMIT || !inner.consumers.iter().any(|c| c.can_take()) {
+                if examined >= SCAN_LIMIT || !inner.consumers.any_can_take() {
                     return;
                 }
                 examined += 1;
@@ -868,7 +881,7 @@ impl Queue {
                 };
                 self.forget_expiration(inner, &m);
                 if let Some(idem) = &self.idempotency {
-                    idem.delivered(m.seq, key, inner.consumers[idx].no_ack);
+                    idem.delivered(m.seq, key, inner.consumers.get(idx).no_ack);
                 }
                 self.deliver_to(inner, idx, m);
             }
@@ -889,38 +902,9 @@ impl Queue {
         inner: &mut QueueInner,
         mut accept: impl FnMut(&Consumer) -> bool,
     ) -> Option<usize> {
-        if self.args.single_active_consumer {
-            return inner
-                .consumers
-                .first()
-                .filter(|c| c.can_take() && accept(c))
-                .map(|_| 0);
-        }
-        let n = inner.consumers.len();
-        let mut i = 0;
-        while i < n {
-            // One priority band [i, end): round-robin within it from the shared cursor.
-            let priority = inner.consumers[i].priority;
-            let end = inner.consumers[i..]
-                .iter()
-                .position(|c| c.priority != priority)
-                .map_or(n, |p| i + p);
-            let width = end - i;
-            let start = if (i..end).contains(&inner.next_consumer) {
-                inner.next_consumer - i
-            } else {
-                0
-            };
-            for k in 0..width {
-                let idx = i + (start + k) % width;
-                if inner.consumers[idx].can_take() && accept(&inner.consumers[idx]) {
-                    inner.next_consumer = if idx + 1 < end { idx + 1 } else { i };
-                    return Some(idx);
-                }
-            }
-            i = end;
-        }
-        None
+        inner
+            .consumers
+            .pick(self.args.single_active_consumer, |c| accept(c))
     }
 
     /// Dead-letters (or drops) every expired ready message.
@@ -1118,15 +1102,12 @@ impl Queue {
             }
             // An exclusive consumer is always alone, so the first one tells (O(1) per consumer: a
             // scan here made registering n consumers O(n²)).
-            if !inner.consumers.is_empty()
-                && (consumer.exclusive || inner.consumers.first().is_some_and(|c| c.exclusive))
-            {
-                return Err(ConsumeRefused::ExclusiveInUse);
+            if let Some(first) = inner.consumers.first_live() {
+                if consumer.exclusive || inner.consumers.get(first).exclusive {
+                    return Err(ConsumeRefused::ExclusiveInUse);
+                }
             }
-            let pos = inner
-                .consumers
-                .partition_point(|c| c.priority >= consumer.priority);
-            inner.consumers.insert(pos, consumer);
+            inner.consumers.insert(consumer);
             inner.had_consumer = true;
             inner.last_used = Instant::now();
             on_added();
@@ -1143,7 +1124,7 @@ impl Queue {
         let mut letters = Letters::new();
         let last = {
             let mut inner = self.lock();
-            inner.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
+            inner.consumers.remove(consumer);
             inner.last_used = Instant::now();
             self.dispatch(&mut inner, &mut letters);
             self.auto_delete && inner.had_consumer && inner.consumers.is_empty() && !inner.deleted
@@ -1175,7 +1156,7 @@ impl Queue {
         let next_seq = inner.next_seq;
         let n = inner.ready.clear(next_seq).0 as u32;
         self.timer.notify_one();
-        (n, std::mem::take(&mut inner.consumers))
+        (n, inner.consumers.take_all())
     }
 
     fn ensure_timer(self: &Arc<Self>) {
