@@ -284,12 +284,12 @@ impl Connection {
             let awaiting = self.channels.values().any(Channel::awaits_durability);
             self.apply_alarm(*alarms.borrow_and_update());
             // Input is not handled while blocked by an alarm, nor while the client is not reading what
-            // the broker already owes it (its write buffer is past the high-water mark): whatever the
+            // the broker already owes it (its write buffer is past 4 MiB): whatever the
             // client asks for (basic.get, replies, returns) waits in its socket rather than in broker
             // memory. The writer signals `resume` once it has drained. Meanwhile up to READ_AHEAD
             // octets are still read (not handled), so that a client that goes away is noticed and its
             // resources freed.
-            let can_process = !self.blocked && self.outbound.has_room();
+            let can_process = !self.blocked && self.outbound.has_room_for_input();
             let can_read = can_process || buf.len() < READ_AHEAD;
             tokio::select! {
                 biased;
@@ -372,7 +372,7 @@ impl Connection {
     fn process(&mut self, buf: &mut BytesMut) -> bool {
         let mut left = false;
         while self.state != State::Closed {
-            if !self.outbound.has_room() {
+            if !self.outbound.has_room_for_input() {
                 left = !buf.is_empty();
                 break;
             }

@@ -1,5 +1,5 @@
 //! Message content on its way in: bodies that arrive in several frames, and the copy that keeps a small
-//! message from pinning its publisher's read buffer.
+//! message waiting in a queue from pinning its publisher's read buffer.
 //!
 //! A body in several frames is assembled in a [`PartialBody`], which grows geometrically (never past
 //! the declared body size) and is charged, by capacity, against its connection's [`ContentBudget`] and
@@ -13,29 +13,41 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::memory::{self, Account};
+use crate::message::MessageRef;
 
-/// Content at most this long (properties and body) is copied out of the read buffer into an allocation
-/// of its own when the message is complete, so that a message kept for long holds only its own octets
-/// rather than the 64 KiB or more of buffer it arrived in. Longer bodies stay zero-copy slices (they
-/// are most of whatever buffer they pin).
-pub const SMALL_CONTENT_MAX: usize = 16 * 1024;
+/// Content at most this long (properties and body) routed to a queue that keeps it until a consumer
+/// comes is copied out of the read buffer into allocations of its own, so that a small message kept
+/// for long holds only its own octets rather than the 64 KiB or more of buffer it arrived in (up to
+/// 4 000× a 16-octet message). Longer content stays a zero-copy slice: copying costs in proportion to
+/// size, while what a kept message can pin is at most ~64× its size past this bound. Messages to
+/// queues with consumers are not copied: they leave in the order they came, so a read buffer's
+/// messages are freed together (and the copy would cost the hot path; A/B in BENCHMARKS.md).
+pub const SMALL_CONTENT_MAX: usize = 1024;
 
 /// The first reservation of a body arriving in several frames, at most (then it doubles).
 const FIRST_RESERVATION_MAX: usize = 1 << 20;
 
-/// `raw_properties` and `body` in one allocation of their own when together they are at most
-/// [`SMALL_CONTENT_MAX`] octets; unchanged otherwise.
-pub fn own_small_content(raw_properties: Bytes, body: Bytes) -> (Bytes, Bytes) {
-    let total = raw_properties.len() + body.len();
-    if total > SMALL_CONTENT_MAX {
-        return (raw_properties, body);
+/// The property list of a message without properties: property flags 0.
+static NO_PROPERTIES: [u8; 2] = [0, 0];
+
+/// Gives a message of at most [`SMALL_CONTENT_MAX`] octets (properties and body) copies of its
+/// octets in allocations of its own, when nothing else holds the message yet; unchanged otherwise.
+/// Each copy is a plain `Vec` turned into `Bytes` (one allocation, no reference count until it is
+/// cloned); an empty property list needs none. The lengths do not change, so the message's memory
+/// accounting stays right.
+pub fn own_small_content(message: &mut MessageRef) {
+    let Some(m) = Arc::get_mut(message) else {
+        return;
+    };
+    if m.raw_properties.len() + m.body.len() > SMALL_CONTENT_MAX {
+        return;
     }
-    let mut both = BytesMut::with_capacity(total);
-    both.extend_from_slice(&raw_properties);
-    both.extend_from_slice(&body);
-    let both = both.freeze();
-    let split = raw_properties.len();
-    (both.slice(..split), both.slice(split..))
+    m.raw_properties = if m.raw_properties[..] == NO_PROPERTIES {
+        Bytes::from_static(&NO_PROPERTIES)
+    } else {
+        Bytes::copy_from_slice(&m.raw_properties)
+    };
+    m.body = Bytes::copy_from_slice(&m.body);
 }
 
 /// Octets of unfinished bodies one connection may hold at once.
@@ -135,8 +147,10 @@ impl PartialBody {
 
 impl Drop for PartialBody {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.charged, Ordering::AcqRel);
-        memory::sub(Account::Partial, self.charged);
+        if self.charged > 0 {
+            self.budget.used.fetch_sub(self.charged, Ordering::AcqRel);
+            memory::sub(Account::Partial, self.charged);
+        }
     }
 }
 
@@ -170,17 +184,39 @@ mod tests {
         assert_eq!(budget.used(), 0);
     }
 
+    fn message(raw_properties: Bytes, body: Bytes) -> MessageRef {
+        Arc::new(crate::message::Message::new(
+            "x".into(),
+            "k".into(),
+            Default::default(),
+            raw_properties,
+            body,
+        ))
+    }
+
     #[test]
     fn small_content_gets_its_own_allocation() {
         let buffer = Bytes::from(vec![7u8; 64 * 1024]);
-        let (p, b) = own_small_content(buffer.slice(0..10), buffer.slice(10..40));
-        assert_eq!((p.len(), b.len()), (10, 30));
-        assert_eq!(&b[..], &[7u8; 30][..]);
+        let mut m = message(buffer.slice(0..10), buffer.slice(10..40));
+        own_small_content(&mut m);
+        assert_eq!((m.raw_properties.len(), m.body.len()), (10, 30));
+        assert_eq!(&m.body[..], &[7u8; 30][..]);
         // Neither points into the 64 KiB buffer any more.
         let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
-        assert!(!range.contains(&(b.as_ptr() as usize)));
-        assert!(!range.contains(&(p.as_ptr() as usize)));
-        let (_, big) = own_small_content(Bytes::new(), buffer.slice(..));
-        assert_eq!(big.as_ptr(), buffer.as_ptr(), "large bodies stay zero-copy");
+        assert!(!range.contains(&(m.body.as_ptr() as usize)));
+        assert!(!range.contains(&(m.raw_properties.as_ptr() as usize)));
+        let mut big = message(Bytes::new(), buffer.slice(..));
+        own_small_content(&mut big);
+        assert_eq!(
+            big.body.as_ptr(),
+            buffer.as_ptr(),
+            "large bodies stay zero-copy"
+        );
+        // A message someone else holds is left as it is.
+        let mut shared = message(Bytes::new(), buffer.slice(0..8));
+        let other = Arc::clone(&shared);
+        own_small_content(&mut shared);
+        assert_eq!(shared.body.as_ptr(), buffer.as_ptr());
+        drop(other);
     }
 }

@@ -8,25 +8,9 @@ use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, channel, queue, AMQPClass};
-use amq_protocol::types::FieldTable;
 use common::raw::{encode, Raw};
 use common::*;
-use lapin::options::QueueDeclareOptions;
 use tokio::io::AsyncReadExt;
-
-/// Another client can still declare a queue: the broker survived.
-async fn assert_broker_serves(broker: &TestBroker) {
-    let conn = connect(broker).await;
-    channel(&conn)
-        .await
-        .queue_declare(
-            "still-alive".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("broker still serves");
-}
 
 fn declare(name: &str) -> AMQPClass {
     AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {

@@ -16,20 +16,6 @@ use common::*;
 use lapin::options::*;
 use lapin::BasicProperties;
 
-/// Another client can still declare a queue: the broker survived.
-async fn assert_broker_serves(broker: &TestBroker) {
-    let conn = connect(broker).await;
-    channel(&conn)
-        .await
-        .queue_declare(
-            "still-alive".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("broker still serves");
-}
-
 /// A field table (with its length prefix) holding containers of `kind` (`b'F'` tables, `b'A'` arrays)
 /// inside one another, `depth` levels in all.
 fn deep_table(depth: usize, kind: u8) -> Vec<u8> {

@@ -285,8 +285,6 @@ impl Channel {
         } else {
             raw_properties
         };
-        // A small message owns its octets rather than pinning the read buffer it arrived in.
-        let (raw_properties, body) = crate::content::own_small_content(raw_properties, body);
         let message = Arc::new(Message::new(
             publish.exchange,
             publish.routing_key,
@@ -334,7 +332,7 @@ impl Channel {
     pub(super) fn route_and_enqueue(
         &mut self,
         ctx: &mut ConnectionContext,
-        p: Publication,
+        mut p: Publication,
         seq: u64,
     ) -> AmqpResult {
         let mut queues = std::mem::take(&mut ctx.route_queues);
@@ -373,6 +371,12 @@ impl Channel {
                 return Err(e);
             }
         };
+        // A small message that some queue keeps until a consumer comes owns its octets rather than
+        // pinning the read buffer it arrived in (see Queue::is_consumed).
+        if queues.iter().any(|q| !q.is_consumed()) {
+            crate::content::own_small_content(&mut p.message);
+        }
+        let message = &p.message;
         let mut routed_to_any = false;
         let mut rejected = false;
         let mut waits = Vec::new();

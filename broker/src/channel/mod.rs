@@ -363,7 +363,9 @@ enum Content {
         publish: amqp_basic::Publish,
         header: Box<AMQPContentHeader>,
         raw_properties: Bytes,
-        body: PartialBody,
+        /// The body so far once a second frame came (charged to the connection's budget).
+        body: Option<PartialBody>,
+        /// The first body frame, zero-copy, while it is the only one.
         first: Option<Bytes>,
     },
 }
@@ -590,7 +592,7 @@ impl Channel {
             publish,
             header,
             raw_properties,
-            body: PartialBody::new(Arc::clone(&ctx.content_budget)),
+            body: None,
             first: None,
         };
         Ok(())
@@ -613,7 +615,11 @@ impl Channel {
             ));
         };
         let expected = header.body_size as usize;
-        let received = first.as_ref().map_or(body.len(), Bytes::len) + data.len();
+        let received = match (&first, &body) {
+            (Some(f), _) => f.len(),
+            (None, Some(b)) => b.len(),
+            (None, None) => 0,
+        } + data.len();
         if received > expected {
             return Err(AmqpError::connection(
                 AMQPHardError::FRAMEERROR,
@@ -622,12 +628,14 @@ impl Channel {
                 ),
             ));
         }
-        if first.is_none() && body.is_empty() {
+        if first.is_none() && body.is_none() {
             *first = Some(data); // zero-copy when the body comes in one frame
         } else {
             let over = |e: crate::content::BudgetExceeded| {
                 AmqpError::connection(AMQPHardError::RESOURCEERROR, e)
             };
+            let body =
+                body.get_or_insert_with(|| PartialBody::new(Arc::clone(&ctx.content_budget)));
             if let Some(f) = first.take() {
                 body.extend(&f, expected).map_err(over)?;
             }
@@ -646,7 +654,11 @@ impl Channel {
         else {
             return Ok(());
         };
-        let body = first.unwrap_or_else(|| body.freeze());
+        let body = match (first, body) {
+            (Some(f), _) => f,
+            (None, Some(b)) => b.freeze(),
+            (None, None) => Bytes::new(),
+        };
         self.publish_content(ctx, publish, header, raw_properties, body)
     }
 

@@ -34,6 +34,10 @@ pub struct Outbound {
 impl Outbound {
     /// Buffered bytes above which deliveries to this connection pause (1 MiB).
     pub const HIGH_WATER: usize = 1 << 20;
+    /// Buffered bytes above which the connection's input is no longer handled (4 MiB): what the
+    /// client asks for waits in its socket until it reads. Above [`Outbound::HIGH_WATER`], so that a
+    /// consumer's acks keep flowing while deliveries to it are paused.
+    pub const INPUT_HIGH_WATER: usize = 4 << 20;
 
     /// An empty buffer for a connection with the given `frame_max`.
     pub fn new(frame_max: usize) -> Self {
@@ -69,6 +73,16 @@ impl Outbound {
         self.stalled.store(true, Ordering::Release);
         // Re-check: the writer may have drained between the load and the store.
         self.pending.load(Ordering::Acquire) < Self::HIGH_WATER
+    }
+
+    /// Whether the connection's input may be handled now (buffer below
+    /// [`Outbound::INPUT_HIGH_WATER`]). Records a stall when not, so the writer signals `resume`.
+    pub fn has_room_for_input(&self) -> bool {
+        if self.pending.load(Ordering::Acquire) < Self::INPUT_HIGH_WATER {
+            return true;
+        }
+        self.stalled.store(true, Ordering::Release);
+        self.pending.load(Ordering::Acquire) < Self::INPUT_HIGH_WATER
     }
 
     /// Negotiated frame_max in octets.

@@ -111,6 +111,7 @@ impl Consumers {
         if consumer.filter.is_some() {
             self.filtered -= 1;
         }
+
         if self.live * 2 < self.slots.len() {
             self.compact();
         }

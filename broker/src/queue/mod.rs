@@ -407,6 +407,8 @@ pub struct Queue {
     timer: Arc<Notify>,
     /// Idempotency keys (`x-idempotency`): duplicates of acked messages are not delivered.
     idempotency: Option<plugins::Idempotency>,
+    /// See [`Queue::is_consumed`].
+    consumed: std::sync::atomic::AtomicBool,
     inner: Mutex<QueueInner>,
     /// What the queue itself costs, in the memory alarm's entity account.
     _memory: Charge,
@@ -483,6 +485,7 @@ impl Queue {
             log,
             timer: Arc::new(Notify::new()),
             idempotency: None,
+            consumed: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(QueueInner {
                 ready,
                 next_seq,
@@ -745,6 +748,22 @@ impl Queue {
         if m.message.properties.expiration().is_some() && m.expires_at.is_some() {
             inner.own_expiration = inner.own_expiration.saturating_sub(1);
         }
+    }
+
+    /// A hint, read without the queue's lock: whether the queue has consumers taking its messages in
+    /// order (none with a filter, no idempotency keys). A message published to a queue without waits
+    /// for a consumer for an unknown time, so the publish path copies a small one out of the read
+    /// buffer it arrived in ([`crate::content`]); with consumers, messages leave in the order they
+    /// came, and a read buffer's messages are freed together.
+    pub fn is_consumed(&self) -> bool {
+        self.consumed.load(Ordering::Relaxed)
+    }
+
+    fn update_consumed(&self, inner: &QueueInner) {
+        let consumed = !inner.consumers.is_empty()
+            && !inner.consumers.any_filtered()
+            && self.idempotency.is_none();
+        self.consumed.store(consumed, Ordering::Relaxed);
     }
 
     /// Delivers ready messages to consumers that have capacity, until either runs out. Consumers of the
@@ -1108,6 +1127,7 @@ impl Queue {
                 }
             }
             inner.consumers.insert(consumer);
+            self.update_consumed(&inner);
             inner.had_consumer = true;
             inner.last_used = Instant::now();
             on_added();
@@ -1125,6 +1145,7 @@ impl Queue {
         let last = {
             let mut inner = self.lock();
             inner.consumers.remove(consumer);
+            self.update_consumed(&inner);
             inner.last_used = Instant::now();
             self.dispatch(&mut inner, &mut letters);
             self.auto_delete && inner.had_consumer && inner.consumers.is_empty() && !inner.deleted
@@ -1156,7 +1177,9 @@ impl Queue {
         let next_seq = inner.next_seq;
         let n = inner.ready.clear(next_seq).0 as u32;
         self.timer.notify_one();
-        (n, inner.consumers.take_all())
+        let consumers = inner.consumers.take_all();
+        self.update_consumed(&inner);
+        (n, consumers)
     }
 
     fn ensure_timer(self: &Arc<Self>) {

@@ -75,6 +75,20 @@ pub async fn start_broker_with(config: Config) -> TestBroker {
     }
 }
 
+/// Another client can still declare a queue: the broker survived.
+pub async fn assert_broker_serves(broker: &TestBroker) {
+    let conn = connect(broker).await;
+    channel(&conn)
+        .await
+        .queue_declare(
+            "still-alive".into(),
+            lapin::options::QueueDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("broker still serves");
+}
+
 pub async fn connect(broker: &TestBroker) -> Connection {
     Connection::connect(&broker.uri(), ConnectionProperties::default())
         .await
