@@ -298,8 +298,12 @@ async fn connections_in_the_handshake_are_capped() {
     for _ in 0..3 {
         idle.push(Raw::connect_bare(&broker).await);
     }
-    // Give the broker time to count the three before the fourth arrives.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The broker has counted the three before the fourth arrives.
+    let deadline = Instant::now() + WAIT;
+    while broker.broker.handshakes.get() < 3 {
+        assert!(Instant::now() < deadline, "idle sockets not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut fourth = Raw::connect_bare(&broker).await;
     fourth.send_bytes(b"AMQP\x00\x00\x09\x01").await;
     assert_eq!(fourth.recv().await, None, "closed without connection.start");
