@@ -311,6 +311,12 @@ async fn routing_key_that_is_not_utf8_is_accepted() {
         .await;
     let got = wait_get(&ch, "bin-key", true).await;
     assert_eq!(got.delivery.routing_key.as_str(), "\u{fffd}");
+    // 255 invalid octets would be 765 as U+FFFD: cut to what a short string holds (the fuzz test
+    // found this panicking the connection's task).
+    raw.send_bytes(&publish_with("amq.fanout", &[0xff; 255], None))
+        .await;
+    let got = wait_get(&ch, "bin-key", true).await;
+    assert_eq!(got.delivery.routing_key.as_str(), "\u{fffd}".repeat(85));
 }
 
 /// A channel method on channel 0 is a connection error 504 CHANNEL_ERROR with RabbitMQ's text.

@@ -224,14 +224,21 @@ fn short_string(input: &[u8]) -> Option<(ShortString, &[u8])> {
     ))
 }
 
-/// A short string whose octets need not be UTF-8 (invalid sequences become U+FFFD).
+/// A short string whose octets need not be UTF-8: invalid sequences become U+FFFD, and since that
+/// takes three octets, a result past the 255 a short string may hold is cut at the last character
+/// that fits (found by the fuzz test: a 255-octet key of invalid octets panicked `ShortString::from`).
 fn short_string_lossy(input: &[u8]) -> Option<(ShortString, &[u8])> {
     let (&len, rest) = input.split_first()?;
     let (s, rest) = rest.split_at_checked(usize::from(len))?;
-    Some((
-        ShortString::from(String::from_utf8_lossy(s).into_owned()),
-        rest,
-    ))
+    let mut text = String::from_utf8_lossy(s).into_owned();
+    if text.len() > 255 {
+        let cut = (0..=255)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        text.truncate(cut);
+    }
+    Some((ShortString::try_new(text).ok()?, rest))
 }
 
 /// Whether `(class_id, method_id)` is a method of AMQP 0-9-1 (with RabbitMQ's extensions).
@@ -321,6 +328,14 @@ mod tests {
             panic!("a non-UTF-8 routing key is accepted");
         };
         assert_eq!(p.routing_key.as_str(), "\u{fffd}ey");
+        // 255 invalid octets: three octets each as U+FFFD, cut to 255 octets (85 characters).
+        let mut long = vec![0, 60, 0, 40, 0, 0, 0, 255];
+        long.extend([0xffu8; 255]);
+        long.push(0);
+        let Some(AMQPClass::Basic(basic::AMQPMethod::Publish(p))) = decode_hot_method(&long) else {
+            panic!("a long non-UTF-8 routing key is accepted");
+        };
+        assert_eq!(p.routing_key.as_str(), "\u{fffd}".repeat(85));
         // An exchange name that is not UTF-8 is left to the generic parser, which refuses it.
         let mut bad_exchange = publish.to_vec();
         bad_exchange[4 + 2 + 1] = 0xff;
