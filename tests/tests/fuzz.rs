@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queue, tx, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use common::raw::encode;
+use common::raw::{deep_table, encode};
 use common::*;
 use lapin::options::QueueDeclareOptions;
 use rand::rngs::StdRng;
@@ -261,24 +261,6 @@ fn valid_session(rng: &mut StdRng) -> Vec<Vec<u8>> {
     frames
 }
 
-/// A field table nested `depth` levels (tables or arrays), built by hand: amq-protocol's encoder
-/// recurses.
-fn deep_table(depth: usize, arrays: bool) -> Vec<u8> {
-    let per = if arrays { 5 } else { 6 };
-    let inner = |level: usize| (depth - level) * per;
-    let mut out = Vec::new();
-    let first = if depth > 1 { 6 + inner(2) } else { 0 };
-    out.extend_from_slice(&(first as u32).to_be_bytes());
-    for level in 2..=depth {
-        if level == 2 || !arrays {
-            out.push(0);
-        }
-        out.push(if arrays { b'A' } else { b'F' });
-        out.extend_from_slice(&(inner(level) as u32).to_be_bytes());
-    }
-    out
-}
-
 /// Mutates a valid session in 0–3 ways (a quarter stay valid).
 fn mutate(rng: &mut StdRng, frames: &mut Vec<Vec<u8>>) {
     let n = if rng.gen_bool(0.25) {
@@ -330,7 +312,10 @@ fn mutate(rng: &mut StdRng, frames: &mut Vec<Vec<u8>>) {
                     let at = rng.gen_range(8..f.len() - 1);
                     f.truncate(at);
                     let depth = [50, 101, 700, 5_000, 20_000][rng.gen_range(0..5)];
-                    f.extend(deep_table(depth, rng.gen_bool(0.5)));
+                    f.extend(deep_table(
+                        depth,
+                        if rng.gen_bool(0.5) { b'A' } else { b'F' },
+                    ));
                     let size = (f.len() - 7) as u32;
                     f[3..7].copy_from_slice(&size.to_be_bytes());
                     f.push(0xCE);

@@ -11,30 +11,10 @@ use std::time::{Duration, Instant};
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic, connection, queue, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
-use common::raw::{encode, Raw};
+use common::raw::{deep_table, encode, Raw};
 use common::*;
 use lapin::options::*;
 use lapin::BasicProperties;
-
-/// A field table (with its length prefix) holding containers of `kind` (`b'F'` tables, `b'A'` arrays)
-/// inside one another, `depth` levels in all.
-fn deep_table(depth: usize, kind: u8) -> Vec<u8> {
-    let entry = |level: usize| if level == 2 || kind == b'F' { 6 } else { 5 };
-    let mut content = vec![0usize; depth + 2];
-    for level in (1..depth).rev() {
-        content[level] = entry(level + 1) + content[level + 1];
-    }
-    let mut out = Vec::with_capacity(content[1] + 4);
-    out.extend_from_slice(&(content[1] as u32).to_be_bytes());
-    for (level, len) in content.iter().enumerate().take(depth + 1).skip(2) {
-        if entry(level) == 6 {
-            out.push(0); // an empty field name
-        }
-        out.push(kind);
-        out.extend_from_slice(&(*len as u32).to_be_bytes());
-    }
-    out
-}
 
 fn short_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(s.len() as u8);

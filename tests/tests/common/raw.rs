@@ -17,6 +17,25 @@ pub struct Raw {
     pub buf: BytesMut,
 }
 
+/// A field table (with its length prefix) holding containers of `kind` (`b'F'` tables, `b'A'` arrays)
+/// inside one another, `depth` levels in all, built by hand: amq-protocol's encoder recurses. An entry
+/// inside a table takes 6 octets (empty name, type, length), inside an array 5.
+pub fn deep_table(depth: usize, kind: u8) -> Vec<u8> {
+    let per = if kind == b'A' { 5 } else { 6 };
+    let inner = |level: usize| (depth - level) * per; // content octets of a level >= 2
+    let mut out = Vec::new();
+    let first = if depth > 1 { 6 + inner(2) } else { 0 };
+    out.extend_from_slice(&(first as u32).to_be_bytes());
+    for level in 2..=depth {
+        if level == 2 || kind != b'A' {
+            out.push(0); // an empty field name
+        }
+        out.push(kind);
+        out.extend_from_slice(&(inner(level) as u32).to_be_bytes());
+    }
+    out
+}
+
 pub fn encode(frame: &AMQPFrame) -> Vec<u8> {
     gen_frame(frame)(WriteContext::from(Vec::new()))
         .expect("encode")
