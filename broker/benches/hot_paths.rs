@@ -241,10 +241,10 @@ fn plugin_route(c: &mut Criterion) {
                 batch_start = (batch_start + 64) % (keys.len() - 64);
                 let batch = &keys[batch_start..batch_start + 64];
                 let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
-                plugin.prepare(&refs);
+                let mut prepared = plugin.prepare(&refs).unwrap_or_default();
                 for (k, m) in batch.iter().zip(&messages[batch_start..batch_start + 64]) {
                     out.clear();
-                    let _ = plugin.route(black_box(k), m, &mut out);
+                    let _ = plugin.route_prepared(black_box(k), m, &mut prepared, &mut out);
                     black_box(out.len());
                 }
             })

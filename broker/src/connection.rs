@@ -21,11 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::alarm::AlarmState;
+use crate::broker::Broker;
 use crate::channel::{short_text, Channel, ConnectionContext};
 use crate::error::AmqpError;
+use crate::protocol::ids::{BASIC_CLASS, BASIC_PUBLISH};
 use crate::protocol::outbound::Outbound;
 use crate::protocol::{decode_frame, encode, Frame, FrameError, PROTOCOL_HEADER};
-use crate::server::Broker;
 use crate::throttle::Admission;
 use crate::tls::TlsAcceptor;
 
@@ -398,15 +399,7 @@ impl Connection {
                 }
             }
         }
-        let held: Vec<u16> = self
-            .channels
-            .iter()
-            .filter(|(_, c)| c.has_pending_publications())
-            .map(|(id, _)| *id)
-            .collect();
-        for ch in held {
-            self.flush_publications(ch);
-        }
+        self.flush_held_publications(None);
         if let Some(ctx) = &self.ctx {
             for ch in self.channels.values_mut() {
                 ch.flush_confirms(ctx);
@@ -421,14 +414,25 @@ impl Connection {
         left
     }
 
-    /// Routes the publishes channel `ch` holds back for batch routing; an error closes the channel as
-    /// basic.publish's would.
-    fn flush_publications(&mut self, ch: u16) {
-        if !self.channels.contains_key(&ch) {
-            return; // released meanwhile (a connection error closed every channel)
-        }
-        if let Err(e) = self.with_channel(ch, 60, 40, Channel::flush_publications) {
-            self.fail(&e, 60, 40);
+    /// Routes the publishes held back for batch routing by every channel (`only = None`) or by channel
+    /// `only`: the connection's one entry point for that (at the end of a read batch, before another
+    /// method on the channel). An error closes the channel, or the connection, as basic.publish's would.
+    fn flush_held_publications(&mut self, only: Option<u16>) {
+        let held: Vec<u16> = self
+            .channels
+            .iter()
+            .filter(|(id, c)| only.is_none_or(|o| o == **id) && c.has_held_publications())
+            .map(|(id, _)| *id)
+            .collect();
+        for ch in held {
+            if !self.channels.contains_key(&ch) {
+                continue; // released meanwhile (a connection error closed every channel)
+            }
+            if let Err(e) =
+                self.with_channel(ch, BASIC_CLASS, BASIC_PUBLISH, Channel::flush_publications)
+            {
+                self.fail(&e, BASIC_CLASS, BASIC_PUBLISH);
+            }
         }
     }
 
@@ -567,11 +571,13 @@ impl Connection {
                 Ok(())
             }
             Frame::Header(ch, header, raw) => {
-                self.with_channel(ch, 60, 40, |c, ctx| c.handle_header(ctx, header, raw))
+                self.with_channel(ch, BASIC_CLASS, BASIC_PUBLISH, |c, ctx| {
+                    c.handle_header(ctx, header, raw)
+                })
             }
-            Frame::Body(ch, data) => {
-                self.with_channel(ch, 60, 40, |c, ctx| c.handle_body(ctx, data))
-            }
+            Frame::Body(ch, data) => self.with_channel(ch, BASIC_CLASS, BASIC_PUBLISH, |c, ctx| {
+                c.handle_body(ctx, data)
+            }),
         };
         if let Err(e) = result {
             self.fail(&e, 0, 0);
@@ -602,7 +608,7 @@ impl Connection {
             // Publishes held back came before the failing frame: they are routed first, and their
             // error, if any, is the one reported.
             Err(e) => match channel.flush_publications(ctx) {
-                Err(first) => (first, 60, 40),
+                Err(first) => (first, BASIC_CLASS, BASIC_PUBLISH),
                 Ok(()) => (e, class_id, method_id),
             },
         };
@@ -622,13 +628,8 @@ impl Connection {
             method,
             AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(_))
         );
-        if !publish
-            && self
-                .channels
-                .get(&ch)
-                .is_some_and(Channel::has_pending_publications)
-        {
-            self.flush_publications(ch);
+        if !publish {
+            self.flush_held_publications(Some(ch));
         }
         let result = match method {
             AMQPClass::Channel(amqp_channel::AMQPMethod::Open(_)) => self.channel_open(ch),

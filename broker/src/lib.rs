@@ -5,8 +5,10 @@
 
 pub mod alarm;
 pub mod auth;
+pub mod broker;
 pub mod channel;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod content;
@@ -21,6 +23,7 @@ pub mod protocol;
 pub mod queue;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod throttle;
 pub mod tls;
 pub mod vhost;

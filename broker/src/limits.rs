@@ -73,24 +73,19 @@ pub struct UserLimiter {
 impl UserLimiter {
     /// Sets (replaces) `user`'s limits; later checks use them, open connections are not closed.
     pub fn set(&self, user: &str, limits: UserLimits) {
-        self.limits
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(user.to_owned(), limits);
+        crate::sync::write(&self.limits).insert(user.to_owned(), limits);
     }
 
     /// `user`'s limits (none set: no limits).
     pub fn get(&self, user: &str) -> UserLimits {
-        self.limits
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::read(&self.limits)
             .get(user)
             .copied()
             .unwrap_or_default()
     }
 
     fn with_usage<T>(&self, user: &str, f: impl FnOnce(&mut UserUsage) -> T) -> T {
-        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let mut usage = crate::sync::lock(&self.usage);
         let u = usage.entry(user.to_owned()).or_default();
         let out = f(u);
         if u.connections == 0 && u.channels == 0 {
@@ -147,7 +142,7 @@ impl UserLimiter {
 
     /// Connections and channels `user` has open.
     pub fn usage(&self, user: &str) -> (u64, u64) {
-        let usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let usage = crate::sync::lock(&self.usage);
         usage
             .get(user)
             .map_or((0, 0), |u| (u.connections, u.channels))

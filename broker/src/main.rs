@@ -7,8 +7,9 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::{error, info};
+use warren::broker::Broker;
 use warren::cli::Cli;
-use warren::server::{self, Broker, Listener};
+use warren::server::{self, Listener};
 
 fn main() -> ExitCode {
     let config = match Cli::parse().into_config() {

@@ -71,7 +71,7 @@ impl LoginThrottle {
             return Admission::Now;
         }
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = crate::sync::lock(&self.entries);
         let Some(e) = entries.get_mut(&ip) else {
             return Admission::Now;
         };
@@ -97,7 +97,7 @@ impl LoginThrottle {
             return;
         }
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = crate::sync::lock(&self.entries);
         if entries.len() >= MAX_TRACKED && !entries.contains_key(&ip) {
             if let Some(oldest) = entries
                 .iter()
@@ -118,7 +118,7 @@ impl LoginThrottle {
 
     /// Records a successful login from `ip`: its penalty ends.
     pub fn succeeded(&self, ip: IpAddr) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = crate::sync::lock(&self.entries);
         entries.remove(&ip);
     }
 }

@@ -451,12 +451,12 @@ async fn config_policies_apply_to_new_queues_and_exchanges() {
 async fn invalid_config_is_refused_at_start() {
     let mut config = Config::default();
     config.permissions.push(perm("guest", "/", "(", ".*", ".*"));
-    assert!(warren::server::Broker::new(config).is_err());
+    assert!(warren::broker::Broker::new(config).is_err());
     let config = Config {
         definitions: Some("/nonexistent/definitions.json".into()),
         ..Default::default()
     };
-    let err = warren::server::Broker::new(config).unwrap_err();
+    let err = warren::broker::Broker::new(config).unwrap_err();
     assert!(
         format!("{err:#}").contains("reading definitions"),
         "{err:#}"

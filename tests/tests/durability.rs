@@ -500,7 +500,7 @@ async fn a_corrupt_record_in_the_middle_is_skipped() {
 async fn a_newer_format_refuses_to_start() {
     let dir = fresh_dir("newer");
     std::fs::write(dir.join("FORMAT"), "warren-data 99\n").unwrap();
-    let err = warren::server::Broker::new(config(&dir)).unwrap_err();
+    let err = warren::broker::Broker::new(config(&dir)).unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("newer Warren"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);

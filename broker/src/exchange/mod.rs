@@ -6,6 +6,7 @@
 //! buffer and never delivers; the vhost follows exchange-to-exchange destinations and deduplicates.
 //! Reference: RabbitMQ docs/exchanges.md, docs/e2e.md.
 
+pub mod batch;
 pub mod direct;
 pub mod fanout;
 pub mod headers;
@@ -17,6 +18,8 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use amq_protocol::types::{FieldTable, ShortString};
+
+pub use batch::{Prepared, RouteBatch};
 
 use crate::memory::{self, Account, Charge};
 use crate::message::MessageRef;
@@ -106,16 +109,32 @@ pub trait ExchangeType: Send + Sync + fmt::Debug {
         message: &MessageRef,
         out: &mut Vec<Destination>,
     ) -> Result<(), RouteError>;
-    /// Whether routing decisions can be computed for many routing keys at once with
-    /// [`ExchangeType::prepare`] (a plugin whose decisions depend on the routing key alone). Publishers
-    /// then route runs of messages to this exchange as a batch.
-    fn routes_in_batches(&self) -> bool {
-        false
+    /// Most routing keys [`ExchangeType::prepare`] takes at once; 0 when the type routes message by
+    /// message (every native type). Publishers hold runs of messages to an exchange whose type says
+    /// more than 1 and route them as a batch.
+    fn batch_limit(&self) -> usize {
+        0
     }
-    /// Computes the decisions for `keys` (the routing keys of messages about to be routed, in the order
-    /// their [`ExchangeType::route`] calls will come) in one go; those calls then use them. Only a
-    /// speed-up: a call that finds no prepared decision routes as usual.
-    fn prepare(&self, _keys: &[&str]) {}
+    /// Computes the decisions for `keys` (the routing keys of messages about to be routed, in publish
+    /// order; at most [`ExchangeType::batch_limit`]) in one go. `None` when there is nothing to gain
+    /// (a fault, one key, every key cached): the messages then route one by one.
+    fn prepare(&self, _keys: &[&str]) -> Option<Prepared> {
+        None
+    }
+    /// Like [`ExchangeType::route`] for the next message of a prepared run: answers from `prepared`
+    /// when it holds this key's decision and is still valid, else routes as usual.
+    ///
+    /// # Errors
+    /// As [`ExchangeType::route`].
+    fn route_prepared(
+        &self,
+        routing_key: &str,
+        message: &MessageRef,
+        _prepared: &mut Prepared,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
+        self.route(routing_key, message, out)
+    }
 }
 
 /// Why an exchange type could not route a message (plugin types only; native types always route).
@@ -198,11 +217,11 @@ impl Exchange {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, ExchangeState> {
         // A poisoned lock means a panic elsewhere while holding it; the state itself is still consistent
         // (bind/unbind do not panic midway), so keep serving rather than cascade the panic.
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+        crate::sync::read(&self.state)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, ExchangeState> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+        crate::sync::write(&self.state)
     }
 
     /// Adds `binding` unless an equal one exists. Returns whether it was added.
@@ -281,14 +300,35 @@ impl Exchange {
         self.read().router.route(routing_key, message, out)
     }
 
-    /// See [`ExchangeType::routes_in_batches`].
-    pub fn routes_in_batches(&self) -> bool {
-        self.read().router.routes_in_batches()
+    /// See [`ExchangeType::batch_limit`].
+    pub fn batch_limit(&self) -> usize {
+        self.read().router.batch_limit()
     }
 
-    /// See [`ExchangeType::prepare`].
-    pub fn prepare(&self, keys: &[&str]) {
-        self.read().router.prepare(keys);
+    /// The decisions of this exchange's type for `keys` (see [`ExchangeType::prepare`]), bound to this
+    /// exchange.
+    pub fn prepare(self: &Arc<Self>, keys: &[&str]) -> Option<RouteBatch> {
+        let decisions = self.read().router.prepare(keys)?;
+        Some(RouteBatch {
+            exchange: Arc::clone(self),
+            decisions,
+        })
+    }
+
+    /// [`Exchange::route`] for a message of a prepared run (see [`ExchangeType::route_prepared`]).
+    ///
+    /// # Errors
+    /// The type could not route.
+    pub fn route_prepared(
+        &self,
+        routing_key: &str,
+        message: &MessageRef,
+        prepared: &mut Prepared,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
+        self.read()
+            .router
+            .route_prepared(routing_key, message, prepared, out)
     }
 
     /// Sets the alternate exchange given by a policy (the `alternate-exchange` argument still wins).

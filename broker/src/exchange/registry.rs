@@ -55,18 +55,12 @@ impl Registry {
 
     /// Registers (or replaces) the factory for a native type `name`.
     pub fn register(&self, name: &str, factory: Factory) {
-        self.types
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned(), factory);
+        crate::sync::write(&self.types).insert(name.to_owned(), factory);
     }
 
     /// Whether exchanges of type `name` can be declared now (native, or a loaded plugin type).
     pub fn knows(&self, name: &str) -> bool {
-        self.types
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(name)
+        crate::sync::read(&self.types).contains_key(name)
             || self
                 .plugins
                 .as_ref()
@@ -83,12 +77,7 @@ impl Registry {
         name: &str,
         arguments: &FieldTable,
     ) -> Option<Result<Box<dyn ExchangeType>, String>> {
-        let native = self
-            .types
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .copied();
+        let native = crate::sync::read(&self.types).get(name).copied();
         if let Some(factory) = native {
             return Some(Ok(factory()));
         }

@@ -14,20 +14,16 @@
 //! binding changes or the version does; when keys rarely repeat (a full cache generation with hits
 //! below a tenth of its misses) the cache is bypassed for a while instead of paying for inserts.
 //! Such plugins are also asked for runs of routing keys in one `route-keys` call
-//! ([`ExchangeType::prepare`]): a call costs ~0.5 µs of fixed machinery (entering the component,
-//! lowering and lifting), which a batch shares. Prepared decisions are kept per thread (a publisher
-//! prepares and then routes its run of messages on one thread, so other publishers cannot interleave),
-//! consumed in publish order, and void once a binding or the instance changes (a new stamp).
+//! ([`ExchangeType::prepare`], see [`super::batch`]); the [`Prepared`] decisions carry the exchange's
+//! generation (renewed whenever a binding or the instance changes), and a stale one is ignored.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use amq_protocol::types::FieldTable;
 
-use super::{Binding, Destination, ExchangeType, RouteError};
+use super::{Binding, Destination, ExchangeType, Prepared, RouteError};
 use crate::message::MessageRef;
 use crate::plugin::bindings::{Binding as WitBinding, ExchangePlugin, RoutesOn};
 use crate::plugin::engine::table_body;
@@ -43,7 +39,8 @@ const CACHE_KEYS: usize = 10_000;
 /// of a plugin call (callgrind of the route benchmark).
 const CACHE_BYPASS_CALLS: u32 = 100_000;
 
-/// Most keys asked for in one `route-keys` call (the call's deadline is scaled by the count).
+/// Most keys asked for in one `route-keys` call (the call's deadline is scaled by the count): this
+/// type's [`ExchangeType::batch_limit`].
 pub const PREPARE_MAX: usize = 256;
 
 /// A binding as the plugin knows it.
@@ -65,75 +62,6 @@ struct Active {
     bypass: u32,
 }
 
-/// Source of stamps: a stamp names one exchange's bindings and instance as they are between two
-/// changes, unique across exchanges.
-static STAMPS: AtomicU64 = AtomicU64::new(1);
-
-fn new_stamp() -> u64 {
-    STAMPS.fetch_add(1, Ordering::Relaxed)
-}
-
-thread_local! {
-    /// The decisions of this thread's last `route-keys` call.
-    static PREPARED: RefCell<Prepared> = const { RefCell::new(Prepared::EMPTY) };
-}
-
-/// Decisions from one `route-keys` call, in the flat form of the WIT, consumed in order.
-#[derive(Debug, Default)]
-struct Prepared {
-    /// The exchange's stamp when they were made (0: none).
-    stamp: u64,
-    keys: Vec<u8>,
-    key_ends: Vec<u32>,
-    ids: Vec<u32>,
-    id_ends: Vec<u32>,
-    /// The next key expected to be routed.
-    next: usize,
-}
-
-impl Prepared {
-    const EMPTY: Prepared = Prepared {
-        stamp: 0,
-        keys: Vec::new(),
-        key_ends: Vec::new(),
-        ids: Vec::new(),
-        id_ends: Vec::new(),
-        next: 0,
-    };
-
-    fn clear(&mut self) {
-        self.stamp = 0;
-        self.keys.clear();
-        self.key_ends.clear();
-        self.ids.clear();
-        self.id_ends.clear();
-        self.next = 0;
-    }
-
-    /// The range in `ids` decided for `key` when it is the next key in line (then consumed).
-    fn take(&mut self, key: &str) -> Option<Range<usize>> {
-        let i = self.next;
-        let end = *self.key_ends.get(i)? as usize;
-        let start = i.checked_sub(1).map_or(0, |p| self.key_ends[p] as usize);
-        if self.keys.get(start..end)? != key.as_bytes() {
-            return None;
-        }
-        self.next += 1;
-        let id_start = i.checked_sub(1).map_or(0, |p| self.id_ends[p] as usize);
-        Some(id_start..self.id_ends[i] as usize)
-    }
-
-    /// Whether the plugin's `id_ends` are ascending and within `ids` (else the answer is unusable);
-    /// [`Instance::route_keys`] has already checked that there is one per key.
-    fn is_well_formed(&self) -> bool {
-        self.id_ends.windows(2).all(|w| w[0] <= w[1])
-            && self
-                .id_ends
-                .last()
-                .is_none_or(|&e| e as usize <= self.ids.len())
-    }
-}
-
 /// An exchange whose type is a plugin.
 #[derive(Debug)]
 pub struct WasmExchange {
@@ -147,10 +75,7 @@ pub struct WasmExchange {
     /// The current instance said `routes-on = routing-key` (read without the lock by publishers).
     by_key: AtomicBool,
     /// Renewed whenever a binding or the instance changes, voiding prepared decisions.
-    stamp: AtomicU64,
-    /// The stamp of the last `route-keys` answer made on any thread: routing looks for prepared
-    /// decisions only while it equals `stamp` (spares a cached-key route the thread-local access).
-    prepared_for: AtomicU64,
+    generation: AtomicU64,
 }
 
 impl WasmExchange {
@@ -165,7 +90,7 @@ impl WasmExchange {
         arguments: &FieldTable,
     ) -> Result<Self, String> {
         let x = Self::unavailable(host, slot, arguments);
-        let mut active = x.active.lock().unwrap_or_else(|e| e.into_inner());
+        let mut active = crate::sync::lock(&x.active);
         let mut instance =
             Instance::<ExchangePlugin>::new(host, slot).map_err(|f| describe(slot, &f))?;
         active.routes_on = instance
@@ -195,9 +120,13 @@ impl WasmExchange {
                 bypass: 0,
             }),
             by_key: AtomicBool::new(false),
-            stamp: AtomicU64::new(new_stamp()),
-            prepared_for: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// A binding or the instance changed: decisions prepared before are void.
+    fn renew(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     fn next_id(&self) -> u32 {
@@ -213,7 +142,7 @@ impl WasmExchange {
         }
         active.instance = None;
         active.cache.clear();
-        self.stamp.store(new_stamp(), Ordering::Relaxed);
+        self.renew();
         (active.hits, active.misses, active.bypass) = (0, 0, 0);
         let mut instance = Instance::<ExchangePlugin>::new(&self.host, &self.slot)?;
         active.routes_on = match instance.init(&self.arguments)? {
@@ -246,7 +175,7 @@ impl WasmExchange {
         let result = f(instance);
         if result.is_err() {
             active.instance = None;
-            self.stamp.store(new_stamp(), Ordering::Relaxed);
+            self.renew();
         }
         result
     }
@@ -267,34 +196,12 @@ impl WasmExchange {
         message: &MessageRef,
         out: &mut Vec<Destination>,
     ) -> Result<(), Fault> {
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let mut active = crate::sync::lock(&self.active);
         self.ensure(&mut active)?;
         let mut cacheable = active.routes_on == RoutesOn::RoutingKey;
         if cacheable && active.bypass > 0 {
             active.bypass -= 1;
             cacheable = false;
-        }
-        // Prepared decisions first: they were asked for exactly the keys that missed the cache.
-        let stamp = self.stamp.load(Ordering::Relaxed);
-        let prepared = (self.prepared_for.load(Ordering::Relaxed) == stamp)
-            .then(|| {
-                PREPARED.with_borrow_mut(|p| {
-                    if p.stamp != stamp {
-                        return None;
-                    }
-                    let range = p.take(routing_key)?;
-                    let ids = &p.ids[range];
-                    self.push_destinations(ids, out);
-                    Some(cacheable.then(|| ids.to_vec()))
-                })
-            })
-            .flatten();
-        if let Some(to_cache) = prepared {
-            if let Some(ids) = to_cache {
-                active.misses = active.misses.saturating_add(1);
-                Self::remember(&mut active, routing_key, ids);
-            }
-            return Ok(());
         }
         if cacheable {
             if let Some(ids) = active.cache.get(routing_key) {
@@ -327,44 +234,63 @@ impl WasmExchange {
         }
     }
 
+    /// Routes the next message of a prepared run: from `prepared` when it holds this key's decision
+    /// and the exchange has not changed since, else as [`WasmExchange::route_into`].
+    fn route_prepared_into(
+        &self,
+        routing_key: &str,
+        message: &MessageRef,
+        prepared: &mut Prepared,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), Fault> {
+        let mut active = crate::sync::lock(&self.active);
+        self.ensure(&mut active)?;
+        if prepared.generation == self.generation.load(Ordering::Relaxed) {
+            if let Some(ids) = prepared.take(routing_key) {
+                self.push_destinations(ids, out);
+                // The keys asked for were the ones the cache missed: keep their decisions.
+                if active.routes_on == RoutesOn::RoutingKey && active.bypass == 0 {
+                    active.misses = active.misses.saturating_add(1);
+                    Self::remember(&mut active, routing_key, ids.to_vec());
+                }
+                return Ok(());
+            }
+        }
+        drop(active);
+        self.route_into(routing_key, message, out)
+    }
+
     /// Asks the plugin for the decisions of `keys` in one `route-keys` call (those the cache does not
     /// hold); see [`ExchangeType::prepare`]. A fault drops the instance like any call's; the messages
     /// are then routed one by one, with the failure policy.
-    fn prepare_keys(&self, keys: &[&str]) {
-        PREPARED.with_borrow_mut(|p| {
-            p.clear();
-            let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-            if self.ensure(&mut active).is_err() || active.routes_on != RoutesOn::RoutingKey {
-                return;
+    fn prepare_keys(&self, keys: &[&str]) -> Option<Prepared> {
+        let mut active = crate::sync::lock(&self.active);
+        if self.ensure(&mut active).is_err() || active.routes_on != RoutesOn::RoutingKey {
+            return None;
+        }
+        let use_cache = active.bypass == 0;
+        let mut p = Prepared::default();
+        for key in keys.iter().take(PREPARE_MAX) {
+            if use_cache && active.cache.contains_key(*key) {
+                continue;
             }
-            let use_cache = active.bypass == 0;
-            for key in keys.iter().take(PREPARE_MAX) {
-                if use_cache && active.cache.contains_key(*key) {
-                    continue;
-                }
-                p.keys.extend_from_slice(key.as_bytes());
-                p.key_ends.push(u32::try_from(p.keys.len()).unwrap_or(u32::MAX));
-            }
-            if p.key_ends.len() < 2 {
-                p.clear(); // one key: a plain route call costs the same
-                return;
-            }
-            let (asked, ends) = (std::mem::take(&mut p.keys), std::mem::take(&mut p.key_ends));
-            let answer = self.with_instance(&mut active, |i| i.route_keys(&asked, &ends));
-            (p.keys, p.key_ends) = (asked, ends);
-            let Ok((ids, id_ends)) = answer else {
-                p.clear();
-                return;
-            };
-            (p.ids, p.id_ends) = (ids, id_ends);
-            if !p.is_well_formed() {
-                tracing::warn!(plugin = %self.slot.name, "route-keys answer is malformed; routing one by one");
-                p.clear();
-                return;
-            }
-            p.stamp = self.stamp.load(Ordering::Relaxed);
-            self.prepared_for.store(p.stamp, Ordering::Relaxed);
-        });
+            p.keys.extend_from_slice(key.as_bytes());
+            p.key_ends
+                .push(u32::try_from(p.keys.len()).unwrap_or(u32::MAX));
+        }
+        if p.len() < 2 {
+            return None; // one key: a plain route call costs the same
+        }
+        let (ids, id_ends) = self
+            .with_instance(&mut active, |i| i.route_keys(&p.keys, &p.key_ends))
+            .ok()?;
+        (p.ids, p.id_ends) = (ids, id_ends);
+        if !p.is_well_formed() {
+            tracing::warn!(plugin = %self.slot.name, "route-keys answer is malformed; routing one by one");
+            return None;
+        }
+        p.generation = self.generation.load(Ordering::Relaxed);
+        Some(p)
     }
 }
 
@@ -380,7 +306,7 @@ impl ExchangeType for WasmExchange {
             key: binding.key.to_string(),
             arguments: table_body(&binding.arguments),
         };
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let mut active = crate::sync::lock(&self.active);
         match self.with_instance(&mut active, |i| i.validate_binding(&wit)) {
             Ok(verdict) => verdict,
             // No plugin to ask (file removed, or recovered before the plugin returned): the binding
@@ -398,9 +324,9 @@ impl ExchangeType for WasmExchange {
             key: binding.key.to_string(),
             arguments: table_body(&binding.arguments),
         };
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let mut active = crate::sync::lock(&self.active);
         active.cache.clear();
-        self.stamp.store(new_stamp(), Ordering::Relaxed);
+        self.renew();
         // A failure drops the instance; the next call rebuilds it and replays this binding too.
         let _ = self.with_instance(&mut active, |i| i.add_binding(&wit));
         let entry = Entry {
@@ -425,9 +351,9 @@ impl ExchangeType for WasmExchange {
             return;
         };
         self.entries[id] = None;
-        let active = self.active.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.renew();
+        let active = crate::sync::get_mut(&mut self.active);
         active.cache.clear();
-        self.stamp.store(new_stamp(), Ordering::Relaxed);
         if let Some(instance) = active.instance.as_mut() {
             if instance.remove_binding(id as u32).is_err() {
                 active.instance = None;
@@ -445,11 +371,26 @@ impl ExchangeType for WasmExchange {
             .map_err(|f| RouteError(describe(&self.slot, &f)))
     }
 
-    fn routes_in_batches(&self) -> bool {
-        self.by_key.load(Ordering::Relaxed)
+    fn batch_limit(&self) -> usize {
+        if self.by_key.load(Ordering::Relaxed) {
+            PREPARE_MAX
+        } else {
+            0
+        }
     }
 
-    fn prepare(&self, keys: &[&str]) {
-        self.prepare_keys(keys);
+    fn prepare(&self, keys: &[&str]) -> Option<Prepared> {
+        self.prepare_keys(keys)
+    }
+
+    fn route_prepared(
+        &self,
+        routing_key: &str,
+        message: &MessageRef,
+        prepared: &mut Prepared,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
+        self.route_prepared_into(routing_key, message, prepared, out)
+            .map_err(|f| RouteError(describe(&self.slot, &f)))
     }
 }

@@ -206,9 +206,7 @@ impl PluginHost {
 
     /// The slot of a loaded plugin (one with a current version, quarantined or not).
     pub fn loaded(&self, kind: Kind, name: &str) -> Option<Arc<Slot>> {
-        self.slots
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::read(&self.slots)
             .get(&(kind, name.to_owned()))
             .filter(|s| s.is_loaded())
             .cloned()
@@ -218,9 +216,7 @@ impl PluginHost {
     /// recovered before their plugin is back).
     pub fn slot(&self, kind: Kind, name: &str) -> Arc<Slot> {
         Arc::clone(
-            self.slots
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
+            crate::sync::write(&self.slots)
                 .entry((kind, name.to_owned()))
                 .or_insert_with(|| Arc::new(Slot::new(kind, name))),
         )
@@ -259,7 +255,7 @@ impl PluginHost {
         };
         let hash = loader::content_hash(&bytes);
         {
-            let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            let files = crate::sync::lock(&self.files);
             if files.get(path).is_some_and(|f| f.hash == hash) {
                 return;
             }
@@ -269,9 +265,7 @@ impl PluginHost {
             Ok(l) => l,
             Err(e) => {
                 error!(file = %path.display(), hash = %&hash[..16], "plugin refused, previous version (if any) kept: {e:#}");
-                self.files
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                crate::sync::lock(&self.files)
                     .entry(path.to_owned())
                     .and_modify(|f| f.hash.clone_from(&hash))
                     .or_insert(FileState {
@@ -285,7 +279,7 @@ impl PluginHost {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let slot = self.slot(loaded.kind, &loaded.name);
         let previous = {
-            let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            let mut files = crate::sync::lock(&self.files);
             let previous = files.get(path).and_then(|f| f.slot.clone());
             files.insert(
                 path.to_owned(),
@@ -323,23 +317,14 @@ impl PluginHost {
 
     /// Reacts to a removed file: its plugin becomes unavailable (entities using it stay declared).
     pub fn file_removed(&self, path: &Path) {
-        let state = self
-            .files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(path);
+        let state = crate::sync::lock(&self.files).remove(path);
         if let Some(key) = state.and_then(|s| s.slot) {
             self.empty_slot_of(path, &key);
         }
     }
 
     fn empty_slot_of(&self, path: &Path, key: &(Kind, String)) {
-        let slot = self
-            .slots
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned();
+        let slot = crate::sync::read(&self.slots).get(key).cloned();
         if let Some(slot) = slot {
             let from_this_file = slot.current.load().as_ref().is_some_and(|v| v.file == path);
             if from_this_file {
@@ -352,7 +337,7 @@ impl PluginHost {
 
     /// Every plugin known, loaded or not, with its counters.
     pub fn snapshot(&self) -> Vec<PluginStatus> {
-        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        let slots = crate::sync::read(&self.slots);
         let mut out: Vec<PluginStatus> = slots
             .values()
             .map(|s| {

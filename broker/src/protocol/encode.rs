@@ -9,6 +9,7 @@ use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::constants::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_METHOD};
 use bytes::{BufMut, BytesMut};
 
+use super::ids::{BASIC_ACK, BASIC_CLASS, BASIC_DELIVER, BASIC_GET_OK, BASIC_NACK, BASIC_RETURN};
 use super::FRAME_OVERHEAD;
 
 /// Encodes any frame with amq-protocol's generator and appends it to `out`.
@@ -51,8 +52,8 @@ pub fn deliver_method(
     routing_key: &str,
 ) {
     method_frame(out, channel, |out| {
-        out.put_u16(60);
-        out.put_u16(60);
+        out.put_u16(BASIC_CLASS);
+        out.put_u16(BASIC_DELIVER);
         short_str(out, consumer_tag);
         out.put_u64(delivery_tag);
         out.put_u8(u8::from(redelivered));
@@ -72,8 +73,8 @@ pub fn get_ok_method(
     message_count: u32,
 ) {
     method_frame(out, channel, |out| {
-        out.put_u16(60);
-        out.put_u16(71);
+        out.put_u16(BASIC_CLASS);
+        out.put_u16(BASIC_GET_OK);
         out.put_u64(delivery_tag);
         out.put_u8(u8::from(redelivered));
         short_str(out, exchange);
@@ -92,8 +93,8 @@ pub fn return_method(
     routing_key: &str,
 ) {
     method_frame(out, channel, |out| {
-        out.put_u16(60);
-        out.put_u16(50);
+        out.put_u16(BASIC_CLASS);
+        out.put_u16(BASIC_RETURN);
         out.put_u16(reply_code);
         short_str(out, reply_text);
         short_str(out, exchange);
@@ -104,8 +105,8 @@ pub fn return_method(
 /// basic.ack (class 60, method 80) sent for publisher confirms (RabbitMQ confirms.md).
 pub fn basic_ack(out: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: bool) {
     method_frame(out, channel, |out| {
-        out.put_u16(60);
-        out.put_u16(80);
+        out.put_u16(BASIC_CLASS);
+        out.put_u16(BASIC_ACK);
         out.put_u64(delivery_tag);
         out.put_u8(u8::from(multiple));
     });
@@ -114,8 +115,8 @@ pub fn basic_ack(out: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: 
 /// basic.nack (class 60, method 120) sent for publisher confirms (RabbitMQ nack.md).
 pub fn basic_nack(out: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: bool) {
     method_frame(out, channel, |out| {
-        out.put_u16(60);
-        out.put_u16(120);
+        out.put_u16(BASIC_CLASS);
+        out.put_u16(BASIC_NACK);
         out.put_u64(delivery_tag);
         out.put_u8(u8::from(multiple) | 0b10); // requeue bit set, as RabbitMQ sends it
     });
@@ -127,7 +128,7 @@ pub fn content_header(out: &mut BytesMut, channel: u16, body_size: u64, raw_prop
     out.put_u8(FRAME_HEADER);
     out.put_u16(channel);
     out.put_u32((12 + raw_properties.len()) as u32);
-    out.put_u16(60);
+    out.put_u16(BASIC_CLASS);
     out.put_u16(0);
     out.put_u64(body_size);
     out.put_slice(raw_properties);

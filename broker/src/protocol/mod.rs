@@ -8,6 +8,7 @@
 //! amq-protocol's `gen_frame`. AMQP 0-9-1 §4.2 (general frame format).
 
 pub mod encode;
+pub mod ids;
 pub mod nesting;
 pub mod outbound;
 pub mod values;

@@ -57,7 +57,7 @@ impl Outbound {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
-        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buf = crate::sync::lock(&self.buf);
         let r = f(&mut buf);
         self.pending.store(buf.len(), Ordering::Release);
         drop(buf);
@@ -114,7 +114,7 @@ impl Outbound {
         let mut spare = BytesMut::with_capacity(64 * 1024);
         loop {
             let batch = {
-                let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+                let mut buf = crate::sync::lock(&self.buf);
                 self.pending.store(0, Ordering::Release);
                 std::mem::replace(&mut *buf, spare)
             };

@@ -7,16 +7,25 @@
 //! into a [`ConsumerSink`] (implemented by the channel) while holding the queue lock, so the lock order
 //! is always queue → channel → connection write buffer. Dead letters are collected under the lock and
 //! handed to the [`QueueOwner`] (the vhost) after it is released, so dead-letter cycles cannot deadlock.
+//!
+//! Files: `ready.rs` (the ready list: priority levels, paging), `dispatch.rs` (plain and scanning
+//! dispatch), `expiry.rs` (message TTL, queue expiry, the expiry task), `durable.rs` (log records),
+//! `consumers.rs` (the consumer list), `tail.rs` (paged-out messages), `args.rs` (`x-` arguments),
+//! `plugins.rs` (consumer filters, idempotency keys).
 //! Reference: RabbitMQ docs/queues.md, docs/consumers.md, docs/consumer-prefetch.md, docs/ttl.md,
 //! docs/dlx.md, docs/maxlength, docs/priority.md, docs/consumer-priority.md.
 
 pub mod args;
 mod consumers;
+mod dispatch;
+mod durable;
+mod expiry;
 pub mod plugins;
+mod ready;
 mod tail;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap};
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -28,7 +37,8 @@ use tokio::time::Instant;
 
 pub use self::args::{Overflow, QueueArgs};
 pub use self::consumers::next_consumer_seq;
-use self::tail::{AckRange, Tail};
+use self::ready::Ready;
+use self::tail::Tail;
 use crate::memory::{Account, Charge};
 use crate::message::MessageRef;
 use crate::store::record::PublishRef;
@@ -167,198 +177,6 @@ pub enum PublishOutcome {
     Deleted,
 }
 
-/// Ready messages, one FIFO per priority level (a single level without `x-max-priority`), and for a
-/// durable queue the paged-out [`Tail`] that follows them.
-#[derive(Debug, Default)]
-struct Ready {
-    levels: Vec<VecDeque<QueuedMessage>>,
-    /// All ready messages, in memory and paged out.
-    len: usize,
-    /// Their body octets.
-    bytes: u64,
-    /// Body octets of the in-memory messages.
-    mem_bytes: u64,
-    tail: Option<Tail>,
-    /// In-memory body octets above which new messages are paged out (durable queues).
-    memory_limit: u64,
-}
-
-impl Ready {
-    fn new(levels: usize) -> Self {
-        Ready {
-            levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(),
-            len: 0,
-            bytes: 0,
-            mem_bytes: 0,
-            tail: None,
-            memory_limit: u64::MAX,
-        }
-    }
-
-    /// Whether a new message of `size` octets goes to the tail instead of memory. Priority queues keep
-    /// everything in memory (their order is not the log's).
-    fn should_page(&self, size: u64) -> bool {
-        self.levels.len() == 1
-            && self
-                .tail
-                .as_ref()
-                .is_some_and(|t| t.count > 0 || self.mem_bytes + size > self.memory_limit)
-    }
-
-    fn push_paged(&mut self, seq: u64, size: u64, persistent: bool) {
-        if let Some(t) = &mut self.tail {
-            t.page(seq, size, persistent);
-            self.len += 1;
-            self.bytes += size;
-        }
-    }
-
-    /// Reads paged messages back once the in-memory part has run dry.
-    fn refill(&mut self) {
-        let Some(tail) = &mut self.tail else { return };
-        if tail.count == 0 || self.levels.iter().any(|l| !l.is_empty()) {
-            return;
-        }
-        let before = tail.count;
-        let mut loaded = 0;
-        let (levels, mem_bytes) = (&mut self.levels, &mut self.mem_bytes);
-        let single = levels.len() == 1;
-        let max = if single {
-            self.memory_limit / 2
-        } else {
-            u64::MAX
-        };
-        tail.load(max, |m| {
-            loaded += 1;
-            *mem_bytes += m.message.body_size();
-            let level = if single {
-                0
-            } else {
-                (m.message.properties.priority().unwrap_or(0) as usize).min(levels.len() - 1)
-            };
-            levels[level].push_back(m);
-        });
-        // Messages the log no longer had (or could not decode) leave the count too.
-        self.len -= before - tail.count - loaded;
-        self.bytes = self.mem_bytes + tail.bytes;
-    }
-
-    /// Lowest sequence number among ready messages (memory and tail).
-    fn min_seq(&self) -> Option<u64> {
-        self.levels
-            .iter()
-            .filter_map(|l| l.front().map(|m| m.seq))
-            .chain(self.tail.as_ref().and_then(Tail::min_seq))
-            .min()
-    }
-
-    fn level_of(&self, m: &QueuedMessage) -> usize {
-        if self.levels.len() == 1 {
-            return 0;
-        }
-        let p = m.message.properties.priority().unwrap_or(0) as usize;
-        p.min(self.levels.len() - 1)
-    }
-
-    fn push_back(&mut self, m: QueuedMessage) {
-        self.len += 1;
-        self.bytes += m.message.body_size();
-        self.mem_bytes += m.message.body_size();
-        let level = self.level_of(&m);
-        self.levels[level].push_back(m);
-    }
-
-    /// Puts a message back at its arrival position within its level.
-    fn insert_by_seq(&mut self, m: QueuedMessage) {
-        self.len += 1;
-        self.bytes += m.message.body_size();
-        self.mem_bytes += m.message.body_size();
-        let level = self.level_of(&m);
-        let queue = &mut self.levels[level];
-        let pos = queue.partition_point(|r| r.seq < m.seq);
-        queue.insert(pos, m);
-    }
-
-    fn account_removed(&mut self, m: &QueuedMessage) {
-        self.len -= 1;
-        self.bytes -= m.message.body_size();
-        self.mem_bytes -= m.message.body_size();
-    }
-
-    /// Removes the message at `index` of priority `level`.
-    fn remove_at(&mut self, level: usize, index: usize) -> Option<QueuedMessage> {
-        let m = self.levels.get_mut(level)?.remove(index)?;
-        self.account_removed(&m);
-        Some(m)
-    }
-
-    /// The next message to deliver: highest priority first, FIFO within a priority.
-    fn pop_front(&mut self) -> Option<QueuedMessage> {
-        self.refill();
-        let m = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
-        self.account_removed(&m);
-        Some(m)
-    }
-
-    /// The oldest message of the lowest priority (what `drop-head` drops first).
-    fn pop_oldest(&mut self) -> Option<QueuedMessage> {
-        self.refill();
-        let m = self.levels.iter_mut().find_map(VecDeque::pop_front)?;
-        self.account_removed(&m);
-        Some(m)
-    }
-
-    /// Empties the queue: returns the number of messages, the in-memory ones, and the Ack range of the
-    /// paged persistent ones.
-    fn clear(&mut self, next_seq: u64) -> (usize, Vec<QueuedMessage>, Option<AckRange>) {
-        let n = self.len;
-        let memory = self.levels.iter_mut().flat_map(|l| l.drain(..)).collect();
-        let range = self.tail.as_mut().and_then(|t| t.clear(next_seq));
-        self.len = 0;
-        self.bytes = 0;
-        self.mem_bytes = 0;
-        (n, memory, range)
-    }
-
-    /// Removes every message expired at `now`, appending it to `out`.
-    fn remove_expired(&mut self, now: Instant, full_scan: bool, out: &mut Vec<QueuedMessage>) {
-        self.refill();
-        for level in &mut self.levels {
-            // Messages carrying only the queue TTL expire in arrival order: the head is enough.
-            while level
-                .front()
-                .is_some_and(|m| m.expires_at.is_some_and(|t| t <= now))
-            {
-                if let Some(m) = level.pop_front() {
-                    out.push(m);
-                }
-            }
-            if full_scan {
-                level.retain(|m| {
-                    let expired = m.expires_at.is_some_and(|t| t <= now);
-                    if expired {
-                        out.push(m.clone());
-                    }
-                    !expired
-                });
-            }
-        }
-        for m in out.iter() {
-            self.len -= 1;
-            self.bytes -= m.message.body_size();
-            self.mem_bytes -= m.message.body_size();
-        }
-    }
-
-    /// Earliest expiry among level heads.
-    fn head_deadline(&self) -> Option<Instant> {
-        self.levels
-            .iter()
-            .filter_map(|l| l.front().and_then(|m| m.expires_at))
-            .min()
-    }
-}
-
 struct QueueInner {
     ready: Ready,
     next_seq: u64,
@@ -421,9 +239,6 @@ impl fmt::Debug for Queue {
             .finish_non_exhaustive()
     }
 }
-
-/// Ready messages examined per dispatch when filters or idempotency keys can hold messages back.
-const SCAN_LIMIT: usize = 10_000;
 
 /// Dead letters gathered under the queue lock, handed to the owner after it is released.
 type Letters = Vec<(MessageRef, DeadLetterReason)>;
@@ -518,66 +333,7 @@ impl Queue {
     fn lock(&self) -> MutexGuard<'_, QueueInner> {
         // Queue operations do not panic while holding the lock; if one did, the state is still a valid
         // queue, so recover it rather than take every publisher down with the poison.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Appends Ack records for the logged messages among `ms` (a run of consecutive sequence numbers
-    /// shares one record) and tells the log the lowest sequence number still in the queue, so the
-    /// committer can delete segments that have emptied.
-    fn log_acks<'a>(
-        &self,
-        inner: &mut QueueInner,
-        ms: impl IntoIterator<Item = &'a QueuedMessage>,
-    ) {
-        let Some(log) = &self.log else { return };
-        let mut v: Vec<(u64, u64)> = ms
-            .into_iter()
-            .filter(|m| m.logged)
-            .map(|m| (m.seq, m.message.body_size()))
-            .collect();
-        if v.is_empty() {
-            return;
-        }
-        v.sort_unstable();
-        let mut i = 0;
-        while i < v.len() {
-            let (first, mut bytes) = v[i];
-            let mut last = first;
-            let mut j = i + 1;
-            while j < v.len() && v[j].0 == last + 1 {
-                last += 1;
-                bytes += v[j].1;
-                j += 1;
-            }
-            log.append_ack(first, last, (j - i) as u64, bytes);
-            i = j;
-        }
-        let min_live = [
-            inner.outstanding.first().copied(),
-            inner.ready.min_seq(),
-            Some(inner.next_seq),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(0);
-        log.set_min_live(min_live);
-    }
-
-    /// Records a delivery of a logged message: a Deliver record the first time, an Ack if the consumer
-    /// does not ack (the message is gone), else it stays outstanding until settled.
-    fn log_delivery(&self, inner: &mut QueueInner, m: &QueuedMessage, no_ack: bool) {
-        let Some(log) = self.log.as_ref().filter(|_| m.logged) else {
-            return;
-        };
-        if no_ack {
-            self.log_acks(inner, [m]);
-        } else {
-            if m.delivery_count == 0 && !m.redelivered {
-                log.append_deliver(m.seq);
-            }
-            inner.outstanding.insert(m.seq);
-        }
+        crate::sync::lock(&self.inner)
     }
 
     /// Whether the log append with `lsn` (from [`Queue::publish_durable`]) is on disk.
@@ -697,7 +453,7 @@ impl Queue {
             let appended = log.append_publish(&PublishRef {
                 seq,
                 persistent,
-                expires_at: ttl.map_or(0, |ms| tail::wall_ms() + ms.max(1)),
+                expires_at: ttl.map_or(0, |ms| crate::clock::wall_ms() + ms.max(1)),
                 exchange: message.exchange.as_str().as_bytes(),
                 routing_key: message.routing_key.as_str().as_bytes(),
                 properties: &message.raw_properties,
@@ -744,12 +500,6 @@ impl Queue {
         (PublishOutcome::Enqueued, lsn)
     }
 
-    fn forget_expiration(&self, inner: &mut QueueInner, m: &QueuedMessage) {
-        if m.message.properties.expiration().is_some() && m.expires_at.is_some() {
-            inner.own_expiration = inner.own_expiration.saturating_sub(1);
-        }
-    }
-
     /// A hint, read without the queue's lock: whether the queue has consumers taking its messages in
     /// order (none with a filter, no idempotency keys). A message published to a queue without waits
     /// for a consumer for an unknown time, so the publish path copies a small one out of the read
@@ -764,186 +514,6 @@ impl Queue {
             && !inner.consumers.any_filtered()
             && self.idempotency.is_none();
         self.consumed.store(consumed, Ordering::Relaxed);
-    }
-
-    /// Delivers ready messages to consumers that have capacity, until either runs out. Consumers of the
-    /// highest priority with capacity are served round-robin; with a single active consumer only the
-    /// first registered consumer is served. Expired messages met at the head are dead-lettered.
-    fn dispatch(self: &Arc<Self>, inner: &mut QueueInner, letters: &mut Letters) {
-        if inner.consumers.is_empty() || inner.ready.len == 0 {
-            return;
-        }
-        if self.idempotency.is_some() || inner.consumers.any_filtered() {
-            return self.dispatch_scan(inner, letters);
-        }
-        let now = Instant::now();
-        while inner.ready.len > 0 {
-            let Some(idx) = self.pick_consumer(inner) else {
-                break;
-            };
-            let Some(message) = inner.ready.pop_front() else {
-                break;
-            };
-            self.forget_expiration(inner, &message);
-            if message.expires_at.is_some_and(|t| t <= now) {
-                self.log_acks(inner, [&message]);
-                letters.push((message.message, DeadLetterReason::Expired));
-                continue;
-            }
-            self.deliver_to(inner, idx, message);
-        }
-    }
-
-    /// Hands a message taken from the ready list to consumer `idx`: prefetch accounting, the Deliver
-    /// record, the delivery count, then the consumer's channel.
-    fn deliver_to(
-        self: &Arc<Self>,
-        inner: &mut QueueInner,
-        idx: usize,
-        mut message: QueuedMessage,
-    ) {
-        let consumer = Arc::clone(inner.consumers.get(idx));
-        if !consumer.no_ack {
-            inner.unacked += 1;
-            consumer.unacked.fetch_add(1, Ordering::Relaxed);
-        }
-        self.log_delivery(inner, &message, consumer.no_ack);
-        message.delivery_count += 1;
-        consumer.sink.deliver(self, &consumer, message);
-    }
-
-    /// Takes the ready message at (`level`, `index`) out of the queue for good: dead-lettered (or
-    /// dropped) with `reason`.
-    fn drop_ready(
-        &self,
-        inner: &mut QueueInner,
-        level: usize,
-        index: usize,
-        reason: DeadLetterReason,
-        letters: &mut Letters,
-    ) {
-        if let Some(m) = inner.ready.remove_at(level, index) {
-            self.forget_expiration(inner, &m);
-            self.log_acks(inner, [&m]);
-            letters.push((m.message, reason));
-        }
-    }
-
-    /// Dispatch when consumers have filters or the queue has idempotency keys: messages that cannot go
-    /// now (every consumer with room skips them, or their key is in flight) stay in place and later
-    /// ones are tried, up to [`SCAN_LIMIT`] messages per dispatch.
-    fn dispatch_scan(self: &Arc<Self>, inner: &mut QueueInner, letters: &mut Letters) {
-        let now = Instant::now();
-        inner.ready.refill();
-        let mut examined = 0;
-        for level in (0..inner.ready.levels.len()).rev() {
-            let mut i = 0;
-            while i < inner.ready.levels[level].len() {
-                if examined >= SCAN_LIMIT || !inner.consumers.any_can_take() {
-                    return;
-                }
-                examined += 1;
-                let (seq, message, expired) = {
-                    let m = &inner.ready.levels[level][i];
-                    (
-                        m.seq,
-                        Arc::clone(&m.message),
-                        m.expires_at.is_some_and(|t| t <= now),
-                    )
-                };
-                let mut drop_reason = expired.then_some(DeadLetterReason::Expired);
-                let mut key = None;
-                if drop_reason.is_none() {
-                    if let Some(idem) = &self.idempotency {
-                        match idem.check(seq, &message) {
-                            plugins::KeyCheck::Fresh(k) => key = k,
-                            plugins::KeyCheck::Wait => {
-                                i += 1;
-                                continue;
-                            }
-                            plugins::KeyCheck::Duplicate => {
-                                drop_reason = Some(DeadLetterReason::Duplicate)
-                            }
-                        }
-                    }
-                }
-                let mut rejected = false;
-                let picked = if drop_reason.is_some() {
-                    None
-                } else {
-                    self.pick_consumer_where(inner, |c| match &c.filter {
-                        None => true,
-                        Some(_) if rejected => false,
-                        Some(f) => match f.decide(seq, &message) {
-                            plugins::Verdict::Deliver => true,
-                            plugins::Verdict::Skip => false,
-                            plugins::Verdict::Reject => {
-                                rejected = true;
-                                false
-                            }
-                        },
-                    })
-                };
-                if rejected {
-                    drop_reason = Some(DeadLetterReason::Rejected);
-                }
-                if let Some(reason) = drop_reason {
-                    self.drop_ready(inner, level, i, reason, letters);
-                    continue;
-                }
-                let Some(idx) = picked else {
-                    i += 1;
-                    continue;
-                };
-                let Some(m) = inner.ready.remove_at(level, i) else {
-                    break;
-                };
-                self.forget_expiration(inner, &m);
-                if let Some(idem) = &self.idempotency {
-                    idem.delivered(m.seq, key, inner.consumers.get(idx).no_ack);
-                }
-                self.deliver_to(inner, idx, m);
-            }
-        }
-        if let Some(idem) = &self.idempotency {
-            idem.forget_pending(inner.ready.len);
-        }
-    }
-
-    /// The index of the consumer that gets the next message, if any can take one.
-    fn pick_consumer(&self, inner: &mut QueueInner) -> Option<usize> {
-        self.pick_consumer_where(inner, |_| true)
-    }
-
-    /// Like [`Queue::pick_consumer`], among the consumers with room that `accept` the message.
-    fn pick_consumer_where(
-        &self,
-        inner: &mut QueueInner,
-        mut accept: impl FnMut(&Consumer) -> bool,
-    ) -> Option<usize> {
-        inner
-            .consumers
-            .pick(self.args.single_active_consumer, |c| accept(c))
-    }
-
-    /// Dead-letters (or drops) every expired ready message.
-    fn expire(self: &Arc<Self>, inner: &mut QueueInner, now: Instant, letters: &mut Letters) {
-        let mut expired = Vec::new();
-        inner
-            .ready
-            .remove_expired(now, inner.own_expiration > 0, &mut expired);
-        self.log_acks(inner, &expired);
-        for m in expired {
-            self.forget_expiration(inner, &m);
-            letters.push((m.message, DeadLetterReason::Expired));
-        }
-        while inner
-            .message_deadlines
-            .peek()
-            .is_some_and(|Reverse(t)| *t <= now)
-        {
-            inner.message_deadlines.pop();
-        }
     }
 
     /// Dispatches after capacity was freed elsewhere (an ack, a drained write buffer, qos).
@@ -981,46 +551,6 @@ impl Queue {
         };
         self.hand_over(letters);
         got
-    }
-
-    /// basic.get on a queue with idempotency keys: the first ready message whose key is not in flight;
-    /// duplicates met on the way are dropped (or dead-lettered).
-    fn next_by_key(
-        &self,
-        inner: &mut QueueInner,
-        idem: &plugins::Idempotency,
-        no_ack: bool,
-        letters: &mut Letters,
-    ) -> Option<QueuedMessage> {
-        inner.ready.refill();
-        for level in (0..inner.ready.levels.len()).rev() {
-            let mut i = 0;
-            while i < inner.ready.levels[level].len() {
-                let (seq, message) = {
-                    let m = &inner.ready.levels[level][i];
-                    (m.seq, Arc::clone(&m.message))
-                };
-                match idem.check(seq, &message) {
-                    plugins::KeyCheck::Wait => i += 1,
-                    plugins::KeyCheck::Duplicate => {
-                        self.drop_ready(inner, level, i, DeadLetterReason::Duplicate, letters)
-                    }
-                    plugins::KeyCheck::Fresh(key) => {
-                        idem.delivered(seq, key, no_ack);
-                        return inner.ready.remove_at(level, i);
-                    }
-                }
-            }
-        }
-        None
-    }
-
-    fn forget_outstanding(&self, inner: &mut QueueInner, ms: &[QueuedMessage]) {
-        if self.log.is_some() {
-            for m in ms.iter().filter(|m| m.logged) {
-                inner.outstanding.remove(&m.seq);
-            }
-        }
     }
 
     /// Acknowledges deliveries of this queue and dispatches into the freed capacity.
@@ -1180,88 +710,5 @@ impl Queue {
         let consumers = inner.consumers.take_all();
         self.update_consumed(&inner);
         (n, consumers)
-    }
-
-    fn ensure_timer(self: &Arc<Self>) {
-        let mut inner = self.lock();
-        self.ensure_timer_locked(&mut inner);
-    }
-
-    /// Starts the expiry task once the queue has something that can expire (message TTLs, `x-expires`).
-    fn ensure_timer_locked(self: &Arc<Self>, inner: &mut QueueInner) {
-        if inner.timer_started {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        inner.timer_started = true;
-        runtime.spawn(expiry_task(Arc::downgrade(self)));
-    }
-
-    /// The next moment something may expire: a message, or the whole queue.
-    fn next_deadline(&self, inner: &QueueInner) -> Option<Instant> {
-        let messages = [
-            inner.ready.head_deadline(),
-            inner.message_deadlines.peek().map(|Reverse(t)| *t),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let queue = self
-            .args
-            .expires
-            .filter(|_| inner.consumers.is_empty())
-            .map(|ms| inner.last_used + Duration::from_millis(ms));
-        [messages, queue].into_iter().flatten().min()
-    }
-}
-
-/// Expires messages (dead-lettering them) and the queue itself (`x-expires`) at their deadlines. Holds
-/// only a weak reference: it ends when the queue is dropped or deleted.
-async fn expiry_task(queue: Weak<Queue>) {
-    let Some(timer) = queue.upgrade().map(|q| Arc::clone(&q.timer)) else {
-        return;
-    };
-    loop {
-        let Some(q) = queue.upgrade() else { return };
-        let deadline = {
-            let inner = q.lock();
-            if inner.deleted {
-                return;
-            }
-            q.next_deadline(&inner)
-        };
-        let notified = timer.notified();
-        drop(q);
-        match deadline {
-            Some(d) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(d) => {}
-                    () = notified => continue,
-                }
-            }
-            None => notified.await,
-        }
-        let Some(q) = queue.upgrade() else { return };
-        let now = Instant::now();
-        let mut letters = Letters::new();
-        let expire_queue = {
-            let mut inner = q.lock();
-            if inner.deleted {
-                return;
-            }
-            q.expire(&mut inner, now, &mut letters);
-            q.args.expires.is_some_and(|ms| {
-                inner.consumers.is_empty() && now >= inner.last_used + Duration::from_millis(ms)
-            })
-        };
-        q.hand_over(letters);
-        if expire_queue {
-            if let Some(owner) = q.owner.upgrade() {
-                owner.expire_queue(&q);
-            }
-            return;
-        }
     }
 }

@@ -155,7 +155,7 @@ impl ConsumerFilter {
 
     /// The verdict for the message with sequence number `seq`.
     pub fn decide(&self, seq: u64, message: &MessageRef) -> Verdict {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = crate::sync::lock(&self.state);
         let decision = self.ensure(&mut state).and_then(|()| {
             if state.skipped.contains(&seq) {
                 return Ok(Decision::Skip);
@@ -246,12 +246,6 @@ pub struct Idempotency {
     state: Mutex<IdempotencyState>,
 }
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Idempotency {
     /// Attaches the idempotency plugin `name` with `config` (the queue's `x-idempotency-args`).
     ///
@@ -305,8 +299,8 @@ impl Idempotency {
         recovered: Vec<crate::store::keys::RecordedKey>,
     ) -> Self {
         {
-            let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-            let (now, wall) = (Instant::now(), wall_ms());
+            let state = crate::sync::get_mut(&mut self.state);
+            let (now, wall) = (Instant::now(), crate::clock::wall_ms());
             for (at_ms, key) in recovered {
                 let age = Duration::from_millis(wall.saturating_sub(at_ms));
                 if age >= self.window.time {
@@ -324,7 +318,7 @@ impl Idempotency {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, IdempotencyState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     fn key_of(&self, state: &mut IdempotencyState, message: &MessageRef) -> Option<Key> {
@@ -436,7 +430,7 @@ impl Idempotency {
         if keys.is_empty() {
             return;
         }
-        let (now, wall) = (Instant::now(), wall_ms());
+        let (now, wall) = (Instant::now(), crate::clock::wall_ms());
         log.append(wall, keys.iter().map(|k| &k[..]));
         log.compact(state.recorded.len() + keys.len(), || {
             let mut live: Vec<(u64, &[u8])> = state

@@ -3,7 +3,7 @@
 //! start out as one long tail.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use amq_protocol::types::ShortString;
 use bytes::Bytes;
@@ -11,17 +11,11 @@ use tokio::time::Instant;
 use tracing::{error, warn};
 
 use super::QueuedMessage;
+use crate::clock::wall_ms;
 use crate::message::Message;
 use crate::store::log::{RangeSet, TailReader};
 use crate::store::record::StoredPublish;
 use crate::store::{QueueLog, Recovered};
-
-/// Milliseconds since the Unix epoch (the clock stored expiry times use).
-pub(super) fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Settled persistent messages of one Ack record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

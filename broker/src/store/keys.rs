@@ -105,7 +105,7 @@ impl KeyLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     /// Appends keys recorded at `at_ms` (one write).

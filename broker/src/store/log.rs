@@ -13,13 +13,14 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tracing::{error, warn};
 
 use super::record::{self, PublishRef, Record, Scanned, Scanner, StoredPublish};
 use super::Committer;
+use crate::sync::lock;
 
 /// Sequence numbers as inclusive ranges, merged (acked and delivered sets at recovery).
 #[derive(Debug, Default, Clone)]
@@ -144,10 +145,6 @@ pub struct QueueLog {
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.seg"))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Ids of the segment files in `dir`, ascending.

@@ -47,10 +47,7 @@ pub struct Committer {
 
 impl Committer {
     fn mark_dirty(&self, log: Arc<QueueLog>) {
-        self.dirty
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(log);
+        crate::sync::lock(&self.dirty).push(log);
         self.wake.notify_one();
     }
 
@@ -60,7 +57,7 @@ impl Committer {
         let mut broken: Vec<Arc<QueueLog>> = Vec::new();
         loop {
             let mut logs = {
-                let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+                let mut dirty = crate::sync::lock(&self.dirty);
                 while dirty.is_empty() && !self.stop.load(Ordering::Acquire) {
                     if broken.is_empty() {
                         dirty = self.wake.wait(dirty).unwrap_or_else(|e| e.into_inner());
@@ -284,7 +281,7 @@ impl Store {
     pub fn shutdown(&self) {
         self.committer.stop.store(true, Ordering::Release);
         self.committer.wake.notify_one();
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = crate::sync::lock(&self.thread).take();
         if let Some(t) = thread {
             let _ = t.join();
         }

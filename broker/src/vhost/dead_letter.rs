@@ -2,7 +2,6 @@
 //! history, and RabbitMQ's cycle rule. Reference: RabbitMQ docs/dlx.md, `rabbit_dead_letter`.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 
@@ -37,9 +36,7 @@ pub fn dead_lettered(
         .as_ref()
         .map(|h| h.inner().clone())
         .unwrap_or_default();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::wall_ms() / 1000;
     let reason_str = reason.as_str();
     let mut deaths: Vec<AMQPValue> = match headers.get("x-death") {
         Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),

@@ -6,30 +6,28 @@
 //! docs/e2e.md, docs/spec-differences.md (amq.* names, default exchange).
 
 pub mod dead_letter;
+mod durable;
 pub mod policy;
 pub mod reply_to;
+mod routing;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
-use anyhow::Context;
 use rand::Rng;
-use tracing::{debug, error, info, warn};
+use tracing::warn;
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::registry::Registry;
-use crate::exchange::{Binding, Destination, Exchange, RouteError};
+use crate::exchange::{Binding, Destination, Exchange};
 use crate::limits::{Gauge, VhostLimits};
-use crate::message::{header_strings, MessageRef};
 use crate::queue::plugins;
-use crate::queue::{DeadLetterReason, Queue, QueueArgs, QueueCounts, QueueOwner, QueueStorage};
-use crate::store::definitions::{
-    decode_table, encode_table, StoredBinding, StoredDefinitions, StoredExchange, StoredQueue,
-    DEFINITIONS_VERSION,
-};
+use crate::queue::{Queue, QueueArgs, QueueCounts, QueueOwner};
+use crate::store::definitions::StoredDefinitions;
 use crate::store::Store;
+use crate::sync::{read, write};
 
 /// The standard exchanges every vhost has (RabbitMQ docs/exchanges.md "Default exchange", amq.*).
 const PREDECLARED: &[(&str, &str)] = &[
@@ -101,15 +99,6 @@ pub struct VHost {
     limits: RwLock<VhostLimits>,
     /// Client connections open to this vhost.
     connections: Gauge,
-}
-
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    // Map updates cannot panic halfway; recover from poison rather than fail every later operation.
-    lock.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// An argument value as RabbitMQ prints it in an inequivalence error: `the value '5' of type 'signedint'`.
@@ -572,39 +561,8 @@ impl VHost {
         let owner = flags.exclusive.then_some(conn_id);
         let me: Weak<dyn QueueOwner> = self.me.clone();
         let persisted = flags.durable && owner.is_none();
-        let storage = match (&self.store, persisted) {
-            (Some(store), true) => {
-                let (log, recovered) = store
-                    .open_queue_log(&self.name, name.as_str())
-                    .map_err(|e| {
-                        error!(vhost = %self.name, queue = %name, error = %e, "cannot open the queue log");
-                        AmqpError::connection(
-                            amq_protocol::protocol::AMQPHardError::INTERNALERROR,
-                            format!("cannot store queue '{name}': {e}"),
-                        )
-                    })?;
-                Some(QueueStorage {
-                    log,
-                    recovered,
-                    clean_start: store.clean_start,
-                    memory_limit: store.queue_memory_bytes,
-                })
-            }
-            _ => None,
-        };
-        let idempotency = match (idempotency, &self.store, persisted) {
-            (Some(i), Some(store), true) => {
-                let (log, keys) = store.open_key_log(&self.name, name.as_str()).map_err(|e| {
-                    error!(vhost = %self.name, queue = %name, error = %e, "cannot open the idempotency key record");
-                    AmqpError::connection(
-                        amq_protocol::protocol::AMQPHardError::INTERNALERROR,
-                        format!("cannot store the idempotency keys of queue '{name}': {e}"),
-                    )
-                })?;
-                Some(i.with_key_log(log, keys))
-            }
-            (i, _, _) => i,
-        };
+        let storage = self.queue_storage(&name, persisted)?;
+        let idempotency = self.durable_idempotency(&name, idempotency, persisted)?;
         let q = Arc::new(
             Queue::new(
                 name.clone(),
@@ -850,313 +808,6 @@ impl VHost {
         for q in owned {
             self.remove_queue(&q);
         }
-    }
-
-    /// The durable definitions as they stand, sorted so that equal states compare equal. A binding is
-    /// durable when its source and destination are.
-    fn snapshot(&self) -> StoredDefinitions {
-        let exchanges = read(&self.exchanges);
-        let queues = read(&self.queues);
-        let mut d = StoredDefinitions {
-            format_version: DEFINITIONS_VERSION,
-            ..StoredDefinitions::default()
-        };
-        for x in exchanges.values().filter(|x| x.durable) {
-            if !x.name.as_str().starts_with("amq.") {
-                d.exchanges.push(StoredExchange {
-                    name: x.name.to_string(),
-                    kind: x.kind.to_string(),
-                    auto_delete: x.auto_delete,
-                    internal: x.internal,
-                    arguments: encode_table(&x.arguments),
-                });
-            }
-            for b in x.bindings() {
-                let (destination_type, durable) = match &b.destination {
-                    Destination::Queue(q) => ("queue", q.durable && q.exclusive_owner.is_none()),
-                    Destination::Exchange(n) => (
-                        "exchange",
-                        exchanges.get(n.as_str()).is_some_and(|x| x.durable),
-                    ),
-                };
-                if durable {
-                    d.bindings.push(StoredBinding {
-                        source: x.name.to_string(),
-                        destination: b.destination.name().to_owned(),
-                        destination_type: destination_type.to_owned(),
-                        routing_key: b.key.to_string(),
-                        arguments: encode_table(&b.arguments),
-                    });
-                }
-            }
-        }
-        for q in queues
-            .values()
-            .filter(|q| q.durable && q.exclusive_owner.is_none())
-        {
-            d.queues.push(StoredQueue {
-                name: q.name.to_string(),
-                auto_delete: q.auto_delete,
-                arguments: encode_table(&q.arguments),
-            });
-        }
-        d.exchanges.sort_by(|a, b| a.name.cmp(&b.name));
-        d.queues.sort_by(|a, b| a.name.cmp(&b.name));
-        d.bindings.sort_by(|a, b| {
-            (
-                &a.source,
-                &a.destination,
-                &a.destination_type,
-                &a.routing_key,
-                &a.arguments,
-            )
-                .cmp(&(
-                    &b.source,
-                    &b.destination,
-                    &b.destination_type,
-                    &b.routing_key,
-                    &b.arguments,
-                ))
-        });
-        d
-    }
-
-    /// Writes the durable definitions if they changed. Called after every change to a durable entity,
-    /// before the client gets its reply.
-    fn persist(&self) {
-        let Some(store) = &self.store else { return };
-        if self.recovering.load(Ordering::Acquire) {
-            return;
-        }
-        let mut last = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
-        let snapshot = self.snapshot();
-        if last.as_ref() == Some(&snapshot) {
-            return;
-        }
-        match snapshot.save(&store.vhost_dir(&self.name).join("definitions.json")) {
-            Ok(()) => *last = Some(snapshot),
-            Err(e) => error!(vhost = %self.name, error = %e, "cannot write durable definitions"),
-        }
-    }
-
-    /// Loads what the data directory holds for this vhost: durable exchanges, queues (with their
-    /// messages) and bindings, replayed through the same calls as live declares. An entity that cannot
-    /// be recreated (e.g. an exchange type no longer available) is logged and left out.
-    ///
-    /// # Errors
-    /// The definitions document or a queue log cannot be read, or was written by a newer Warren.
-    pub fn recover(&self) -> anyhow::Result<()> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        let path = store.vhost_dir(&self.name).join("definitions.json");
-        let defs = StoredDefinitions::load(&path)?.unwrap_or_default();
-        let short =
-            |s: &str| ShortString::try_new(s).map_err(|e| anyhow::anyhow!("name '{s}': {e}"));
-        self.recovering.store(true, Ordering::Release);
-        let mut messages = 0u64;
-        let mut failed = 0;
-        for x in &defs.exchanges {
-            let flags = ExchangeFlags {
-                durable: true,
-                auto_delete: x.auto_delete,
-                internal: x.internal,
-            };
-            let r = short(&x.name).and_then(|name| {
-                let args = decode_table(&x.arguments)?;
-                self.exchange_declare(&name, &x.kind, false, flags, &args)
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-            });
-            if let Err(e) = r {
-                failed += 1;
-                error!(vhost = %self.name, exchange = %x.name, error = %e, "durable exchange not recovered");
-            }
-        }
-        for q in &defs.queues {
-            let flags = QueueFlags {
-                durable: true,
-                exclusive: false,
-                auto_delete: q.auto_delete,
-            };
-            let name = short(&q.name)?;
-            let args = decode_table(&q.arguments)?;
-            match self.queue_declare(&name, false, flags, &args, 0) {
-                Ok((queue, _)) => messages += queue.counts().messages as u64,
-                Err(e) => {
-                    self.recovering.store(false, Ordering::Release);
-                    return Err(anyhow::anyhow!("{e}")).with_context(|| {
-                        format!("recovering queue '{}' in vhost '{}'", q.name, self.name)
-                    });
-                }
-            }
-        }
-        for b in &defs.bindings {
-            let r = short(&b.routing_key).and_then(|key| {
-                let args = decode_table(&b.arguments)?;
-                match b.destination_type.as_str() {
-                    "queue" => self.queue_bind(&b.destination, &b.source, &key, &args, 0, true),
-                    _ => self.exchange_bind(&b.destination, &b.source, &key, &args, true),
-                }
-                .map_err(|e| anyhow::anyhow!("{e}"))
-            });
-            if let Err(e) = r {
-                failed += 1;
-                error!(vhost = %self.name, source = %b.source, destination = %b.destination, error = %e, "durable binding not recovered");
-            }
-        }
-        self.recovering.store(false, Ordering::Release);
-        store.remove_orphan_logs(&self.name, defs.queues.iter().map(|q| q.name.as_str()));
-        *self.persisted.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.snapshot());
-        info!(
-            vhost = %self.name,
-            exchanges = defs.exchanges.len(),
-            queues = defs.queues.len(),
-            bindings = defs.bindings.len(),
-            messages,
-            failed,
-            "durable state recovered"
-        );
-        Ok(())
-    }
-
-    /// Routes `message` published to `exchange` under its routing key and the `extra_keys` (from `CC` /
-    /// `BCC`, RabbitMQ docs/sender-selected.md), and appends the distinct destination queues to `queues`.
-    /// `scratch` is a reusable buffer. Follows exchange-to-exchange bindings, each exchange at most once;
-    /// when nothing matches, tries the exchange's alternate exchange (RabbitMQ docs/ae.md). A plugin
-    /// exchange that fails to route counts as matching nothing there (its failure policy), and the
-    /// failure is reported so that the publisher's confirm can be a nack.
-    ///
-    /// # Errors
-    /// 404 missing exchange, 403 internal exchange.
-    pub fn route(
-        &self,
-        exchange: &str,
-        message: &MessageRef,
-        extra_keys: &[String],
-        queues: &mut Vec<Arc<Queue>>,
-        scratch: &mut Vec<Destination>,
-    ) -> AmqpResult<Option<RouteError>> {
-        let keys = std::iter::once(message.routing_key.as_str())
-            .chain(extra_keys.iter().map(String::as_str));
-        if exchange.is_empty() {
-            let all = read(&self.queues);
-            for key in keys {
-                if let Some(q) = all.get(key) {
-                    if !queues.iter().any(|seen| Arc::ptr_eq(seen, q)) {
-                        queues.push(Arc::clone(q));
-                    }
-                }
-            }
-            return Ok(None);
-        }
-        let exchanges = read(&self.exchanges);
-        let x = exchanges
-            .get(exchange)
-            .ok_or_else(|| self.no_exchange(exchange))?;
-        if x.internal {
-            return Err(AmqpError::access_refused(format!(
-                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
-                self.name
-            )));
-        }
-        let mut current = x;
-        let mut tried: Vec<&str> = Vec::new();
-        let mut failure = None;
-        loop {
-            let failed =
-                Self::route_through(&exchanges, current, message, keys.clone(), queues, scratch);
-            failure = failure.or(failed);
-            if !queues.is_empty() {
-                return Ok(failure);
-            }
-            tried.push(current.name.as_str());
-            match current
-                .alternate_exchange()
-                .and_then(|ae| exchanges.get(ae))
-            {
-                Some(ae) if !tried.contains(&ae.name.as_str()) => current = ae,
-                _ => return Ok(failure),
-            }
-        }
-    }
-
-    /// Routes through `x` and the exchanges bound to it; returns the first routing failure.
-    fn route_through<'k>(
-        exchanges: &HashMap<ShortString, Arc<Exchange>>,
-        x: &Exchange,
-        message: &MessageRef,
-        keys: impl Iterator<Item = &'k str> + Clone,
-        queues: &mut Vec<Arc<Queue>>,
-        scratch: &mut Vec<Destination>,
-    ) -> Option<RouteError> {
-        scratch.clear();
-        let mut failure = None;
-        for key in keys.clone() {
-            if let Err(e) = x.route(key, message, scratch) {
-                failure.get_or_insert(e);
-            }
-        }
-        let mut visited: Vec<&str> = vec![x.name.as_str()];
-        let mut i = 0;
-        while i < scratch.len() {
-            let next = match &scratch[i] {
-                Destination::Queue(q) => {
-                    if !queues.iter().any(|seen| Arc::ptr_eq(seen, q)) {
-                        queues.push(Arc::clone(q));
-                    }
-                    None
-                }
-                Destination::Exchange(name) if !visited.contains(&name.as_str()) => {
-                    exchanges.get_key_value(name.as_str())
-                }
-                Destination::Exchange(_) => None,
-            };
-            if let Some((key, next)) = next {
-                visited.push(key.as_str());
-                for k in keys.clone() {
-                    if let Err(e) = next.route(k, message, scratch) {
-                        failure.get_or_insert(e);
-                    }
-                }
-            }
-            i += 1;
-        }
-        failure
-    }
-}
-
-impl QueueOwner for VHost {
-    fn dead_letter(&self, queue: &Queue, letters: Vec<(MessageRef, DeadLetterReason)>) {
-        let Some(dlx) = &queue.args.dead_letter_exchange else {
-            return;
-        };
-        let mut queues = Vec::new();
-        let mut scratch = Vec::new();
-        for (message, reason) in letters {
-            let dead = Arc::new(dead_letter::dead_lettered(&message, queue, reason, dlx));
-            let cc = if queue.args.dead_letter_routing_key.is_some() {
-                Vec::new()
-            } else {
-                header_strings(dead.properties.headers().as_ref(), "CC")
-            };
-            queues.clear();
-            if let Err(e) = self.route(dlx.as_str(), &dead, &cc, &mut queues, &mut scratch) {
-                debug!(queue = %queue.name, dlx = %dlx, error = %e, "dead letter dropped");
-                continue;
-            }
-            for q in queues.drain(..) {
-                if dead_letter::is_cycle(&dead, q.name.as_str()) {
-                    debug!(queue = %queue.name, target = %q.name, "dead-letter cycle: message dropped");
-                    continue;
-                }
-                q.publish(Arc::clone(&dead), None);
-            }
-        }
-    }
-
-    fn expire_queue(&self, queue: &Arc<Queue>) {
-        debug!(queue = %queue.name, "queue expired (x-expires)");
-        self.remove_queue(queue);
     }
 }
 

@@ -35,7 +35,7 @@ impl std::fmt::Debug for ReplyRegistry {
 
 impl ReplyRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Weak<dyn ReplySink>>> {
-        self.sinks.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.sinks)
     }
 
     /// Registers a reply consumer under `token`.

@@ -13,8 +13,9 @@ use lapin::message::Delivery;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use warren::broker::Broker;
 use warren::config::Config;
-use warren::server::{self, Broker};
+use warren::server;
 
 /// A broker running in this test's runtime; stopped (gracefully) on drop.
 pub struct TestBroker {

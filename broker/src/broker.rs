@@ -1,0 +1,290 @@
+//! [`Broker`]: the broker-wide state every connection shares — configuration, users and permissions,
+//! the exchange type registry, the plugin host, alarms, the data directory, the vhosts, connection
+//! gauges, user limits and the login throttle — and how it is built from a [`Config`] at start-up
+//! (users, permissions, policies, limits, on-disk recovery, then the definitions file).
+//!
+//! Connections ([`crate::connection`]) and the accept loop ([`crate::server`]) both use it; neither
+//! imports the other for it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::types::ShortString;
+use anyhow::{bail, Context};
+use tokio::sync::watch;
+
+use crate::alarm::{AlarmState, Limits};
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::definitions::{field_table, Definitions};
+use crate::exchange::registry::Registry;
+use crate::limits::{Gauge, UserLimiter};
+use crate::plugin::watcher::{self, PluginWatcher};
+use crate::plugin::PluginHost;
+use crate::store::Store;
+use crate::throttle::LoginThrottle;
+use crate::vhost::policy::Policy;
+use crate::vhost::{ExchangeFlags, QueueFlags, VHost};
+
+/// Broker-wide state: configuration, users and permissions, exchange type registry, vhosts. Shared by
+/// all connections.
+#[derive(Debug)]
+pub struct Broker {
+    /// Effective configuration.
+    pub config: Config,
+    /// Users and permissions.
+    pub auth: Auth,
+    /// Exchange types (native and plugin types).
+    pub registry: Arc<Registry>,
+    /// The WebAssembly plugin host (exchange types, filters, idempotency).
+    pub plugins: Arc<PluginHost>,
+    /// Watches the plugin directory while the broker lives.
+    _plugin_watcher: Option<PluginWatcher>,
+    /// Resource alarms; connections subscribe to block publishers.
+    pub alarms: Arc<watch::Sender<AlarmState>>,
+    /// The memory watermark and disk limit the alarms are raised at.
+    pub alarm_limits: Limits,
+    /// The data directory, when one is configured.
+    pub store: Option<Arc<Store>>,
+    vhosts: HashMap<String, Arc<VHost>>,
+    next_connection: AtomicU64,
+    /// Client connections open (checked against `connection_max`).
+    pub connections: Gauge,
+    /// Connections still in the handshake (checked against `unauthenticated_connection_max`).
+    pub handshakes: Gauge,
+    /// User limits and what each user has open.
+    pub user_limits: UserLimiter,
+    /// Failed-login budgets by source address.
+    pub login_throttle: LoginThrottle,
+}
+
+impl Broker {
+    /// A broker with the configured users, permissions, vhosts and policies, and the definitions file
+    /// (if any) loaded.
+    ///
+    /// # Errors
+    /// A bad password hash, permission pattern or policy, an unreadable definitions file, or a definition
+    /// that a declare refuses; each message names the item.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let plugins = PluginHost::new(
+            crate::plugin::Limits {
+                call_timeout: Duration::from_millis(config.plugin_call_timeout.max(1)),
+                memory_bytes: usize::try_from(config.plugin_memory_limit).unwrap_or(usize::MAX),
+            },
+            config.plugin_dir.clone(),
+        )?;
+        // Plugins load before durable state is recovered, so plugin exchanges come back routing. The
+        // watcher starts first so that a file written during the initial load is not missed.
+        let plugin_watcher = watcher::watch(&plugins).with_context(|| {
+            format!(
+                "cannot watch the plugin directory {}",
+                config
+                    .plugin_dir
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            )
+        })?;
+        plugins.load_dir();
+        let registry = Arc::new(Registry::new(Some(Arc::clone(&plugins))));
+        let defs = match &config.definitions {
+            Some(path) => Some(Definitions::load(path)?),
+            None => None,
+        };
+        let mut auth = Auth::default();
+        let user_limits = UserLimiter::default();
+        for u in &config.users {
+            user_limits.set(&u.name, u.limits);
+            match (&u.password, &u.password_hash) {
+                (Some(p), _) => auth.add_user(&u.name, p, u.tags.clone()),
+                (None, Some(h)) => auth.add_user_hashed(
+                    &u.name,
+                    h,
+                    crate::auth::HashingAlgorithm::default(),
+                    u.tags.clone(),
+                )?,
+                (None, None) => bail!("user '{}' has no password", u.name),
+            }
+        }
+        let mut permissions = config.permissions.clone();
+        let mut policies = config.policies.clone();
+        let mut vhost_names = config.vhosts.clone();
+        if let Some(d) = &defs {
+            for u in &d.users {
+                match (&u.password_hash, &u.password) {
+                    (Some(h), _) => {
+                        auth.add_user_hashed(&u.name, h, u.algorithm()?, u.tag_list())?;
+                    }
+                    (None, Some(p)) => auth.add_user(&u.name, p, u.tag_list()),
+                    (None, None) => bail!("definitions: user '{}' has no password_hash", u.name),
+                }
+            }
+            permissions.extend(d.permissions.iter().cloned());
+            policies.extend(d.policies.iter().cloned());
+            vhost_names.extend(d.vhosts.iter().map(|v| v.name.clone()));
+        }
+        for p in &permissions {
+            auth.set_permission(&p.user, &p.vhost, &p.configure, &p.write, &p.read)?;
+        }
+        auth.set_loopback_users(config.loopback_users.iter().cloned());
+        let store = match &config.data_dir {
+            Some(dir) => Some(Store::open(
+                dir,
+                config.segment_size,
+                config.queue_memory_limit,
+            )?),
+            None => None,
+        };
+        let vhosts: HashMap<String, Arc<VHost>> = vhost_names
+            .iter()
+            .map(|name| {
+                let v = VHost::new(name, Arc::clone(&registry), store.clone());
+                (name.clone(), v)
+            })
+            .collect();
+        let mut by_vhost: HashMap<&str, Vec<Policy>> = HashMap::new();
+        for p in &policies {
+            if !vhosts.contains_key(&p.vhost) {
+                bail!("policy '{}' names unknown vhost '{}'", p.name, p.vhost);
+            }
+            let policy = Policy::new(&p.name, &p.pattern, &p.apply_to, p.priority, &p.definition)
+                .map_err(anyhow::Error::msg)?;
+            by_vhost.entry(p.vhost.as_str()).or_default().push(policy);
+        }
+        for (name, list) in by_vhost {
+            if let Some(v) = vhosts.get(name) {
+                v.set_policies(list);
+            }
+        }
+        let mut vhost_limits: Vec<(String, crate::limits::VhostLimits)> = config
+            .vhost_limits
+            .iter()
+            .map(|(name, l)| (name.clone(), *l))
+            .collect();
+        if let Some(d) = &defs {
+            for u in &d.users {
+                user_limits.set(&u.name, u.user_limits()?);
+            }
+            vhost_limits.extend(d.vhost_limits()?);
+        }
+        for (name, limits) in vhost_limits {
+            let Some(v) = vhosts.get(&name) else {
+                bail!("vhost limits name unknown vhost '{name}'");
+            };
+            v.set_limits(limits);
+        }
+        for v in vhosts.values() {
+            v.recover()?;
+        }
+        let alarm_limits = Limits::from_config(&config);
+        let login_throttle =
+            LoginThrottle::new(config.login_failure_burst, config.login_failure_rate);
+        let broker = Broker {
+            config,
+            auth,
+            registry,
+            plugins,
+            _plugin_watcher: plugin_watcher,
+            store,
+            alarms: Arc::new(watch::channel(AlarmState::default()).0),
+            alarm_limits,
+            vhosts,
+            next_connection: AtomicU64::new(1),
+            connections: Gauge::default(),
+            handshakes: Gauge::default(),
+            user_limits,
+            login_throttle,
+        };
+        if let Some(d) = &defs {
+            broker.declare_definitions(d)?;
+        }
+        Ok(broker)
+    }
+
+    fn declare_definitions(&self, d: &Definitions) -> anyhow::Result<()> {
+        let vhost = |name: &str| {
+            self.vhost(name)
+                .ok_or_else(|| anyhow::anyhow!("definitions: unknown vhost '{name}'"))
+        };
+        let short = |s: &str| {
+            ShortString::try_new(s).map_err(|e| anyhow::anyhow!("definitions: name '{s}': {e}"))
+        };
+        for x in &d.exchanges {
+            let flags = ExchangeFlags {
+                durable: x.durable,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+            };
+            vhost(&x.vhost)?
+                .exchange_declare(
+                    &short(&x.name)?,
+                    &x.kind,
+                    false,
+                    flags,
+                    &field_table(&x.arguments),
+                )
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "definitions: exchange '{}' in vhost '{}': {e}",
+                        x.name,
+                        x.vhost
+                    )
+                })?;
+        }
+        for q in &d.queues {
+            let flags = QueueFlags {
+                durable: q.durable,
+                exclusive: false,
+                auto_delete: q.auto_delete,
+            };
+            vhost(&q.vhost)?
+                .queue_declare(
+                    &short(&q.name)?,
+                    false,
+                    flags,
+                    &field_table(&q.arguments),
+                    0,
+                )
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "definitions: queue '{}' in vhost '{}': {e}",
+                        q.name,
+                        q.vhost
+                    )
+                })?;
+        }
+        for b in &d.bindings {
+            let v = vhost(&b.vhost)?;
+            let key = short(&b.routing_key)?;
+            let args = field_table(&b.arguments);
+            let result = match b.destination_type.as_str() {
+                "queue" => v.queue_bind(&b.destination, &b.source, &key, &args, 0, true),
+                "exchange" => v.exchange_bind(&b.destination, &b.source, &key, &args, true),
+                other => bail!(
+                    "definitions: binding destination_type '{other}' is not queue or exchange"
+                ),
+            };
+            result.map_err(|e| {
+                anyhow::anyhow!(
+                    "definitions: binding {} -> {} in vhost '{}': {e}",
+                    b.source,
+                    b.destination,
+                    b.vhost
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The vhost named `name`, if configured.
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.get(name).cloned()
+    }
+
+    /// A fresh connection id (owner id of exclusive queues).
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}

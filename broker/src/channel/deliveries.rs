@@ -1,0 +1,304 @@
+//! The delivery half of a channel: [`ChannelShared`], which queues deliver into from any task (it is
+//! their [`ConsumerSink`]), with the delivery-tag counter, the unacked deliveries, the consumer table
+//! and the direct reply-to consumer behind one std `Mutex`; and [`settle`], which hands settled
+//! deliveries back to their queues (ack, reject, requeue). AMQP 0-9-1 §1.8.3.9 basic.deliver; RabbitMQ
+//! docs/confirms.md (consumer acknowledgements), docs/consumers.md (delivery acknowledgement timeout).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{basic as amqp_basic, AMQPClass};
+use amq_protocol::types::ShortString;
+use bytes::BytesMut;
+use tokio::time::Instant;
+
+use crate::error::{AmqpError, AmqpResult};
+use crate::message::MessageRef;
+use crate::protocol::encode;
+use crate::protocol::outbound::Outbound;
+use crate::queue::{Consumer, ConsumerSink, Queue, QueuedMessage};
+use crate::vhost::reply_to::ReplySink;
+
+/// A delivery awaiting basic.ack / nack / reject.
+#[derive(Debug)]
+pub(super) struct Unacked {
+    pub(super) tag: u64,
+    pub(super) queue: Arc<Queue>,
+    /// `None` for basic.get deliveries (no consumer prefetch to release).
+    pub(super) consumer: Option<Arc<Consumer>>,
+    pub(super) message: QueuedMessage,
+    /// When the delivery acknowledgement timeout runs out.
+    pub(super) deadline: Instant,
+}
+
+/// Delivery state reached from queues: tags, unacked deliveries, consumers.
+#[derive(Debug, Default)]
+pub(super) struct Deliveries {
+    pub(super) next_tag: u64,
+    /// Sorted by tag (tags are assigned in increasing order).
+    pub(super) unacked: VecDeque<Unacked>,
+    pub(super) consumers: HashMap<ShortString, (Arc<Consumer>, Arc<Queue>)>,
+    /// No unacked delivery times out before this (may be stale-early; then a scan recomputes it).
+    pub(super) earliest_deadline: Option<Instant>,
+    /// Direct reply-to consumer: (token, consumer tag).
+    pub(super) reply: Option<(String, ShortString)>,
+}
+
+/// The half of a channel that queues deliver into. See the module docs.
+#[derive(Debug)]
+pub struct ChannelShared {
+    /// Channel number.
+    pub id: u16,
+    pub(super) outbound: Arc<Outbound>,
+    pub(super) state: Mutex<Deliveries>,
+    /// `unacked.len()`, readable without the lock for the global prefetch check.
+    pub(super) unacked_len: AtomicUsize,
+    /// Channel-wide prefetch (`basic.qos global=true`); 0 = unlimited.
+    pub(super) global_prefetch: AtomicU16,
+    pub(super) cancel_notify: bool,
+    /// Default acknowledgement timeout, ms.
+    pub(super) consumer_timeout: u64,
+}
+
+impl ChannelShared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Deliveries> {
+        // Nothing panics while holding this lock; recover the state rather than spread a poison.
+        crate::sync::lock(&self.state)
+    }
+
+    /// Records a delivery (unless no-ack) and returns its tag. Call with the lock held so that tag order
+    /// equals write order.
+    pub(super) fn track(
+        &self,
+        d: &mut Deliveries,
+        queue: &Arc<Queue>,
+        consumer: Option<&Arc<Consumer>>,
+        m: &QueuedMessage,
+        no_ack: bool,
+    ) -> u64 {
+        d.next_tag += 1;
+        let tag = d.next_tag;
+        if !no_ack {
+            let timeout = queue.args.consumer_timeout.unwrap_or(self.consumer_timeout);
+            let deadline = Instant::now() + Duration::from_millis(timeout);
+            d.earliest_deadline = Some(d.earliest_deadline.map_or(deadline, |e| e.min(deadline)));
+            d.unacked.push_back(Unacked {
+                tag,
+                queue: Arc::clone(queue),
+                consumer: consumer.cloned(),
+                message: m.clone(),
+                deadline,
+            });
+            self.unacked_len.store(d.unacked.len(), Ordering::Relaxed);
+        }
+        tag
+    }
+
+    /// Removes the deliveries `tag` (or all up to `tag` if `multiple`; `multiple` with 0 means all).
+    ///
+    /// # Errors
+    /// 406 PRECONDITION_FAILED "unknown delivery tag N" when `tag` is not outstanding.
+    pub(super) fn take(&self, tag: u64, multiple: bool, out: &mut Vec<Unacked>) -> AmqpResult {
+        let mut d = self.lock();
+        if multiple && tag == 0 {
+            out.extend(d.unacked.drain(..));
+        } else {
+            let pos = d.unacked.binary_search_by_key(&tag, |u| u.tag);
+            let Ok(pos) = pos else {
+                return Err(AmqpError::precondition_failed(format!(
+                    "unknown delivery tag {tag}"
+                )));
+            };
+            if multiple {
+                out.extend(d.unacked.drain(..=pos));
+            } else if let Some(u) = d.unacked.remove(pos) {
+                out.push(u);
+            }
+        }
+        self.unacked_len.store(d.unacked.len(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The timeout (ms) of an unacked delivery whose acknowledgement deadline has passed, if any.
+    pub(super) fn timed_out(&self, now: Instant) -> Option<u64> {
+        let mut d = self.lock();
+        if d.earliest_deadline.is_none_or(|e| e > now) {
+            return None;
+        }
+        if let Some(u) = d.unacked.iter().find(|u| u.deadline <= now) {
+            return Some(
+                u.queue
+                    .args
+                    .consumer_timeout
+                    .unwrap_or(self.consumer_timeout),
+            );
+        }
+        d.earliest_deadline = d.unacked.iter().map(|u| u.deadline).min();
+        None
+    }
+
+    /// The direct reply-to token of this channel's reply consumer, if it has one.
+    pub(super) fn reply_token(&self) -> Option<String> {
+        self.lock().reply.as_ref().map(|(token, _)| token.clone())
+    }
+
+    /// Queues this channel consumes from (to re-dispatch after capacity frees up).
+    pub(super) fn consumer_queues(&self) -> Vec<Arc<Queue>> {
+        self.lock()
+            .consumers
+            .values()
+            .map(|(_, q)| Arc::clone(q))
+            .collect()
+    }
+}
+
+/// Writes a delivery (method, header, body frames) for `message` on `channel`.
+pub(super) fn write_message(
+    out: &mut BytesMut,
+    channel: u16,
+    message: &crate::message::Message,
+    frame_max: usize,
+) {
+    encode::content_header(out, channel, message.body_size(), &message.raw_properties);
+    if !message.body.is_empty() {
+        encode::content_body(out, channel, &message.body, frame_max);
+    }
+}
+
+impl ReplySink for ChannelShared {
+    fn deliver_reply(&self, message: &MessageRef) -> bool {
+        let mut d = self.lock();
+        let Some((_, tag)) = &d.reply else {
+            return false;
+        };
+        let tag = tag.clone();
+        d.next_tag += 1;
+        let delivery_tag = d.next_tag;
+        let frame_max = self.outbound.frame_max();
+        self.outbound
+            .write(|out| {
+                encode::deliver_method(
+                    out,
+                    self.id,
+                    tag.as_str(),
+                    delivery_tag,
+                    false,
+                    message.exchange.as_str(),
+                    message.routing_key.as_str(),
+                );
+                write_message(out, self.id, message, frame_max);
+            })
+            .is_some()
+    }
+}
+
+impl ConsumerSink for ChannelShared {
+    fn has_capacity(&self, consumer: &Consumer) -> bool {
+        if !self.outbound.has_room() {
+            return false;
+        }
+        let global = self.global_prefetch.load(Ordering::Relaxed);
+        consumer.no_ack
+            || global == 0
+            || self.unacked_len.load(Ordering::Relaxed) < usize::from(global)
+    }
+
+    fn deliver(&self, queue: &Arc<Queue>, consumer: &Arc<Consumer>, message: QueuedMessage) {
+        let mut d = self.lock();
+        let tag = self.track(&mut d, queue, Some(consumer), &message, consumer.no_ack);
+        let frame_max = self.outbound.frame_max();
+        let m = &message.message;
+        self.outbound.write(|out| {
+            encode::deliver_method(
+                out,
+                self.id,
+                consumer.tag.as_str(),
+                tag,
+                message.redelivered,
+                m.exchange.as_str(),
+                m.routing_key.as_str(),
+            );
+            write_message(out, self.id, m, frame_max);
+        });
+    }
+
+    fn cancelled(&self, consumer: &Arc<Consumer>) {
+        let mut d = self.lock();
+        let owned = d
+            .consumers
+            .get(consumer.tag.as_str())
+            .is_some_and(|(c, _)| Arc::ptr_eq(c, consumer));
+        if owned {
+            d.consumers.remove(consumer.tag.as_str());
+        }
+        drop(d);
+        if owned && self.cancel_notify {
+            let cancel = amqp_basic::Cancel {
+                consumer_tag: consumer.tag.clone(),
+                nowait: true,
+            };
+            self.outbound.write(|out| {
+                encode::frame(
+                    out,
+                    &AMQPFrame::Method(
+                        self.id,
+                        AMQPClass::Basic(amqp_basic::AMQPMethod::Cancel(cancel)),
+                    ),
+                )
+            });
+        }
+    }
+}
+
+/// How deliveries are settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Settle {
+    /// basic.ack: done with.
+    Ack,
+    /// basic.reject / nack without requeue: dead-lettered with reason `rejected` (or dropped).
+    Reject,
+    /// nack/reject with requeue, recover, or the channel going away: back to the queue at the original
+    /// position, flagged redelivered.
+    Requeue,
+}
+
+impl Settle {
+    /// How a basic.nack / basic.reject settles, by its `requeue` bit.
+    pub(super) fn nack(requeue: bool) -> Self {
+        if requeue {
+            Settle::Requeue
+        } else {
+            Settle::Reject
+        }
+    }
+}
+
+/// Releases consumer prefetch for settled deliveries and hands them to their queue (once per run of
+/// the same queue), which dispatches into the freed capacity. Empties `settled`.
+pub(super) fn settle(settled: &mut Vec<Unacked>, how: Settle) {
+    let mut run: Option<(Arc<Queue>, Vec<QueuedMessage>)> = None;
+    let finish = |q: Arc<Queue>, ms: Vec<QueuedMessage>| match how {
+        Settle::Ack => q.settle(&ms),
+        Settle::Reject => q.reject(ms),
+        Settle::Requeue => q.requeue(ms),
+    };
+    for u in settled.drain(..) {
+        if let Some(c) = &u.consumer {
+            c.unacked.fetch_sub(1, Ordering::Relaxed);
+        }
+        match &mut run {
+            Some((q, ms)) if Arc::ptr_eq(q, &u.queue) => ms.push(u.message),
+            _ => {
+                if let Some((q, ms)) = run.replace((u.queue, vec![u.message])) {
+                    finish(q, ms);
+                }
+            }
+        }
+    }
+    if let Some((q, ms)) = run {
+        finish(q, ms);
+    }
+}
