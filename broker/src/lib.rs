@@ -3,6 +3,10 @@
 //! Layers, top to bottom (a module only uses those below it): [`server`] → [`connection`] → [`channel`]
 //! → [`vhost`] → [`exchange`], [`queue`] → [`message`] → [`protocol`]. See `ARCHITECTURE.md`.
 
+// Nothing on an input path panics (ARCHITECTURE.md): no unwrap/expect outside tests (clippy.toml
+// allows them there).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod alarm;
 pub mod auth;
 pub mod broker;

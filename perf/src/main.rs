@@ -2,7 +2,7 @@
 //! consumers, queue, exchange, routing key, size, rate, time, confirm window, persistent, qos, auto-ack,
 //! multi-ack), for comparing Warren and RabbitMQ on the same machine.
 //!
-//! A full client library tops out near 2× RabbitMQ on this hardware (DESIGN.md §3), so producers write
+//! A full client library tops out near 2× RabbitMQ on this hardware (`../shared/DESIGN.md` §3), so producers write
 //! pre-encoded publish frames in large batches and consumers scan deliveries with a minimal frame
 //! parser. `warren-perf sink` is a trivial AMQP server that accepts publishes and discards them: running
 //! the producer side against it shows the generator's own ceiling.

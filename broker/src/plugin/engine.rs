@@ -25,7 +25,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Wall-clock budget of one call. Epoch deadlines are wall-clock, so keep it well above a healthy
-    /// call's time on a busy machine (DESIGN.md §3: ≥ 100 ms held while the other core compiled).
+    /// call's time on a busy machine (`../shared/DESIGN.md` §3: ≥ 100 ms held while the other core compiled).
     pub call_timeout: Duration,
     /// Linear memory one instance may grow to, in octets.
     pub memory_bytes: usize,

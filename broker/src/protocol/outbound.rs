@@ -2,9 +2,9 @@
 //!
 //! Method replies (from the connection task) and deliveries (from whichever task publishes into a queue)
 //! append encoded frames under a short std `Mutex`; one writer task swaps the buffer out and writes it
-//! with one syscall, so frames are flushed once per batch, not per frame (DESIGN.md §4). Deliveries stop
-//! when the buffer passes [`Outbound::HIGH_WATER`] (a slow client cannot make the broker buffer without
-//! bound) and resume when the writer has drained it.
+//! with one syscall, so frames are flushed once per batch, not per frame (`../shared/DESIGN.md` §4).
+//! Deliveries stop when the buffer passes [`Outbound::HIGH_WATER`] (a slow client cannot make the
+//! broker buffer without bound) and resume when the writer has drained it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;

@@ -3,9 +3,10 @@
 //!
 //! Each holds its own plugin instance (one store per consumer / queue) and rebuilds it when the
 //! plugin's slot has a newer version or after a fault. Calls happen under the queue's lock, bounded by
-//! the plugin call deadline. Failure policies (DESIGN.md §2): a filter that faults either delivers or
-//! holds the message (consumer argument `x-filter-on-failure`, default `hold`); an idempotency plugin
-//! that faults delivers (the message is treated as having no key).
+//! the plugin call deadline. Failure policies (`../shared/DESIGN.md` §2; ARCHITECTURE.md "Plugins"):
+//! a filter that faults either delivers or holds the message (consumer argument
+//! `x-filter-on-failure`, default `hold`); an idempotency plugin that faults delivers (the message is
+//! treated as having no key).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};

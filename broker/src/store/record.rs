@@ -208,7 +208,7 @@ pub fn decode(mut p: Bytes) -> Option<Record> {
     }
 }
 
-/// What [`Scanner::next`] found at the current position.
+/// What [`Scanner::next_item`] found at the current position.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Scanned {
     /// A valid record starting at `offset`, `len` octets long in all.
