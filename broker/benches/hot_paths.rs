@@ -14,18 +14,13 @@ use warren::exchange::topic::Topic;
 use warren::exchange::{Binding, Destination, ExchangeType};
 use warren::message::Message;
 use warren::protocol::{decode_frame, encode};
-use warren::queue::{Queue, QueueOwner};
+use warren::queue::{Queue, QueueDeclaration, QueueOwner};
 use warren::vhost::VHost;
 
 fn queue(name: &str) -> Arc<Queue> {
     let owner: Weak<dyn QueueOwner> = Weak::<VHost>::new();
     Arc::new(Queue::new(
-        name.into(),
-        false,
-        false,
-        None,
-        FieldTable::default(),
-        Default::default(),
+        QueueDeclaration::transient(name.into()),
         owner,
         None,
     ))

@@ -141,6 +141,17 @@ pub trait ExchangeType: Send + Sync + fmt::Debug {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteError(pub String);
 
+/// Flags of exchange.declare (AMQP 0-9-1 §1.6.2.1; `internal` is RabbitMQ's, docs/e2e.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExchangeFlags {
+    /// Survives restart.
+    pub durable: bool,
+    /// Deleted with its last binding.
+    pub auto_delete: bool,
+    /// Not publishable directly.
+    pub internal: bool,
+}
+
 /// An exchange as declared (AMQP 0-9-1 §1.6.2.1 exchange.declare) with its bindings.
 #[derive(Debug)]
 pub struct Exchange {
@@ -187,12 +198,15 @@ impl Exchange {
     pub fn new(
         name: ShortString,
         kind: ShortString,
-        durable: bool,
-        auto_delete: bool,
-        internal: bool,
+        flags: ExchangeFlags,
         arguments: FieldTable,
         router: Box<dyn ExchangeType>,
     ) -> Self {
+        let ExchangeFlags {
+            durable,
+            auto_delete,
+            internal,
+        } = flags;
         let memory = Charge::new(
             Account::Entities,
             memory::EXCHANGE_OVERHEAD + name.as_str().len() + memory::table_cost(&arguments),
@@ -361,12 +375,7 @@ pub(crate) mod test_support {
         let owner: std::sync::Weak<dyn crate::queue::QueueOwner> =
             std::sync::Weak::<crate::vhost::VHost>::new();
         Arc::new(Queue::new(
-            name.into(),
-            false,
-            false,
-            None,
-            FieldTable::default(),
-            Default::default(),
+            crate::queue::QueueDeclaration::transient(name.into()),
             owner,
             None,
         ))

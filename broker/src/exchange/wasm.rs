@@ -394,3 +394,47 @@ impl ExchangeType for WasmExchange {
             .map_err(|f| RouteError(describe(&self.slot, &f)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn active() -> Active {
+        Active {
+            instance: None,
+            routes_on: RoutesOn::RoutingKey,
+            cache: HashMap::new(),
+            hits: 0,
+            misses: 0,
+            bypass: 0,
+        }
+    }
+
+    #[test]
+    fn a_full_cache_whose_keys_rarely_repeat_is_bypassed() {
+        let mut a = active();
+        for i in 0..CACHE_KEYS {
+            a.misses += 1;
+            WasmExchange::remember(&mut a, &format!("k{i}"), vec![1]);
+        }
+        assert_eq!(a.cache.len(), CACHE_KEYS);
+        a.misses += 1;
+        WasmExchange::remember(&mut a, "one more", vec![2]);
+        assert!(a.cache.is_empty(), "cleared, and the new key not inserted");
+        assert_eq!(a.bypass, CACHE_BYPASS_CALLS);
+        assert_eq!((a.hits, a.misses), (0, 0));
+    }
+
+    #[test]
+    fn a_full_cache_that_pays_for_itself_is_cleared_and_kept_in_use() {
+        let mut a = active();
+        for i in 0..CACHE_KEYS {
+            WasmExchange::remember(&mut a, &format!("k{i}"), vec![1]);
+        }
+        (a.hits, a.misses) = (5_000, 10_000);
+        WasmExchange::remember(&mut a, "next", vec![3]);
+        assert_eq!(a.bypass, 0);
+        assert_eq!(a.cache.len(), 1);
+        assert_eq!(a.cache.get("next"), Some(&vec![3]));
+    }
+}

@@ -21,13 +21,25 @@ impl Queue {
     /// highest priority with capacity are served round-robin; with a single active consumer only the
     /// first registered consumer is served. Expired messages met at the head are dead-lettered.
     pub(super) fn dispatch(self: &Arc<Self>, inner: &mut QueueInner, letters: &mut Letters) {
+        self.dispatch_at(inner, Instant::now(), letters);
+    }
+
+    /// [`Queue::dispatch`] at time `now`: a message counts as expired once its deadline is before
+    /// `now`, so a message published with TTL 0 at `now` is still delivered to a consumer that can
+    /// take it (RabbitMQ docs/ttl.md: expired on reaching the queue "unless they can be delivered to a
+    /// consumer immediately").
+    pub(super) fn dispatch_at(
+        self: &Arc<Self>,
+        inner: &mut QueueInner,
+        now: Instant,
+        letters: &mut Letters,
+    ) {
         if inner.consumers.is_empty() || inner.ready.len == 0 {
             return;
         }
         if self.idempotency.is_some() || inner.consumers.any_filtered() {
-            return self.dispatch_scan(inner, letters);
+            return self.dispatch_scan(inner, now, letters);
         }
-        let now = Instant::now();
         while inner.ready.len > 0 {
             let Some(idx) = self.pick_consumer(inner) else {
                 break;
@@ -36,7 +48,7 @@ impl Queue {
                 break;
             };
             self.forget_expiration(inner, &message);
-            if message.expires_at.is_some_and(|t| t <= now) {
+            if message.expires_at.is_some_and(|t| t < now) {
                 self.log_acks(inner, [&message]);
                 letters.push((message.message, DeadLetterReason::Expired));
                 continue;
@@ -83,8 +95,12 @@ impl Queue {
     /// Dispatch when consumers have filters or the queue has idempotency keys: messages that cannot go
     /// now (every consumer with room skips them, or their key is in flight) stay in place and later
     /// ones are tried, up to [`SCAN_LIMIT`] messages per dispatch.
-    pub(super) fn dispatch_scan(self: &Arc<Self>, inner: &mut QueueInner, letters: &mut Letters) {
-        let now = Instant::now();
+    pub(super) fn dispatch_scan(
+        self: &Arc<Self>,
+        inner: &mut QueueInner,
+        now: Instant,
+        letters: &mut Letters,
+    ) {
         inner.ready.refill();
         let mut examined = 0;
         for level in (0..inner.ready.levels.len()).rev() {
@@ -99,7 +115,7 @@ impl Queue {
                     (
                         m.seq,
                         Arc::clone(&m.message),
-                        m.expires_at.is_some_and(|t| t <= now),
+                        m.expires_at.is_some_and(|t| t < now),
                     )
                 };
                 let mut drop_reason = expired.then_some(DeadLetterReason::Expired);

@@ -23,6 +23,8 @@ mod expiry;
 pub mod plugins;
 mod ready;
 mod tail;
+#[cfg(test)]
+mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
@@ -256,20 +258,53 @@ pub struct QueueStorage {
     pub memory_limit: u64,
 }
 
+/// What a queue is declared as: queue.declare's name, flags and arguments (AMQP 0-9-1 §1.7.2.1).
+#[derive(Debug)]
+pub struct QueueDeclaration {
+    /// Queue name.
+    pub name: ShortString,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Deleted when its last consumer is cancelled (once it has had one).
+    pub auto_delete: bool,
+    /// Id of the owning connection for an exclusive queue.
+    pub exclusive_owner: Option<u64>,
+    /// Declare arguments as given.
+    pub arguments: FieldTable,
+    /// `arguments` parsed by [`QueueArgs::parse`] (with any policy applied).
+    pub args: QueueArgs,
+}
+
+impl QueueDeclaration {
+    /// A transient, non-exclusive queue named `name` without arguments.
+    pub fn transient(name: ShortString) -> Self {
+        QueueDeclaration {
+            name,
+            durable: false,
+            auto_delete: false,
+            exclusive_owner: None,
+            arguments: FieldTable::default(),
+            args: QueueArgs::default(),
+        }
+    }
+}
+
 impl Queue {
     /// A new queue, empty or holding what `storage` recovered. `owner` receives dead letters and
-    /// expiry; `args` must come from [`QueueArgs::parse`] of `arguments`.
-    #[allow(clippy::too_many_arguments)]
+    /// expiry.
     pub fn new(
-        name: ShortString,
-        durable: bool,
-        auto_delete: bool,
-        exclusive_owner: Option<u64>,
-        arguments: FieldTable,
-        args: QueueArgs,
+        declaration: QueueDeclaration,
         owner: Weak<dyn QueueOwner>,
         storage: Option<QueueStorage>,
     ) -> Self {
+        let QueueDeclaration {
+            name,
+            durable,
+            auto_delete,
+            exclusive_owner,
+            arguments,
+            args,
+        } = declaration;
         let levels = args.max_priority.map_or(1, |p| usize::from(p) + 1);
         let mut ready = Ready::new(levels);
         let mut next_seq = 0;
@@ -484,7 +519,7 @@ impl Queue {
             self.log_acks(inner, [&m]);
             letters.push((m.message, DeadLetterReason::MaxLen));
         }
-        self.dispatch(inner, letters);
+        self.dispatch_at(inner, now, letters);
         if let Some(deadline) = expires_at {
             if ttl == Some(0) {
                 // TTL 0: delivered now or never (RabbitMQ docs/ttl.md).

@@ -147,3 +147,191 @@ pub fn is_cycle(message: &Message, target: &str) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    //! `x-death` as RabbitMQ docs/dlx.md describes it ("Dead-Lettered Messages"): one entry per
+    //! {queue, reason}, newest first, `count` incremented and the entry moved first when it repeats;
+    //! `x-first-death-*` set once, `x-last-death-*` every time; `original-expiration` kept.
+    use std::sync::{Arc, Weak};
+
+    use amq_protocol::protocol::BasicProperties;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::queue::{QueueArgs, QueueDeclaration, QueueOwner};
+
+    fn queue(name: &str, dead_letter_routing_key: Option<&str>) -> Arc<Queue> {
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-dead-letter-exchange".into(), long_str("dlx"));
+        if let Some(k) = dead_letter_routing_key {
+            arguments.insert("x-dead-letter-routing-key".into(), long_str(k));
+        }
+        let owner: Weak<dyn QueueOwner> = Weak::<crate::vhost::VHost>::new();
+        Arc::new(Queue::new(
+            QueueDeclaration {
+                args: QueueArgs::parse(&arguments).expect("valid"),
+                arguments,
+                ..QueueDeclaration::transient(name.into())
+            },
+            owner,
+            None,
+        ))
+    }
+
+    fn published() -> Message {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "CC".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![long_str("cc-key")])),
+        );
+        let properties = BasicProperties::default()
+            .with_headers(headers)
+            .with_expiration("5000".into());
+        Message::new(
+            "orders".into(),
+            "rk".into(),
+            properties,
+            Bytes::new(),
+            Bytes::from_static(b"body"),
+        )
+    }
+
+    fn headers(m: &Message) -> FieldTable {
+        m.properties.headers().clone().expect("headers")
+    }
+
+    fn deaths(m: &Message) -> Vec<FieldTable> {
+        match headers(m).inner().get("x-death") {
+            Some(AMQPValue::FieldArray(a)) => a
+                .as_slice()
+                .iter()
+                .map(|d| match d {
+                    AMQPValue::FieldTable(t) => t.clone(),
+                    other => panic!("x-death entry is not a table: {other:?}"),
+                })
+                .collect(),
+            other => panic!("no x-death array: {other:?}"),
+        }
+    }
+
+    fn field<'a>(t: &'a FieldTable, key: &str) -> &'a AMQPValue {
+        t.inner().get(key).unwrap_or_else(|| panic!("no '{key}'"))
+    }
+
+    fn s(v: &AMQPValue) -> String {
+        String::from_utf8_lossy(text(Some(v)).expect("a string")).into_owned()
+    }
+
+    #[test]
+    fn the_first_death_records_queue_reason_exchange_keys_and_expiration() {
+        let dlx = ShortString::from("dlx");
+        let dead = dead_lettered(
+            &published(),
+            &queue("q1", None),
+            DeadLetterReason::Expired,
+            &dlx,
+        );
+        assert_eq!(dead.exchange.as_str(), "dlx");
+        assert_eq!(
+            dead.routing_key.as_str(),
+            "rk",
+            "the original key without a dead-letter key"
+        );
+        assert!(dead.properties.expiration().is_none(), "expiration removed");
+        assert_eq!(dead.body.as_ref(), b"body");
+        let d = deaths(&dead);
+        assert_eq!(d.len(), 1);
+        let e = &d[0];
+        assert_eq!(s(field(e, "queue")), "q1");
+        assert_eq!(s(field(e, "reason")), "expired");
+        assert_eq!(s(field(e, "exchange")), "orders");
+        assert_eq!(field(e, "count"), &AMQPValue::LongLongInt(1));
+        assert_eq!(s(field(e, "original-expiration")), "5000");
+        assert!(matches!(field(e, "time"), AMQPValue::Timestamp(_)));
+        let AMQPValue::FieldArray(keys) = field(e, "routing-keys") else {
+            panic!("routing-keys is not an array");
+        };
+        let keys: Vec<String> = keys.as_slice().iter().map(s).collect();
+        assert_eq!(keys, ["rk", "cc-key"], "CC keys included");
+        let h = headers(&dead);
+        for (k, v) in [
+            ("x-first-death-queue", "q1"),
+            ("x-first-death-reason", "expired"),
+            ("x-first-death-exchange", "orders"),
+            ("x-last-death-queue", "q1"),
+            ("x-last-death-reason", "expired"),
+        ] {
+            assert_eq!(s(field(&h, k)), v, "{k}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_queue_and_reason_counts_up_and_moves_first() {
+        let dlx = ShortString::from("dlx");
+        let (q1, q2) = (queue("q1", None), queue("q2", None));
+        let once = dead_lettered(&published(), &q1, DeadLetterReason::Expired, &dlx);
+        let twice = dead_lettered(&once, &q2, DeadLetterReason::Rejected, &dlx);
+        let order: Vec<(String, String)> = deaths(&twice)
+            .iter()
+            .map(|e| (s(field(e, "queue")), s(field(e, "reason"))))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("q2".into(), "rejected".into()),
+                ("q1".into(), "expired".into())
+            ],
+            "newest first"
+        );
+        let thrice = dead_lettered(&twice, &q1, DeadLetterReason::Expired, &dlx);
+        let d = deaths(&thrice);
+        assert_eq!(d.len(), 2, "no new entry for a known {{queue, reason}}");
+        assert_eq!(s(field(&d[0], "queue")), "q1");
+        assert_eq!(field(&d[0], "count"), &AMQPValue::LongLongInt(2));
+        assert_eq!(field(&d[1], "count"), &AMQPValue::LongLongInt(1));
+        let h = headers(&thrice);
+        assert_eq!(s(field(&h, "x-first-death-queue")), "q1");
+        assert_eq!(s(field(&h, "x-first-death-reason")), "expired");
+        assert_eq!(s(field(&h, "x-last-death-queue")), "q1");
+        // A different reason for the same queue is another entry.
+        let other = dead_lettered(&thrice, &q1, DeadLetterReason::MaxLen, &dlx);
+        assert_eq!(deaths(&other).len(), 3);
+    }
+
+    #[test]
+    fn a_dead_letter_routing_key_replaces_the_key_and_drops_cc() {
+        let dlx = ShortString::from("dlx");
+        let dead = dead_lettered(
+            &published(),
+            &queue("q1", Some("dead")),
+            DeadLetterReason::Rejected,
+            &dlx,
+        );
+        assert_eq!(dead.routing_key.as_str(), "dead");
+        assert!(!headers(&dead).contains_key("CC"));
+        // The entry still records the keys the message was published with.
+        let AMQPValue::FieldArray(keys) = field(&deaths(&dead)[0], "routing-keys").clone() else {
+            panic!("routing-keys is not an array");
+        };
+        assert_eq!(keys.as_slice().len(), 2);
+    }
+
+    #[test]
+    fn a_cycle_without_a_rejection_is_detected_and_a_rejection_breaks_it() {
+        let dlx = ShortString::from("dlx");
+        let (q1, q2) = (queue("q1", None), queue("q2", None));
+        assert!(!is_cycle(&published(), "q1"), "no x-death: no cycle");
+        // Expired in q1, then in q2: going back to q1 closes an expiry-only cycle (dropped).
+        let m = dead_lettered(&published(), &q1, DeadLetterReason::Expired, &dlx);
+        let m = dead_lettered(&m, &q2, DeadLetterReason::Expired, &dlx);
+        assert!(is_cycle(&m, "q1"));
+        assert!(is_cycle(&m, "q2"));
+        assert!(!is_cycle(&m, "q3"), "a queue it never left");
+        // Rejected by a client in q2 after expiring in q1: a client took part, not a cycle.
+        let m = dead_lettered(&published(), &q1, DeadLetterReason::Expired, &dlx);
+        let m = dead_lettered(&m, &q2, DeadLetterReason::Rejected, &dlx);
+        assert!(!is_cycle(&m, "q1"));
+        assert!(!is_cycle(&m, "q2"), "its own entry is a rejection");
+    }
+}

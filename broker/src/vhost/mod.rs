@@ -21,10 +21,11 @@ use tracing::warn;
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::registry::Registry;
+pub use crate::exchange::ExchangeFlags;
 use crate::exchange::{Binding, Destination, Exchange};
 use crate::limits::{Gauge, VhostLimits};
 use crate::queue::plugins;
-use crate::queue::{Queue, QueueArgs, QueueCounts, QueueOwner};
+use crate::queue::{Queue, QueueArgs, QueueCounts, QueueDeclaration, QueueOwner};
 use crate::store::definitions::StoredDefinitions;
 use crate::store::Store;
 use crate::sync::{read, write};
@@ -51,17 +52,6 @@ const CHECKED_QUEUE_ARGS: &[&str] = &[
     "x-queue-type",
     "x-single-active-consumer",
 ];
-
-/// Flags of exchange.declare.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ExchangeFlags {
-    /// Survives restart.
-    pub durable: bool,
-    /// Deleted with its last binding.
-    pub auto_delete: bool,
-    /// Not publishable directly.
-    pub internal: bool,
-}
 
 /// Flags of queue.declare.
 #[derive(Debug, Clone, Copy, Default)]
@@ -182,12 +172,14 @@ impl VHost {
         };
         for (xname, kind) in PREDECLARED {
             if let Some(Ok(router)) = vhost.registry.create(kind, &FieldTable::default()) {
+                let flags = ExchangeFlags {
+                    durable: true,
+                    ..ExchangeFlags::default()
+                };
                 let x = Exchange::new(
                     (*xname).into(),
                     (*kind).into(),
-                    true,
-                    false,
-                    false,
+                    flags,
                     FieldTable::default(),
                     router,
                 );
@@ -298,16 +290,8 @@ impl VHost {
         }
         let policy_ae = policy::Policy::select(&read(&self.policies), false, name.as_str())
             .and_then(|p| p.alternate_exchange().cloned());
-        let x = Exchange::new(
-            name.clone(),
-            kind.into(),
-            flags.durable,
-            flags.auto_delete,
-            flags.internal,
-            arguments.clone(),
-            router,
-        )
-        .with_policy_alternate(policy_ae);
+        let x = Exchange::new(name.clone(), kind.into(), flags, arguments.clone(), router)
+            .with_policy_alternate(policy_ae);
         exchanges.insert(name.clone(), Arc::new(x));
         drop(exchanges);
         if flags.durable {
@@ -565,12 +549,14 @@ impl VHost {
         let idempotency = self.durable_idempotency(&name, idempotency, persisted)?;
         let q = Arc::new(
             Queue::new(
-                name.clone(),
-                flags.durable,
-                flags.auto_delete,
-                owner,
-                arguments.clone(),
-                parsed,
+                QueueDeclaration {
+                    name: name.clone(),
+                    durable: flags.durable,
+                    auto_delete: flags.auto_delete,
+                    exclusive_owner: owner,
+                    arguments: arguments.clone(),
+                    args: parsed,
+                },
                 me,
                 storage,
             )

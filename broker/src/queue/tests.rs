@@ -1,0 +1,406 @@
+//! Unit tests of the queue's state machine through fakes of the traits it calls: a [`ConsumerSink`]
+//! that records deliveries (and can be full), a [`QueueOwner`] that records dead letters. Time is
+//! tokio's paused clock where expiry is involved.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use bytes::Bytes;
+
+use super::*;
+use crate::message::Message;
+
+/// A channel stand-in: records (consumer tag, message body, redelivered) per delivery.
+#[derive(Debug)]
+struct Sink {
+    room: AtomicBool,
+    delivered: Mutex<Vec<(String, String, bool)>>,
+}
+
+impl Sink {
+    fn new() -> Arc<Sink> {
+        Arc::new(Sink {
+            room: AtomicBool::new(true),
+            delivered: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn take(&self) -> Vec<(String, String, bool)> {
+        std::mem::take(&mut *self.delivered.lock().unwrap())
+    }
+
+    /// Just who got what, in order.
+    fn who(&self) -> Vec<(String, String)> {
+        self.take().into_iter().map(|(c, b, _)| (c, b)).collect()
+    }
+}
+
+impl ConsumerSink for Sink {
+    fn has_capacity(&self, _: &Consumer) -> bool {
+        self.room.load(Ordering::Relaxed)
+    }
+
+    fn deliver(&self, _: &Arc<Queue>, consumer: &Arc<Consumer>, message: QueuedMessage) {
+        let body = String::from_utf8_lossy(&message.message.body).into_owned();
+        self.delivered
+            .lock()
+            .unwrap()
+            .push((consumer.tag.to_string(), body, message.redelivered));
+    }
+
+    fn cancelled(&self, _: &Arc<Consumer>) {}
+}
+
+/// A vhost stand-in: records (body, reason) of every dead letter.
+#[derive(Default)]
+struct Owner {
+    letters: Mutex<Vec<(String, DeadLetterReason)>>,
+}
+
+impl Owner {
+    fn take(&self) -> Vec<(String, DeadLetterReason)> {
+        std::mem::take(&mut *self.letters.lock().unwrap())
+    }
+}
+
+impl QueueOwner for Owner {
+    fn dead_letter(&self, _: &Queue, letters: Vec<(MessageRef, DeadLetterReason)>) {
+        let mut out = self.letters.lock().unwrap();
+        for (m, reason) in letters {
+            out.push((String::from_utf8_lossy(&m.body).into_owned(), reason));
+        }
+    }
+
+    fn expire_queue(&self, _: &Arc<Queue>) {}
+}
+
+fn queue(owner: &Arc<Owner>, args: &[(&str, AMQPValue)]) -> Arc<Queue> {
+    let mut table = FieldTable::default();
+    for (k, v) in args {
+        table.insert((*k).into(), v.clone());
+    }
+    let parsed = QueueArgs::parse(&table).expect("valid arguments");
+    let weak: Weak<dyn QueueOwner> = Arc::downgrade(owner) as Weak<dyn QueueOwner>;
+    Arc::new(Queue::new(
+        QueueDeclaration {
+            args: parsed,
+            arguments: table,
+            ..QueueDeclaration::transient("q".into())
+        },
+        weak,
+        None,
+    ))
+}
+
+fn int(n: i64) -> AMQPValue {
+    AMQPValue::LongLongInt(n)
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn message(body: &str, priority: Option<u8>) -> MessageRef {
+    let mut properties = BasicProperties::default();
+    if let Some(p) = priority {
+        properties = properties.with_priority(p);
+    }
+    Arc::new(Message::new(
+        "".into(),
+        ShortString::from("q"),
+        properties,
+        Bytes::new(),
+        Bytes::copy_from_slice(body.as_bytes()),
+    ))
+}
+
+fn consumer(sink: &Arc<Sink>, tag: &str, prefetch: u16, priority: i32) -> Arc<Consumer> {
+    Arc::new(Consumer {
+        tag: tag.into(),
+        no_ack: false,
+        exclusive: false,
+        prefetch,
+        priority,
+        unacked: Default::default(),
+        sink: Arc::clone(sink) as Arc<dyn ConsumerSink>,
+        filter: None,
+        seq: next_consumer_seq(),
+        cancelled: Default::default(),
+    })
+}
+
+fn publish_all(q: &Arc<Queue>, bodies: &[&str]) {
+    for b in bodies {
+        assert_eq!(q.publish(message(b, None), None), PublishOutcome::Enqueued);
+    }
+}
+
+fn get_bodies(q: &Arc<Queue>) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    while let Some((m, _)) = q.get(true) {
+        out.push((
+            String::from_utf8_lossy(&m.message.body).into_owned(),
+            m.redelivered,
+        ));
+    }
+    out
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+#[test]
+fn round_robin_within_the_highest_priority_with_room() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(&owner, &[]);
+    let sink = Sink::new();
+    // C has the higher priority but room for one unacked delivery; A and B share the rest in turn.
+    for c in [
+        consumer(&sink, "A", 0, 0),
+        consumer(&sink, "B", 0, 0),
+        consumer(&sink, "C", 1, 5),
+    ] {
+        q.add_consumer(c, || {}).expect("added");
+    }
+    publish_all(&q, &["1", "2", "3", "4", "5"]);
+    assert_eq!(
+        sink.who(),
+        pairs(&[("C", "1"), ("A", "2"), ("B", "3"), ("A", "4"), ("B", "5")])
+    );
+}
+
+#[test]
+fn single_active_consumer_gets_everything_until_it_goes() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(
+        &owner,
+        &[("x-single-active-consumer", AMQPValue::Boolean(true))],
+    );
+    let sink = Sink::new();
+    let a = consumer(&sink, "A", 0, 0);
+    q.add_consumer(Arc::clone(&a), || {}).expect("added");
+    q.add_consumer(consumer(&sink, "B", 0, 0), || {})
+        .expect("added");
+    publish_all(&q, &["1", "2", "3"]);
+    assert_eq!(sink.who(), pairs(&[("A", "1"), ("A", "2"), ("A", "3")]));
+    q.remove_consumer(&a);
+    publish_all(&q, &["4"]);
+    assert_eq!(sink.who(), pairs(&[("B", "4")]));
+}
+
+#[test]
+fn messages_wait_while_the_channel_has_no_room() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(&owner, &[]);
+    let sink = Sink::new();
+    sink.room.store(false, Ordering::Relaxed);
+    q.add_consumer(consumer(&sink, "A", 0, 0), || {})
+        .expect("added");
+    publish_all(&q, &["1", "2"]);
+    assert!(sink.who().is_empty());
+    assert_eq!(q.counts().messages, 2);
+    sink.room.store(true, Ordering::Relaxed);
+    q.kick();
+    assert_eq!(sink.who(), pairs(&[("A", "1"), ("A", "2")]));
+}
+
+#[test]
+fn requeued_messages_go_back_to_their_original_position_flagged_redelivered() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(&owner, &[]);
+    publish_all(&q, &["0", "1", "2", "3", "4"]);
+    let taken: Vec<QueuedMessage> = (0..3).map(|_| q.get(false).expect("ready").0).collect();
+    // Requeued out of order (2 before 0): each goes back by its arrival position.
+    q.requeue([taken[2].clone(), taken[0].clone()]);
+    q.settle(&taken[1..2]);
+    assert_eq!(
+        get_bodies(&q),
+        [
+            ("0".to_owned(), true),
+            ("2".to_owned(), true),
+            ("3".to_owned(), false),
+            ("4".to_owned(), false)
+        ]
+    );
+}
+
+#[test]
+fn priorities_deliver_highest_first_and_fifo_within_a_level() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(&owner, &[("x-max-priority", int(5))]);
+    for (body, p) in [
+        ("low1", 1),
+        ("high1", 5),
+        ("low2", 1),
+        ("over", 9),
+        ("none", 0),
+    ] {
+        q.publish(message(body, Some(p)), None);
+    }
+    // A priority above x-max-priority counts as the maximum (RabbitMQ docs/priority.md).
+    let order: Vec<String> = get_bodies(&q).into_iter().map(|(b, _)| b).collect();
+    assert_eq!(order, ["high1", "over", "low1", "low2", "none"]);
+}
+
+#[test]
+fn drop_head_drops_the_oldest_and_dead_letters_it() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(&owner, &[("x-max-length", int(2))]);
+    publish_all(&q, &["a", "b", "c"]);
+    assert_eq!(owner.take(), [("a".to_owned(), DeadLetterReason::MaxLen)]);
+    let left: Vec<String> = get_bodies(&q).into_iter().map(|(b, _)| b).collect();
+    assert_eq!(left, ["b", "c"]);
+}
+
+#[test]
+fn reject_publish_refuses_the_newest_and_reject_publish_dlx_also_dead_letters_it() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(
+        &owner,
+        &[
+            ("x-max-length", int(2)),
+            ("x-overflow", text("reject-publish")),
+        ],
+    );
+    publish_all(&q, &["a", "b"]);
+    assert_eq!(
+        q.publish(message("c", None), None),
+        PublishOutcome::Rejected
+    );
+    assert!(owner.take().is_empty());
+    assert_eq!(q.counts().messages, 2);
+
+    let q = queue(
+        &owner,
+        &[
+            ("x-max-length", int(2)),
+            ("x-overflow", text("reject-publish-dlx")),
+        ],
+    );
+    publish_all(&q, &["a", "b"]);
+    assert_eq!(
+        q.publish(message("c", None), None),
+        PublishOutcome::Rejected
+    );
+    assert_eq!(owner.take(), [("c".to_owned(), DeadLetterReason::MaxLen)]);
+    let left: Vec<String> = get_bodies(&q).into_iter().map(|(b, _)| b).collect();
+    assert_eq!(left, ["a", "b"]);
+}
+
+#[test]
+fn max_length_bytes_counts_body_octets() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(&owner, &[("x-max-length-bytes", int(5))]);
+    publish_all(&q, &["abc", "de", "f"]);
+    assert_eq!(owner.take(), [("abc".to_owned(), DeadLetterReason::MaxLen)]);
+}
+
+#[test]
+fn a_message_requeued_past_the_delivery_limit_is_dead_lettered() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(&owner, &[("x-delivery-limit", int(1))]);
+    publish_all(&q, &["m"]);
+    // First delivery, requeued: still within the limit.
+    let first = q.get(false).expect("ready").0;
+    q.requeue([first]);
+    assert!(owner.take().is_empty());
+    // Second delivery, requeued: past it.
+    let second = q.get(false).expect("ready again").0;
+    assert!(second.redelivered);
+    q.requeue([second]);
+    assert_eq!(
+        owner.take(),
+        [("m".to_owned(), DeadLetterReason::DeliveryLimit)]
+    );
+    assert_eq!(q.counts().messages, 0);
+}
+
+#[test]
+fn rejected_deliveries_are_dead_lettered_with_reason_rejected() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(&owner, &[]);
+    publish_all(&q, &["m"]);
+    let m = q.get(false).expect("ready").0;
+    q.reject(vec![m]);
+    assert_eq!(owner.take(), [("m".to_owned(), DeadLetterReason::Rejected)]);
+    assert_eq!(q.counts().messages, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_messages_leave_the_counts_and_are_dead_lettered() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(&owner, &[("x-message-ttl", int(1_000))]);
+    publish_all(&q, &["q1"]);
+    // A message with its own shorter expiration, behind one with the queue's TTL only.
+    q.publish(message("own", None), Some(100));
+    publish_all(&q, &["q2"]);
+    assert_eq!(q.counts().messages, 3);
+    tokio::time::advance(Duration::from_millis(150)).await;
+    tokio::task::yield_now().await;
+    // The expiry task ran at the own message's deadline.
+    assert_eq!(
+        owner.take(),
+        [("own".to_owned(), DeadLetterReason::Expired)]
+    );
+    assert_eq!(q.counts().messages, 2);
+    tokio::time::advance(Duration::from_millis(1_000)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(
+        owner.take(),
+        [
+            ("q1".to_owned(), DeadLetterReason::Expired),
+            ("q2".to_owned(), DeadLetterReason::Expired)
+        ]
+    );
+    assert_eq!(q.counts().messages, 0);
+    assert!(q.get(true).is_none());
+}
+
+#[test]
+fn ttl_zero_is_delivered_now_or_never() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(&owner, &[]);
+    q.publish(message("gone", None), Some(0));
+    assert_eq!(
+        owner.take(),
+        [("gone".to_owned(), DeadLetterReason::Expired)]
+    );
+    assert_eq!(q.counts().messages, 0);
+
+    let sink = Sink::new();
+    q.add_consumer(consumer(&sink, "A", 0, 0), || {})
+        .expect("added");
+    q.publish(message("taken", None), Some(0));
+    assert_eq!(sink.who(), pairs(&[("A", "taken")]));
+    assert!(owner.take().is_empty());
+}
+
+#[test]
+fn purge_and_delete_report_what_they_dropped() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(&owner, &[]);
+    publish_all(&q, &["1", "2", "3"]);
+    assert_eq!(q.purge(), 3);
+    publish_all(&q, &["4"]);
+    let sink = Sink::new();
+    sink.room.store(false, Ordering::Relaxed);
+    q.add_consumer(consumer(&sink, "A", 0, 0), || {})
+        .expect("added");
+    let (dropped, consumers) = q.delete();
+    assert_eq!((dropped, consumers.len()), (1, 1));
+    assert!(q.is_deleted());
+    assert_eq!(
+        q.publish(message("late", None), None),
+        PublishOutcome::Deleted
+    );
+    assert!(
+        owner.take().is_empty(),
+        "purge and delete do not dead-letter"
+    );
+}
