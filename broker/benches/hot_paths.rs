@@ -200,8 +200,7 @@ fn plugin_route(c: &mut Criterion) {
     let registry = Registry::new(Some(host));
     let mut plugin = registry
         .create("x-consistent-hash", &FieldTable::default())
-        .expect("type loaded")
-        .expect("declare");
+        .expect("type loaded and declared");
     let mut direct = Direct::default();
     for i in 0..10 {
         let b = Binding {

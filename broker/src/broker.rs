@@ -26,7 +26,7 @@ use crate::plugin::PluginHost;
 use crate::store::Store;
 use crate::throttle::LoginThrottle;
 use crate::vhost::policy::Policy;
-use crate::vhost::{ExchangeFlags, QueueFlags, VHost};
+use crate::vhost::{BindingChange, ExchangeFlags, QueueFlags, VHost};
 
 /// Broker-wide state: configuration, users and permissions, exchange type registry, vhosts. Shared by
 /// all connections.
@@ -260,8 +260,17 @@ impl Broker {
             let key = short(&b.routing_key)?;
             let args = field_table(&b.arguments);
             let result = match b.destination_type.as_str() {
-                "queue" => v.queue_bind(&b.destination, &b.source, &key, &args, 0, true),
-                "exchange" => v.exchange_bind(&b.destination, &b.source, &key, &args, true),
+                "queue" => v.queue_bind(
+                    &b.destination,
+                    &b.source,
+                    &key,
+                    &args,
+                    0,
+                    BindingChange::Bind,
+                ),
+                "exchange" => {
+                    v.exchange_bind(&b.destination, &b.source, &key, &args, BindingChange::Bind)
+                }
                 other => bail!(
                     "definitions: binding destination_type '{other}' is not queue or exchange"
                 ),

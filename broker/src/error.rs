@@ -124,11 +124,6 @@ impl AmqpError {
         Self::connection(AMQPHardError::NOTIMPLEMENTED, detail)
     }
 
-    /// Whether this is 404 NOT_FOUND (a missing queue or exchange).
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, AmqpError::Channel(e) if e.code == AMQPSoftError::NOTFOUND)
-    }
-
     /// The reply code.
     pub fn reply_code(&self) -> u16 {
         match self {

@@ -14,7 +14,8 @@ use super::{Channel, ConnectionContext, Recover};
 use crate::auth::Access;
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::encode;
-use crate::queue::plugins::{plugin_arguments, AttachError, ConsumerFilter, OnFailure};
+use crate::queue::args::{ConsumeArgs, PluginArgs};
+use crate::queue::plugins::{AttachError, ConsumerFilter, OnFailure};
 use crate::queue::{ConsumeRefused, Consumer, ConsumerSink};
 use crate::vhost::generate_name;
 use crate::vhost::reply_to::{ReplySink, REPLY_TO};
@@ -71,19 +72,10 @@ impl Channel {
                 }
             }
         }
-        let priority = match m.arguments.inner().get("x-priority") {
-            None => 0,
-            Some(v) => crate::queue::args::int_value(v)
-                .and_then(|n| i32::try_from(n).ok())
-                .ok_or_else(|| {
-                    AmqpError::precondition_failed(format!(
-                        "invalid arg 'x-priority' for queue '{name}' in vhost '{}': \"expected integer, got {}\"",
-                        ctx.vhost.name,
-                        crate::queue::args::type_name(v)
-                    ))
-                })?,
-        };
-        let filter = consumer_filter(ctx, name.as_str(), &m.arguments)?;
+        let args = ConsumeArgs::parse(&m.arguments)
+            .map_err(|e| AmqpError::precondition_failed(e.text(name.as_str(), &ctx.vhost.name)))?;
+        let priority = args.priority;
+        let filter = consumer_filter(ctx, args.filter)?;
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
             no_ack: m.no_ack,
@@ -320,50 +312,24 @@ impl Channel {
     }
 }
 
-/// The consumer's filter plugin, from the basic.consume arguments `x-filter` (plugin name),
-/// `x-filter-args` (its configuration table) and `x-filter-on-failure` (`hold`, the default, or
-/// `deliver`).
+/// Attaches the consumer's filter plugin named by basic.consume's `x-filter` (see [`ConsumeArgs`]).
 ///
 /// # Errors
-/// 404 when no such filter plugin is loaded; 406 for malformed arguments or a configuration the plugin
-/// refuses.
+/// 404 when no such filter plugin is loaded; 406 for a configuration the plugin refuses.
 fn consumer_filter(
     ctx: &ConnectionContext,
-    queue: &str,
-    arguments: &amq_protocol::types::FieldTable,
+    filter: Option<(PluginArgs, OnFailure)>,
 ) -> AmqpResult<Option<ConsumerFilter>> {
-    let invalid = |arg: &str, why: &str| {
-        AmqpError::precondition_failed(format!(
-            "invalid arg '{arg}' for queue '{queue}' in vhost '{}': {why}",
-            ctx.vhost.name
-        ))
-    };
-    let Some((name, config)) = plugin_arguments(arguments, "x-filter", "x-filter-args")
-        .map_err(|(arg, why)| invalid(arg, why))?
-    else {
+    let Some((plugin, on_failure)) = filter else {
         return Ok(None);
-    };
-    let args = arguments.inner();
-    let on_failure = match args
-        .get("x-filter-on-failure")
-        .map(crate::protocol::values::str_value)
-    {
-        None => OnFailure::Hold,
-        Some(Some(s)) if s == "hold" => OnFailure::Hold,
-        Some(Some(s)) if s == "deliver" => OnFailure::Deliver,
-        Some(_) => {
-            return Err(invalid(
-                "x-filter-on-failure",
-                "expected \"hold\" or \"deliver\"",
-            ))
-        }
     };
     let Some(host) = ctx.vhost.plugins() else {
         return Err(AmqpError::not_found(format!(
-            "no filter plugin '{name}' is loaded"
+            "no filter plugin '{}' is loaded",
+            plugin.name
         )));
     };
-    match ConsumerFilter::attach(host, &name, &config, on_failure) {
+    match ConsumerFilter::attach(host, &plugin.name, &plugin.config, on_failure) {
         Ok(f) => Ok(Some(f)),
         Err(AttachError::NotFound(why)) => Err(AmqpError::not_found(why)),
         Err(AttachError::Refused(why)) => Err(AmqpError::precondition_failed(why)),

@@ -7,7 +7,7 @@ use super::{Channel, ConnectionContext};
 use crate::auth::Access;
 use crate::error::AmqpResult;
 use crate::queue::args::str_value;
-use crate::vhost::ExchangeFlags;
+use crate::vhost::{BindingChange, ExchangeFlags};
 
 impl Channel {
     /// exchange.declare → declare-ok.
@@ -70,12 +70,12 @@ impl Channel {
         source: &str,
         key: &ShortString,
         arguments: &FieldTable,
-        bind: bool,
+        change: BindingChange,
     ) -> AmqpResult {
         ctx.check(Access::Write, "exchange", destination)?;
         ctx.check(Access::Read, "exchange", source)?;
         ctx.vhost
-            .exchange_bind(destination, source, key, arguments, bind)
+            .exchange_bind(destination, source, key, arguments, change)
     }
 
     /// exchange.bind → bind-ok (RabbitMQ docs/e2e.md).
@@ -90,7 +90,7 @@ impl Channel {
             m.source.as_str(),
             &m.routing_key,
             &m.arguments,
-            true,
+            BindingChange::Bind,
         )?;
         if !m.nowait {
             self.reply(
@@ -113,7 +113,7 @@ impl Channel {
             m.source.as_str(),
             &m.routing_key,
             &m.arguments,
-            false,
+            BindingChange::Unbind,
         )?;
         if !m.nowait {
             self.reply(

@@ -8,7 +8,7 @@ use crate::auth::Access;
 use crate::error::{AmqpError, AmqpResult};
 use crate::queue::args::str_value;
 use crate::vhost::reply_to::{REPLY_TO, REPLY_TO_PREFIX};
-use crate::vhost::QueueFlags;
+use crate::vhost::{BindingChange, QueueFlags};
 
 impl Channel {
     /// Resolves the empty queue name to the channel's last declared queue (AMQP 0-9-1 §1.7.2.1).
@@ -96,7 +96,7 @@ impl Channel {
         exchange: &ShortString,
         key: &ShortString,
         arguments: &FieldTable,
-        bind: bool,
+        change: BindingChange,
     ) -> AmqpResult {
         let name = self.queue_name(queue)?;
         ctx.check(Access::Write, "queue", name.as_str())?;
@@ -107,7 +107,7 @@ impl Channel {
             key,
             arguments,
             ctx.conn_id,
-            bind,
+            change,
         )
     }
 
@@ -119,7 +119,7 @@ impl Channel {
             &m.exchange,
             &m.routing_key,
             &m.arguments,
-            true,
+            BindingChange::Bind,
         )?;
         if !m.nowait {
             self.reply(
@@ -142,7 +142,7 @@ impl Channel {
             &m.exchange,
             &m.routing_key,
             &m.arguments,
-            false,
+            BindingChange::Unbind,
         )?;
         self.reply(
             ctx,

@@ -8,7 +8,7 @@
 
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 
-use super::{Binding, Destination, ExchangeType, RouteError};
+use super::{Binding, BindingRefused, Destination, ExchangeType, RouteError};
 use crate::message::MessageRef;
 use crate::protocol::values::int_value;
 
@@ -112,8 +112,10 @@ pub struct Headers {
 }
 
 impl ExchangeType for Headers {
-    fn validate_binding(&self, binding: &Binding) -> Result<(), String> {
-        parse_match(&binding.arguments).map(|_| ())
+    fn validate_binding(&self, binding: &Binding) -> Result<(), BindingRefused> {
+        parse_match(&binding.arguments)
+            .map(|_| ())
+            .map_err(BindingRefused)
     }
 
     fn bind(&mut self, binding: &Binding) {
@@ -262,7 +264,7 @@ mod tests {
             key: "".into(),
             arguments: table(&[("x-match", s("some"))]),
         };
-        let err = h.validate_binding(&binding).unwrap_err();
+        let err = h.validate_binding(&binding).unwrap_err().0;
         assert!(
             err.contains("Invalid x-match field value <<\"some\">>"),
             "{err}"

@@ -82,13 +82,31 @@ impl Binding {
     }
 }
 
+/// Why an exchange type refused a binding; sent as `406 PRECONDITION_FAILED - <reason>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BindingRefused(pub String);
+
+/// Why an exchange of some type could not be created (exchange.declare, recovery).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CreateError {
+    /// Neither a native type nor a loaded plugin type has this name (sent as 503 COMMAND_INVALID,
+    /// RabbitMQ's "unknown exchange type").
+    #[error("unknown exchange type '{0}'")]
+    UnknownType(String),
+    /// The plugin type refused the declare arguments, or faulted reading them (sent as 406).
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// Routing logic of one exchange type. One value per exchange; it holds its own index of the bindings.
 pub trait ExchangeType: Send + Sync + fmt::Debug {
     /// Checks a binding before it is added.
     ///
     /// # Errors
-    /// A reason, sent as `406 PRECONDITION_FAILED - <reason>`.
-    fn validate_binding(&self, _binding: &Binding) -> Result<(), String> {
+    /// [`BindingRefused`] with the reason.
+    fn validate_binding(&self, _binding: &Binding) -> Result<(), BindingRefused> {
         Ok(())
     }
     /// Adds a validated binding to the index.
@@ -242,7 +260,7 @@ impl Exchange {
     ///
     /// # Errors
     /// The type's reason when it refuses the binding (see [`ExchangeType::validate_binding`]).
-    pub fn bind(&self, binding: Binding) -> Result<bool, String> {
+    pub fn bind(&self, binding: Binding) -> Result<bool, BindingRefused> {
         let mut state = self.write();
         if state.bindings.iter().any(|b| b.same(&binding)) {
             return Ok(false);

@@ -14,7 +14,7 @@ use super::fanout::Fanout;
 use super::headers::Headers;
 use super::topic::Topic;
 use super::wasm::WasmExchange;
-use super::ExchangeType;
+use super::{CreateError, ExchangeType};
 use crate::plugin::{Kind, PluginHost};
 
 /// Builds the routing state for a new exchange of a native type.
@@ -67,25 +67,25 @@ impl Registry {
                 .is_some_and(|p| p.loaded(Kind::Exchange, name).is_some())
     }
 
-    /// New routing state for an exchange of type `name` declared with `arguments`; `None` for an
-    /// unknown type.
+    /// New routing state for an exchange of type `name` declared with `arguments`.
     ///
     /// # Errors
-    /// `Some(Err(reason))` when a plugin type refuses the arguments (sent as 406).
+    /// [`CreateError::UnknownType`] for a name that is neither native nor a loaded plugin type;
+    /// [`CreateError::Refused`] when a plugin type refuses the arguments.
     pub fn create(
         &self,
         name: &str,
         arguments: &FieldTable,
-    ) -> Option<Result<Box<dyn ExchangeType>, String>> {
+    ) -> Result<Box<dyn ExchangeType>, CreateError> {
         let native = crate::sync::read(&self.types).get(name).copied();
         if let Some(factory) = native {
-            return Some(Ok(factory()));
+            return Ok(factory());
         }
-        let host = self.plugins.as_ref()?;
-        let slot = host.loaded(Kind::Exchange, name)?;
-        Some(
-            WasmExchange::new(host, &slot, arguments).map(|x| Box::new(x) as Box<dyn ExchangeType>),
-        )
+        let unknown = || CreateError::UnknownType(name.to_owned());
+        let host = self.plugins.as_ref().ok_or_else(unknown)?;
+        let slot = host.loaded(Kind::Exchange, name).ok_or_else(unknown)?;
+        let exchange = WasmExchange::new(host, &slot, arguments)?;
+        Ok(Box::new(exchange))
     }
 
     /// Routing state for a recovered exchange whose plugin type is not loaded: it stays declared and

@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 
 use amq_protocol::types::FieldTable;
 
-use super::{Binding, Destination, ExchangeType, Prepared, RouteError};
+use super::{
+    Binding, BindingRefused, CreateError, Destination, ExchangeType, Prepared, RouteError,
+};
 use crate::message::MessageRef;
 use crate::plugin::bindings::{Binding as WitBinding, ExchangePlugin, RoutesOn};
 use crate::plugin::engine::table_body;
@@ -83,19 +85,21 @@ impl WasmExchange {
     /// declare arguments.
     ///
     /// # Errors
-    /// The plugin's reason when it refuses the arguments (sent as 406), or a description of its fault.
+    /// [`CreateError::Refused`] with the plugin's reason when it refuses the arguments, or a
+    /// description of its fault.
     pub fn new(
         host: &Arc<PluginHost>,
         slot: &Arc<Slot>,
         arguments: &FieldTable,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CreateError> {
+        let refused = |f: Fault| CreateError::Refused(describe(slot, &f));
         let x = Self::unavailable(host, slot, arguments);
         let mut active = crate::sync::lock(&x.active);
-        let mut instance =
-            Instance::<ExchangePlugin>::new(host, slot).map_err(|f| describe(slot, &f))?;
+        let mut instance = Instance::<ExchangePlugin>::new(host, slot).map_err(refused)?;
         active.routes_on = instance
             .init(&x.arguments)
-            .map_err(|f| describe(slot, &f))??;
+            .map_err(refused)?
+            .map_err(CreateError::Refused)?;
         x.by_key
             .store(active.routes_on == RoutesOn::RoutingKey, Ordering::Relaxed);
         active.instance = Some(instance);
@@ -299,7 +303,7 @@ fn describe(slot: &Slot, fault: &Fault) -> String {
 }
 
 impl ExchangeType for WasmExchange {
-    fn validate_binding(&self, binding: &Binding) -> Result<(), String> {
+    fn validate_binding(&self, binding: &Binding) -> Result<(), BindingRefused> {
         let wit = WitBinding {
             id: self.next_id(),
             destination: binding.destination.name().to_owned(),
@@ -308,11 +312,11 @@ impl ExchangeType for WasmExchange {
         };
         let mut active = crate::sync::lock(&self.active);
         match self.with_instance(&mut active, |i| i.validate_binding(&wit)) {
-            Ok(verdict) => verdict,
+            Ok(verdict) => verdict.map_err(BindingRefused),
             // No plugin to ask (file removed, or recovered before the plugin returned): the binding
             // is kept and replayed into the plugin when it is back, like every other binding.
             Err(Fault::Unavailable(_)) if !self.slot.is_loaded() => Ok(()),
-            Err(f) => Err(describe(&self.slot, &f)),
+            Err(f) => Err(BindingRefused(describe(&self.slot, &f))),
         }
     }
 

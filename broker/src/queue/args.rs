@@ -1,9 +1,15 @@
-//! Queue `x-…` arguments: parsed and validated once at queue.declare, with RabbitMQ's reply texts
+//! Queue and consumer `x-…` arguments, in one place: queue.declare's ([`QueueArgs`], and the
+//! idempotency plugin's, [`IdempotencyArgs`]) and basic.consume's ([`ConsumeArgs`]: consumer priority,
+//! filter plugin), parsed and validated once with RabbitMQ's reply texts
 //! (`invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}`).
 //! Reference: RabbitMQ `rabbit_amqqueue:declare_args/0`, docs/ttl.md, docs/dlx.md, docs/maxlength,
 //! docs/priority.md, docs/consumers.md (single active consumer, consumer timeout), docs/queues.md.
 
+use std::time::Duration;
+
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
+
+use super::plugins::{OnFailure, Window};
 
 pub use crate::protocol::values::{int_value, str_value, type_name};
 
@@ -232,6 +238,139 @@ impl QueueArgs {
             }
         }
         Ok(out)
+    }
+}
+
+/// A plugin attached through arguments: the plugin name under one key (`x-filter`,
+/// `x-idempotency`) and its configuration table under another (`x-filter-args`,
+/// `x-idempotency-args`; empty when absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginArgs {
+    /// The plugin's name.
+    pub name: String,
+    /// Its configuration table.
+    pub config: FieldTable,
+}
+
+impl PluginArgs {
+    /// `Ok(None)` without `name_key`.
+    ///
+    /// # Errors
+    /// [`InvalidArg`] for a name that is not a string or a configuration that is not a table.
+    fn parse(
+        arguments: &FieldTable,
+        name_key: &'static str,
+        config_key: &'static str,
+    ) -> Result<Option<PluginArgs>, InvalidArg> {
+        let args = arguments.inner();
+        let Some(value) = args.get(name_key) else {
+            return Ok(None);
+        };
+        let name = str_value(value).ok_or_else(|| invalid(name_key, "expected a string"))?;
+        let config = match args.get(config_key) {
+            None => FieldTable::default(),
+            Some(AMQPValue::FieldTable(t)) => t.clone(),
+            Some(_) => return Err(invalid(config_key, "expected a table")),
+        };
+        Ok(Some(PluginArgs { name, config }))
+    }
+}
+
+fn invalid(key: &'static str, detail: &str) -> InvalidArg {
+    InvalidArg {
+        key,
+        detail: detail.to_owned(),
+        wrong_type: None,
+    }
+}
+
+/// basic.consume arguments: `x-priority` (RabbitMQ docs/consumer-priority.md) and the consumer's
+/// filter plugin (`x-filter`, `x-filter-args`, `x-filter-on-failure` = `hold` | `deliver`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumeArgs {
+    /// Consumer priority, default 0.
+    pub priority: i32,
+    /// The filter plugin and what to do when it faults.
+    pub filter: Option<(PluginArgs, OnFailure)>,
+}
+
+impl ConsumeArgs {
+    /// Parses basic.consume's arguments; other keys are ignored.
+    ///
+    /// # Errors
+    /// The first invalid argument; [`InvalidArg::text`] gives RabbitMQ's reply text
+    /// (`invalid arg 'x-priority' for queue 'q' in vhost '/': "expected integer, got longstr"`).
+    pub fn parse(arguments: &FieldTable) -> Result<ConsumeArgs, InvalidArg> {
+        let args = arguments.inner();
+        let priority = match args.get("x-priority") {
+            None => 0,
+            Some(v) => int_value(v)
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| InvalidArg {
+                    key: "x-priority",
+                    detail: format!("\"expected integer, got {}\"", type_name(v)),
+                    wrong_type: None,
+                })?,
+        };
+        let filter = match PluginArgs::parse(arguments, "x-filter", "x-filter-args")? {
+            None => None,
+            Some(plugin) => {
+                let on_failure = match args.get("x-filter-on-failure").map(str_value) {
+                    None => OnFailure::Hold,
+                    Some(Some(s)) if s == "hold" => OnFailure::Hold,
+                    Some(Some(s)) if s == "deliver" => OnFailure::Deliver,
+                    Some(_) => {
+                        return Err(invalid(
+                            "x-filter-on-failure",
+                            "expected \"hold\" or \"deliver\"",
+                        ))
+                    }
+                };
+                Some((plugin, on_failure))
+            }
+        };
+        Ok(ConsumeArgs { priority, filter })
+    }
+}
+
+/// queue.declare's idempotency arguments: the plugin (`x-idempotency`, `x-idempotency-args`) and the
+/// bounds of the key record (`x-idempotency-window` in ms, `x-idempotency-max-keys`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyArgs {
+    /// The idempotency plugin.
+    pub plugin: PluginArgs,
+    /// How long and how many acked keys are remembered.
+    pub window: Window,
+}
+
+impl IdempotencyArgs {
+    /// `Ok(None)` without `x-idempotency`.
+    ///
+    /// # Errors
+    /// The first invalid argument (see [`InvalidArg::text`]).
+    pub fn parse(arguments: &FieldTable) -> Result<Option<IdempotencyArgs>, InvalidArg> {
+        let Some(plugin) = PluginArgs::parse(arguments, "x-idempotency", "x-idempotency-args")?
+        else {
+            return Ok(None);
+        };
+        let args = arguments.inner();
+        let mut window = Window::default();
+        if let Some(v) = args.get("x-idempotency-window") {
+            let ms = int_value(v)
+                .and_then(|n| u64::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    invalid("x-idempotency-window", "expected a positive integer (ms)")
+                })?;
+            window.time = Duration::from_millis(ms);
+        }
+        if let Some(v) = args.get("x-idempotency-max-keys") {
+            window.max_keys = int_value(v)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("x-idempotency-max-keys", "expected a positive integer"))?;
+        }
+        Ok(Some(IdempotencyArgs { plugin, window }))
     }
 }
 

@@ -30,29 +30,6 @@ pub enum AttachError {
     Refused(String),
 }
 
-/// Reads a plugin attachment from declare or consume arguments: the plugin name under `name_key` and
-/// its configuration table under `config_key` (empty when absent). `Ok(None)` without `name_key`.
-///
-/// # Errors
-/// The offending argument and what it should be.
-pub fn plugin_arguments(
-    arguments: &FieldTable,
-    name_key: &'static str,
-    config_key: &'static str,
-) -> Result<Option<(String, FieldTable)>, (&'static str, &'static str)> {
-    let args = arguments.inner();
-    let Some(value) = args.get(name_key) else {
-        return Ok(None);
-    };
-    let name = crate::protocol::values::str_value(value).ok_or((name_key, "expected a string"))?;
-    let config = match args.get(config_key) {
-        None => FieldTable::default(),
-        Some(amq_protocol::types::AMQPValue::FieldTable(t)) => t.clone(),
-        Some(_) => return Err((config_key, "expected a table")),
-    };
-    Ok(Some((name, config)))
-}
-
 /// The loaded plugin `name` of `kind`, instantiated and initialised with `config`.
 fn attach<W: Configurable>(
     host: &Arc<PluginHost>,

@@ -9,7 +9,7 @@ use amq_protocol::types::ShortString;
 use anyhow::Context;
 use tracing::{error, info};
 
-use super::{ExchangeFlags, QueueFlags, VHost};
+use super::{BindingChange, ExchangeFlags, QueueFlags, VHost};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::Destination;
 use crate::queue::{plugins, QueueStorage};
@@ -218,8 +218,21 @@ impl VHost {
             let r = short(&b.routing_key).and_then(|key| {
                 let args = decode_table(&b.arguments)?;
                 match b.destination_type.as_str() {
-                    "queue" => self.queue_bind(&b.destination, &b.source, &key, &args, 0, true),
-                    _ => self.exchange_bind(&b.destination, &b.source, &key, &args, true),
+                    "queue" => self.queue_bind(
+                        &b.destination,
+                        &b.source,
+                        &key,
+                        &args,
+                        0,
+                        BindingChange::Bind,
+                    ),
+                    _ => self.exchange_bind(
+                        &b.destination,
+                        &b.source,
+                        &key,
+                        &args,
+                        BindingChange::Bind,
+                    ),
                 }
                 .map_err(|e| anyhow::anyhow!("{e}"))
             });

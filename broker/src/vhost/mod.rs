@@ -22,8 +22,9 @@ use tracing::warn;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::registry::Registry;
 pub use crate::exchange::ExchangeFlags;
-use crate::exchange::{Binding, Destination, Exchange};
+use crate::exchange::{Binding, CreateError, Destination, Exchange};
 use crate::limits::{Gauge, VhostLimits};
+use crate::queue::args::{IdempotencyArgs, PluginArgs};
 use crate::queue::plugins;
 use crate::queue::{Queue, QueueArgs, QueueCounts, QueueDeclaration, QueueOwner};
 use crate::store::definitions::StoredDefinitions;
@@ -52,6 +53,15 @@ const CHECKED_QUEUE_ARGS: &[&str] = &[
     "x-queue-type",
     "x-single-active-consumer",
 ];
+
+/// Whether queue.bind / exchange.bind adds a binding or queue.unbind / exchange.unbind removes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindingChange {
+    /// Add the binding (refused when an end is missing).
+    Bind,
+    /// Remove it (a no-op when an end is missing).
+    Unbind,
+}
 
 /// Flags of queue.declare.
 #[derive(Debug, Clone, Copy, Default)]
@@ -171,7 +181,7 @@ impl VHost {
             connections: Gauge::default(),
         };
         for (xname, kind) in PREDECLARED {
-            if let Some(Ok(router)) = vhost.registry.create(kind, &FieldTable::default()) {
+            if let Ok(router) = vhost.registry.create(kind, &FieldTable::default()) {
                 let flags = ExchangeFlags {
                     durable: true,
                     ..ExchangeFlags::default()
@@ -225,10 +235,13 @@ impl VHost {
     /// # Errors
     /// 404 when it does not exist.
     pub fn exchange(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
-        read(&self.exchanges)
-            .get(name)
-            .cloned()
+        self.find_exchange(name)
             .ok_or_else(|| self.no_exchange(name))
+    }
+
+    /// The exchange named `name`, if it is declared.
+    pub fn find_exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        read(&self.exchanges).get(name).cloned()
     }
 
     /// exchange.declare (AMQP 0-9-1 §1.6.2.1).
@@ -267,18 +280,16 @@ impl VHost {
         }
         // A plugin type instantiates and initialises its plugin here, outside the vhost's lock.
         let router = match self.registry.create(kind, arguments) {
-            Some(Ok(router)) => router,
-            Some(Err(reason)) => return Err(AmqpError::precondition_failed(reason)),
-            None => match self.registry.create_unavailable(kind, arguments) {
+            Ok(router) => router,
+            Err(CreateError::Refused(reason)) => {
+                return Err(AmqpError::precondition_failed(reason))
+            }
+            Err(unknown) => match self.registry.create_unavailable(kind, arguments) {
                 Some(router) if recovering => {
                     warn!(vhost = %self.name, exchange = %name, kind, "exchange recovered with its plugin type not loaded: unavailable until the plugin returns");
                     router
                 }
-                _ => {
-                    return Err(AmqpError::command_invalid(format!(
-                        "unknown exchange type '{kind}'"
-                    )))
-                }
+                _ => return Err(AmqpError::command_invalid(unknown.to_string())),
             },
         };
         let mut exchanges = write(&self.exchanges);
@@ -410,35 +421,45 @@ impl VHost {
         source: &str,
         key: &ShortString,
         arguments: &FieldTable,
-        bind: bool,
+        change: BindingChange,
     ) -> AmqpResult {
         if destination.is_empty() || source.is_empty() {
             return Err(Self::default_exchange_refused());
         }
         // Unbinding is idempotent: a missing source or destination has no binding to remove, and
         // RabbitMQ answers unbind-ok (rabbit_binding:remove).
-        let src = match self.exchange(source) {
-            Err(e) if !bind && e.is_not_found() => return Ok(()),
-            r => r?,
-        };
-        match self.exchange(destination) {
-            Err(e) if !bind && e.is_not_found() => return Ok(()),
-            r => r?,
+        let (src, dst) = (self.find_exchange(source), self.find_exchange(destination));
+        let src = match (src, dst, change) {
+            (Some(src), Some(_), _) => src,
+            (_, _, BindingChange::Unbind) => return Ok(()),
+            (None, _, BindingChange::Bind) => return Err(self.no_exchange(source)),
+            (Some(_), None, BindingChange::Bind) => return Err(self.no_exchange(destination)),
         };
         let binding = Binding {
             destination: Destination::Exchange(destination.into()),
             key: key.clone(),
             arguments: arguments.clone(),
         };
-        self.apply_binding(&src, binding, bind)
+        self.apply_binding(&src, binding, change)
     }
 
-    fn apply_binding(&self, src: &Arc<Exchange>, binding: Binding, bind: bool) -> AmqpResult {
+    fn apply_binding(
+        &self,
+        src: &Arc<Exchange>,
+        binding: Binding,
+        change: BindingChange,
+    ) -> AmqpResult {
         let durable = src.durable && self.destination_durable(&binding.destination);
-        if bind {
-            src.bind(binding).map_err(AmqpError::precondition_failed)?;
-        } else if src.unbind(&binding) {
-            self.maybe_auto_delete(src);
+        match change {
+            BindingChange::Bind => {
+                src.bind(binding)
+                    .map_err(|refused| AmqpError::precondition_failed(refused.0))?;
+            }
+            BindingChange::Unbind => {
+                if src.unbind(&binding) {
+                    self.maybe_auto_delete(src);
+                }
+            }
         }
         if durable {
             self.persist();
@@ -462,12 +483,20 @@ impl VHost {
     /// # Errors
     /// 404 missing, 405 exclusive to another connection.
     pub fn queue(&self, name: &str, conn_id: u64) -> AmqpResult<Arc<Queue>> {
-        let q = read(&self.queues)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| self.no_queue(name))?;
+        self.find_queue(name, conn_id)?
+            .ok_or_else(|| self.no_queue(name))
+    }
+
+    /// The queue named `name`, if it is declared.
+    ///
+    /// # Errors
+    /// 405 RESOURCE_LOCKED when it is exclusive to another connection.
+    pub fn find_queue(&self, name: &str, conn_id: u64) -> AmqpResult<Option<Arc<Queue>>> {
+        let Some(q) = read(&self.queues).get(name).cloned() else {
+            return Ok(None);
+        };
         self.check_exclusive(&q, conn_id)?;
-        Ok(q)
+        Ok(Some(q))
     }
 
     fn check_exclusive(&self, q: &Queue, conn_id: u64) -> AmqpResult {
@@ -587,36 +616,15 @@ impl VHost {
         queue: &str,
         arguments: &FieldTable,
     ) -> AmqpResult<Option<plugins::Idempotency>> {
-        use crate::protocol::values::int_value;
-        let invalid = |arg: &str, why: &str| {
-            AmqpError::precondition_failed(format!(
-                "invalid arg '{arg}' for queue '{queue}' in vhost '{}': {why}",
-                self.name
-            ))
-        };
-        let Some((name, config)) =
-            plugins::plugin_arguments(arguments, "x-idempotency", "x-idempotency-args")
-                .map_err(|(arg, why)| invalid(arg, why))?
+        let parsed = IdempotencyArgs::parse(arguments)
+            .map_err(|e| AmqpError::precondition_failed(e.text(queue, &self.name)))?;
+        let Some(IdempotencyArgs {
+            plugin: PluginArgs { name, config },
+            window,
+        }) = parsed
         else {
             return Ok(None);
         };
-        let args = arguments.inner();
-        let mut window = plugins::Window::default();
-        if let Some(v) = args.get("x-idempotency-window") {
-            let ms = int_value(v)
-                .and_then(|n| u64::try_from(n).ok())
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    invalid("x-idempotency-window", "expected a positive integer (ms)")
-                })?;
-            window.time = std::time::Duration::from_millis(ms);
-        }
-        if let Some(v) = args.get("x-idempotency-max-keys") {
-            window.max_keys = int_value(v)
-                .and_then(|n| usize::try_from(n).ok())
-                .filter(|n| *n > 0)
-                .ok_or_else(|| invalid("x-idempotency-max-keys", "expected a positive integer"))?;
-        }
         let Some(host) = self.registry.plugins() else {
             return Err(AmqpError::not_found(format!(
                 "no idempotency plugin '{name}' is loaded"
@@ -690,26 +698,28 @@ impl VHost {
         key: &ShortString,
         arguments: &FieldTable,
         conn_id: u64,
-        bind: bool,
+        change: BindingChange,
     ) -> AmqpResult {
         if exchange.is_empty() {
             return Err(Self::default_exchange_refused());
         }
         // As for exchange.unbind: nothing to remove when the queue or the exchange is gone.
-        let q = match self.queue(queue, conn_id) {
-            Err(e) if !bind && e.is_not_found() => return Ok(()),
-            r => r?,
-        };
-        let src = match self.exchange(exchange) {
-            Err(e) if !bind && e.is_not_found() => return Ok(()),
-            r => r?,
+        let (q, src) = (
+            self.find_queue(queue, conn_id)?,
+            self.find_exchange(exchange),
+        );
+        let (q, src) = match (q, src, change) {
+            (Some(q), Some(src), _) => (q, src),
+            (_, _, BindingChange::Unbind) => return Ok(()),
+            (None, _, BindingChange::Bind) => return Err(self.no_queue(queue)),
+            (Some(_), None, BindingChange::Bind) => return Err(self.no_exchange(exchange)),
         };
         let binding = Binding {
             destination: Destination::Queue(q),
             key: key.clone(),
             arguments: arguments.clone(),
         };
-        self.apply_binding(&src, binding, bind)
+        self.apply_binding(&src, binding, change)
     }
 
     /// queue.purge (AMQP 0-9-1 §1.7.2.7). Returns the number of messages purged.
@@ -732,10 +742,8 @@ impl VHost {
         if_empty: bool,
         conn_id: u64,
     ) -> AmqpResult<u32> {
-        let q = match self.queue(name, conn_id) {
-            Ok(q) => q,
-            Err(AmqpError::Channel(e)) if e.code.get_id() == 404 => return Ok(0),
-            Err(e) => return Err(e),
+        let Some(q) = self.find_queue(name, conn_id)? else {
+            return Ok(0);
         };
         let counts = q.counts();
         if if_unused && counts.consumers > 0 {
