@@ -29,6 +29,7 @@ use super::{
 use crate::message::MessageRef;
 use crate::plugin::bindings::{Binding as WitBinding, ExchangePlugin, RoutesOn};
 use crate::plugin::engine::table_body;
+use crate::plugin::entity::EntityInstance;
 use crate::plugin::instance::Instance;
 use crate::plugin::{Fault, PluginHost, Slot};
 
@@ -54,7 +55,7 @@ struct Entry {
 
 #[derive(Debug)]
 struct Active {
-    instance: Option<Instance<ExchangePlugin>>,
+    instance: EntityInstance<ExchangePlugin>,
     routes_on: RoutesOn,
     cache: HashMap<String, Vec<u32>>,
     /// Cache hits and misses since the cache was last cleared.
@@ -67,7 +68,6 @@ struct Active {
 /// An exchange whose type is a plugin.
 #[derive(Debug)]
 pub struct WasmExchange {
-    host: Arc<PluginHost>,
     slot: Arc<Slot>,
     /// Declare arguments, wire-encoded (the WIT `field-table`).
     arguments: Vec<u8>,
@@ -102,7 +102,7 @@ impl WasmExchange {
             .map_err(CreateError::Refused)?;
         x.by_key
             .store(active.routes_on == RoutesOn::RoutingKey, Ordering::Relaxed);
-        active.instance = Some(instance);
+        active.instance = EntityInstance::with(host, slot, instance);
         drop(active);
         Ok(x)
     }
@@ -111,12 +111,11 @@ impl WasmExchange {
     /// returned): instantiated on first use.
     pub fn unavailable(host: &Arc<PluginHost>, slot: &Arc<Slot>, arguments: &FieldTable) -> Self {
         WasmExchange {
-            host: Arc::clone(host),
             slot: Arc::clone(slot),
             arguments: table_body(arguments),
             entries: Vec::new(),
             active: Mutex::new(Active {
-                instance: None,
+                instance: EntityInstance::new(host, slot),
                 routes_on: RoutesOn::Message,
                 cache: HashMap::new(),
                 hits: 0,
@@ -138,32 +137,31 @@ impl WasmExchange {
         u32::try_from(free.unwrap_or(self.entries.len())).unwrap_or(u32::MAX)
     }
 
-    /// Makes sure `active` holds an instance of the current version, rebuilding it (init + binding
-    /// replay) when it is missing or stale.
+    /// Makes sure `active` holds an instance of the current version, rebuilding it (`init` with the
+    /// declare arguments, then every binding replayed) when it is missing or stale; a rebuild voids
+    /// the cached and prepared decisions.
     fn ensure(&self, active: &mut Active) -> Result<(), Fault> {
-        if active.instance.as_ref().is_some_and(Instance::is_current) {
-            return Ok(());
-        }
-        active.instance = None;
-        active.cache.clear();
-        self.renew();
-        (active.hits, active.misses, active.bypass) = (0, 0, 0);
-        let mut instance = Instance::<ExchangePlugin>::new(&self.host, &self.slot)?;
-        active.routes_on = match instance.init(&self.arguments)? {
-            Ok(r) => r,
-            Err(reason) => {
-                return Err(Fault::Unavailable(format!(
+        let mut routes_on = active.routes_on;
+        let rebuilt = active.instance.ensure(|instance| {
+            routes_on = instance.init(&self.arguments)?.map_err(|reason| {
+                Fault::Unavailable(format!(
                     "this version of '{}' refuses the exchange's arguments: {reason}",
                     self.slot.name
-                )))
+                ))
+            })?;
+            for e in self.entries.iter().flatten() {
+                instance.add_binding(&e.wit)?;
             }
-        };
-        for e in self.entries.iter().flatten() {
-            instance.add_binding(&e.wit)?;
+            Ok(())
+        })?;
+        if rebuilt {
+            active.cache.clear();
+            (active.hits, active.misses, active.bypass) = (0, 0, 0);
+            self.renew();
+            active.routes_on = routes_on;
+            self.by_key
+                .store(routes_on == RoutesOn::RoutingKey, Ordering::Relaxed);
         }
-        self.by_key
-            .store(active.routes_on == RoutesOn::RoutingKey, Ordering::Relaxed);
-        active.instance = Some(instance);
         Ok(())
     }
 
@@ -173,12 +171,8 @@ impl WasmExchange {
         f: impl FnOnce(&mut Instance<ExchangePlugin>) -> Result<T, Fault>,
     ) -> Result<T, Fault> {
         self.ensure(active)?;
-        let Some(instance) = active.instance.as_mut() else {
-            return Err(Fault::Unavailable("no instance".into()));
-        };
-        let result = f(instance);
+        let result = active.instance.call(f);
         if result.is_err() {
-            active.instance = None;
             self.renew();
         }
         result
@@ -358,11 +352,8 @@ impl ExchangeType for WasmExchange {
         self.renew();
         let active = crate::sync::get_mut(&mut self.active);
         active.cache.clear();
-        if let Some(instance) = active.instance.as_mut() {
-            if instance.remove_binding(id as u32).is_err() {
-                active.instance = None;
-            }
-        }
+        // Without an instance there is nothing to tell: the next one is built with the bindings left.
+        let _ = active.instance.call(|i| i.remove_binding(id as u32));
     }
 
     fn route(
@@ -404,8 +395,10 @@ mod tests {
     use super::*;
 
     fn active() -> Active {
+        let host = PluginHost::new(crate::plugin::Limits::default(), None).expect("host");
+        let slot = host.slot(crate::plugin::Kind::Exchange, "x-test");
         Active {
-            instance: None,
+            instance: EntityInstance::new(&host, &slot),
             routes_on: RoutesOn::RoutingKey,
             cache: HashMap::new(),
             hits: 0,

@@ -6,12 +6,14 @@
 //! - `loader`: file → compiled, checked, pre-instantiated version.
 //! - `registry`: live versions per plugin name (atomic swap), fault counters, quarantine, snapshot.
 //! - `instance`: one instance per broker entity; calls under the deadline.
+//! - `entity`: an entity's instance through its life (build, init, rebuild on reload, drop on fault).
 //! - `watcher`: the plugin directory → reloads.
 //!
 //! This module knows nothing of AMQP sessions: no channel, connection or vhost types.
 
 pub mod bindings;
 pub mod engine;
+pub mod entity;
 pub mod instance;
 pub mod loader;
 pub mod registry;

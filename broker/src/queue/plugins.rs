@@ -17,6 +17,7 @@ use amq_protocol::types::FieldTable;
 use crate::message::MessageRef;
 use crate::plugin::bindings::{Decision, FilterPlugin, IdempotencyPlugin};
 use crate::plugin::engine::table_body;
+use crate::plugin::entity::EntityInstance;
 use crate::plugin::instance::{Configurable, Instance};
 use crate::plugin::{Fault, Kind, PluginHost, Slot};
 use crate::store::keys::KeyLog;
@@ -72,7 +73,7 @@ const SKIP_MEMORY: usize = 100_000;
 
 #[derive(Debug)]
 struct FilterState {
-    instance: Option<Instance<FilterPlugin>>,
+    instance: EntityInstance<FilterPlugin>,
     /// Sequence numbers this consumer's filter skipped (valid for the instance's version).
     skipped: HashSet<u64>,
 }
@@ -80,8 +81,6 @@ struct FilterState {
 /// One consumer's filter: `x-filter` names the plugin, `x-filter-args` is its configuration.
 #[derive(Debug)]
 pub struct ConsumerFilter {
-    host: Arc<PluginHost>,
-    slot: Arc<Slot>,
     config: Vec<u8>,
     on_failure: OnFailure,
     state: Mutex<FilterState>,
@@ -102,33 +101,24 @@ impl ConsumerFilter {
         let config = table_body(config);
         let (slot, instance) = attach::<FilterPlugin>(host, Kind::Filter, name, &config)?;
         Ok(ConsumerFilter {
-            host: Arc::clone(host),
-            slot,
             config,
             on_failure,
             state: Mutex::new(FilterState {
-                instance: Some(instance),
+                instance: EntityInstance::with(host, &slot, instance),
                 skipped: HashSet::new(),
             }),
         })
     }
 
+    /// A current instance; skip decisions of an older one are forgotten.
     fn ensure(&self, state: &mut FilterState) -> Result<(), Fault> {
-        if state.instance.as_ref().is_some_and(Instance::is_current) {
-            return Ok(());
+        let rebuilt = state
+            .instance
+            .ensure_configured(&self.config, "the consumer's x-filter-args");
+        if !matches!(rebuilt, Ok(false)) {
+            state.skipped.clear();
         }
-        state.instance = None;
-        state.skipped.clear();
-        match Instance::configured(&self.host, &self.slot, &self.config)? {
-            Ok(instance) => {
-                state.instance = Some(instance);
-                Ok(())
-            }
-            Err(reason) => Err(Fault::Unavailable(format!(
-                "this version of filter '{}' refuses the consumer's x-filter-args: {reason}",
-                self.slot.name
-            ))),
-        }
+        rebuilt.map(|_| ())
     }
 
     /// The verdict for the message with sequence number `seq`.
@@ -138,11 +128,7 @@ impl ConsumerFilter {
             if state.skipped.contains(&seq) {
                 return Ok(Decision::Skip);
             }
-            let instance = state
-                .instance
-                .as_mut()
-                .ok_or_else(|| Fault::Unavailable("no instance".into()))?;
-            instance.filter(message)
+            state.instance.call(|i| i.filter(message))
         });
         match decision {
             Ok(Decision::Deliver) => Verdict::Deliver,
@@ -155,8 +141,7 @@ impl ConsumerFilter {
             }
             Ok(Decision::Reject) => Verdict::Reject,
             Err(_) => {
-                // The fault was counted and logged by the instance; a trapped instance is replaced.
-                state.instance = None;
+                // The fault was counted and logged by the instance, which is rebuilt on next use.
                 match self.on_failure {
                     OnFailure::Deliver => Verdict::Deliver,
                     OnFailure::Hold => Verdict::Skip,
@@ -199,9 +184,9 @@ pub enum KeyCheck {
     Duplicate,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct IdempotencyState {
-    instance: Option<Instance<IdempotencyPlugin>>,
+    instance: EntityInstance<IdempotencyPlugin>,
     /// Keys of ready messages, computed once per message (by sequence number).
     pending: HashMap<u64, Option<Key>>,
     /// Keys of delivered, unacked messages (by sequence number) and how many carry each key.
@@ -212,12 +197,23 @@ struct IdempotencyState {
     order: VecDeque<(Instant, Key)>,
 }
 
+impl IdempotencyState {
+    fn new(instance: EntityInstance<IdempotencyPlugin>) -> Self {
+        IdempotencyState {
+            instance,
+            pending: HashMap::new(),
+            inflight: HashMap::new(),
+            inflight_keys: HashMap::new(),
+            recorded: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
 /// A queue's idempotency: the plugin derives keys; the record of acked keys is the broker's (and, for
 /// a durable queue, on disk: `store::keys`).
 #[derive(Debug)]
 pub struct Idempotency {
-    host: Arc<PluginHost>,
-    slot: Arc<Slot>,
     config: Vec<u8>,
     window: Window,
     keys: Option<KeyLog>,
@@ -239,15 +235,12 @@ impl Idempotency {
         let config = table_body(config);
         let (slot, instance) = attach::<IdempotencyPlugin>(host, Kind::Idempotency, name, &config)?;
         Ok(Idempotency {
-            host: Arc::clone(host),
-            slot,
             config,
             window,
             keys: None,
-            state: Mutex::new(IdempotencyState {
-                instance: Some(instance),
-                ..IdempotencyState::default()
-            }),
+            state: Mutex::new(IdempotencyState::new(EntityInstance::with(
+                host, &slot, instance,
+            ))),
         })
     }
 
@@ -259,13 +252,12 @@ impl Idempotency {
         config: &FieldTable,
         window: Window,
     ) -> Idempotency {
+        let slot = host.slot(Kind::Idempotency, name);
         Idempotency {
-            host: Arc::clone(host),
-            slot: host.slot(Kind::Idempotency, name),
             config: table_body(config),
             window,
             keys: None,
-            state: Mutex::new(IdempotencyState::default()),
+            state: Mutex::new(IdempotencyState::new(EntityInstance::new(host, &slot))),
         }
     }
 
@@ -300,20 +292,12 @@ impl Idempotency {
     }
 
     fn key_of(&self, state: &mut IdempotencyState, message: &MessageRef) -> Option<Key> {
-        if !state.instance.as_ref().is_some_and(Instance::is_current) {
-            state.instance = Instance::configured(&self.host, &self.slot, &self.config)
-                .ok()
-                .and_then(Result::ok);
-        }
         // Failure policy: no key → delivered.
-        let instance = state.instance.as_mut()?;
-        match instance.key(message) {
-            Ok(key) => key.map(Key::from),
-            Err(_) => {
-                state.instance = None;
-                None
-            }
-        }
+        state
+            .instance
+            .ensure_configured(&self.config, "the queue's x-idempotency-args")
+            .ok()?;
+        state.instance.call(|i| i.key(message)).ok()?.map(Key::from)
     }
 
     fn expire(window: Window, state: &mut IdempotencyState, now: Instant) {
