@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use amq_protocol::types::ShortString;
 use anyhow::{bail, Context};
 use tokio::sync::watch;
 
@@ -26,7 +25,7 @@ use crate::plugin::PluginHost;
 use crate::store::Store;
 use crate::throttle::LoginThrottle;
 use crate::vhost::policy::Policy;
-use crate::vhost::{BindingChange, ExchangeFlags, QueueFlags, VHost};
+use crate::vhost::{Definition, ExchangeFlags, QueueFlags, VHost};
 
 /// Broker-wide state: configuration, users and permissions, exchange type registry, vhosts. Shared by
 /// all connections.
@@ -203,13 +202,12 @@ impl Broker {
         Ok(broker)
     }
 
+    /// Declares the definitions file's exchanges, queues and bindings through [`VHost::apply`] (the
+    /// path recovery takes too).
     fn declare_definitions(&self, d: &Definitions) -> anyhow::Result<()> {
         let vhost = |name: &str| {
             self.vhost(name)
                 .ok_or_else(|| anyhow::anyhow!("definitions: unknown vhost '{name}'"))
-        };
-        let short = |s: &str| {
-            ShortString::try_new(s).map_err(|e| anyhow::anyhow!("definitions: name '{s}': {e}"))
         };
         for x in &d.exchanges {
             let flags = ExchangeFlags {
@@ -218,13 +216,12 @@ impl Broker {
                 internal: x.internal,
             };
             vhost(&x.vhost)?
-                .exchange_declare(
-                    &short(&x.name)?,
-                    &x.kind,
-                    false,
+                .apply(Definition::Exchange {
+                    name: &x.name,
+                    kind: &x.kind,
                     flags,
-                    &field_table(&x.arguments),
-                )
+                    arguments: field_table(&x.arguments),
+                })
                 .map_err(|e| {
                     anyhow::anyhow!(
                         "definitions: exchange '{}' in vhost '{}': {e}",
@@ -240,13 +237,11 @@ impl Broker {
                 auto_delete: q.auto_delete,
             };
             vhost(&q.vhost)?
-                .queue_declare(
-                    &short(&q.name)?,
-                    false,
+                .apply(Definition::Queue {
+                    name: &q.name,
                     flags,
-                    &field_table(&q.arguments),
-                    0,
-                )
+                    arguments: field_table(&q.arguments),
+                })
                 .map_err(|e| {
                     anyhow::anyhow!(
                         "definitions: queue '{}' in vhost '{}': {e}",
@@ -256,33 +251,22 @@ impl Broker {
                 })?;
         }
         for b in &d.bindings {
-            let v = vhost(&b.vhost)?;
-            let key = short(&b.routing_key)?;
-            let args = field_table(&b.arguments);
-            let result = match b.destination_type.as_str() {
-                "queue" => v.queue_bind(
-                    &b.destination,
-                    &b.source,
-                    &key,
-                    &args,
-                    0,
-                    BindingChange::Bind,
-                ),
-                "exchange" => {
-                    v.exchange_bind(&b.destination, &b.source, &key, &args, BindingChange::Bind)
-                }
-                other => bail!(
-                    "definitions: binding destination_type '{other}' is not queue or exchange"
-                ),
-            };
-            result.map_err(|e| {
-                anyhow::anyhow!(
-                    "definitions: binding {} -> {} in vhost '{}': {e}",
-                    b.source,
-                    b.destination,
-                    b.vhost
-                )
-            })?;
+            vhost(&b.vhost)?
+                .apply(Definition::Binding {
+                    source: &b.source,
+                    destination: &b.destination,
+                    destination_type: &b.destination_type,
+                    routing_key: &b.routing_key,
+                    arguments: field_table(&b.arguments),
+                })
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "definitions: binding {} -> {} in vhost '{}': {e}",
+                        b.source,
+                        b.destination,
+                        b.vhost
+                    )
+                })?;
         }
         Ok(())
     }

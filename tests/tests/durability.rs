@@ -575,7 +575,9 @@ async fn long_queues_page_to_disk_and_come_back_in_order() {
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
     drop(c);
-    drop(conn);
+    // A clean close: close-ok comes after the broker has handled every ack sent before it (dropping
+    // the connection and stopping the broker at once could leave the last acks unread).
+    conn.close(200, "bye".into()).await.unwrap();
     broker.stop().await;
 
     let broker = start_broker_with(cfg()).await;

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use amq_protocol::protocol::AMQPHardError;
-use amq_protocol::types::ShortString;
+use amq_protocol::types::{FieldTable, ShortString};
 use anyhow::Context;
 use tracing::{error, info};
 
@@ -19,7 +19,117 @@ use crate::store::definitions::{
 };
 use crate::sync::{lock, read};
 
+/// One durable entity to declare: what a definitions file (RabbitMQ's JSON, at start) and the data
+/// directory (recovery) hold. Both replay through [`VHost::apply`].
+#[derive(Debug, Clone)]
+pub enum Definition<'a> {
+    /// An exchange.
+    Exchange {
+        /// Its name.
+        name: &'a str,
+        /// Its type.
+        kind: &'a str,
+        /// exchange.declare's flags.
+        flags: ExchangeFlags,
+        /// Its arguments.
+        arguments: FieldTable,
+    },
+    /// A queue.
+    Queue {
+        /// Its name.
+        name: &'a str,
+        /// queue.declare's flags (never exclusive).
+        flags: QueueFlags,
+        /// Its arguments.
+        arguments: FieldTable,
+    },
+    /// A binding.
+    Binding {
+        /// The source exchange.
+        source: &'a str,
+        /// The destination queue or exchange.
+        destination: &'a str,
+        /// `queue` or `exchange` (the management API's `destination_type`).
+        destination_type: &'a str,
+        /// The binding key.
+        routing_key: &'a str,
+        /// The binding arguments.
+        arguments: FieldTable,
+    },
+}
+
+/// Why a definition could not be applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// A name or key longer than 255 octets.
+    #[error("name '{0}' is longer than 255 octets")]
+    Name(String),
+    /// A binding's `destination_type` is neither `queue` nor `exchange`.
+    #[error("binding destination_type '{0}' is not queue or exchange")]
+    DestinationType(String),
+    /// The declare or bind was refused (its AMQP error).
+    #[error("{0}")]
+    Refused(#[from] AmqpError),
+}
+
+fn short(s: &str) -> Result<ShortString, ApplyError> {
+    ShortString::try_new(s).map_err(|_| ApplyError::Name(s.to_owned()))
+}
+
 impl VHost {
+    /// Declares one durable entity through the live code paths (exchange.declare, queue.declare,
+    /// queue.bind / exchange.bind, not passive): the single apply path of start-up definitions and
+    /// on-disk recovery (LavinMQ's definitions replay).
+    ///
+    /// # Errors
+    /// [`ApplyError`]: a bad name or destination type, or the declare's own error.
+    pub fn apply(&self, definition: Definition<'_>) -> Result<(), ApplyError> {
+        match definition {
+            Definition::Exchange {
+                name,
+                kind,
+                flags,
+                arguments,
+            } => self.exchange_declare(&short(name)?, kind, false, flags, &arguments)?,
+            Definition::Queue {
+                name,
+                flags,
+                arguments,
+            } => {
+                self.queue_declare(&short(name)?, false, flags, &arguments, 0)?;
+            }
+            Definition::Binding {
+                source,
+                destination,
+                destination_type,
+                routing_key,
+                arguments,
+            } => {
+                let key = short(routing_key)?;
+                match destination_type {
+                    "queue" => self.queue_bind(
+                        destination,
+                        source,
+                        &key,
+                        &arguments,
+                        0,
+                        BindingChange::Bind,
+                    )?,
+                    "exchange" => self.exchange_bind(
+                        destination,
+                        source,
+                        &key,
+                        &arguments,
+                        BindingChange::Bind,
+                    )?,
+                    other => return Err(ApplyError::DestinationType(other.to_owned())),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The log (and what it recovered) of queue `name` when it is `persisted` (durable, not exclusive)
     /// and the broker has a data directory.
     ///
@@ -175,8 +285,6 @@ impl VHost {
         };
         let path = store.vhost_dir(&self.name).join("definitions.json");
         let defs = StoredDefinitions::load(&path)?.unwrap_or_default();
-        let short =
-            |s: &str| ShortString::try_new(s).map_err(|e| anyhow::anyhow!("name '{s}': {e}"));
         self.recovering.store(true, Ordering::Release);
         let mut messages = 0u64;
         let mut failed = 0;
@@ -186,10 +294,13 @@ impl VHost {
                 auto_delete: x.auto_delete,
                 internal: x.internal,
             };
-            let r = short(&x.name).and_then(|name| {
-                let args = decode_table(&x.arguments)?;
-                self.exchange_declare(&name, &x.kind, false, flags, &args)
-                    .map_err(|e| anyhow::anyhow!("{e}"))
+            let r = decode_table(&x.arguments).and_then(|arguments| {
+                Ok(self.apply(Definition::Exchange {
+                    name: &x.name,
+                    kind: &x.kind,
+                    flags,
+                    arguments,
+                })?)
             });
             if let Err(e) = r {
                 failed += 1;
@@ -202,39 +313,32 @@ impl VHost {
                 exclusive: false,
                 auto_delete: q.auto_delete,
             };
-            let name = short(&q.name)?;
-            let args = decode_table(&q.arguments)?;
-            match self.queue_declare(&name, false, flags, &args, 0) {
-                Ok((queue, _)) => messages += queue.counts().messages as u64,
-                Err(e) => {
-                    self.recovering.store(false, Ordering::Release);
-                    return Err(anyhow::anyhow!("{e}")).with_context(|| {
-                        format!("recovering queue '{}' in vhost '{}'", q.name, self.name)
-                    });
-                }
+            let r = decode_table(&q.arguments).and_then(|arguments| {
+                Ok(self.apply(Definition::Queue {
+                    name: &q.name,
+                    flags,
+                    arguments,
+                })?)
+            });
+            if let Err(e) = r {
+                self.recovering.store(false, Ordering::Release);
+                return Err(e).with_context(|| {
+                    format!("recovering queue '{}' in vhost '{}'", q.name, self.name)
+                });
+            }
+            if let Some(queue) = read(&self.queues).get(q.name.as_str()) {
+                messages += u64::from(queue.counts().messages);
             }
         }
         for b in &defs.bindings {
-            let r = short(&b.routing_key).and_then(|key| {
-                let args = decode_table(&b.arguments)?;
-                match b.destination_type.as_str() {
-                    "queue" => self.queue_bind(
-                        &b.destination,
-                        &b.source,
-                        &key,
-                        &args,
-                        0,
-                        BindingChange::Bind,
-                    ),
-                    _ => self.exchange_bind(
-                        &b.destination,
-                        &b.source,
-                        &key,
-                        &args,
-                        BindingChange::Bind,
-                    ),
-                }
-                .map_err(|e| anyhow::anyhow!("{e}"))
+            let r = decode_table(&b.arguments).and_then(|arguments| {
+                Ok(self.apply(Definition::Binding {
+                    source: &b.source,
+                    destination: &b.destination,
+                    destination_type: &b.destination_type,
+                    routing_key: &b.routing_key,
+                    arguments,
+                })?)
             });
             if let Err(e) = r {
                 failed += 1;

@@ -19,6 +19,7 @@ use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use rand::Rng;
 use tracing::warn;
 
+pub use self::durable::{ApplyError, Definition};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::registry::Registry;
 pub use crate::exchange::ExchangeFlags;
