@@ -12,15 +12,20 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use warren::exchange::headers::Headers;
 use warren::exchange::topic::Topic;
 use warren::exchange::{Binding, Destination, ExchangeType};
+use warren::memory::MemoryAccount;
 use warren::message::Message;
 use warren::protocol::{decode_frame, encode};
 use warren::queue::{Queue, QueueDeclaration, QueueOwner};
 use warren::vhost::VHost;
 
+/// The memory account the benchmarks' queues and messages charge.
+static MEMORY: MemoryAccount = MemoryAccount::new();
+
 fn queue(name: &str) -> Arc<Queue> {
     let owner: Weak<dyn QueueOwner> = Weak::<VHost>::new();
     Arc::new(Queue::new(
         QueueDeclaration::transient(name.into()),
+        &MEMORY,
         owner,
         None,
     ))
@@ -85,6 +90,7 @@ fn message(key: &str, headers: Option<FieldTable>) -> Arc<Message> {
         props = props.with_headers(h);
     }
     Arc::new(Message::new(
+        &MEMORY,
         "x".into(),
         key.into(),
         props,

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::memory::Memory;
 
 /// Which alarms are raised.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -78,16 +79,17 @@ impl Limits {
 }
 
 /// Whether either memory measure is over its limit.
-fn memory_over(limits: &Limits) -> bool {
-    crate::memory::accounted() > limits.memory_bytes
+fn memory_over(limits: &Limits, memory: Memory) -> bool {
+    memory.accounted() > limits.memory_bytes
         || crate::memory::resident_bytes().is_some_and(|rss| rss > limits.process_bytes)
 }
 
-/// Checks the limits (memory every 50 ms, disk every second; a failing queue log write counts as a disk
-/// alarm at once) and publishes the state on `alarms` until
-/// `stop` is cancelled.
+/// Checks the limits (memory every 50 ms — the broker's `memory` account and the process's RSS —, disk
+/// every second; a failing queue log write counts as a disk alarm at once) and publishes the state on
+/// `alarms` until `stop` is cancelled.
 pub async fn monitor(
     limits: Limits,
+    memory: Memory,
     alarms: std::sync::Arc<watch::Sender<AlarmState>>,
     store: Option<std::sync::Arc<crate::store::Store>>,
     stop: CancellationToken,
@@ -108,7 +110,7 @@ pub async fn monitor(
         }
         n += 1;
         let state = AlarmState {
-            memory: memory_over(&limits),
+            memory: memory_over(&limits, memory),
             // A failing queue log write (disk full, I/O error) raises the disk alarm too.
             disk: disk || store.as_ref().is_some_and(|s| s.io_error()),
         };
@@ -144,10 +146,14 @@ fn set(alarms: &watch::Sender<AlarmState>, limits: &Limits, state: AlarmState) {
     });
 }
 
-/// Raises the memory alarm at once when message memory is over the watermark (the publish path's
-/// check; the monitor clears it once memory falls). One atomic load when under it.
-pub fn raise_memory_alarm_if_over(alarms: &watch::Sender<AlarmState>, limits: &Limits) {
-    if crate::memory::accounted() <= limits.memory_bytes || alarms.borrow().memory {
+/// Raises the memory alarm at once when the broker's accounted `memory` is over the watermark (the
+/// publish path's check; the monitor clears it once memory falls). Three atomic loads when under it.
+pub fn raise_memory_alarm_if_over(
+    alarms: &watch::Sender<AlarmState>,
+    limits: &Limits,
+    memory: Memory,
+) {
+    if memory.accounted() <= limits.memory_bytes || alarms.borrow().memory {
         return;
     }
     let state = AlarmState {

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::definitions::{field_table, Definitions};
 use crate::exchange::registry::Registry;
 use crate::limits::{Gauge, UserLimiter};
+use crate::memory::{Memory, MemoryAccount};
 use crate::plugin::watcher::{self, PluginWatcher};
 use crate::plugin::PluginHost;
 use crate::store::Store;
@@ -45,6 +46,8 @@ pub struct Broker {
     pub alarms: Arc<watch::Sender<AlarmState>>,
     /// The memory watermark and disk limit the alarms are raised at.
     pub alarm_limits: Limits,
+    /// What this broker's messages, unfinished bodies and entities hold (the memory alarm's measure).
+    pub memory: Memory,
     /// The data directory, when one is configured.
     pub store: Option<Arc<Store>>,
     vhosts: HashMap<String, Arc<VHost>>,
@@ -136,10 +139,11 @@ impl Broker {
             )?),
             None => None,
         };
+        let memory = MemoryAccount::leaked();
         let vhosts: HashMap<String, Arc<VHost>> = vhost_names
             .iter()
             .map(|name| {
-                let v = VHost::new(name, Arc::clone(&registry), store.clone());
+                let v = VHost::new(name, Arc::clone(&registry), store.clone(), memory);
                 (name.clone(), v)
             })
             .collect();
@@ -189,6 +193,7 @@ impl Broker {
             store,
             alarms: Arc::new(watch::channel(AlarmState::default()).0),
             alarm_limits,
+            memory,
             vhosts,
             next_connection: AtomicU64::new(1),
             connections: Gauge::default(),

@@ -409,6 +409,7 @@ impl Connection {
             crate::alarm::raise_memory_alarm_if_over(
                 &self.broker.alarms,
                 &self.broker.alarm_limits,
+                self.broker.memory,
             );
         }
         left

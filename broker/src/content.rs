@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::memory::{self, Account};
+use crate::memory::{Account, Memory};
 use crate::message::MessageRef;
 
 /// Content at most this long (properties and body) routed to a queue that keeps it until a consumer
@@ -55,14 +55,17 @@ pub fn own_small_content(message: &mut MessageRef) {
 pub struct ContentBudget {
     used: AtomicUsize,
     limit: usize,
+    /// The broker's account, charged with what the bodies hold ([`Account::Partial`]).
+    memory: Memory,
 }
 
 impl ContentBudget {
-    /// A budget of `limit` octets.
-    pub fn new(limit: usize) -> Arc<Self> {
+    /// A budget of `limit` octets, charged to `memory` as well.
+    pub fn new(limit: usize, memory: Memory) -> Arc<Self> {
         Arc::new(ContentBudget {
             used: AtomicUsize::new(0),
             limit,
+            memory,
         })
     }
 
@@ -131,7 +134,7 @@ impl PartialBody {
                     limit: self.budget.limit,
                 });
             }
-            memory::add(Account::Partial, delta);
+            self.budget.memory.add(Account::Partial, delta);
             self.charged += delta;
             self.buf.reserve(target - self.buf.len());
         }
@@ -149,7 +152,7 @@ impl Drop for PartialBody {
     fn drop(&mut self) {
         if self.charged > 0 {
             self.budget.used.fetch_sub(self.charged, Ordering::AcqRel);
-            memory::sub(Account::Partial, self.charged);
+            self.budget.memory.sub(Account::Partial, self.charged);
         }
     }
 }
@@ -160,7 +163,7 @@ mod tests {
 
     #[test]
     fn bodies_are_charged_until_done_and_refused_past_the_budget() {
-        let budget = ContentBudget::new(3 << 20);
+        let budget = ContentBudget::new(3 << 20, &crate::memory::TEST_MEMORY);
         let mut a = PartialBody::new(Arc::clone(&budget));
         a.extend(&[1; 1000], 4 << 20).unwrap();
         assert_eq!(budget.used(), 1 << 20, "first reservation: 1 MiB");
@@ -186,6 +189,7 @@ mod tests {
 
     fn message(raw_properties: Bytes, body: Bytes) -> MessageRef {
         Arc::new(crate::message::Message::new(
+            &crate::memory::TEST_MEMORY,
             "x".into(),
             "k".into(),
             Default::default(),

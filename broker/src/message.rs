@@ -12,7 +12,7 @@ use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use bytes::Bytes;
 
-use crate::memory;
+use crate::memory::{self, Memory};
 
 /// One message as published with basic.publish (AMQP 0-9-1 §1.8.3.7) plus its content.
 #[derive(Debug)]
@@ -27,6 +27,8 @@ pub struct Message {
     pub raw_properties: Bytes,
     /// Message body; a zero-copy slice of the publisher's read buffer when it came in one frame.
     pub body: Bytes,
+    /// The broker's memory account, charged with the message's octets while it lives.
+    pub memory: Memory,
 }
 
 /// A shared, immutable message.
@@ -34,7 +36,7 @@ pub type MessageRef = Arc<Message>;
 
 impl Drop for Message {
     fn drop(&mut self) {
-        memory::sub(
+        self.memory.sub(
             memory::Account::Messages,
             self.body.len() + self.raw_properties.len(),
         );
@@ -42,17 +44,19 @@ impl Drop for Message {
 }
 
 impl Message {
-    /// A message; its size counts towards the memory alarm's message account
+    /// A message; its size counts towards `memory`'s message account
     /// ([`crate::memory::Account::Messages`]) until it is dropped.
     pub fn new(
+        memory: Memory,
         exchange: ShortString,
         routing_key: ShortString,
         properties: BasicProperties,
         raw_properties: Bytes,
         body: Bytes,
     ) -> Self {
-        memory::add(memory::Account::Messages, body.len() + raw_properties.len());
+        memory.add(memory::Account::Messages, body.len() + raw_properties.len());
         Message {
+            memory,
             exchange,
             routing_key,
             properties,

@@ -86,6 +86,7 @@ pub async fn run<L: Into<Listener>>(
     }
     tracker.spawn(crate::alarm::monitor(
         broker.alarm_limits.clone(),
+        broker.memory,
         Arc::clone(&broker.alarms),
         broker.store.clone(),
         cancel.clone(),

@@ -113,6 +113,7 @@ impl ConnectionContext {
         user: String,
         permission: Arc<Permission>,
     ) -> Self {
+        let memory = vhost.memory;
         ConnectionContext {
             user,
             permission,
@@ -125,6 +126,7 @@ impl ConnectionContext {
             consumer_timeout: config.consumer_timeout,
             content_budget: ContentBudget::new(
                 usize::try_from(config.partial_content_limit()).unwrap_or(usize::MAX),
+                memory,
             ),
             consumer_max_per_channel: config.consumer_max_per_channel,
             route_queues: Vec::new(),

@@ -204,6 +204,7 @@ impl Channel {
         let (properties, raw_properties, extra_keys) =
             self.rewrite_properties(properties, raw_properties)?;
         let message = Arc::new(Message::new(
+            ctx.vhost.memory,
             publish.exchange,
             publish.routing_key,
             properties,

@@ -21,7 +21,7 @@ use amq_protocol::types::{FieldTable, ShortString};
 
 pub use batch::{Prepared, RouteBatch};
 
-use crate::memory::{self, Account, Charge};
+use crate::memory::{self, Account, Charge, Memory};
 use crate::message::MessageRef;
 use crate::queue::Queue;
 
@@ -198,11 +198,13 @@ struct ExchangeState {
     router: Box<dyn ExchangeType>,
     /// What `bindings` cost, charged to the memory alarm's entity account (given back on drop).
     binding_bytes: usize,
+    /// The broker's memory account.
+    memory: Memory,
 }
 
 impl Drop for ExchangeState {
     fn drop(&mut self) {
-        memory::sub(Account::Entities, self.binding_bytes);
+        self.memory.sub(Account::Entities, self.binding_bytes);
     }
 }
 
@@ -219,13 +221,15 @@ impl Exchange {
         flags: ExchangeFlags,
         arguments: FieldTable,
         router: Box<dyn ExchangeType>,
+        memory: Memory,
     ) -> Self {
         let ExchangeFlags {
             durable,
             auto_delete,
             internal,
         } = flags;
-        let memory = Charge::new(
+        let charge = Charge::new(
+            memory,
             Account::Entities,
             memory::EXCHANGE_OVERHEAD + name.as_str().len() + memory::table_cost(&arguments),
         );
@@ -241,8 +245,9 @@ impl Exchange {
                 bindings: Vec::new(),
                 router,
                 binding_bytes: 0,
+                memory,
             }),
-            _memory: memory,
+            _memory: charge,
         }
     }
 
@@ -268,7 +273,7 @@ impl Exchange {
         state.router.validate_binding(&binding)?;
         state.router.bind(&binding);
         let cost = binding_cost(&binding);
-        memory::add(Account::Entities, cost);
+        state.memory.add(Account::Entities, cost);
         state.binding_bytes += cost;
         state.bindings.push(binding);
         Ok(true)
@@ -283,7 +288,7 @@ impl Exchange {
         let removed = state.bindings.swap_remove(pos);
         state.router.unbind(&removed);
         let cost = binding_cost(&removed);
-        memory::sub(Account::Entities, cost);
+        state.memory.sub(Account::Entities, cost);
         state.binding_bytes -= cost;
         true
     }
@@ -299,7 +304,7 @@ impl Exchange {
                 let b = state.bindings.swap_remove(i);
                 state.router.unbind(&b);
                 let cost = binding_cost(&b);
-                memory::sub(Account::Entities, cost);
+                state.memory.sub(Account::Entities, cost);
                 state.binding_bytes -= cost;
                 removed += 1;
             } else {
@@ -394,6 +399,7 @@ pub(crate) mod test_support {
             std::sync::Weak::<crate::vhost::VHost>::new();
         Arc::new(Queue::new(
             crate::queue::QueueDeclaration::transient(name.into()),
+            &crate::memory::TEST_MEMORY,
             owner,
             None,
         ))
@@ -405,6 +411,7 @@ pub(crate) mod test_support {
             properties = properties.with_headers(h);
         }
         Arc::new(Message::new(
+            &crate::memory::TEST_MEMORY,
             "x".into(),
             ShortString::try_new(routing_key).expect("short routing key"),
             properties,

@@ -41,7 +41,7 @@ pub use self::args::{Overflow, QueueArgs};
 pub use self::consumers::next_consumer_seq;
 use self::ready::Ready;
 use self::tail::Tail;
-use crate::memory::{Account, Charge};
+use crate::memory::{Account, Charge, Memory};
 use crate::message::MessageRef;
 use crate::store::record::PublishRef;
 use crate::store::{Durability, QueueLog, Recovered};
@@ -290,10 +290,11 @@ impl QueueDeclaration {
 }
 
 impl Queue {
-    /// A new queue, empty or holding what `storage` recovered. `owner` receives dead letters and
-    /// expiry.
+    /// A new queue, empty or holding what `storage` recovered, charging `memory`. `owner` receives
+    /// dead letters and expiry.
     pub fn new(
         declaration: QueueDeclaration,
+        memory: Memory,
         owner: Weak<dyn QueueOwner>,
         storage: Option<QueueStorage>,
     ) -> Self {
@@ -313,11 +314,12 @@ impl Queue {
             ready.len = st.recovered.count as usize;
             ready.bytes = st.recovered.bytes;
             ready.memory_limit = st.memory_limit;
-            ready.tail = Some(Tail::new(&st.log, st.recovered, st.clean_start));
+            ready.tail = Some(Tail::new(&st.log, st.recovered, st.clean_start, memory));
             ready.refill();
             st.log
         });
-        let memory = Charge::new(
+        let charge = Charge::new(
+            memory,
             Account::Entities,
             crate::memory::QUEUE_OVERHEAD
                 + name.as_str().len()
@@ -330,7 +332,7 @@ impl Queue {
             exclusive_owner,
             arguments,
             args,
-            _memory: memory,
+            _memory: charge,
             owner,
             log,
             timer: Arc::new(Notify::new()),

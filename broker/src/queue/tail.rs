@@ -12,6 +12,7 @@ use tracing::{error, warn};
 
 use super::QueuedMessage;
 use crate::clock::wall_ms;
+use crate::memory::Memory;
 use crate::message::Message;
 use crate::store::log::{RangeSet, TailReader};
 use crate::store::record::StoredPublish;
@@ -45,12 +46,20 @@ pub(super) struct Tail {
     /// Recovery: delivered before the restart (meaningful after a clean shutdown).
     delivered: RangeSet,
     clean: bool,
+    /// The broker's memory account, charged by the messages read back.
+    memory: Memory,
 }
 
 impl Tail {
     /// A tail holding what `recovered` found in `log`.
-    pub(super) fn new(log: &Arc<QueueLog>, recovered: Recovered, clean: bool) -> Self {
+    pub(super) fn new(
+        log: &Arc<QueueLog>,
+        recovered: Recovered,
+        clean: bool,
+        memory: Memory,
+    ) -> Self {
         Tail {
+            memory,
             reader: log.reader(),
             count: recovered.count as usize,
             bytes: recovered.bytes,
@@ -121,7 +130,7 @@ impl Tail {
                 self.persistent_bytes = self.persistent_bytes.saturating_sub(size);
             }
             let redelivered = recovered && (!self.clean || self.delivered.contains(p.seq));
-            match to_queued(p, redelivered) {
+            match to_queued(p, redelivered, self.memory) {
                 Some(m) => {
                     loaded += size;
                     push(m);
@@ -159,12 +168,13 @@ fn short(b: &Bytes) -> ShortString {
 }
 
 /// A stored message as a queue entry (body and properties copied out of the read buffer).
-fn to_queued(p: StoredPublish, redelivered: bool) -> Option<QueuedMessage> {
+fn to_queued(p: StoredPublish, redelivered: bool, memory: Memory) -> Option<QueuedMessage> {
     let (_, properties) =
         amq_protocol::protocol::basic::parse_properties(&p.properties[..]).ok()?;
     let expires_at = (p.expires_at != 0)
         .then(|| Instant::now() + Duration::from_millis(p.expires_at.saturating_sub(wall_ms())));
     let message = Message::new(
+        memory,
         short(&p.exchange),
         short(&p.routing_key),
         properties,

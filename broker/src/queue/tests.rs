@@ -90,6 +90,7 @@ fn queue(owner: &Arc<Owner>, args: &[(&str, AMQPValue)]) -> Arc<Queue> {
             arguments: table,
             ..QueueDeclaration::transient("q".into())
         },
+        &crate::memory::TEST_MEMORY,
         weak,
         None,
     ))
@@ -109,6 +110,7 @@ fn message(body: &str, priority: Option<u8>) -> MessageRef {
         properties = properties.with_priority(p);
     }
     Arc::new(Message::new(
+        &crate::memory::TEST_MEMORY,
         "".into(),
         ShortString::from("q"),
         properties,

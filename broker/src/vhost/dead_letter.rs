@@ -115,6 +115,7 @@ pub fn dead_lettered(
     let properties = rebuild_properties(&message.properties, Some(FieldTable::from(headers)), true);
     let raw_properties = encode_properties(&properties);
     Message::new(
+        message.memory,
         dlx.clone(),
         routing_key,
         properties,
@@ -174,6 +175,7 @@ mod tests {
                 arguments,
                 ..QueueDeclaration::transient(name.into())
             },
+            &crate::memory::TEST_MEMORY,
             owner,
             None,
         ))
@@ -189,6 +191,7 @@ mod tests {
             .with_headers(headers)
             .with_expiration("5000".into());
         Message::new(
+            &crate::memory::TEST_MEMORY,
             "orders".into(),
             "rk".into(),
             properties,

@@ -25,6 +25,7 @@ use crate::exchange::registry::Registry;
 pub use crate::exchange::ExchangeFlags;
 use crate::exchange::{Binding, CreateError, Destination, Exchange};
 use crate::limits::{Gauge, VhostLimits};
+use crate::memory::Memory;
 use crate::queue::args::{IdempotencyArgs, PluginArgs};
 use crate::queue::plugins;
 use crate::queue::{Queue, QueueArgs, QueueCounts, QueueDeclaration, QueueOwner};
@@ -100,6 +101,8 @@ pub struct VHost {
     limits: RwLock<VhostLimits>,
     /// Client connections open to this vhost.
     connections: Gauge,
+    /// The broker's memory account: messages, queues, exchanges and bindings of this vhost charge it.
+    pub memory: Memory,
 }
 
 /// An argument value as RabbitMQ prints it in an inequivalence error: `the value '5' of type 'signedint'`.
@@ -157,14 +160,20 @@ impl VHost {
 
     /// A vhost with the pre-declared `amq.*` exchanges. With a `store`, durable entities and
     /// persistent messages are kept in it; call [`VHost::recover`] to load what it holds.
-    pub fn new(name: &str, registry: Arc<Registry>, store: Option<Arc<Store>>) -> Arc<Self> {
-        Arc::new_cyclic(|me| VHost::build(name, registry, store, me.clone()))
+    pub fn new(
+        name: &str,
+        registry: Arc<Registry>,
+        store: Option<Arc<Store>>,
+        memory: Memory,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| VHost::build(name, registry, store, memory, me.clone()))
     }
 
     fn build(
         name: &str,
         registry: Arc<Registry>,
         store: Option<Arc<Store>>,
+        memory: Memory,
         me: Weak<VHost>,
     ) -> Self {
         let vhost = VHost {
@@ -180,6 +189,7 @@ impl VHost {
             recovering: AtomicBool::new(false),
             limits: RwLock::new(VhostLimits::default()),
             connections: Gauge::default(),
+            memory,
         };
         for (xname, kind) in PREDECLARED {
             if let Ok(router) = vhost.registry.create(kind, &FieldTable::default()) {
@@ -193,6 +203,7 @@ impl VHost {
                     flags,
                     FieldTable::default(),
                     router,
+                    memory,
                 );
                 write(&vhost.exchanges).insert((*xname).into(), Arc::new(x));
             }
@@ -302,8 +313,15 @@ impl VHost {
         }
         let policy_ae = policy::Policy::select(&read(&self.policies), false, name.as_str())
             .and_then(|p| p.alternate_exchange().cloned());
-        let x = Exchange::new(name.clone(), kind.into(), flags, arguments.clone(), router)
-            .with_policy_alternate(policy_ae);
+        let x = Exchange::new(
+            name.clone(),
+            kind.into(),
+            flags,
+            arguments.clone(),
+            router,
+            self.memory,
+        )
+        .with_policy_alternate(policy_ae);
         exchanges.insert(name.clone(), Arc::new(x));
         drop(exchanges);
         if flags.durable {
@@ -587,6 +605,7 @@ impl VHost {
                     arguments: arguments.clone(),
                     args: parsed,
                 },
+                self.memory,
                 me,
                 storage,
             )
