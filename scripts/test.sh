@@ -9,7 +9,7 @@ cd "$root"
 # Plugins and test fixtures are WebAssembly components (tests/build.rs builds them).
 rustup target add wasm32-wasip2
 
-# The crash test (tests/tests/durability.rs), the pika and the Go suites drive the real binary.
+# The crash test (tests/tests/durability/crash.rs), the pika and the Go suites drive the real binary.
 cargo build --locked --bin warren
 
 echo "== cargo test (unit + lapin integration tests)"

@@ -1,0 +1,232 @@
+//! Containment: faulty, removed, broken and repeatedly failing plugins, and the exchange failure
+//! policy (alternate exchange, basic.return, confirm nack).
+
+use super::*;
+
+#[tokio::test]
+async fn faulty_plugins_are_contained_with_the_failure_policy() {
+    let dir = PluginDir::with(
+        "faulty",
+        &[
+            (plugins::FAULTY, "faulty.wasm"),
+            (plugins::X_RANDOM, "random.wasm"),
+        ],
+    );
+    let b = start_broker_with(dir.config()).await;
+    let conn = connect(&b).await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(&ch, "healthy", "x-random", FieldTable::default()).await;
+    bind_queues(&ch, "healthy", &["healthy-q"], "").await;
+    ch.exchange_declare(
+        "ae".into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare ae");
+    bind_queues(&ch, "ae", &["ae-q"], "").await;
+
+    for fault in ["loop", "panic", "alloc"] {
+        let x = format!("faulty-{fault}");
+        declare_exchange(&ch, &x, "x-faulty", args(&[("fault", text(fault))])).await;
+        bind_queues(&ch, &x, &[&format!("{x}-q")], "").await;
+        let started = Instant::now();
+        // The fault: the publisher sees a nack (unroutable by failure), not a hang or a crash.
+        assert!(
+            !confirmed(&ch, &x, "fail", false).await,
+            "{fault}: a faulted route must be nacked"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{fault}: contained promptly ({:?})",
+            started.elapsed()
+        );
+        // The same exchange routes again once the instance is replaced.
+        assert!(
+            confirmed(&ch, &x, "ok", false).await,
+            "{fault}: instance replaced"
+        );
+        // Every other exchange is unaffected.
+        assert!(confirmed(&ch, "healthy", "k", false).await);
+        // With an alternate exchange the failed message goes there instead (acked).
+        let with_ae = format!("{x}-ae");
+        declare_exchange(
+            &ch,
+            &with_ae,
+            "x-faulty",
+            args(&[("fault", text(fault)), ("alternate-exchange", text("ae"))]),
+        )
+        .await;
+        assert!(confirmed(&ch, &with_ae, "fail", false).await);
+    }
+    assert_eq!(message_count(&ch, "healthy-q").await, 3);
+    assert_eq!(message_count(&ch, "ae-q").await, 3);
+    for fault in ["loop", "panic", "alloc"] {
+        assert_eq!(message_count(&ch, &format!("faulty-{fault}-q")).await, 1);
+    }
+
+    // Mandatory + failure: basic.return (312 NO_ROUTE) with the message, and a nack.
+    let confirmation = ch
+        .basic_publish(
+            "faulty-panic".into(),
+            "fail".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"returned",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirmation.is_nack());
+    let returned = confirmation.take_message().expect("basic.return");
+    assert_eq!(returned.reply_code, 312);
+    assert_eq!(returned.data, b"returned");
+
+    // Counted: the snapshot shows traps, timeouts and memory breaches for x-faulty.
+    let status: HashMap<String, warren::plugin::PluginStatus> = b
+        .broker
+        .plugins
+        .snapshot()
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    let faulty = &status["x-faulty"];
+    assert!(faulty.timeouts >= 2, "{faulty:?}");
+    assert!(faulty.traps >= 3, "{faulty:?}");
+    assert!(faulty.memory >= 2, "{faulty:?}");
+    assert_eq!(faulty.state, "loaded");
+    assert_eq!(status["x-random"].traps, 0);
+}
+
+#[tokio::test]
+async fn removed_plugin_leaves_exchanges_unavailable_until_it_returns() {
+    let dir = PluginDir::with("remove", &[(plugins::X_RANDOM, "random.wasm")]);
+    let b = start_broker_with(dir.config()).await;
+    let conn = connect(&b).await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(&ch, "rx", "x-random", FieldTable::default()).await;
+    bind_queues(&ch, "rx", &["rx-q"], "").await;
+    assert!(confirmed(&ch, "rx", "k", false).await);
+
+    std::fs::remove_file(dir.path("random.wasm")).expect("remove");
+    let deadline = Instant::now() + WAIT;
+    while b.broker.plugins.snapshot()[0].state != "unavailable" {
+        assert!(Instant::now() < deadline, "removal not noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Declared exchanges stay, publishes through them fail per the policy (nack) …
+    assert!(!confirmed(&ch, "rx", "k", false).await);
+    ch.exchange_declare(
+        "rx".into(),
+        kind("x-random"),
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("still declared");
+    // … and new declares of the type are refused (503 closes the connection).
+    let other = connect(&b).await;
+    let och = channel(&other).await;
+    expect_code(
+        och.exchange_declare(
+            "rx2".into(),
+            kind("x-random"),
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await,
+        503,
+    );
+
+    // The plugin returns: the exchange routes again, with its bindings replayed.
+    dir.install(plugins::X_RANDOM, "random.wasm");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if confirmed(&ch, "rx", "k", false).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "plugin did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(message_count(&ch, "rx-q").await, 2);
+}
+
+#[tokio::test]
+async fn broken_files_are_refused_and_the_broker_keeps_serving() {
+    let dir = PluginDir::with("broken", &[(plugins::X_RANDOM, "random.wasm")]);
+    std::fs::write(dir.path("garbage.wasm"), b"\0asm this is not a component").expect("write");
+    let full = std::fs::read(plugins::X_CONSISTENT_HASH).expect("read");
+    std::fs::write(dir.path("truncated.wasm"), &full[..full.len() / 2]).expect("write");
+    std::fs::copy(plugins::OTHER_WORLD, dir.path("other-world.wasm")).expect("copy");
+    std::fs::copy(plugins::TRAP_ON_LOAD, dir.path("trap-on-load.wasm")).expect("copy");
+    let b = start_broker_with(dir.config()).await;
+    let names: Vec<String> = b
+        .broker
+        .plugins
+        .snapshot()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["x-random"], "only the valid plugin loaded");
+    let conn = connect(&b).await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(&ch, "still", "x-random", FieldTable::default()).await;
+    bind_queues(&ch, "still", &["still-q"], "").await;
+    assert!(confirmed(&ch, "still", "k", false).await);
+    // A plugin that traps while loading, copied over a loaded one, keeps the old version too.
+    std::fs::copy(plugins::TRAP_ON_LOAD, dir.path("random.wasm")).expect("copy");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(confirmed(&ch, "still", "k", false).await);
+    // A broken copy over a loaded plugin keeps the old version.
+    std::fs::write(dir.path("random.wasm"), b"broken").expect("write");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(confirmed(&ch, "still", "k", false).await);
+    assert_eq!(b.broker.plugins.snapshot()[0].state, "loaded");
+}
+
+#[tokio::test]
+async fn a_plugin_that_keeps_failing_is_quarantined_until_its_file_changes() {
+    let dir = PluginDir::with("quarantine", &[(plugins::FAULTY, "faulty.wasm")]);
+    let b = start_broker_with(dir.config()).await;
+    let conn = connect(&b).await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(
+        &ch,
+        "q-panic",
+        "x-faulty",
+        args(&[("fault", text("panic"))]),
+    )
+    .await;
+    bind_queues(&ch, "q-panic", &["q-panic-q"], "").await;
+    let state = |b: &TestBroker| plugin_status(b, "x-faulty").map(|s| s.state);
+    for _ in 0..warren::plugin::registry::QUARANTINE_AFTER {
+        assert!(!confirmed(&ch, "q-panic", "fail", false).await);
+    }
+    assert_eq!(state(&b), Some("quarantined"));
+    // Quarantined: even a message it would route fails fast (nack) …
+    assert!(!confirmed(&ch, "q-panic", "ok", false).await);
+    // … until a new version of the file is loaded.
+    let mut bytes = std::fs::read(plugins::FAULTY).expect("read");
+    // The same code with a custom section appended (id 0, 3 octets: name "x", payload "1"): a valid
+    // component with other content, i.e. a new version of the file.
+    bytes.extend_from_slice(&[0x00, 0x03, 0x01, b'x', b'1']);
+    std::fs::write(dir.path("faulty.wasm"), &bytes).expect("write");
+    let deadline = Instant::now() + WAIT;
+    while state(&b) != Some("loaded") {
+        assert!(
+            Instant::now() < deadline,
+            "new version not loaded: {:?}",
+            state(&b)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(confirmed(&ch, "q-panic", "ok", false).await);
+}
