@@ -58,6 +58,7 @@ impl ConsumerSink for Sink {
 #[derive(Default)]
 struct Owner {
     letters: Mutex<Vec<(String, DeadLetterReason)>>,
+    expired: AtomicBool,
 }
 
 impl Owner {
@@ -74,7 +75,9 @@ impl QueueOwner for Owner {
         }
     }
 
-    fn expire_queue(&self, _: &Arc<Queue>) {}
+    fn expire_queue(&self, _: &Arc<Queue>) {
+        self.expired.store(true, Ordering::Relaxed);
+    }
 }
 
 fn queue(owner: &Arc<Owner>, args: &[(&str, AMQPValue)]) -> Arc<Queue> {
@@ -405,4 +408,38 @@ fn purge_and_delete_report_what_they_dropped() {
         owner.take().is_empty(),
         "purge and delete do not dead-letter"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unused_queue_expires_and_a_consumer_keeps_it_alive() {
+    let owner = Arc::new(Owner::default());
+    let q = queue(&owner, &[("x-expires", int(150))]);
+    q.touch();
+    tokio::time::advance(Duration::from_millis(100)).await;
+    tokio::task::yield_now().await;
+    assert!(!owner.expired.load(Ordering::Relaxed), "not yet");
+    tokio::time::advance(Duration::from_millis(100)).await;
+    tokio::task::yield_now().await;
+    assert!(
+        owner.expired.load(Ordering::Relaxed),
+        "expired after 150 ms unused"
+    );
+
+    let owner = Arc::new(Owner::default());
+    let q = queue(&owner, &[("x-expires", int(150))]);
+    q.touch();
+    let sink = Sink::new();
+    let c = consumer(&sink, "A", 0, 0);
+    q.add_consumer(Arc::clone(&c), || {}).expect("added");
+    tokio::time::advance(Duration::from_millis(1_000)).await;
+    tokio::task::yield_now().await;
+    assert!(!owner.expired.load(Ordering::Relaxed), "in use");
+    // Unused again from the moment the consumer leaves.
+    q.remove_consumer(&c);
+    tokio::time::advance(Duration::from_millis(100)).await;
+    tokio::task::yield_now().await;
+    assert!(!owner.expired.load(Ordering::Relaxed));
+    tokio::time::advance(Duration::from_millis(100)).await;
+    tokio::task::yield_now().await;
+    assert!(owner.expired.load(Ordering::Relaxed));
 }
