@@ -9,14 +9,11 @@ use amq_protocol::protocol::{basic, AMQPClass, BasicProperties};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion};
-use warren::exchange::headers::Headers;
-use warren::exchange::topic::Topic;
-use warren::exchange::{Binding, Destination, ExchangeType};
-use warren::memory::MemoryAccount;
-use warren::message::Message;
-use warren::protocol::{decode_frame, encode};
-use warren::queue::{Queue, QueueDeclaration, QueueOwner};
-use warren::vhost::VHost;
+use warren::bench::{
+    decode_frame, encode, Binding, Destination, ExchangeType, Headers, Queue, QueueDeclaration,
+    QueueOwner, Topic, VHost,
+};
+use warren::{MemoryAccount, Message};
 
 /// The memory account the benchmarks' queues and messages charge.
 static MEMORY: MemoryAccount = MemoryAccount::new();
@@ -195,8 +192,7 @@ fn consistent_hash_component() -> std::path::PathBuf {
 /// One `route` call into the x-consistent-hash plugin over 10 bindings (per-key cache missed and
 /// hit), against the native direct exchange.
 fn plugin_route(c: &mut Criterion) {
-    use warren::exchange::direct::Direct;
-    use warren::exchange::registry::Registry;
+    use warren::bench::{Direct, Registry};
     use warren::plugin::{Limits, PluginHost};
     let dir = std::env::temp_dir().join(format!("warren-bench-plugins-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use redb::{Database, TableDefinition};
-use warren::store::record::PublishRef;
-use warren::store::{Durability, Store};
+use warren::bench::{Durability, PublishRef};
+use warren::Store;
 
 const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 

@@ -87,7 +87,7 @@ fn memory_over(limits: &Limits, memory: Memory) -> bool {
 /// Checks the limits (memory every 50 ms — the broker's `memory` account and the process's RSS —, disk
 /// every second; a failing queue log write counts as a disk alarm at once) and publishes the state on
 /// `alarms` until `stop` is cancelled.
-pub async fn monitor(
+pub(crate) async fn monitor(
     limits: Limits,
     memory: Memory,
     alarms: std::sync::Arc<watch::Sender<AlarmState>>,
@@ -148,7 +148,7 @@ fn set(alarms: &watch::Sender<AlarmState>, limits: &Limits, state: AlarmState) {
 
 /// Raises the memory alarm at once when the broker's accounted `memory` is over the watermark (the
 /// publish path's check; the monitor clears it once memory falls). Three atomic loads when under it.
-pub fn raise_memory_alarm_if_over(
+pub(crate) fn raise_memory_alarm_if_over(
     alarms: &watch::Sender<AlarmState>,
     limits: &Limits,
     memory: Memory,

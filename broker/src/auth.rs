@@ -144,7 +144,7 @@ impl HashingAlgorithm {
 }
 
 /// Hashes `password` in RabbitMQ's `rabbit_password_hashing_sha256` format (base64).
-pub fn hash_password(password: &str) -> String {
+pub(crate) fn hash_password(password: &str) -> String {
     let mut salt = [0u8; 4];
     rand::thread_rng().fill_bytes(&mut salt);
     let mut out = salt.to_vec();

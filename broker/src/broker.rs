@@ -3,7 +3,7 @@
 //! gauges, user limits and the login throttle — and how it is built from a [`Config`] at start-up
 //! (users, permissions, policies, limits, on-disk recovery, then the definitions file).
 //!
-//! Connections ([`crate::connection`]) and the accept loop ([`crate::server`]) both use it; neither
+//! Connections (`crate::connection`) and the accept loop (`crate::server`) both use it; neither
 //! imports the other for it.
 
 use std::collections::HashMap;

@@ -107,7 +107,7 @@ struct Connection {
 
 /// Serves one accepted socket until it closes or `shutdown` fires (then closes it with 320); with
 /// `tls`, the TLS handshake comes first (within the handshake timeout).
-pub async fn serve(
+pub(crate) async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,

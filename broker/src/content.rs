@@ -22,7 +22,7 @@ use crate::message::MessageRef;
 /// size, while what a kept message can pin is at most ~64× its size past this bound. Messages to
 /// queues with consumers are not copied: they leave in the order they came, so a read buffer's
 /// messages are freed together (and the copy would cost the hot path; A/B in BENCHMARKS.md).
-pub const SMALL_CONTENT_MAX: usize = 1024;
+pub(crate) const SMALL_CONTENT_MAX: usize = 1024;
 
 /// The first reservation of a body arriving in several frames, at most (then it doubles).
 const FIRST_RESERVATION_MAX: usize = 1 << 20;
@@ -35,7 +35,7 @@ static NO_PROPERTIES: [u8; 2] = [0, 0];
 /// Each copy is a plain `Vec` turned into `Bytes` (one allocation, no reference count until it is
 /// cloned); an empty property list needs none. The lengths do not change, so the message's memory
 /// accounting stays right.
-pub fn own_small_content(message: &mut MessageRef) {
+pub(crate) fn own_small_content(message: &mut MessageRef) {
     let Some(m) = Arc::get_mut(message) else {
         return;
     };
@@ -52,7 +52,7 @@ pub fn own_small_content(message: &mut MessageRef) {
 
 /// Octets of unfinished bodies one connection may hold at once.
 #[derive(Debug)]
-pub struct ContentBudget {
+pub(crate) struct ContentBudget {
     used: AtomicUsize,
     limit: usize,
     /// The broker's account, charged with what the bodies hold ([`Account::Partial`]).
@@ -61,7 +61,7 @@ pub struct ContentBudget {
 
 impl ContentBudget {
     /// A budget of `limit` octets, charged to `memory` as well.
-    pub fn new(limit: usize, memory: Memory) -> Arc<Self> {
+    pub(crate) fn new(limit: usize, memory: Memory) -> Arc<Self> {
         Arc::new(ContentBudget {
             used: AtomicUsize::new(0),
             limit,
@@ -70,27 +70,23 @@ impl ContentBudget {
     }
 
     /// Octets charged now.
-    pub fn used(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
-    }
-
-    /// The limit, octets.
-    pub fn limit(&self) -> usize {
-        self.limit
     }
 }
 
 /// Growing a body would take its connection past its [`ContentBudget`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("unfinished message bodies on this connection would exceed {limit} octets")]
-pub struct BudgetExceeded {
+pub(crate) struct BudgetExceeded {
     /// The connection's budget, octets.
     pub limit: usize,
 }
 
 /// A body arriving in several frames; its reservation is charged until it is frozen or dropped.
 #[derive(Debug)]
-pub struct PartialBody {
+pub(crate) struct PartialBody {
     buf: BytesMut,
     charged: usize,
     budget: Arc<ContentBudget>,
@@ -98,7 +94,7 @@ pub struct PartialBody {
 
 impl PartialBody {
     /// An empty body charged to `budget`.
-    pub fn new(budget: Arc<ContentBudget>) -> Self {
+    pub(crate) fn new(budget: Arc<ContentBudget>) -> Self {
         PartialBody {
             buf: BytesMut::new(),
             charged: 0,
@@ -107,12 +103,13 @@ impl PartialBody {
     }
 
     /// Octets received so far.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.buf.len()
     }
 
     /// Whether nothing was received yet.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
@@ -121,7 +118,7 @@ impl PartialBody {
     /// # Errors
     /// [`BudgetExceeded`] when the growth this needs does not fit the connection's budget; nothing is
     /// appended then.
-    pub fn extend(&mut self, data: &[u8], expected: usize) -> Result<(), BudgetExceeded> {
+    pub(crate) fn extend(&mut self, data: &[u8], expected: usize) -> Result<(), BudgetExceeded> {
         let needed = self.buf.len() + data.len();
         if needed > self.buf.capacity() {
             let grown = (2 * self.buf.capacity()).max(FIRST_RESERVATION_MAX.min(expected));
@@ -143,7 +140,7 @@ impl PartialBody {
     }
 
     /// The complete body (its charge is released).
-    pub fn freeze(mut self) -> Bytes {
+    pub(crate) fn freeze(mut self) -> Bytes {
         std::mem::take(&mut self.buf).freeze()
     }
 }

@@ -14,7 +14,7 @@ use crate::config::{Permission, Policy};
 
 /// A user entry.
 #[derive(Debug, Clone, Deserialize)]
-pub struct DefUser {
+pub(crate) struct DefUser {
     /// Name.
     pub name: String,
     /// RabbitMQ password hash (base64).
@@ -55,7 +55,7 @@ impl DefUser {
     ///
     /// # Errors
     /// Limits that do not parse, with the user's name.
-    pub fn user_limits(&self) -> anyhow::Result<crate::limits::UserLimits> {
+    pub(crate) fn user_limits(&self) -> anyhow::Result<crate::limits::UserLimits> {
         limits_from(&self.limits, &format!("user '{}'", self.name))
     }
 
@@ -63,7 +63,7 @@ impl DefUser {
     ///
     /// # Errors
     /// An algorithm Warren does not implement, named in the message.
-    pub fn algorithm(&self) -> anyhow::Result<crate::auth::HashingAlgorithm> {
+    pub(crate) fn algorithm(&self) -> anyhow::Result<crate::auth::HashingAlgorithm> {
         match &self.hashing_algorithm {
             None => Ok(crate::auth::HashingAlgorithm::default()),
             Some(alg) => crate::auth::HashingAlgorithm::from_rabbit_name(alg).ok_or_else(|| {
@@ -77,7 +77,7 @@ impl DefUser {
     }
 
     /// Tags as a list.
-    pub fn tag_list(&self) -> Vec<String> {
+    pub(crate) fn tag_list(&self) -> Vec<String> {
         match &self.tags {
             Value::Array(a) => a
                 .iter()
@@ -96,7 +96,7 @@ impl DefUser {
 
 /// A vhost entry.
 #[derive(Debug, Clone, Deserialize)]
-pub struct DefVhost {
+pub(crate) struct DefVhost {
     /// Name.
     pub name: String,
     /// Vhost limits as some exports carry them here (`[]` when none).
@@ -107,13 +107,15 @@ pub struct DefVhost {
 /// A runtime parameter entry; Warren reads component `vhost-limits` (RabbitMQ's home of vhost limits
 /// in definitions) and ignores the others.
 #[derive(Debug, Clone, Deserialize)]
-pub struct DefParameter {
+pub(crate) struct DefParameter {
     /// Vhost.
     pub vhost: String,
     /// Component, e.g. `vhost-limits`, `shovel`, `federation-upstream`.
     pub component: String,
-    /// Parameter name (`limits` for vhost limits).
+    /// Parameter name (`limits` for vhost limits): part of the format, not needed to apply the
+    /// parameters Warren knows (they are told apart by `component`).
     #[serde(default)]
+    #[allow(dead_code)]
     pub name: String,
     /// The value.
     #[serde(default)]
@@ -122,7 +124,7 @@ pub struct DefParameter {
 
 /// An exchange entry.
 #[derive(Debug, Clone, Deserialize)]
-pub struct DefExchange {
+pub(crate) struct DefExchange {
     /// Name.
     pub name: String,
     /// Vhost.
@@ -146,7 +148,7 @@ pub struct DefExchange {
 
 /// A queue entry.
 #[derive(Debug, Clone, Deserialize)]
-pub struct DefQueue {
+pub(crate) struct DefQueue {
     /// Name.
     pub name: String,
     /// Vhost.
@@ -164,7 +166,7 @@ pub struct DefQueue {
 
 /// A binding entry.
 #[derive(Debug, Clone, Deserialize)]
-pub struct DefBinding {
+pub(crate) struct DefBinding {
     /// Source exchange.
     pub source: String,
     /// Vhost.
@@ -184,7 +186,7 @@ pub struct DefBinding {
 /// A definitions file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
-pub struct Definitions {
+pub(crate) struct Definitions {
     /// Users.
     pub users: Vec<DefUser>,
     /// Vhosts.
@@ -208,7 +210,7 @@ impl Definitions {
     ///
     /// # Errors
     /// The file cannot be read or is not valid definitions JSON.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading definitions {}", path.display()))?;
         let defs: Definitions = serde_json::from_str(&text)
@@ -225,7 +227,7 @@ impl Definitions {
     ///
     /// # Errors
     /// Limits that do not parse, naming the vhost.
-    pub fn vhost_limits(&self) -> anyhow::Result<Vec<(String, crate::limits::VhostLimits)>> {
+    pub(crate) fn vhost_limits(&self) -> anyhow::Result<Vec<(String, crate::limits::VhostLimits)>> {
         let mut out = Vec::new();
         for v in &self.vhosts {
             out.push((
@@ -248,7 +250,7 @@ impl Definitions {
 }
 
 /// Converts a JSON value to an AMQP field value (integers as signed 64-bit, as RabbitMQ's import does).
-pub fn amqp_value(v: &Value) -> AMQPValue {
+pub(crate) fn amqp_value(v: &Value) -> AMQPValue {
     match v {
         Value::Null => AMQPValue::Void,
         Value::Bool(b) => AMQPValue::Boolean(*b),
@@ -265,7 +267,7 @@ pub fn amqp_value(v: &Value) -> AMQPValue {
 }
 
 /// Converts a JSON object to an AMQP table; keys longer than 255 bytes are skipped.
-pub fn field_table(o: &serde_json::Map<String, Value>) -> FieldTable {
+pub(crate) fn field_table(o: &serde_json::Map<String, Value>) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in o {
         if let Ok(k) = ShortString::try_new(k.as_str()) {

@@ -36,7 +36,7 @@ pub enum AmqpError {
 }
 
 /// Result of a method handler.
-pub type AmqpResult<T = ()> = Result<T, AmqpError>;
+pub(crate) type AmqpResult<T = ()> = Result<T, AmqpError>;
 
 fn soft_name(code: &AMQPSoftError) -> &'static str {
     match code {

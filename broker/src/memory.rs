@@ -82,14 +82,14 @@ impl MemoryAccount {
 
 /// What a queue costs beyond its name and arguments, octets: measured as ~1.35 KiB per queue (RSS of
 /// 200 000 declared queues), less what the name and arguments add.
-pub const QUEUE_OVERHEAD: usize = 1280;
+pub(crate) const QUEUE_OVERHEAD: usize = 1280;
 /// What an exchange costs beyond its name and arguments, octets.
-pub const EXCHANGE_OVERHEAD: usize = 512;
+pub(crate) const EXCHANGE_OVERHEAD: usize = 512;
 /// What a binding costs beyond its key and arguments, octets.
-pub const BINDING_OVERHEAD: usize = 128;
+pub(crate) const BINDING_OVERHEAD: usize = 128;
 
 /// Encoded octets of a field table, 0 when empty (no encoding then): what arguments add to an entity.
-pub fn table_cost(t: &amq_protocol::types::FieldTable) -> usize {
+pub(crate) fn table_cost(t: &amq_protocol::types::FieldTable) -> usize {
     if t.inner().is_empty() {
         0
     } else {
@@ -110,7 +110,7 @@ pub enum Account {
 
 /// Octets charged to an account for as long as the value lives.
 #[derive(Debug)]
-pub struct Charge {
+pub(crate) struct Charge {
     memory: Memory,
     account: Account,
     octets: usize,
@@ -118,7 +118,7 @@ pub struct Charge {
 
 impl Charge {
     /// Charges `octets` to `memory`'s `account` until dropped.
-    pub fn new(memory: Memory, account: Account, octets: usize) -> Self {
+    pub(crate) fn new(memory: Memory, account: Account, octets: usize) -> Self {
         memory.add(account, octets);
         Charge {
             memory,
@@ -135,7 +135,7 @@ impl Drop for Charge {
 }
 
 /// The process's resident set size, octets (`/proc/self/statm`); `None` where it cannot be read.
-pub fn resident_bytes() -> Option<u64> {
+pub(crate) fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * page_size())
@@ -159,7 +159,7 @@ fn page_size() -> u64 {
 
 /// The memory this process may use, octets: its cgroup v2 `memory.max` when set (a container's
 /// limit), else the machine's RAM (`/proc/meminfo` MemTotal); `None` when neither can be read.
-pub fn available_bytes() -> Option<u64> {
+pub(crate) fn available_bytes() -> Option<u64> {
     let ram = total_ram();
     match cgroup_limit() {
         Some(limit) => Some(ram.map_or(limit, |r| r.min(limit))),

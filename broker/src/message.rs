@@ -32,7 +32,7 @@ pub struct Message {
 }
 
 /// A shared, immutable message.
-pub type MessageRef = Arc<Message>;
+pub(crate) type MessageRef = Arc<Message>;
 
 impl Drop for Message {
     fn drop(&mut self) {
@@ -45,7 +45,7 @@ impl Drop for Message {
 
 impl Message {
     /// A message; its size counts towards `memory`'s message account
-    /// ([`crate::memory::Account::Messages`]) until it is dropped.
+    /// (`crate::memory::Account::Messages`) until it is dropped.
     pub fn new(
         memory: Memory,
         exchange: ShortString,
@@ -77,7 +77,7 @@ impl Message {
 }
 
 /// Encodes properties as they travel in a content header (property flags onwards).
-pub fn encode_properties(properties: &BasicProperties) -> Bytes {
+pub(crate) fn encode_properties(properties: &BasicProperties) -> Bytes {
     match gen_properties(properties)(WriteContext::from(Vec::with_capacity(64))) {
         Ok(ctx) => Bytes::from(ctx.write),
         // Encoding into a Vec does not fail for properties that were decoded or built from valid parts.
@@ -87,7 +87,7 @@ pub fn encode_properties(properties: &BasicProperties) -> Bytes {
 
 /// A copy of `p` with `headers` replaced (`None` removes them) and, if `drop_expiration`, no
 /// `expiration`. amq-protocol's properties only have setters, so the copy is rebuilt field by field.
-pub fn rebuild_properties(
+pub(crate) fn rebuild_properties(
     p: &BasicProperties,
     headers: Option<FieldTable>,
     drop_expiration: bool,
@@ -139,7 +139,7 @@ pub fn rebuild_properties(
 }
 
 /// The string values of an array header such as `CC` or `BCC` (RabbitMQ docs/sender-selected.md).
-pub fn header_strings(headers: Option<&FieldTable>, key: &str) -> Vec<String> {
+pub(crate) fn header_strings(headers: Option<&FieldTable>, key: &str) -> Vec<String> {
     let Some(AMQPValue::FieldArray(items)) = headers.and_then(|h| h.inner().get(key)) else {
         return Vec::new();
     };
@@ -158,7 +158,7 @@ pub fn header_strings(headers: Option<&FieldTable>, key: &str) -> Vec<String> {
 ///
 /// # Errors
 /// RabbitMQ's term for a value that is not a non-negative integer, e.g. `{value_negative,-1}`.
-pub fn expiration_ms(p: &BasicProperties) -> Result<Option<u64>, String> {
+pub(crate) fn expiration_ms(p: &BasicProperties) -> Result<Option<u64>, String> {
     let Some(v) = p.expiration() else {
         return Ok(None);
     };

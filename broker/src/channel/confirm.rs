@@ -203,7 +203,7 @@ impl Channel {
     /// A persistent message routed to durable queues is confirmed only once every such queue's log has
     /// fsynced it (RabbitMQ docs/confirms.md "When Will Published Messages Be Confirmed"), and nacked if
     /// the write failed; later publishes wait behind it so that `multiple` acks stay truthful.
-    pub fn flush_confirms(&mut self, ctx: &ConnectionContext) {
+    pub(crate) fn flush_confirms(&mut self, ctx: &ConnectionContext) {
         self.flush_pending_commit(ctx);
         if self.closing {
             return;
@@ -223,7 +223,7 @@ impl Channel {
     }
 
     /// Whether a publisher confirm or a tx.commit-ok waits for a queue log to reach the disk.
-    pub fn awaits_durability(&self) -> bool {
+    pub(crate) fn awaits_durability(&self) -> bool {
         (self.confirms.awaits_durability() || self.pending_commit.is_some()) && !self.closing
     }
 }

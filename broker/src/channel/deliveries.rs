@@ -49,7 +49,7 @@ pub(super) struct Deliveries {
 
 /// The half of a channel that queues deliver into. See the module docs.
 #[derive(Debug)]
-pub struct ChannelShared {
+pub(crate) struct ChannelShared {
     /// Channel number.
     pub id: u16,
     pub(super) outbound: Arc<Outbound>,

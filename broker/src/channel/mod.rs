@@ -29,7 +29,7 @@ use amq_protocol::types::ShortString;
 use tokio::time::Instant;
 
 use self::confirm::Confirms;
-pub use self::deliveries::ChannelShared;
+pub(crate) use self::deliveries::ChannelShared;
 use self::deliveries::{settle, Deliveries, Settle, Unacked};
 use self::publish::{BatchMemo, Content, Publication};
 use self::tx::{CommitWaits, TxOp};
@@ -44,7 +44,7 @@ use crate::vhost::VHost;
 
 /// What a channel handler may use of its connection.
 #[derive(Debug)]
-pub struct ConnectionContext {
+pub(crate) struct ConnectionContext {
     /// The vhost opened by connection.open.
     pub vhost: Arc<VHost>,
     /// Connection id (owner of exclusive queues).
@@ -77,7 +77,7 @@ impl ConnectionContext {
     ///
     /// # Errors
     /// 403 ACCESS_REFUSED with RabbitMQ's text.
-    pub fn check(&self, access: Access, kind: &str, name: &str) -> AmqpResult {
+    pub(crate) fn check(&self, access: Access, kind: &str, name: &str) -> AmqpResult {
         // RabbitMQ names the default exchange `amq.default` in permission checks.
         let name = if kind == "exchange" && name.is_empty() {
             "amq.default"
@@ -104,7 +104,7 @@ impl ConnectionContext {
     }
 
     /// A context for a connection that has opened `vhost`.
-    pub fn new(
+    pub(crate) fn new(
         vhost: Arc<VHost>,
         conn_id: u64,
         outbound: Arc<Outbound>,
@@ -137,7 +137,7 @@ impl ConnectionContext {
 
 /// The connection-task half of a channel. See the module docs.
 #[derive(Debug)]
-pub struct Channel {
+pub(crate) struct Channel {
     shared: Arc<ChannelShared>,
     /// The server sent channel.close and awaits close-ok: other frames are dropped.
     closing: bool,
@@ -166,7 +166,7 @@ pub struct Channel {
 
 impl Channel {
     /// A newly opened channel `id` writing to `ctx.outbound`.
-    pub fn new(id: u16, ctx: &ConnectionContext) -> Self {
+    pub(crate) fn new(id: u16, ctx: &ConnectionContext) -> Self {
         let shared = Arc::new(ChannelShared {
             id,
             outbound: Arc::clone(&ctx.outbound),
@@ -193,12 +193,12 @@ impl Channel {
     }
 
     /// Channel number.
-    pub fn id(&self) -> u16 {
+    pub(crate) fn id(&self) -> u16 {
         self.shared.id
     }
 
     /// Whether the server closed this channel and awaits channel.close-ok.
-    pub fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         self.closing
     }
 
@@ -211,7 +211,11 @@ impl Channel {
     ///
     /// # Errors
     /// Channel errors close this channel; connection errors close the connection.
-    pub fn handle_method(&mut self, ctx: &mut ConnectionContext, method: AMQPClass) -> AmqpResult {
+    pub(crate) fn handle_method(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        method: AMQPClass,
+    ) -> AmqpResult {
         if !matches!(self.content, Content::Idle) {
             return Err(AmqpError::unexpected_frame(format!(
                 "expected content frame for class 60, got method {}.{} instead",
@@ -291,7 +295,7 @@ impl Channel {
 
     /// Closes the channel with 406 if a delivery has stayed unacked past its timeout (RabbitMQ
     /// docs/consumers.md "Delivery Acknowledgement Timeout"); its unacked deliveries are requeued.
-    pub fn check_delivery_timeout(&mut self, ctx: &ConnectionContext, now: Instant) {
+    pub(crate) fn check_delivery_timeout(&mut self, ctx: &ConnectionContext, now: Instant) {
         if self.closing {
             return;
         }
@@ -306,14 +310,14 @@ impl Channel {
     }
 
     /// Re-dispatches the queues this channel consumes from (after its write buffer drained).
-    pub fn kick_consumers(&self) {
+    pub(crate) fn kick_consumers(&self) {
         for q in self.shared.consumer_queues() {
             q.kick();
         }
     }
 
     /// Closes the channel from the server side after a soft error: sends channel.close, frees resources.
-    pub fn close_with_error(
+    pub(crate) fn close_with_error(
         &mut self,
         ctx: &ConnectionContext,
         error: &AmqpError,
@@ -339,7 +343,7 @@ impl Channel {
 
     /// Frees the channel: cancels its consumers (deleting auto-delete queues left without one) and
     /// requeues its unacked deliveries in their original order.
-    pub fn release(&mut self, ctx: &ConnectionContext) {
+    pub(crate) fn release(&mut self, ctx: &ConnectionContext) {
         self.content = Content::Idle;
         self.tx = None;
         let (consumers, mut unacked) = {
@@ -362,7 +366,7 @@ impl Channel {
 }
 
 /// A reply text as a short string, cut at a character boundary to 255 bytes.
-pub fn short_text(text: &str) -> ShortString {
+pub(crate) fn short_text(text: &str) -> ShortString {
     let mut end = text.len().min(255);
     while !text.is_char_boundary(end) {
         end -= 1;

@@ -83,7 +83,7 @@ impl Channel {
     ///
     /// # Errors
     /// 505 UNEXPECTED_FRAME when no header is expected; 406 when the body exceeds `max_message_size`.
-    pub fn handle_header(
+    pub(crate) fn handle_header(
         &mut self,
         ctx: &mut ConnectionContext,
         header: Box<AMQPContentHeader>,
@@ -123,7 +123,7 @@ impl Channel {
     ///
     /// # Errors
     /// 505 UNEXPECTED_FRAME when no body is expected; 501 FRAME_ERROR when the body exceeds its declared size.
-    pub fn handle_body(&mut self, ctx: &mut ConnectionContext, data: Bytes) -> AmqpResult {
+    pub(crate) fn handle_body(&mut self, ctx: &mut ConnectionContext, data: Bytes) -> AmqpResult {
         let Content::Body {
             body,
             first,
@@ -442,7 +442,7 @@ impl Channel {
     }
 
     /// Whether publishes are held for batch routing (see [`Channel::flush_publications`]).
-    pub fn has_held_publications(&self) -> bool {
+    pub(crate) fn has_held_publications(&self) -> bool {
         !self.held.is_empty()
     }
 
@@ -461,7 +461,7 @@ impl Channel {
     /// The first publish's error (as from basic.publish); the publishes after it are dropped with the
     /// channel.
     #[inline]
-    pub fn flush_publications(&mut self, ctx: &mut ConnectionContext) -> AmqpResult {
+    pub(crate) fn flush_publications(&mut self, ctx: &mut ConnectionContext) -> AmqpResult {
         if self.held.is_empty() {
             return Ok(());
         }

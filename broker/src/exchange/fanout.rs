@@ -5,7 +5,7 @@ use crate::message::MessageRef;
 
 /// Index: the list of destinations.
 #[derive(Debug, Default)]
-pub struct Fanout {
+pub(crate) struct Fanout {
     destinations: Vec<Destination>,
 }
 

@@ -6,20 +6,20 @@
 //! buffer and never delivers; the vhost follows exchange-to-exchange destinations and deduplicates.
 //! Reference: RabbitMQ docs/exchanges.md, docs/e2e.md.
 
-pub mod batch;
-pub mod direct;
-pub mod fanout;
-pub mod headers;
-pub mod registry;
-pub mod topic;
-pub mod wasm;
+pub(crate) mod batch;
+pub(crate) mod direct;
+pub(crate) mod fanout;
+pub(crate) mod headers;
+pub(crate) mod registry;
+pub(crate) mod topic;
+pub(crate) mod wasm;
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use amq_protocol::types::{FieldTable, ShortString};
 
-pub use batch::{Prepared, RouteBatch};
+pub(crate) use batch::{Prepared, RouteBatch};
 
 use crate::memory::{self, Account, Charge, Memory};
 use crate::message::MessageRef;
@@ -105,7 +105,7 @@ pub trait ExchangeType: Send + Sync + fmt::Debug {
     /// Checks a binding before it is added.
     ///
     /// # Errors
-    /// [`BindingRefused`] with the reason.
+    /// `BindingRefused` with the reason.
     fn validate_binding(&self, _binding: &Binding) -> Result<(), BindingRefused> {
         Ok(())
     }
@@ -118,7 +118,7 @@ pub trait ExchangeType: Send + Sync + fmt::Debug {
     /// the native types.
     ///
     /// # Errors
-    /// [`RouteError`] when the type could not decide (a plugin faulted or is unavailable); the
+    /// `RouteError` when the type could not decide (a plugin faulted or is unavailable); the
     /// message is then treated as unroutable by this exchange (alternate exchange, basic.return,
     /// confirm nack).
     fn route(

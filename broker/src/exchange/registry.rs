@@ -18,7 +18,7 @@ use super::{CreateError, ExchangeType};
 use crate::plugin::{Kind, PluginHost};
 
 /// Builds the routing state for a new exchange of a native type.
-pub type Factory = fn() -> Box<dyn ExchangeType>;
+pub(crate) type Factory = fn() -> Box<dyn ExchangeType>;
 
 /// Type name → factory for native types, plus the plugin host for `x-` types. Read on every
 /// exchange.declare.

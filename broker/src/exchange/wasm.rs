@@ -44,7 +44,7 @@ const CACHE_BYPASS_CALLS: u32 = 100_000;
 
 /// Most keys asked for in one `route-keys` call (the call's deadline is scaled by the count): this
 /// type's [`ExchangeType::batch_limit`].
-pub const PREPARE_MAX: usize = 256;
+pub(crate) const PREPARE_MAX: usize = 256;
 
 /// A binding as the plugin knows it.
 #[derive(Debug)]
@@ -67,7 +67,7 @@ struct Active {
 
 /// An exchange whose type is a plugin.
 #[derive(Debug)]
-pub struct WasmExchange {
+pub(crate) struct WasmExchange {
     slot: Arc<Slot>,
     /// Declare arguments, wire-encoded (the WIT `field-table`).
     arguments: Vec<u8>,
@@ -87,7 +87,7 @@ impl WasmExchange {
     /// # Errors
     /// [`CreateError::Refused`] with the plugin's reason when it refuses the arguments, or a
     /// description of its fault.
-    pub fn new(
+    pub(crate) fn new(
         host: &Arc<PluginHost>,
         slot: &Arc<Slot>,
         arguments: &FieldTable,
@@ -109,7 +109,11 @@ impl WasmExchange {
 
     /// An exchange of a plugin type that is not loaded now (recovered from disk before its plugin
     /// returned): instantiated on first use.
-    pub fn unavailable(host: &Arc<PluginHost>, slot: &Arc<Slot>, arguments: &FieldTable) -> Self {
+    pub(crate) fn unavailable(
+        host: &Arc<PluginHost>,
+        slot: &Arc<Slot>,
+        arguments: &FieldTable,
+    ) -> Self {
         WasmExchange {
             slot: Arc::clone(slot),
             arguments: table_body(arguments),

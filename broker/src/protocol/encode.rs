@@ -63,7 +63,7 @@ pub fn deliver_method(
 }
 
 /// basic.get-ok (class 60, method 71), AMQP 0-9-1 §1.8.3.11.
-pub fn get_ok_method(
+pub(crate) fn get_ok_method(
     out: &mut BytesMut,
     channel: u16,
     delivery_tag: u64,
@@ -84,7 +84,7 @@ pub fn get_ok_method(
 }
 
 /// basic.return (class 60, method 50), AMQP 0-9-1 §1.8.3.8.
-pub fn return_method(
+pub(crate) fn return_method(
     out: &mut BytesMut,
     channel: u16,
     reply_code: u16,
@@ -103,7 +103,7 @@ pub fn return_method(
 }
 
 /// basic.ack (class 60, method 80) sent for publisher confirms (RabbitMQ confirms.md).
-pub fn basic_ack(out: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: bool) {
+pub(crate) fn basic_ack(out: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: bool) {
     method_frame(out, channel, |out| {
         out.put_u16(BASIC_CLASS);
         out.put_u16(BASIC_ACK);
@@ -113,7 +113,7 @@ pub fn basic_ack(out: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: 
 }
 
 /// basic.nack (class 60, method 120) sent for publisher confirms (RabbitMQ nack.md).
-pub fn basic_nack(out: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: bool) {
+pub(crate) fn basic_nack(out: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: bool) {
     method_frame(out, channel, |out| {
         out.put_u16(BASIC_CLASS);
         out.put_u16(BASIC_NACK);
@@ -149,6 +149,6 @@ pub fn content_body(out: &mut BytesMut, channel: u16, body: &[u8], frame_max: us
 }
 
 /// A heartbeat frame (type 8, channel 0). AMQP 0-9-1 §4.2.7.
-pub fn heartbeat(out: &mut BytesMut) {
+pub(crate) fn heartbeat(out: &mut BytesMut) {
     out.put_slice(&[8, 0, 0, 0, 0, 0, 0, FRAME_END]);
 }

@@ -8,10 +8,10 @@
 //! amq-protocol's `gen_frame`. AMQP 0-9-1 §4.2 (general frame format).
 
 pub mod encode;
-pub mod ids;
-pub mod nesting;
-pub mod outbound;
-pub mod values;
+pub(crate) mod ids;
+pub(crate) mod nesting;
+pub(crate) mod outbound;
+pub(crate) mod values;
 
 use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::{basic, constants, AMQPClass};
@@ -19,12 +19,12 @@ use amq_protocol::types::ShortString;
 use bytes::{Buf, Bytes, BytesMut};
 
 /// The 8-octet protocol header a 0-9-1 client sends first (AMQP 0-9-1 §4.2.2).
-pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+pub(crate) const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 
 /// Size of the frame header (type, channel, size) in octets.
-pub const FRAME_HEADER_SIZE: usize = 7;
+pub(crate) const FRAME_HEADER_SIZE: usize = 7;
 /// Octets a frame adds around its payload: the 7-octet header and the frame-end octet.
-pub const FRAME_OVERHEAD: usize = FRAME_HEADER_SIZE + 1;
+pub(crate) const FRAME_OVERHEAD: usize = FRAME_HEADER_SIZE + 1;
 
 /// One frame read from a client, with its payload decoded as far as the codec can go.
 #[derive(Debug, PartialEq)]
@@ -95,7 +95,7 @@ pub enum FrameError {
 /// from `buf`. `frame_max` is the negotiated maximum frame size in octets (header and end octet included).
 ///
 /// # Errors
-/// [`FrameError`] for an oversized frame, a bad frame-end octet, an unknown frame type, an unknown
+/// `FrameError` for an oversized frame, a bad frame-end octet, an unknown frame type, an unknown
 /// method or a payload that does not decode.
 pub fn decode_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame>, FrameError> {
     if buf.len() < FRAME_HEADER_SIZE {

@@ -12,7 +12,7 @@
 /// Most levels of field tables and arrays inside one another that a payload may carry (the outermost
 /// table is level 1). Far beyond any real use (RabbitMQ's own `x-death` is three levels), and shallow
 /// enough that every recursive walk over a decoded value fits a worker thread's stack in a debug build.
-pub const MAX_FIELD_NESTING: usize = 100;
+pub(crate) const MAX_FIELD_NESTING: usize = 100;
 
 /// One argument before a method's field table, as far as skipping it goes.
 #[derive(Clone, Copy)]
@@ -51,7 +51,7 @@ fn table_offset(class_id: u16, method_id: u16) -> Option<&'static [Skip]> {
 
 /// The nesting depth of the field table in a method payload (class id onwards); 0 when the method has
 /// no table or the payload ends before it (the parser then refuses it as malformed).
-pub fn method_nesting(payload: &[u8]) -> usize {
+pub(crate) fn method_nesting(payload: &[u8]) -> usize {
     let Some((ids, mut args)) = payload.split_first_chunk::<4>() else {
         return 0;
     };
@@ -78,7 +78,7 @@ pub fn method_nesting(payload: &[u8]) -> usize {
 
 /// The nesting depth of the `headers` property in a content header payload (class id onwards); 0
 /// without headers.
-pub fn content_header_nesting(payload: &[u8]) -> usize {
+pub(crate) fn content_header_nesting(payload: &[u8]) -> usize {
     // class-id, weight, body-size, property flags (AMQP 0-9-1 §4.2.6.1).
     let Some(flags) = payload.get(12..14) else {
         return 0;
@@ -105,7 +105,7 @@ pub fn content_header_nesting(payload: &[u8]) -> usize {
 /// 1 for a table holding no table or array, one more per level inside. The walk stops where
 /// amq-protocol's parser would stop with an error (a length past its container, an unknown type
 /// octet), so it never reports less nesting than the parser would recurse into.
-pub fn table_nesting(input: &[u8]) -> usize {
+pub(crate) fn table_nesting(input: &[u8]) -> usize {
     /// An open container: where it ends, and whether its entries have names (table) or not (array).
     struct Open {
         end: usize,

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 /// See the module docs.
 #[derive(Debug)]
-pub struct Outbound {
+pub(crate) struct Outbound {
     buf: Mutex<BytesMut>,
     /// Bytes waiting in `buf`, readable without the lock.
     pending: AtomicUsize,
@@ -33,14 +33,14 @@ pub struct Outbound {
 
 impl Outbound {
     /// Buffered bytes above which deliveries to this connection pause (1 MiB).
-    pub const HIGH_WATER: usize = 1 << 20;
+    pub(crate) const HIGH_WATER: usize = 1 << 20;
     /// Buffered bytes above which the connection's input is no longer handled (4 MiB): what the
     /// client asks for waits in its socket until it reads. Above [`Outbound::HIGH_WATER`], so that a
     /// consumer's acks keep flowing while deliveries to it are paused.
-    pub const INPUT_HIGH_WATER: usize = 4 << 20;
+    pub(crate) const INPUT_HIGH_WATER: usize = 4 << 20;
 
     /// An empty buffer for a connection with the given `frame_max`.
-    pub fn new(frame_max: usize) -> Self {
+    pub(crate) fn new(frame_max: usize) -> Self {
         Outbound {
             buf: Mutex::new(BytesMut::with_capacity(64 * 1024)),
             pending: AtomicUsize::new(0),
@@ -53,7 +53,7 @@ impl Outbound {
     }
 
     /// Appends frames written by `f` and wakes the writer. Ignored once closed.
-    pub fn write<R>(&self, f: impl FnOnce(&mut BytesMut) -> R) -> Option<R> {
+    pub(crate) fn write<R>(&self, f: impl FnOnce(&mut BytesMut) -> R) -> Option<R> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
@@ -66,7 +66,7 @@ impl Outbound {
     }
 
     /// Whether a delivery may be added now. Records a stall when not, so the writer signals `resume`.
-    pub fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         if self.pending.load(Ordering::Acquire) < Self::HIGH_WATER {
             return true;
         }
@@ -77,7 +77,7 @@ impl Outbound {
 
     /// Whether the connection's input may be handled now (buffer below
     /// [`Outbound::INPUT_HIGH_WATER`]). Records a stall when not, so the writer signals `resume`.
-    pub fn has_room_for_input(&self) -> bool {
+    pub(crate) fn has_room_for_input(&self) -> bool {
         if self.pending.load(Ordering::Acquire) < Self::INPUT_HIGH_WATER {
             return true;
         }
@@ -86,23 +86,23 @@ impl Outbound {
     }
 
     /// Negotiated frame_max in octets.
-    pub fn frame_max(&self) -> usize {
+    pub(crate) fn frame_max(&self) -> usize {
         self.frame_max.load(Ordering::Relaxed)
     }
 
     /// Sets the negotiated frame_max (after connection.tune-ok).
-    pub fn set_frame_max(&self, frame_max: usize) {
+    pub(crate) fn set_frame_max(&self, frame_max: usize) {
         self.frame_max.store(frame_max, Ordering::Relaxed);
     }
 
     /// Stops accepting writes; the writer flushes what is buffered and finishes.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake.notify_one();
     }
 
     /// Whether [`Outbound::close`] was called.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
@@ -110,7 +110,10 @@ impl Outbound {
     ///
     /// # Errors
     /// The socket's I/O error; the buffer is then closed so nothing more accumulates.
-    pub async fn run_writer<W: AsyncWrite + Unpin>(&self, mut socket: W) -> std::io::Result<()> {
+    pub(crate) async fn run_writer<W: AsyncWrite + Unpin>(
+        &self,
+        mut socket: W,
+    ) -> std::io::Result<()> {
         let mut spare = BytesMut::with_capacity(64 * 1024);
         loop {
             let batch = {

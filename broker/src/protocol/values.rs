@@ -4,7 +4,7 @@
 use amq_protocol::types::AMQPValue;
 
 /// Erlang-side type name of a field value, as RabbitMQ prints it in errors.
-pub fn type_name(v: &AMQPValue) -> &'static str {
+pub(crate) fn type_name(v: &AMQPValue) -> &'static str {
     match v {
         AMQPValue::Boolean(_) => "bool",
         AMQPValue::ShortShortInt(_) => "byte",
@@ -28,7 +28,7 @@ pub fn type_name(v: &AMQPValue) -> &'static str {
 }
 
 /// An integer of any AMQP integer width.
-pub fn int_value(v: &AMQPValue) -> Option<i128> {
+pub(crate) fn int_value(v: &AMQPValue) -> Option<i128> {
     Some(match v {
         AMQPValue::ShortShortInt(n) => (*n).into(),
         AMQPValue::ShortShortUInt(n) => (*n).into(),
@@ -42,7 +42,7 @@ pub fn int_value(v: &AMQPValue) -> Option<i128> {
 }
 
 /// A string value (long or short string) as UTF-8.
-pub fn str_value(v: &AMQPValue) -> Option<String> {
+pub(crate) fn str_value(v: &AMQPValue) -> Option<String> {
     match v {
         AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
@@ -51,7 +51,7 @@ pub fn str_value(v: &AMQPValue) -> Option<String> {
 }
 
 /// A field table in wire encoding, with its 32-bit length prefix (AMQP 0-9-1 §4.2.5.5).
-pub fn encode_table(t: &amq_protocol::types::FieldTable) -> Vec<u8> {
+pub(crate) fn encode_table(t: &amq_protocol::types::FieldTable) -> Vec<u8> {
     amq_protocol::types::generation::gen_field_table(t)(amq_protocol::frame::WriteContext::from(
         Vec::new(),
     ))
@@ -60,7 +60,7 @@ pub fn encode_table(t: &amq_protocol::types::FieldTable) -> Vec<u8> {
 }
 
 /// A field array in wire encoding, with its 32-bit length prefix.
-pub fn encode_array(a: &amq_protocol::types::FieldArray) -> Vec<u8> {
+pub(crate) fn encode_array(a: &amq_protocol::types::FieldArray) -> Vec<u8> {
     amq_protocol::types::generation::gen_field_array(a)(amq_protocol::frame::WriteContext::from(
         Vec::new(),
     ))

@@ -11,7 +11,7 @@ use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 
 use super::plugins::{OnFailure, Window};
 
-pub use crate::protocol::values::{int_value, str_value, type_name};
+pub(crate) use crate::protocol::values::{int_value, str_value, type_name};
 
 /// What happens when a queue is over `x-max-length` / `x-max-length-bytes` (RabbitMQ docs/maxlength).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -245,7 +245,7 @@ impl QueueArgs {
 /// `x-idempotency`) and its configuration table under another (`x-filter-args`,
 /// `x-idempotency-args`; empty when absent).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PluginArgs {
+pub(crate) struct PluginArgs {
     /// The plugin's name.
     pub name: String,
     /// Its configuration table.
@@ -287,7 +287,7 @@ fn invalid(key: &'static str, detail: &str) -> InvalidArg {
 /// basic.consume arguments: `x-priority` (RabbitMQ docs/consumer-priority.md) and the consumer's
 /// filter plugin (`x-filter`, `x-filter-args`, `x-filter-on-failure` = `hold` | `deliver`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ConsumeArgs {
+pub(crate) struct ConsumeArgs {
     /// Consumer priority, default 0.
     pub priority: i32,
     /// The filter plugin and what to do when it faults.
@@ -300,7 +300,7 @@ impl ConsumeArgs {
     /// # Errors
     /// The first invalid argument; [`InvalidArg::text`] gives RabbitMQ's reply text
     /// (`invalid arg 'x-priority' for queue 'q' in vhost '/': "expected integer, got longstr"`).
-    pub fn parse(arguments: &FieldTable) -> Result<ConsumeArgs, InvalidArg> {
+    pub(crate) fn parse(arguments: &FieldTable) -> Result<ConsumeArgs, InvalidArg> {
         let args = arguments.inner();
         let priority = match args.get("x-priority") {
             None => 0,
@@ -336,7 +336,7 @@ impl ConsumeArgs {
 /// queue.declare's idempotency arguments: the plugin (`x-idempotency`, `x-idempotency-args`) and the
 /// bounds of the key record (`x-idempotency-window` in ms, `x-idempotency-max-keys`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct IdempotencyArgs {
+pub(crate) struct IdempotencyArgs {
     /// The idempotency plugin.
     pub plugin: PluginArgs,
     /// How long and how many acked keys are remembered.
@@ -348,7 +348,7 @@ impl IdempotencyArgs {
     ///
     /// # Errors
     /// The first invalid argument (see [`InvalidArg::text`]).
-    pub fn parse(arguments: &FieldTable) -> Result<Option<IdempotencyArgs>, InvalidArg> {
+    pub(crate) fn parse(arguments: &FieldTable) -> Result<Option<IdempotencyArgs>, InvalidArg> {
         let Some(plugin) = PluginArgs::parse(arguments, "x-idempotency", "x-idempotency-args")?
         else {
             return Ok(None);

@@ -19,7 +19,7 @@ use super::Consumer;
 static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// A fresh registration number for a new consumer.
-pub fn next_consumer_seq() -> u64 {
+pub(crate) fn next_consumer_seq() -> u64 {
     NEXT_SEQ.fetch_add(1, Ordering::Relaxed)
 }
 

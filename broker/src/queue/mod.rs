@@ -15,12 +15,12 @@
 //! Reference: RabbitMQ docs/queues.md, docs/consumers.md, docs/consumer-prefetch.md, docs/ttl.md,
 //! docs/dlx.md, docs/maxlength, docs/priority.md, docs/consumer-priority.md.
 
-pub mod args;
+pub(crate) mod args;
 mod consumers;
 mod dispatch;
 mod durable;
 mod expiry;
-pub mod plugins;
+pub(crate) mod plugins;
 mod ready;
 mod tail;
 #[cfg(test)]
@@ -37,8 +37,8 @@ use amq_protocol::types::{FieldTable, ShortString};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use self::args::{Overflow, QueueArgs};
-pub use self::consumers::next_consumer_seq;
+pub(crate) use self::args::{Overflow, QueueArgs};
+pub(crate) use self::consumers::next_consumer_seq;
 use self::ready::Ready;
 use self::tail::Tail;
 use crate::memory::{Account, Charge, Memory};
@@ -271,7 +271,7 @@ pub struct QueueDeclaration {
     pub exclusive_owner: Option<u64>,
     /// Declare arguments as given.
     pub arguments: FieldTable,
-    /// `arguments` parsed by [`QueueArgs::parse`] (with any policy applied).
+    /// `arguments` parsed by `QueueArgs::parse` (with any policy applied).
     pub args: QueueArgs,
 }
 

@@ -152,7 +152,7 @@ impl ConsumerFilter {
 }
 
 /// An idempotency key, as the plugin derived it.
-pub type Key = Arc<[u8]>;
+pub(crate) type Key = Arc<[u8]>;
 
 /// The bounds of the key record (queue arguments `x-idempotency-window` in ms and
 /// `x-idempotency-max-keys`).

@@ -500,7 +500,10 @@ fn a_long_durable_queue_pages_out_and_refills_in_order() {
     }
     assert_eq!(q.counts().messages, 20, "paged messages count as ready");
     let paged = q.lock().ready.tail.as_ref().map_or(0, |t| t.count);
-    assert_eq!(paged, 17, "three 30-octet bodies fit in 100 octets; the rest went to the log");
+    assert_eq!(
+        paged, 17,
+        "three 30-octet bodies fit in 100 octets; the rest went to the log"
+    );
     // Paged messages are read back from the segments: wait until the log has them.
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()

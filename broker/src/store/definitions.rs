@@ -13,11 +13,11 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 /// Version of this document's layout.
-pub const DEFINITIONS_VERSION: u32 = 1;
+pub(crate) const DEFINITIONS_VERSION: u32 = 1;
 
 /// A durable exchange.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredExchange {
+pub(crate) struct StoredExchange {
     /// Name.
     pub name: String,
     /// Type name.
@@ -33,7 +33,7 @@ pub struct StoredExchange {
 
 /// A durable queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredQueue {
+pub(crate) struct StoredQueue {
     /// Name.
     pub name: String,
     /// Auto-delete flag.
@@ -44,7 +44,7 @@ pub struct StoredQueue {
 
 /// A binding between durable entities.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredBinding {
+pub(crate) struct StoredBinding {
     /// Source exchange.
     pub source: String,
     /// Destination queue or exchange.
@@ -59,7 +59,7 @@ pub struct StoredBinding {
 
 /// The document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StoredDefinitions {
+pub(crate) struct StoredDefinitions {
     /// [`DEFINITIONS_VERSION`] when written.
     pub format_version: u32,
     /// Exchanges (not the pre-declared `amq.*` ones).
@@ -71,7 +71,7 @@ pub struct StoredDefinitions {
 }
 
 /// Encodes a table for [`StoredDefinitions`].
-pub fn encode_table(t: &FieldTable) -> String {
+pub(crate) fn encode_table(t: &FieldTable) -> String {
     let bytes = crate::protocol::values::encode_table(t);
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -80,7 +80,7 @@ pub fn encode_table(t: &FieldTable) -> String {
 ///
 /// # Errors
 /// Not base64, or not an AMQP field table.
-pub fn decode_table(s: &str) -> anyhow::Result<FieldTable> {
+pub(crate) fn decode_table(s: &str) -> anyhow::Result<FieldTable> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s)
         .context("arguments are not base64")?;
@@ -95,7 +95,7 @@ impl StoredDefinitions {
     ///
     /// # Errors
     /// Unreadable or malformed, or written by a newer version.
-    pub fn load(path: &Path) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Option<Self>> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -117,7 +117,7 @@ impl StoredDefinitions {
     ///
     /// # Errors
     /// Any I/O error (the previous document stays).
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+    pub(crate) fn save(&self, path: &Path) -> std::io::Result<()> {
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         super::write_atomic(path, &text)
     }

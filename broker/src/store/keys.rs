@@ -18,13 +18,13 @@ use tracing::warn;
 const MAGIC: u32 = 0x4944_454b; // "IDEK"
 const HEADER: usize = 12;
 /// Keys are at most this long (a plugin returning more is truncated to it by the queue).
-pub const MAX_KEY: usize = 64 * 1024;
+pub(crate) const MAX_KEY: usize = 64 * 1024;
 
 /// A recorded key: (recorded-at wall-clock ms, key).
-pub type RecordedKey = (u64, Vec<u8>);
+pub(crate) type RecordedKey = (u64, Vec<u8>);
 
 /// The file name inside a queue's directory.
-pub const FILE_NAME: &str = "idempotency.keys";
+pub(crate) const FILE_NAME: &str = "idempotency.keys";
 
 fn encode(out: &mut Vec<u8>, at_ms: u64, key: &[u8]) {
     let mut payload = Vec::with_capacity(8 + key.len());

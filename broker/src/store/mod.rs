@@ -13,10 +13,10 @@
 //! `<h>` is the first 32 hex digits of the SHA-256 of the vhost or queue name (names may be 255 octets,
 //! longer than a file name may be, and contain `/`).
 
-pub mod definitions;
-pub mod keys;
-pub mod log;
-pub mod record;
+pub(crate) mod definitions;
+pub(crate) mod keys;
+pub(crate) mod log;
+pub(crate) mod record;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use self::log::{Durability, QueueLog, Recovered};
+pub use self::log::Durability;
+pub(crate) use self::log::{QueueLog, Recovered};
 
 /// The group-commit thread's inbox: logs with unsynced appends.
 #[derive(Debug)]
@@ -125,7 +126,7 @@ fn hashed(name: &str) -> String {
 ///
 /// # Errors
 /// Any I/O error; `path` then still holds its previous content.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");

@@ -22,24 +22,24 @@
 use bytes::{Buf, BufMut, Bytes};
 
 /// Version of the data directory and segment format; a newer one is refused at start.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 /// First octets of every segment file.
-pub const SEGMENT_MAGIC: &[u8; 8] = b"WRNSEG\r\n";
+pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"WRNSEG\r\n";
 /// Length of the segment header.
-pub const SEGMENT_HEADER_LEN: usize = 16;
+pub(crate) const SEGMENT_HEADER_LEN: usize = 16;
 /// First four octets of every record.
-pub const RECORD_MAGIC: u32 = 0x4345_5257;
+pub(crate) const RECORD_MAGIC: u32 = 0x4345_5257;
 /// Record header length: magic, length, CRC.
-pub const RECORD_HEADER_LEN: usize = 12;
+pub(crate) const RECORD_HEADER_LEN: usize = 12;
 /// Largest payload a reader accepts (larger lengths are corruption): 512 MiB body plus metadata.
-pub const MAX_PAYLOAD: usize = 512 * 1024 * 1024 + 70_000;
+pub(crate) const MAX_PAYLOAD: usize = 512 * 1024 * 1024 + 70_000;
 
 const KIND_PUBLISH: u8 = 1;
 const KIND_ACK: u8 = 2;
 const KIND_DELIVER: u8 = 3;
 
 /// The segment header for the current format.
-pub fn segment_header() -> [u8; SEGMENT_HEADER_LEN] {
+pub(crate) fn segment_header() -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[..8].copy_from_slice(SEGMENT_MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -47,7 +47,7 @@ pub fn segment_header() -> [u8; SEGMENT_HEADER_LEN] {
 }
 
 /// The format version in a segment header, or `None` if the octets are not a segment header.
-pub fn segment_version(header: &[u8]) -> Option<u32> {
+pub(crate) fn segment_version(header: &[u8]) -> Option<u32> {
     if header.len() < SEGMENT_HEADER_LEN || &header[..8] != SEGMENT_MAGIC {
         return None;
     }
@@ -77,7 +77,7 @@ pub struct StoredPublish {
 
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record {
+pub(crate) enum Record {
     /// A message entered the queue.
     Publish(StoredPublish),
     /// Persistent messages `first..=last` left the queue (ack, expiry, dead-lettering, purge…).
@@ -128,7 +128,7 @@ pub struct PublishRef<'a> {
 }
 
 /// Appends a Publish record.
-pub fn encode_publish(out: &mut Vec<u8>, p: &PublishRef<'_>) {
+pub(crate) fn encode_publish(out: &mut Vec<u8>, p: &PublishRef<'_>) {
     let len =
         1 + 8 + 1 + 8 + 1 + p.exchange.len() + 1 + p.routing_key.len() + 4 + p.properties.len();
     frame(out, len + p.body.len(), |out| {
@@ -147,7 +147,7 @@ pub fn encode_publish(out: &mut Vec<u8>, p: &PublishRef<'_>) {
 }
 
 /// Appends an Ack record for `first..=last`.
-pub fn encode_ack(out: &mut Vec<u8>, first: u64, last: u64, count: u64, bytes: u64) {
+pub(crate) fn encode_ack(out: &mut Vec<u8>, first: u64, last: u64, count: u64, bytes: u64) {
     frame(out, 33, |out| {
         out.put_u8(KIND_ACK);
         out.put_u64_le(first);
@@ -158,7 +158,7 @@ pub fn encode_ack(out: &mut Vec<u8>, first: u64, last: u64, count: u64, bytes: u
 }
 
 /// Appends a Deliver record.
-pub fn encode_deliver(out: &mut Vec<u8>, seq: u64) {
+pub(crate) fn encode_deliver(out: &mut Vec<u8>, seq: u64) {
     frame(out, 9, |out| {
         out.put_u8(KIND_DELIVER);
         out.put_u64_le(seq);
@@ -167,7 +167,7 @@ pub fn encode_deliver(out: &mut Vec<u8>, seq: u64) {
 
 /// Decodes a payload whose CRC has been checked. `None` if it is malformed (an unknown kind, lengths
 /// that do not fit), which readers treat like a CRC failure.
-pub fn decode(mut p: Bytes) -> Option<Record> {
+pub(crate) fn decode(mut p: Bytes) -> Option<Record> {
     let need = |p: &Bytes, n: usize| (p.remaining() >= n).then_some(());
     need(&p, 1)?;
     match p.get_u8() {
@@ -210,7 +210,7 @@ pub fn decode(mut p: Bytes) -> Option<Record> {
 
 /// What [`Scanner::next_item`] found at the current position.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Scanned {
+pub(crate) enum Scanned {
     /// A valid record starting at `offset`, `len` octets long in all.
     Record {
         /// File offset of the record.
@@ -252,7 +252,7 @@ pub enum Scanned {
 
 /// Walks the records of a buffer that holds a file's octets from `base` onwards.
 #[derive(Debug)]
-pub struct Scanner {
+pub(crate) struct Scanner {
     /// File offset of `data[0]`.
     pub base: u64,
     /// The octets.
@@ -263,7 +263,7 @@ pub struct Scanner {
 
 impl Scanner {
     /// A scanner over `data`, which starts at file offset `base`.
-    pub fn new(base: u64, data: Bytes) -> Self {
+    pub(crate) fn new(base: u64, data: Bytes) -> Self {
         Scanner { base, data, pos: 0 }
     }
 
@@ -305,7 +305,7 @@ impl Scanner {
     }
 
     /// The next item. After `Incomplete`, `End` or `Zeros` the scanner stays where it is.
-    pub fn next_item(&mut self) -> Scanned {
+    pub(crate) fn next_item(&mut self) -> Scanned {
         let offset = self.base + self.pos as u64;
         let rest = &self.data[self.pos..];
         if rest.len() >= 4 && rest[..4] == [0; 4] && rest.iter().all(|&b| b == 0) {

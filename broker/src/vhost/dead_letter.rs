@@ -24,7 +24,7 @@ fn text(v: Option<&AMQPValue>) -> Option<&[u8]> {
 /// (queue, reason) is added or its count incremented and moved first; `x-first-death-*` are set once,
 /// `x-last-death-*` every time; `expiration` is removed (kept as `original-expiration`). With a
 /// dead-letter routing key the message carries that key and loses its `CC` header.
-pub fn dead_lettered(
+pub(crate) fn dead_lettered(
     message: &Message,
     queue: &Queue,
     reason: DeadLetterReason,
@@ -127,7 +127,7 @@ pub fn dead_lettered(
 /// Whether delivering a dead-lettered `message` to `target` would close a cycle that no client
 /// rejection broke (then RabbitMQ drops it): walking `x-death` from the most recent entry to the first
 /// one for `target`, no entry has reason `rejected`.
-pub fn is_cycle(message: &Message, target: &str) -> bool {
+pub(crate) fn is_cycle(message: &Message, target: &str) -> bool {
     let Some(AMQPValue::FieldArray(deaths)) = message
         .properties
         .headers()

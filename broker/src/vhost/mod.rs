@@ -5,10 +5,10 @@
 //! Errors carry RabbitMQ's reply codes and texts. Reference: RabbitMQ docs/exchanges.md, docs/queues.md,
 //! docs/e2e.md, docs/spec-differences.md (amq.* names, default exchange).
 
-pub mod dead_letter;
+pub(crate) mod dead_letter;
 mod durable;
-pub mod policy;
-pub mod reply_to;
+pub(crate) mod policy;
+pub(crate) mod reply_to;
 mod routing;
 
 use std::collections::HashMap;
@@ -19,10 +19,10 @@ use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use rand::Rng;
 use tracing::warn;
 
-pub use self::durable::{ApplyError, Definition};
+pub(crate) use self::durable::Definition;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::registry::Registry;
-pub use crate::exchange::ExchangeFlags;
+pub(crate) use crate::exchange::ExchangeFlags;
 use crate::exchange::{Binding, CreateError, Destination, Exchange};
 use crate::limits::{Gauge, VhostLimits};
 use crate::memory::Memory;
@@ -826,7 +826,7 @@ impl VHost {
 }
 
 /// A server-generated name: `prefix` + 22 random URL-safe characters (RabbitMQ's `amq.gen-…` shape).
-pub fn generate_name(prefix: &str) -> ShortString {
+pub(crate) fn generate_name(prefix: &str) -> ShortString {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut rng = rand::thread_rng();
     let mut s = String::with_capacity(prefix.len() + 22);

@@ -11,7 +11,7 @@ use crate::queue::{Overflow, QueueArgs};
 
 /// What a policy applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApplyTo {
+pub(crate) enum ApplyTo {
     /// Queues only.
     Queues,
     /// Exchanges only.

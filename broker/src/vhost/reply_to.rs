@@ -11,9 +11,9 @@ use std::sync::{Mutex, Weak};
 use crate::message::MessageRef;
 
 /// The pseudo-queue name clients consume from and put in `reply_to`.
-pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+pub(crate) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// Prefix of the per-channel reply address (`amq.rabbitmq.reply-to.<token>`).
-pub const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
+pub(crate) const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
 
 /// A channel consuming replies.
 pub trait ReplySink: Send + Sync {
