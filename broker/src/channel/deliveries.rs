@@ -302,3 +302,90 @@ pub(super) fn settle(settled: &mut Vec<Unacked>, how: Settle) {
         finish(q, ms);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::test_support::{message, queue};
+
+    fn shared(consumer_timeout: u64) -> ChannelShared {
+        ChannelShared {
+            id: 1,
+            outbound: Arc::new(Outbound::new(131_072)),
+            state: Mutex::new(Deliveries::default()),
+            unacked_len: AtomicUsize::new(0),
+            global_prefetch: AtomicU16::new(0),
+            cancel_notify: true,
+            consumer_timeout,
+        }
+    }
+
+    fn queued(seq: u64) -> QueuedMessage {
+        QueuedMessage {
+            seq,
+            message: message("k", None),
+            redelivered: false,
+            expires_at: None,
+            delivery_count: 0,
+            logged: false,
+        }
+    }
+
+    /// The delivery acknowledgement timeout (RabbitMQ docs/consumers.md) on paused time: a delivery
+    /// times out once unacked past the channel's timeout; acking it in time, or no-ack, never does.
+    #[tokio::test(start_paused = true)]
+    async fn unacked_deliveries_time_out_and_acked_ones_do_not() {
+        let ch = shared(1_000);
+        let q = queue("q");
+        {
+            let mut d = ch.lock();
+            assert_eq!(ch.track(&mut d, &q, None, &queued(0), false), 1);
+            assert_eq!(
+                ch.track(&mut d, &q, None, &queued(1), true),
+                2,
+                "no-ack: tag only"
+            );
+        }
+        assert_eq!(ch.unacked_len.load(Ordering::Relaxed), 1);
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(ch.timed_out(Instant::now()), None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(ch.timed_out(Instant::now()), Some(1_000));
+
+        let ch = shared(1_000);
+        {
+            let mut d = ch.lock();
+            ch.track(&mut d, &q, None, &queued(0), false);
+        }
+        let mut out = Vec::new();
+        ch.take(1, false, &mut out).expect("outstanding");
+        assert_eq!(out.len(), 1);
+        tokio::time::advance(Duration::from_millis(5_000)).await;
+        assert_eq!(ch.timed_out(Instant::now()), None, "acked in time");
+    }
+
+    #[test]
+    fn unknown_delivery_tags_are_406_and_multiple_takes_a_prefix() {
+        let ch = shared(60_000);
+        let q = queue("q");
+        {
+            let mut d = ch.lock();
+            for seq in 0..5 {
+                ch.track(&mut d, &q, None, &queued(seq), false);
+            }
+        }
+        let mut out = Vec::new();
+        let err = ch.take(9, false, &mut out).expect_err("unknown tag");
+        assert_eq!(err.reply_code(), 406);
+        assert_eq!(
+            err.reply_text(),
+            "PRECONDITION_FAILED - unknown delivery tag 9"
+        );
+        ch.take(3, true, &mut out).expect("tags 1..=3");
+        assert_eq!(out.iter().map(|u| u.tag).collect::<Vec<_>>(), [1, 2, 3]);
+        out.clear();
+        ch.take(0, true, &mut out).expect("multiple with 0: all");
+        assert_eq!(out.iter().map(|u| u.tag).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(ch.unacked_len.load(Ordering::Relaxed), 0);
+    }
+}
