@@ -269,3 +269,64 @@ async fn hot_reload_under_load_loses_and_misroutes_nothing() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Each plugin file is compiled once at start: the host's own reading of its files does not queue them
+/// for the watcher (which compiled them a second time and counted a spurious reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_files_are_compiled_once_at_start() {
+    let dir = PluginDir::with(
+        "once",
+        &[
+            (plugins::X_RANDOM, "random.wasm"),
+            (plugins::X_CONSISTENT_HASH, "chash.wasm"),
+        ],
+    );
+    let b = start_broker_with(dir.config()).await;
+    // Well past the watcher's settle time and a compile.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for name in ["x-random", "x-consistent-hash"] {
+        let s = plugin_status(&b, name).expect("known plugin");
+        assert_eq!((s.state, s.reloads), ("loaded", 0), "{name}");
+    }
+}
+
+/// One name, one file: a second file claiming a loaded plugin's name is refused and the first keeps
+/// serving; removing the refused file changes nothing; removing the first loads the waiting one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_file_with_a_loaded_plugins_name_waits_until_the_first_is_removed() {
+    let dir = PluginDir::with("dupe", &[(plugins::X_RANDOM, "a.wasm")]);
+    let b = start_broker_with(dir.config()).await;
+    let file = |b: &TestBroker| {
+        plugin_status(b, "x-random")
+            .filter(|s| s.state == "loaded")
+            .and_then(|s| s.file)
+    };
+    let settle = Duration::from_millis(1500);
+    assert_eq!(file(&b), Some(dir.path("a.wasm")));
+    dir.install(plugins::X_RANDOM, "b.wasm");
+    tokio::time::sleep(settle).await;
+    assert_eq!(
+        file(&b),
+        Some(dir.path("a.wasm")),
+        "the second file is refused"
+    );
+    std::fs::remove_file(dir.path("b.wasm")).expect("remove b");
+    tokio::time::sleep(settle).await;
+    assert_eq!(
+        file(&b),
+        Some(dir.path("a.wasm")),
+        "the first file still serves"
+    );
+    dir.install(plugins::X_RANDOM, "b.wasm");
+    tokio::time::sleep(settle).await;
+    std::fs::remove_file(dir.path("a.wasm")).expect("remove a");
+    let deadline = Instant::now() + WAIT;
+    while file(&b) != Some(dir.path("b.wasm")) {
+        assert!(
+            Instant::now() < deadline,
+            "the waiting file was not loaded: {:?}",
+            plugin_status(&b, "x-random")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

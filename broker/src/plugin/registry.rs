@@ -3,7 +3,11 @@
 //! their next call and rebuild (so calls in flight finish on the old version). A file that fails to
 //! load leaves the old version in place; a removed file empties its slot, which makes exchanges of that
 //! type unavailable until a plugin of that name returns. Faults are counted per slot, and a plugin
-//! that keeps failing is quarantined until its file changes.
+//! that keeps failing is quarantined until its file is rewritten or touched.
+//!
+//! One name, one file: a second file that claims the name of a plugin another file provides is
+//! refused (logged with both files) and waits; when the first file is removed, the waiting one is
+//! loaded.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -128,16 +132,38 @@ impl Slot {
 
     fn install(&self, version: Option<Arc<Version>>) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
-        self.quarantined.store(false, Ordering::Relaxed);
+        if self.quarantined.swap(false, Ordering::Relaxed) {
+            info!(plugin = %self.name, kind = %self.kind, "plugin quarantine lifted: its file changed");
+        }
         self.current.store(version);
+    }
+
+    /// Lifts a quarantine without a new version (the file was touched or rewritten with the same
+    /// content); whether the plugin was quarantined.
+    fn lift_quarantine(&self, file: &Path) -> bool {
+        if !self.quarantined.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        info!(plugin = %self.name, kind = %self.kind, file = %file.display(), "plugin quarantine lifted: its file was touched");
+        true
+    }
+
+    /// The file the current version came from.
+    fn file(&self) -> Option<PathBuf> {
+        self.current.load().as_ref().map(|v| v.file.clone())
     }
 }
 
 #[derive(Debug)]
 struct FileState {
+    /// SHA-256 of the content last read (set before compiling, so a concurrent event for the same
+    /// content does not compile it again).
     hash: String,
     /// The slot the file's last good version went to.
     slot: Option<(Kind, String)>,
+    /// Refused because another file provides this plugin: loaded when that file is removed.
+    waiting_for: Option<(Kind, String)>,
 }
 
 /// The state of one plugin, as the management API will serve it.
@@ -255,9 +281,31 @@ impl PluginHost {
         };
         let hash = loader::content_hash(&bytes);
         {
-            let files = crate::sync::lock(&self.files);
-            if files.get(path).is_some_and(|f| f.hash == hash) {
-                return;
+            let mut files = crate::sync::lock(&self.files);
+            match files.get_mut(path) {
+                Some(f) if f.hash == hash => {
+                    // Unchanged content (a touch, or a rewrite with the same bytes): nothing to
+                    // compile, but it lifts a quarantine of the plugin this file provides.
+                    let slot = f
+                        .slot
+                        .as_ref()
+                        .and_then(|k| crate::sync::read(&self.slots).get(k).cloned());
+                    if let Some(slot) = slot.filter(|s| s.file().as_deref() == Some(path)) {
+                        slot.lift_quarantine(path);
+                    }
+                    return;
+                }
+                Some(f) => f.hash.clone_from(&hash),
+                None => {
+                    files.insert(
+                        path.to_owned(),
+                        FileState {
+                            hash: hash.clone(),
+                            slot: None,
+                            waiting_for: None,
+                        },
+                    );
+                }
             }
         }
         let started = std::time::Instant::now();
@@ -265,35 +313,46 @@ impl PluginHost {
             Ok(l) => l,
             Err(e) => {
                 error!(file = %path.display(), hash = %&hash[..16], "plugin refused, previous version (if any) kept: {e:#}");
-                crate::sync::lock(&self.files)
-                    .entry(path.to_owned())
-                    .and_modify(|f| f.hash.clone_from(&hash))
-                    .or_insert(FileState {
-                        hash: hash.clone(),
-                        slot: None,
-                    });
                 return;
             }
         };
         let key = (loaded.kind, loaded.name.clone());
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let slot = self.slot(loaded.kind, &loaded.name);
+        let owner = slot.file().filter(|f| f != path);
         let previous = {
             let mut files = crate::sync::lock(&self.files);
-            let previous = files.get(path).and_then(|f| f.slot.clone());
-            files.insert(
-                path.to_owned(),
-                FileState {
-                    hash: hash.clone(),
-                    slot: Some(key.clone()),
-                },
-            );
+            let state = files.entry(path.to_owned()).or_insert(FileState {
+                hash: hash.clone(),
+                slot: None,
+                waiting_for: None,
+            });
+            let previous = state.slot.take();
+            if owner.is_some() {
+                state.waiting_for = Some(key.clone());
+            } else {
+                state.slot = Some(key.clone());
+                state.waiting_for = None;
+            }
             previous
         };
-        if let Some(prev) = previous.filter(|p| *p != key) {
-            // The file now holds another plugin: the old name loses this file's version.
+        if let Some(prev) = previous.filter(|p| *p != key || owner.is_some()) {
+            // The file now holds another plugin (or is refused): the old name loses this file's version.
             self.empty_slot_of(path, &prev);
         }
+        if let Some(owner) = owner {
+            error!(
+                plugin = %loaded.name,
+                kind = %loaded.kind,
+                file = %path.display(),
+                loaded_from = %owner.display(),
+                "plugin refused: {} '{}' is already provided by {}; this file is loaded once that one is removed",
+                loaded.kind,
+                loaded.name,
+                owner.display()
+            );
+            return;
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let reload = slot.is_loaded();
         if reload {
             slot.stats.reloads.fetch_add(1, Ordering::Relaxed);
@@ -315,11 +374,32 @@ impl PluginHost {
         })));
     }
 
-    /// Reacts to a removed file: its plugin becomes unavailable (entities using it stay declared).
+    /// Reacts to a removed file: its plugin becomes unavailable (entities using it stay declared),
+    /// unless another file was waiting to provide it: that one is loaded.
     pub fn file_removed(&self, path: &Path) {
         let state = crate::sync::lock(&self.files).remove(path);
-        if let Some(key) = state.and_then(|s| s.slot) {
-            self.empty_slot_of(path, &key);
+        let Some(key) = state.and_then(|s| s.slot) else {
+            return;
+        };
+        self.empty_slot_of(path, &key);
+        let waiting = {
+            let mut files = crate::sync::lock(&self.files);
+            let mut waiting: Vec<&PathBuf> = files
+                .iter()
+                .filter(|(_, f)| f.waiting_for.as_ref() == Some(&key))
+                .map(|(p, _)| p)
+                .collect();
+            waiting.sort();
+            let next = waiting.first().map(|p| (*p).clone());
+            if let Some(p) = &next {
+                // Forget its content so that reading it again loads it.
+                files.remove(p);
+            }
+            next
+        };
+        if let Some(next) = waiting {
+            info!(plugin = %key.1, kind = %key.0, file = %next.display(), "loading the plugin file that was waiting for this name");
+            self.file_changed(&next);
         }
     }
 

@@ -1,7 +1,9 @@
 //! Watches the plugin directory (notify) and feeds settled file events to the [`PluginHost`].
 //!
-//! Linux gives `cp` as Modify(Data)… Close(Write), `mv` as a rename, `cargo build` as remove + create:
-//! every event kind counts, for every `*.wasm` path it names. Events are debounced until the directory
+//! Linux gives `cp` as Modify(Data)… Close(Write), `mv` as a rename, `cargo build` as remove + create,
+//! `touch` as Modify(Metadata): every event kind that can change a file counts, for every `*.wasm`
+//! path it names. Reads (open, read, close after reading) do not: the host's own reading of a file —
+//! the start-up load, or a reload — must not queue the file for another compile. Events are debounced until the directory
 //! has been quiet for [`SETTLE`], then each named file is reloaded (or unloaded if gone) on this thread,
 //! off the broker's hot path. Identical content is skipped by the host (content hash).
 
@@ -11,6 +13,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use tracing::{debug, error, info};
 
@@ -51,11 +54,21 @@ pub fn watch(host: &Arc<PluginHost>) -> anyhow::Result<Option<PluginWatcher>> {
     Ok(Some(PluginWatcher { _watcher: watcher }))
 }
 
+/// Whether an event can mean new content (or a touch): everything but reading a file.
+fn may_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(access) => matches!(access, AccessKind::Close(AccessMode::Write)),
+        _ => true,
+    }
+}
+
 fn collect(pending: &mut BTreeSet<PathBuf>, event: notify::Result<notify::Event>) {
     match event {
         Ok(e) => {
             debug!(kind = ?e.kind, paths = ?e.paths, "plugin directory event");
-            pending.extend(e.paths.into_iter().filter(|p| is_plugin_file(p)));
+            if may_change(&e.kind) {
+                pending.extend(e.paths.into_iter().filter(|p| is_plugin_file(p)));
+            }
         }
         Err(e) => error!(error = %e, "plugin directory watch error"),
     }
@@ -79,6 +92,33 @@ fn run(host: &PluginHost, rx: &mpsc::Receiver<notify::Result<notify::Event>>) {
             } else {
                 host.file_removed(&path);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind};
+
+    #[test]
+    fn reading_a_file_is_not_a_change_and_writing_or_touching_it_is() {
+        for read in [
+            AccessKind::Open(AccessMode::Any),
+            AccessKind::Read,
+            AccessKind::Close(AccessMode::Read),
+            AccessKind::Any,
+        ] {
+            assert!(!may_change(&EventKind::Access(read)), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::WriteTime)),
+            EventKind::Remove(RemoveKind::File),
+        ] {
+            assert!(may_change(&change), "{change:?}");
         }
     }
 }

@@ -230,3 +230,42 @@ async fn a_plugin_that_keeps_failing_is_quarantined_until_its_file_changes() {
     }
     assert!(confirmed(&ch, "q-panic", "ok", false).await);
 }
+
+/// A quarantined plugin comes back when its file is touched (no new content needed), and the
+/// exchange routes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn touching_a_quarantined_plugins_file_lifts_the_quarantine() {
+    let dir = PluginDir::with("touch", &[(plugins::FAULTY, "faulty.wasm")]);
+    let b = start_broker_with(dir.config()).await;
+    let conn = connect(&b).await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(
+        &ch,
+        "t-panic",
+        "x-faulty",
+        args(&[("fault", text("panic"))]),
+    )
+    .await;
+    bind_queues(&ch, "t-panic", &["t-panic-q"], "").await;
+    let state = |b: &TestBroker| plugin_status(b, "x-faulty").map(|s| s.state);
+    for _ in 0..warren::plugin::registry::QUARANTINE_AFTER {
+        assert!(!confirmed(&ch, "t-panic", "fail", false).await);
+    }
+    assert_eq!(state(&b), Some("quarantined"));
+    std::fs::File::options()
+        .write(true)
+        .open(dir.path("faulty.wasm"))
+        .expect("open")
+        .set_modified(std::time::SystemTime::now())
+        .expect("touch");
+    let deadline = Instant::now() + WAIT;
+    while state(&b) != Some("loaded") {
+        assert!(
+            Instant::now() < deadline,
+            "quarantine not lifted: {:?}",
+            state(&b)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(confirmed(&ch, "t-panic", "ok", false).await);
+}
