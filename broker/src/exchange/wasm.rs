@@ -78,6 +78,9 @@ pub(crate) struct WasmExchange {
     by_key: AtomicBool,
     /// Renewed whenever a binding or the instance changes, voiding prepared decisions.
     generation: AtomicU64,
+    /// The current version gave an ill-formed `route-keys` answer: no more batches until a new
+    /// version is loaded (each would be thrown away and routed one by one anyway).
+    batches_refused: AtomicBool,
 }
 
 impl WasmExchange {
@@ -128,6 +131,7 @@ impl WasmExchange {
             }),
             by_key: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            batches_refused: AtomicBool::new(false),
         }
     }
 
@@ -159,6 +163,9 @@ impl WasmExchange {
             Ok(())
         })?;
         if rebuilt {
+            if active.instance.is_new_version() {
+                self.batches_refused.store(false, Ordering::Relaxed);
+            }
             active.cache.clear();
             (active.hits, active.misses, active.bypass) = (0, 0, 0);
             self.renew();
@@ -180,6 +187,24 @@ impl WasmExchange {
             self.renew();
         }
         result
+    }
+
+    /// Counts a fresh answer that names binding ids no binding has, or one id twice, as a contract
+    /// breach (logged at a rate limit by the slot). Unknown ids are then skipped, repeats deduplicated
+    /// by routing: the usable part of the answer is used.
+    fn check_answer(&self, ids: &[u32]) {
+        let unknown = ids
+            .iter()
+            .filter(|&&id| !matches!(self.entries.get(id as usize), Some(Some(_))))
+            .count();
+        let repeated = ids.len() > 1 && ids.iter().enumerate().any(|(i, id)| ids[..i].contains(id));
+        if unknown > 0 || repeated {
+            self.slot.record_breach(format_args!(
+                "route answered {} binding ids: {unknown} unknown{}",
+                ids.len(),
+                if repeated { ", some repeated" } else { "" }
+            ));
+        }
     }
 
     /// Appends the destinations of the bindings with these ids.
@@ -214,6 +239,7 @@ impl WasmExchange {
             active.misses = active.misses.saturating_add(1);
         }
         let ids = self.with_instance(&mut active, |i| i.route(message, routing_key))?;
+        self.check_answer(&ids);
         self.push_destinations(&ids, out);
         if cacheable {
             Self::remember(&mut active, routing_key, ids);
@@ -288,8 +314,19 @@ impl WasmExchange {
             .ok()?;
         (p.ids, p.id_ends) = (ids, id_ends);
         if !p.is_well_formed() {
-            tracing::warn!(plugin = %self.slot.name, "route-keys answer is malformed; routing one by one");
+            self.slot.record_breach(format_args!(
+                "route-keys answered {} ends for {} keys (or ends out of order or range); this \
+                 exchange routes message by message until the plugin is reloaded",
+                p.id_ends.len(),
+                p.len()
+            ));
+            self.batches_refused.store(true, Ordering::Relaxed);
             return None;
+        }
+        let mut start = 0;
+        for &end in &p.id_ends {
+            self.check_answer(p.ids.get(start..end as usize).unwrap_or_default());
+            start = end as usize;
         }
         p.generation = self.generation.load(Ordering::Relaxed);
         Some(p)
@@ -371,7 +408,7 @@ impl ExchangeType for WasmExchange {
     }
 
     fn batch_limit(&self) -> usize {
-        if self.by_key.load(Ordering::Relaxed) {
+        if self.by_key.load(Ordering::Relaxed) && !self.batches_refused.load(Ordering::Relaxed) {
             PREPARE_MAX
         } else {
             0

@@ -49,6 +49,9 @@ pub struct Stats {
     pub memory: AtomicU64,
     /// Versions loaded after the first.
     pub reloads: AtomicU64,
+    /// Answers that broke the contract without failing: unknown or repeated binding ids, a
+    /// `route-keys` answer of the wrong shape.
+    pub breaches: AtomicU64,
 }
 
 /// The live version of one plugin name, and its health.
@@ -63,7 +66,14 @@ pub struct Slot {
     pub stats: Stats,
     consecutive_failures: AtomicU32,
     quarantined: AtomicBool,
+    /// When a contract breach was last logged (wall-clock ms; 0: never): breaches are logged at most
+    /// once per [`BREACH_LOG_INTERVAL_MS`].
+    breach_logged_at: AtomicU64,
 }
+
+/// At most one log line per plugin per this many milliseconds about contract breaches (every breach
+/// is counted).
+pub const BREACH_LOG_INTERVAL_MS: u64 = 10_000;
 
 impl Slot {
     fn new(kind: Kind, name: &str) -> Slot {
@@ -74,6 +84,24 @@ impl Slot {
             stats: Stats::default(),
             consecutive_failures: AtomicU32::new(0),
             quarantined: AtomicBool::new(false),
+            breach_logged_at: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts an answer that broke the plugin contract without failing (`what` says how) and logs it,
+    /// at most once per [`BREACH_LOG_INTERVAL_MS`] with the count so far. Not a fault: the answer's
+    /// usable part is used, the instance kept.
+    pub fn record_breach(&self, what: impl std::fmt::Display) {
+        let total = self.stats.breaches.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = crate::clock::wall_ms();
+        let last = self.breach_logged_at.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= BREACH_LOG_INTERVAL_MS)
+            && self
+                .breach_logged_at
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(plugin = %self.name, kind = %self.kind, breaches = total, "plugin broke its contract: {what}");
         }
     }
 
@@ -193,6 +221,8 @@ pub struct PluginStatus {
     pub memory: u64,
     /// Reloads.
     pub reloads: u64,
+    /// Contract breaches (unknown or repeated binding ids, ill-formed batch answers).
+    pub breaches: u64,
 }
 
 /// The plugin host: runtime, slots, and the files they were loaded from.
@@ -446,6 +476,7 @@ impl PluginHost {
                     timeouts: n(&s.stats.timeouts),
                     memory: n(&s.stats.memory),
                     reloads: n(&s.stats.reloads),
+                    breaches: n(&s.stats.breaches),
                 }
             })
             .collect();

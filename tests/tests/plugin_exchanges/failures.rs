@@ -269,3 +269,30 @@ async fn touching_a_quarantined_plugins_file_lifts_the_quarantine() {
     }
     assert!(confirmed(&ch, "t-panic", "ok", false).await);
 }
+
+/// Answers that break the contract without failing (repeated ids, an id no binding has) are counted
+/// as breaches, not faults: the usable part routes (each bound queue gets the message once) and the
+/// instance is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_repeated_binding_ids_are_counted_as_contract_breaches() {
+    let dir = PluginDir::with("breach", &[(plugins::FAULTY, "faulty.wasm")]);
+    let b = start_broker_with(dir.config()).await;
+    let conn = connect(&b).await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(&ch, "liar", "x-faulty", FieldTable::default()).await;
+    bind_queues(&ch, "liar", &["liar-q1", "liar-q2"], "").await;
+    let status = || plugin_status(&b, "x-faulty").expect("loaded");
+    assert_eq!(status().breaches, 0);
+    for _ in 0..3 {
+        assert!(confirmed(&ch, "liar", "bad-ids", true).await);
+    }
+    let s = status();
+    assert_eq!(s.breaches, 3, "one breach per answer");
+    assert_eq!((s.traps, s.timeouts, s.memory), (0, 0, 0), "not faults");
+    assert_eq!(s.state, "loaded");
+    assert_eq!(drain(&ch, "liar-q1").await.len(), 3, "once per message");
+    assert_eq!(drain(&ch, "liar-q2").await.len(), 3);
+    // A well-formed answer is no breach.
+    assert!(confirmed(&ch, "liar", "ok", true).await);
+    assert_eq!(status().breaches, 3);
+}
