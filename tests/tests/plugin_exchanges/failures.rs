@@ -192,25 +192,39 @@ async fn broken_files_are_refused_and_the_broker_keeps_serving() {
     assert_eq!(b.broker.plugins.snapshot()[0].state, "loaded");
 }
 
-#[tokio::test]
-async fn a_plugin_that_keeps_failing_is_quarantined_until_its_file_changes() {
-    let dir = PluginDir::with("quarantine", &[(plugins::FAULTY, "faulty.wasm")]);
+/// Drives `x-faulty` (from a fresh plugin directory) into quarantine through an exchange `exchange`
+/// that panics on routing key `fail`: returns the directory, the broker, and a confirm channel on an
+/// open connection.
+async fn quarantined(exchange: &str) -> (PluginDir, TestBroker, lapin::Connection, Channel) {
+    let dir = PluginDir::with(exchange, &[(plugins::FAULTY, "faulty.wasm")]);
     let b = start_broker_with(dir.config()).await;
     let conn = connect(&b).await;
     let ch = confirm_channel(&conn).await;
-    declare_exchange(
-        &ch,
-        "q-panic",
-        "x-faulty",
-        args(&[("fault", text("panic"))]),
-    )
-    .await;
-    bind_queues(&ch, "q-panic", &["q-panic-q"], "").await;
-    let state = |b: &TestBroker| plugin_status(b, "x-faulty").map(|s| s.state);
+    declare_exchange(&ch, exchange, "x-faulty", args(&[("fault", text("panic"))])).await;
+    bind_queues(&ch, exchange, &[&format!("{exchange}-q")], "").await;
     for _ in 0..warren::plugin::registry::QUARANTINE_AFTER {
-        assert!(!confirmed(&ch, "q-panic", "fail", false).await);
+        assert!(!confirmed(&ch, exchange, "fail", false).await);
     }
-    assert_eq!(state(&b), Some("quarantined"));
+    assert_eq!(faulty_state(&b), Some("quarantined"));
+    (dir, b, conn, ch)
+}
+
+fn faulty_state(b: &TestBroker) -> Option<&'static str> {
+    plugin_status(b, "x-faulty").map(|s| s.state)
+}
+
+/// Waits (up to [`WAIT`]) until `x-faulty` is loaded and not quarantined.
+async fn until_faulty_loaded(b: &TestBroker, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while faulty_state(b) != Some("loaded") {
+        assert!(Instant::now() < deadline, "{what}: {:?}", faulty_state(b));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_that_keeps_failing_is_quarantined_until_its_file_changes() {
+    let (dir, b, _conn, ch) = quarantined("q-panic").await;
     // Quarantined: even a message it would route fails fast (nack) …
     assert!(!confirmed(&ch, "q-panic", "ok", false).await);
     // … until a new version of the file is loaded.
@@ -219,15 +233,7 @@ async fn a_plugin_that_keeps_failing_is_quarantined_until_its_file_changes() {
     // component with other content, i.e. a new version of the file.
     bytes.extend_from_slice(&[0x00, 0x03, 0x01, b'x', b'1']);
     std::fs::write(dir.path("faulty.wasm"), &bytes).expect("write");
-    let deadline = Instant::now() + WAIT;
-    while state(&b) != Some("loaded") {
-        assert!(
-            Instant::now() < deadline,
-            "new version not loaded: {:?}",
-            state(&b)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_faulty_loaded(&b, "new version not loaded").await;
     assert!(confirmed(&ch, "q-panic", "ok", false).await);
 }
 
@@ -235,38 +241,14 @@ async fn a_plugin_that_keeps_failing_is_quarantined_until_its_file_changes() {
 /// exchange routes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn touching_a_quarantined_plugins_file_lifts_the_quarantine() {
-    let dir = PluginDir::with("touch", &[(plugins::FAULTY, "faulty.wasm")]);
-    let b = start_broker_with(dir.config()).await;
-    let conn = connect(&b).await;
-    let ch = confirm_channel(&conn).await;
-    declare_exchange(
-        &ch,
-        "t-panic",
-        "x-faulty",
-        args(&[("fault", text("panic"))]),
-    )
-    .await;
-    bind_queues(&ch, "t-panic", &["t-panic-q"], "").await;
-    let state = |b: &TestBroker| plugin_status(b, "x-faulty").map(|s| s.state);
-    for _ in 0..warren::plugin::registry::QUARANTINE_AFTER {
-        assert!(!confirmed(&ch, "t-panic", "fail", false).await);
-    }
-    assert_eq!(state(&b), Some("quarantined"));
+    let (dir, b, _conn, ch) = quarantined("t-panic").await;
     std::fs::File::options()
         .write(true)
         .open(dir.path("faulty.wasm"))
         .expect("open")
         .set_modified(std::time::SystemTime::now())
         .expect("touch");
-    let deadline = Instant::now() + WAIT;
-    while state(&b) != Some("loaded") {
-        assert!(
-            Instant::now() < deadline,
-            "quarantine not lifted: {:?}",
-            state(&b)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_faulty_loaded(&b, "quarantine not lifted").await;
     assert!(confirmed(&ch, "t-panic", "ok", false).await);
 }
 
