@@ -15,6 +15,7 @@ use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{self, FieldValue, MessageView};
+use super::output::{Origin, PluginOutput};
 use crate::message::Message;
 use crate::protocol::values::{encode_array, encode_table};
 
@@ -209,111 +210,6 @@ impl bindings::HostMessage for StoreState {
 
 impl bindings::TypesHost for StoreState {}
 
-/// A plugin's stderr: every line it writes goes to the broker's log (target
-/// `warren::plugin::stderr`, level warn) with the plugin's name; a partial line waits for its end
-/// (or 4 KiB).
-struct StderrToLog {
-    plugin: Arc<str>,
-    line: Vec<u8>,
-}
-
-impl StderrToLog {
-    fn take(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if b == b'\n' || self.line.len() >= 4096 {
-                self.emit();
-            }
-            if b != b'\n' {
-                self.line.push(b);
-            }
-        }
-    }
-
-    fn emit(&mut self) {
-        if !self.line.is_empty() {
-            tracing::warn!(target: "warren::plugin::stderr", plugin = %self.plugin, "{}", String::from_utf8_lossy(&self.line));
-            self.line.clear();
-        }
-    }
-}
-
-impl Drop for StderrToLog {
-    fn drop(&mut self) {
-        self.emit();
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl wasmtime_wasi::p2::Pollable for StderrToLog {
-    async fn ready(&mut self) {}
-}
-
-impl wasmtime_wasi::p2::OutputStream for StderrToLog {
-    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
-        self.take(&bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
-        Ok(64 * 1024)
-    }
-}
-
-impl tokio::io::AsyncWrite for StderrToLog {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.take(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.emit();
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-/// What the WASI context hands out as stderr: a fresh [`StderrToLog`] per stream.
-struct PluginStderr(Arc<str>);
-
-impl wasmtime_wasi::cli::IsTerminal for PluginStderr {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl wasmtime_wasi::cli::StdoutStream for PluginStderr {
-    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
-        Box::new(StderrToLog {
-            plugin: Arc::clone(&self.0),
-            line: Vec::new(),
-        })
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(StderrToLog {
-            plugin: Arc::clone(&self.0),
-            line: Vec::new(),
-        })
-    }
-}
-
 /// The engine, the linker and the limits shared by every plugin.
 #[derive(Clone)]
 pub struct Runtime {
@@ -369,14 +265,13 @@ impl Runtime {
         })
     }
 
-    /// A fresh store for one instance of `plugin`, with the memory cap applied; the plugin's stderr
-    /// goes to the log under its name.
-    pub fn store(&self, plugin: &str) -> Store<StoreState> {
+    /// A fresh store for one instance of the plugin `origin` names, with the memory cap applied; the
+    /// plugin's stdout and stderr go to the log, tagged with `origin` (see [`super::output`]).
+    pub fn store(&self, origin: &Origin) -> Store<StoreState> {
+        let (stdout, stderr) = PluginOutput::pair(origin);
         let state = StoreState {
             table: ResourceTable::new(),
-            wasi: WasiCtxBuilder::new()
-                .stderr(PluginStderr(Arc::from(plugin)))
-                .build(),
+            wasi: WasiCtxBuilder::new().stdout(stdout).stderr(stderr).build(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
                 .trap_on_grow_failure(true)

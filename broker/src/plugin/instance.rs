@@ -13,6 +13,7 @@ use super::bindings::{
 };
 use super::engine::{forget_message, lend_message, run, Fault, StoreState};
 use super::loader::{Kind, Pre};
+use super::output::Origin;
 use super::registry::{PluginHost, Slot};
 use crate::message::Message;
 
@@ -119,7 +120,7 @@ impl<W: World> Instance<W> {
     pub fn new(host: &Arc<PluginHost>, slot: &Arc<Slot>) -> Result<Self, Fault> {
         let version = slot.current()?;
         let runtime = host.runtime();
-        let mut store = runtime.store(&slot.name);
+        let mut store = runtime.store(&Origin::new(&slot.name, &version.file));
         runtime.arm(&mut store);
         let bindings = W::instantiate(&version.loaded.pre, &mut store).map_err(|e| {
             let fault = Fault::from_error(&e);

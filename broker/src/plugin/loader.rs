@@ -10,6 +10,7 @@ use wasmtime::component::Component;
 
 use super::bindings::{ExchangePluginPre, FilterPluginPre, IdempotencyPluginPre, PluginInfo};
 use super::engine::{Fault, Runtime};
+use super::output::Origin;
 
 /// The kinds of plugin, one per world of `warren:plugin@0.2.0`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -96,12 +97,12 @@ fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!("{e:#}")
 }
 
-/// Compiles and checks `bytes` (a `.wasm` file's content) as a plugin. Blocking: call it off the hot path.
+/// Compiles and checks `bytes` (the content of `file`) as a plugin. Blocking: call it off the hot path.
 ///
 /// # Errors
 /// Not a component, a component for an unknown world or package version, imports the sandbox does not
 /// offer, a trap while initialising or describing itself, or an exchange type name without `x-`.
-pub fn load(runtime: &Runtime, bytes: &[u8]) -> anyhow::Result<Loaded> {
+pub fn load(runtime: &Runtime, file: &std::path::Path, bytes: &[u8]) -> anyhow::Result<Loaded> {
     let component = Component::new(&runtime.engine, bytes)
         .map_err(wasm_err)
         .context("not a valid WebAssembly component (truncated, or a core module?)")?;
@@ -122,7 +123,7 @@ pub fn load(runtime: &Runtime, bytes: &[u8]) -> anyhow::Result<Loaded> {
              warren:plugin/idempotency@0.2.0 (built against another package version?)"
         );
     };
-    let info = describe(runtime, &pre).context("failed to initialise and describe itself")?;
+    let info = describe(runtime, file, &pre).context("failed to initialise and describe itself")?;
     if info.name.is_empty() || info.name.len() > 255 {
         bail!("plugin name must have 1 to 255 octets");
     }
@@ -143,9 +144,9 @@ pub fn load(runtime: &Runtime, bytes: &[u8]) -> anyhow::Result<Loaded> {
     })
 }
 
-fn describe(runtime: &Runtime, pre: &Pre) -> anyhow::Result<PluginInfo> {
-    // Its name is not known before `describe` answers.
-    let mut store = runtime.store("(loading)");
+fn describe(runtime: &Runtime, file: &std::path::Path, pre: &Pre) -> anyhow::Result<PluginInfo> {
+    // Its name is not known before `describe` answers: output while loading is tagged with the file.
+    let mut store = runtime.store(&Origin::new("(loading)", file));
     runtime.arm(&mut store);
     let info = super::engine::run(async {
         match pre {

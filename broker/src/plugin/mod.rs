@@ -7,6 +7,7 @@
 //! - `registry`: live versions per plugin name (atomic swap), fault counters, quarantine, snapshot.
 //! - `instance`: one instance per broker entity; calls under the deadline.
 //! - `entity`: an entity's instance through its life (build, init, rebuild on reload, drop on fault).
+//! - `output`: a plugin's stdout and stderr as log lines (tagged, rate-limited).
 //! - `watcher`: the plugin directory → reloads.
 //!
 //! This module knows nothing of AMQP sessions: no channel, connection or vhost types.
@@ -16,6 +17,7 @@ pub mod engine;
 pub mod entity;
 pub mod instance;
 pub mod loader;
+pub mod output;
 pub mod registry;
 pub mod watcher;
 

@@ -339,7 +339,7 @@ impl PluginHost {
             }
         }
         let started = std::time::Instant::now();
-        let loaded = match loader::load(&self.runtime, &bytes) {
+        let loaded = match loader::load(&self.runtime, path, &bytes) {
             Ok(l) => l,
             Err(e) => {
                 error!(file = %path.display(), hash = %&hash[..16], "plugin refused, previous version (if any) kept: {e:#}");

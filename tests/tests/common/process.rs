@@ -81,6 +81,40 @@ impl Process {
         Process { child, port }
     }
 
+    /// The broker with its data in `dir`, plugins from `plugins`, logging at info into the file `log`
+    /// (without colours).
+    pub fn start_logged(dir: &Path, plugins: &Path, log: &Path) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out = std::fs::File::create(log).expect("log file");
+        let child = Command::new(binary())
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--log",
+                "info",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .arg("--plugin-dir")
+            .arg(plugins)
+            .env("NO_COLOR", "1")
+            .stdout(out)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Process { child, port }
+    }
+
     /// The broker's address.
     pub fn addr(&self) -> std::net::SocketAddr {
         ([127, 0, 0, 1], self.port).into()

@@ -278,3 +278,68 @@ async fn unknown_and_repeated_binding_ids_are_counted_as_contract_breaches() {
     assert!(confirmed(&ch, "liar", "ok", true).await);
     assert_eq!(status().breaches, 3);
 }
+
+/// A plugin's stdout and stderr reach the broker's log, one event per line, tagged with the plugin's
+/// name and file (stdout at INFO, stderr at WARN); a flood is cut to the rate limit and what was
+/// dropped is reported. Runs the real binary, whose log goes to a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_output_is_logged_tagged_and_rate_limited() {
+    let dir = PluginDir::with("output", &[(plugins::FAULTY, "faulty.wasm")]);
+    let data = std::env::temp_dir().join(format!("warren-output-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let log = data.with_extension("log");
+    let p = common::process::Process::start_logged(&data, &dir.0, &log);
+    let conn = p.connect().await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(&ch, "talker", "x-faulty", FieldTable::default()).await;
+    bind_queues(&ch, "talker", &["talker-q"], "").await;
+    assert!(confirmed(&ch, "talker", "print", false).await);
+    assert!(confirmed(&ch, "talker", "print-flood", false).await);
+    // The instance reports its dropped lines when it goes away: close the exchange's last user.
+    ch.exchange_delete("talker".into(), ExchangeDeleteOptions::default())
+        .await
+        .expect("delete");
+    let file = dir.path("faulty.wasm").display().to_string();
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("lines not logged") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let line_with = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no log line with {needle:?} in:\n{text}"))
+            .to_owned()
+    };
+    let out = line_with("stdout line from x-faulty");
+    assert!(
+        out.contains("INFO") && out.contains("warren::plugin::stdout"),
+        "{out}"
+    );
+    assert!(
+        out.contains("plugin=x-faulty") && out.contains(&file),
+        "{out}"
+    );
+    let err = line_with("stderr line from x-faulty");
+    assert!(
+        err.contains("WARN") && err.contains("warren::plugin::stderr"),
+        "{err}"
+    );
+    assert!(
+        err.contains("plugin=x-faulty") && err.contains(&file),
+        "{err}"
+    );
+    let flood = text.lines().filter(|l| l.contains("flood line")).count();
+    assert!(
+        (90..=110).contains(&flood),
+        "{flood} of 500 flood lines logged; the burst is 100"
+    );
+    let dropped = line_with("lines not logged");
+    assert!(dropped.contains("plugin=x-faulty"), "{dropped}");
+    drop(p);
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_file(&log);
+}
