@@ -186,7 +186,7 @@ impl tokio::io::AsyncWrite for OutputToLog {
     }
 }
 
-/// What the WASI context hands out as stdout or stderr: a fresh [`OutputToLog`] per stream, all of one
+/// What the WASI context hands out as stdout or stderr: a fresh `OutputToLog` per stream, all of one
 /// instance sharing one line budget.
 #[derive(Debug)]
 pub struct PluginOutput {
