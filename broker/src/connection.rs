@@ -419,21 +419,35 @@ impl Connection {
     /// `only`: the connection's one entry point for that (at the end of a read batch, before another
     /// method on the channel). An error closes the channel, or the connection, as basic.publish's would.
     fn flush_held_publications(&mut self, only: Option<u16>) {
-        let held: Vec<u16> = self
+        let Some(ch) = only else {
+            let held: Vec<u16> = self
+                .channels
+                .iter()
+                .filter(|(_, c)| c.has_held_publications())
+                .map(|(id, _)| *id)
+                .collect();
+            for ch in held {
+                self.flush_held_on(ch);
+            }
+            return;
+        };
+        // Before every method on a channel: one lookup, not a scan of the connection's channels.
+        self.flush_held_on(ch);
+    }
+
+    fn flush_held_on(&mut self, ch: u16) {
+        // Also false when the channel was released meanwhile (a connection error closed every one).
+        if !self
             .channels
-            .iter()
-            .filter(|(id, c)| only.is_none_or(|o| o == **id) && c.has_held_publications())
-            .map(|(id, _)| *id)
-            .collect();
-        for ch in held {
-            if !self.channels.contains_key(&ch) {
-                continue; // released meanwhile (a connection error closed every channel)
-            }
-            if let Err(e) =
-                self.with_channel(ch, BASIC_CLASS, BASIC_PUBLISH, Channel::flush_publications)
-            {
-                self.fail(&e, BASIC_CLASS, BASIC_PUBLISH);
-            }
+            .get(&ch)
+            .is_some_and(Channel::has_held_publications)
+        {
+            return;
+        }
+        if let Err(e) =
+            self.with_channel(ch, BASIC_CLASS, BASIC_PUBLISH, Channel::flush_publications)
+        {
+            self.fail(&e, BASIC_CLASS, BASIC_PUBLISH);
         }
     }
 
