@@ -78,9 +78,10 @@ pub(crate) struct WasmExchange {
     by_key: AtomicBool,
     /// Renewed whenever a binding or the instance changes, voiding prepared decisions.
     generation: AtomicU64,
-    /// The current version gave an ill-formed `route-keys` answer: no more batches until a new
-    /// version is loaded (each would be thrown away and routed one by one anyway).
-    batches_refused: AtomicBool,
+    /// The slot generation of the version that gave an ill-formed `route-keys` answer (0: none): no
+    /// more batches while it is the current version (each would be thrown away and routed one by one
+    /// anyway).
+    batches_refused_by: AtomicU64,
 }
 
 impl WasmExchange {
@@ -131,7 +132,7 @@ impl WasmExchange {
             }),
             by_key: AtomicBool::new(false),
             generation: AtomicU64::new(0),
-            batches_refused: AtomicBool::new(false),
+            batches_refused_by: AtomicU64::new(0),
         }
     }
 
@@ -163,9 +164,6 @@ impl WasmExchange {
             Ok(())
         })?;
         if rebuilt {
-            if active.instance.is_new_version() {
-                self.batches_refused.store(false, Ordering::Relaxed);
-            }
             active.cache.clear();
             (active.hits, active.misses, active.bypass) = (0, 0, 0);
             self.renew();
@@ -320,7 +318,8 @@ impl WasmExchange {
                 p.id_ends.len(),
                 p.len()
             ));
-            self.batches_refused.store(true, Ordering::Relaxed);
+            self.batches_refused_by
+                .store(self.slot.generation(), Ordering::Relaxed);
             return None;
         }
         let mut start = 0;
@@ -408,7 +407,10 @@ impl ExchangeType for WasmExchange {
     }
 
     fn batch_limit(&self) -> usize {
-        if self.by_key.load(Ordering::Relaxed) && !self.batches_refused.load(Ordering::Relaxed) {
+        let refused = self.batches_refused_by.load(Ordering::Relaxed);
+        if self.by_key.load(Ordering::Relaxed)
+            && (refused == 0 || refused != self.slot.generation())
+        {
             PREPARE_MAX
         } else {
             0

@@ -18,10 +18,6 @@ pub struct EntityInstance<W> {
     host: Arc<PluginHost>,
     slot: Arc<Slot>,
     instance: Option<Instance<W>>,
-    /// The generation of the version the last instance ran (0: none yet).
-    last_generation: u64,
-    /// The last rebuild was to a newer version (not after a fault of the same one).
-    new_version: bool,
 }
 
 impl<W> std::fmt::Debug for EntityInstance<W> {
@@ -41,8 +37,6 @@ impl<W: World> EntityInstance<W> {
             host: Arc::clone(host),
             slot: Arc::clone(slot),
             instance: None,
-            last_generation: 0,
-            new_version: false,
         }
     }
 
@@ -50,15 +44,9 @@ impl<W: World> EntityInstance<W> {
     /// client's error).
     pub fn with(host: &Arc<PluginHost>, slot: &Arc<Slot>, instance: Instance<W>) -> Self {
         EntityInstance {
-            last_generation: slot.generation(),
             instance: Some(instance),
             ..Self::new(host, slot)
         }
-    }
-
-    /// The plugin's slot.
-    pub fn slot(&self) -> &Arc<Slot> {
-        &self.slot
     }
 
     /// Makes sure an instance of the slot's current version exists: when there is none, or it runs an
@@ -77,9 +65,6 @@ impl<W: World> EntityInstance<W> {
         self.instance = None;
         let mut instance = Instance::new(&self.host, &self.slot)?;
         init(&mut instance)?;
-        let generation = self.slot.generation();
-        self.new_version = generation != self.last_generation;
-        self.last_generation = generation;
         self.instance = Some(instance);
         Ok(true)
     }
@@ -101,17 +86,6 @@ impl<W: World> EntityInstance<W> {
             self.instance = None;
         }
         result
-    }
-
-    /// Whether the last rebuild ([`EntityInstance::ensure`] returning true) moved to a newer version of
-    /// the plugin, rather than replacing a faulted instance of the same one.
-    pub fn is_new_version(&self) -> bool {
-        self.new_version
-    }
-
-    /// Drops the instance; the next use rebuilds it.
-    pub fn reset(&mut self) {
-        self.instance = None;
     }
 }
 
