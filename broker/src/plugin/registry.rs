@@ -166,15 +166,13 @@ impl Slot {
         self.current.store(version);
     }
 
-    /// Lifts a quarantine without a new version (the file was touched or rewritten with the same
-    /// content); whether the plugin was quarantined.
-    fn lift_quarantine(&self, file: &Path) -> bool {
-        if !self.quarantined.swap(false, Ordering::Relaxed) {
-            return false;
+    /// Lifts a quarantine, if any, without a new version (the file was touched or rewritten with the
+    /// same content).
+    fn lift_quarantine(&self, file: &Path) {
+        if self.quarantined.swap(false, Ordering::Relaxed) {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            info!(plugin = %self.name, kind = %self.kind, file = %file.display(), "plugin quarantine lifted: its file was touched");
         }
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        info!(plugin = %self.name, kind = %self.kind, file = %file.display(), "plugin quarantine lifted: its file was touched");
-        true
     }
 
     /// The file the current version came from.
@@ -192,6 +190,17 @@ struct FileState {
     slot: Option<(Kind, String)>,
     /// Refused because another file provides this plugin: loaded when that file is removed.
     waiting_for: Option<(Kind, String)>,
+}
+
+impl FileState {
+    /// A file just read, with content `hash`, that provides nothing yet.
+    fn read(hash: &str) -> FileState {
+        FileState {
+            hash: hash.to_owned(),
+            slot: None,
+            waiting_for: None,
+        }
+    }
 }
 
 /// The state of one plugin, as the management API will serve it.
@@ -327,14 +336,7 @@ impl PluginHost {
                 }
                 Some(f) => f.hash.clone_from(&hash),
                 None => {
-                    files.insert(
-                        path.to_owned(),
-                        FileState {
-                            hash: hash.clone(),
-                            slot: None,
-                            waiting_for: None,
-                        },
-                    );
+                    files.insert(path.to_owned(), FileState::read(&hash));
                 }
             }
         }
@@ -351,11 +353,9 @@ impl PluginHost {
         let owner = slot.file().filter(|f| f != path);
         let previous = {
             let mut files = crate::sync::lock(&self.files);
-            let state = files.entry(path.to_owned()).or_insert(FileState {
-                hash: hash.clone(),
-                slot: None,
-                waiting_for: None,
-            });
+            let state = files
+                .entry(path.to_owned())
+                .or_insert_with(|| FileState::read(&hash));
             let previous = state.slot.take();
             if owner.is_some() {
                 state.waiting_for = Some(key.clone());
@@ -365,8 +365,8 @@ impl PluginHost {
             }
             previous
         };
-        if let Some(prev) = previous.filter(|p| *p != key || owner.is_some()) {
-            // The file now holds another plugin (or is refused): the old name loses this file's version.
+        if let Some(prev) = previous.filter(|p| *p != key) {
+            // The file now holds another plugin: the old name loses this file's version.
             self.empty_slot_of(path, &prev);
         }
         if let Some(owner) = owner {
