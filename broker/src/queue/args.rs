@@ -135,13 +135,7 @@ impl QueueArgs {
     pub fn parse(args: &FieldTable) -> Result<QueueArgs, InvalidArg> {
         let mut out = QueueArgs::default();
         let get = |key: &str| args.inner().get(key);
-        let fail = |key: &'static str| {
-            move |detail: String| InvalidArg {
-                key,
-                detail,
-                wrong_type: None,
-            }
-        };
+        let fail = |key: &'static str| move |detail: String| invalid(key, detail);
         let dead_letter_string = |key: &'static str, v: &AMQPValue| {
             string(v).map_err(|detail| InvalidArg {
                 key,
@@ -276,10 +270,10 @@ impl PluginArgs {
     }
 }
 
-fn invalid(key: &'static str, detail: &str) -> InvalidArg {
+fn invalid(key: &'static str, detail: impl Into<String>) -> InvalidArg {
     InvalidArg {
         key,
-        detail: detail.to_owned(),
+        detail: detail.into(),
         wrong_type: None,
     }
 }
@@ -306,10 +300,11 @@ impl ConsumeArgs {
             None => 0,
             Some(v) => int_value(v)
                 .and_then(|n| i32::try_from(n).ok())
-                .ok_or_else(|| InvalidArg {
-                    key: "x-priority",
-                    detail: format!("\"expected integer, got {}\"", type_name(v)),
-                    wrong_type: None,
+                .ok_or_else(|| {
+                    invalid(
+                        "x-priority",
+                        format!("\"expected integer, got {}\"", type_name(v)),
+                    )
                 })?,
         };
         let filter = match PluginArgs::parse(arguments, "x-filter", "x-filter-args")? {
