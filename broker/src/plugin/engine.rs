@@ -3,15 +3,24 @@
 //!
 //! Phases (spin's `factors`): the engine and linker are made once; a plugin version is compiled and
 //! pre-instantiated once (`loader`); each entity gets its own [`Store`] and instance. Every call runs
-//! under an epoch deadline (a 10 ms ticker thread) and every store under a memory cap; WASI is linked
-//! with an empty context (no files, environment, network or arguments; stderr goes to the log).
+//! under a wall-clock deadline checked at each epoch tick (a 2 ms ticker thread) and every store under
+//! a memory cap; WASI is linked with an empty context (no files, environment, network or arguments;
+//! stdout and stderr go to the log).
+//!
+//! Isolation: a call runs on the calling thread (a Tokio worker, for a publish) until its first epoch
+//! tick; a call still running then yields once, and [`run`] finishes it through
+//! `crate::sync::off_worker`, which hands the worker's other tasks to another thread. A fast call
+//! costs nothing extra; a looping one delays only its own caller (ARCHITECTURE.md "Sandbox").
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use amq_protocol::types::AMQPValue;
 use wasmtime::component::{Linker, Resource, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{self, FieldValue, MessageView};
@@ -19,8 +28,9 @@ use super::output::{Origin, PluginOutput};
 use crate::message::Message;
 use crate::protocol::values::{encode_array, encode_table};
 
-/// How often the epoch advances; the unit of the call deadline.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the epoch advances: how often a running call's deadline is checked, and how long a call
+/// may hold the calling thread before it is moved off the Tokio worker.
+const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Sandbox limits for plugin calls (config keys `plugin_call_timeout` and `plugin_memory_limit`).
 #[derive(Clone, Copy, Debug)]
@@ -84,11 +94,38 @@ impl Fault {
     }
 }
 
+/// The deadline of the call running in a store (set by [`Runtime::arm_for`]).
+#[derive(Debug)]
+struct Deadline {
+    /// When the call was armed.
+    armed: Instant,
+    /// Wall-clock budget from `armed`.
+    budget: Duration,
+    /// The call has yielded once (at its first tick) to be moved off the worker.
+    yielded: bool,
+}
+
+impl Deadline {
+    /// What to do at an epoch tick: interrupt past the budget; yield at the first tick (the call is
+    /// slow: [`run`] moves it off the worker); else check again at the next tick.
+    fn at_tick(&mut self) -> UpdateDeadline {
+        if self.armed.elapsed() >= self.budget {
+            UpdateDeadline::Interrupt
+        } else if !self.yielded {
+            self.yielded = true;
+            UpdateDeadline::Yield(1)
+        } else {
+            UpdateDeadline::Continue(1)
+        }
+    }
+}
+
 /// What one instance's [`Store`] holds.
 pub struct StoreState {
     table: ResourceTable,
     wasi: WasiCtx,
     limits: StoreLimits,
+    deadline: Deadline,
 }
 
 impl std::fmt::Debug for StoreState {
@@ -276,9 +313,15 @@ impl Runtime {
                 .memory_size(self.limits.memory_bytes)
                 .trap_on_grow_failure(true)
                 .build(),
+            deadline: Deadline {
+                armed: Instant::now(),
+                budget: self.limits.call_timeout,
+                yielded: false,
+            },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().deadline.at_tick()));
         store
     }
 
@@ -290,18 +333,30 @@ impl Runtime {
     /// Arms the deadline for a call that does the work of `calls` calls (a `route-keys` batch): the
     /// call timeout times `calls`.
     pub fn arm_for(&self, store: &mut Store<StoreState>, calls: u64) {
-        let ticks = (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
-        let ticks = u64::try_from(ticks).unwrap_or(u64::MAX);
-        store.set_epoch_deadline(ticks.saturating_mul(calls.max(1)));
+        let calls = u32::try_from(calls.max(1)).unwrap_or(u32::MAX);
+        store.data_mut().deadline = Deadline {
+            armed: Instant::now(),
+            budget: self.limits.call_timeout.saturating_mul(calls),
+            yielded: false,
+        };
+        store.set_epoch_deadline(1);
     }
 }
 
-/// Drives a plugin call's future to completion on this thread. A plugin's only imports are
-/// `warren:plugin/types` (synchronous) and WASI with an empty context whose stderr writes
-/// synchronously, so the future never waits on I/O; the CPU deadline is enforced by epoch
-/// interruption inside the call.
-pub fn run<F: std::future::Future>(future: F) -> F::Output {
-    futures_lite::future::block_on(future)
+/// Drives a plugin call's future to completion. A plugin's only imports are `warren:plugin/types`
+/// (synchronous) and WASI with an empty context whose output writes synchronously, so the future
+/// never waits on I/O: it is pending only when the call yielded at its first epoch tick (it is slow),
+/// and the rest of it then runs through `crate::sync::off_worker`, so that a call looping until its
+/// deadline does not hold a Tokio worker that serves other connections.
+pub fn run<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => crate::sync::off_worker(|| futures_lite::future::block_on(future)),
+    }
 }
 
 /// Lends `message` to a call as a `message` resource; the caller deletes it afterwards with
