@@ -201,7 +201,11 @@ fn plugin_route(c: &mut Criterion) {
     host.load_dir();
     let registry = Registry::new(Some(host));
     let mut plugin = registry
-        .create("x-consistent-hash", &FieldTable::default())
+        .create(
+            "x-consistent-hash",
+            &FieldTable::default(),
+            "exchange 'bench'",
+        )
         .expect("type loaded and declared");
     let mut direct = Direct::default();
     for i in 0..10 {

@@ -111,7 +111,7 @@ async fn a_looping_plugin_does_not_stall_other_connections() {
     let undisturbed = probe(&ch).await;
 
     // Each of these loops until the call deadline (100 ms): more than the window's worth. Fewer than
-    // the quarantine's 20 consecutive failures, so the plugin is called for every one. Two
+    // the 20 failures that quarantine an exchange, so the plugin is called for every one. Two
     // connections publish them, so one of them also waits for the exchange the other is in.
     let second = p.connect().await;
     let sch = second.create_channel().await.expect("channel");

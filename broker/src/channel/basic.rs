@@ -75,7 +75,11 @@ impl Channel {
         let args = ConsumeArgs::parse(&m.arguments)
             .map_err(|e| AmqpError::precondition_failed(e.text(name.as_str(), &ctx.vhost.name)))?;
         let priority = args.priority;
-        let filter = consumer_filter(ctx, args.filter)?;
+        let entity = format!(
+            "consumer '{tag}' on queue '{name}' in vhost '{}'",
+            ctx.vhost.name
+        );
+        let filter = consumer_filter(ctx, args.filter, entity)?;
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
             no_ack: m.no_ack,
@@ -319,6 +323,7 @@ impl Channel {
 fn consumer_filter(
     ctx: &ConnectionContext,
     filter: Option<(PluginArgs, OnFailure)>,
+    entity: String,
 ) -> AmqpResult<Option<ConsumerFilter>> {
     let Some((plugin, on_failure)) = filter else {
         return Ok(None);
@@ -329,7 +334,7 @@ fn consumer_filter(
             plugin.name
         )));
     };
-    match ConsumerFilter::attach(host, &plugin.name, &plugin.config, on_failure) {
+    match ConsumerFilter::attach(host, &plugin.name, &plugin.config, on_failure, entity) {
         Ok(f) => Ok(Some(f)),
         Err(AttachError::NotFound(why)) => Err(AmqpError::not_found(why)),
         Err(AttachError::Refused(why)) => Err(AmqpError::precondition_failed(why)),

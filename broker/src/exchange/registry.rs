@@ -67,7 +67,8 @@ impl Registry {
                 .is_some_and(|p| p.loaded(Kind::Exchange, name).is_some())
     }
 
-    /// New routing state for an exchange of type `name` declared with `arguments`.
+    /// New routing state for an exchange of type `name` declared with `arguments`; `entity` describes
+    /// the exchange in a plugin's logs ("exchange 'x' in vhost '/'").
     ///
     /// # Errors
     /// [`CreateError::UnknownType`] for a name that is neither native nor a loaded plugin type;
@@ -76,6 +77,7 @@ impl Registry {
         &self,
         name: &str,
         arguments: &FieldTable,
+        entity: &str,
     ) -> Result<Box<dyn ExchangeType>, CreateError> {
         let native = crate::sync::read(&self.types).get(name).copied();
         if let Some(factory) = native {
@@ -84,7 +86,7 @@ impl Registry {
         let unknown = || CreateError::UnknownType(name.to_owned());
         let host = self.plugins.as_ref().ok_or_else(unknown)?;
         let slot = host.loaded(Kind::Exchange, name).ok_or_else(unknown)?;
-        let exchange = WasmExchange::new(host, &slot, arguments)?;
+        let exchange = WasmExchange::new(host, &slot, arguments, entity.to_owned())?;
         Ok(Box::new(exchange))
     }
 
@@ -95,9 +97,15 @@ impl Registry {
         &self,
         name: &str,
         arguments: &FieldTable,
+        entity: &str,
     ) -> Option<Box<dyn ExchangeType>> {
         let host = self.plugins.as_ref().filter(|_| name.starts_with("x-"))?;
         let slot = host.slot(Kind::Exchange, name);
-        Some(Box::new(WasmExchange::unavailable(host, &slot, arguments)))
+        Some(Box::new(WasmExchange::unavailable(
+            host,
+            &slot,
+            arguments,
+            entity.to_owned(),
+        )))
     }
 }

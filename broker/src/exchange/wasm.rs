@@ -85,8 +85,8 @@ pub(crate) struct WasmExchange {
 }
 
 impl WasmExchange {
-    /// An exchange of the plugin type in `slot`: instantiates the plugin and calls `init` with the
-    /// declare arguments.
+    /// An exchange of the plugin type in `slot` (`entity` names it in logs: "exchange 'x' in vhost
+    /// '/'"): instantiates the plugin and calls `init` with the declare arguments.
     ///
     /// # Errors
     /// [`CreateError::Refused`] with the plugin's reason when it refuses the arguments, or a
@@ -95,9 +95,10 @@ impl WasmExchange {
         host: &Arc<PluginHost>,
         slot: &Arc<Slot>,
         arguments: &FieldTable,
+        entity: String,
     ) -> Result<Self, CreateError> {
         let refused = |f: Fault| CreateError::Refused(describe(slot, &f));
-        let x = Self::unavailable(host, slot, arguments);
+        let x = Self::unavailable(host, slot, arguments, entity.clone());
         let mut active = crate::sync::lock(&x.active);
         let mut instance = Instance::<ExchangePlugin>::new(host, slot).map_err(refused)?;
         active.routes_on = instance
@@ -106,7 +107,7 @@ impl WasmExchange {
             .map_err(CreateError::Refused)?;
         x.by_key
             .store(active.routes_on == RoutesOn::RoutingKey, Ordering::Relaxed);
-        active.instance = EntityInstance::with(host, slot, instance);
+        active.instance = EntityInstance::with(host, slot, entity, instance);
         drop(active);
         Ok(x)
     }
@@ -117,13 +118,14 @@ impl WasmExchange {
         host: &Arc<PluginHost>,
         slot: &Arc<Slot>,
         arguments: &FieldTable,
+        entity: String,
     ) -> Self {
         WasmExchange {
             slot: Arc::clone(slot),
             arguments: table_body(arguments),
             entries: Vec::new(),
             active: Mutex::new(Active {
-                instance: EntityInstance::new(host, slot),
+                instance: EntityInstance::new(host, slot, entity),
                 routes_on: RoutesOn::Message,
                 cache: HashMap::new(),
                 hits: 0,
@@ -174,13 +176,20 @@ impl WasmExchange {
         Ok(())
     }
 
+    /// Runs `f` on a current instance; `handles_message`: a routing call (its outcome counts in the
+    /// exchange's failure rate), not a binding change.
     fn with_instance<T>(
         &self,
         active: &mut Active,
+        handles_message: bool,
         f: impl FnOnce(&mut Instance<ExchangePlugin>) -> Result<T, Fault>,
     ) -> Result<T, Fault> {
         self.ensure(active)?;
-        let result = active.instance.call(f);
+        let result = if handles_message {
+            active.instance.call(f)
+        } else {
+            active.instance.call_setup(f)
+        };
         if result.is_err() {
             self.renew();
         }
@@ -236,7 +245,7 @@ impl WasmExchange {
             }
             active.misses = active.misses.saturating_add(1);
         }
-        let ids = self.with_instance(&mut active, |i| i.route(message, routing_key))?;
+        let ids = self.with_instance(&mut active, true, |i| i.route(message, routing_key))?;
         self.check_answer(&ids);
         self.push_destinations(&ids, out);
         if cacheable {
@@ -308,7 +317,7 @@ impl WasmExchange {
             return None; // one key: a plain route call costs the same
         }
         let (ids, id_ends) = self
-            .with_instance(&mut active, |i| i.route_keys(&p.keys, &p.key_ends))
+            .with_instance(&mut active, true, |i| i.route_keys(&p.keys, &p.key_ends))
             .ok()?;
         (p.ids, p.id_ends) = (ids, id_ends);
         if !p.is_well_formed() {
@@ -345,7 +354,7 @@ impl ExchangeType for WasmExchange {
             arguments: table_body(&binding.arguments),
         };
         let mut active = crate::sync::lock(&self.active);
-        match self.with_instance(&mut active, |i| i.validate_binding(&wit)) {
+        match self.with_instance(&mut active, false, |i| i.validate_binding(&wit)) {
             Ok(verdict) => verdict.map_err(BindingRefused),
             // No plugin to ask (file removed, or recovered before the plugin returned): the binding
             // is kept and replayed into the plugin when it is back, like every other binding.
@@ -366,7 +375,7 @@ impl ExchangeType for WasmExchange {
         active.cache.clear();
         self.renew();
         // A failure drops the instance; the next call rebuilds it and replays this binding too.
-        let _ = self.with_instance(&mut active, |i| i.add_binding(&wit));
+        let _ = self.with_instance(&mut active, false, |i| i.add_binding(&wit));
         let entry = Entry {
             destination: binding.destination.clone(),
             wit,
@@ -393,7 +402,7 @@ impl ExchangeType for WasmExchange {
         let active = crate::sync::get_mut(&mut self.active);
         active.cache.clear();
         // Without an instance there is nothing to tell: the next one is built with the bindings left.
-        let _ = active.instance.call(|i| i.remove_binding(id as u32));
+        let _ = active.instance.call_setup(|i| i.remove_binding(id as u32));
     }
 
     fn route(
@@ -441,7 +450,7 @@ mod tests {
         let host = PluginHost::new(crate::plugin::Limits::default(), None).expect("host");
         let slot = host.slot(crate::plugin::Kind::Exchange, "x-test");
         Active {
-            instance: EntityInstance::new(&host, &slot),
+            instance: EntityInstance::new(&host, &slot, "exchange 'test'".into()),
             routes_on: RoutesOn::RoutingKey,
             cache: HashMap::new(),
             hits: 0,

@@ -5,11 +5,16 @@
 //!   entity's own initialisation (`init` with its arguments or configuration, binding replay);
 //! - used under the entity's lock, so a call in flight finishes on the old version and the next one
 //!   runs whole on the new;
-//! - dropped after a fault (a trapped instance cannot be re-entered) and rebuilt on the next use.
+//! - dropped after a fault (a trapped instance cannot be re-entered) and rebuilt on the next use;
+//! - its calls' outcomes counted in its own [`Health`]: quarantined when they keep failing (its calls
+//!   then fail fast with [`Fault::Unavailable`]), lifted when the plugin's file is touched or replaced.
 
 use std::sync::Arc;
 
+use tracing::info;
+
 use super::engine::Fault;
+use super::health::Health;
 use super::instance::{Configurable, Instance, World};
 use super::registry::{PluginHost, Slot};
 
@@ -17,35 +22,87 @@ use super::registry::{PluginHost, Slot};
 pub struct EntityInstance<W> {
     host: Arc<PluginHost>,
     slot: Arc<Slot>,
+    /// What the entity is, for logs and refusals: "exchange 'x' in vhost '/'".
+    entity: String,
     instance: Option<Instance<W>>,
+    health: Health,
 }
 
 impl<W> std::fmt::Debug for EntityInstance<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EntityInstance")
             .field("plugin", &self.slot.name)
+            .field("entity", &self.entity)
             .field("instance", &self.instance)
+            .field("health", &self.health)
             .finish()
     }
 }
 
+impl<W> Drop for EntityInstance<W> {
+    fn drop(&mut self) {
+        if self.health.quarantined_at().is_some() {
+            self.slot.entity_released();
+        }
+    }
+}
+
 impl<W: World> EntityInstance<W> {
-    /// An entity with no instance yet (built on first use): one recovered while its plugin is not
-    /// loaded, for example.
-    pub fn new(host: &Arc<PluginHost>, slot: &Arc<Slot>) -> Self {
+    /// An entity (`entity` describes it for logs: "exchange 'x' in vhost '/'") with no instance yet
+    /// (built on first use): one recovered while its plugin is not loaded, for example.
+    pub fn new(host: &Arc<PluginHost>, slot: &Arc<Slot>, entity: String) -> Self {
         EntityInstance {
             host: Arc::clone(host),
             slot: Arc::clone(slot),
+            entity,
             instance: None,
+            health: Health::default(),
         }
     }
 
     /// An entity whose instance was just built and initialised (at declare, so that a refusal is the
     /// client's error).
-    pub fn with(host: &Arc<PluginHost>, slot: &Arc<Slot>, instance: Instance<W>) -> Self {
-        EntityInstance {
-            instance: Some(instance),
-            ..Self::new(host, slot)
+    pub fn with(
+        host: &Arc<PluginHost>,
+        slot: &Arc<Slot>,
+        entity: String,
+        instance: Instance<W>,
+    ) -> Self {
+        let mut e = Self::new(host, slot, entity);
+        e.instance = Some(instance);
+        e
+    }
+
+    /// Whether the entity is quarantined now (a quarantine the plugin's file has lifted since is
+    /// lifted here, and logged).
+    ///
+    /// # Errors
+    /// [`Fault::Unavailable`] naming the entity and why, while it is quarantined.
+    fn check_quarantine(&mut self) -> Result<(), Fault> {
+        let Some(at) = self.health.quarantined_at() else {
+            return Ok(());
+        };
+        if self.slot.lifts() != at {
+            self.health = Health::default();
+            self.slot.entity_released();
+            info!(plugin = %self.slot.name, entity = %self.entity, "{} quarantine lifted: the plugin's file changed or was touched", self.entity);
+            return Ok(());
+        }
+        Err(Fault::Unavailable(format!(
+            "{} is quarantined: its {} plugin '{}' kept failing (touch or replace the plugin file to lift)",
+            self.entity,
+            W::KIND,
+            self.slot.name
+        )))
+    }
+
+    /// Counts an outcome in the entity's health; quarantines it when the failures warrant it.
+    fn record(&mut self, failed: bool) {
+        if self.health.record(failed) {
+            let (failures, calls) = (self.health.failures(), self.health.calls());
+            self.health.quarantine(self.slot.lifts());
+            self.instance = None;
+            self.slot.entity_quarantined(&self.entity, failures, calls);
         }
     }
 
@@ -54,7 +111,8 @@ impl<W: World> EntityInstance<W> {
     /// Returns whether it was rebuilt: decisions the entity cached from the old instance are void.
     ///
     /// # Errors
-    /// The fault of instantiation or `init`; the entity then has no instance.
+    /// [`Fault::Unavailable`] while the entity is quarantined; the fault of instantiation or `init`
+    /// (counted as a failure of the entity); the entity then has no instance.
     pub fn ensure(
         &mut self,
         init: impl FnOnce(&mut Instance<W>) -> Result<(), Fault>,
@@ -63,14 +121,28 @@ impl<W: World> EntityInstance<W> {
             return Ok(false);
         }
         self.instance = None;
-        let mut instance = Instance::new(&self.host, &self.slot)?;
-        init(&mut instance)?;
-        self.instance = Some(instance);
-        Ok(true)
+        self.check_quarantine()?;
+        let built = Instance::new(&self.host, &self.slot).and_then(|mut instance| {
+            init(&mut instance)?;
+            Ok(instance)
+        });
+        match built {
+            Ok(instance) => {
+                self.instance = Some(instance);
+                Ok(true)
+            }
+            Err(fault) => {
+                if !matches!(fault, Fault::Unavailable(_)) {
+                    self.record(true);
+                }
+                Err(fault)
+            }
+        }
     }
 
-    /// Calls `f` on the instance (without building one: see [`EntityInstance::ensure`]). A fault drops
-    /// the instance.
+    /// Calls `f`, a call that handles a message (`route`, `route-keys`, `filter`, `key`), on the
+    /// instance (without building one: see [`EntityInstance::ensure`]); its outcome counts in the
+    /// entity's failure rate. A fault drops the instance.
     ///
     /// # Errors
     /// `f`'s fault, or [`Fault::Unavailable`] when there is no instance.
@@ -78,12 +150,39 @@ impl<W: World> EntityInstance<W> {
         &mut self,
         f: impl FnOnce(&mut Instance<W>) -> Result<T, Fault>,
     ) -> Result<T, Fault> {
+        self.call_as(true, f)
+    }
+
+    /// [`EntityInstance::call`] for a set-up call (`add-binding`, `remove-binding`,
+    /// `validate-binding`): only a failure counts in the entity's failure rate.
+    ///
+    /// # Errors
+    /// As [`EntityInstance::call`].
+    pub fn call_setup<T>(
+        &mut self,
+        f: impl FnOnce(&mut Instance<W>) -> Result<T, Fault>,
+    ) -> Result<T, Fault> {
+        self.call_as(false, f)
+    }
+
+    fn call_as<T>(
+        &mut self,
+        handles_message: bool,
+        f: impl FnOnce(&mut Instance<W>) -> Result<T, Fault>,
+    ) -> Result<T, Fault> {
         let Some(instance) = self.instance.as_mut() else {
             return Err(Fault::Unavailable("no instance".into()));
         };
         let result = f(instance);
-        if result.is_err() {
-            self.instance = None;
+        match &result {
+            Ok(_) if handles_message => self.record(false),
+            Ok(_) => {}
+            Err(fault) => {
+                self.instance = None;
+                if !matches!(fault, Fault::Unavailable(_)) {
+                    self.record(true);
+                }
+            }
         }
         result
     }

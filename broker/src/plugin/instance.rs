@@ -164,33 +164,24 @@ impl<W: World> Instance<W> {
         &self.slot
     }
 
-    /// Runs one set-up call under the deadline; counts it; maps a trap to a [`Fault`].
+    /// Runs one call under the deadline; counts it in the slot; maps a trap to a [`Fault`].
     fn call<T>(
         &mut self,
         f: impl FnOnce(&W, &mut Store<StoreState>) -> wasmtime::Result<T>,
     ) -> Result<T, Fault> {
-        self.call_counted(false, f)
+        self.call_scaled(1, f)
     }
 
-    fn call_counted<T>(
-        &mut self,
-        handles_message: bool,
-        f: impl FnOnce(&W, &mut Store<StoreState>) -> wasmtime::Result<T>,
-    ) -> Result<T, Fault> {
-        self.call_scaled(handles_message, 1, f)
-    }
-
-    /// [`Self::call_counted`] with the deadline of `calls` calls.
+    /// [`Self::call`] with the deadline of `calls` calls.
     fn call_scaled<T>(
         &mut self,
-        handles_message: bool,
         calls: u64,
         f: impl FnOnce(&W, &mut Store<StoreState>) -> wasmtime::Result<T>,
     ) -> Result<T, Fault> {
         self.host.runtime().arm_for(&mut self.store, calls);
         match f(&self.bindings, &mut self.store) {
             Ok(v) => {
-                self.slot.record_success(handles_message);
+                self.slot.record_success();
                 Ok(v)
             }
             Err(e) => {
@@ -214,7 +205,7 @@ impl<W: World> Instance<W> {
         let view = lend_message(&mut self.store, message)?;
         // Lent as a borrow: the guest's handle ends with the call, the host keeps ownership.
         let borrow = wasmtime::component::Resource::new_borrow(view.rep());
-        let result = self.call_counted(true, |w, store| f(w, store, borrow));
+        let result = self.call(|w, store| f(w, store, borrow));
         forget_message(&mut self.store, view);
         result
     }
@@ -278,7 +269,7 @@ impl Instance<ExchangePlugin> {
         key_ends: &[u32],
     ) -> Result<(Vec<u32>, Vec<u32>), Fault> {
         let calls = key_ends.len() as u64;
-        let routed = self.call_scaled(true, calls, |w, s| {
+        let routed = self.call_scaled(calls, |w, s| {
             run(w
                 .warren_plugin_exchange()
                 .call_route_keys(s, keys, key_ends))

@@ -4,9 +4,10 @@
 //! - `bindings`: the only `bindgen!` site.
 //! - `engine`: engine, linker, store state, sandbox limits, the host `message` resource.
 //! - `loader`: file → compiled, checked, pre-instantiated version.
-//! - `registry`: live versions per plugin name (atomic swap), fault counters, quarantine, snapshot.
+//! - `registry`: live versions per plugin name (atomic swap), fault counters, plugin quarantine, snapshot.
 //! - `instance`: one instance per broker entity; calls under the deadline.
 //! - `entity`: an entity's instance through its life (build, init, rebuild on reload, drop on fault).
+//! - `health`: fault accounting per entity (failure rate over its last calls, quarantine).
 //! - `output`: a plugin's stdout and stderr as log lines (tagged, rate-limited).
 //! - `watcher`: the plugin directory → reloads.
 //!
@@ -15,6 +16,7 @@
 pub mod bindings;
 pub mod engine;
 pub mod entity;
+pub mod health;
 pub mod instance;
 pub mod loader;
 pub mod output;

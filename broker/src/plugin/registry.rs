@@ -2,8 +2,10 @@
 //! atomic pointer. Loading a file swaps the slot's version; instances notice the new generation on
 //! their next call and rebuild (so calls in flight finish on the old version). A file that fails to
 //! load leaves the old version in place; a removed file empties its slot, which makes exchanges of that
-//! type unavailable until a plugin of that name returns. Faults are counted per slot, and a plugin
-//! that keeps failing is quarantined until its file is rewritten or touched.
+//! type unavailable until a plugin of that name returns. Faults are counted per slot and per entity
+//! (`super::health`): an entity whose calls keep failing is quarantined, and a plugin with
+//! [`QUARANTINE_ENTITIES`] entities quarantined is quarantined as a whole, until its file is rewritten
+//! or touched.
 //!
 //! One name, one file: a second file that claims the name of a plugin another file provides is
 //! refused (logged with both files) and waits; when the first file is removed, the waiting one is
@@ -11,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -21,9 +23,11 @@ use tracing::{error, info, warn};
 use super::engine::{Fault, Limits, Runtime};
 use super::loader::{self, Kind, Loaded};
 
-/// Consecutive failed calls after which a plugin is quarantined (every call fails fast until a new
-/// version of its file is loaded).
-pub const QUARANTINE_AFTER: u32 = 20;
+/// Entities quarantined (since the plugin's file last changed) after which the plugin itself is
+/// quarantined: failing in that many places is a broken plugin, not a poison message. Every call of a
+/// quarantined plugin fails fast, and new entities of it are refused, until its file is rewritten or
+/// touched.
+pub const QUARANTINE_ENTITIES: u64 = 3;
 
 /// One loaded version of a plugin, as a slot holds it.
 #[derive(Debug)]
@@ -64,7 +68,14 @@ pub struct Slot {
     current: ArcSwapOption<Version>,
     /// Counters.
     pub stats: Stats,
-    consecutive_failures: AtomicU32,
+    /// Increases whenever the file is loaded, removed, rewritten or touched: quarantines taken at an
+    /// older count are lifted.
+    lifts: AtomicU64,
+    /// Entities quarantined since the last lift (the plugin is quarantined at
+    /// [`QUARANTINE_ENTITIES`]).
+    entity_quarantines: AtomicU64,
+    /// Entities quarantined now (for the snapshot).
+    entities_quarantined: AtomicU64,
     quarantined: AtomicBool,
     /// When a contract breach was last logged (wall-clock ms; 0: never): breaches are logged at most
     /// once per [`BREACH_LOG_INTERVAL_MS`].
@@ -82,7 +93,9 @@ impl Slot {
             name: name.to_owned(),
             current: ArcSwapOption::empty(),
             stats: Stats::default(),
-            consecutive_failures: AtomicU32::new(0),
+            lifts: AtomicU64::new(0),
+            entity_quarantines: AtomicU64::new(0),
+            entities_quarantined: AtomicU64::new(0),
             quarantined: AtomicBool::new(false),
             breach_logged_at: AtomicU64::new(0),
         }
@@ -112,7 +125,8 @@ impl Slot {
     pub fn current(&self) -> Result<Arc<Version>, Fault> {
         if self.quarantined.load(Ordering::Relaxed) {
             return Err(Fault::Unavailable(format!(
-                "plugin '{}' is quarantined after {QUARANTINE_AFTER} consecutive failures",
+                "plugin '{}' is quarantined: {QUARANTINE_ENTITIES} of its entities kept failing; \
+                 touch or replace its file to lift",
                 self.name
             )));
         }
@@ -131,17 +145,35 @@ impl Slot {
         self.current.load().as_ref().map_or(0, |v| v.generation)
     }
 
-    /// Counts a call that returned. Only a message handled (`route`, `filter`, `key`) ends a run of
-    /// failures: the set-up calls that follow every instance replacement (`init`, binding replay)
-    /// succeed even for a plugin that fails on every message.
-    pub fn record_success(&self, handled_message: bool) {
+    /// Counts a call that returned.
+    pub fn record_success(&self) {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        if handled_message && self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// The lift count: it changes whenever the plugin's file is loaded, removed, rewritten or
+    /// touched, which lifts every quarantine taken before.
+    pub fn lifts(&self) -> u64 {
+        self.lifts.load(Ordering::Relaxed)
+    }
+
+    /// An entity of this plugin (`entity` describes it) was quarantined with `failures` of its last
+    /// `calls` calls failed: logged, and the plugin is quarantined when this makes
+    /// [`QUARANTINE_ENTITIES`] since the last lift.
+    pub fn entity_quarantined(&self, entity: &str, failures: u32, calls: u32) {
+        self.entities_quarantined.fetch_add(1, Ordering::Relaxed);
+        error!(plugin = %self.name, kind = %self.kind, entity, "{entity} quarantined: {failures} of its last {calls} plugin calls failed; its calls fail fast until the plugin's file is touched or replaced");
+        let n = self.entity_quarantines.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= QUARANTINE_ENTITIES && !self.quarantined.swap(true, Ordering::Relaxed) {
+            error!(plugin = %self.name, kind = %self.kind, "plugin quarantined: {n} of its entities were quarantined; touch or replace its file to load it again");
         }
     }
 
-    /// Counts and logs a failed call; quarantines the plugin after [`QUARANTINE_AFTER`] in a row.
+    /// A quarantined entity was lifted or went away.
+    pub fn entity_released(&self) {
+        self.entities_quarantined.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts and logs a failed call (the entity's failure rate is its own: `super::health`).
     pub fn record_fault(&self, fault: &Fault, version: &str) {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let counter = match fault {
@@ -151,27 +183,30 @@ impl Slot {
             Fault::Unavailable(_) => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        warn!(plugin = %self.name, kind = %self.kind, version, %fault, consecutive = n, "plugin call failed; instance replaced");
-        if n >= QUARANTINE_AFTER && !self.quarantined.swap(true, Ordering::Relaxed) {
-            error!(plugin = %self.name, kind = %self.kind, version, "plugin quarantined after {n} consecutive failures; replace its file to load it again");
-        }
+        warn!(plugin = %self.name, kind = %self.kind, version, %fault, "plugin call failed; instance replaced");
+    }
+
+    /// Lifts every quarantine (the plugin's and its entities'): a new count for entities to compare.
+    fn lift(&self) {
+        self.lifts.fetch_add(1, Ordering::Relaxed);
+        self.entity_quarantines.store(0, Ordering::Relaxed);
     }
 
     fn install(&self, version: Option<Arc<Version>>) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.lift();
         if self.quarantined.swap(false, Ordering::Relaxed) {
             info!(plugin = %self.name, kind = %self.kind, "plugin quarantine lifted: its file changed");
         }
         self.current.store(version);
     }
 
-    /// Lifts a quarantine, if any, without a new version (the file was touched or rewritten with the
+    /// Lifts quarantines, if any, without a new version (the file was touched or rewritten with the
     /// same content).
     fn lift_quarantine(&self, file: &Path) {
-        if self.quarantined.swap(false, Ordering::Relaxed) {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-            info!(plugin = %self.name, kind = %self.kind, file = %file.display(), "plugin quarantine lifted: its file was touched");
+        let entities = self.entities_quarantined.load(Ordering::Relaxed);
+        self.lift();
+        if self.quarantined.swap(false, Ordering::Relaxed) || entities > 0 {
+            info!(plugin = %self.name, kind = %self.kind, file = %file.display(), entities, "plugin quarantine lifted: its file was touched");
         }
     }
 
@@ -232,6 +267,8 @@ pub struct PluginStatus {
     pub reloads: u64,
     /// Contract breaches (unknown or repeated binding ids, ill-formed batch answers).
     pub breaches: u64,
+    /// Entities of this plugin (exchanges, consumers, queues) quarantined now.
+    pub entities_quarantined: u64,
 }
 
 /// The plugin host: runtime, slots, and the files they were loaded from.
@@ -477,6 +514,7 @@ impl PluginHost {
                     memory: n(&s.stats.memory),
                     reloads: n(&s.stats.reloads),
                     breaches: n(&s.stats.breaches),
+                    entities_quarantined: n(&s.entities_quarantined),
                 }
             })
             .collect();

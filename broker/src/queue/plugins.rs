@@ -87,7 +87,8 @@ pub struct ConsumerFilter {
 }
 
 impl ConsumerFilter {
-    /// Attaches the filter plugin `name` with `config` (the consumer's `x-filter-args`).
+    /// Attaches the filter plugin `name` with `config` (the consumer's `x-filter-args`); `entity`
+    /// describes the consumer in logs.
     ///
     /// # Errors
     /// [`AttachError::NotFound`] for an unknown plugin; [`AttachError::Refused`] when it refuses the
@@ -97,6 +98,7 @@ impl ConsumerFilter {
         name: &str,
         config: &FieldTable,
         on_failure: OnFailure,
+        entity: String,
     ) -> Result<ConsumerFilter, AttachError> {
         let config = table_body(config);
         let (slot, instance) = attach::<FilterPlugin>(host, Kind::Filter, name, &config)?;
@@ -104,7 +106,7 @@ impl ConsumerFilter {
             config,
             on_failure,
             state: Mutex::new(FilterState {
-                instance: EntityInstance::with(host, &slot, instance),
+                instance: EntityInstance::with(host, &slot, entity, instance),
                 skipped: HashSet::new(),
             }),
         })
@@ -221,7 +223,8 @@ pub struct Idempotency {
 }
 
 impl Idempotency {
-    /// Attaches the idempotency plugin `name` with `config` (the queue's `x-idempotency-args`).
+    /// Attaches the idempotency plugin `name` with `config` (the queue's `x-idempotency-args`);
+    /// `entity` describes the queue in logs.
     ///
     /// # Errors
     /// [`AttachError::NotFound`] for an unknown plugin; [`AttachError::Refused`] when it refuses the
@@ -231,6 +234,7 @@ impl Idempotency {
         name: &str,
         config: &FieldTable,
         window: Window,
+        entity: String,
     ) -> Result<Idempotency, AttachError> {
         let config = table_body(config);
         let (slot, instance) = attach::<IdempotencyPlugin>(host, Kind::Idempotency, name, &config)?;
@@ -239,7 +243,7 @@ impl Idempotency {
             window,
             keys: None,
             state: Mutex::new(IdempotencyState::new(EntityInstance::with(
-                host, &slot, instance,
+                host, &slot, entity, instance,
             ))),
         })
     }
@@ -251,13 +255,16 @@ impl Idempotency {
         name: &str,
         config: &FieldTable,
         window: Window,
+        entity: String,
     ) -> Idempotency {
         let slot = host.slot(Kind::Idempotency, name);
         Idempotency {
             config: table_body(config),
             window,
             keys: None,
-            state: Mutex::new(IdempotencyState::new(EntityInstance::new(host, &slot))),
+            state: Mutex::new(IdempotencyState::new(EntityInstance::new(
+                host, &slot, entity,
+            ))),
         }
     }
 

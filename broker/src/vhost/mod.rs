@@ -192,7 +192,8 @@ impl VHost {
             memory,
         };
         for (xname, kind) in PREDECLARED {
-            if let Ok(router) = vhost.registry.create(kind, &FieldTable::default()) {
+            let entity = format!("exchange '{xname}' in vhost '{name}'");
+            if let Ok(router) = vhost.registry.create(kind, &FieldTable::default(), &entity) {
                 let flags = ExchangeFlags {
                     durable: true,
                     ..ExchangeFlags::default()
@@ -291,12 +292,13 @@ impl VHost {
             )));
         }
         // A plugin type instantiates and initialises its plugin here, outside the vhost's lock.
-        let router = match self.registry.create(kind, arguments) {
+        let entity = format!("exchange '{name}' in vhost '{}'", self.name);
+        let router = match self.registry.create(kind, arguments, &entity) {
             Ok(router) => router,
             Err(CreateError::Refused(reason)) => {
                 return Err(AmqpError::precondition_failed(reason))
             }
-            Err(unknown) => match self.registry.create_unavailable(kind, arguments) {
+            Err(unknown) => match self.registry.create_unavailable(kind, arguments, &entity) {
                 Some(router) if recovering => {
                     warn!(vhost = %self.name, exchange = %name, kind, "exchange recovered with its plugin type not loaded: unavailable until the plugin returns");
                     router
@@ -650,12 +652,13 @@ impl VHost {
                 "no idempotency plugin '{name}' is loaded"
             )));
         };
-        match plugins::Idempotency::attach(host, &name, &config, window) {
+        let entity = format!("queue '{queue}' in vhost '{}'", self.name);
+        match plugins::Idempotency::attach(host, &name, &config, window, entity.clone()) {
             Ok(i) => Ok(Some(i)),
             Err(plugins::AttachError::NotFound(_)) if self.recovering.load(Ordering::Relaxed) => {
                 warn!(vhost = %self.name, queue, plugin = %name, "queue recovered with its idempotency plugin not loaded: messages are delivered without keys until it returns");
                 Ok(Some(plugins::Idempotency::unavailable(
-                    host, &name, &config, window,
+                    host, &name, &config, window, entity,
                 )))
             }
             Err(plugins::AttachError::NotFound(why)) => Err(AmqpError::not_found(why)),

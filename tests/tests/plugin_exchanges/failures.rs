@@ -2,6 +2,8 @@
 //! policy (alternate exchange, basic.return, confirm nack).
 
 use super::*;
+use warren::plugin::health::QUARANTINE_FAILURES;
+use warren::plugin::registry::QUARANTINE_ENTITIES;
 
 #[tokio::test]
 async fn faulty_plugins_are_contained_with_the_failure_policy() {
@@ -192,18 +194,25 @@ async fn broken_files_are_refused_and_the_broker_keeps_serving() {
     assert_eq!(b.broker.plugins.snapshot()[0].state, "loaded");
 }
 
-/// Drives `x-faulty` (from a fresh plugin directory) into quarantine through an exchange `exchange`
-/// that panics on routing key `fail`: returns the directory, the broker, and a confirm channel on an
-/// open connection.
-async fn quarantined(exchange: &str) -> (PluginDir, TestBroker, lapin::Connection, Channel) {
-    let dir = PluginDir::with(exchange, &[(plugins::FAULTY, "faulty.wasm")]);
+/// Drives `x-faulty` (from a fresh plugin directory) into quarantine: [`QUARANTINE_ENTITIES`]
+/// exchanges `{prefix}-0`, `{prefix}-1`, … that panic on routing key `fail` are each quarantined by a
+/// run of failures. Returns the directory, the broker, and a confirm channel on an open connection.
+async fn quarantined(prefix: &str) -> (PluginDir, TestBroker, lapin::Connection, Channel) {
+    let dir = PluginDir::with(prefix, &[(plugins::FAULTY, "faulty.wasm")]);
     let b = start_broker_with(dir.config()).await;
     let conn = connect(&b).await;
     let ch = confirm_channel(&conn).await;
-    declare_exchange(&ch, exchange, "x-faulty", args(&[("fault", text("panic"))])).await;
-    bind_queues(&ch, exchange, &[&format!("{exchange}-q")], "").await;
-    for _ in 0..warren::plugin::registry::QUARANTINE_AFTER {
-        assert!(!confirmed(&ch, exchange, "fail", false).await);
+    for i in 0..QUARANTINE_ENTITIES {
+        let x = format!("{prefix}-{i}");
+        declare_exchange(&ch, &x, "x-faulty", args(&[("fault", text("panic"))])).await;
+        bind_queues(&ch, &x, &[&format!("{x}-q")], "").await;
+        for _ in 0..QUARANTINE_FAILURES {
+            assert!(!confirmed(&ch, &x, "fail", false).await);
+        }
+        assert_eq!(
+            plugin_status(&b, "x-faulty").map(|s| s.entities_quarantined),
+            Some(i + 1)
+        );
     }
     assert_eq!(faulty_state(&b), Some("quarantined"));
     (dir, b, conn, ch)
@@ -211,6 +220,10 @@ async fn quarantined(exchange: &str) -> (PluginDir, TestBroker, lapin::Connectio
 
 fn faulty_state(b: &TestBroker) -> Option<&'static str> {
     plugin_status(b, "x-faulty").map(|s| s.state)
+}
+
+fn entities_quarantined(b: &TestBroker) -> u64 {
+    plugin_status(b, "x-faulty").map_or(0, |s| s.entities_quarantined)
 }
 
 /// Waits (up to [`WAIT`]) until `x-faulty` is loaded and not quarantined.
@@ -224,9 +237,21 @@ async fn until_faulty_loaded(b: &TestBroker, what: &str) {
 
 #[tokio::test]
 async fn a_plugin_that_keeps_failing_is_quarantined_until_its_file_changes() {
-    let (dir, b, _conn, ch) = quarantined("q-panic").await;
+    let (dir, b, conn, ch) = quarantined("q-panic").await;
     // Quarantined: even a message it would route fails fast (nack) …
-    assert!(!confirmed(&ch, "q-panic", "ok", false).await);
+    assert!(!confirmed(&ch, "q-panic-0", "ok", false).await);
+    // … and no new exchange of the type can be declared (406, with the reason) …
+    let other = channel(&conn).await;
+    let refused = other
+        .exchange_declare(
+            "q-new".into(),
+            kind("x-faulty"),
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    let text = expect_code(refused, 406);
+    assert!(text.contains("quarantined"), "{text}");
     // … until a new version of the file is loaded.
     let mut bytes = std::fs::read(plugins::FAULTY).expect("read");
     // The same code with a custom section appended (id 0, 3 octets: name "x", payload "1"): a valid
@@ -234,11 +259,14 @@ async fn a_plugin_that_keeps_failing_is_quarantined_until_its_file_changes() {
     bytes.extend_from_slice(&[0x00, 0x03, 0x01, b'x', b'1']);
     std::fs::write(dir.path("faulty.wasm"), &bytes).expect("write");
     until_faulty_loaded(&b, "new version not loaded").await;
-    assert!(confirmed(&ch, "q-panic", "ok", false).await);
+    for i in 0..QUARANTINE_ENTITIES {
+        assert!(confirmed(&ch, &format!("q-panic-{i}"), "ok", false).await);
+    }
+    assert_eq!(entities_quarantined(&b), 0);
 }
 
-/// A quarantined plugin comes back when its file is touched (no new content needed), and the
-/// exchange routes again.
+/// A quarantined plugin comes back when its file is touched (no new content needed), and its
+/// exchanges route again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn touching_a_quarantined_plugins_file_lifts_the_quarantine() {
     let (dir, b, _conn, ch) = quarantined("t-panic").await;
@@ -249,7 +277,71 @@ async fn touching_a_quarantined_plugins_file_lifts_the_quarantine() {
         .set_modified(std::time::SystemTime::now())
         .expect("touch");
     until_faulty_loaded(&b, "quarantine not lifted").await;
-    assert!(confirmed(&ch, "t-panic", "ok", false).await);
+    for i in 0..QUARANTINE_ENTITIES {
+        assert!(confirmed(&ch, &format!("t-panic-{i}"), "ok", false).await);
+    }
+    assert_eq!(entities_quarantined(&b), 0);
+}
+
+/// Faults are accounted per exchange: a poison routing key that keeps failing on exchange A
+/// quarantines A alone; exchange B of the same type keeps routing, and so does the plugin. A poison
+/// message that is a minority of A's traffic never quarantines it: each one meets the failure policy.
+#[tokio::test]
+async fn a_poison_key_on_one_exchange_leaves_other_exchanges_of_the_type_alone() {
+    let dir = PluginDir::with("poison", &[(plugins::FAULTY, "faulty.wasm")]);
+    let b = start_broker_with(dir.config()).await;
+    let conn = connect(&b).await;
+    let ch = confirm_channel(&conn).await;
+    for x in ["poisoned", "healthy", "mostly"] {
+        declare_exchange(&ch, x, "x-faulty", args(&[("fault", text("panic"))])).await;
+        bind_queues(&ch, x, &[&format!("{x}-q")], "").await;
+    }
+    // One poisoned message in three, for a hundred calls: every good one is routed.
+    for i in 0..99 {
+        let key = if i % 3 == 0 { "fail" } else { "ok" };
+        assert_eq!(confirmed(&ch, "mostly", key, false).await, key == "ok");
+    }
+    assert_eq!(entities_quarantined(&b), 0);
+    for _ in 0..30 {
+        assert!(!confirmed(&ch, "poisoned", "fail", false).await);
+        assert!(confirmed(&ch, "healthy", "ok", false).await);
+    }
+    assert_eq!(entities_quarantined(&b), 1);
+    assert_eq!(faulty_state(&b), Some("loaded"));
+    // The quarantined exchange fails fast, even for a good key; the others route.
+    assert!(!confirmed(&ch, "poisoned", "ok", false).await);
+    assert!(confirmed(&ch, "healthy", "ok", false).await);
+    assert!(confirmed(&ch, "mostly", "ok", false).await);
+    assert_eq!(message_count(&ch, "healthy-q").await, 31);
+    assert_eq!(message_count(&ch, "mostly-q").await, 67);
+    // Deleting the quarantined exchange releases it from the plugin's count.
+    ch.exchange_delete("poisoned".into(), ExchangeDeleteOptions::default())
+        .await
+        .expect("delete");
+    assert_eq!(entities_quarantined(&b), 0);
+}
+
+/// The failure rate counts, not only a run: an exchange whose plugin fails on every other message
+/// (the run of failures never passes one) is quarantined once 20 of its last calls failed.
+#[tokio::test]
+async fn an_exchange_failing_every_other_message_is_quarantined() {
+    let dir = PluginDir::with("rate", &[(plugins::FAULTY, "faulty.wasm")]);
+    let b = start_broker_with(dir.config()).await;
+    let conn = connect(&b).await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(&ch, "flaky", "x-faulty", args(&[("fault", text("panic"))])).await;
+    bind_queues(&ch, "flaky", &["flaky-q"], "").await;
+    let mut routed = 0;
+    for i in 0..60 {
+        let key = if i % 2 == 0 { "fail" } else { "ok" };
+        if confirmed(&ch, "flaky", key, false).await {
+            routed += 1;
+        }
+    }
+    assert_eq!(entities_quarantined(&b), 1);
+    // 20 failures among the first 39 calls; the good messages before that were routed.
+    assert_eq!(routed, 19);
+    assert_eq!(message_count(&ch, "flaky-q").await, 19);
 }
 
 /// Answers that break the contract without failing (repeated ids, an id no binding has) are counted
