@@ -197,7 +197,7 @@ fn plugin_route(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("warren-bench-plugins-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::copy(consistent_hash_component(), dir.join("chash.wasm")).expect("copy");
-    let host = PluginHost::new(Limits::default(), Some(dir.clone())).expect("host");
+    let host = PluginHost::new(Limits::default(), Some(dir.clone()), None).expect("host");
     host.load_dir();
     let registry = Registry::new(Some(host));
     let mut plugin = registry
@@ -205,6 +205,7 @@ fn plugin_route(c: &mut Criterion) {
             "x-consistent-hash",
             &FieldTable::default(),
             "exchange 'bench'",
+            false,
         )
         .expect("type loaded and declared");
     let mut direct = Direct::default();

@@ -76,9 +76,12 @@ impl Broker {
                 memory_bytes: usize::try_from(config.plugin_memory_limit).unwrap_or(usize::MAX),
             },
             config.plugin_dir.clone(),
+            config.data_dir.as_ref().map(|d| d.join("plugin-cache")),
         )?;
-        // Plugins load before durable state is recovered, so plugin exchanges come back routing. The
-        // watcher starts first so that a file written during the initial load is not missed.
+        // Plugins load in the background while durable state is recovered and AMQP served: plugin
+        // exchanges recovered before their type is loaded are unavailable until it is (a client's
+        // declare waits for the initial load instead). The watcher starts first so that a file
+        // written during the initial load is not missed.
         let plugin_watcher = watcher::watch(&plugins).with_context(|| {
             format!(
                 "cannot watch the plugin directory {}",
@@ -89,7 +92,9 @@ impl Broker {
                     .display()
             )
         })?;
-        plugins.load_dir();
+        plugins
+            .start_loading()
+            .context("cannot start loading the plugin directory")?;
         let registry = Arc::new(Registry::new(Some(Arc::clone(&plugins))));
         let defs = match &config.definitions {
             Some(path) => Some(Definitions::load(path)?),

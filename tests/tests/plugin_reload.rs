@@ -330,3 +330,78 @@ async fn a_second_file_with_a_loaded_plugins_name_waits_until_the_first_is_remov
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The compile cache in the data directory: the first start compiles and writes an entry, the next
+/// one reads it; an entry that cannot be used (corrupted) is compiled again and rewritten, not
+/// trusted; entries that no plugin file needs any more are removed at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_plugins_are_cached_in_the_data_directory() {
+    use warren::plugin::loader::Source;
+    let dir = PluginDir::with("cache", &[(plugins::X_RANDOM, "random.wasm")]);
+    let data = std::env::temp_dir().join(format!(
+        "warren-cache-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let config = || Config {
+        data_dir: Some(data.clone()),
+        ..dir.config()
+    };
+    let cache = data.join("plugin-cache");
+    let entries = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&cache)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let compiled = |b: &TestBroker| plugin_status(b, "x-random").and_then(|s| s.compiled);
+
+    let b = start_broker_with(config()).await;
+    assert_eq!(compiled(&b), Some(Source::Compiled));
+    b.stop().await;
+    let written = entries();
+    assert_eq!(written.len(), 1, "{written:?}");
+    let name = written[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with(&sha256(plugins::X_RANDOM)) && name.ends_with(".cwasm"),
+        "{name}"
+    );
+
+    let b = start_broker_with(config()).await;
+    assert_eq!(compiled(&b), Some(Source::CacheHit));
+    b.stop().await;
+
+    // A corrupted entry is not used: compiled again, and the entry rewritten.
+    std::fs::write(&written[0], b"not a compiled component").expect("corrupt");
+    let b = start_broker_with(config()).await;
+    assert_eq!(compiled(&b), Some(Source::Compiled));
+    let conn = connect(&b).await;
+    let ch = channel(&conn).await;
+    ch.exchange_declare(
+        "r".into(),
+        ExchangeKind::Custom("x-random".into()),
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("the recompiled plugin serves");
+    drop(conn);
+    b.stop().await;
+    assert_eq!(entries(), written);
+    assert!(std::fs::metadata(&written[0]).expect("entry").len() > 1000);
+
+    // Another plugin replaces the file: the old entry goes at the next start.
+    std::fs::remove_file(dir.path("random.wasm")).expect("remove");
+    dir.install(plugins::X_CONSISTENT_HASH, "chash.wasm");
+    let b = start_broker_with(config()).await;
+    b.stop().await;
+    let now = entries();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now, written);
+    let _ = std::fs::remove_dir_all(&data);
+}

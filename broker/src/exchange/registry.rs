@@ -58,6 +58,13 @@ impl Registry {
         crate::sync::write(&self.types).insert(name.to_owned(), factory);
     }
 
+    /// Whether the plugin directory's initial load is still running (plugin types may still appear).
+    pub fn plugins_loading(&self) -> bool {
+        self.plugins
+            .as_ref()
+            .is_some_and(|p| p.initial_load_running())
+    }
+
     /// Whether exchanges of type `name` can be declared now (native, or a loaded plugin type).
     pub fn knows(&self, name: &str) -> bool {
         crate::sync::read(&self.types).contains_key(name)
@@ -68,7 +75,8 @@ impl Registry {
     }
 
     /// New routing state for an exchange of type `name` declared with `arguments`; `entity` describes
-    /// the exchange in a plugin's logs ("exchange 'x' in vhost '/'").
+    /// the exchange in a plugin's logs ("exchange 'x' in vhost '/'"). `recovering`: a plugin type that
+    /// is still loading is not waited for (recovery goes on; see [`Registry::create_unavailable`]).
     ///
     /// # Errors
     /// [`CreateError::UnknownType`] for a name that is neither native nor a loaded plugin type;
@@ -78,6 +86,7 @@ impl Registry {
         name: &str,
         arguments: &FieldTable,
         entity: &str,
+        recovering: bool,
     ) -> Result<Box<dyn ExchangeType>, CreateError> {
         let native = crate::sync::read(&self.types).get(name).copied();
         if let Some(factory) = native {
@@ -85,7 +94,12 @@ impl Registry {
         }
         let unknown = || CreateError::UnknownType(name.to_owned());
         let host = self.plugins.as_ref().ok_or_else(unknown)?;
-        let slot = host.loaded(Kind::Exchange, name).ok_or_else(unknown)?;
+        let slot = if recovering {
+            host.loaded_now(Kind::Exchange, name)
+        } else {
+            host.loaded(Kind::Exchange, name)
+        }
+        .ok_or_else(unknown)?;
         let exchange = WasmExchange::new(host, &slot, arguments, entity.to_owned())?;
         Ok(Box::new(exchange))
     }

@@ -447,7 +447,7 @@ mod tests {
     use super::*;
 
     fn active() -> Active {
-        let host = PluginHost::new(crate::plugin::Limits::default(), None).expect("host");
+        let host = PluginHost::new(crate::plugin::Limits::default(), None, None).expect("host");
         let slot = host.slot(crate::plugin::Kind::Exchange, "x-test");
         Active {
             instance: EntityInstance::new(&host, &slot, "exchange 'test'".into()),

@@ -1,8 +1,9 @@
-//! Reading a `.wasm` file into a checked, pre-instantiated plugin version: compile, link, find which
-//! world it targets, instantiate once and ask it to describe itself. Every failure says which file and
-//! which step.
+//! Reading a `.wasm` file into a checked, pre-instantiated plugin version: compile (or take the
+//! compiled artefact from the [`CompileCache`]), link, find which world it targets, instantiate once and
+//! ask it to describe itself. Every failure says which file and which step.
 
-use std::time::SystemTime;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
@@ -83,6 +84,178 @@ pub struct Loaded {
     pub loaded_at: SystemTime,
     /// Ready to instantiate.
     pub pre: Pre,
+    /// How the compiled code was obtained, and how long it took.
+    pub compiled: Compiled,
+}
+
+/// Where a version's compiled code came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// Deserialized from the compile cache.
+    CacheHit,
+    /// Compiled, and written to the cache.
+    Compiled,
+    /// Compiled; no cache (no data directory) or the cache could not be written.
+    CompiledUncached,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::CacheHit => "hit",
+            Source::Compiled => "miss",
+            Source::CompiledUncached => "off",
+        })
+    }
+}
+
+/// How a version's code was obtained.
+#[derive(Clone, Copy, Debug)]
+pub struct Compiled {
+    /// Cache hit or compile.
+    pub source: Source,
+    /// Time to compile or deserialize.
+    pub took: Duration,
+}
+
+/// Compiled components kept on disk (`<data dir>/plugin-cache/`), so that a restart with unchanged
+/// plugins loads them in milliseconds. An entry is named by the file's content hash and the engine's
+/// compatibility hash (wasmtime version and compilation settings): another engine never reads it.
+/// Entries are written whole under a temporary name and renamed into place.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+impl CompileCache {
+    /// A cache in `dir` (created when first written) for components compiled by `engine`.
+    pub fn new(dir: PathBuf, engine: &wasmtime::Engine) -> CompileCache {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        CompileCache {
+            dir,
+            engine_key: format!("{:016x}", h.finish()),
+        }
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The entry of the component whose file has content hash `hash`.
+    pub fn entry(&self, hash: &str) -> PathBuf {
+        self.dir.join(format!("{hash}-{}.cwasm", self.engine_key))
+    }
+
+    /// The cached component for `hash`, if there is a usable entry (one that fails to load is
+    /// removed, so that it is compiled and written again).
+    fn load(&self, engine: &wasmtime::Engine, hash: &str) -> Option<Component> {
+        let path = self.entry(hash);
+        if !path.exists() {
+            return None;
+        }
+        // Read into memory, not mapped: a mapped file truncated or rewritten in place by anyone
+        // would fault the broker (SIGBUS) on its next plugin call.
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(entry = %path.display(), "plugin compile cache entry unreadable, compiling again: {e}");
+                return None;
+            }
+        };
+        // SAFETY: wasmtime runs the native code in a serialized component as it is, so the bytes must
+        // come from `Component::serialize` of a compatible engine. Entries are written only by
+        // `store` below, into the broker's own data directory (the trust boundary of everything
+        // else the broker reads back: its message store and definitions), under a name that
+        // includes this engine's compatibility hash; wasmtime also checks the header (its version
+        // and the engine's settings) and refuses a mismatch or a file that is not one of its
+        // artefacts, which falls back to compiling.
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Component::deserialize(engine, &bytes) };
+        match loaded {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(entry = %path.display(), "plugin compile cache entry unusable, compiling again: {e:#}");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Writes `component` as the entry for `hash`. Returns false when it could not be written (the
+    /// plugin is loaded all the same).
+    fn store(&self, hash: &str, component: &Component) -> bool {
+        let write = || -> anyhow::Result<()> {
+            std::fs::create_dir_all(&self.dir)?;
+            let bytes = component.serialize().map_err(wasm_err)?;
+            let path = self.entry(hash);
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        };
+        match write() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), "plugin compile cache not written: {e:#}");
+                false
+            }
+        }
+    }
+
+    /// Removes the entries of this engine whose content hash is not in `keep`, and every entry of
+    /// other engines (left by an older broker). Returns how many were removed.
+    pub fn prune(&self, keep: &std::collections::HashSet<String>) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let suffix = format!("-{}.cwasm", self.engine_key);
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let kept = name
+                .strip_suffix(&suffix)
+                .is_some_and(|hash| keep.contains(hash));
+            if !kept && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+/// `bytes` (content hash `hash`) as a compiled component: from `cache` when it holds it, else compiled
+/// (and written to `cache`).
+fn compile(
+    runtime: &Runtime,
+    bytes: &[u8],
+    hash: &str,
+    cache: Option<&CompileCache>,
+) -> anyhow::Result<(Component, Compiled)> {
+    let started = Instant::now();
+    if let Some(component) = cache.and_then(|c| c.load(&runtime.engine, hash)) {
+        let took = started.elapsed();
+        return Ok((
+            component,
+            Compiled {
+                source: Source::CacheHit,
+                took,
+            },
+        ));
+    }
+    let component = Component::new(&runtime.engine, bytes)
+        .map_err(wasm_err)
+        .context("not a valid WebAssembly component (truncated, or a core module?)")?;
+    let took = started.elapsed();
+    let source = match cache {
+        Some(c) if c.store(hash, &component) => Source::Compiled,
+        _ => Source::CompiledUncached,
+    };
+    Ok((component, Compiled { source, took }))
 }
 
 /// Hex SHA-256 of `bytes`.
@@ -97,15 +270,20 @@ fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!("{e:#}")
 }
 
-/// Compiles and checks `bytes` (the content of `file`) as a plugin. Blocking: call it off the hot path.
+/// Compiles (or takes from `cache`) and checks `bytes` (the content of `file`) as a plugin. Blocking:
+/// call it off the hot path.
 ///
 /// # Errors
 /// Not a component, a component for an unknown world or package version, imports the sandbox does not
 /// offer, a trap while initialising or describing itself, or an exchange type name without `x-`.
-pub fn load(runtime: &Runtime, file: &std::path::Path, bytes: &[u8]) -> anyhow::Result<Loaded> {
-    let component = Component::new(&runtime.engine, bytes)
-        .map_err(wasm_err)
-        .context("not a valid WebAssembly component (truncated, or a core module?)")?;
+pub fn load(
+    runtime: &Runtime,
+    file: &Path,
+    bytes: &[u8],
+    cache: Option<&CompileCache>,
+) -> anyhow::Result<Loaded> {
+    let hash = content_hash(bytes);
+    let (component, compiled) = compile(runtime, bytes, &hash, cache)?;
     let instance_pre = runtime
         .linker
         .instantiate_pre(&component)
@@ -138,13 +316,14 @@ pub fn load(runtime: &Runtime, file: &std::path::Path, bytes: &[u8]) -> anyhow::
         version: info.version,
         description: info.description,
         kind: pre.kind(),
-        hash: content_hash(bytes),
+        hash,
         loaded_at: SystemTime::now(),
         pre,
+        compiled,
     })
 }
 
-fn describe(runtime: &Runtime, file: &std::path::Path, pre: &Pre) -> anyhow::Result<PluginInfo> {
+fn describe(runtime: &Runtime, file: &Path, pre: &Pre) -> anyhow::Result<PluginInfo> {
     // Its name is not known before `describe` answers: output while loading is tagged with the file.
     let mut store = runtime.store(&Origin::new("(loading)", file));
     runtime.arm(&mut store);

@@ -14,14 +14,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 use tracing::{error, info, warn};
 
 use super::engine::{Fault, Limits, Runtime};
-use super::loader::{self, Kind, Loaded};
+use super::loader::{self, CompileCache, Kind, Loaded};
 
 /// Entities quarantined (since the plugin's file last changed) after which the plugin itself is
 /// quarantined: failing in that many places is a broken plugin, not a poison message. Every call of a
@@ -269,6 +269,11 @@ pub struct PluginStatus {
     pub breaches: u64,
     /// Entities of this plugin (exchanges, consumers, queues) quarantined now.
     pub entities_quarantined: u64,
+    /// Where the current version's compiled code came from (`cache-hit`, `compiled`,
+    /// `compiled-uncached`).
+    pub compiled: Option<loader::Source>,
+    /// Milliseconds the current version took to compile or to read from the cache.
+    pub compile_ms: Option<u64>,
 }
 
 /// The plugin host: runtime, slots, and the files they were loaded from.
@@ -276,24 +281,87 @@ pub struct PluginStatus {
 pub struct PluginHost {
     runtime: Runtime,
     dir: Option<PathBuf>,
+    cache: Option<CompileCache>,
     slots: RwLock<HashMap<(Kind, String), Arc<Slot>>>,
     files: Mutex<HashMap<PathBuf, FileState>>,
     generation: AtomicU64,
+    /// True while the plugin directory's initial load runs ([`PluginHost::start_loading`]).
+    initial_load: Mutex<bool>,
+    initial_loaded: Condvar,
 }
 
+/// Most plugin files compiled at once by the initial load.
+const LOAD_THREADS: usize = 2;
+
 impl PluginHost {
-    /// A host with no plugins loaded yet; `dir` is the plugin directory (none: no plugins).
+    /// A host with no plugins loaded yet; `dir` is the plugin directory (none: no plugins),
+    /// `cache_dir` where compiled plugins are kept across restarts (none: compiled at every load).
     ///
     /// # Errors
     /// The wasmtime engine could not be built.
-    pub fn new(limits: Limits, dir: Option<PathBuf>) -> anyhow::Result<Arc<PluginHost>> {
+    pub fn new(
+        limits: Limits,
+        dir: Option<PathBuf>,
+        cache_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Arc<PluginHost>> {
+        let runtime = Runtime::new(limits)?;
+        let cache = cache_dir.map(|d| CompileCache::new(d, &runtime.engine));
         Ok(Arc::new(PluginHost {
-            runtime: Runtime::new(limits)?,
+            runtime,
             dir,
+            cache,
             slots: RwLock::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            initial_load: Mutex::new(false),
+            initial_loaded: Condvar::new(),
         }))
+    }
+
+    /// Loads the plugin directory in the background (at start): the broker recovers its durable
+    /// state and serves AMQP meanwhile, with the exchanges of plugin types not loaded yet unavailable
+    /// until they are. A client's lookup of a plugin that is not loaded ([`PluginHost::loaded`]) waits
+    /// for this load to end first, so a declare sent right after start finds a plugin that is still
+    /// compiling.
+    ///
+    /// # Errors
+    /// The loading thread could not be started.
+    pub fn start_loading(self: &Arc<Self>) -> std::io::Result<()> {
+        *crate::sync::lock(&self.initial_load) = true;
+        let host = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("warren-plugin-load".into())
+            .spawn(move || {
+                host.load_dir();
+                *crate::sync::lock(&host.initial_load) = false;
+                host.initial_loaded.notify_all();
+            });
+        if spawned.is_err() {
+            *crate::sync::lock(&self.initial_load) = false;
+        }
+        spawned.map(drop)
+    }
+
+    /// Whether the initial load started by [`PluginHost::start_loading`] is still running.
+    pub fn initial_load_running(&self) -> bool {
+        *crate::sync::lock(&self.initial_load)
+    }
+
+    /// Waits until the initial load started by [`PluginHost::start_loading`] has ended (at once when
+    /// none runs). Blocking: waits off the Tokio worker.
+    pub fn wait_initial_load(&self) {
+        let mut loading = crate::sync::lock(&self.initial_load);
+        if !*loading {
+            return;
+        }
+        crate::sync::off_worker(|| {
+            while *loading {
+                loading = self
+                    .initial_loaded
+                    .wait(loading)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        });
     }
 
     /// The engine, linker and limits.
@@ -306,8 +374,22 @@ impl PluginHost {
         self.dir.as_deref()
     }
 
-    /// The slot of a loaded plugin (one with a current version, quarantined or not).
+    /// The slot of a loaded plugin (one with a current version, quarantined or not). When it is not
+    /// loaded and the initial load is still running, waits for that to end and looks again (see
+    /// [`PluginHost::start_loading`]).
     pub fn loaded(&self, kind: Kind, name: &str) -> Option<Arc<Slot>> {
+        self.loaded_now(kind, name).or_else(|| {
+            if !*crate::sync::lock(&self.initial_load) {
+                return None;
+            }
+            self.wait_initial_load();
+            self.loaded_now(kind, name)
+        })
+    }
+
+    /// [`PluginHost::loaded`] without waiting for the initial load (for recovery, which must not
+    /// wait for plugins to compile).
+    pub fn loaded_now(&self, kind: Kind, name: &str) -> Option<Arc<Slot>> {
         crate::sync::read(&self.slots)
             .get(&(kind, name.to_owned()))
             .filter(|s| s.is_loaded())
@@ -324,7 +406,8 @@ impl PluginHost {
         )
     }
 
-    /// Loads every `.wasm` file in the plugin directory (at start, before durable state is recovered).
+    /// Loads every `.wasm` file in the plugin directory, [`LOAD_THREADS`] files at a time, and then
+    /// removes compile cache entries that no file of the directory needs.
     pub fn load_dir(&self) {
         let Some(dir) = &self.dir else { return };
         let entries = match std::fs::read_dir(dir) {
@@ -339,8 +422,25 @@ impl PluginHost {
             .filter(|p| is_plugin_file(p))
             .collect();
         paths.sort();
-        for p in paths {
-            self.file_changed(&p);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..LOAD_THREADS.min(paths.len()) {
+                scope.spawn(|| {
+                    while let Some(p) = paths.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        self.file_changed(p);
+                    }
+                });
+            }
+        });
+        if let Some(cache) = &self.cache {
+            let keep = crate::sync::lock(&self.files)
+                .values()
+                .map(|f| f.hash.clone())
+                .collect();
+            let removed = cache.prune(&keep);
+            if removed > 0 {
+                info!(dir = %cache.dir().display(), removed, "plugin compile cache: entries of files no longer present removed");
+            }
         }
     }
 
@@ -377,8 +477,7 @@ impl PluginHost {
                 }
             }
         }
-        let started = std::time::Instant::now();
-        let loaded = match loader::load(&self.runtime, path, &bytes) {
+        let loaded = match loader::load(&self.runtime, path, &bytes, self.cache.as_ref()) {
             Ok(l) => l,
             Err(e) => {
                 error!(file = %path.display(), hash = %&hash[..16], "plugin refused, previous version (if any) kept: {e:#}");
@@ -430,7 +529,8 @@ impl PluginHost {
             version = %loaded.version,
             hash = %&hash[..16],
             file = %path.display(),
-            compile_ms = started.elapsed().as_millis() as u64,
+            cache = %loaded.compiled.source,
+            compile_ms = loaded.compiled.took.as_millis() as u64,
             "{}",
             if reload { "plugin reloaded" } else { "plugin loaded" }
         );
@@ -515,6 +615,10 @@ impl PluginHost {
                     reloads: n(&s.stats.reloads),
                     breaches: n(&s.stats.breaches),
                     entities_quarantined: n(&s.entities_quarantined),
+                    compiled: v.as_ref().map(|v| v.loaded.compiled.source),
+                    compile_ms: v.as_ref().map(|v| {
+                        u64::try_from(v.loaded.compiled.took.as_millis()).unwrap_or(u64::MAX)
+                    }),
                 }
             })
             .collect();

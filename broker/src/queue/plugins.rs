@@ -31,16 +31,22 @@ pub enum AttachError {
     Refused(String),
 }
 
-/// The loaded plugin `name` of `kind`, instantiated and initialised with `config`.
+/// The loaded plugin `name` of `kind`, instantiated and initialised with `config`. `wait`: a plugin
+/// still loading at start is waited for ([`PluginHost::loaded`]); recovery does not wait.
 fn attach<W: Configurable>(
     host: &Arc<PluginHost>,
     kind: Kind,
     name: &str,
     config: &Vec<u8>,
+    wait: bool,
 ) -> Result<(Arc<Slot>, Instance<W>), AttachError> {
-    let slot = host
-        .loaded(kind, name)
-        .ok_or_else(|| AttachError::NotFound(format!("no {kind} plugin '{name}' is loaded")))?;
+    let slot = if wait {
+        host.loaded(kind, name)
+    } else {
+        host.loaded_now(kind, name)
+    };
+    let slot =
+        slot.ok_or_else(|| AttachError::NotFound(format!("no {kind} plugin '{name}' is loaded")))?;
     let instance = Instance::<W>::configured(host, &slot, config)
         .map_err(|f| AttachError::Refused(format!("{kind} plugin '{name}' failed: {f}")))?
         .map_err(AttachError::Refused)?;
@@ -101,7 +107,7 @@ impl ConsumerFilter {
         entity: String,
     ) -> Result<ConsumerFilter, AttachError> {
         let config = table_body(config);
-        let (slot, instance) = attach::<FilterPlugin>(host, Kind::Filter, name, &config)?;
+        let (slot, instance) = attach::<FilterPlugin>(host, Kind::Filter, name, &config, true)?;
         Ok(ConsumerFilter {
             config,
             on_failure,
@@ -224,7 +230,8 @@ pub struct Idempotency {
 
 impl Idempotency {
     /// Attaches the idempotency plugin `name` with `config` (the queue's `x-idempotency-args`);
-    /// `entity` describes the queue in logs.
+    /// `entity` describes the queue in logs; `wait`: a plugin still loading at start is waited for
+    /// (not during recovery).
     ///
     /// # Errors
     /// [`AttachError::NotFound`] for an unknown plugin; [`AttachError::Refused`] when it refuses the
@@ -235,9 +242,11 @@ impl Idempotency {
         config: &FieldTable,
         window: Window,
         entity: String,
+        wait: bool,
     ) -> Result<Idempotency, AttachError> {
         let config = table_body(config);
-        let (slot, instance) = attach::<IdempotencyPlugin>(host, Kind::Idempotency, name, &config)?;
+        let (slot, instance) =
+            attach::<IdempotencyPlugin>(host, Kind::Idempotency, name, &config, wait)?;
         Ok(Idempotency {
             config,
             window,

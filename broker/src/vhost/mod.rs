@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use rand::Rng;
-use tracing::warn;
+use tracing::{info, warn};
 
 pub(crate) use self::durable::Definition;
 use crate::error::{AmqpError, AmqpResult};
@@ -193,7 +193,10 @@ impl VHost {
         };
         for (xname, kind) in PREDECLARED {
             let entity = format!("exchange '{xname}' in vhost '{name}'");
-            if let Ok(router) = vhost.registry.create(kind, &FieldTable::default(), &entity) {
+            if let Ok(router) = vhost
+                .registry
+                .create(kind, &FieldTable::default(), &entity, false)
+            {
                 let flags = ExchangeFlags {
                     durable: true,
                     ..ExchangeFlags::default()
@@ -293,14 +296,18 @@ impl VHost {
         }
         // A plugin type instantiates and initialises its plugin here, outside the vhost's lock.
         let entity = format!("exchange '{name}' in vhost '{}'", self.name);
-        let router = match self.registry.create(kind, arguments, &entity) {
+        let router = match self.registry.create(kind, arguments, &entity, recovering) {
             Ok(router) => router,
             Err(CreateError::Refused(reason)) => {
                 return Err(AmqpError::precondition_failed(reason))
             }
             Err(unknown) => match self.registry.create_unavailable(kind, arguments, &entity) {
                 Some(router) if recovering => {
-                    warn!(vhost = %self.name, exchange = %name, kind, "exchange recovered with its plugin type not loaded: unavailable until the plugin returns");
+                    if self.registry.plugins_loading() {
+                        info!(vhost = %self.name, exchange = %name, kind, "exchange recovered while its plugin type is still loading: unavailable until it is loaded");
+                    } else {
+                        warn!(vhost = %self.name, exchange = %name, kind, "exchange recovered with its plugin type not loaded: unavailable until the plugin returns");
+                    }
                     router
                 }
                 _ => return Err(AmqpError::command_invalid(unknown.to_string())),
@@ -653,7 +660,15 @@ impl VHost {
             )));
         };
         let entity = format!("queue '{queue}' in vhost '{}'", self.name);
-        match plugins::Idempotency::attach(host, &name, &config, window, entity.clone()) {
+        let recovering = self.recovering.load(Ordering::Relaxed);
+        match plugins::Idempotency::attach(
+            host,
+            &name,
+            &config,
+            window,
+            entity.clone(),
+            !recovering,
+        ) {
             Ok(i) => Ok(Some(i)),
             Err(plugins::AttachError::NotFound(_)) if self.recovering.load(Ordering::Relaxed) => {
                 warn!(vhost = %self.name, queue, plugin = %name, "queue recovered with its idempotency plugin not loaded: messages are delivered without keys until it returns");

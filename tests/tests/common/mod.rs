@@ -64,6 +64,8 @@ pub async fn start_broker_with(config: Config) -> TestBroker {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let broker = Arc::new(Broker::new(config).expect("broker config"));
+    // Plugins load in the background; tests read the plugin snapshot right after start.
+    broker.plugins.wait_initial_load();
     let (tx, rx) = oneshot::channel();
     let done = tokio::spawn(server::run(vec![listener], Arc::clone(&broker), async {
         let _ = rx.await;
