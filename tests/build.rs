@@ -19,6 +19,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("SWITCH_B", "switch_b"),
     ("OTHER_WORLD", "other_world"),
     ("TRAP_ON_LOAD", "trap_on_load"),
+    ("V0_1_EXCHANGE", "v0_1_exchange"),
 ];
 
 fn main() {

@@ -27,10 +27,11 @@ use super::{
     Binding, BindingRefused, CreateError, Destination, ExchangeType, Prepared, RouteError,
 };
 use crate::message::MessageRef;
-use crate::plugin::bindings::{Binding as WitBinding, ExchangePlugin, RoutesOn};
+use crate::plugin::bindings::{Binding as WitBinding, RoutesOn};
 use crate::plugin::engine::table_body;
 use crate::plugin::entity::EntityInstance;
 use crate::plugin::instance::Instance;
+use crate::plugin::worlds::ExchangeWorld;
 use crate::plugin::{Fault, PluginHost, Slot};
 
 /// Routing decisions kept per exchange for `routes-on = routing-key` plugins; the cache is cleared
@@ -55,7 +56,7 @@ struct Entry {
 
 #[derive(Debug)]
 struct Active {
-    instance: EntityInstance<ExchangePlugin>,
+    instance: EntityInstance<ExchangeWorld>,
     routes_on: RoutesOn,
     cache: HashMap<String, Vec<u32>>,
     /// Cache hits and misses since the cache was last cleared.
@@ -74,7 +75,8 @@ pub(crate) struct WasmExchange {
     /// Slab: binding id → binding.
     entries: Vec<Option<Entry>>,
     active: Mutex<Active>,
-    /// The current instance said `routes-on = routing-key` (read without the lock by publishers).
+    /// The current instance said `routes-on = routing-key` and its package has `route-keys` (0.2.0
+    /// on): publishes to it are batched (read without the lock by publishers).
     by_key: AtomicBool,
     /// Renewed whenever a binding or the instance changes, voiding prepared decisions.
     generation: AtomicU64,
@@ -100,13 +102,15 @@ impl WasmExchange {
         let refused = |f: Fault| CreateError::Refused(describe(slot, &f));
         let x = Self::unavailable(host, slot, arguments, entity.clone());
         let mut active = crate::sync::lock(&x.active);
-        let mut instance = Instance::<ExchangePlugin>::new(host, slot).map_err(refused)?;
+        let mut instance = Instance::<ExchangeWorld>::new(host, slot).map_err(refused)?;
         active.routes_on = instance
             .init(&x.arguments)
             .map_err(refused)?
             .map_err(CreateError::Refused)?;
-        x.by_key
-            .store(active.routes_on == RoutesOn::RoutingKey, Ordering::Relaxed);
+        x.by_key.store(
+            active.routes_on == RoutesOn::RoutingKey && instance.routes_keys_in_batches(),
+            Ordering::Relaxed,
+        );
         active.instance = EntityInstance::with(host, slot, entity, instance);
         drop(active);
         Ok(x)
@@ -153,7 +157,9 @@ impl WasmExchange {
     /// the cached and prepared decisions.
     fn ensure(&self, active: &mut Active) -> Result<(), Fault> {
         let mut routes_on = active.routes_on;
+        let mut batches = false;
         let rebuilt = active.instance.ensure(|instance| {
+            batches = instance.routes_keys_in_batches();
             routes_on = instance.init(&self.arguments)?.map_err(|reason| {
                 Fault::Unavailable(format!(
                     "this version of '{}' refuses the exchange's arguments: {reason}",
@@ -170,8 +176,10 @@ impl WasmExchange {
             (active.hits, active.misses, active.bypass) = (0, 0, 0);
             self.renew();
             active.routes_on = routes_on;
-            self.by_key
-                .store(routes_on == RoutesOn::RoutingKey, Ordering::Relaxed);
+            self.by_key.store(
+                routes_on == RoutesOn::RoutingKey && batches,
+                Ordering::Relaxed,
+            );
         }
         Ok(())
     }
@@ -182,7 +190,7 @@ impl WasmExchange {
         &self,
         active: &mut Active,
         handles_message: bool,
-        f: impl FnOnce(&mut Instance<ExchangePlugin>) -> Result<T, Fault>,
+        f: impl FnOnce(&mut Instance<ExchangeWorld>) -> Result<T, Fault>,
     ) -> Result<T, Fault> {
         self.ensure(active)?;
         let result = if handles_message {
@@ -300,7 +308,7 @@ impl WasmExchange {
     /// are then routed one by one, with the failure policy.
     fn prepare_keys(&self, keys: &[&str]) -> Option<Prepared> {
         let mut active = crate::sync::lock(&self.active);
-        if self.ensure(&mut active).is_err() || active.routes_on != RoutesOn::RoutingKey {
+        if self.ensure(&mut active).is_err() || !self.by_key.load(Ordering::Relaxed) {
             return None;
         }
         let use_cache = active.bypass == 0;

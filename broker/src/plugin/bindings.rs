@@ -52,6 +52,50 @@ mod generated {
             exports: { default: async },
         });
     }
+    /// The released package `warren:plugin@0.1.0` (`wit/released/`): its own `types` interface
+    /// (`types@0.1.0`, linked beside the current one), its message resource backed by the same
+    /// [`MessageView`](crate::plugin::bindings::MessageView).
+    pub(super) mod v0_1 {
+        pub(in crate::plugin) mod exchange {
+            wasmtime::component::bindgen!({
+                path: "../wit/released/warren-plugin@0.1.0.wit",
+                world: "warren:plugin/exchange-plugin@0.1.0",
+                with: { "warren:plugin/types@0.1.0.message": crate::plugin::bindings::MessageView },
+                exports: { default: async },
+            });
+        }
+        pub(in crate::plugin) mod filter {
+            wasmtime::component::bindgen!({
+                path: "../wit/released/warren-plugin@0.1.0.wit",
+                world: "warren:plugin/filter-plugin@0.1.0",
+                with: { "warren:plugin/types@0.1.0": super::exchange::warren::plugin::types },
+                exports: { default: async },
+            });
+        }
+        pub(in crate::plugin) mod idempotency {
+            wasmtime::component::bindgen!({
+                path: "../wit/released/warren-plugin@0.1.0.wit",
+                world: "warren:plugin/idempotency-plugin@0.1.0",
+                with: { "warren:plugin/types@0.1.0": super::exchange::warren::plugin::types },
+                exports: { default: async },
+            });
+        }
+    }
+}
+
+/// Host bindings of the released package `warren:plugin@0.1.0`, kept loadable: the same three worlds,
+/// the exchange world without `route-keys`.
+pub mod v0_1 {
+    pub use super::generated::v0_1::exchange::exports::warren::plugin::exchange::{
+        Binding, RoutesOn,
+    };
+    pub use super::generated::v0_1::exchange::warren::plugin::types::{
+        self, FieldValue, Host as TypesHost, HostMessage, PluginInfo,
+    };
+    pub use super::generated::v0_1::exchange::{ExchangePlugin, ExchangePluginPre};
+    pub use super::generated::v0_1::filter::exports::warren::plugin::filter::Decision;
+    pub use super::generated::v0_1::filter::{FilterPlugin, FilterPluginPre};
+    pub use super::generated::v0_1::idempotency::{IdempotencyPlugin, IdempotencyPluginPre};
 }
 
 pub use generated::exchange::exports::warren::plugin::exchange::{Binding, RoutesOn};

@@ -23,7 +23,7 @@ use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{self, FieldValue, MessageView};
+use super::bindings::{self, v0_1, FieldValue, MessageView};
 use super::output::{Origin, PluginOutput};
 use crate::message::Message;
 use crate::protocol::values::{encode_array, encode_table};
@@ -247,12 +247,65 @@ impl bindings::HostMessage for StoreState {
 
 impl bindings::TypesHost for StoreState {}
 
+/// A `field-value` of the current package as the released 0.1.0 package's (the same variant).
+fn v0_1_value(v: FieldValue) -> v0_1::FieldValue {
+    match v {
+        FieldValue::Boolean(b) => v0_1::FieldValue::Boolean(b),
+        FieldValue::Integer(n) => v0_1::FieldValue::Integer(n),
+        FieldValue::Float(f) => v0_1::FieldValue::Float(f),
+        FieldValue::Decimal(d) => v0_1::FieldValue::Decimal(d),
+        FieldValue::Text(t) => v0_1::FieldValue::Text(t),
+        FieldValue::Bytes(b) => v0_1::FieldValue::Bytes(b),
+        FieldValue::Timestamp(t) => v0_1::FieldValue::Timestamp(t),
+        FieldValue::Table(t) => v0_1::FieldValue::Table(t),
+        FieldValue::Array(a) => v0_1::FieldValue::Array(a),
+        FieldValue::Void => v0_1::FieldValue::Void,
+    }
+}
+
+/// `warren:plugin/types@0.1.0`: the same host `message` as the current package's.
+impl v0_1::HostMessage for StoreState {
+    fn exchange(&mut self, r: Resource<MessageView>) -> String {
+        bindings::HostMessage::exchange(self, r)
+    }
+
+    fn routing_key(&mut self, r: Resource<MessageView>) -> String {
+        bindings::HostMessage::routing_key(self, r)
+    }
+
+    fn body_size(&mut self, r: Resource<MessageView>) -> u64 {
+        bindings::HostMessage::body_size(self, r)
+    }
+
+    fn body(&mut self, r: Resource<MessageView>) -> Vec<u8> {
+        bindings::HostMessage::body(self, r)
+    }
+
+    fn property(&mut self, r: Resource<MessageView>, name: String) -> Option<v0_1::FieldValue> {
+        bindings::HostMessage::property(self, r, name).map(v0_1_value)
+    }
+
+    fn header(&mut self, r: Resource<MessageView>, name: String) -> Option<v0_1::FieldValue> {
+        bindings::HostMessage::header(self, r, name).map(v0_1_value)
+    }
+
+    fn headers(&mut self, r: Resource<MessageView>) -> Vec<u8> {
+        bindings::HostMessage::headers(self, r)
+    }
+
+    fn drop(&mut self, r: Resource<MessageView>) -> wasmtime::Result<()> {
+        bindings::HostMessage::drop(self, r)
+    }
+}
+
+impl v0_1::TypesHost for StoreState {}
+
 /// The engine, the linker and the limits shared by every plugin.
 #[derive(Clone)]
 pub struct Runtime {
     /// Compiles components; its epoch drives call deadlines.
     pub engine: Engine,
-    /// WASI (empty context) + `warren:plugin/types`.
+    /// WASI (empty context) + `warren:plugin/types` (0.2.0 and the released 0.1.0).
     pub linker: Arc<Linker<StoreState>>,
     /// Applied to every store and call.
     pub limits: Limits,
@@ -285,6 +338,11 @@ impl Runtime {
             |s| s,
         )
         .map_err(|e| anyhow::anyhow!("linking warren:plugin/types: {e:#}"))?;
+        v0_1::types::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("linking warren:plugin/types@0.1.0: {e:#}"))?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("warren-plugin-epoch".into())

@@ -8,16 +8,17 @@ use std::sync::Arc;
 
 use wasmtime::Store;
 
-use super::bindings::{
-    Binding, Decision, ExchangePlugin, FilterPlugin, IdempotencyPlugin, RoutesOn,
-};
+use super::bindings::{Binding, Decision, RoutesOn};
 use super::engine::{forget_message, lend_message, run, Fault, StoreState};
 use super::loader::{Kind, Pre};
 use super::output::Origin;
 use super::registry::{PluginHost, Slot};
+use super::worlds::{
+    self, ExchangePre, ExchangeWorld, FilterPre, FilterWorld, IdempotencyPre, IdempotencyWorld,
+};
 use crate::message::Message;
 
-/// The bindings of one world, instantiated from a matching [`Pre`].
+/// The bindings of one kind of world (in any package version), instantiated from a matching [`Pre`].
 pub trait World: Sized {
     /// The plugin kind this world is.
     const KIND: Kind;
@@ -43,49 +44,70 @@ pub trait Configurable: World {
     ) -> Result<Result<(), String>, Fault>;
 }
 
-impl Configurable for FilterPlugin {
+impl Configurable for FilterWorld {
     fn init_config(
         instance: &mut Instance<Self>,
         config: &Vec<u8>,
     ) -> Result<Result<(), String>, Fault> {
-        instance.call(|w, s| run(w.warren_plugin_filter().call_init(s, config)))
+        instance.call(|w, s| match w {
+            FilterWorld::V0_2(w) => run(w.warren_plugin_filter().call_init(s, config)),
+            FilterWorld::V0_1(w) => run(w.warren_plugin_filter().call_init(s, config)),
+        })
     }
 }
 
-impl Configurable for IdempotencyPlugin {
+impl Configurable for IdempotencyWorld {
     fn init_config(
         instance: &mut Instance<Self>,
         config: &Vec<u8>,
     ) -> Result<Result<(), String>, Fault> {
-        instance.call(|w, s| run(w.warren_plugin_idempotency().call_init(s, config)))
+        instance.call(|w, s| match w {
+            IdempotencyWorld::V0_2(w) => run(w.warren_plugin_idempotency().call_init(s, config)),
+            IdempotencyWorld::V0_1(w) => run(w.warren_plugin_idempotency().call_init(s, config)),
+        })
     }
 }
 
-impl World for ExchangePlugin {
+impl World for ExchangeWorld {
     const KIND: Kind = Kind::Exchange;
     fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
         match pre {
-            Pre::Exchange(p) => run(p.instantiate_async(store)),
+            Pre::Exchange(ExchangePre::V0_2(p)) => {
+                run(p.instantiate_async(store)).map(ExchangeWorld::V0_2)
+            }
+            Pre::Exchange(ExchangePre::V0_1(p)) => {
+                run(p.instantiate_async(store)).map(ExchangeWorld::V0_1)
+            }
             other => wasmtime::bail!("{} plugin is not an exchange plugin", other.kind()),
         }
     }
 }
 
-impl World for FilterPlugin {
+impl World for FilterWorld {
     const KIND: Kind = Kind::Filter;
     fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
         match pre {
-            Pre::Filter(p) => run(p.instantiate_async(store)),
+            Pre::Filter(FilterPre::V0_2(p)) => {
+                run(p.instantiate_async(store)).map(FilterWorld::V0_2)
+            }
+            Pre::Filter(FilterPre::V0_1(p)) => {
+                run(p.instantiate_async(store)).map(FilterWorld::V0_1)
+            }
             other => wasmtime::bail!("{} plugin is not a filter plugin", other.kind()),
         }
     }
 }
 
-impl World for IdempotencyPlugin {
+impl World for IdempotencyWorld {
     const KIND: Kind = Kind::Idempotency;
     fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
         match pre {
-            Pre::Idempotency(p) => run(p.instantiate_async(store)),
+            Pre::Idempotency(IdempotencyPre::V0_2(p)) => {
+                run(p.instantiate_async(store)).map(IdempotencyWorld::V0_2)
+            }
+            Pre::Idempotency(IdempotencyPre::V0_1(p)) => {
+                run(p.instantiate_async(store)).map(IdempotencyWorld::V0_1)
+            }
             other => wasmtime::bail!("{} plugin is not an idempotency plugin", other.kind()),
         }
     }
@@ -211,13 +233,17 @@ impl<W: World> Instance<W> {
     }
 }
 
-impl Instance<ExchangePlugin> {
+impl Instance<ExchangeWorld> {
     /// `init(arguments)`: `Ok(Err(reason))` when the plugin refuses the declare arguments.
     ///
     /// # Errors
     /// The call faulted.
     pub fn init(&mut self, arguments: &Vec<u8>) -> Result<Result<RoutesOn, String>, Fault> {
-        self.call(|w, s| run(w.warren_plugin_exchange().call_init(s, arguments)))
+        self.call(|w, s| match w {
+            ExchangeWorld::V0_2(w) => run(w.warren_plugin_exchange().call_init(s, arguments)),
+            ExchangeWorld::V0_1(w) => run(w.warren_plugin_exchange().call_init(s, arguments))
+                .map(|r| r.map(worlds::routes_on)),
+        })
     }
 
     /// `validate-binding`: `Ok(Err(reason))` when the plugin refuses it.
@@ -225,7 +251,14 @@ impl Instance<ExchangePlugin> {
     /// # Errors
     /// The call faulted.
     pub fn validate_binding(&mut self, binding: &Binding) -> Result<Result<(), String>, Fault> {
-        self.call(|w, s| run(w.warren_plugin_exchange().call_validate_binding(s, binding)))
+        self.call(|w, s| match w {
+            ExchangeWorld::V0_2(w) => {
+                run(w.warren_plugin_exchange().call_validate_binding(s, binding))
+            }
+            ExchangeWorld::V0_1(w) => run(w
+                .warren_plugin_exchange()
+                .call_validate_binding(s, &worlds::binding_v0_1(binding))),
+        })
     }
 
     /// `add-binding`.
@@ -233,7 +266,12 @@ impl Instance<ExchangePlugin> {
     /// # Errors
     /// The call faulted.
     pub fn add_binding(&mut self, binding: &Binding) -> Result<(), Fault> {
-        self.call(|w, s| run(w.warren_plugin_exchange().call_add_binding(s, binding)))
+        self.call(|w, s| match w {
+            ExchangeWorld::V0_2(w) => run(w.warren_plugin_exchange().call_add_binding(s, binding)),
+            ExchangeWorld::V0_1(w) => run(w
+                .warren_plugin_exchange()
+                .call_add_binding(s, &worlds::binding_v0_1(binding))),
+        })
     }
 
     /// `remove-binding`.
@@ -241,7 +279,10 @@ impl Instance<ExchangePlugin> {
     /// # Errors
     /// The call faulted.
     pub fn remove_binding(&mut self, id: u32) -> Result<(), Fault> {
-        self.call(|w, s| run(w.warren_plugin_exchange().call_remove_binding(s, id)))
+        self.call(|w, s| match w {
+            ExchangeWorld::V0_2(w) => run(w.warren_plugin_exchange().call_remove_binding(s, id)),
+            ExchangeWorld::V0_1(w) => run(w.warren_plugin_exchange().call_remove_binding(s, id)),
+        })
     }
 
     /// `route`: binding ids for `message` under `routing_key`.
@@ -249,9 +290,20 @@ impl Instance<ExchangePlugin> {
     /// # Errors
     /// The call faulted.
     pub fn route(&mut self, message: &Arc<Message>, routing_key: &str) -> Result<Vec<u32>, Fault> {
-        self.call_with_message(message, |w, s, view| {
-            run(w.warren_plugin_exchange().call_route(s, view, routing_key))
+        self.call_with_message(message, |w, s, view| match w {
+            ExchangeWorld::V0_2(w) => {
+                run(w.warren_plugin_exchange().call_route(s, view, routing_key))
+            }
+            ExchangeWorld::V0_1(w) => {
+                run(w.warren_plugin_exchange().call_route(s, view, routing_key))
+            }
         })
+    }
+
+    /// Whether the plugin answers `route-keys` (package 0.2.0 on; a 0.1.0 plugin is routed message by
+    /// message).
+    pub fn routes_keys_in_batches(&self) -> bool {
+        matches!(self.bindings, ExchangeWorld::V0_2(_))
     }
 
     /// `route-keys`: binding ids for each of a run of routing keys (`keys` back to back, key i ending
@@ -262,42 +314,53 @@ impl Instance<ExchangePlugin> {
     /// shape and counts a malformed one as a contract breach, not a fault (the instance is fine).
     ///
     /// # Errors
-    /// The call faulted.
+    /// The call faulted, or the plugin's package has no `route-keys` ([`Fault::Unavailable`]: ask
+    /// [`Instance::routes_keys_in_batches`] first).
     pub fn route_keys(
         &mut self,
         keys: &[u8],
         key_ends: &[u32],
     ) -> Result<(Vec<u32>, Vec<u32>), Fault> {
+        if !self.routes_keys_in_batches() {
+            return Err(Fault::Unavailable(
+                "route-keys is not in warren:plugin@0.1.0".into(),
+            ));
+        }
         let calls = key_ends.len() as u64;
-        let routed = self.call_scaled(calls, |w, s| {
-            run(w
+        let routed = self.call_scaled(calls, |w, s| match w {
+            ExchangeWorld::V0_2(w) => run(w
                 .warren_plugin_exchange()
-                .call_route_keys(s, keys, key_ends))
+                .call_route_keys(s, keys, key_ends)),
+            ExchangeWorld::V0_1(_) => wasmtime::bail!("route-keys is not in warren:plugin@0.1.0"),
         })?;
         Ok((routed.ids, routed.id_ends))
     }
 }
 
-impl Instance<FilterPlugin> {
+impl Instance<FilterWorld> {
     /// `filter`: the decision for `message`.
     ///
     /// # Errors
     /// The call faulted.
     pub fn filter(&mut self, message: &Arc<Message>) -> Result<Decision, Fault> {
-        self.call_with_message(message, |w, s, view| {
-            run(w.warren_plugin_filter().call_filter(s, view))
+        self.call_with_message(message, |w, s, view| match w {
+            FilterWorld::V0_2(w) => run(w.warren_plugin_filter().call_filter(s, view)),
+            FilterWorld::V0_1(w) => {
+                run(w.warren_plugin_filter().call_filter(s, view)).map(worlds::decision)
+            }
         })
     }
 }
 
-impl Instance<IdempotencyPlugin> {
+impl Instance<IdempotencyWorld> {
     /// `key`: the message's idempotency key, if it has one.
     ///
     /// # Errors
     /// The call faulted.
     pub fn key(&mut self, message: &Arc<Message>) -> Result<Option<Vec<u8>>, Fault> {
-        self.call_with_message(message, |w, s, view| {
-            run(w.warren_plugin_idempotency().call_key(s, view))
+        self.call_with_message(message, |w, s, view| match w {
+            IdempotencyWorld::V0_2(w) => run(w.warren_plugin_idempotency().call_key(s, view)),
+            IdempotencyWorld::V0_1(w) => run(w.warren_plugin_idempotency().call_key(s, view)),
         })
     }
 }

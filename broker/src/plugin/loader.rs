@@ -9,11 +9,12 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::bindings::{ExchangePluginPre, FilterPluginPre, IdempotencyPluginPre, PluginInfo};
+use super::bindings::PluginInfo;
 use super::engine::{Fault, Runtime};
 use super::output::Origin;
+use super::worlds::ACCEPTED;
 
-/// The kinds of plugin, one per world of `warren:plugin@0.2.0`.
+/// The kinds of plugin, one per world of the contract (every package version has the three).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
@@ -35,37 +36,7 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// A pre-instantiated component of one kind (exports looked up once, before any instance exists).
-#[derive(Clone)]
-pub enum Pre {
-    /// An exchange plugin.
-    Exchange(ExchangePluginPre<super::engine::StoreState>),
-    /// A filter plugin.
-    Filter(FilterPluginPre<super::engine::StoreState>),
-    /// An idempotency plugin.
-    Idempotency(IdempotencyPluginPre<super::engine::StoreState>),
-}
-
-impl std::fmt::Debug for Pre {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Pre::Exchange(_) => "Pre::Exchange",
-            Pre::Filter(_) => "Pre::Filter",
-            Pre::Idempotency(_) => "Pre::Idempotency",
-        })
-    }
-}
-
-impl Pre {
-    /// The kind of plugin.
-    pub fn kind(&self) -> Kind {
-        match self {
-            Pre::Exchange(_) => Kind::Exchange,
-            Pre::Filter(_) => Kind::Filter,
-            Pre::Idempotency(_) => Kind::Idempotency,
-        }
-    }
-}
+pub use super::worlds::Pre;
 
 /// One loaded version of a plugin file.
 #[derive(Debug)]
@@ -78,6 +49,8 @@ pub struct Loaded {
     pub description: String,
     /// Which world it targets.
     pub kind: Kind,
+    /// Which package version that world belongs to.
+    pub package: super::worlds::Package,
     /// SHA-256 of the file, hex.
     pub hash: String,
     /// When this version was loaded.
@@ -288,17 +261,17 @@ pub fn load(
         .linker
         .instantiate_pre(&component)
         .map_err(wasm_err)
-        .context("imports something the plugin sandbox does not offer")?;
-    let pre = if let Ok(p) = ExchangePluginPre::new(instance_pre.clone()) {
-        Pre::Exchange(p)
-    } else if let Ok(p) = FilterPluginPre::new(instance_pre.clone()) {
-        Pre::Filter(p)
-    } else if let Ok(p) = IdempotencyPluginPre::new(instance_pre) {
-        Pre::Idempotency(p)
-    } else {
+        .with_context(|| {
+            format!(
+                "imports something the plugin sandbox does not offer (this broker offers WASI 0.2 \
+                 with an empty context and warren:plugin/types@0.2.0 and @0.1.0); {}",
+                summary(runtime, &component)
+            )
+        })?;
+    let Some(pre) = Pre::find(&instance_pre) else {
         bail!(
-            "exports none of warren:plugin/exchange@0.2.0, warren:plugin/filter@0.2.0, \
-             warren:plugin/idempotency@0.2.0 (built against another package version?)"
+            "targets no world this broker accepts ({ACCEPTED}); {}",
+            summary(runtime, &component)
         );
     };
     let info = describe(runtime, file, &pre).context("failed to initialise and describe itself")?;
@@ -316,6 +289,7 @@ pub fn load(
         version: info.version,
         description: info.description,
         kind: pre.kind(),
+        package: pre.package(),
         hash,
         loaded_at: SystemTime::now(),
         pre,
@@ -327,23 +301,24 @@ fn describe(runtime: &Runtime, file: &Path, pre: &Pre) -> anyhow::Result<PluginI
     // Its name is not known before `describe` answers: output while loading is tagged with the file.
     let mut store = runtime.store(&Origin::new("(loading)", file));
     runtime.arm(&mut store);
-    let info = super::engine::run(async {
-        match pre {
-            Pre::Exchange(p) => {
-                let i = p.instantiate_async(&mut store).await?;
-                i.warren_plugin_exchange().call_describe(&mut store).await
-            }
-            Pre::Filter(p) => {
-                let i = p.instantiate_async(&mut store).await?;
-                i.warren_plugin_filter().call_describe(&mut store).await
-            }
-            Pre::Idempotency(p) => {
-                let i = p.instantiate_async(&mut store).await?;
-                i.warren_plugin_idempotency()
-                    .call_describe(&mut store)
-                    .await
-            }
+    pre.describe(&mut store)
+        .map_err(|e| anyhow::anyhow!("{}", Fault::from_error(&e)))
+}
+
+/// What a component exports and imports, for a refusal: "it exports [...] and imports [...]".
+fn summary(runtime: &Runtime, component: &Component) -> String {
+    let ty = component.component_type();
+    let names = |it: &mut dyn Iterator<Item = &str>| {
+        let v: Vec<&str> = it.collect();
+        if v.is_empty() {
+            "nothing".to_owned()
+        } else {
+            v.join(", ")
         }
-    });
-    info.map_err(|e| anyhow::anyhow!("{}", Fault::from_error(&e)))
+    };
+    format!(
+        "it exports {} and imports {}",
+        names(&mut ty.exports(&runtime.engine).map(|(n, _)| n)),
+        names(&mut ty.imports(&runtime.engine).map(|(n, _)| n)),
+    )
 }

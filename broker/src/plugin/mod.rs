@@ -1,5 +1,6 @@
 //! The WebAssembly plugin host: custom exchange types, consumer filters and idempotency keys as
-//! components targeting `wit/warren-plugin.wit` (`warren:plugin@0.2.0`).
+//! components targeting `wit/warren-plugin.wit` (`warren:plugin@0.2.0`) or the released
+//! `warren:plugin@0.1.0` (`wit/released/`).
 //!
 //! - `bindings`: the only `bindgen!` site.
 //! - `engine`: engine, linker, store state, sandbox limits, the host `message` resource.
@@ -10,6 +11,7 @@
 //! - `health`: fault accounting per entity (failure rate over its last calls, quarantine).
 //! - `output`: a plugin's stdout and stderr as log lines (tagged, rate-limited).
 //! - `watcher`: the plugin directory → reloads.
+//! - `worlds`: every package version of the contract this host accepts (0.2.0, released 0.1.0).
 //!
 //! This module knows nothing of AMQP sessions: no channel, connection or vhost types.
 
@@ -22,6 +24,7 @@ pub mod loader;
 pub mod output;
 pub mod registry;
 pub mod watcher;
+pub mod worlds;
 
 pub use engine::{Fault, Limits};
 pub use loader::Kind;

@@ -245,6 +245,8 @@ pub struct PluginStatus {
     pub name: String,
     /// Plugin kind.
     pub kind: Kind,
+    /// The package version of the contract the loaded version targets.
+    pub package: Option<super::worlds::Package>,
     /// `loaded`, `unavailable` (no file provides it) or `quarantined`.
     pub state: &'static str,
     /// The plugin's version string.
@@ -598,6 +600,7 @@ impl PluginHost {
                         (Some(_), true) => "quarantined",
                         (Some(_), false) => "loaded",
                     },
+                    package: v.as_ref().map(|v| v.loaded.package),
                     version: v.as_ref().map(|v| v.loaded.version.clone()),
                     hash: v.as_ref().map(|v| v.loaded.hash.clone()),
                     file: v.as_ref().map(|v| v.file.clone()),

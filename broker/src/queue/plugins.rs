@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use amq_protocol::types::FieldTable;
 
 use crate::message::MessageRef;
-use crate::plugin::bindings::{Decision, FilterPlugin, IdempotencyPlugin};
+use crate::plugin::bindings::Decision;
 use crate::plugin::engine::table_body;
 use crate::plugin::entity::EntityInstance;
 use crate::plugin::instance::{Configurable, Instance};
+use crate::plugin::worlds::{FilterWorld, IdempotencyWorld};
 use crate::plugin::{Fault, Kind, PluginHost, Slot};
 use crate::store::keys::KeyLog;
 
@@ -79,7 +80,7 @@ const SKIP_MEMORY: usize = 100_000;
 
 #[derive(Debug)]
 struct FilterState {
-    instance: EntityInstance<FilterPlugin>,
+    instance: EntityInstance<FilterWorld>,
     /// Sequence numbers this consumer's filter skipped (valid for the instance's version).
     skipped: HashSet<u64>,
 }
@@ -107,7 +108,7 @@ impl ConsumerFilter {
         entity: String,
     ) -> Result<ConsumerFilter, AttachError> {
         let config = table_body(config);
-        let (slot, instance) = attach::<FilterPlugin>(host, Kind::Filter, name, &config, true)?;
+        let (slot, instance) = attach::<FilterWorld>(host, Kind::Filter, name, &config, true)?;
         Ok(ConsumerFilter {
             config,
             on_failure,
@@ -194,7 +195,7 @@ pub enum KeyCheck {
 
 #[derive(Debug)]
 struct IdempotencyState {
-    instance: EntityInstance<IdempotencyPlugin>,
+    instance: EntityInstance<IdempotencyWorld>,
     /// Keys of ready messages, computed once per message (by sequence number).
     pending: HashMap<u64, Option<Key>>,
     /// Keys of delivered, unacked messages (by sequence number) and how many carry each key.
@@ -206,7 +207,7 @@ struct IdempotencyState {
 }
 
 impl IdempotencyState {
-    fn new(instance: EntityInstance<IdempotencyPlugin>) -> Self {
+    fn new(instance: EntityInstance<IdempotencyWorld>) -> Self {
         IdempotencyState {
             instance,
             pending: HashMap::new(),
@@ -246,7 +247,7 @@ impl Idempotency {
     ) -> Result<Idempotency, AttachError> {
         let config = table_body(config);
         let (slot, instance) =
-            attach::<IdempotencyPlugin>(host, Kind::Idempotency, name, &config, wait)?;
+            attach::<IdempotencyWorld>(host, Kind::Idempotency, name, &config, wait)?;
         Ok(Idempotency {
             config,
             window,

@@ -161,6 +161,36 @@ async fn removed_plugin_leaves_exchanges_unavailable_until_it_returns() {
     assert_eq!(message_count(&ch, "rx-q").await, 2);
 }
 
+/// A refusal says what the component is and what this broker accepts: a component of another
+/// package version names its exports; garbage says it is no component.
+#[test]
+fn refusals_say_what_the_component_is_and_what_is_accepted() {
+    use warren::plugin::engine::Runtime;
+    use warren::plugin::loader;
+    let runtime = Runtime::new(warren::plugin::Limits::default()).expect("runtime");
+    let refusal = |file: &str, bytes: &[u8]| {
+        format!(
+            "{:#}",
+            loader::load(&runtime, Path::new(file), bytes, None).expect_err("refused")
+        )
+    };
+    let other = refusal(
+        "other-world.wasm",
+        &std::fs::read(plugins::OTHER_WORLD).expect("read"),
+    );
+    assert!(
+        other.contains("targets no world this broker accepts")
+            && other.contains("warren:plugin@0.2.0 or warren:plugin@0.1.0")
+            && other.contains("it exports warren:plugin/exchange@9.0.0"),
+        "{other}"
+    );
+    let garbage = refusal("garbage.wasm", b"\0asm this is not a component");
+    assert!(
+        garbage.contains("not a valid WebAssembly component"),
+        "{garbage}"
+    );
+}
+
 #[tokio::test]
 async fn broken_files_are_refused_and_the_broker_keeps_serving() {
     let dir = PluginDir::with("broken", &[(plugins::X_RANDOM, "random.wasm")]);

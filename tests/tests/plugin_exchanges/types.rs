@@ -282,3 +282,62 @@ async fn bad_declares_and_bindings_are_refused() {
     assert_eq!(reply_code(&err), Some(503), "{err:?}");
     assert!(reply_text(&err).contains("unknown exchange type 'x-not-loaded'"));
 }
+
+/// A plugin built against the released package `warren:plugin@0.1.0` (fixture `x-v01-direct`, built
+/// from `wit/released/`) keeps loading and routing as it was written: bindings pushed with their
+/// destination, a binding refused with its reason, routing message by message (0.1.0 has no
+/// `route-keys`), decisions cached per routing key.
+#[tokio::test]
+async fn a_plugin_built_against_package_0_1_0_loads_and_routes() {
+    let dir = PluginDir::with("v01", &[(plugins::V0_1_EXCHANGE, "v01.wasm")]);
+    let b = start_broker_with(dir.config()).await;
+    let status = plugin_status(&b, "x-v01-direct").expect("loaded");
+    assert_eq!(status.state, "loaded");
+    assert_eq!(
+        status.package,
+        Some(warren::plugin::worlds::Package::V0_1),
+        "{status:?}"
+    );
+    let conn = connect(&b).await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(&ch, "old", "x-v01-direct", FieldTable::default()).await;
+    bind_queues(&ch, "old", &["old-a"], "a").await;
+    bind_queues(&ch, "old", &["old-b"], "b").await;
+    bind_queues(&ch, "old", &["skip"], "a").await;
+    // Publishes in a row (a batch for a 0.2.0 plugin), and one by one with confirms.
+    for i in 0..50 {
+        ch.basic_publish(
+            "old".into(),
+            if i % 2 == 0 { "a" } else { "b" }.into(),
+            BasicPublishOptions::default(),
+            b"m",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    assert!(ch.wait_for_confirms().await.expect("confirms").is_empty());
+    assert!(confirmed(&ch, "old", "a", false).await);
+    assert!(
+        confirmed(&ch, "old", "c", false).await,
+        "unroutable: acked, routed nowhere"
+    );
+    assert_eq!(message_count(&ch, "old-a").await, 26);
+    assert_eq!(message_count(&ch, "old-b").await, 25);
+    assert_eq!(message_count(&ch, "skip").await, 0, "destination read");
+    // validate-binding's refusal reaches the client.
+    let other = channel(&conn).await;
+    let refused = other
+        .queue_bind(
+            "old-a".into(),
+            "old".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    let text = expect_code(refused, 406);
+    assert!(text.contains("needs a binding key"), "{text}");
+    let status = plugin_status(&b, "x-v01-direct").expect("loaded");
+    assert_eq!((status.traps, status.breaches), (0, 0), "{status:?}");
+}
