@@ -74,6 +74,8 @@ impl Broker {
             crate::plugin::Limits {
                 call_timeout: Duration::from_millis(config.plugin_call_timeout.max(1)),
                 memory_bytes: usize::try_from(config.plugin_memory_limit).unwrap_or(usize::MAX),
+                memory_ceiling_bytes: usize::try_from(config.plugin_memory_ceiling)
+                    .unwrap_or(usize::MAX),
             },
             config.plugin_dir.clone(),
             config.data_dir.as_ref().map(|d| d.join("plugin-cache")),

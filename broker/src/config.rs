@@ -140,6 +140,10 @@ pub struct Config {
     pub plugin_call_timeout: u64,
     /// Linear memory one plugin instance may use, octets (default 64 MiB).
     pub plugin_memory_limit: u64,
+    /// How far a plugin's memory cap grows, octets (default 256 MiB): each time an instance breaches
+    /// its cap, the plugin's next instances get twice the cap, up to this (so a garbage-collected
+    /// plugin whose steady state needs more than `plugin_memory_limit` stops breaching).
+    pub plugin_memory_ceiling: u64,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax, e.g. `info` or `warren=debug`.
     pub log: String,
     /// Users; default `guest`/`guest`.
@@ -213,6 +217,7 @@ impl Default for Config {
             plugin_dir: None,
             plugin_call_timeout: 100,
             plugin_memory_limit: 64 << 20,
+            plugin_memory_ceiling: 256 << 20,
             log: "info".into(),
             users: vec![User {
                 name: "guest".into(),
@@ -290,6 +295,13 @@ impl Config {
         if self.vhosts.is_empty() {
             bail!("at least one vhost must be configured");
         }
+        if self.plugin_memory_ceiling < self.plugin_memory_limit {
+            bail!(
+                "plugin_memory_ceiling ({}) must be at least plugin_memory_limit ({})",
+                self.plugin_memory_ceiling,
+                self.plugin_memory_limit
+            );
+        }
         if self.max_message_size > 512 * 1024 * 1024 {
             bail!("max_message_size may be at most 512 MiB, as in RabbitMQ");
         }
@@ -314,6 +326,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plugin_memory_ceiling_below_the_limit_is_refused() {
+        let c = Config {
+            plugin_memory_limit: 128 << 20,
+            plugin_memory_ceiling: 64 << 20,
+            ..Config::default()
+        };
+        let e = c.validate().expect_err("refused").to_string();
+        assert!(e.contains("plugin_memory_ceiling"), "{e}");
+        assert!(Config::default().validate().is_ok());
+    }
 
     #[test]
     fn file_overrides_defaults_and_unknown_keys_fail() {

@@ -32,14 +32,17 @@ use crate::protocol::values::{encode_array, encode_table};
 /// may hold the calling thread before it is moved off the Tokio worker.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
 
-/// Sandbox limits for plugin calls (config keys `plugin_call_timeout` and `plugin_memory_limit`).
+/// Sandbox limits for plugin calls (config keys `plugin_call_timeout`, `plugin_memory_limit` and
+/// `plugin_memory_ceiling`).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Wall-clock budget of one call. Epoch deadlines are wall-clock, so keep it well above a healthy
     /// call's time on a busy machine (`../shared/DESIGN.md` §3: ≥ 100 ms held while the other core compiled).
     pub call_timeout: Duration,
-    /// Linear memory one instance may grow to, in octets.
+    /// Linear memory one instance may grow to, in octets (the cap a plugin starts with).
     pub memory_bytes: usize,
+    /// How far a plugin's cap is raised after breaches (doubling each time), in octets.
+    pub memory_ceiling_bytes: usize,
 }
 
 impl Default for Limits {
@@ -47,6 +50,7 @@ impl Default for Limits {
         Limits {
             call_timeout: Duration::from_millis(100),
             memory_bytes: 64 << 20,
+            memory_ceiling_bytes: 256 << 20,
         }
     }
 }
@@ -360,15 +364,16 @@ impl Runtime {
         })
     }
 
-    /// A fresh store for one instance of the plugin `origin` names, with the memory cap applied; the
-    /// plugin's stdout and stderr go to the log, tagged with `origin` (see [`super::output`]).
-    pub fn store(&self, origin: &Origin) -> Store<StoreState> {
+    /// A fresh store for one instance of the plugin `origin` names, its linear memory capped at
+    /// `memory_bytes`; the plugin's stdout and stderr go to the log, tagged with `origin` (see
+    /// [`super::output`]).
+    pub fn store(&self, origin: &Origin, memory_bytes: usize) -> Store<StoreState> {
         let (stdout, stderr) = PluginOutput::pair(origin);
         let state = StoreState {
             table: ResourceTable::new(),
             wasi: WasiCtxBuilder::new().stdout(stdout).stderr(stderr).build(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
+                .memory_size(memory_bytes)
                 .trap_on_grow_failure(true)
                 .build(),
             deadline: Deadline {

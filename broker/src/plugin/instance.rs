@@ -142,7 +142,10 @@ impl<W: World> Instance<W> {
     pub fn new(host: &Arc<PluginHost>, slot: &Arc<Slot>) -> Result<Self, Fault> {
         let version = slot.current()?;
         let runtime = host.runtime();
-        let mut store = runtime.store(&Origin::new(&slot.name, &version.file));
+        let mut store = runtime.store(
+            &Origin::new(&slot.name, &version.file),
+            slot.memory_cap(&runtime.limits),
+        );
         runtime.arm(&mut store);
         let bindings = W::instantiate(&version.loaded.pre, &mut store).map_err(|e| {
             let fault = Fault::from_error(&e);
@@ -209,6 +212,9 @@ impl<W: World> Instance<W> {
             Err(e) => {
                 let fault = Fault::from_error(&e);
                 self.slot.record_fault(&fault, &self.version);
+                if fault == Fault::Memory {
+                    self.slot.raise_memory_cap(&self.host.runtime().limits);
+                }
                 Err(fault)
             }
         }

@@ -243,6 +243,22 @@ fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!("{e:#}")
 }
 
+/// Hands the memory a compile freed back to the system. Compiling a large component (a Python
+/// plugin: ~18 MB) allocates ~300 MiB across wasmtime's compile threads; glibc keeps what they free in
+/// its arenas, so the broker's RSS stayed ~300 MiB higher after a compile (`scripts/plugin_rss.py`:
+/// 349 MiB after a first start with one Python plugin, 52 MiB after a start from the cache).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `malloc_trim` takes no pointer; it only walks glibc's own arenas (each under its
+        // lock) and returns free pages to the kernel. It is safe to call from any thread at any time.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// Compiles (or takes from `cache`) and checks `bytes` (the content of `file`) as a plugin. Blocking:
 /// call it off the hot path.
 ///
@@ -284,6 +300,9 @@ pub fn load(
             info.name
         );
     }
+    if compiled.source != Source::CacheHit {
+        release_freed_memory();
+    }
     Ok(Loaded {
         name: info.name,
         version: info.version,
@@ -299,7 +318,7 @@ pub fn load(
 
 fn describe(runtime: &Runtime, file: &Path, pre: &Pre) -> anyhow::Result<PluginInfo> {
     // Its name is not known before `describe` answers: output while loading is tagged with the file.
-    let mut store = runtime.store(&Origin::new("(loading)", file));
+    let mut store = runtime.store(&Origin::new("(loading)", file), runtime.limits.memory_bytes);
     runtime.arm(&mut store);
     pre.describe(&mut store)
         .map_err(|e| anyhow::anyhow!("{}", Fault::from_error(&e)))

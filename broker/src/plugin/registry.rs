@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -76,6 +76,8 @@ pub struct Slot {
     entity_quarantines: AtomicU64,
     /// Entities quarantined now (for the snapshot).
     entities_quarantined: AtomicU64,
+    /// The memory cap of new instances, octets (0: the configured `plugin_memory_limit`).
+    memory_cap: AtomicUsize,
     quarantined: AtomicBool,
     /// When a contract breach was last logged (wall-clock ms; 0: never): breaches are logged at most
     /// once per [`BREACH_LOG_INTERVAL_MS`].
@@ -96,6 +98,7 @@ impl Slot {
             lifts: AtomicU64::new(0),
             entity_quarantines: AtomicU64::new(0),
             entities_quarantined: AtomicU64::new(0),
+            memory_cap: AtomicUsize::new(0),
             quarantined: AtomicBool::new(false),
             breach_logged_at: AtomicU64::new(0),
         }
@@ -165,6 +168,40 @@ impl Slot {
         let n = self.entity_quarantines.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= QUARANTINE_ENTITIES && !self.quarantined.swap(true, Ordering::Relaxed) {
             error!(plugin = %self.name, kind = %self.kind, "plugin quarantined: {n} of its entities were quarantined; touch or replace its file to load it again");
+        }
+    }
+
+    /// The memory cap of this plugin's new instances, octets: the configured limit, raised by
+    /// [`Slot::raise_memory_cap`].
+    pub fn memory_cap(&self, limits: &Limits) -> usize {
+        match self.memory_cap.load(Ordering::Relaxed) {
+            0 => limits.memory_bytes,
+            cap => cap,
+        }
+    }
+
+    /// An instance breached its memory cap: the plugin's next instances get twice the cap, up to
+    /// `limits.memory_ceiling_bytes` (logged when it changes). A garbage-collected plugin whose
+    /// steady state needs more than the configured limit breaches a few times, not every few
+    /// thousand calls; one that grows without bound keeps breaching at the ceiling.
+    pub fn raise_memory_cap(&self, limits: &Limits) {
+        let cap = self.memory_cap(limits);
+        let raised = cap
+            .saturating_mul(2)
+            .min(limits.memory_ceiling_bytes)
+            .max(cap);
+        if raised > cap
+            && self
+                .memory_cap
+                .compare_exchange(
+                    self.memory_cap.load(Ordering::Relaxed),
+                    raised,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            info!(plugin = %self.name, kind = %self.kind, from = cap, to = raised, ceiling = limits.memory_ceiling_bytes, "plugin memory cap raised after a breach (octets per instance)");
         }
     }
 
@@ -265,6 +302,8 @@ pub struct PluginStatus {
     pub timeouts: u64,
     /// Memory-cap breaches.
     pub memory: u64,
+    /// The memory cap of new instances, octets (raised after breaches, up to the ceiling).
+    pub memory_cap: u64,
     /// Reloads.
     pub reloads: u64,
     /// Contract breaches (unknown or repeated binding ids, ill-formed batch answers).
@@ -615,6 +654,8 @@ impl PluginHost {
                     traps: n(&s.stats.traps),
                     timeouts: n(&s.stats.timeouts),
                     memory: n(&s.stats.memory),
+                    memory_cap: u64::try_from(s.memory_cap(&self.runtime.limits))
+                        .unwrap_or(u64::MAX),
                     reloads: n(&s.stats.reloads),
                     breaches: n(&s.stats.breaches),
                     entities_quarantined: n(&s.entities_quarantined),

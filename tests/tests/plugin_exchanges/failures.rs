@@ -161,6 +161,37 @@ async fn removed_plugin_leaves_exchanges_unavailable_until_it_returns() {
     assert_eq!(message_count(&ch, "rx-q").await, 2);
 }
 
+/// A plugin whose instance needs more than the memory cap breaches it once: the plugin's cap is
+/// doubled (up to `plugin_memory_ceiling`), and its next instances work; one that needs more than the
+/// ceiling keeps breaching there.
+#[tokio::test]
+async fn the_memory_cap_grows_after_a_breach_up_to_the_ceiling() {
+    let dir = PluginDir::with("grow", &[(plugins::FAULTY, "faulty.wasm")]);
+    let b = start_broker_with(dir.config()).await;
+    let conn = connect(&b).await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(&ch, "big", "x-faulty", args(&[("fault", text("alloc"))])).await;
+    bind_queues(&ch, "big", &["big-q"], "").await;
+    let status = || plugin_status(&b, "x-faulty").expect("loaded");
+    assert_eq!(status().memory_cap, 64 << 20);
+    // 80 MiB: past the 64 MiB cap, within 128 MiB.
+    assert!(!confirmed(&ch, "big", "grow", false).await, "first breach");
+    assert_eq!((status().memory, status().memory_cap), (1, 128 << 20));
+    for _ in 0..3 {
+        assert!(
+            confirmed(&ch, "big", "grow", false).await,
+            "within the raised cap"
+        );
+    }
+    assert_eq!(status().memory, 1);
+    // 1 GiB: breaches at 128 MiB, then at the 256 MiB ceiling, and stays there.
+    for _ in 0..3 {
+        assert!(!confirmed(&ch, "big", "fail", false).await);
+    }
+    assert_eq!((status().memory, status().memory_cap), (4, 256 << 20));
+    assert_eq!(message_count(&ch, "big-q").await, 3);
+}
+
 /// A refusal says what the component is and what this broker accepts: a component of another
 /// package version names its exports; garbage says it is no component.
 #[test]
