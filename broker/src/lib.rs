@@ -32,6 +32,7 @@ pub(crate) mod message;
 pub mod plugin;
 pub(crate) mod protocol;
 pub(crate) mod queue;
+pub(crate) mod rate;
 pub mod server;
 pub(crate) mod store;
 pub(crate) mod sync;

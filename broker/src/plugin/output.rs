@@ -5,6 +5,7 @@
 //! [`LINE_BURST`], then [`LINES_PER_SECOND`]); what is dropped is counted and reported in one line
 //! when output is allowed again, or when the instance goes away.
 
+use crate::rate::TokenBucket;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -46,8 +47,7 @@ enum Stream {
 #[derive(Debug)]
 struct LineBudget {
     origin: Origin,
-    tokens: f64,
-    refilled: Instant,
+    bucket: TokenBucket,
     /// Lines dropped since the last report.
     dropped: u64,
 }
@@ -63,11 +63,7 @@ impl Drop for LineBudget {
 impl LineBudget {
     /// Whether one more line may be logged now; counts it as dropped if not.
     fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * LINES_PER_SECOND).min(LINE_BURST);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.bucket.take(now) {
             true
         } else {
             self.dropped += 1;
@@ -200,8 +196,7 @@ impl PluginOutput {
     pub fn pair(origin: &Origin) -> (PluginOutput, PluginOutput) {
         let budget = Arc::new(Mutex::new(LineBudget {
             origin: origin.clone(),
-            tokens: LINE_BURST,
-            refilled: Instant::now(),
+            bucket: TokenBucket::new(LINE_BURST, LINES_PER_SECOND),
             dropped: 0,
         }));
         let stream = |stream| PluginOutput {
@@ -248,8 +243,7 @@ mod tests {
         let start = Instant::now();
         let mut b = LineBudget {
             origin: Origin::new("x-test", std::path::Path::new("test.wasm")),
-            tokens: LINE_BURST,
-            refilled: start,
+            bucket: TokenBucket::new(LINE_BURST, LINES_PER_SECOND),
             dropped: 0,
         };
         let allowed = (0..150).filter(|_| b.take(start)).count();

@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 
 use super::engine::{Fault, Limits, Runtime};
 use super::loader::{self, CompileCache, Kind, Loaded};
+use crate::rate::TokenBucket;
 
 /// Entities quarantined (since the plugin's file last changed) after which the plugin itself is
 /// quarantined: failing in that many places is a broken plugin, not a poison message. Every call of a
@@ -82,7 +83,16 @@ pub struct Slot {
     /// When a contract breach was last logged (wall-clock ms; 0: never): breaches are logged at most
     /// once per [`BREACH_LOG_INTERVAL_MS`].
     breach_logged_at: AtomicU64,
+    /// Fault log lines: [`FAULT_LOG_BURST`], then [`FAULT_LOGS_PER_SECOND`]; the faults not logged
+    /// since the last line.
+    fault_log: Mutex<(TokenBucket, u64)>,
 }
+
+/// Fault lines a plugin may log at once (every fault is counted).
+pub const FAULT_LOG_BURST: f64 = 20.0;
+
+/// Fault lines a plugin may log per second after the burst.
+pub const FAULT_LOGS_PER_SECOND: f64 = 1.0;
 
 /// At most one log line per plugin per this many milliseconds about contract breaches (every breach
 /// is counted).
@@ -101,6 +111,7 @@ impl Slot {
             memory_cap: AtomicUsize::new(0),
             quarantined: AtomicBool::new(false),
             breach_logged_at: AtomicU64::new(0),
+            fault_log: Mutex::new((TokenBucket::new(FAULT_LOG_BURST, FAULT_LOGS_PER_SECOND), 0)),
         }
     }
 
@@ -210,7 +221,9 @@ impl Slot {
         self.entities_quarantined.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Counts and logs a failed call (the entity's failure rate is its own: `super::health`).
+    /// Counts a failed call and logs it, at most [`FAULT_LOG_BURST`] lines at once then
+    /// [`FAULT_LOGS_PER_SECOND`] (each line says how many faults were not logged before it); the
+    /// entity's failure rate is its own (`super::health`).
     pub fn record_fault(&self, fault: &Fault, version: &str) {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let counter = match fault {
@@ -220,7 +233,18 @@ impl Slot {
             Fault::Unavailable(_) => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        warn!(plugin = %self.name, kind = %self.kind, version, %fault, "plugin call failed; instance replaced");
+        let not_logged = {
+            let mut log = crate::sync::lock(&self.fault_log);
+            if log.0.take(std::time::Instant::now()) {
+                Some(std::mem::take(&mut log.1))
+            } else {
+                log.1 += 1;
+                None
+            }
+        };
+        if let Some(not_logged) = not_logged {
+            warn!(plugin = %self.name, kind = %self.kind, version, %fault, not_logged, "plugin call failed; instance replaced");
+        }
     }
 
     /// Lifts every quarantine (the plugin's and its entities'): a new count for entities to compare.
@@ -332,7 +356,7 @@ pub struct PluginHost {
 }
 
 /// Most plugin files compiled at once by the initial load.
-const LOAD_THREADS: usize = 2;
+pub const LOAD_THREADS: usize = 2;
 
 impl PluginHost {
     /// A host with no plugins loaded yet; `dir` is the plugin directory (none: no plugins),
@@ -678,4 +702,23 @@ pub fn is_plugin_file(path: &Path) -> bool {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_are_all_counted_and_logged_at_a_rate_limit() {
+        let slot = Slot::new(Kind::Exchange, "x-test");
+        for _ in 0..25 {
+            slot.record_fault(&Fault::Trap("boom".into()), "1");
+        }
+        assert_eq!(slot.stats.traps.load(Ordering::Relaxed), 25);
+        assert_eq!(
+            crate::sync::lock(&slot.fault_log).1,
+            5,
+            "a burst of 20 lines; the other 5 faults wait to be reported in the next line"
+        );
+    }
 }
