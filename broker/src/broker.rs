@@ -283,6 +283,13 @@ impl Broker {
         Ok(())
     }
 
+    /// Every vhost, by name.
+    pub(crate) fn vhost_list(&self) -> Vec<Arc<VHost>> {
+        let mut v: Vec<Arc<VHost>> = self.vhosts.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
     /// The vhost named `name`, if configured.
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.get(name).cloned()

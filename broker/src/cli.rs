@@ -31,6 +31,9 @@ pub struct Cli {
     /// Log filter, e.g. `info`, `debug`, `warren=trace`.
     #[arg(long, env = "WARREN_LOG")]
     pub log: Option<String>,
+    /// Address of the management HTTP API, HOST:PORT (default 127.0.0.1:15672), or `off`.
+    #[arg(long, env = "WARREN_MANAGEMENT_LISTEN")]
+    pub management_listen: Option<String>,
     /// RabbitMQ-format definitions JSON to load at start.
     #[arg(long, env = "WARREN_DEFINITIONS")]
     pub definitions: Option<PathBuf>,
@@ -58,6 +61,14 @@ impl Cli {
         }
         if let Some(log) = self.log {
             config.log = log;
+        }
+        match self.management_listen.as_deref() {
+            Some("off") => config.management.enabled = false,
+            Some(addr) => {
+                config.management.enabled = true;
+                addr.clone_into(&mut config.management.listen);
+            }
+            None => {}
         }
         if self.definitions.is_some() {
             config.definitions = self.definitions;

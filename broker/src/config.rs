@@ -111,6 +111,25 @@ pub enum CertLoginFrom {
     CommonName,
 }
 
+/// The management HTTP API (`[management]`), RabbitMQ's `management.tcp.*`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Serve the API at all (default true).
+    pub enabled: bool,
+    /// Address to serve it on, `HOST:PORT` (default `127.0.0.1:15672`, RabbitMQ's port).
+    pub listen: String,
+}
+
+impl Default for ManagementConfig {
+    fn default() -> Self {
+        ManagementConfig {
+            enabled: true,
+            listen: "127.0.0.1:15672".into(),
+        }
+    }
+}
+
 fn default_vhost() -> String {
     "/".into()
 }
@@ -127,6 +146,8 @@ pub struct Config {
     pub listen: Vec<String>,
     /// TLS (AMQPS) listeners, beside the plain ones; none by default.
     pub tls: Option<TlsConfig>,
+    /// The management HTTP API.
+    pub management: ManagementConfig,
     /// Where SASL EXTERNAL takes the user name from a verified client certificate.
     pub ssl_cert_login_from: CertLoginFrom,
     /// Where durable state is kept; `None` keeps everything in memory (the binary defaults to
@@ -212,6 +233,7 @@ impl Default for Config {
         Config {
             listen: vec!["127.0.0.1:5672".into()],
             tls: None,
+            management: ManagementConfig::default(),
             ssl_cert_login_from: CertLoginFrom::default(),
             data_dir: None,
             plugin_dir: None,

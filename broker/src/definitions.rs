@@ -266,6 +266,47 @@ pub(crate) fn amqp_value(v: &Value) -> AMQPValue {
     }
 }
 
+/// An AMQP value as JSON, the way RabbitMQ's management API shows arguments: numbers as numbers,
+/// strings (and byte arrays, lossily) as strings, tables as objects, arrays as arrays, void as null,
+/// a timestamp as its seconds.
+pub(crate) fn json_value(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::Float(f) => {
+            serde_json::Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number)
+        }
+        AMQPValue::Double(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        AMQPValue::DecimalValue(d) => {
+            serde_json::Number::from_f64(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+                .map_or(Value::Null, Value::Number)
+        }
+        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::ByteArray(b) => {
+            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
+        }
+        AMQPValue::Timestamp(t) => Value::from(*t),
+        AMQPValue::FieldTable(t) => table_json(t),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(json_value).collect()),
+        AMQPValue::Void => Value::Null,
+        other => crate::protocol::values::int_value(other)
+            .and_then(|n| i64::try_from(n).ok())
+            .map_or(Value::Null, Value::from),
+    }
+}
+
+/// An AMQP table as a JSON object ([`json_value`] for each value).
+pub(crate) fn table_json(t: &FieldTable) -> Value {
+    Value::Object(
+        t.inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), json_value(v)))
+            .collect(),
+    )
+}
+
 /// Converts a JSON object to an AMQP table; keys longer than 255 bytes are skipped.
 pub(crate) fn field_table(o: &serde_json::Map<String, Value>) -> FieldTable {
     let mut t = FieldTable::default();

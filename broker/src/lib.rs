@@ -27,6 +27,7 @@ pub(crate) mod definitions;
 pub(crate) mod error;
 pub(crate) mod exchange;
 pub mod limits;
+pub mod management;
 pub(crate) mod memory;
 pub(crate) mod message;
 pub mod plugin;

@@ -63,10 +63,43 @@ async fn run(config: warren::config::Config) -> anyhow::Result<()> {
             });
         }
     }
+    // The node's listeners, as the management API reports them.
+    let mut known: Vec<warren::management::Listener> = Vec::new();
+    for l in &listeners {
+        known.push(warren::management::Listener {
+            protocol: if l.tls.is_some() { "amqp/ssl" } else { "amqp" },
+            address: l.tcp.local_addr()?,
+        });
+    }
+    let management = if config.management.enabled {
+        let addr = &config.management.listen;
+        let tcp = TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "binding {addr} (management API; [management] listen, or --management-listen off)"
+            )
+        })?;
+        let address = tcp.local_addr()?;
+        info!(address = %address, "serving the management HTTP API");
+        known.push(warren::management::Listener {
+            protocol: "http",
+            address,
+        });
+        Some(tcp)
+    } else {
+        None
+    };
     let broker = Arc::new(
         Broker::new(config)
             .context("loading users, permissions, policies, definitions and the data directory")?,
     );
+    if let Some(tcp) = management {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            if let Err(e) = warren::management::serve(tcp, broker, known).await {
+                error!(error = %e, "the management HTTP API stopped");
+            }
+        });
+    }
     server::run(listeners, broker, shutdown_signal()).await;
     info!("stopped");
     Ok(())

@@ -262,12 +262,12 @@ impl Slot {
     }
 
     /// Lifts quarantines, if any, without a new version (the file was touched or rewritten with the
-    /// same content).
-    fn lift_quarantine(&self, file: &Path) {
+    /// same content, or an operator asked); `why` says which, for the log.
+    fn lift_quarantine(&self, why: &str) {
         let entities = self.entities_quarantined.load(Ordering::Relaxed);
         self.lift();
         if self.quarantined.swap(false, Ordering::Relaxed) || entities > 0 {
-            info!(plugin = %self.name, kind = %self.kind, file = %file.display(), entities, "plugin quarantine lifted: its file was touched");
+            info!(plugin = %self.name, kind = %self.kind, entities, "plugin quarantine lifted: {why}");
         }
     }
 
@@ -407,6 +407,17 @@ impl PluginHost {
         spawned.map(drop)
     }
 
+    /// Lifts the quarantine of the loaded plugin `name` and of its entities, as a touch of its file
+    /// would (the management API's `DELETE …/quarantine`; `by` names who asked, for the log).
+    /// Returns false when no such plugin is loaded.
+    pub fn lift_quarantine(&self, kind: Kind, name: &str, by: &str) -> bool {
+        let Some(slot) = self.loaded_now(kind, name) else {
+            return false;
+        };
+        slot.lift_quarantine(&format!("lifted through the management API by '{by}'"));
+        true
+    }
+
     /// Whether the initial load started by [`PluginHost::start_loading`] is still running.
     pub fn initial_load_running(&self) -> bool {
         *crate::sync::lock(&self.initial_load)
@@ -532,7 +543,7 @@ impl PluginHost {
                         .as_ref()
                         .and_then(|k| crate::sync::read(&self.slots).get(k).cloned());
                     if let Some(slot) = slot.filter(|s| s.file().as_deref() == Some(path)) {
-                        slot.lift_quarantine(path);
+                        slot.lift_quarantine(&format!("its file {} was touched", path.display()));
                     }
                     return;
                 }

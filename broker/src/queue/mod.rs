@@ -204,6 +204,8 @@ pub struct QueueCounts {
     pub messages: u32,
     /// Active consumers.
     pub consumers: u32,
+    /// Delivered and not yet acknowledged.
+    pub unacked: u32,
 }
 
 /// A queue as declared (AMQP 0-9-1 §1.7.2.1 queue.declare).
@@ -400,6 +402,7 @@ impl Queue {
         QueueCounts {
             messages: inner.ready.len as u32,
             consumers: inner.consumers.len() as u32,
+            unacked: u32::try_from(inner.unacked).unwrap_or(u32::MAX),
         }
     }
 

@@ -241,6 +241,20 @@ impl VHost {
         ))
     }
 
+    /// Every queue of the vhost, by name (for the management API).
+    pub(crate) fn queue_list(&self) -> Vec<Arc<Queue>> {
+        let mut v: Vec<Arc<Queue>> = read(&self.queues).values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Every exchange of the vhost, by name (for the management API).
+    pub(crate) fn exchange_list(&self) -> Vec<Arc<Exchange>> {
+        let mut v: Vec<Arc<Exchange>> = read(&self.exchanges).values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
     /// The plugin host, if plugins are enabled.
     pub fn plugins(&self) -> Option<&Arc<crate::plugin::PluginHost>> {
         self.registry.plugins()

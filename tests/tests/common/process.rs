@@ -13,6 +13,8 @@ use lapin::{Connection, ConnectionProperties};
 pub struct Process {
     pub child: Child,
     pub port: u16,
+    /// The management HTTP API's port.
+    pub mgmt_port: u16,
 }
 
 impl Drop for Process {
@@ -20,6 +22,14 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn binary() -> PathBuf {
@@ -47,15 +57,14 @@ impl Process {
 
     /// The broker with its data in `dir` and, if given, a config file holding `config` (TOML).
     pub fn start_with(dir: &Path, config: Option<&str>) -> Process {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
+        let mgmt_port = free_port();
         let mut cmd = Command::new(binary());
         cmd.args([
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--management-listen",
+            &format!("127.0.0.1:{mgmt_port}"),
             "--log",
             "warn",
             "--data-dir",
@@ -78,22 +87,25 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        Process { child, port }
+        Process {
+            child,
+            port,
+            mgmt_port,
+        }
     }
 
     /// The broker with its data in `dir`, plugins from `plugins`, logging at info into the file `log`
     /// (without colours).
     pub fn start_logged(dir: &Path, plugins: &Path, log: &Path) -> Process {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
+        let mgmt_port = free_port();
         let out = std::fs::File::create(log).expect("log file");
         let child = Command::new(binary())
             .args([
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                "--management-listen",
+                &format!("127.0.0.1:{mgmt_port}"),
                 "--log",
                 "info",
                 "--data-dir",
@@ -112,7 +124,11 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        Process { child, port }
+        Process {
+            child,
+            port,
+            mgmt_port,
+        }
     }
 
     /// The broker's address.

@@ -1,0 +1,136 @@
+//! The management HTTP API: RabbitMQ's `rabbitmq_management` paths, JSON shapes, status codes and
+//! error bodies (`../shared/MANAGEMENT.md` §1; RabbitMQ docs/http-api-reference.md), served with
+//! axum on `[management] listen` (default `127.0.0.1:15672`), so that operators' tools work
+//! unchanged; plus Warren's own `/api/warren/plugins`.
+//!
+//! This part serves the read side and the health checks (tier A of MANAGEMENT.md, less bindings,
+//! connections, channels, consumers, users, permissions, policies and definitions, which come
+//! next), and the plugin listing with quarantine lifting:
+//!
+//! - `auth`: HTTP Basic against the broker's users, RabbitMQ's tag rules;
+//! - `error`: RabbitMQ's `{"error", "reason"}` bodies;
+//! - `read`: overview, whoami, nodes, vhosts, queues, exchanges (with RabbitMQ's pagination);
+//! - `health`: `/api/health/checks/*`;
+//! - `plugins`: `/api/warren/plugins`.
+
+mod auth;
+mod error;
+mod health;
+mod page;
+mod plugins;
+mod read;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::routing::{delete, get};
+use axum::Router;
+
+use crate::broker::Broker;
+
+/// A listener the node has, as the API reports it (`/api/overview` `listeners`, the listener health
+/// checks).
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// RabbitMQ's protocol name: `amqp`, `amqp/ssl`, `http`.
+    pub protocol: &'static str,
+    /// Where it listens.
+    pub address: SocketAddr,
+}
+
+/// What every handler reads.
+#[derive(Debug)]
+pub(crate) struct Api {
+    broker: Arc<Broker>,
+    listeners: Vec<Listener>,
+    started: Instant,
+    node: String,
+}
+
+impl Api {
+    /// The node name, RabbitMQ style: `warren@<host>`.
+    fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// This node's name: `warren@` and the kernel's host name.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "warren@{}",
+        if host.is_empty() { "localhost" } else { &host }
+    )
+}
+
+/// The API's routes over `broker`; `listeners` are the node's listeners (AMQP and this API's own).
+pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
+    let api = Arc::new(Api {
+        broker,
+        listeners,
+        started: Instant::now(),
+        node: node_name(),
+    });
+    Router::new()
+        .route("/api/overview", get(read::overview))
+        .route("/api/whoami", get(read::whoami))
+        .route("/api/nodes", get(read::nodes))
+        .route("/api/nodes/{node}", get(read::node))
+        .route("/api/vhosts", get(read::vhosts))
+        .route("/api/vhosts/{vhost}", get(read::vhost))
+        .route("/api/queues", get(read::queues))
+        .route("/api/queues/{vhost}", get(read::queues_in))
+        .route("/api/queues/{vhost}/{name}", get(read::queue))
+        .route("/api/exchanges", get(read::exchanges))
+        .route("/api/exchanges/{vhost}", get(read::exchanges_in))
+        .route("/api/exchanges/{vhost}/{name}", get(read::exchange))
+        .route("/api/extensions", get(read::empty_list))
+        .route("/api/feature-flags", get(read::empty_list))
+        .route("/api/federation-links", get(read::empty_list))
+        .route("/api/federation-links/{vhost}", get(read::empty_list))
+        .route("/api/aliveness-test/{vhost}", get(health::aliveness))
+        .route("/api/health/checks/alarms", get(health::alarms))
+        .route("/api/health/checks/local-alarms", get(health::alarms))
+        .route("/api/health/checks/virtual-hosts", get(health::ok))
+        .route("/api/health/checks/is-in-service", get(health::ok))
+        .route("/api/health/checks/ready-to-serve-clients", get(health::ok))
+        .route(
+            "/api/health/checks/node-is-quorum-critical",
+            get(health::ok),
+        )
+        .route(
+            "/api/health/checks/port-listener/{port}",
+            get(health::port_listener),
+        )
+        .route(
+            "/api/health/checks/protocol-listener/{protocols}",
+            get(health::protocol_listener),
+        )
+        .route("/api/warren/plugins", get(plugins::list))
+        .route(
+            "/api/warren/plugins/{kind}/{name}/quarantine",
+            delete(plugins::lift_quarantine),
+        )
+        .fallback(error::not_found_handler)
+        .with_state(api)
+}
+
+/// Serves the API on `listener` until the process ends.
+///
+/// # Errors
+/// The listener failed (accept errors are retried by axum; this is the server's own end).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    listeners: Vec<Listener>,
+) -> std::io::Result<()> {
+    let app = router(broker, listeners);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}

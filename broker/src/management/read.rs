@@ -1,0 +1,330 @@
+//! The read side: overview, whoami, nodes, vhosts, queues and exchanges, in RabbitMQ 3.10's shapes
+//! (fields checked against a running 3.10.8). Objects of vhosts the caller has no permissions in
+//! are left out unless it sees all (`monitoring`, `administrator`). Message rates and per-object
+//! message stats are not served yet (`message_stats` is empty).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::page;
+use super::Api;
+use crate::definitions::table_json;
+use crate::exchange::Exchange;
+use crate::queue::Queue;
+use crate::vhost::VHost;
+
+/// The API level Warren's answers follow (tools read `rabbitmq_version` for feature checks).
+pub(crate) const RABBITMQ_VERSION: &str = "3.10.8";
+
+/// The native exchange types, as `/api/overview` lists them.
+const NATIVE_TYPES: [&str; 4] = ["direct", "fanout", "headers", "topic"];
+
+fn visible(api: &Api, caller: &Caller) -> Vec<Arc<VHost>> {
+    api.broker
+        .vhost_list()
+        .into_iter()
+        .filter(|v| caller.may_see(api, &v.name))
+        .collect()
+}
+
+/// The vhost `name` if it exists and the caller may see it (404 otherwise, as RabbitMQ).
+fn visible_vhost(api: &Api, caller: &Caller, name: &str) -> Result<Arc<VHost>, ApiError> {
+    api.broker
+        .vhost(name)
+        .filter(|v| caller.may_see(api, &v.name))
+        .ok_or_else(ApiError::not_found)
+}
+
+fn queue_json(api: &Api, vhost: &str, q: &Queue) -> Value {
+    let c = q.counts();
+    json!({
+        "name": q.name.as_str(),
+        "vhost": vhost,
+        "type": "classic",
+        "durable": q.durable,
+        "auto_delete": q.auto_delete,
+        "exclusive": q.exclusive_owner.is_some(),
+        "arguments": table_json(&q.arguments),
+        "node": api.node(),
+        "state": "running",
+        "messages": u64::from(c.messages) + u64::from(c.unacked),
+        "messages_ready": c.messages,
+        "messages_unacknowledged": c.unacked,
+        "consumers": c.consumers,
+    })
+}
+
+fn exchange_json(vhost: &str, x: &Exchange) -> Value {
+    json!({
+        "name": x.name.as_str(),
+        "vhost": vhost,
+        "type": x.kind.as_str(),
+        "durable": x.durable,
+        "auto_delete": x.auto_delete,
+        "internal": x.internal,
+        "arguments": table_json(&x.arguments),
+    })
+}
+
+/// The default exchange, which RabbitMQ lists with an empty name (and finds as `amq.default`).
+fn default_exchange_json(vhost: &str) -> Value {
+    json!({
+        "name": "",
+        "vhost": vhost,
+        "type": "direct",
+        "durable": true,
+        "auto_delete": false,
+        "internal": false,
+        "arguments": {},
+    })
+}
+
+/// Ready and unacknowledged messages of `queues`.
+fn totals(queues: &[Arc<Queue>]) -> (u64, u64, u64) {
+    queues
+        .iter()
+        .fold((0, 0, 0), |(ready, unacked, consumers), q| {
+            let c = q.counts();
+            (
+                ready + u64::from(c.messages),
+                unacked + u64::from(c.unacked),
+                consumers + u64::from(c.consumers),
+            )
+        })
+}
+
+/// `GET /api/overview`.
+pub(crate) async fn overview(State(api): State<Arc<Api>>, caller: Caller) -> Json<Value> {
+    let vhosts = visible(&api, &caller);
+    let (mut ready, mut unacked, mut consumers, mut queues, mut exchanges) = (0, 0, 0, 0, 0);
+    for v in &vhosts {
+        let qs = v.queue_list();
+        let (r, u, c) = totals(&qs);
+        (ready, unacked, consumers) = (ready + r, unacked + u, consumers + c);
+        queues += qs.len();
+        exchanges += v.exchange_list().len() + 1; // and the default exchange
+    }
+    let mut exchange_types: Vec<Value> = NATIVE_TYPES
+        .iter()
+        .map(|t| json!({ "name": t, "description": format!("AMQP {t} exchange, as per the AMQP specification"), "enabled": true }))
+        .collect();
+    for p in api.broker.plugins.snapshot() {
+        if p.kind == crate::plugin::Kind::Exchange && p.state != "unavailable" {
+            exchange_types.push(json!({ "name": p.name, "description": format!("Warren plugin {}", p.file.as_deref().map(|f| f.display().to_string()).unwrap_or_default()), "enabled": p.state == "loaded" }));
+        }
+    }
+    let listeners: Vec<Value> = api
+        .listeners
+        .iter()
+        .map(|l| json!({ "node": api.node(), "protocol": l.protocol, "ip_address": l.address.ip().to_string(), "port": l.address.port() }))
+        .collect();
+    Json(json!({
+        "management_version": RABBITMQ_VERSION,
+        "rabbitmq_version": RABBITMQ_VERSION,
+        "product_name": "Warren",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "rates_mode": "none",
+        "cluster_name": api.node(),
+        "node": api.node(),
+        "exchange_types": exchange_types,
+        "listeners": listeners,
+        "message_stats": {},
+        "queue_totals": {
+            "messages": ready + unacked,
+            "messages_ready": ready,
+            "messages_unacknowledged": unacked,
+        },
+        "object_totals": {
+            "connections": api.broker.connections.get(),
+            "consumers": consumers,
+            "exchanges": exchanges,
+            "queues": queues,
+        },
+    }))
+}
+
+/// `GET /api/whoami`.
+pub(crate) async fn whoami(caller: Caller) -> Json<Value> {
+    Json(json!({ "name": caller.name, "tags": caller.tags }))
+}
+
+fn node_json(api: &Api) -> Value {
+    let alarms = *api.broker.alarms.borrow();
+    json!({
+        "name": api.node(),
+        "type": "disc",
+        "running": true,
+        "os_pid": std::process::id().to_string(),
+        "uptime": u64::try_from(api.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "mem_alarm": alarms.memory,
+        "disk_free_alarm": alarms.disk,
+        "mem_limit": api.broker.alarm_limits.process_bytes,
+        "disk_free_limit": api.broker.alarm_limits.disk_free_bytes,
+        "partitions": [],
+    })
+}
+
+/// `GET /api/nodes` (this node; `monitoring` or `administrator`).
+pub(crate) async fn nodes(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.monitoring()?;
+    Ok(Json(json!([node_json(&api)])))
+}
+
+/// `GET /api/nodes/{node}`.
+pub(crate) async fn node(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.monitoring()?;
+    if name != api.node() {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(node_json(&api)))
+}
+
+fn vhost_json(api: &Api, v: &VHost) -> Value {
+    let (ready, unacked, _) = totals(&v.queue_list());
+    json!({
+        "name": v.name,
+        "description": "",
+        "tags": [],
+        "metadata": { "description": "", "tags": [] },
+        "default_queue_type": "classic",
+        "tracing": false,
+        "cluster_state": { api.node(): "running" },
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+    })
+}
+
+/// `GET /api/vhosts`.
+pub(crate) async fn vhosts(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Query(q): Query<page::Query>,
+) -> Result<Json<Value>, ApiError> {
+    let items = visible(&api, &caller)
+        .iter()
+        .map(|v| vhost_json(&api, v))
+        .collect();
+    page::respond(items, &q).map(Json)
+}
+
+/// `GET /api/vhosts/{vhost}`.
+pub(crate) async fn vhost(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let v = visible_vhost(&api, &caller, &name)?;
+    Ok(Json(vhost_json(&api, &v)))
+}
+
+fn queues_of(api: &Api, vhosts: &[Arc<VHost>]) -> Vec<Value> {
+    vhosts
+        .iter()
+        .flat_map(|v| {
+            v.queue_list()
+                .iter()
+                .map(|q| queue_json(api, &v.name, q))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `GET /api/queues`.
+pub(crate) async fn queues(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Query(q): Query<page::Query>,
+) -> Result<Json<Value>, ApiError> {
+    page::respond(queues_of(&api, &visible(&api, &caller)), &q).map(Json)
+}
+
+/// `GET /api/queues/{vhost}`.
+pub(crate) async fn queues_in(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+    Query(q): Query<page::Query>,
+) -> Result<Json<Value>, ApiError> {
+    let v = visible_vhost(&api, &caller, &vhost)?;
+    page::respond(queues_of(&api, &[v]), &q).map(Json)
+}
+
+/// `GET /api/queues/{vhost}/{name}`.
+pub(crate) async fn queue(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let v = visible_vhost(&api, &caller, &vhost)?;
+    let q = v
+        .queue_list()
+        .into_iter()
+        .find(|q| q.name.as_str() == name)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(queue_json(&api, &v.name, &q)))
+}
+
+fn exchanges_of(vhosts: &[Arc<VHost>]) -> Vec<Value> {
+    vhosts
+        .iter()
+        .flat_map(|v| {
+            std::iter::once(default_exchange_json(&v.name))
+                .chain(v.exchange_list().iter().map(|x| exchange_json(&v.name, x)))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `GET /api/exchanges`.
+pub(crate) async fn exchanges(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Query(q): Query<page::Query>,
+) -> Result<Json<Value>, ApiError> {
+    page::respond(exchanges_of(&visible(&api, &caller)), &q).map(Json)
+}
+
+/// `GET /api/exchanges/{vhost}`.
+pub(crate) async fn exchanges_in(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+    Query(q): Query<page::Query>,
+) -> Result<Json<Value>, ApiError> {
+    let v = visible_vhost(&api, &caller, &vhost)?;
+    page::respond(exchanges_of(&[v]), &q).map(Json)
+}
+
+/// `GET /api/exchanges/{vhost}/{name}` (`amq.default` is the default exchange).
+pub(crate) async fn exchange(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let v = visible_vhost(&api, &caller, &vhost)?;
+    if name == "amq.default" {
+        return Ok(Json(default_exchange_json(&v.name)));
+    }
+    let x = v.find_exchange(&name).ok_or_else(ApiError::not_found)?;
+    Ok(Json(exchange_json(&v.name, &x)))
+}
+
+/// Listings of features Warren does not have (`extensions`, `feature-flags`, `federation-links`):
+/// empty, as RabbitMQ without the plugin.
+pub(crate) async fn empty_list(_caller: Caller) -> Json<Value> {
+    Json(json!([]))
+}

@@ -1,0 +1,273 @@
+"""The management HTTP API with a real HTTP client (urllib) against the real binary: authentication
+and tags, the read endpoints with RabbitMQ 3.10's shapes, `%2F`, pagination, health checks, Warren's
+plugin listing. The expected fields are those a RabbitMQ 3.10.8 node (Debian's rabbitmq-server with
+rabbitmq_management) answered for the same requests, noted per test."""
+import base64
+import json
+import urllib.error
+import urllib.request
+
+import pika
+import pytest
+
+from conftest import EXTERNAL, Broker, PLUGINS
+
+pytestmark = pytest.mark.skipif(bool(EXTERNAL), reason="needs a Warren it starts")
+
+
+def call(broker, path, user="guest", password="guest", method="GET", auth=True):
+    """(status, headers, parsed JSON body or None) of one request."""
+    req = urllib.request.Request(f"http://127.0.0.1:{broker.mgmt_port}{path}", method=method)
+    if auth:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = r.read()
+            return r.status, r.headers, json.loads(body) if body else None
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        return e.code, e.headers, json.loads(body) if body else None
+
+
+CONFIG = """
+vhosts = ["/", "other"]
+
+[[users]]
+name = "guest"
+password = "guest"
+tags = ["administrator"]
+
+[[users]]
+name = "viewer"
+password = "v"
+tags = ["management"]
+
+[[users]]
+name = "plain"
+password = "p"
+tags = []
+
+[[permissions]]
+user = "guest"
+vhost = "/"
+configure = ".*"
+write = ".*"
+read = ".*"
+
+[[permissions]]
+user = "guest"
+vhost = "other"
+configure = ".*"
+write = ".*"
+read = ".*"
+
+[[permissions]]
+user = "viewer"
+vhost = "other"
+configure = ".*"
+write = ".*"
+read = ".*"
+"""
+
+
+@pytest.fixture(scope="module")
+def mgmt(tmp_path_factory):
+    plugin_dir = tmp_path_factory.mktemp("mgmt-plugins")
+    src = PLUGINS / "x_consistent_hash.wasm"
+    assert src.exists(), f"{src} missing: run `cargo test` (it builds plugins/)"
+    (plugin_dir / "x_consistent_hash.wasm").write_bytes(src.read_bytes())
+    b = Broker(CONFIG, tmp_path_factory.mktemp("mgmt"), plugin_dir=plugin_dir)
+    # Plugins load in the background; a declare of the type waits for them.
+    conn = b.connect()
+    conn.channel().exchange_declare("warm-up", "x-consistent-hash", auto_delete=True)
+    conn.close()
+    yield b
+    if b.proc.poll() is None:
+        b.stop()
+
+
+def test_authentication_and_tags(mgmt):
+    # RabbitMQ 3.10.8: no credentials → 401, empty body, the Basic challenge.
+    status, headers, body = call(mgmt, "/api/overview", auth=False)
+    assert (status, body) == (401, None)
+    assert headers["WWW-Authenticate"] == 'Basic realm="RabbitMQ Management"'
+    # A wrong password → 401 {"error":"not_authorized","reason":"Login failed"}.
+    status, headers, body = call(mgmt, "/api/overview", password="nope")
+    assert (status, body) == (401, {"error": "not_authorized", "reason": "Login failed"})
+    assert "WWW-Authenticate" in headers
+    # A user without a management tag is refused.
+    status, _, body = call(mgmt, "/api/overview", user="plain", password="p")
+    assert (status, body) == (401, {"error": "not_authorized", "reason": "Not management user"})
+    # whoami: {"name":"guest","tags":["administrator"]}.
+    status, _, body = call(mgmt, "/api/whoami")
+    assert (status, body) == (200, {"name": "guest", "tags": ["administrator"]})
+    assert call(mgmt, "/api/whoami", user="viewer", password="v")[2] == {"name": "viewer", "tags": ["management"]}
+    # Node and plugin listings need monitoring or administrator.
+    status, _, body = call(mgmt, "/api/nodes", user="viewer", password="v")
+    assert (status, body["reason"]) == (401, "Not monitor user")
+    status, _, body = call(mgmt, "/api/warren/plugins", user="viewer", password="v")
+    assert status == 401
+
+
+def test_overview_and_nodes(mgmt):
+    status, _, o = call(mgmt, "/api/overview")
+    assert status == 200
+    for key in ["management_version", "rabbitmq_version", "product_name", "product_version",
+                "cluster_name", "exchange_types", "listeners", "message_stats", "queue_totals",
+                "object_totals", "node"]:
+        assert key in o, key
+    assert o["product_name"] == "Warren"
+    assert set(o["object_totals"]) >= {"connections", "consumers", "exchanges", "queues"}
+    types = {t["name"] for t in o["exchange_types"]}
+    assert {"direct", "fanout", "headers", "topic", "x-consistent-hash"} <= types
+    amqp = [l for l in o["listeners"] if l["protocol"] == "amqp"]
+    assert amqp and amqp[0]["port"] == mgmt.port and amqp[0]["node"] == o["node"]
+    assert any(l["protocol"] == "http" and l["port"] == mgmt.mgmt_port for l in o["listeners"])
+    status, _, nodes = call(mgmt, "/api/nodes")
+    assert status == 200 and len(nodes) == 1
+    node = nodes[0]
+    assert node["name"] == o["node"] and node["name"].startswith("warren@")
+    assert node["running"] is True and node["mem_alarm"] is False and node["disk_free_alarm"] is False
+    assert call(mgmt, f"/api/nodes/{node['name']}")[2]["name"] == node["name"]
+    assert call(mgmt, "/api/nodes/rabbit@nowhere")[0] == 404
+
+
+def test_queues_with_counts_and_the_default_vhost_as_percent_2f(mgmt):
+    conn = mgmt.connect()
+    ch = conn.channel()
+    ch.queue_declare("mq1", durable=True, arguments={"x-max-length": 10})
+    for i in range(3):
+        ch.basic_publish("", "mq1", b"m")
+    ch.basic_qos(prefetch_count=1)
+    method, _, _ = next(ch.consume("mq1", auto_ack=False, inactivity_timeout=5))
+    assert method is not None  # one delivery now unacked
+    status, _, q = call(mgmt, "/api/queues/%2F/mq1")
+    assert status == 200
+    # RabbitMQ 3.10.8's queue object (GET /api/queues/%2F/q1 after a PUT with x-max-length 10).
+    for key in ["name", "vhost", "type", "durable", "auto_delete", "exclusive", "arguments", "node"]:
+        assert key in q, key
+    assert (q["name"], q["vhost"], q["type"], q["durable"], q["auto_delete"], q["exclusive"]) == \
+        ("mq1", "/", "classic", True, False, False)
+    assert q["arguments"] == {"x-max-length": 10}
+    assert (q["messages"], q["messages_ready"], q["messages_unacknowledged"], q["consumers"]) == (3, 2, 1, 1)
+    assert any(x["name"] == "mq1" for x in call(mgmt, "/api/queues")[2])
+    assert any(x["name"] == "mq1" for x in call(mgmt, "/api/queues/%2F")[2])
+    # Not found: RabbitMQ's {"error":"Object Not Found","reason":"Not Found"}.
+    status, _, body = call(mgmt, "/api/queues/%2F/nope")
+    assert (status, body) == (404, {"error": "Object Not Found", "reason": "Not Found"})
+    assert call(mgmt, "/api/queues/nowhere/mq1")[0] == 404
+    assert call(mgmt, "/api/no/such/path")[2] == {"error": "Object Not Found", "reason": "Not Found"}
+    conn.close()
+
+
+def test_pagination(mgmt):
+    conn = mgmt.connect()
+    ch = conn.channel()
+    for i in range(25):
+        ch.queue_declare(f"page-{i:02}", auto_delete=False)
+    # RabbitMQ's paged shape: filtered_count, item_count, items, page, page_count, page_size, total_count.
+    status, _, p = call(mgmt, "/api/queues/%2F?page=2&page_size=10&name=page-")
+    assert status == 200
+    assert set(p) == {"filtered_count", "item_count", "items", "page", "page_count", "page_size", "total_count"}
+    assert (p["page"], p["page_size"], p["page_count"], p["filtered_count"], p["item_count"]) == (2, 10, 3, 25, 10)
+    assert p["items"][0]["name"] == "page-10"
+    assert p["total_count"] >= 25
+    # KEDA's regex mode (pagination=false is ignored, as RabbitMQ does).
+    _, _, p = call(mgmt, "/api/queues/%2F?page=1&use_regex=true&pagination=false&name=%5Epage-2%5B0-4%5D%24&page_size=100")
+    assert sorted(q["name"] for q in p["items"]) == [f"page-2{i}" for i in range(5)]
+    assert call(mgmt, "/api/queues?page=0")[0] == 400
+    assert call(mgmt, "/api/queues?page=1&page_size=501")[0] == 400
+    assert call(mgmt, "/api/queues?page=1&name=(&use_regex=true")[2]["error"] == "bad_request"
+    conn.close()
+
+
+def test_exchanges_and_vhost_visibility(mgmt):
+    conn = mgmt.connect()
+    ch = conn.channel()
+    ch.exchange_declare("mx", "x-consistent-hash", durable=True)
+    _, _, xs = call(mgmt, "/api/exchanges/%2F")
+    names = {x["name"] for x in xs}
+    assert {"", "amq.direct", "amq.topic", "mx"} <= names
+    # RabbitMQ 3.10.8's exchange object (GET /api/exchanges/%2F/amq.direct).
+    status, _, x = call(mgmt, "/api/exchanges/%2F/amq.direct")
+    assert status == 200
+    assert {k: x[k] for k in ["name", "vhost", "type", "durable", "auto_delete", "internal", "arguments"]} == \
+        {"name": "amq.direct", "vhost": "/", "type": "direct", "durable": True, "auto_delete": False,
+         "internal": False, "arguments": {}}
+    assert call(mgmt, "/api/exchanges/%2F/mx")[2]["type"] == "x-consistent-hash"
+    assert call(mgmt, "/api/exchanges/%2F/amq.default")[2]["name"] == ""
+    assert call(mgmt, "/api/exchanges/%2F/nope")[0] == 404
+    # A management user sees the vhosts it has permissions in, and nothing of the others.
+    _, _, vhosts = call(mgmt, "/api/vhosts", user="viewer", password="v")
+    assert [v["name"] for v in vhosts] == ["other"]
+    assert call(mgmt, "/api/queues/%2F", user="viewer", password="v")[0] == 404
+    assert all(q["vhost"] == "other" for q in call(mgmt, "/api/queues", user="viewer", password="v")[2])
+    _, _, vhosts = call(mgmt, "/api/vhosts")
+    assert [v["name"] for v in vhosts] == ["/", "other"]
+    # RabbitMQ 3.10.8's vhost object fields.
+    _, _, v = call(mgmt, "/api/vhosts/%2F")
+    assert set(v) >= {"name", "description", "tags", "metadata", "tracing", "cluster_state", "default_queue_type"}
+    conn.close()
+
+
+def test_health_checks(mgmt):
+    # RabbitMQ 3.10.8: {"status":"ok"}; a port or protocol without a listener is 503 with what is missing.
+    for check in ["alarms", "local-alarms", "virtual-hosts", "is-in-service", "ready-to-serve-clients",
+                  "node-is-quorum-critical"]:
+        status, _, body = call(mgmt, f"/api/health/checks/{check}")
+        assert (status, body) == (200, {"status": "ok"}), check
+    assert call(mgmt, "/api/health/checks/alarms")[2] == {"status": "ok"}
+    assert call(mgmt, f"/api/health/checks/port-listener/{mgmt.port}")[2] == {"status": "ok", "port": mgmt.port}
+    status, _, body = call(mgmt, "/api/health/checks/port-listener/1")
+    assert status == 503
+    assert (body["status"], body["reason"], body["missing"]) == ("failed", "No active listener", 1)
+    assert mgmt.port in body["ports"]
+    assert call(mgmt, "/api/health/checks/port-listener/x")[0] == 400
+    assert call(mgmt, "/api/health/checks/protocol-listener/amqp")[2] == {"status": "ok", "protocol": "amqp"}
+    status, _, body = call(mgmt, "/api/health/checks/protocol-listener/mqtt")
+    assert (status, body["missing"]) == (503, "mqtt")
+    assert call(mgmt, "/api/aliveness-test/%2F")[2] == {"status": "ok"}
+    assert call(mgmt, "/api/health/checks/alarms", auth=False)[0] == 401
+
+
+def test_warren_plugins(mgmt):
+    conn = mgmt.connect()
+    ch = conn.channel()
+    ch.exchange_declare("mp", "x-consistent-hash")
+    ch.queue_declare("mp-q", auto_delete=True)
+    ch.queue_bind("mp-q", "mp", "1")
+    ch.basic_publish("mp", "k", b"m")
+    status, _, plugins = call(mgmt, "/api/warren/plugins")
+    assert status == 200
+    p = next(p for p in plugins if p["name"] == "x-consistent-hash")
+    assert (p["kind"], p["state"], p["package"]) == ("exchange", "loaded", "warren:plugin@0.2.0")
+    for key in ["version", "hash", "file", "loaded_at", "calls", "traps", "timeouts", "memory",
+                "memory_cap", "reloads", "breaches", "entities_quarantined", "compiled", "compile_ms"]:
+        assert key in p, key
+    assert p["calls"] > 0
+    assert call(mgmt, "/api/warren/plugins/exchange/x-consistent-hash/quarantine", method="DELETE")[0] == 204
+    assert call(mgmt, "/api/warren/plugins/exchange/x-nope/quarantine", method="DELETE")[0] == 404
+    assert call(mgmt, "/api/warren/plugins/exchange/x-consistent-hash/quarantine", method="DELETE",
+                user="viewer", password="v")[2]["reason"] == "Not administrator user"
+    conn.close()
+
+
+def test_listen_address_and_off_from_the_config_file(tmp_path):
+    import socket
+    from conftest import free_port
+
+    port = free_port()
+    on = Broker(f'[management]\nlisten = "127.0.0.1:{port}"\n', tmp_path, management_flag=False)
+    try:
+        on.mgmt_port = port
+        assert call(on, "/api/overview")[0] == 200
+    finally:
+        on.stop()
+    port = free_port()
+    off = Broker(f'[management]\nenabled = false\nlisten = "127.0.0.1:{port}"\n', tmp_path, management_flag=False)
+    try:
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    finally:
+        off.stop()
