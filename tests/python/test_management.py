@@ -271,3 +271,38 @@ def test_listen_address_and_off_from_the_config_file(tmp_path):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
     finally:
         off.stop()
+
+
+def test_bindings_in_every_form(mgmt):
+    conn = mgmt.connect()
+    ch = conn.channel()
+    ch.queue_declare("mb-q")
+    ch.queue_bind("mb-q", "amq.direct", "a b~c")
+    ch.queue_bind("mb-q", "amq.headers", "k", arguments={"x-match": "all"})
+    ch.exchange_declare("mb-x", "fanout")
+    ch.exchange_bind("mb-x", "amq.topic", "t.#")
+    # RabbitMQ 3.10.8 answered GET /api/queues/%2F/q1/bindings for the same two bindings with
+    # (properties_key of the arguments' binding aside: the hash is each broker's own):
+    expected = [
+        {"source": "", "vhost": "/", "destination": "mb-q", "destination_type": "queue",
+         "routing_key": "mb-q", "arguments": {}, "properties_key": "mb-q"},
+        {"source": "amq.direct", "vhost": "/", "destination": "mb-q", "destination_type": "queue",
+         "routing_key": "a b~c", "arguments": {}, "properties_key": "a+b%7Ec"},
+    ]
+    status, _, got = call(mgmt, "/api/queues/%2F/mb-q/bindings")
+    assert status == 200
+    assert got[:2] == expected
+    headers_binding = got[2]
+    assert (headers_binding["source"], headers_binding["arguments"]) == ("amq.headers", {"x-match": "all"})
+    assert headers_binding["properties_key"].startswith("k~") and len(headers_binding["properties_key"]) == 8
+    assert call(mgmt, "/api/exchanges/%2F/amq.direct/bindings/source")[2] == [expected[1]]
+    _, _, dest = call(mgmt, "/api/exchanges/%2F/mb-x/bindings/destination")
+    assert [(b["source"], b["destination_type"], b["routing_key"]) for b in dest] == [("amq.topic", "exchange", "t.#")]
+    assert call(mgmt, "/api/bindings/%2F/e/amq.direct/q/mb-q")[2] == [expected[1]]
+    assert call(mgmt, "/api/bindings/%2F/e/amq.direct/q/mb-q/a+b%257Ec")[2] == expected[1]
+    assert call(mgmt, "/api/bindings/%2F/e/amq.direct/q/mb-q/nope")[0] == 404
+    assert call(mgmt, "/api/bindings/%2F/e/amq.topic/e/mb-x")[2][0]["routing_key"] == "t.#"
+    assert any(b["destination"] == "mb-q" for b in call(mgmt, "/api/bindings")[2])
+    assert any(b["destination"] == "mb-q" for b in call(mgmt, "/api/bindings/%2F")[2])
+    assert call(mgmt, "/api/queues/%2F/nope/bindings")[0] == 404
+    conn.close()

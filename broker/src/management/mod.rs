@@ -3,17 +3,19 @@
 //! axum on `[management] listen` (default `127.0.0.1:15672`), so that operators' tools work
 //! unchanged; plus Warren's own `/api/warren/plugins`.
 //!
-//! This part serves the read side and the health checks (tier A of MANAGEMENT.md, less bindings,
+//! This part serves the read side and the health checks (tier A of MANAGEMENT.md, less
 //! connections, channels, consumers, users, permissions, policies and definitions, which come
 //! next), and the plugin listing with quarantine lifting:
 //!
 //! - `auth`: HTTP Basic against the broker's users, RabbitMQ's tag rules;
 //! - `error`: RabbitMQ's `{"error", "reason"}` bodies;
 //! - `read`: overview, whoami, nodes, vhosts, queues, exchanges (with RabbitMQ's pagination);
+//! - `bindings`: bindings in every form, with RabbitMQ's `properties_key`;
 //! - `health`: `/api/health/checks/*`;
 //! - `plugins`: `/api/warren/plugins`.
 
 mod auth;
+mod bindings;
 mod error;
 mod health;
 mod page;
@@ -84,9 +86,27 @@ pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
         .route("/api/queues", get(read::queues))
         .route("/api/queues/{vhost}", get(read::queues_in))
         .route("/api/queues/{vhost}/{name}", get(read::queue))
+        .route(
+            "/api/queues/{vhost}/{name}/bindings",
+            get(bindings::of_queue),
+        )
+        .route("/api/bindings", get(bindings::all))
+        .route("/api/bindings/{vhost}", get(bindings::in_vhost))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}",
+            get(bindings::between_list),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
+            get(bindings::one),
+        )
         .route("/api/exchanges", get(read::exchanges))
         .route("/api/exchanges/{vhost}", get(read::exchanges_in))
         .route("/api/exchanges/{vhost}/{name}", get(read::exchange))
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/{side}",
+            get(bindings::of_exchange),
+        )
         .route("/api/extensions", get(read::empty_list))
         .route("/api/feature-flags", get(read::empty_list))
         .route("/api/federation-links", get(read::empty_list))

@@ -33,7 +33,11 @@ fn visible(api: &Api, caller: &Caller) -> Vec<Arc<VHost>> {
 }
 
 /// The vhost `name` if it exists and the caller may see it (404 otherwise, as RabbitMQ).
-fn visible_vhost(api: &Api, caller: &Caller, name: &str) -> Result<Arc<VHost>, ApiError> {
+pub(crate) fn visible_vhost(
+    api: &Api,
+    caller: &Caller,
+    name: &str,
+) -> Result<Arc<VHost>, ApiError> {
     api.broker
         .vhost(name)
         .filter(|v| caller.may_see(api, &v.name))
