@@ -34,6 +34,8 @@ pub struct Permission {
     configure: Option<Regex>,
     write: Option<Regex>,
     read: Option<Regex>,
+    /// The three patterns as written (configure, write, read).
+    patterns: [String; 3],
 }
 
 fn pattern(p: &str) -> Result<Option<Regex>, regex::Error> {
@@ -54,7 +56,13 @@ impl Permission {
             configure: pattern(configure)?,
             write: pattern(write)?,
             read: pattern(read)?,
+            patterns: [configure.to_owned(), write.to_owned(), read.to_owned()],
         })
+    }
+
+    /// The configure, write and read patterns as written.
+    pub fn patterns(&self) -> &[String; 3] {
+        &self.patterns
     }
 
     /// Full access (`.*` for all three).
@@ -63,6 +71,7 @@ impl Permission {
             configure: None,
             write: None,
             read: None,
+            patterns: Default::default(),
         })
     }
 
@@ -88,6 +97,18 @@ pub struct User {
     algorithm: HashingAlgorithm,
     /// Tags (`administrator`, `monitoring`, …), kept for the management API.
     pub tags: Vec<String>,
+}
+
+impl User {
+    /// The password hash as RabbitMQ shows it: base64 of salt ‖ digest.
+    pub fn password_hash(&self) -> String {
+        BASE64.encode(&self.hash)
+    }
+
+    /// RabbitMQ's name of the hash's algorithm (`rabbit_password_hashing_sha256`, …).
+    pub fn hashing_algorithm(&self) -> &'static str {
+        self.algorithm.rabbit_name()
+    }
 }
 
 /// A password hashing algorithm of RabbitMQ's (docs/passwords.md "Hashing algorithms"): a 4-byte salt
@@ -303,6 +324,29 @@ impl Auth {
             return None;
         }
         Some(user)
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Vec<&User> {
+        let mut v: Vec<&User> = self.users.values().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The user named `name`.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+
+    /// Every permission as (user, vhost, permission), by user then vhost.
+    pub fn permissions(&self) -> Vec<(&str, &str, &Permission)> {
+        let mut v: Vec<(&str, &str, &Permission)> = self
+            .permissions
+            .iter()
+            .map(|((u, vh), p)| (u.as_str(), vh.as_str(), &**p))
+            .collect();
+        v.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        v
     }
 
     /// `user`'s permissions in `vhost`, if any (none means no access to the vhost).

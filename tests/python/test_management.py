@@ -42,6 +42,12 @@ tags = ["administrator"]
 name = "viewer"
 password = "v"
 tags = ["management"]
+limits = { max-connections = 10 }
+
+[[users]]
+name = "rules"
+password = "r"
+tags = ["policymaker"]
 
 [[users]]
 name = "plain"
@@ -68,6 +74,28 @@ vhost = "other"
 configure = ".*"
 write = ".*"
 read = ".*"
+
+[[permissions]]
+user = "rules"
+vhost = "other"
+configure = ""
+write = ""
+read = "^r"
+
+[[policies]]
+name = "ttl"
+vhost = "/"
+pattern = "^t"
+apply-to = "queues"
+priority = 1
+definition = { message-ttl = 5 }
+
+[[policies]]
+name = "cap"
+vhost = "other"
+pattern = ".*"
+apply-to = "all"
+definition = { max-length = 100 }
 """
 
 
@@ -306,3 +334,38 @@ def test_bindings_in_every_form(mgmt):
     assert any(b["destination"] == "mb-q" for b in call(mgmt, "/api/bindings/%2F")[2])
     assert call(mgmt, "/api/queues/%2F/nope/bindings")[0] == 404
     conn.close()
+
+
+def test_users_permissions_and_policies(mgmt):
+    # RabbitMQ 3.10.8's user object: name, password_hash, hashing_algorithm, tags (a list), limits.
+    status, _, users = call(mgmt, "/api/users")
+    assert status == 200
+    by_name = {u["name"]: u for u in users}
+    assert set(by_name) == {"guest", "viewer", "plain", "rules"}
+    guest = by_name["guest"]
+    assert set(guest) == {"name", "password_hash", "hashing_algorithm", "tags", "limits"}
+    assert guest["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    assert guest["tags"] == ["administrator"] and guest["limits"] == {}
+    assert len(base64.b64decode(guest["password_hash"])) == 36
+    assert by_name["viewer"]["limits"] == {"max-connections": 10}
+    assert call(mgmt, "/api/users/viewer")[2]["tags"] == ["management"]
+    assert call(mgmt, "/api/users/nobody")[0] == 404
+    assert call(mgmt, "/api/users", user="viewer", password="v")[2]["reason"] == "Not administrator user"
+    # Permissions: {"user","vhost","configure","write","read"} as written.
+    _, _, perms = call(mgmt, "/api/permissions")
+    assert {"user": "rules", "vhost": "other", "configure": "", "write": "", "read": "^r"} in perms
+    assert call(mgmt, "/api/permissions/other/viewer")[2] == \
+        {"user": "viewer", "vhost": "other", "configure": ".*", "write": ".*", "read": ".*"}
+    assert call(mgmt, "/api/permissions/%2F/viewer")[0] == 404
+    assert [p["vhost"] for p in call(mgmt, "/api/users/guest/permissions")[2]] == ["/", "other"]
+    assert sorted(p["user"] for p in call(mgmt, "/api/vhosts/other/permissions")[2]) == ["guest", "rules", "viewer"]
+    # Policies: {"vhost","name","pattern","apply-to","definition","priority"}.
+    _, _, policies = call(mgmt, "/api/policies")
+    assert {"vhost": "/", "name": "ttl", "pattern": "^t", "apply-to": "queues",
+            "definition": {"message-ttl": 5}, "priority": 1} in policies
+    assert call(mgmt, "/api/policies/other/cap")[2]["definition"] == {"max-length": 100}
+    assert call(mgmt, "/api/policies/%2F/cap")[0] == 404
+    # A policymaker sees the policies of its vhosts; a management user may not list them.
+    _, _, theirs = call(mgmt, "/api/policies", user="rules", password="r")
+    assert [p["name"] for p in theirs] == ["cap"]
+    assert call(mgmt, "/api/policies", user="viewer", password="v")[2]["reason"] == "Not policymaker user"

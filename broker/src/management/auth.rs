@@ -55,6 +55,18 @@ impl Caller {
         }
     }
 
+    /// Requires `policymaker` or `administrator`.
+    ///
+    /// # Errors
+    /// 401 `Not policymaker user`.
+    pub(crate) fn policymaker(&self) -> Result<(), ApiError> {
+        if self.has("administrator") || self.has("policymaker") {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("Not policymaker user"))
+        }
+    }
+
     /// Requires `monitoring` or `administrator`.
     ///
     /// # Errors

@@ -4,16 +4,18 @@
 //! unchanged; plus Warren's own `/api/warren/plugins`.
 //!
 //! This part serves the read side and the health checks (tier A of MANAGEMENT.md, less
-//! connections, channels, consumers, users, permissions, policies and definitions, which come
-//! next), and the plugin listing with quarantine lifting:
+//! connections, channels, consumers and definitions, which come next), and the plugin listing with
+//! quarantine lifting:
 //!
 //! - `auth`: HTTP Basic against the broker's users, RabbitMQ's tag rules;
 //! - `error`: RabbitMQ's `{"error", "reason"}` bodies;
 //! - `read`: overview, whoami, nodes, vhosts, queues, exchanges (with RabbitMQ's pagination);
 //! - `bindings`: bindings in every form, with RabbitMQ's `properties_key`;
+//! - `admin`: users, permissions, policies;
 //! - `health`: `/api/health/checks/*`;
 //! - `plugins`: `/api/warren/plugins`.
 
+mod admin;
 mod auth;
 mod bindings;
 mod error;
@@ -83,6 +85,21 @@ pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
         .route("/api/nodes/{node}", get(read::node))
         .route("/api/vhosts", get(read::vhosts))
         .route("/api/vhosts/{vhost}", get(read::vhost))
+        .route(
+            "/api/vhosts/{vhost}/permissions",
+            get(admin::vhost_permissions),
+        )
+        .route("/api/users", get(admin::users))
+        .route("/api/users/{name}", get(admin::user))
+        .route(
+            "/api/users/{name}/permissions",
+            get(admin::user_permissions),
+        )
+        .route("/api/permissions", get(admin::permissions))
+        .route("/api/permissions/{vhost}/{user}", get(admin::permission))
+        .route("/api/policies", get(admin::policies))
+        .route("/api/policies/{vhost}", get(admin::policies_in))
+        .route("/api/policies/{vhost}/{name}", get(admin::policy))
         .route("/api/queues", get(read::queues))
         .route("/api/queues/{vhost}", get(read::queues_in))
         .route("/api/queues/{vhost}/{name}", get(read::queue))

@@ -241,6 +241,16 @@ impl VHost {
         ))
     }
 
+    /// The vhost's policies, by name (for the management API).
+    pub(crate) fn policy_list(&self) -> Vec<(String, policy::PolicySource)> {
+        let mut v: Vec<(String, policy::PolicySource)> = read(&self.policies)
+            .iter()
+            .map(|p| (p.name.clone(), p.source.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// Every queue of the vhost, by name (for the management API).
     pub(crate) fn queue_list(&self) -> Vec<Arc<Queue>> {
         let mut v: Vec<Arc<Queue>> = read(&self.queues).values().cloned().collect();

@@ -25,6 +25,8 @@ pub(crate) enum ApplyTo {
 pub struct Policy {
     /// Policy name.
     pub name: String,
+    /// The policy as declared (pattern, apply-to, priority, definition), for the management API.
+    pub source: PolicySource,
     pattern: Regex,
     apply_to: ApplyTo,
     priority: i32,
@@ -52,6 +54,19 @@ fn string(key: &str, v: &Value) -> Result<ShortString, String> {
         .ok_or_else(|| format!("'{key}' must be a short string, got {v}"))
 }
 
+/// A policy as declared: what the management API and definitions export show.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySource {
+    /// The regular expression, as written.
+    pub pattern: String,
+    /// `queues`, `exchanges` or `all`.
+    pub apply_to: String,
+    /// Priority among matching policies.
+    pub priority: i32,
+    /// The definition, as written.
+    pub definition: serde_json::Map<String, Value>,
+}
+
 impl Policy {
     /// Validates a policy from the config file or definitions.
     ///
@@ -64,6 +79,12 @@ impl Policy {
         priority: i32,
         definition: &serde_json::Map<String, Value>,
     ) -> Result<Self, String> {
+        let source = PolicySource {
+            pattern: pattern.to_owned(),
+            apply_to: apply_to.to_owned(),
+            priority,
+            definition: definition.clone(),
+        };
         let pattern =
             Regex::new(pattern).map_err(|e| format!("policy '{name}': bad pattern: {e}"))?;
         let apply_to = match apply_to {
@@ -78,6 +99,7 @@ impl Policy {
         };
         let mut p = Policy {
             name: name.to_owned(),
+            source,
             pattern,
             apply_to,
             priority,
