@@ -32,6 +32,7 @@ def call(broker, path, user="guest", password="guest", method="GET", auth=True):
 
 CONFIG = """
 vhosts = ["/", "other"]
+definitions = "DEFS"
 
 [[users]]
 name = "guest"
@@ -105,7 +106,12 @@ def mgmt(tmp_path_factory):
     src = PLUGINS / "x_consistent_hash.wasm"
     assert src.exists(), f"{src} missing: run `cargo test` (it builds plugins/)"
     (plugin_dir / "x_consistent_hash.wasm").write_bytes(src.read_bytes())
-    b = Broker(CONFIG, tmp_path_factory.mktemp("mgmt"), plugin_dir=plugin_dir)
+    tmp = tmp_path_factory.mktemp("mgmt")
+    # vhost limits come from definitions (RabbitMQ's vhost-limits runtime parameter).
+    defs = tmp / "limits.json"
+    defs.write_text(json.dumps({"parameters": [
+        {"vhost": "other", "component": "vhost-limits", "name": "limits", "value": {"max-queues": 50}}]}))
+    b = Broker(CONFIG.replace("DEFS", str(defs)), tmp, plugin_dir=plugin_dir)
     # Plugins load in the background; a declare of the type waits for them.
     conn = b.connect()
     conn.channel().exchange_declare("warm-up", "x-consistent-hash", auto_delete=True)
@@ -369,3 +375,50 @@ def test_users_permissions_and_policies(mgmt):
     _, _, theirs = call(mgmt, "/api/policies", user="rules", password="r")
     assert [p["name"] for p in theirs] == ["cap"]
     assert call(mgmt, "/api/policies", user="viewer", password="v")[2]["reason"] == "Not policymaker user"
+
+
+def _key(objects):
+    return sorted(json.dumps(o, sort_keys=True) for o in objects)
+
+
+def test_definitions_export_loads_back_into_a_fresh_warren(mgmt, tmp_path):
+    conn = mgmt.connect()
+    ch = conn.channel()
+    ch.queue_declare("def-q", durable=True, arguments={"x-message-ttl": 60000})
+    ch.exchange_declare("def-x", "topic", durable=True)
+    ch.queue_bind("def-q", "def-x", "a.#")
+    ch.exchange_declare("def-chx", "x-consistent-hash", durable=True)
+    ch.queue_bind("def-q", "def-chx", "5")
+    ch.queue_declare("", exclusive=True)  # not exported
+    # RabbitMQ 3.10.8's export keys.
+    status, _, d = call(mgmt, "/api/definitions")
+    assert status == 200
+    assert set(d) == {"rabbit_version", "rabbitmq_version", "product_name", "product_version", "users",
+                      "vhosts", "permissions", "topic_permissions", "parameters", "global_parameters",
+                      "policies", "queues", "exchanges", "bindings"}
+    assert {"name": "def-q", "vhost": "/", "durable": True, "auto_delete": False,
+            "arguments": {"x-message-ttl": 60000}} in d["queues"]
+    assert not any(q["name"].startswith("amq.gen") for q in d["queues"]), "exclusive queues left out"
+    assert not any(x["name"].startswith("amq.") or x["name"] == "" for x in d["exchanges"])
+    assert {"source": "def-x", "vhost": "/", "destination": "def-q", "destination_type": "queue",
+            "routing_key": "a.#", "arguments": {}} in d["bindings"]
+    assert {"vhost": "other", "component": "vhost-limits", "name": "limits",
+            "value": {"max-queues": 50}} in d["parameters"]
+    _, _, one = call(mgmt, "/api/definitions/%2F")
+    assert set(one) == {"rabbit_version", "parameters", "policies", "queues", "exchanges", "bindings"}
+    assert {"name": "def-q", "durable": True, "auto_delete": False, "arguments": {"x-message-ttl": 60000}} in one["queues"]
+    assert call(mgmt, "/api/definitions", user="viewer", password="v")[0] == 401
+    conn.close()
+
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(d))
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "x_consistent_hash.wasm").write_bytes((PLUGINS / "x_consistent_hash.wasm").read_bytes())
+    fresh = Broker(f'definitions = "{path}"\n', tmp_path, plugin_dir=plugin_dir)
+    try:
+        _, _, again = call(fresh, "/api/definitions")
+        for key in ["users", "vhosts", "permissions", "parameters", "policies", "queues", "exchanges", "bindings"]:
+            assert _key(again[key]) == _key(d[key]), key
+    finally:
+        fresh.stop()

@@ -4,20 +4,22 @@
 //! unchanged; plus Warren's own `/api/warren/plugins`.
 //!
 //! This part serves the read side and the health checks (tier A of MANAGEMENT.md, less
-//! connections, channels, consumers and definitions, which come next), and the plugin listing with
-//! quarantine lifting:
+//! connections, channels and consumers, which come next), and the plugin listing with quarantine
+//! lifting:
 //!
 //! - `auth`: HTTP Basic against the broker's users, RabbitMQ's tag rules;
 //! - `error`: RabbitMQ's `{"error", "reason"}` bodies;
 //! - `read`: overview, whoami, nodes, vhosts, queues, exchanges (with RabbitMQ's pagination);
 //! - `bindings`: bindings in every form, with RabbitMQ's `properties_key`;
 //! - `admin`: users, permissions, policies;
+//! - `definitions`: definitions export in RabbitMQ's format;
 //! - `health`: `/api/health/checks/*`;
 //! - `plugins`: `/api/warren/plugins`.
 
 mod admin;
 mod auth;
 mod bindings;
+mod definitions;
 mod error;
 mod health;
 mod page;
@@ -97,6 +99,8 @@ pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
         )
         .route("/api/permissions", get(admin::permissions))
         .route("/api/permissions/{vhost}/{user}", get(admin::permission))
+        .route("/api/definitions", get(definitions::export))
+        .route("/api/definitions/{vhost}", get(definitions::export_vhost))
         .route("/api/policies", get(admin::policies))
         .route("/api/policies/{vhost}", get(admin::policies_in))
         .route("/api/policies/{vhost}/{name}", get(admin::policy))

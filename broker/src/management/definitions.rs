@@ -1,0 +1,211 @@
+//! Definitions export (`GET /api/definitions`, `GET /api/definitions/{vhost}`; `administrator`), in
+//! RabbitMQ 3.10.8's format as its own export shows it: users, vhosts, permissions, vhost limits as
+//! `vhost-limits` parameters, policies, and the queues, exchanges and bindings a client declared
+//! (not exclusive queues, `amq.*` exchanges, the default exchange or its implicit bindings). It
+//! loads back into Warren (`--definitions`) and into RabbitMQ 3.10 (plugin exchange types only where
+//! the same type exists there).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::read::{visible_vhost, RABBITMQ_VERSION};
+use super::Api;
+use crate::definitions::table_json;
+use crate::exchange::Destination;
+use crate::vhost::VHost;
+
+/// One vhost's queues, exchanges, bindings, policies and limit parameters; `with_vhost` adds each
+/// object's `vhost` field (the whole-broker form).
+struct Objects {
+    queues: Vec<Value>,
+    exchanges: Vec<Value>,
+    bindings: Vec<Value>,
+    policies: Vec<Value>,
+    parameters: Vec<Value>,
+}
+
+fn objects(v: &VHost, with_vhost: bool) -> Objects {
+    let tag = |mut o: Value| {
+        if with_vhost {
+            if let Value::Object(m) = &mut o {
+                m.insert("vhost".into(), json!(v.name));
+            }
+        }
+        o
+    };
+    let queues = v
+        .queue_list()
+        .iter()
+        .filter(|q| q.exclusive_owner.is_none())
+        .map(|q| {
+            tag(json!({
+                "name": q.name.as_str(),
+                "durable": q.durable,
+                "auto_delete": q.auto_delete,
+                "arguments": table_json(&q.arguments),
+            }))
+        })
+        .collect();
+    let mut exchanges = Vec::new();
+    let mut bindings = Vec::new();
+    for x in v.exchange_list() {
+        for b in x.bindings() {
+            let (destination, destination_type) = match &b.destination {
+                Destination::Queue(q) if q.exclusive_owner.is_some() => continue,
+                Destination::Queue(q) => (q.name.as_str().to_owned(), "queue"),
+                Destination::Exchange(e) => (e.as_str().to_owned(), "exchange"),
+            };
+            bindings.push(tag(json!({
+                "source": x.name.as_str(),
+                "destination": destination,
+                "destination_type": destination_type,
+                "routing_key": b.key.as_str(),
+                "arguments": table_json(&b.arguments),
+            })));
+        }
+        if x.name.as_str().starts_with("amq.") {
+            continue;
+        }
+        exchanges.push(tag(json!({
+            "name": x.name.as_str(),
+            "type": x.kind.as_str(),
+            "durable": x.durable,
+            "auto_delete": x.auto_delete,
+            "internal": x.internal,
+            "arguments": table_json(&x.arguments),
+        })));
+    }
+    let policies = v
+        .policy_list()
+        .into_iter()
+        .map(|(name, p)| {
+            json!({
+                "vhost": v.name,
+                "name": name,
+                "pattern": p.pattern,
+                "apply-to": p.apply_to,
+                "definition": p.definition,
+                "priority": p.priority,
+            })
+        })
+        .collect();
+    let limits = v.limits();
+    let mut value = Map::new();
+    if let Some(n) = limits.max_connections {
+        value.insert("max-connections".into(), json!(n));
+    }
+    if let Some(n) = limits.max_queues {
+        value.insert("max-queues".into(), json!(n));
+    }
+    let parameters = if value.is_empty() {
+        Vec::new()
+    } else {
+        vec![json!({
+            "vhost": v.name,
+            "component": "vhost-limits",
+            "name": "limits",
+            "value": value,
+        })]
+    };
+    Objects {
+        queues,
+        exchanges,
+        bindings,
+        policies,
+        parameters,
+    }
+}
+
+/// `GET /api/definitions`: the whole broker.
+pub(crate) async fn export(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.administrator()?;
+    let auth = &api.broker.auth;
+    let users: Vec<Value> = auth
+        .users()
+        .into_iter()
+        .map(|u| {
+            let limits = api.broker.user_limits.get(&u.name);
+            let mut l = Map::new();
+            if let Some(n) = limits.max_connections {
+                l.insert("max-connections".into(), json!(n));
+            }
+            if let Some(n) = limits.max_channels {
+                l.insert("max-channels".into(), json!(n));
+            }
+            json!({
+                "name": u.name,
+                "password_hash": u.password_hash(),
+                "hashing_algorithm": u.hashing_algorithm(),
+                "tags": u.tags,
+                "limits": l,
+            })
+        })
+        .collect();
+    let permissions: Vec<Value> = auth
+        .permissions()
+        .into_iter()
+        .map(|(user, vhost, p)| {
+            let [configure, write, read] = p.patterns();
+            json!({ "user": user, "vhost": vhost, "configure": configure, "write": write, "read": read })
+        })
+        .collect();
+    let vhosts = api.broker.vhost_list();
+    let mut all = Objects {
+        queues: Vec::new(),
+        exchanges: Vec::new(),
+        bindings: Vec::new(),
+        policies: Vec::new(),
+        parameters: Vec::new(),
+    };
+    for v in &vhosts {
+        let o = objects(v, true);
+        all.queues.extend(o.queues);
+        all.exchanges.extend(o.exchanges);
+        all.bindings.extend(o.bindings);
+        all.policies.extend(o.policies);
+        all.parameters.extend(o.parameters);
+    }
+    Ok(Json(json!({
+        "rabbit_version": RABBITMQ_VERSION,
+        "rabbitmq_version": RABBITMQ_VERSION,
+        "product_name": "Warren",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "users": users,
+        "vhosts": vhosts.iter().map(|v| json!({ "name": v.name })).collect::<Vec<_>>(),
+        "permissions": permissions,
+        "topic_permissions": [],
+        "parameters": all.parameters,
+        "global_parameters": [],
+        "policies": all.policies,
+        "queues": all.queues,
+        "exchanges": all.exchanges,
+        "bindings": all.bindings,
+    })))
+}
+
+/// `GET /api/definitions/{vhost}`: one vhost's objects, without `vhost` fields.
+pub(crate) async fn export_vhost(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.administrator()?;
+    let v = visible_vhost(&api, &caller, &vhost)?;
+    let o = objects(&v, false);
+    Ok(Json(json!({
+        "rabbit_version": RABBITMQ_VERSION,
+        "parameters": o.parameters,
+        "policies": o.policies,
+        "queues": o.queues,
+        "exchanges": o.exchanges,
+        "bindings": o.bindings,
+    })))
+}
