@@ -139,6 +139,12 @@ impl AmqpError {
             AmqpError::Connection(e) => &e.text,
         }
     }
+
+    /// The reply text's detail, without the `CODE_NAME - ` prefix (RabbitMQ's HTTP API reason).
+    pub fn detail(&self) -> &str {
+        let text = self.reply_text();
+        text.split_once(" - ").map_or(text, |(_, detail)| detail)
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,40 @@ fn quote(s: &str) -> String {
     out
 }
 
+/// `s` as one URI path segment: every octet but unreserved ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`
+/// (RabbitMQ's `Location: q1/a%2Bb%257Ec`).
+pub(crate) fn quote_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'~' => {
+                out.push(char::from(b));
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The binding from exchange `source` to the queue (`to_queue`) or exchange `destination` whose
+/// `properties_key` is `props`.
+pub(crate) fn find(
+    v: &VHost,
+    source: &str,
+    to_queue: bool,
+    destination: &str,
+    props: &str,
+) -> Option<Binding> {
+    let x = v.find_exchange(source)?;
+    x.bindings().into_iter().find(|b| {
+        let same_destination = match &b.destination {
+            Destination::Queue(q) => to_queue && q.name.as_str() == destination,
+            Destination::Exchange(e) => !to_queue && e.as_str() == destination,
+        };
+        same_destination && properties_key(b.key.as_str(), &b.arguments) == props
+    })
+}
+
 /// The binding's `properties_key`: the last segment of its URI.
 pub(crate) fn properties_key(key: &str, arguments: &amq_protocol::types::FieldTable) -> String {
     if arguments.inner().is_empty() {

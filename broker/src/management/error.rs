@@ -35,6 +35,24 @@ impl ApiError {
         }
     }
 
+    /// 404 with RabbitMQ's other spelling of not found (`{"error":"not_found","reason":"vhost_not_found"}`).
+    pub(crate) fn not_found_as(error: &'static str, reason: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            error,
+            reason: reason.into(),
+        }
+    }
+
+    /// 401 with the given `error` (RabbitMQ says `not_authorised` for a refused resource access).
+    pub(crate) fn unauthorized_as(error: &'static str, reason: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            error,
+            reason: reason.into(),
+        }
+    }
+
     /// 401 `not_authorized` with `reason` (`Login failed`, `Not management user`).
     pub(crate) fn unauthorized(reason: impl Into<String>) -> Self {
         ApiError {

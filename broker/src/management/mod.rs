@@ -13,6 +13,7 @@
 //! - `bindings`: bindings in every form, with RabbitMQ's `properties_key`;
 //! - `admin`: users, permissions, policies;
 //! - `definitions`: definitions export in RabbitMQ's format;
+//! - `write`: declare, delete and purge queues, exchanges and bindings;
 //! - `health`: `/api/health/checks/*`;
 //! - `plugins`: `/api/warren/plugins`.
 
@@ -25,12 +26,13 @@ mod health;
 mod page;
 mod plugins;
 mod read;
+mod write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::broker::Broker;
@@ -106,7 +108,16 @@ pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
         .route("/api/policies/{vhost}/{name}", get(admin::policy))
         .route("/api/queues", get(read::queues))
         .route("/api/queues/{vhost}", get(read::queues_in))
-        .route("/api/queues/{vhost}/{name}", get(read::queue))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(read::queue)
+                .put(write::put_queue)
+                .delete(write::delete_queue),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/contents",
+            delete(write::purge_queue),
+        )
         .route(
             "/api/queues/{vhost}/{name}/bindings",
             get(bindings::of_queue),
@@ -115,15 +126,20 @@ pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
         .route("/api/bindings/{vhost}", get(bindings::in_vhost))
         .route(
             "/api/bindings/{vhost}/e/{source}/{kind}/{destination}",
-            get(bindings::between_list),
+            get(bindings::between_list).merge(post(write::post_binding)),
         )
         .route(
             "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
-            get(bindings::one),
+            get(bindings::one).delete(write::delete_binding),
         )
         .route("/api/exchanges", get(read::exchanges))
         .route("/api/exchanges/{vhost}", get(read::exchanges_in))
-        .route("/api/exchanges/{vhost}/{name}", get(read::exchange))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(read::exchange)
+                .put(write::put_exchange)
+                .delete(write::delete_exchange),
+        )
         .route(
             "/api/exchanges/{vhost}/{name}/bindings/{side}",
             get(bindings::of_exchange),
