@@ -163,6 +163,7 @@ def test_overview_and_nodes(mgmt):
     node = nodes[0]
     assert node["name"] == o["node"] and node["name"].startswith("warren@")
     assert node["running"] is True and node["mem_alarm"] is False and node["disk_free_alarm"] is False
+    assert node["mem_used"] > 1_000_000 and node["mem_limit"] > node["mem_used"]
     assert call(mgmt, f"/api/nodes/{node['name']}")[2]["name"] == node["name"]
     assert call(mgmt, "/api/nodes/rabbit@nowhere")[0] == 404
 

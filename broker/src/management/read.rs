@@ -169,6 +169,7 @@ fn node_json(api: &Api) -> Value {
         "mem_alarm": alarms.memory,
         "disk_free_alarm": alarms.disk,
         "mem_limit": api.broker.alarm_limits.process_bytes,
+        "mem_used": crate::memory::resident_bytes(),
         "disk_free_limit": api.broker.alarm_limits.disk_free_bytes,
         "partitions": [],
     })
