@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 
 /// Where the binary keeps durable state unless told otherwise (the library's default is none).
 pub const DEFAULT_DATA_DIR: &str = "warren-data";
@@ -31,12 +31,37 @@ pub struct Cli {
     /// Log filter, e.g. `info`, `debug`, `warren=trace`.
     #[arg(long, env = "WARREN_LOG")]
     pub log: Option<String>,
+    /// Log line format: `text` or `json`.
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Address of the management HTTP API, HOST:PORT (default 127.0.0.1:15672), or `off`.
     #[arg(long, env = "WARREN_MANAGEMENT_LISTEN")]
     pub management_listen: Option<String>,
     /// RabbitMQ-format definitions JSON to load at start.
     #[arg(long, env = "WARREN_DEFINITIONS")]
     pub definitions: Option<PathBuf>,
+    /// A companion command instead of running the broker.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Companion commands of the binary (`crate::companions`).
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Prints a password hash in RabbitMQ's format (rabbit_password_hashing_sha256, base64), for
+    /// `password_hash` in `[[users]]` or a definitions file; reads the password from standard input
+    /// when it is not given.
+    HashPassword {
+        /// The password (prefer standard input: arguments show in the process list).
+        password: Option<String>,
+    },
+    /// Exits 0 when a broker answers the AMQP protocol header at ADDRESS with connection.start within
+    /// 5 s, else prints why and exits 1 (a container health check).
+    Ping {
+        /// HOST:PORT of the AMQP listener.
+        #[arg(default_value = "127.0.0.1:5672")]
+        address: String,
+    },
 }
 
 impl Cli {
@@ -61,6 +86,9 @@ impl Cli {
         }
         if let Some(log) = self.log {
             config.log = log;
+        }
+        if let Some(format) = self.log_format {
+            config.log_format = format;
         }
         match self.management_listen.as_deref() {
             Some("off") => config.management.enabled = false,

@@ -111,6 +111,18 @@ pub enum CertLoginFrom {
     CommonName,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines (colours only when standard output is a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON formatter): timestamp, level, target,
+    /// fields.
+    Json,
+}
+
 /// The management HTTP API (`[management]`), RabbitMQ's `management.tcp.*`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -167,6 +179,8 @@ pub struct Config {
     pub plugin_memory_ceiling: u64,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax, e.g. `info` or `warren=debug`.
     pub log: String,
+    /// Log line format: `text` (default) or `json` (one JSON object per line).
+    pub log_format: LogFormat,
     /// Users; default `guest`/`guest`.
     pub users: Vec<User>,
     /// Permissions; default: `guest` may do everything in `/`.
@@ -241,6 +255,7 @@ impl Default for Config {
             plugin_memory_limit: 64 << 20,
             plugin_memory_ceiling: 256 << 20,
             log: "info".into(),
+            log_format: LogFormat::default(),
             users: vec![User {
                 name: "guest".into(),
                 password: Some("guest".into()),

@@ -20,6 +20,7 @@ pub mod broker;
 pub(crate) mod channel;
 pub mod cli;
 pub(crate) mod clock;
+pub mod companions;
 pub mod config;
 pub(crate) mod connection;
 pub(crate) mod content;

@@ -1,5 +1,6 @@
 //! The `warren` binary: parse the command line, set up logging, bind, run until SIGINT/SIGTERM.
 
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -8,11 +9,16 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 use warren::broker::Broker;
-use warren::cli::Cli;
+use warren::cli::{Cli, Command};
+use warren::config::LogFormat;
 use warren::server::{self, Listener};
 
 fn main() -> ExitCode {
-    let config = match Cli::parse().into_config() {
+    let mut cli = Cli::parse();
+    if let Some(command) = cli.command.take() {
+        return companion(command);
+    }
+    let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("warren: {e:#}");
@@ -21,7 +27,17 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+        // Colours only on a terminal (and never with NO_COLOR set): a file or a pipe gets plain text.
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_ansi(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .with_env_filter(filter)
+            .init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,6 +54,37 @@ fn main() -> ExitCode {
             error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs a companion command (`warren hash-password`, `warren ping`).
+fn companion(command: Command) -> ExitCode {
+    match command {
+        Command::HashPassword { password } => {
+            let password = match password {
+                Some(p) => p,
+                None => {
+                    let mut p = String::new();
+                    if let Err(e) = std::io::stdin().read_to_string(&mut p) {
+                        eprintln!("warren: cannot read the password from standard input: {e}");
+                        return ExitCode::from(2);
+                    }
+                    p.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            println!("{}", warren::companions::hash_password(&password));
+            ExitCode::SUCCESS
+        }
+        Command::Ping { address } => match warren::companions::ping(&address) {
+            Ok(()) => {
+                println!("ok: {address} answered connection.start");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("warren ping: {why}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
