@@ -54,6 +54,8 @@ pub struct Broker {
     next_connection: AtomicU64,
     /// Client connections open (checked against `connection_max`).
     pub connections: Gauge,
+    /// Every client connection, for the management API (list, close).
+    pub connection_table: crate::tracking::ConnectionTable,
     /// Connections still in the handshake (checked against `unauthenticated_connection_max`).
     pub handshakes: Gauge,
     /// User limits and what each user has open.
@@ -205,6 +207,7 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             connections: Gauge::default(),
             handshakes: Gauge::default(),
+            connection_table: crate::tracking::ConnectionTable::default(),
             user_limits,
             login_throttle,
         };

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,6 +104,10 @@ struct Connection {
     in_handshake: bool,
     /// Set on an AMQPS connection.
     tls: Option<TlsSession>,
+    /// What the management API lists of this connection (registered in the broker's table).
+    info: Arc<crate::tracking::ConnectionInfo>,
+    /// The client's properties and SASL mechanism from connection.start-ok, kept for `info`.
+    client: Option<(FieldTable, String)>,
 }
 
 /// Serves one accepted socket until it closes or `shutdown` fires (then closes it with 320); with
@@ -149,9 +154,10 @@ pub(crate) async fn serve(
         return;
     }
     let _ = socket.set_nodelay(true);
+    let local = socket.local_addr().unwrap_or(peer);
     let Some(tls) = tls else {
         let (rd, wr) = socket.into_split();
-        return serve_stream(rd, wr, peer, broker, shutdown, None).await;
+        return serve_stream(rd, wr, (peer, local), broker, shutdown, None).await;
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
         Ok(Ok(stream)) => stream,
@@ -179,7 +185,7 @@ pub(crate) async fn serve(
     serve_stream(
         rd,
         wr,
-        peer,
+        (peer, local),
         broker,
         shutdown,
         Some(TlsSession { identity }),
@@ -198,7 +204,7 @@ struct TlsSession {
 async fn serve_stream<R, W>(
     rd: R,
     wr: W,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
     broker: Arc<Broker>,
     shutdown: CancellationToken,
     tls: Option<TlsSession>,
@@ -212,6 +218,13 @@ async fn serve_stream<R, W>(
         tokio::spawn(async move { outbound.run_writer(wr).await })
     };
     let id = broker.next_connection_id();
+    let info = Arc::new(crate::tracking::ConnectionInfo::new(
+        id,
+        peer,
+        local,
+        tls.is_some(),
+    ));
+    broker.connection_table.insert(Arc::clone(&info));
     let mut conn = Connection {
         // Until tune-ok the spec's frame-min-size bounds every frame, as in RabbitMQ: a client cannot
         // make the broker buffer more than 4 KiB before it has logged in.
@@ -233,12 +246,15 @@ async fn serve_stream<R, W>(
         blocked_notify: false,
         in_handshake: true,
         tls,
+        info,
+        client: None,
     };
     debug!(conn = id, %peer, "accepted connection");
     if let Err(e) = conn.run(rd, shutdown).await {
         debug!(conn = id, %peer, error = %e, "connection read error");
     }
     conn.cleanup();
+    conn.broker.connection_table.remove(id);
     conn.broker.connections.decrement();
     outbound.close();
     let _ = writer.await;
@@ -298,6 +314,13 @@ impl Connection {
                     let e = AmqpError::connection(
                         AMQPHardError::CONNECTIONFORCED,
                         "broker forced connection closure with reason 'shutdown'",
+                    );
+                    self.fail(&e, 0, 0);
+                }
+                () = self.info.close.cancelled(), if self.state == State::Open => {
+                    let e = AmqpError::connection(
+                        AMQPHardError::CONNECTIONFORCED,
+                        self.info.close_reason(),
                     );
                     self.fail(&e, 0, 0);
                 }
@@ -477,6 +500,12 @@ impl Connection {
     /// Gives back `n` channels counted against the user's `max-channels`.
     fn forget_channels(&self, n: usize) {
         self.broker.user_limits.close_channels(&self.user, n as u64);
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let _ = self.info.channels.fetch_update(
+            AtomicOrdering::Relaxed,
+            AtomicOrdering::Relaxed,
+            |c| Some(c.saturating_sub(n)),
+        );
     }
 
     fn release_channels(&mut self) {
@@ -698,6 +727,7 @@ impl Connection {
         }
         self.broker.user_limits.open_channel(&self.user)?;
         self.channels.insert(ch, Channel::new(ch, ctx));
+        self.info.channels.fetch_add(1, AtomicOrdering::Relaxed);
         self.send(
             ch,
             AMQPClass::Channel(amqp_channel::AMQPMethod::OpenOk(amqp_channel::OpenOk {})),
@@ -800,6 +830,7 @@ impl Connection {
             );
         }
         let mechanism = m.mechanism.as_str();
+        self.client = Some((m.client_properties.clone(), mechanism.to_owned()));
         let from_loopback = self.peer.ip().is_loopback();
         let (credentials, allowed) = match mechanism {
             "PLAIN" | "AMQPLAIN" => {
@@ -927,6 +958,16 @@ impl Connection {
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
         );
         self.state = State::Open;
+        let (client_properties, auth_mechanism) = self.client.take().unwrap_or_default();
+        let _ = self.info.opened.set(crate::tracking::Opened {
+            user: self.user.clone(),
+            vhost: m.virtual_host.to_string(),
+            client_properties,
+            auth_mechanism,
+            heartbeat: self.heartbeat,
+            frame_max: u32::try_from(self.frame_max).unwrap_or(u32::MAX),
+            channel_max: self.channel_max,
+        });
         info!(conn = self.id, peer = %self.peer, user = %self.user, vhost = %m.virtual_host, "connection opened");
         Ok(())
     }

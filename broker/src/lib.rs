@@ -40,6 +40,7 @@ pub(crate) mod store;
 pub(crate) mod sync;
 pub(crate) mod throttle;
 pub mod tls;
+pub mod tracking;
 pub(crate) mod vhost;
 
 // The public surface beyond the modules above: the types their public items name.

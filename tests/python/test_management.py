@@ -5,6 +5,7 @@ rabbitmq_management) answered for the same requests, noted per test."""
 import base64
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pika
@@ -514,3 +515,42 @@ def test_objects_declared_over_http_survive_a_restart(tmp_path):
         assert call(again, "/api/bindings/%2F/e/keep-x/q/keep")[2][0]["properties_key"] == "~"
     finally:
         again.stop()
+
+
+def test_connections_listed_and_closed(mgmt):
+    conn = mgmt.connect()
+    ch1 = conn.channel()
+    conn.channel()
+    viewer = mgmt.connect(user="viewer", password="v", vhost="other")
+    # RabbitMQ 3.10.8's connection fields that rabbitmqadmin and the UI read.
+    _, _, conns = call(mgmt, "/api/connections")
+    mine = [c for c in conns if c["user"] == "guest" and c["channels"] == 2]
+    assert len(mine) == 1, conns
+    c = mine[0]
+    for key in ["name", "node", "vhost", "user", "state", "channels", "protocol", "peer_host", "peer_port",
+                "host", "port", "ssl", "connected_at", "client_properties", "auth_mechanism", "timeout",
+                "frame_max", "channel_max"]:
+        assert key in c, key
+    assert (c["vhost"], c["protocol"], c["port"], c["ssl"], c["auth_mechanism"]) == ("/", "AMQP 0-9-1", mgmt.port, False, "PLAIN")
+    assert c["name"] == f"{c['peer_host']}:{c['peer_port']} -> 127.0.0.1:{mgmt.port}"
+    assert c["client_properties"]["product"] == "Pika Python Client Library"
+    encoded = urllib.parse.quote(c["name"], safe="")
+    assert call(mgmt, f"/api/connections/{encoded}")[2]["channels"] == 2
+    # A management user sees only its own connections and cannot close others'.
+    _, _, theirs = call(mgmt, "/api/connections", user="viewer", password="v")
+    assert [x["user"] for x in theirs] == ["viewer"]
+    assert call(mgmt, f"/api/connections/{encoded}", user="viewer", password="v")[0] == 404
+    assert [x["user"] for x in call(mgmt, "/api/vhosts/other/connections")[2]] == ["viewer"]
+    # Closing: 204, then the client sees 320 CONNECTION_FORCED with the reason.
+    req = urllib.request.Request(f"http://127.0.0.1:{mgmt.mgmt_port}/api/connections/{encoded}", method="DELETE")
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    req.add_header("X-Reason", "maintenance")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 204
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        for _ in range(50):
+            ch1.queue_declare("after-close", passive=False)
+            conn.sleep(0.1)
+    assert closed.value.reply_code == 320 and "maintenance" in closed.value.reply_text
+    assert call(mgmt, f"/api/connections/{encoded}")[0] == 404
+    viewer.close()

@@ -3,15 +3,16 @@
 //! axum on `[management] listen` (default `127.0.0.1:15672`), so that operators' tools work
 //! unchanged; plus Warren's own `/api/warren/plugins`.
 //!
-//! This part serves the read side and the health checks (tier A of MANAGEMENT.md, less
-//! connections, channels and consumers, which come next), and the plugin listing with quarantine
-//! lifting:
+//! This part serves most of tiers A and B of MANAGEMENT.md (not yet: channels, consumers, vhost,
+//! user, permission and policy changes, definitions import, get/publish, message rates), and the
+//! plugin listing with quarantine lifting:
 //!
 //! - `auth`: HTTP Basic against the broker's users, RabbitMQ's tag rules;
 //! - `error`: RabbitMQ's `{"error", "reason"}` bodies;
 //! - `read`: overview, whoami, nodes, vhosts, queues, exchanges (with RabbitMQ's pagination);
 //! - `bindings`: bindings in every form, with RabbitMQ's `properties_key`;
 //! - `admin`: users, permissions, policies;
+//! - `connections`: client connections (list, close);
 //! - `definitions`: definitions export in RabbitMQ's format;
 //! - `write`: declare, delete and purge queues, exchanges and bindings;
 //! - `health`: `/api/health/checks/*`;
@@ -20,6 +21,7 @@
 mod admin;
 mod auth;
 mod bindings;
+mod connections;
 mod definitions;
 mod error;
 mod health;
@@ -92,6 +94,15 @@ pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
         .route(
             "/api/vhosts/{vhost}/permissions",
             get(admin::vhost_permissions),
+        )
+        .route(
+            "/api/vhosts/{vhost}/connections",
+            get(connections::in_vhost),
+        )
+        .route("/api/connections", get(connections::list))
+        .route(
+            "/api/connections/{name}",
+            get(connections::one).delete(connections::close),
         )
         .route("/api/users", get(admin::users))
         .route("/api/users/{name}", get(admin::user))
