@@ -223,6 +223,7 @@ async fn serve_stream<R, W>(
         peer,
         local,
         tls.is_some(),
+        shutdown.child_token(),
     ));
     broker.connection_table.insert(Arc::clone(&info));
     let mut conn = Connection {
@@ -310,17 +311,16 @@ impl Connection {
             let can_read = can_process || buf.len() < READ_AHEAD;
             tokio::select! {
                 biased;
-                () = shutdown.cancelled(), if self.state == State::Open => {
-                    let e = AmqpError::connection(
-                        AMQPHardError::CONNECTIONFORCED,
-                        "broker forced connection closure with reason 'shutdown'",
-                    );
-                    self.fail(&e, 0, 0);
-                }
+                // The broker's shutdown, or a close asked through the management API (a child token).
                 () = self.info.close.cancelled(), if self.state == State::Open => {
+                    let reason = self.info.close_reason();
                     let e = AmqpError::connection(
                         AMQPHardError::CONNECTIONFORCED,
-                        self.info.close_reason(),
+                        if shutdown.is_cancelled() || reason.is_empty() {
+                            "broker forced connection closure with reason 'shutdown'".to_owned()
+                        } else {
+                            reason
+                        },
                     );
                     self.fail(&e, 0, 0);
                 }

@@ -48,14 +48,22 @@ pub struct ConnectionInfo {
     pub opened: OnceLock<Opened>,
     /// Channels open now.
     pub channels: AtomicU32,
-    /// Cancelled to close the connection (320 CONNECTION_FORCED with [`ConnectionInfo::close_reason`]).
+    /// Cancelled to close the connection (320 CONNECTION_FORCED with [`ConnectionInfo::close_reason`]);
+    /// a child of the broker's shutdown token, so one future in the connection's loop serves both.
     pub close: CancellationToken,
     close_reason: Mutex<String>,
 }
 
 impl ConnectionInfo {
-    /// A connection just accepted.
-    pub fn new(id: u64, peer: SocketAddr, local: SocketAddr, tls: bool) -> Self {
+    /// A connection just accepted; `close` is cancelled to close it (pass a child of the broker's
+    /// shutdown token).
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        local: SocketAddr,
+        tls: bool,
+        close: CancellationToken,
+    ) -> Self {
         ConnectionInfo {
             id,
             peer,
@@ -64,7 +72,7 @@ impl ConnectionInfo {
             connected_at: crate::clock::wall_ms(),
             opened: OnceLock::new(),
             channels: AtomicU32::new(0),
-            close: CancellationToken::new(),
+            close,
             close_reason: Mutex::new(String::new()),
         }
     }
@@ -80,7 +88,7 @@ impl ConnectionInfo {
         self.close.cancel();
     }
 
-    /// Why it was asked to close.
+    /// Why it was asked to close (empty: the broker is shutting down).
     pub fn close_reason(&self) -> String {
         crate::sync::lock(&self.close_reason).clone()
     }
