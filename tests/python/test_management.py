@@ -4,6 +4,7 @@ plugin listing. The expected fields are those a RabbitMQ 3.10.8 node (Debian's r
 rabbitmq_management) answered for the same requests, noted per test."""
 import base64
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,19 +17,25 @@ from conftest import EXTERNAL, Broker, PLUGINS
 pytestmark = pytest.mark.skipif(bool(EXTERNAL), reason="needs a Warren it starts")
 
 
-def call(broker, path, user="guest", password="guest", method="GET", auth=True):
-    """(status, headers, parsed JSON body or None) of one request."""
-    req = urllib.request.Request(f"http://127.0.0.1:{broker.mgmt_port}{path}", method=method)
+def call(broker, path, user="guest", password="guest", method="GET", auth=True, body=None, headers=None):
+    """(status, headers, parsed JSON body or None) of one request; `body` is sent as JSON (bytes as
+    they are)."""
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    req = urllib.request.Request(f"http://127.0.0.1:{broker.mgmt_port}{path}", data=data, method=method)
     if auth:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         req.add_header("Authorization", f"Basic {token}")
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
-            body = r.read()
-            return r.status, r.headers, json.loads(body) if body else None
+            raw = r.read()
+            return r.status, r.headers, json.loads(raw) if raw else None
     except urllib.error.HTTPError as e:
-        body = e.read()
-        return e.code, e.headers, json.loads(body) if body else None
+        raw = e.read()
+        return e.code, e.headers, json.loads(raw) if raw else None
 
 
 CONFIG = """
@@ -427,18 +434,7 @@ def test_definitions_export_loads_back_into_a_fresh_warren(mgmt, tmp_path):
 
 
 def send(broker, method, path, body=None, user="guest", password="guest"):
-    """(status, headers, parsed body) of a request with a JSON body."""
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(f"http://127.0.0.1:{broker.mgmt_port}{path}", data=data, method=method)
-    req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-    req.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            raw = r.read()
-            return r.status, r.headers, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, e.headers, json.loads(raw) if raw else None
+    return call(broker, path, user=user, password=password, method=method, body=body)
 
 
 def test_declare_delete_purge_and_bind_over_http(mgmt):
@@ -542,15 +538,15 @@ def test_connections_listed_and_closed(mgmt):
     assert call(mgmt, f"/api/connections/{encoded}", user="viewer", password="v")[0] == 404
     assert [x["user"] for x in call(mgmt, "/api/vhosts/other/connections")[2]] == ["viewer"]
     # Closing: 204, then the client sees 320 CONNECTION_FORCED with the reason.
-    req = urllib.request.Request(f"http://127.0.0.1:{mgmt.mgmt_port}/api/connections/{encoded}", method="DELETE")
-    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    req.add_header("X-Reason", "maintenance")
-    with urllib.request.urlopen(req, timeout=10) as r:
-        assert r.status == 204
+    assert call(mgmt, f"/api/connections/{encoded}", method="DELETE", headers={"X-Reason": "maintenance"})[0] == 204
     with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
         for _ in range(50):
             ch1.queue_declare("after-close", passive=False)
             conn.sleep(0.1)
     assert closed.value.reply_code == 320 and "maintenance" in closed.value.reply_text
-    assert call(mgmt, f"/api/connections/{encoded}")[0] == 404
+    # Gone from the list once the broker has finished closing it.
+    deadline = time.time() + 10
+    while call(mgmt, f"/api/connections/{encoded}")[0] != 404:
+        assert time.time() < deadline, "closed connection still listed"
+        time.sleep(0.05)
     viewer.close()

@@ -14,7 +14,8 @@ use super::read::visible_vhost;
 use super::Api;
 use crate::auth::{Permission, User};
 
-fn user_json(api: &Api, u: &User) -> Value {
+/// A user as RabbitMQ shows it (`/api/users`, definitions).
+pub(crate) fn user_json(api: &Api, u: &User) -> Value {
     let limits = api.broker.user_limits.get(&u.name);
     let mut l = Map::new();
     if let Some(n) = limits.max_connections {
@@ -32,7 +33,8 @@ fn user_json(api: &Api, u: &User) -> Value {
     })
 }
 
-fn permission_json(user: &str, vhost: &str, p: &Permission) -> Value {
+/// A permission as RabbitMQ shows it (`/api/permissions`, definitions).
+pub(crate) fn permission_json(user: &str, vhost: &str, p: &Permission) -> Value {
     let [configure, write, read] = p.patterns();
     json!({
         "user": user,
@@ -41,6 +43,19 @@ fn permission_json(user: &str, vhost: &str, p: &Permission) -> Value {
         "write": write,
         "read": read,
     })
+}
+
+/// The permissions `keep(user, vhost)` selects, as RabbitMQ lists them.
+fn permissions_where(api: &Api, keep: impl Fn(&str, &str) -> bool) -> Json<Value> {
+    Json(Value::Array(
+        api.broker
+            .auth
+            .permissions()
+            .into_iter()
+            .filter(|(u, v, _)| keep(u, v))
+            .map(|(u, v, p)| permission_json(u, v, p))
+            .collect(),
+    ))
 }
 
 /// `GET /api/users`.
@@ -85,15 +100,7 @@ pub(crate) async fn user_permissions(
         .auth
         .user(&name)
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(Value::Array(
-        api.broker
-            .auth
-            .permissions()
-            .into_iter()
-            .filter(|(u, _, _)| *u == name)
-            .map(|(u, v, p)| permission_json(u, v, p))
-            .collect(),
-    )))
+    Ok(permissions_where(&api, |u, _| u == name))
 }
 
 /// `GET /api/permissions`.
@@ -102,14 +109,7 @@ pub(crate) async fn permissions(
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     caller.administrator()?;
-    Ok(Json(Value::Array(
-        api.broker
-            .auth
-            .permissions()
-            .into_iter()
-            .map(|(u, v, p)| permission_json(u, v, p))
-            .collect(),
-    )))
+    Ok(permissions_where(&api, |_, _| true))
 }
 
 /// `GET /api/permissions/{vhost}/{user}`.
@@ -135,15 +135,24 @@ pub(crate) async fn vhost_permissions(
 ) -> Result<Json<Value>, ApiError> {
     caller.administrator()?;
     let v = visible_vhost(&api, &caller, &vhost)?;
-    Ok(Json(Value::Array(
-        api.broker
-            .auth
-            .permissions()
-            .into_iter()
-            .filter(|(_, vh, _)| *vh == v.name)
-            .map(|(u, vh, p)| permission_json(u, vh, p))
-            .collect(),
-    )))
+    Ok(permissions_where(&api, |_, vh| vh == v.name))
+}
+
+/// A vhost's policies as RabbitMQ shows them (`/api/policies`, definitions).
+pub(crate) fn policies_json(v: &crate::vhost::VHost) -> Vec<Value> {
+    v.policy_list()
+        .into_iter()
+        .map(|(name, p)| {
+            json!({
+                "vhost": v.name,
+                "name": name,
+                "pattern": p.pattern,
+                "apply-to": p.apply_to,
+                "definition": p.definition,
+                "priority": p.priority,
+            })
+        })
+        .collect()
 }
 
 fn policies_of(api: &Api, caller: &Caller, only: Option<&str>) -> Vec<Value> {
@@ -151,21 +160,7 @@ fn policies_of(api: &Api, caller: &Caller, only: Option<&str>) -> Vec<Value> {
         .vhost_list()
         .into_iter()
         .filter(|v| caller.may_see(api, &v.name) && only.is_none_or(|o| o == v.name))
-        .flat_map(|v| {
-            v.policy_list()
-                .into_iter()
-                .map(|(name, p)| {
-                    json!({
-                        "vhost": v.name,
-                        "name": name,
-                        "pattern": p.pattern,
-                        "apply-to": p.apply_to,
-                        "definition": p.definition,
-                        "priority": p.priority,
-                    })
-                })
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|v| policies_json(&v))
         .collect()
 }
 

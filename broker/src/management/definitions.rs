@@ -80,20 +80,7 @@ fn objects(v: &VHost, with_vhost: bool) -> Objects {
             "arguments": table_json(&x.arguments),
         })));
     }
-    let policies = v
-        .policy_list()
-        .into_iter()
-        .map(|(name, p)| {
-            json!({
-                "vhost": v.name,
-                "name": name,
-                "pattern": p.pattern,
-                "apply-to": p.apply_to,
-                "definition": p.definition,
-                "priority": p.priority,
-            })
-        })
-        .collect();
+    let policies = super::admin::policies_json(v);
     let limits = v.limits();
     let mut value = Map::new();
     if let Some(n) = limits.max_connections {
@@ -131,31 +118,12 @@ pub(crate) async fn export(
     let users: Vec<Value> = auth
         .users()
         .into_iter()
-        .map(|u| {
-            let limits = api.broker.user_limits.get(&u.name);
-            let mut l = Map::new();
-            if let Some(n) = limits.max_connections {
-                l.insert("max-connections".into(), json!(n));
-            }
-            if let Some(n) = limits.max_channels {
-                l.insert("max-channels".into(), json!(n));
-            }
-            json!({
-                "name": u.name,
-                "password_hash": u.password_hash(),
-                "hashing_algorithm": u.hashing_algorithm(),
-                "tags": u.tags,
-                "limits": l,
-            })
-        })
+        .map(|u| super::admin::user_json(&api, u))
         .collect();
     let permissions: Vec<Value> = auth
         .permissions()
         .into_iter()
-        .map(|(user, vhost, p)| {
-            let [configure, write, read] = p.patterns();
-            json!({ "user": user, "vhost": vhost, "configure": configure, "write": write, "read": read })
-        })
+        .map(|(user, vhost, p)| super::admin::permission_json(user, vhost, p))
         .collect();
     let vhosts = api.broker.vhost_list();
     let mut all = Objects {
