@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::AmqpError;
 
@@ -21,14 +21,24 @@ fn cap(v: Option<i64>) -> Option<u64> {
 }
 
 /// Limits of one vhost (RabbitMQ `rabbitmqctl set_vhost_limits`, definitions `vhost-limits`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VhostLimits {
     /// Most client connections to the vhost at once (negative: no limit; 0: none allowed).
-    #[serde(rename = "max-connections", alias = "max_connections", default)]
+    #[serde(
+        rename = "max-connections",
+        alias = "max_connections",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_connections: Option<i64>,
     /// Most queues in the vhost (negative: no limit).
-    #[serde(rename = "max-queues", alias = "max_queues", default)]
+    #[serde(
+        rename = "max-queues",
+        alias = "max_queues",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_queues: Option<i64>,
 }
 
@@ -45,14 +55,24 @@ impl VhostLimits {
 }
 
 /// Limits of one user (RabbitMQ `rabbitmqctl set_user_limits`, definitions `users[].limits`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserLimits {
     /// Most connections the user may have open at once (negative: no limit).
-    #[serde(rename = "max-connections", alias = "max_connections", default)]
+    #[serde(
+        rename = "max-connections",
+        alias = "max_connections",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_connections: Option<i64>,
     /// Most channels the user may have open at once, over all its connections (negative: no limit).
-    #[serde(rename = "max-channels", alias = "max_channels", default)]
+    #[serde(
+        rename = "max-channels",
+        alias = "max_channels",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_channels: Option<i64>,
 }
 

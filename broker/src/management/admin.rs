@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -16,20 +16,13 @@ use crate::auth::{Permission, User};
 
 /// A user as RabbitMQ shows it (`/api/users`, definitions).
 pub(crate) fn user_json(api: &Api, u: &User) -> Value {
-    let limits = api.broker.user_limits.get(&u.name);
-    let mut l = Map::new();
-    if let Some(n) = limits.max_connections {
-        l.insert("max-connections".into(), json!(n));
-    }
-    if let Some(n) = limits.max_channels {
-        l.insert("max-channels".into(), json!(n));
-    }
+    let limits = serde_json::to_value(api.broker.user_limits.get(&u.name)).unwrap_or_default();
     json!({
         "name": u.name,
         "password_hash": u.password_hash(),
         "hashing_algorithm": u.hashing_algorithm(),
         "tags": u.tags,
-        "limits": l,
+        "limits": limits,
     })
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -81,23 +81,15 @@ fn objects(v: &VHost, with_vhost: bool) -> Objects {
         })));
     }
     let policies = super::admin::policies_json(v);
-    let limits = v.limits();
-    let mut value = Map::new();
-    if let Some(n) = limits.max_connections {
-        value.insert("max-connections".into(), json!(n));
-    }
-    if let Some(n) = limits.max_queues {
-        value.insert("max-queues".into(), json!(n));
-    }
-    let parameters = if value.is_empty() {
-        Vec::new()
-    } else {
-        vec![json!({
+    // Vhost limits as RabbitMQ exports them: a `vhost-limits` runtime parameter.
+    let parameters = match serde_json::to_value(v.limits()) {
+        Ok(Value::Object(value)) if !value.is_empty() => vec![json!({
             "vhost": v.name,
             "component": "vhost-limits",
             "name": "limits",
             "value": value,
-        })]
+        })],
+        _ => Vec::new(),
     };
     Objects {
         queues,
