@@ -22,33 +22,32 @@ use crate::definitions::table_json;
 use crate::exchange::{Binding, Destination};
 use crate::vhost::VHost;
 
-/// `quote_plus` of RabbitMQ (`rabbit_http_util`), with `~` also encoded: unreserved characters kept,
-/// a space as `+`, every other octet as `%XX`.
-fn quote(s: &str) -> String {
+/// `s` with every octet but ASCII letters, digits and those in `keep` as `%XX`, and a space as `+`
+/// when `plus`.
+fn percent_encode(s: &str, keep: &[u8], plus: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' => out.push(char::from(b)),
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
+            out.push(char::from(b));
+        } else if plus && b == b' ' {
+            out.push('+');
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
     }
     out
 }
 
+/// `quote_plus` of RabbitMQ (`rabbit_http_util`), with `~` also encoded: `_ . -` kept, a space as
+/// `+`, every other octet as `%XX`.
+fn quote(s: &str) -> String {
+    percent_encode(s, b"_.-", true)
+}
+
 /// `s` as one URI path segment: every octet but unreserved ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`
 /// (RabbitMQ's `Location: q1/a%2Bb%257Ec`).
 pub(crate) fn quote_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'~' => {
-                out.push(char::from(b));
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    percent_encode(s, b"_.-~", false)
 }
 
 /// The binding from exchange `source` to the queue (`to_queue`) or exchange `destination` whose
