@@ -196,23 +196,20 @@ impl Slot {
     /// steady state needs more than the configured limit breaches a few times, not every few
     /// thousand calls; one that grows without bound keeps breaching at the ceiling.
     pub fn raise_memory_cap(&self, limits: &Limits) {
-        let cap = self.memory_cap(limits);
-        let raised = cap
-            .saturating_mul(2)
-            .min(limits.memory_ceiling_bytes)
-            .max(cap);
-        if raised > cap
-            && self
-                .memory_cap
-                .compare_exchange(
-                    self.memory_cap.load(Ordering::Relaxed),
-                    raised,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            info!(plugin = %self.name, kind = %self.kind, from = cap, to = raised, ceiling = limits.memory_ceiling_bytes, "plugin memory cap raised after a breach (octets per instance)");
+        let cap_of = |stored: usize| match stored {
+            0 => limits.memory_bytes,
+            cap => cap,
+        };
+        let raised = self
+            .memory_cap
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |stored| {
+                let cap = cap_of(stored);
+                let raised = cap.saturating_mul(2).min(limits.memory_ceiling_bytes);
+                (raised > cap).then_some(raised)
+            });
+        if let Ok(before) = raised {
+            let (from, to) = (cap_of(before), self.memory_cap(limits));
+            info!(plugin = %self.name, kind = %self.kind, from, to, ceiling = limits.memory_ceiling_bytes, "plugin memory cap raised after a breach (octets per instance)");
         }
     }
 
