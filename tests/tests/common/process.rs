@@ -55,8 +55,9 @@ impl Process {
         Process::start_with(dir, None)
     }
 
-    /// The broker with its data in `dir` and, if given, a config file holding `config` (TOML).
-    pub fn start_with(dir: &Path, config: Option<&str>) -> Process {
+    /// A command for the binary on fresh AMQP and management ports, logging at `log`, with its data in
+    /// `dir`.
+    fn command(dir: &Path, log: &str) -> (Command, u16, u16) {
         let port = free_port();
         let mgmt_port = free_port();
         let mut cmd = Command::new(binary());
@@ -66,22 +67,17 @@ impl Process {
             "--management-listen",
             &format!("127.0.0.1:{mgmt_port}"),
             "--log",
-            "warn",
+            log,
             "--data-dir",
         ])
         .arg(dir);
-        if let Some(text) = config {
-            std::fs::create_dir_all(dir).unwrap();
-            let path = dir.with_extension("toml");
-            std::fs::write(&path, text).unwrap();
-            cmd.arg("--config").arg(path);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        for _ in 0..200 {
+        (cmd, port, mgmt_port)
+    }
+
+    /// Spawns `cmd` and waits (up to `tries` × 25 ms) until its AMQP port accepts connections.
+    fn spawn(mut cmd: Command, port: u16, mgmt_port: u16, tries: u32) -> Process {
+        let child = cmd.stderr(Stdio::inherit()).spawn().unwrap();
+        for _ in 0..tries {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
             }
@@ -94,41 +90,29 @@ impl Process {
         }
     }
 
+    /// The broker with its data in `dir` and, if given, a config file holding `config` (TOML).
+    pub fn start_with(dir: &Path, config: Option<&str>) -> Process {
+        let (mut cmd, port, mgmt_port) = Process::command(dir, "warn");
+        if let Some(text) = config {
+            std::fs::create_dir_all(dir).unwrap();
+            let path = dir.with_extension("toml");
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        cmd.stdout(Stdio::null());
+        Process::spawn(cmd, port, mgmt_port, 200)
+    }
+
     /// The broker with its data in `dir`, plugins from `plugins`, logging at info into the file `log`
     /// (without colours).
     pub fn start_logged(dir: &Path, plugins: &Path, log: &Path) -> Process {
-        let port = free_port();
-        let mgmt_port = free_port();
+        let (mut cmd, port, mgmt_port) = Process::command(dir, "info");
         let out = std::fs::File::create(log).expect("log file");
-        let child = Command::new(binary())
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--management-listen",
-                &format!("127.0.0.1:{mgmt_port}"),
-                "--log",
-                "info",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .arg("--plugin-dir")
+        cmd.arg("--plugin-dir")
             .arg(plugins)
             .env("NO_COLOR", "1")
-            .stdout(out)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        for _ in 0..400 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Process {
-            child,
-            port,
-            mgmt_port,
-        }
+            .stdout(out);
+        Process::spawn(cmd, port, mgmt_port, 400)
     }
 
     /// The broker's address.
