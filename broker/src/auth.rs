@@ -263,6 +263,38 @@ impl Auth {
         Ok(())
     }
 
+    /// Adds (or replaces) a user without a password: it cannot log in with one (RabbitMQ's answer to
+    /// a user given neither `password` nor `password_hash`; SASL EXTERNAL still works).
+    pub fn add_user_without_password(&mut self, name: &str, tags: Vec<String>) {
+        self.users.insert(
+            name.to_owned(),
+            User {
+                name: name.to_owned(),
+                hash: Vec::new(),
+                algorithm: HashingAlgorithm::Sha256,
+                tags,
+            },
+        );
+    }
+
+    /// Removes the user `name` and its permissions; whether it existed.
+    pub fn remove_user(&mut self, name: &str) -> bool {
+        self.permissions.retain(|(u, _), _| u != name);
+        self.users.remove(name).is_some()
+    }
+
+    /// Removes `user`'s permissions in `vhost`; whether there were any.
+    pub fn remove_permission(&mut self, user: &str, vhost: &str) -> bool {
+        self.permissions
+            .remove(&(user.to_owned(), vhost.to_owned()))
+            .is_some()
+    }
+
+    /// Removes every permission in `vhost` (the vhost is deleted).
+    pub fn remove_vhost_permissions(&mut self, vhost: &str) {
+        self.permissions.retain(|(_, v), _| v != vhost);
+    }
+
     /// Grants `user` permissions in `vhost`.
     ///
     /// # Errors

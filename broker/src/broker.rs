@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -23,6 +23,7 @@ use crate::limits::{Gauge, UserLimiter};
 use crate::memory::{Memory, MemoryAccount};
 use crate::plugin::watcher::{self, PluginWatcher};
 use crate::plugin::PluginHost;
+use crate::store::admin::AdminRecord;
 use crate::store::Store;
 use crate::throttle::LoginThrottle;
 use crate::vhost::policy::Policy;
@@ -34,8 +35,8 @@ use crate::vhost::{Definition, ExchangeFlags, QueueFlags, VHost};
 pub struct Broker {
     /// Effective configuration.
     pub config: Config,
-    /// Users and permissions.
-    pub auth: Auth,
+    /// Users and permissions ([`Broker::auth`]); changed at run time by the management API.
+    pub(crate) auth: RwLock<Auth>,
     /// Exchange types (native and plugin types).
     pub registry: Arc<Registry>,
     /// The WebAssembly plugin host (exchange types, filters, idempotency).
@@ -50,7 +51,9 @@ pub struct Broker {
     pub memory: Memory,
     /// The data directory, when one is configured.
     pub store: Option<Arc<Store>>,
-    vhosts: HashMap<String, Arc<VHost>>,
+    pub(crate) vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    /// The run-time administration record (`crate::administration`); its lock serializes changes.
+    pub(crate) admin: Mutex<AdminRecord>,
     next_connection: AtomicU64,
     /// Client connections open (checked against `connection_max`).
     pub connections: Gauge,
@@ -136,6 +139,17 @@ impl Broker {
             policies.extend(d.policies.iter().cloned());
             vhost_names.extend(d.vhosts.iter().map(|v| v.name.clone()));
         }
+        let admin = match &config.data_dir {
+            Some(dir) => AdminRecord::load(dir)?,
+            None => AdminRecord::default(),
+        };
+        let deleted_vhosts = crate::administration::apply_record(
+            &admin,
+            &mut auth,
+            &mut vhost_names,
+            &mut permissions,
+            &mut policies,
+        )?;
         for p in &permissions {
             auth.set_permission(&p.user, &p.vhost, &p.configure, &p.write, &p.read)?;
         }
@@ -195,7 +209,8 @@ impl Broker {
             LoginThrottle::new(config.login_failure_burst, config.login_failure_rate);
         let broker = Broker {
             config,
-            auth,
+            auth: RwLock::new(auth),
+            admin: Mutex::new(admin),
             registry,
             plugins,
             _plugin_watcher: plugin_watcher,
@@ -203,7 +218,7 @@ impl Broker {
             alarms: Arc::new(watch::channel(AlarmState::default()).0),
             alarm_limits,
             memory,
-            vhosts,
+            vhosts: RwLock::new(vhosts),
             next_connection: AtomicU64::new(1),
             connections: Gauge::default(),
             handshakes: Gauge::default(),
@@ -212,19 +227,24 @@ impl Broker {
             login_throttle,
         };
         if let Some(d) = &defs {
-            broker.declare_definitions(d)?;
+            broker.declare_definitions(d, &deleted_vhosts)?;
         }
         Ok(broker)
     }
 
     /// Declares the definitions file's exchanges, queues and bindings through [`VHost::apply`] (the
     /// path recovery takes too).
-    fn declare_definitions(&self, d: &Definitions) -> anyhow::Result<()> {
+    /// Objects in a vhost deleted at run time (`deleted`) are skipped.
+    pub(crate) fn declare_definitions(
+        &self,
+        d: &Definitions,
+        deleted: &std::collections::HashSet<String>,
+    ) -> anyhow::Result<()> {
         let vhost = |name: &str| {
             self.vhost(name)
                 .ok_or_else(|| anyhow::anyhow!("definitions: unknown vhost '{name}'"))
         };
-        for x in &d.exchanges {
+        for x in d.exchanges.iter().filter(|x| !deleted.contains(&x.vhost)) {
             let flags = ExchangeFlags {
                 durable: x.durable,
                 auto_delete: x.auto_delete,
@@ -245,7 +265,7 @@ impl Broker {
                     )
                 })?;
         }
-        for q in &d.queues {
+        for q in d.queues.iter().filter(|q| !deleted.contains(&q.vhost)) {
             let flags = QueueFlags {
                 durable: q.durable,
                 exclusive: false,
@@ -265,7 +285,7 @@ impl Broker {
                     )
                 })?;
         }
-        for b in &d.bindings {
+        for b in d.bindings.iter().filter(|b| !deleted.contains(&b.vhost)) {
             vhost(&b.vhost)?
                 .apply(Definition::Binding {
                     source: &b.source,
@@ -288,14 +308,20 @@ impl Broker {
 
     /// Every vhost, by name.
     pub(crate) fn vhost_list(&self) -> Vec<Arc<VHost>> {
-        let mut v: Vec<Arc<VHost>> = self.vhosts.values().cloned().collect();
+        let mut v: Vec<Arc<VHost>> = crate::sync::read(&self.vhosts).values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     /// The vhost named `name`, if configured.
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
-        self.vhosts.get(name).cloned()
+        crate::sync::read(&self.vhosts).get(name).cloned()
+    }
+
+    /// Users and permissions as they are now (read-locked while the guard lives: do not hold it
+    /// across an await or a call back into the broker).
+    pub fn auth(&self) -> RwLockReadGuard<'_, Auth> {
+        crate::sync::read(&self.auth)
     }
 
     /// A fresh connection id (owner id of exclusive queues).

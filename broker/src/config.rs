@@ -28,7 +28,7 @@ pub struct User {
 
 /// A user's permissions in a vhost: regular expressions over resource names (RabbitMQ
 /// docs/access-control.md). The empty string grants nothing.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Permission {
     /// User name.
@@ -45,7 +45,7 @@ pub struct Permission {
 }
 
 /// A policy (RabbitMQ docs/policies.md): queue/exchange settings for entities whose name matches.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Vhost the policy applies in.

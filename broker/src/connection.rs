@@ -841,7 +841,7 @@ impl Connection {
                 };
                 let allowed = credentials.as_ref().is_some_and(|(user, pass)| {
                     self.broker
-                        .auth
+                        .auth()
                         .authenticate(user, pass, from_loopback)
                         .is_some()
                 });
@@ -853,7 +853,7 @@ impl Connection {
                 let user = self.external_identity().unwrap_or_default().to_owned();
                 let allowed = self
                     .broker
-                    .auth
+                    .auth()
                     .authenticate_external(&user, from_loopback)
                     .is_some();
                 (Some((user, String::new())), allowed)
@@ -930,7 +930,7 @@ impl Connection {
         };
         let Some(permission) = self
             .broker
-            .auth
+            .auth()
             .permission(&self.user, m.virtual_host.as_str())
         else {
             return Err(AmqpError::not_allowed(format!(

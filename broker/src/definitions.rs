@@ -213,8 +213,18 @@ impl Definitions {
     pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading definitions {}", path.display()))?;
-        let defs: Definitions = serde_json::from_str(&text)
+        let value: Value = serde_json::from_str(&text)
             .with_context(|| format!("parsing definitions {}", path.display()))?;
+        Self::from_value(value).with_context(|| format!("definitions {}", path.display()))
+    }
+
+    /// Parses definitions from JSON (a file, or a body posted to the management API).
+    ///
+    /// # Errors
+    /// Not definitions JSON (the message says which field), an unsupported hashing algorithm, or
+    /// limits that do not parse.
+    pub(crate) fn from_value(value: Value) -> anyhow::Result<Self> {
+        let defs: Definitions = serde_json::from_value(value)?;
         for u in &defs.users {
             u.algorithm()?;
             u.user_limits()?;

@@ -14,6 +14,7 @@
 // allows them there).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod administration;
 pub(crate) mod alarm;
 pub(crate) mod auth;
 pub mod broker;

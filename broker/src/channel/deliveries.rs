@@ -82,7 +82,10 @@ impl ChannelShared {
         d.next_tag += 1;
         let tag = d.next_tag;
         if !no_ack {
-            let timeout = queue.args.consumer_timeout.unwrap_or(self.consumer_timeout);
+            let timeout = queue
+                .args()
+                .consumer_timeout
+                .unwrap_or(self.consumer_timeout);
             let deadline = Instant::now() + Duration::from_millis(timeout);
             d.earliest_deadline = Some(d.earliest_deadline.map_or(deadline, |e| e.min(deadline)));
             d.unacked.push_back(Unacked {
@@ -131,7 +134,7 @@ impl ChannelShared {
         if let Some(u) = d.unacked.iter().find(|u| u.deadline <= now) {
             return Some(
                 u.queue
-                    .args
+                    .args()
                     .consumer_timeout
                     .unwrap_or(self.consumer_timeout),
             );

@@ -185,8 +185,10 @@ pub struct Exchange {
     pub internal: bool,
     /// Declare arguments.
     pub arguments: FieldTable,
-    /// `alternate-exchange` from a policy, used when the arguments name none.
-    policy_alternate: Option<ShortString>,
+    /// `alternate-exchange` from the policy in force, used when the arguments name none.
+    policy_alternate: arc_swap::ArcSwapOption<ShortString>,
+    /// The name of the policy in force, if any.
+    policy: arc_swap::ArcSwapOption<String>,
     state: RwLock<ExchangeState>,
     /// What the exchange itself costs, in the memory alarm's entity account.
     _memory: Charge,
@@ -240,7 +242,8 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
-            policy_alternate: None,
+            policy_alternate: arc_swap::ArcSwapOption::empty(),
+            policy: arc_swap::ArcSwapOption::empty(),
             state: RwLock::new(ExchangeState {
                 bindings: Vec::new(),
                 router,
@@ -368,20 +371,28 @@ impl Exchange {
             .route_prepared(routing_key, message, prepared, out)
     }
 
-    /// Sets the alternate exchange given by a policy (the `alternate-exchange` argument still wins).
-    pub fn with_policy_alternate(mut self, alternate: Option<ShortString>) -> Self {
-        self.policy_alternate = alternate;
-        self
+    /// Puts the policy named `policy` in force, with the alternate exchange it gives (the
+    /// `alternate-exchange` argument still wins); `None` when no policy applies any more.
+    pub fn apply_policy(&self, policy: Option<String>, alternate: Option<ShortString>) {
+        self.policy_alternate.store(alternate.map(Arc::new));
+        self.policy.store(policy.map(Arc::new));
+    }
+
+    /// The name of the policy in force (`policy` in the management API), if any.
+    pub fn policy(&self) -> Option<Arc<String>> {
+        self.policy.load_full()
     }
 
     /// The alternate exchange: the `alternate-exchange` argument, else the policy's (RabbitMQ docs/ae.md).
-    pub fn alternate_exchange(&self) -> Option<&str> {
+    pub fn alternate_exchange(&self) -> Option<ShortString> {
         match self.arguments.inner().get("alternate-exchange") {
             Some(amq_protocol::types::AMQPValue::LongString(s)) => {
-                std::str::from_utf8(s.as_bytes()).ok()
+                std::str::from_utf8(s.as_bytes())
+                    .ok()
+                    .and_then(|s| ShortString::try_new(s).ok())
             }
-            Some(amq_protocol::types::AMQPValue::ShortString(s)) => Some(s.as_str()),
-            _ => self.policy_alternate.as_ref().map(ShortString::as_str),
+            Some(amq_protocol::types::AMQPValue::ShortString(s)) => Some(s.clone()),
+            _ => self.policy_alternate.load_full().map(|a| (*a).clone()),
         }
     }
 }

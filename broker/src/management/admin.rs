@@ -42,7 +42,7 @@ pub(crate) fn permission_json(user: &str, vhost: &str, p: &Permission) -> Value 
 fn permissions_where(api: &Api, keep: impl Fn(&str, &str) -> bool) -> Json<Value> {
     Json(Value::Array(
         api.broker
-            .auth
+            .auth()
             .permissions()
             .into_iter()
             .filter(|(u, v, _)| keep(u, v))
@@ -59,7 +59,7 @@ pub(crate) async fn users(
     caller.administrator()?;
     Ok(Json(Value::Array(
         api.broker
-            .auth
+            .auth()
             .users()
             .into_iter()
             .map(|u| user_json(&api, u))
@@ -76,10 +76,11 @@ pub(crate) async fn user(
     caller.administrator()?;
     let u = api
         .broker
-        .auth
+        .auth()
         .user(&name)
+        .cloned()
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(user_json(&api, u)))
+    Ok(Json(user_json(&api, &u)))
 }
 
 /// `GET /api/users/{name}/permissions`.
@@ -90,7 +91,7 @@ pub(crate) async fn user_permissions(
 ) -> Result<Json<Value>, ApiError> {
     caller.administrator()?;
     api.broker
-        .auth
+        .auth()
         .user(&name)
         .ok_or_else(ApiError::not_found)?;
     Ok(permissions_where(&api, |u, _| u == name))
@@ -114,7 +115,7 @@ pub(crate) async fn permission(
     caller.administrator()?;
     let p = api
         .broker
-        .auth
+        .auth()
         .permission(&user, &vhost)
         .ok_or_else(ApiError::not_found)?;
     Ok(Json(permission_json(&user, &vhost, &p)))

@@ -40,7 +40,7 @@ impl Caller {
 
     /// May see the objects of `vhost`: with permissions there, or seeing all.
     pub(crate) fn may_see(&self, api: &Api, vhost: &str) -> bool {
-        self.sees_all() || api.broker.auth.permission(&self.name, vhost).is_some()
+        self.sees_all() || api.broker.auth().permission(&self.name, vhost).is_some()
     }
 
     /// Requires the `administrator` tag.
@@ -111,8 +111,9 @@ impl FromRequestParts<Arc<Api>> for Caller {
             .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
         let user = api
             .broker
-            .auth
+            .auth()
             .authenticate(&name, &password, from_loopback)
+            .cloned()
             .ok_or_else(|| ApiError::unauthorized("Login failed").into_response())?;
         if !user
             .tags

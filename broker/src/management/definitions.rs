@@ -1,4 +1,6 @@
-//! Definitions export (`GET /api/definitions`, `GET /api/definitions/{vhost}`; `administrator`), in
+//! Definitions import (`POST /api/definitions`, `POST /api/definitions/{vhost}`: 204, or 400 naming
+//! the object refused) and export (`GET /api/definitions`, `GET /api/definitions/{vhost}`; both
+//! `administrator`), in
 //! RabbitMQ 3.10.8's format as its own export shows it: users, vhosts, permissions, vhost limits as
 //! `vhost-limits` parameters, policies, and the queues, exchanges and bindings a client declared
 //! (not exclusive queues, `amq.*` exchanges, the default exchange or its implicit bindings). It
@@ -7,7 +9,9 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -15,7 +19,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::read::{visible_vhost, RABBITMQ_VERSION};
 use super::Api;
-use crate::definitions::table_json;
+use crate::definitions::{table_json, Definitions};
 use crate::exchange::Destination;
 use crate::vhost::VHost;
 
@@ -106,7 +110,7 @@ pub(crate) async fn export(
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     caller.administrator()?;
-    let auth = &api.broker.auth;
+    let auth = api.broker.auth();
     let users: Vec<Value> = auth
         .users()
         .into_iter()
@@ -168,4 +172,55 @@ pub(crate) async fn export_vhost(
         "exchanges": o.exchanges,
         "bindings": o.bindings,
     })))
+}
+
+/// Parses a posted definitions document: JSON, as `rabbitmqadmin import` and the UI send it.
+fn posted(body: &Bytes) -> Result<Value, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        _ => Err(ApiError::bad_request("definitions must be a JSON object")),
+    }
+}
+
+fn import_value(api: &Api, value: Value) -> Result<StatusCode, ApiError> {
+    let defs =
+        Definitions::from_value(value).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    crate::sync::off_worker(|| api.broker.import_definitions(&defs))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/definitions`: imports a whole-broker export (RabbitMQ's or Warren's).
+pub(crate) async fn import(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    caller.administrator()?;
+    import_value(&api, posted(&body)?)
+}
+
+/// `POST /api/definitions/{vhost}`: imports a per-vhost export into `vhost` (its objects carry no
+/// `vhost` field; users, vhosts and permissions are not part of it).
+pub(crate) async fn import_vhost(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    caller.administrator()?;
+    let v = visible_vhost(&api, &caller, &vhost)?;
+    let mut value = posted(&body)?;
+    if let Value::Object(doc) = &mut value {
+        doc.remove("users");
+        doc.remove("vhosts");
+        doc.remove("permissions");
+        for key in ["queues", "exchanges", "bindings", "policies", "parameters"] {
+            if let Some(Value::Array(items)) = doc.get_mut(key) {
+                for item in items.iter_mut().filter_map(Value::as_object_mut) {
+                    item.insert("vhost".to_owned(), Value::String(v.name.clone()));
+                }
+            }
+        }
+    }
+    import_value(&api, value)
 }

@@ -35,6 +35,15 @@ impl ApiError {
         }
     }
 
+    /// 500 `internal_server_error` with `reason` (a change that could not be made durable).
+    pub(crate) fn internal(reason: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "internal_server_error",
+            reason: reason.into(),
+        }
+    }
+
     /// 404 with RabbitMQ's other spelling of not found (`{"error":"not_found","reason":"vhost_not_found"}`).
     pub(crate) fn not_found_as(error: &'static str, reason: impl Into<String>) -> Self {
         ApiError {

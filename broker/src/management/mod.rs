@@ -3,22 +3,23 @@
 //! axum on `[management] listen` (default `127.0.0.1:15672`), so that operators' tools work
 //! unchanged; plus Warren's own `/api/warren/plugins`.
 //!
-//! This part serves most of tiers A and B of MANAGEMENT.md (not yet: channels, consumers, vhost,
-//! user, permission and policy changes, definitions import, get/publish, message rates), and the
-//! plugin listing with quarantine lifting:
+//! This part serves most of tiers A and B of MANAGEMENT.md (not yet: channels, consumers,
+//! get/publish, message rates), and the plugin listing with quarantine lifting:
 //!
 //! - `auth`: HTTP Basic against the broker's users, RabbitMQ's tag rules;
 //! - `error`: RabbitMQ's `{"error", "reason"}` bodies;
 //! - `read`: overview, whoami, nodes, vhosts, queues, exchanges (with RabbitMQ's pagination);
 //! - `bindings`: bindings in every form, with RabbitMQ's `properties_key`;
-//! - `admin`: users, permissions, policies;
+//! - `admin`: users, permissions, policies (read);
+//! - `admin_write`: vhosts, users, permissions, policies (create, change, delete);
 //! - `connections`: client connections (list, close);
-//! - `definitions`: definitions export in RabbitMQ's format;
+//! - `definitions`: definitions import and export in RabbitMQ's format;
 //! - `write`: declare, delete and purge queues, exchanges and bindings;
 //! - `health`: `/api/health/checks/*`;
 //! - `plugins`: `/api/warren/plugins`.
 
 mod admin;
+mod admin_write;
 mod auth;
 mod bindings;
 mod connections;
@@ -90,7 +91,12 @@ pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
         .route("/api/nodes", get(read::nodes))
         .route("/api/nodes/{node}", get(read::node))
         .route("/api/vhosts", get(read::vhosts))
-        .route("/api/vhosts/{vhost}", get(read::vhost))
+        .route(
+            "/api/vhosts/{vhost}",
+            get(read::vhost)
+                .put(admin_write::put_vhost)
+                .delete(admin_write::delete_vhost),
+        )
         .route(
             "/api/vhosts/{vhost}/permissions",
             get(admin::vhost_permissions),
@@ -105,18 +111,43 @@ pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
             get(connections::one).delete(connections::close),
         )
         .route("/api/users", get(admin::users))
-        .route("/api/users/{name}", get(admin::user))
+        .route(
+            "/api/users/bulk-delete",
+            post(admin_write::bulk_delete_users),
+        )
+        .route(
+            "/api/users/{name}",
+            get(admin::user)
+                .put(admin_write::put_user)
+                .delete(admin_write::delete_user),
+        )
         .route(
             "/api/users/{name}/permissions",
             get(admin::user_permissions),
         )
         .route("/api/permissions", get(admin::permissions))
-        .route("/api/permissions/{vhost}/{user}", get(admin::permission))
-        .route("/api/definitions", get(definitions::export))
-        .route("/api/definitions/{vhost}", get(definitions::export_vhost))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(admin::permission)
+                .put(admin_write::put_permission)
+                .delete(admin_write::delete_permission),
+        )
+        .route(
+            "/api/definitions",
+            get(definitions::export).post(definitions::import),
+        )
+        .route(
+            "/api/definitions/{vhost}",
+            get(definitions::export_vhost).post(definitions::import_vhost),
+        )
         .route("/api/policies", get(admin::policies))
         .route("/api/policies/{vhost}", get(admin::policies_in))
-        .route("/api/policies/{vhost}/{name}", get(admin::policy))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(admin::policy)
+                .put(admin_write::put_policy)
+                .delete(admin_write::delete_policy),
+        )
         .route("/api/queues", get(read::queues))
         .route("/api/queues/{vhost}", get(read::queues_in))
         .route(

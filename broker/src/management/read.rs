@@ -60,6 +60,7 @@ fn queue_json(api: &Api, vhost: &str, q: &Queue) -> Value {
         "messages_ready": c.messages,
         "messages_unacknowledged": c.unacked,
         "consumers": c.consumers,
+        "policy": q.policy().map(|p| p.to_string()),
     })
 }
 
@@ -72,6 +73,7 @@ fn exchange_json(vhost: &str, x: &Exchange) -> Value {
         "auto_delete": x.auto_delete,
         "internal": x.internal,
         "arguments": table_json(&x.arguments),
+        "policy": x.policy().map(|p| p.to_string()),
     })
 }
 

@@ -54,7 +54,7 @@ fn allowed(
 ) -> Result<(), ApiError> {
     let ok = api
         .broker
-        .auth
+        .auth()
         .permission(&caller.name, vhost)
         .is_some_and(|p| p.allows(access, resource));
     if ok {
@@ -67,7 +67,7 @@ fn allowed(
     }
 }
 
-fn object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+pub(super) fn object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
     if body.is_empty() {
         return Ok(serde_json::Map::new());
     }

@@ -190,7 +190,7 @@ impl Queue {
     ) -> Option<usize> {
         inner
             .consumers
-            .pick(self.args.single_active_consumer, |c| accept(c))
+            .pick(self.args.load().single_active_consumer, |c| accept(c))
     }
 
     /// basic.get on a queue with idempotency keys: the first ready message whose key is not in flight;

@@ -70,6 +70,7 @@ impl Queue {
         .min();
         let queue = self
             .args
+            .load()
             .expires
             .filter(|_| inner.consumers.is_empty())
             .map(|ms| inner.last_used + Duration::from_millis(ms));
@@ -112,7 +113,7 @@ pub(super) async fn expiry_task(queue: Weak<Queue>) {
                 return;
             }
             q.expire(&mut inner, now, &mut letters);
-            q.args.expires.is_some_and(|ms| {
+            q.args.load().expires.is_some_and(|ms| {
                 inner.consumers.is_empty() && now >= inner.last_used + Duration::from_millis(ms)
             })
         };

@@ -220,8 +220,11 @@ pub struct Queue {
     pub exclusive_owner: Option<u64>,
     /// Declare arguments as given.
     pub arguments: FieldTable,
-    /// The arguments Warren acts on, parsed.
-    pub args: QueueArgs,
+    /// The arguments Warren acts on: `arguments` parsed, with the policy in force merged in; replaced
+    /// when the vhost's policies change ([`Queue::apply_policy`]).
+    args: arc_swap::ArcSwap<QueueArgs>,
+    /// The name of the policy in force, if any.
+    policy: arc_swap::ArcSwapOption<String>,
     owner: Weak<dyn QueueOwner>,
     /// The log of a durable queue when the broker has a data directory.
     log: Option<Arc<QueueLog>>,
@@ -333,7 +336,8 @@ impl Queue {
             auto_delete,
             exclusive_owner,
             arguments,
-            args,
+            args: arc_swap::ArcSwap::from_pointee(args),
+            policy: arc_swap::ArcSwapOption::empty(),
             _memory: charge,
             owner,
             log,
@@ -423,7 +427,7 @@ impl Queue {
     /// Records a use for `x-expires` (queue.declare, basic.get, basic.consume).
     pub fn touch(self: &Arc<Self>) {
         self.lock().last_used = Instant::now();
-        if self.args.expires.is_some() {
+        if self.args.load().expires.is_some() {
             self.ensure_timer();
         }
     }
@@ -452,13 +456,65 @@ impl Queue {
         outcome
     }
 
-    fn over_limits(&self, ready: &Ready, extra: Option<u64>) -> bool {
+    fn over_limits(args: &QueueArgs, ready: &Ready, extra: Option<u64>) -> bool {
         let (len, bytes) = match extra {
             Some(b) => (ready.len as u64 + 1, ready.bytes + b),
             None => (ready.len as u64, ready.bytes),
         };
-        self.args.max_length.is_some_and(|max| len > max)
-            || self.args.max_length_bytes.is_some_and(|max| bytes > max)
+        args.max_length.is_some_and(|max| len > max)
+            || args.max_length_bytes.is_some_and(|max| bytes > max)
+    }
+
+    /// The arguments the queue acts on: its declare arguments with the policy in force merged in.
+    pub fn args(&self) -> arc_swap::Guard<Arc<QueueArgs>> {
+        self.args.load()
+    }
+
+    /// Names the policy merged into the arguments at declare.
+    pub fn with_policy(self, policy: Option<String>) -> Self {
+        self.policy.store(policy.map(Arc::new));
+        self
+    }
+
+    /// The name of the policy in force (`policy` in the management API), if any.
+    pub fn policy(&self) -> Option<Arc<String>> {
+        self.policy.load_full()
+    }
+
+    /// Puts `args` (the declare arguments re-merged with the vhost's current policy `policy`) in
+    /// force, as RabbitMQ does when a policy is added, changed or deleted: a lower `max-length` or
+    /// `max-length-bytes` drops (and dead-letters) the oldest messages now when the overflow is
+    /// `drop-head`, a new `expires` starts counting from the last use; `message-ttl` applies to
+    /// messages enqueued from now on.
+    pub fn apply_policy(self: &Arc<Self>, args: QueueArgs, policy: Option<String>) {
+        let args = Arc::new(args);
+        self.args.store(Arc::clone(&args));
+        self.policy.store(policy.map(Arc::new));
+        let mut letters = Letters::new();
+        {
+            let mut inner = self.lock();
+            if inner.deleted {
+                return;
+            }
+            if args.overflow == Overflow::DropHead {
+                self.drop_over_limits(&args, &mut inner, &mut letters);
+            }
+            self.ensure_timer_locked(&mut inner);
+        }
+        self.timer.notify_one();
+        self.hand_over(letters);
+    }
+
+    /// Drops the oldest ready messages while the queue is over its length limits (drop-head).
+    fn drop_over_limits(&self, args: &QueueArgs, inner: &mut QueueInner, letters: &mut Letters) {
+        while Self::over_limits(args, &inner.ready, None) {
+            let Some(m) = inner.ready.pop_oldest() else {
+                break;
+            };
+            self.forget_expiration(inner, &m);
+            self.log_acks(inner, [&m]);
+            letters.push((m.message, DeadLetterReason::MaxLen));
+        }
     }
 
     fn enqueue(
@@ -468,16 +524,17 @@ impl Queue {
         own_ttl: Option<u64>,
         letters: &mut Letters,
     ) -> (PublishOutcome, Option<u64>) {
-        if self.args.overflow != Overflow::DropHead
-            && self.over_limits(&inner.ready, Some(message.body_size()))
+        let args = self.args.load();
+        if args.overflow != Overflow::DropHead
+            && Self::over_limits(&args, &inner.ready, Some(message.body_size()))
         {
-            if self.args.overflow == Overflow::RejectPublishDlx {
+            if args.overflow == Overflow::RejectPublishDlx {
                 letters.push((message, DeadLetterReason::MaxLen));
             }
             return (PublishOutcome::Rejected, None);
         }
         let now = Instant::now();
-        let ttl = match (self.args.message_ttl, own_ttl) {
+        let ttl = match (args.message_ttl, own_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -516,14 +573,7 @@ impl Queue {
         if own {
             inner.own_expiration += 1;
         }
-        while self.over_limits(&inner.ready, None) {
-            let Some(m) = inner.ready.pop_oldest() else {
-                break;
-            };
-            self.forget_expiration(inner, &m);
-            self.log_acks(inner, [&m]);
-            letters.push((m.message, DeadLetterReason::MaxLen));
-        }
+        self.drop_over_limits(&args, inner, letters);
         self.dispatch_at(inner, now, letters);
         if let Some(deadline) = expires_at {
             if ttl == Some(0) {
@@ -653,6 +703,7 @@ impl Queue {
                 }
                 if self
                     .args
+                    .load()
                     .delivery_limit
                     .is_some_and(|limit| m.delivery_count > limit)
                 {

@@ -13,6 +13,7 @@
 //! `<h>` is the first 32 hex digits of the SHA-256 of the vhost or queue name (names may be 255 octets,
 //! longer than a file name may be, and contain `/`).
 
+pub(crate) mod admin;
 pub(crate) mod definitions;
 pub(crate) mod keys;
 pub(crate) mod log;

@@ -105,7 +105,7 @@ pub(crate) fn dead_lettered(
         "x-last-death-exchange".into(),
         long_str(message.exchange.as_str()),
     );
-    let routing_key = match &queue.args.dead_letter_routing_key {
+    let routing_key = match &queue.args().dead_letter_routing_key {
         Some(key) => {
             headers.remove("CC");
             key.clone()

@@ -259,7 +259,7 @@ impl VHost {
     /// before the client gets its reply.
     pub(super) fn persist(&self) {
         let Some(store) = &self.store else { return };
-        if self.recovering.load(Ordering::Acquire) {
+        if self.recovering.load(Ordering::Acquire) || self.deleted.load(Ordering::Acquire) {
             return;
         }
         let mut last = lock(&self.persisted);

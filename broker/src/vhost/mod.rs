@@ -31,7 +31,7 @@ use crate::queue::plugins;
 use crate::queue::{Queue, QueueArgs, QueueCounts, QueueDeclaration, QueueOwner};
 use crate::store::definitions::StoredDefinitions;
 use crate::store::Store;
-use crate::sync::{read, write};
+use crate::sync::{lock, read, write};
 
 /// The standard exchanges every vhost has (RabbitMQ docs/exchanges.md "Default exchange", amq.*).
 const PREDECLARED: &[(&str, &str)] = &[
@@ -87,6 +87,8 @@ pub struct VHost {
     pub replies: reply_to::ReplyRegistry,
     /// Policies, applied to queues and exchanges as they are declared.
     policies: RwLock<Vec<policy::Policy>>,
+    /// Held while a policy change is re-applied to the existing queues and exchanges.
+    policy_change: Mutex<()>,
     registry: Arc<Registry>,
     exchanges: RwLock<HashMap<ShortString, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortString, Arc<Queue>>>,
@@ -97,6 +99,8 @@ pub struct VHost {
     persisted: Mutex<Option<StoredDefinitions>>,
     /// Replaying stored definitions at start: nothing is written back meanwhile.
     recovering: AtomicBool,
+    /// Set once the vhost is deleted ([`VHost::delete`]): nothing is persisted for it any more.
+    deleted: AtomicBool,
     /// `max-connections` and `max-queues` (RabbitMQ docs/vhosts.md "Limits").
     limits: RwLock<VhostLimits>,
     /// Client connections open to this vhost.
@@ -181,12 +185,14 @@ impl VHost {
             me,
             replies: reply_to::ReplyRegistry::default(),
             policies: RwLock::new(Vec::new()),
+            policy_change: Mutex::new(()),
             registry,
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             store,
             persisted: Mutex::new(None),
             recovering: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
             limits: RwLock::new(VhostLimits::default()),
             connections: Gauge::default(),
             memory,
@@ -344,8 +350,6 @@ impl VHost {
             drop(exchanges);
             return self.exchange_equivalent(&x, kind, flags, arguments);
         }
-        let policy_ae = policy::Policy::select(&read(&self.policies), false, name.as_str())
-            .and_then(|p| p.alternate_exchange().cloned());
         let x = Exchange::new(
             name.clone(),
             kind.into(),
@@ -353,8 +357,10 @@ impl VHost {
             arguments.clone(),
             router,
             self.memory,
-        )
-        .with_policy_alternate(policy_ae);
+        );
+        if let Some(p) = policy::Policy::select(&read(&self.policies), false, name.as_str()) {
+            x.apply_policy(Some(p.name.clone()), p.alternate_exchange().cloned());
+        }
         exchanges.insert(name.clone(), Arc::new(x));
         drop(exchanges);
         if flags.durable {
@@ -363,9 +369,35 @@ impl VHost {
         Ok(())
     }
 
-    /// Replaces the vhost's policies; they apply to queues and exchanges declared from now on.
+    /// Replaces the vhost's policies and re-applies them to the existing queues and exchanges, as
+    /// RabbitMQ does when a policy is set or cleared (each gets the highest-priority matching policy,
+    /// merged with its own declare arguments; [`Queue::apply_policy`] says what changes at once).
     pub fn set_policies(&self, policies: Vec<policy::Policy>) {
-        *write(&self.policies) = policies;
+        // One change at a time, so that the last change's policies are the ones left in force. The
+        // policy lock itself is not held while queues are visited: declares take the queue table's
+        // lock and then the policies'.
+        let _change = lock(&self.policy_change);
+        *write(&self.policies) = policies.clone();
+        let current = policies;
+        let queues = self.queue_list();
+        let exchanges = self.exchange_list();
+        for q in queues {
+            let Ok(mut args) = QueueArgs::parse(&q.arguments) else {
+                continue;
+            };
+            let p = policy::Policy::select(&current, true, q.name.as_str());
+            if let Some(p) = p {
+                p.apply_to_queue(&mut args);
+            }
+            q.apply_policy(args, p.map(|p| p.name.clone()));
+        }
+        for x in exchanges {
+            let p = policy::Policy::select(&current, false, x.name.as_str());
+            x.apply_policy(
+                p.map(|p| p.name.clone()),
+                p.and_then(|p| p.alternate_exchange().cloned()),
+            );
+        }
     }
 
     fn exchange_equivalent(
@@ -620,9 +652,11 @@ impl VHost {
                 )));
             }
         }
-        if let Some(p) = policy::Policy::select(&read(&self.policies), true, name.as_str()) {
-            p.apply_to_queue(&mut parsed);
-        }
+        let policy_name =
+            policy::Policy::select(&read(&self.policies), true, name.as_str()).map(|p| {
+                p.apply_to_queue(&mut parsed);
+                p.name.clone()
+            });
         let owner = flags.exclusive.then_some(conn_id);
         let me: Weak<dyn QueueOwner> = self.me.clone();
         let persisted = flags.durable && owner.is_none();
@@ -642,7 +676,8 @@ impl VHost {
                 me,
                 storage,
             )
-            .with_idempotency(idempotency),
+            .with_idempotency(idempotency)
+            .with_policy(policy_name),
         );
         queues.insert(name, Arc::clone(&q));
         drop(queues);
@@ -852,6 +887,37 @@ impl VHost {
             log.destroy();
         }
         count
+    }
+
+    /// Deletes everything the vhost holds, as RabbitMQ's vhost deletion does: its queues (cancelling
+    /// their consumers, destroying their logs), its exchanges, and its directory in the data
+    /// directory. The caller has removed the vhost from the broker and closes its connections.
+    pub fn delete(&self) {
+        self.deleted.store(true, Ordering::Release);
+        for q in self.queue_list() {
+            self.remove_queue(&q);
+        }
+        write(&self.exchanges).clear();
+        if let Some(store) = &self.store {
+            // A persist that started before the flag was set finishes before the directory goes.
+            let _persisting = lock(&self.persisted);
+            let dir = store.vhost_dir(&self.name);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(vhost = %self.name, dir = %dir.display(), error = %e, "cannot remove the deleted vhost's directory");
+                }
+            }
+        }
+    }
+
+    /// Whether the vhost was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// The vhost's policies in force.
+    pub(crate) fn policies(&self) -> Vec<policy::Policy> {
+        read(&self.policies).clone()
     }
 
     /// Deletes the exclusive queues of a closing connection.

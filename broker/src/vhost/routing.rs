@@ -81,7 +81,7 @@ impl VHost {
             tried.push(current.name.as_str());
             match current
                 .alternate_exchange()
-                .and_then(|ae| exchanges.get(ae))
+                .and_then(|ae| exchanges.get(ae.as_str()))
             {
                 Some(ae) if !tried.contains(&ae.name.as_str()) => current = ae,
                 _ => return Ok(failure),
@@ -142,14 +142,14 @@ impl VHost {
 
 impl QueueOwner for VHost {
     fn dead_letter(&self, queue: &Queue, letters: Vec<(MessageRef, DeadLetterReason)>) {
-        let Some(dlx) = &queue.args.dead_letter_exchange else {
+        let Some(dlx) = &queue.args().dead_letter_exchange else {
             return;
         };
         let mut queues = Vec::new();
         let mut scratch = Vec::new();
         for (message, reason) in letters {
             let dead = Arc::new(dead_letter::dead_lettered(&message, queue, reason, dlx));
-            let cc = if queue.args.dead_letter_routing_key.is_some() {
+            let cc = if queue.args().dead_letter_routing_key.is_some() {
                 Vec::new()
             } else {
                 header_strings(dead.properties.headers().as_ref(), "CC")
