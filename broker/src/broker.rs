@@ -65,6 +65,11 @@ pub struct Broker {
     pub user_limits: UserLimiter,
     /// Failed-login budgets by source address.
     pub login_throttle: LoginThrottle,
+    /// Message counts of closed channels: for the node, and by vhost.
+    retired: (
+        crate::stats::MessageCounters,
+        Mutex<HashMap<String, crate::stats::MessageStats>>,
+    ),
 }
 
 impl Broker {
@@ -225,6 +230,7 @@ impl Broker {
             connection_table: crate::tracking::ConnectionTable::default(),
             user_limits,
             login_throttle,
+            retired: Default::default(),
         };
         if let Some(d) = &defs {
             broker.declare_definitions(d, &deleted_vhosts)?;
@@ -322,6 +328,41 @@ impl Broker {
     /// across an await or a call back into the broker).
     pub fn auth(&self) -> RwLockReadGuard<'_, Auth> {
         crate::sync::read(&self.auth)
+    }
+
+    /// Adds a closed channel's message counts to the retired totals of the node and of `vhost`.
+    pub(crate) fn retire_stats(&self, vhost: Option<&str>, stats: &crate::stats::MessageStats) {
+        if *stats == crate::stats::MessageStats::default() {
+            return;
+        }
+        self.retired.0.absorb(stats);
+        if let Some(v) = vhost {
+            *crate::sync::lock(&self.retired.1)
+                .entry(v.to_owned())
+                .or_default() += *stats;
+        }
+    }
+
+    /// Message counts of the node (`vhost` `None`) or of one vhost: closed channels' plus open ones'.
+    pub fn message_stats(&self, vhost: Option<&str>) -> crate::stats::MessageStats {
+        let mut total = match vhost {
+            None => self.retired.0.snapshot(),
+            Some(v) => crate::sync::lock(&self.retired.1)
+                .get(v)
+                .copied()
+                .unwrap_or_default(),
+        };
+        for c in self.connection_table.list() {
+            if let (Some(v), Some(o)) = (vhost, c.opened.get()) {
+                if o.vhost != v {
+                    continue;
+                }
+            }
+            for ch in c.channel_list() {
+                total += ch.stats.snapshot();
+            }
+        }
+        total
     }
 
     /// A fresh connection id (owner id of exclusive queues).

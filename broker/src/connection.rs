@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -498,18 +497,27 @@ impl Connection {
     }
 
     /// Gives back `n` channels counted against the user's `max-channels`.
-    fn forget_channels(&self, n: usize) {
-        self.broker.user_limits.close_channels(&self.user, n as u64);
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        let _ = self.info.channels.fetch_update(
-            AtomicOrdering::Relaxed,
-            AtomicOrdering::Relaxed,
-            |c| Some(c.saturating_sub(n)),
-        );
+    /// Forgets the closed channels `ids`: user limits, the connection's listing, and their message
+    /// counts into the broker's retired totals (node and vhost totals stay monotonic).
+    fn forget_channels(&self, ids: impl IntoIterator<Item = u16>) {
+        let mut n = 0u64;
+        let mut listed = crate::sync::lock(&self.info.channels);
+        for id in ids {
+            n += 1;
+            if let Some(shared) = listed.remove(&id) {
+                self.broker.retire_stats(
+                    self.ctx.as_ref().map(|c| c.vhost.name.as_str()),
+                    &shared.stats.snapshot(),
+                );
+            }
+        }
+        drop(listed);
+        self.broker.user_limits.close_channels(&self.user, n);
     }
 
     fn release_channels(&mut self) {
-        self.forget_channels(self.channels.len());
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        self.forget_channels(ids);
         if let Some(ctx) = &mut self.ctx {
             for (_, mut ch) in self.channels.drain() {
                 // Publishes complete before the close were accepted: route them (errors change nothing
@@ -679,7 +687,9 @@ impl Connection {
             AMQPClass::Channel(amqp_channel::AMQPMethod::Open(_)) => self.channel_open(ch),
             AMQPClass::Channel(amqp_channel::AMQPMethod::Close(_)) => {
                 let removed = self.channels.remove(&ch);
-                self.forget_channels(usize::from(removed.is_some()));
+                if removed.is_some() {
+                    self.forget_channels([ch]);
+                }
                 if let (Some(mut c), Some(ctx)) = (removed, self.ctx.as_ref()) {
                     c.release(ctx);
                 }
@@ -692,7 +702,7 @@ impl Connection {
             AMQPClass::Channel(amqp_channel::AMQPMethod::CloseOk(_)) => {
                 if self.channels.get(&ch).is_some_and(Channel::is_closing) {
                     self.channels.remove(&ch);
-                    self.forget_channels(1);
+                    self.forget_channels([ch]);
                 }
                 Ok(())
             }
@@ -726,8 +736,9 @@ impl Connection {
             )));
         }
         self.broker.user_limits.open_channel(&self.user)?;
-        self.channels.insert(ch, Channel::new(ch, ctx));
-        self.info.channels.fetch_add(1, AtomicOrdering::Relaxed);
+        let channel = Channel::new(ch, ctx);
+        crate::sync::lock(&self.info.channels).insert(ch, channel.shared());
+        self.channels.insert(ch, channel);
         self.send(
             ch,
             AMQPClass::Channel(amqp_channel::AMQPMethod::OpenOk(amqp_channel::OpenOk {})),

@@ -37,6 +37,7 @@ pub(crate) mod protocol;
 pub(crate) mod queue;
 pub(crate) mod rate;
 pub mod server;
+pub mod stats;
 pub(crate) mod store;
 pub(crate) mod sync;
 pub(crate) mod throttle;

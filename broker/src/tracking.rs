@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use amq_protocol::types::FieldTable;
@@ -46,8 +45,8 @@ pub struct ConnectionInfo {
     pub connected_at: u64,
     /// Set at connection.open (none while in the handshake).
     pub opened: OnceLock<Opened>,
-    /// Channels open now.
-    pub channels: AtomicU32,
+    /// Channels open now, by number (the `/api/channels` listing reads them).
+    pub(crate) channels: Mutex<std::collections::BTreeMap<u16, Arc<crate::channel::ChannelShared>>>,
     /// Cancelled to close the connection (320 CONNECTION_FORCED with [`ConnectionInfo::close_reason`]);
     /// a child of the broker's shutdown token, so one future in the connection's loop serves both.
     pub close: CancellationToken,
@@ -71,7 +70,7 @@ impl ConnectionInfo {
             tls,
             connected_at: crate::clock::wall_ms(),
             opened: OnceLock::new(),
-            channels: AtomicU32::new(0),
+            channels: Mutex::new(std::collections::BTreeMap::new()),
             close,
             close_reason: Mutex::new(String::new()),
         }
@@ -95,7 +94,15 @@ impl ConnectionInfo {
 
     /// Channels open now.
     pub fn channel_count(&self) -> u32 {
-        self.channels.load(Ordering::Relaxed)
+        u32::try_from(crate::sync::lock(&self.channels).len()).unwrap_or(u32::MAX)
+    }
+
+    /// The open channels, by number.
+    pub(crate) fn channel_list(&self) -> Vec<Arc<crate::channel::ChannelShared>> {
+        crate::sync::lock(&self.channels)
+            .values()
+            .cloned()
+            .collect()
     }
 }
 

@@ -30,6 +30,9 @@ impl Channel {
                 .store(m.prefetch_count, Ordering::Relaxed);
         } else {
             self.consumer_prefetch = m.prefetch_count;
+            self.shared
+                .prefetch_count
+                .store(m.prefetch_count, std::sync::atomic::Ordering::Relaxed);
         }
         self.reply(
             ctx,
@@ -253,6 +256,7 @@ impl Channel {
         }
         let mut acked = std::mem::take(&mut self.settle_buf);
         let result = self.shared.take(tag, multiple, &mut acked);
+        crate::stats::bump(&self.shared.stats.ack, acked.len() as u64);
         settle(&mut acked, Settle::Ack);
         self.settle_buf = acked;
         self.kick_global_prefetch();

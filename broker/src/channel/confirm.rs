@@ -59,6 +59,11 @@ pub(super) struct ConfirmRun {
 }
 
 impl ConfirmRun {
+    /// How many publishes the run acks.
+    pub(super) fn acked(&self) -> u64 {
+        (self.upto - self.from).saturating_sub(self.nacks.len() as u64)
+    }
+
     /// The frames, in order: a `multiple` ack for each run of accepted publishes longer than one, a
     /// single ack otherwise, a nack for each refused publish.
     pub(super) fn frames(&self, mut emit: impl FnMut(ConfirmFrame)) {
@@ -187,6 +192,9 @@ impl Channel {
             ));
         }
         self.confirms.enabled = true;
+        self.shared
+            .confirm
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if !m.nowait {
             self.reply(
                 ctx,
@@ -214,6 +222,7 @@ impl Channel {
             return;
         };
         let id = self.id();
+        crate::stats::bump(&self.shared.stats.confirm, run.acked());
         ctx.outbound.write(|out| {
             run.frames(|frame| match frame {
                 ConfirmFrame::Ack { tag, multiple } => encode::basic_ack(out, id, tag, multiple),

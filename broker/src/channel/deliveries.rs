@@ -61,6 +61,14 @@ pub(crate) struct ChannelShared {
     pub(super) cancel_notify: bool,
     /// Default acknowledgement timeout, ms.
     pub(super) consumer_timeout: u64,
+    /// Message counters (`/api/channels` `message_stats`).
+    pub(crate) stats: crate::stats::MessageCounters,
+    /// Per-consumer prefetch count set by basic.qos (`prefetch_count` in the API).
+    pub(crate) prefetch_count: AtomicU16,
+    /// In confirm mode.
+    pub(crate) confirm: std::sync::atomic::AtomicBool,
+    /// In tx mode.
+    pub(crate) transactional: std::sync::atomic::AtomicBool,
 }
 
 impl ChannelShared {
@@ -81,6 +89,11 @@ impl ChannelShared {
     ) -> u64 {
         d.next_tag += 1;
         let tag = d.next_tag;
+        self.stats
+            .delivered(consumer.is_some(), no_ack, m.redelivered);
+        queue
+            .stats()
+            .delivered(consumer.is_some(), no_ack, m.redelivered);
         if !no_ack {
             let timeout = queue
                 .args()
@@ -146,6 +159,28 @@ impl ChannelShared {
     /// The direct reply-to token of this channel's reply consumer, if it has one.
     pub(super) fn reply_token(&self) -> Option<String> {
         self.lock().reply.as_ref().map(|(token, _)| token.clone())
+    }
+
+    /// The channel's consumers with their queues (for the management API).
+    pub(crate) fn consumer_list(&self) -> Vec<(Arc<Consumer>, Arc<Queue>)> {
+        let mut v: Vec<(Arc<Consumer>, Arc<Queue>)> = self
+            .lock()
+            .consumers
+            .values()
+            .map(|(c, q)| (Arc::clone(c), Arc::clone(q)))
+            .collect();
+        v.sort_by(|a, b| a.0.tag.cmp(&b.0.tag));
+        v
+    }
+
+    /// Deliveries awaiting an ack.
+    pub(crate) fn unacked_count(&self) -> usize {
+        self.unacked_len.load(Ordering::Relaxed)
+    }
+
+    /// The channel-wide prefetch count (`basic.qos global=true`); 0 = unlimited.
+    pub(crate) fn global_prefetch_count(&self) -> u16 {
+        self.global_prefetch.load(Ordering::Relaxed)
     }
 
     /// Queues this channel consumes from (to re-dispatch after capacity frees up).
@@ -284,7 +319,10 @@ impl Settle {
 pub(super) fn settle(settled: &mut Vec<Unacked>, how: Settle) {
     let mut run: Option<(Arc<Queue>, Vec<QueuedMessage>)> = None;
     let finish = |q: Arc<Queue>, ms: Vec<QueuedMessage>| match how {
-        Settle::Ack => q.settle(&ms),
+        Settle::Ack => {
+            crate::stats::bump(&q.stats().ack, ms.len() as u64);
+            q.settle(&ms);
+        }
         Settle::Reject => q.reject(ms),
         Settle::Requeue => q.requeue(ms),
     };

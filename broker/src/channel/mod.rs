@@ -175,6 +175,10 @@ impl Channel {
             global_prefetch: AtomicU16::new(0),
             cancel_notify: ctx.cancel_notify,
             consumer_timeout: ctx.consumer_timeout,
+            stats: crate::stats::MessageCounters::default(),
+            prefetch_count: AtomicU16::new(0),
+            confirm: std::sync::atomic::AtomicBool::new(false),
+            transactional: std::sync::atomic::AtomicBool::new(false),
         });
         Channel {
             shared,
@@ -190,6 +194,11 @@ impl Channel {
             held: Vec::new(),
             batch_memo: None,
         }
+    }
+
+    /// The half of the channel that queues deliver into (listed by the management API).
+    pub(crate) fn shared(&self) -> Arc<ChannelShared> {
+        Arc::clone(&self.shared)
     }
 
     /// Channel number.

@@ -199,6 +199,7 @@ impl Channel {
         // The confirm sequence number is taken when the content is complete: a batch flush must never
         // confirm a publish whose body is still on its way.
         let seq = self.confirms.next_seq();
+        crate::stats::bump(&self.shared.stats.publish, 1);
         let properties = header.properties; // moved, not cloned: one fewer headers-table copy
         let own_ttl = self.check_properties(ctx, &properties)?;
         let (properties, raw_properties, extra_keys) =
@@ -426,6 +427,7 @@ impl Channel {
 
     /// basic.return 312 NO_ROUTE with the message (RabbitMQ docs/publishers.md, mandatory flag).
     fn return_unroutable(&self, ctx: &ConnectionContext, message: &Message) {
+        crate::stats::bump(&self.shared.stats.return_unroutable, 1);
         let id = self.id();
         let frame_max = ctx.outbound.frame_max();
         ctx.outbound.write(|out| {

@@ -73,6 +73,9 @@ impl Channel {
             TxOp::Nack { tag, multiple, how } => self.basic_nack(ctx, tag, multiple, how),
         });
         self.tx = Some(Vec::new());
+        self.shared
+            .transactional
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let waits = self.commit_waits.take().unwrap_or_default();
         result?;
         if waits.is_empty() {

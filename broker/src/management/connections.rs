@@ -47,7 +47,7 @@ fn connection_json(api: &Api, c: &ConnectionInfo) -> Option<Value> {
 }
 
 /// The opened connections the caller may see (its own unless it sees all), in `vhost` if given.
-fn visible(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Arc<ConnectionInfo>> {
+pub(super) fn visible(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Arc<ConnectionInfo>> {
     api.broker
         .connection_table
         .list()

@@ -3,8 +3,8 @@
 //! axum on `[management] listen` (default `127.0.0.1:15672`), so that operators' tools work
 //! unchanged; plus Warren's own `/api/warren/plugins`.
 //!
-//! This part serves most of tiers A and B of MANAGEMENT.md (not yet: channels, consumers,
-//! get/publish, message rates), and the plugin listing with quarantine lifting:
+//! This part serves most of tiers A and B of MANAGEMENT.md (not yet: get/publish, per-exchange
+//! message rates), and the plugin listing with quarantine lifting:
 //!
 //! - `auth`: HTTP Basic against the broker's users, RabbitMQ's tag rules;
 //! - `error`: RabbitMQ's `{"error", "reason"}` bodies;
@@ -16,18 +16,22 @@
 //! - `definitions`: definitions import and export in RabbitMQ's format;
 //! - `write`: declare, delete and purge queues, exchanges and bindings;
 //! - `health`: `/api/health/checks/*`;
+//! - `rates`: message rates sampled from the counters of `crate::stats`;
+//! - `channels`: channels and consumers;
 //! - `plugins`: `/api/warren/plugins`.
 
 mod admin;
 mod admin_write;
 mod auth;
 mod bindings;
+mod channels;
 mod connections;
 mod definitions;
 mod error;
 mod health;
 mod page;
 mod plugins;
+mod rates;
 mod read;
 mod write;
 
@@ -57,6 +61,7 @@ pub(crate) struct Api {
     listeners: Vec<Listener>,
     started: Instant,
     node: String,
+    rates: Arc<rates::Rates>,
 }
 
 impl Api {
@@ -79,11 +84,16 @@ fn node_name() -> String {
 
 /// The API's routes over `broker`; `listeners` are the node's listeners (AMQP and this API's own).
 pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
+    let rates = Arc::new(rates::Rates::default());
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::spawn(rates::sampler(Arc::clone(&rates), Arc::clone(&broker)));
+    }
     let api = Arc::new(Api {
         broker,
         listeners,
         started: Instant::now(),
         node: node_name(),
+        rates,
     });
     Router::new()
         .route("/api/overview", get(read::overview))
@@ -106,6 +116,15 @@ pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
             get(connections::in_vhost),
         )
         .route("/api/connections", get(connections::list))
+        .route(
+            "/api/connections/{name}/channels",
+            get(channels::of_connection),
+        )
+        .route("/api/channels", get(channels::list))
+        .route("/api/channels/{name}", get(channels::one))
+        .route("/api/vhosts/{vhost}/channels", get(channels::in_vhost))
+        .route("/api/consumers", get(channels::consumers))
+        .route("/api/consumers/{vhost}", get(channels::consumers_in))
         .route(
             "/api/connections/{name}",
             get(connections::one).delete(connections::close),

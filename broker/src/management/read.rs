@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::page;
+use super::rates::Key;
 use super::Api;
 use crate::definitions::table_json;
 use crate::exchange::Exchange;
@@ -46,6 +47,11 @@ pub(crate) fn visible_vhost(
 
 fn queue_json(api: &Api, vhost: &str, q: &Queue) -> Value {
     let c = q.counts();
+    let (message_bytes, memory, idle_since) = q.usage();
+    let stats = api.rates.message_stats_json(
+        &Key::Queue(vhost.to_owned(), q.name.as_str().to_owned()),
+        &q.stats().snapshot(),
+    );
     json!({
         "name": q.name.as_str(),
         "vhost": vhost,
@@ -61,6 +67,10 @@ fn queue_json(api: &Api, vhost: &str, q: &Queue) -> Value {
         "messages_unacknowledged": c.unacked,
         "consumers": c.consumers,
         "policy": q.policy().map(|p| p.to_string()),
+        "message_bytes": message_bytes,
+        "memory": memory,
+        "idle_since": idle_since.map(idle_text),
+        "message_stats": stats,
     })
 }
 
@@ -107,6 +117,18 @@ fn totals(queues: &[Arc<Queue>]) -> (u64, u64, u64) {
 /// `GET /api/overview`.
 pub(crate) async fn overview(State(api): State<Arc<Api>>, caller: Caller) -> Json<Value> {
     let vhosts = visible(&api, &caller);
+    let message_stats = if caller.sees_all() {
+        api.rates
+            .message_stats_json(&Key::Node, &api.broker.message_stats(None))
+    } else {
+        let mut total = crate::stats::MessageStats::default();
+        for v in &vhosts {
+            total += api.broker.message_stats(Some(&v.name));
+        }
+        // No node-wide rates for a user who sees only some vhosts.
+        api.rates
+            .message_stats_json(&Key::Vhost(String::new()), &total)
+    };
     let (mut ready, mut unacked, mut consumers, mut queues, mut exchanges) = (0, 0, 0, 0, 0);
     for v in &vhosts {
         let qs = v.queue_list();
@@ -134,12 +156,12 @@ pub(crate) async fn overview(State(api): State<Arc<Api>>, caller: Caller) -> Jso
         "rabbitmq_version": RABBITMQ_VERSION,
         "product_name": "Warren",
         "product_version": env!("CARGO_PKG_VERSION"),
-        "rates_mode": "none",
+        "rates_mode": "basic",
         "cluster_name": api.node(),
         "node": api.node(),
         "exchange_types": exchange_types,
         "listeners": listeners,
-        "message_stats": {},
+        "message_stats": message_stats,
         "queue_totals": {
             "messages": ready + unacked,
             "messages_ready": ready,
@@ -201,6 +223,10 @@ pub(crate) async fn node(
 
 fn vhost_json(api: &Api, v: &VHost) -> Value {
     let (ready, unacked, _) = totals(&v.queue_list());
+    let stats = api.rates.message_stats_json(
+        &Key::Vhost(v.name.clone()),
+        &api.broker.message_stats(Some(&v.name)),
+    );
     json!({
         "name": v.name,
         "description": "",
@@ -212,7 +238,30 @@ fn vhost_json(api: &Api, v: &VHost) -> Value {
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
+        "message_stats": stats,
     })
+}
+
+/// RabbitMQ's `idle_since` text for wall-clock `ms` (UTC): `2024-03-19 9:45:38`.
+fn idle_text(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year}-{month:02}-{day:02} {}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// `GET /api/vhosts`.

@@ -27,7 +27,7 @@ mod tail;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -225,6 +225,8 @@ pub struct Queue {
     args: arc_swap::ArcSwap<QueueArgs>,
     /// The name of the policy in force, if any.
     policy: arc_swap::ArcSwapOption<String>,
+    /// Message counters (`/api/queues` `message_stats`): publish counts enqueues.
+    stats: crate::stats::MessageCounters,
     owner: Weak<dyn QueueOwner>,
     /// The log of a durable queue when the broker has a data directory.
     log: Option<Arc<QueueLog>>,
@@ -338,6 +340,7 @@ impl Queue {
             arguments,
             args: arc_swap::ArcSwap::from_pointee(args),
             policy: arc_swap::ArcSwapOption::empty(),
+            stats: crate::stats::MessageCounters::default(),
             _memory: charge,
             owner,
             log,
@@ -410,6 +413,22 @@ impl Queue {
         }
     }
 
+    /// What the management API shows of the queue's state: (`message_bytes`: body octets of ready
+    /// messages, `memory`: an estimate of the octets it holds in memory, idle since: the last use
+    /// as wall-clock ms when it has no consumers).
+    pub fn usage(&self) -> (u64, u64, Option<u64>) {
+        let inner = self.lock();
+        let in_memory = inner.ready.levels.iter().map(VecDeque::len).sum::<usize>() as u64;
+        let memory = crate::memory::QUEUE_OVERHEAD as u64
+            + inner.ready.mem_bytes
+            + in_memory * crate::memory::QUEUED_MESSAGE_OVERHEAD as u64;
+        let idle = inner.consumers.is_empty().then(|| {
+            let ago = inner.last_used.elapsed().as_millis() as u64;
+            crate::clock::wall_ms().saturating_sub(ago)
+        });
+        (inner.ready.bytes, memory, idle)
+    }
+
     /// Whether the queue has been deleted.
     pub fn is_deleted(&self) -> bool {
         self.lock().deleted
@@ -468,6 +487,11 @@ impl Queue {
     /// The arguments the queue acts on: its declare arguments with the policy in force merged in.
     pub fn args(&self) -> arc_swap::Guard<Arc<QueueArgs>> {
         self.args.load()
+    }
+
+    /// The queue's message counters.
+    pub fn stats(&self) -> &crate::stats::MessageCounters {
+        &self.stats
     }
 
     /// Names the policy merged into the arguments at declare.
@@ -573,6 +597,7 @@ impl Queue {
         if own {
             inner.own_expiration += 1;
         }
+        crate::stats::bump(&self.stats.publish, 1);
         self.drop_over_limits(&args, inner, letters);
         self.dispatch_at(inner, now, letters);
         if let Some(deadline) = expires_at {
