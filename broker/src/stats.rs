@@ -31,7 +31,26 @@ pub struct MessageCounters {
     pub redeliver: AtomicU64,
     /// Messages acknowledged.
     pub ack: AtomicU64,
+    /// Publishes received on a channel in confirm mode.
+    pub received_confirm: AtomicU64,
+    /// Publishes routed to at least one queue.
+    pub routed: AtomicU64,
+    /// Publishes routed nowhere and dropped (not mandatory).
+    pub unroutable_dropped: AtomicU64,
+    /// basic.get answered get-empty.
+    pub get_empty: AtomicU64,
+    /// Published body sizes: counts per bucket of [`SIZE_BUCKETS`] (the last is +Inf), and the sum.
+    pub size_buckets: [AtomicU64; SIZE_BUCKETS.len() + 1],
+    /// Sum of published body sizes, octets.
+    pub size_sum: AtomicU64,
 }
+
+/// Upper bounds (octets) of the published-size histogram's buckets: RabbitMQ's
+/// `rabbitmq_message_size_bytes` buckets (`rabbit_msg_size_metrics`).
+pub const SIZE_BUCKETS: [u64; 12] = [
+    64, 256, 1024, 4096, 16384, 65536, 262_144, 1_048_576, 4_194_304, 16_777_216, 67_108_864,
+    268_435_456,
+];
 
 /// Adds `n` to `counter` (relaxed: counters order nothing).
 #[inline]
@@ -40,6 +59,21 @@ pub fn bump(counter: &AtomicU64, n: u64) {
 }
 
 impl MessageCounters {
+    /// Counts one publish of `size` body octets (`confirm`: the channel is in confirm mode).
+    #[inline]
+    pub fn received(&self, size: u64, confirm: bool) {
+        bump(&self.publish, 1);
+        if confirm {
+            bump(&self.received_confirm, 1);
+        }
+        let bucket = SIZE_BUCKETS
+            .iter()
+            .position(|b| size <= *b)
+            .unwrap_or(SIZE_BUCKETS.len());
+        bump(&self.size_buckets[bucket], 1);
+        bump(&self.size_sum, size);
+    }
+
     /// Counts one delivery: to a consumer (`consumer`) or for basic.get, with or without ack.
     #[inline]
     pub fn delivered(&self, consumer: bool, no_ack: bool, redelivered: bool) {
@@ -68,6 +102,12 @@ impl MessageCounters {
             get_no_ack: l(&self.get_no_ack),
             redeliver: l(&self.redeliver),
             ack: l(&self.ack),
+            received_confirm: l(&self.received_confirm),
+            routed: l(&self.routed),
+            unroutable_dropped: l(&self.unroutable_dropped),
+            get_empty: l(&self.get_empty),
+            size_buckets: std::array::from_fn(|i| l(&self.size_buckets[i])),
+            size_sum: l(&self.size_sum),
         }
     }
 
@@ -83,7 +123,15 @@ impl MessageCounters {
             (&self.get_no_ack, other.get_no_ack),
             (&self.redeliver, other.redeliver),
             (&self.ack, other.ack),
+            (&self.received_confirm, other.received_confirm),
+            (&self.routed, other.routed),
+            (&self.unroutable_dropped, other.unroutable_dropped),
+            (&self.get_empty, other.get_empty),
+            (&self.size_sum, other.size_sum),
         ] {
+            bump(c, n);
+        }
+        for (c, n) in self.size_buckets.iter().zip(other.size_buckets) {
             bump(c, n);
         }
     }
@@ -110,6 +158,18 @@ pub struct MessageStats {
     pub redeliver: u64,
     /// See [`MessageCounters::ack`].
     pub ack: u64,
+    /// See [`MessageCounters::received_confirm`].
+    pub received_confirm: u64,
+    /// See [`MessageCounters::routed`].
+    pub routed: u64,
+    /// See [`MessageCounters::unroutable_dropped`].
+    pub unroutable_dropped: u64,
+    /// See [`MessageCounters::get_empty`].
+    pub get_empty: u64,
+    /// See [`MessageCounters::size_buckets`].
+    pub size_buckets: [u64; SIZE_BUCKETS.len() + 1],
+    /// See [`MessageCounters::size_sum`].
+    pub size_sum: u64,
 }
 
 impl std::ops::AddAssign for MessageStats {
@@ -123,6 +183,14 @@ impl std::ops::AddAssign for MessageStats {
         self.get_no_ack += o.get_no_ack;
         self.redeliver += o.redeliver;
         self.ack += o.ack;
+        self.received_confirm += o.received_confirm;
+        self.routed += o.routed;
+        self.unroutable_dropped += o.unroutable_dropped;
+        self.get_empty += o.get_empty;
+        for (a, b) in self.size_buckets.iter_mut().zip(o.size_buckets) {
+            *a += b;
+        }
+        self.size_sum += o.size_sum;
     }
 }
 
@@ -159,8 +227,14 @@ mod tests {
         c.delivered(true, false, false);
         c.delivered(true, true, true);
         c.delivered(false, false, false);
-        bump(&c.publish, 3);
+        c.received(10, true);
+        c.received(100, false);
+        c.received(1 << 30, false);
         let s = c.snapshot();
+        assert_eq!(s.size_buckets[0], 1);
+        assert_eq!(s.size_buckets[1], 1);
+        assert_eq!(s.size_buckets[SIZE_BUCKETS.len()], 1, "+Inf");
+        assert_eq!((s.size_sum, s.received_confirm), (110 + (1 << 30), 1));
         assert_eq!(
             (s.deliver, s.deliver_no_ack, s.get, s.redeliver),
             (1, 1, 1, 1)

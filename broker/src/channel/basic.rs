@@ -214,6 +214,7 @@ impl Channel {
         ctx.check(Access::Read, "queue", name.as_str())?;
         let queue = ctx.vhost.queue(name.as_str(), ctx.conn_id)?;
         let Some((message, remaining)) = queue.get(m.no_ack) else {
+            crate::stats::bump(&self.shared.stats.get_empty, 1);
             self.reply(
                 ctx,
                 AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),

@@ -199,7 +199,9 @@ impl Channel {
         // The confirm sequence number is taken when the content is complete: a batch flush must never
         // confirm a publish whose body is still on its way.
         let seq = self.confirms.next_seq();
-        crate::stats::bump(&self.shared.stats.publish, 1);
+        self.shared
+            .stats
+            .received(body.len() as u64, self.confirms.enabled());
         let properties = header.properties; // moved, not cloned: one fewer headers-table copy
         let own_ttl = self.check_properties(ctx, &properties)?;
         let (properties, raw_properties, extra_keys) =
@@ -419,8 +421,12 @@ impl Channel {
         } else {
             self.confirms.wait_durable(seq, waits);
         }
-        if !routed_to_any && p.mandatory {
+        if routed_to_any {
+            crate::stats::bump(&self.shared.stats.routed, 1);
+        } else if p.mandatory {
             self.return_unroutable(ctx, message);
+        } else {
+            crate::stats::bump(&self.shared.stats.unroutable_dropped, 1);
         }
         Ok(())
     }

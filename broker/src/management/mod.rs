@@ -3,8 +3,8 @@
 //! axum on `[management] listen` (default `127.0.0.1:15672`), so that operators' tools work
 //! unchanged; plus Warren's own `/api/warren/plugins`.
 //!
-//! This part serves most of tiers A and B of MANAGEMENT.md (not yet: get/publish, per-exchange
-//! message rates), and the plugin listing with quarantine lifting:
+//! This part serves tiers A and B of MANAGEMENT.md (not yet: per-exchange message rates), and the
+//! plugin listing with quarantine lifting:
 //!
 //! - `auth`: HTTP Basic against the broker's users, RabbitMQ's tag rules;
 //! - `error`: RabbitMQ's `{"error", "reason"}` bodies;
@@ -16,6 +16,7 @@
 //! - `definitions`: definitions import and export in RabbitMQ's format;
 //! - `write`: declare, delete and purge queues, exchanges and bindings;
 //! - `health`: `/api/health/checks/*`;
+//! - `messages`: publish and get for debugging;
 //! - `rates`: message rates sampled from the counters of `crate::stats`;
 //! - `channels`: channels and consumers;
 //! - `plugins`: `/api/warren/plugins`.
@@ -29,6 +30,7 @@ mod connections;
 mod definitions;
 mod error;
 mod health;
+mod messages;
 mod page;
 mod plugins;
 mod rates;
@@ -178,6 +180,11 @@ pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
         .route(
             "/api/queues/{vhost}/{name}/contents",
             delete(write::purge_queue),
+        )
+        .route("/api/queues/{vhost}/{name}/get", post(messages::get))
+        .route(
+            "/api/exchanges/{vhost}/{name}/publish",
+            post(messages::publish),
         )
         .route(
             "/api/queues/{vhost}/{name}/bindings",
