@@ -215,7 +215,7 @@ def main():
                    check=True)
     shutil.copy(ROOT / "target" / "plugins" / "wasm32-wasip2" / "release" / "x_consistent_hash.wasm", plugins)
     warren = subprocess.Popen([str(WARREN), "--listen", f"127.0.0.1:{WARREN_PORT}", "--log", "warn",
-                               "--management-listen", "127.0.0.1:0",
+                               "--management-listen", "127.0.0.1:0", "--prometheus-listen", "127.0.0.1:0",
                                "--data-dir", str(data), "--plugin-dir", str(plugins)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sink = subprocess.Popen([str(PERF), "sink", "--listen", f"127.0.0.1:{SINK_PORT}"],

@@ -20,7 +20,7 @@ fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 log=$(mktemp)
 data=$(mktemp -d)
-"$bin" --listen "127.0.0.1:$port" --management-listen 127.0.0.1:0 --log warn --data-dir "$data" >"$log" 2>&1 &
+"$bin" --listen "127.0.0.1:$port" --management-listen 127.0.0.1:0 --prometheus-listen 127.0.0.1:0 --log warn --data-dir "$data" >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$log" "$data"' EXIT
 for _ in $(seq 50); do

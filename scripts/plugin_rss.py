@@ -57,7 +57,7 @@ def run(warren, plugins, kind, counts, tmp):
     import pika
 
     proc = subprocess.Popen([str(warren), "--listen", f"127.0.0.1:{PORT}", "--log", "warn",
-                             "--management-listen", "127.0.0.1:0",
+                             "--management-listen", "127.0.0.1:0", "--prometheus-listen", "127.0.0.1:0",
                              "--plugin-dir", str(plugins), "--data-dir", str(tmp / f"data-{kind}")],
                             stdout=subprocess.DEVNULL)
     try:

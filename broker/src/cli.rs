@@ -37,6 +37,9 @@ pub struct Cli {
     /// Address of the management HTTP API, HOST:PORT (default 127.0.0.1:15672), or `off`.
     #[arg(long, env = "WARREN_MANAGEMENT_LISTEN")]
     pub management_listen: Option<String>,
+    /// Address of the Prometheus endpoint, HOST:PORT (default 127.0.0.1:15692), or `off`.
+    #[arg(long, env = "WARREN_PROMETHEUS_LISTEN")]
+    pub prometheus_listen: Option<String>,
     /// RabbitMQ-format definitions JSON to load at start.
     #[arg(long, env = "WARREN_DEFINITIONS")]
     pub definitions: Option<PathBuf>,
@@ -95,6 +98,14 @@ impl Cli {
             Some(addr) => {
                 config.management.enabled = true;
                 addr.clone_into(&mut config.management.listen);
+            }
+            None => {}
+        }
+        match self.prometheus_listen.as_deref() {
+            Some("off") => config.prometheus.enabled = false,
+            Some(addr) => {
+                config.prometheus.enabled = true;
+                addr.clone_into(&mut config.prometheus.listen);
             }
             None => {}
         }

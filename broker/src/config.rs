@@ -142,6 +142,25 @@ impl Default for ManagementConfig {
     }
 }
 
+/// The Prometheus endpoint (`[prometheus]`), RabbitMQ's `prometheus.tcp.*`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Serve metrics at all (default true).
+    pub enabled: bool,
+    /// Address to serve them on, `HOST:PORT` (default `127.0.0.1:15692`, RabbitMQ's port).
+    pub listen: String,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            enabled: true,
+            listen: "127.0.0.1:15692".into(),
+        }
+    }
+}
+
 fn default_vhost() -> String {
     "/".into()
 }
@@ -160,6 +179,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The management HTTP API.
     pub management: ManagementConfig,
+    /// The Prometheus endpoint.
+    pub prometheus: PrometheusConfig,
     /// Where SASL EXTERNAL takes the user name from a verified client certificate.
     pub ssl_cert_login_from: CertLoginFrom,
     /// Where durable state is kept; `None` keeps everything in memory (the binary defaults to
@@ -248,6 +269,7 @@ impl Default for Config {
             listen: vec!["127.0.0.1:5672".into()],
             tls: None,
             management: ManagementConfig::default(),
+            prometheus: PrometheusConfig::default(),
             ssl_cert_login_from: CertLoginFrom::default(),
             data_dir: None,
             plugin_dir: None,

@@ -505,6 +505,7 @@ impl Connection {
         for id in ids {
             n += 1;
             if let Some(shared) = listed.remove(&id) {
+                crate::stats::bump(&self.broker.connection_table.lifecycle.channels_closed, 1);
                 self.broker.retire_stats(
                     self.ctx.as_ref().map(|c| c.vhost.name.as_str()),
                     &shared.stats.snapshot(),
@@ -738,6 +739,7 @@ impl Connection {
         self.broker.user_limits.open_channel(&self.user)?;
         let channel = Channel::new(ch, ctx);
         crate::sync::lock(&self.info.channels).insert(ch, channel.shared());
+        crate::stats::bump(&self.broker.connection_table.lifecycle.channels_opened, 1);
         self.channels.insert(ch, channel);
         self.send(
             ch,

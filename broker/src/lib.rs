@@ -33,6 +33,7 @@ pub mod management;
 pub(crate) mod memory;
 pub(crate) mod message;
 pub mod plugin;
+pub mod prometheus;
 pub(crate) mod protocol;
 pub(crate) mod queue;
 pub(crate) mod rate;

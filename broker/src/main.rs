@@ -135,6 +135,16 @@ async fn run(config: warren::config::Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let prometheus = if config.prometheus.enabled {
+        let addr = &config.prometheus.listen;
+        let tcp = TcpListener::bind(addr).await.with_context(|| {
+            format!("binding {addr} (Prometheus metrics; [prometheus] listen, or --prometheus-listen off)")
+        })?;
+        info!(address = %tcp.local_addr()?, "serving Prometheus metrics");
+        Some(tcp)
+    } else {
+        None
+    };
     let broker = Arc::new(
         Broker::new(config)
             .context("loading users, permissions, policies, definitions and the data directory")?,
@@ -144,6 +154,16 @@ async fn run(config: warren::config::Config) -> anyhow::Result<()> {
         tokio::spawn(async move {
             if let Err(e) = warren::management::serve(tcp, broker, known).await {
                 error!(error = %e, "the management HTTP API stopped");
+            }
+        });
+    }
+    if let Some(tcp) = prometheus {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            if let Err(e) =
+                warren::prometheus::serve(tcp, broker, warren::management::node_name()).await
+            {
+                error!(error = %e, "the Prometheus endpoint stopped");
             }
         });
     }

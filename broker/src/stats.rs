@@ -48,7 +48,17 @@ pub struct MessageCounters {
 /// Upper bounds (octets) of the published-size histogram's buckets: RabbitMQ's
 /// `rabbitmq_message_size_bytes` buckets (`rabbit_msg_size_metrics`).
 pub const SIZE_BUCKETS: [u64; 12] = [
-    64, 256, 1024, 4096, 16384, 65536, 262_144, 1_048_576, 4_194_304, 16_777_216, 67_108_864,
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262_144,
+    1_048_576,
+    4_194_304,
+    16_777_216,
+    67_108_864,
     268_435_456,
 ];
 

@@ -110,17 +110,32 @@ impl ConnectionInfo {
 #[derive(Debug, Default)]
 pub struct ConnectionTable {
     connections: Mutex<HashMap<u64, Arc<ConnectionInfo>>>,
+    /// Connections accepted and ended, channels opened and closed, since start
+    /// (`rabbitmq_connections_opened_total`, …).
+    pub(crate) lifecycle: Lifecycle,
+}
+
+/// Connection and channel counts since start (Prometheus counters).
+#[derive(Debug, Default)]
+pub(crate) struct Lifecycle {
+    pub(crate) connections_opened: std::sync::atomic::AtomicU64,
+    pub(crate) connections_closed: std::sync::atomic::AtomicU64,
+    pub(crate) channels_opened: std::sync::atomic::AtomicU64,
+    pub(crate) channels_closed: std::sync::atomic::AtomicU64,
 }
 
 impl ConnectionTable {
     /// Registers a connection.
     pub fn insert(&self, info: Arc<ConnectionInfo>) {
+        crate::stats::bump(&self.lifecycle.connections_opened, 1);
         crate::sync::lock(&self.connections).insert(info.id, info);
     }
 
     /// Removes a connection that ended.
     pub fn remove(&self, id: u64) {
-        crate::sync::lock(&self.connections).remove(&id);
+        if crate::sync::lock(&self.connections).remove(&id).is_some() {
+            crate::stats::bump(&self.lifecycle.connections_closed, 1);
+        }
     }
 
     /// Every connection, oldest first.

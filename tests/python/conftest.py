@@ -29,12 +29,14 @@ class Broker:
     def __init__(self, config_text=None, tmp_path=None, data_dir=None, plugin_dir=None, management_flag=True):
         self.port = free_port()
         self.mgmt_port = free_port()
+        self.prometheus_port = free_port()
         binary = os.environ.get("WARREN_BIN", str(ROOT / "target" / "debug" / "warren"))
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="warren-pika-")
         args = [binary, "--listen", f"127.0.0.1:{self.port}", "--log", "warn", "--data-dir", self.data_dir]
         if management_flag:
             # A port of its own: brokers of parallel tests must not contend for 15672.
             args += ["--management-listen", f"127.0.0.1:{self.mgmt_port}"]
+        args += ["--prometheus-listen", f"127.0.0.1:{self.prometheus_port}"]
         if plugin_dir is not None:
             args += ["--plugin-dir", str(plugin_dir)]
         if config_text is not None:

@@ -48,7 +48,7 @@ def test_ping(tmp_path):
 
 def _log_lines(args, tmp_path):
     port = free_port()
-    proc = subprocess.Popen([BINARY, "--listen", f"127.0.0.1:{port}", "--management-listen", "off",
+    proc = subprocess.Popen([BINARY, "--listen", f"127.0.0.1:{port}", "--management-listen", "off", "--prometheus-listen", "off",
                              "--data-dir", str(tmp_path / "data"), "--log", "info"] + args,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={k: v for k, v in os.environ.items() if k != "NO_COLOR"})

@@ -72,6 +72,28 @@ pub(crate) struct ChannelShared {
 }
 
 impl ChannelShared {
+    /// A newly opened channel's shared half: no deliveries, no prefetch, counters at zero.
+    pub(super) fn new(
+        id: u16,
+        outbound: Arc<Outbound>,
+        cancel_notify: bool,
+        consumer_timeout: u64,
+    ) -> Self {
+        ChannelShared {
+            id,
+            outbound,
+            state: Mutex::new(Deliveries::default()),
+            unacked_len: AtomicUsize::new(0),
+            global_prefetch: AtomicU16::new(0),
+            cancel_notify,
+            consumer_timeout,
+            stats: crate::stats::MessageCounters::default(),
+            prefetch_count: AtomicU16::new(0),
+            confirm: std::sync::atomic::AtomicBool::new(false),
+            transactional: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     pub(super) fn lock(&self) -> MutexGuard<'_, Deliveries> {
         // Nothing panics while holding this lock; recover the state rather than spread a poison.
         crate::sync::lock(&self.state)
@@ -350,15 +372,7 @@ mod tests {
     use crate::exchange::test_support::{message, queue};
 
     fn shared(consumer_timeout: u64) -> ChannelShared {
-        ChannelShared {
-            id: 1,
-            outbound: Arc::new(Outbound::new(131_072)),
-            state: Mutex::new(Deliveries::default()),
-            unacked_len: AtomicUsize::new(0),
-            global_prefetch: AtomicU16::new(0),
-            cancel_notify: true,
-            consumer_timeout,
-        }
+        ChannelShared::new(1, Arc::new(Outbound::new(131_072)), true, consumer_timeout)
     }
 
     fn queued(seq: u64) -> QueuedMessage {

@@ -20,8 +20,8 @@ mod publish;
 mod queue;
 mod tx;
 
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic as amqp_basic, channel as amqp_channel, AMQPClass};
@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use self::confirm::Confirms;
 pub(crate) use self::deliveries::ChannelShared;
-use self::deliveries::{settle, Deliveries, Settle, Unacked};
+use self::deliveries::{settle, Settle, Unacked};
 use self::publish::{BatchMemo, Content, Publication};
 use self::tx::{CommitWaits, TxOp};
 use crate::auth::{Access, Permission};
@@ -167,19 +167,12 @@ pub(crate) struct Channel {
 impl Channel {
     /// A newly opened channel `id` writing to `ctx.outbound`.
     pub(crate) fn new(id: u16, ctx: &ConnectionContext) -> Self {
-        let shared = Arc::new(ChannelShared {
+        let shared = Arc::new(ChannelShared::new(
             id,
-            outbound: Arc::clone(&ctx.outbound),
-            state: Mutex::new(Deliveries::default()),
-            unacked_len: AtomicUsize::new(0),
-            global_prefetch: AtomicU16::new(0),
-            cancel_notify: ctx.cancel_notify,
-            consumer_timeout: ctx.consumer_timeout,
-            stats: crate::stats::MessageCounters::default(),
-            prefetch_count: AtomicU16::new(0),
-            confirm: std::sync::atomic::AtomicBool::new(false),
-            transactional: std::sync::atomic::AtomicBool::new(false),
-        });
+            Arc::clone(&ctx.outbound),
+            ctx.cancel_notify,
+            ctx.consumer_timeout,
+        ));
         Channel {
             shared,
             closing: false,

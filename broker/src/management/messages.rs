@@ -34,7 +34,13 @@ use crate::definitions::{field_table, table_json};
 use crate::message::{encode_properties, expiration_ms, Message};
 use crate::store::log::Durability;
 
-fn permitted(api: &Api, caller: &Caller, vhost: &str, access: Access, name: &str) -> Result<(), ApiError> {
+fn permitted(
+    api: &Api,
+    caller: &Caller,
+    vhost: &str,
+    access: Access,
+    name: &str,
+) -> Result<(), ApiError> {
     let ok = api
         .broker
         .auth()
@@ -43,7 +49,10 @@ fn permitted(api: &Api, caller: &Caller, vhost: &str, access: Access, name: &str
     if ok {
         Ok(())
     } else {
-        Err(ApiError::unauthorized_as("not_authorised", "Access refused."))
+        Err(ApiError::unauthorized_as(
+            "not_authorised",
+            "Access refused.",
+        ))
     }
 }
 
@@ -64,7 +73,9 @@ fn short(key: &str, v: &Value) -> Result<ShortString, ApiError> {
 fn integer(key: &str, v: &Value) -> Result<u64, ApiError> {
     v.as_u64()
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        .ok_or_else(|| ApiError::bad_request(format!("property '{key}' must be an integer, got {v}")))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("property '{key}' must be an integer, got {v}"))
+        })
 }
 
 /// Basic properties from RabbitMQ's JSON names.
@@ -76,7 +87,11 @@ fn properties(props: &Map<String, Value>) -> Result<BasicProperties, ApiError> {
             "content_encoding" => p.with_content_encoding(short(key, v)?),
             "headers" => match v {
                 Value::Object(h) => p.with_headers(field_table(h)),
-                _ => return Err(ApiError::bad_request("property 'headers' must be an object")),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "property 'headers' must be an object",
+                    ))
+                }
             },
             "delivery_mode" => p.with_delivery_mode(
                 u8::try_from(integer(key, v)?)
@@ -95,9 +110,7 @@ fn properties(props: &Map<String, Value>) -> Result<BasicProperties, ApiError> {
             "user_id" => p.with_user_id(short(key, v)?),
             "app_id" => p.with_app_id(short(key, v)?),
             "cluster_id" => p.with_cluster_id(short(key, v)?),
-            other => {
-                return Err(ApiError::bad_request(format!("unknown property '{other}'")))
-            }
+            other => return Err(ApiError::bad_request(format!("unknown property '{other}'"))),
         };
     }
     Ok(p)
@@ -163,7 +176,11 @@ pub(crate) async fn publish(
         .broker
         .vhost(&vhost)
         .ok_or_else(|| ApiError::not_found_as("not_found", "vhost_not_found"))?;
-    let exchange = if exchange == "amq.default" { String::new() } else { exchange };
+    let exchange = if exchange == "amq.default" {
+        String::new()
+    } else {
+        exchange
+    };
     if !exchange.is_empty() && v.find_exchange(&exchange).is_none() {
         return Err(ApiError::not_found());
     }
@@ -178,7 +195,11 @@ pub(crate) async fn publish(
         }
     };
     let payload = body.get("payload").and_then(Value::as_str).unwrap_or("");
-    let payload = match body.get("payload_encoding").and_then(Value::as_str).unwrap_or("string") {
+    let payload = match body
+        .get("payload_encoding")
+        .and_then(Value::as_str)
+        .unwrap_or("string")
+    {
         "string" => Bytes::copy_from_slice(payload.as_bytes()),
         "base64" => Bytes::from(
             base64::engine::general_purpose::STANDARD
@@ -237,14 +258,18 @@ pub(crate) async fn publish(
             match q.durability(lsn) {
                 Durability::Durable => break,
                 Durability::Failed => {
-                    return Err(ApiError::internal("the message could not be written to disk"))
+                    return Err(ApiError::internal(
+                        "the message could not be written to disk",
+                    ))
                 }
                 Durability::Pending if tries < 1000 => {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Durability::Pending => {
-                    return Err(ApiError::internal("the message was not written to disk in time"))
+                    return Err(ApiError::internal(
+                        "the message was not written to disk in time",
+                    ))
                 }
             }
         }
@@ -265,12 +290,10 @@ pub(crate) async fn get(
         .vhost(&vhost)
         .ok_or_else(|| ApiError::not_found_as("not_found", "vhost_not_found"))?;
     permitted(&api, &caller, &v.name, Access::Read, &queue)?;
-    let q = v
-        .queue(&queue, 0)
-        .map_err(|e| match e.reply_code() {
-            404 => ApiError::not_found(),
-            _ => ApiError::bad_request(e.detail()),
-        })?;
+    let q = v.queue(&queue, 0).map_err(|e| match e.reply_code() {
+        404 => ApiError::not_found(),
+        _ => ApiError::bad_request(e.detail()),
+    })?;
     let count = body.get("count").map_or(Ok(1), |c| integer("count", c))?;
     let ackmode = body
         .get("ackmode")
@@ -281,11 +304,18 @@ pub(crate) async fn get(
         ackmode.as_str(),
         "ack_requeue_true" | "ack_requeue_false" | "reject_requeue_true" | "reject_requeue_false"
     ) {
-        return Err(ApiError::bad_request(format!("unknown ackmode '{ackmode}'")));
+        return Err(ApiError::bad_request(format!(
+            "unknown ackmode '{ackmode}'"
+        )));
     }
-    let encoding = body.get("encoding").and_then(Value::as_str).unwrap_or("auto");
+    let encoding = body
+        .get("encoding")
+        .and_then(Value::as_str)
+        .unwrap_or("auto");
     if encoding != "auto" && encoding != "base64" {
-        return Err(ApiError::bad_request(format!("unknown encoding '{encoding}'")));
+        return Err(ApiError::bad_request(format!(
+            "unknown encoding '{encoding}'"
+        )));
     }
     let truncate = match body.get("truncate") {
         None | Some(Value::Null) => None,
@@ -294,7 +324,9 @@ pub(crate) async fn get(
     let mut taken = Vec::new();
     let mut out = Vec::new();
     for _ in 0..count.min(10_000) {
-        let Some((m, remaining)) = q.get(false) else { break };
+        let Some((m, remaining)) = q.get(false) else {
+            break;
+        };
         q.stats().delivered(false, false, m.redelivered);
         let msg = &m.message;
         let body = &msg.body[..truncate.unwrap_or(usize::MAX).min(msg.body.len())];

@@ -73,8 +73,8 @@ impl Api {
     }
 }
 
-/// This node's name: `warren@` and the kernel's host name.
-fn node_name() -> String {
+/// This node's name: `warren@` and the kernel's host name (RabbitMQ's `rabbit@host` shape).
+pub fn node_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
@@ -82,6 +82,18 @@ fn node_name() -> String {
         "warren@{}",
         if host.is_empty() { "localhost" } else { &host }
     )
+}
+
+/// The RabbitMQ version Warren's API answers as (`rabbitmq_version`).
+pub(crate) use read::RABBITMQ_VERSION;
+
+/// A plugin kind as the API and metrics name it.
+pub(crate) fn kind_name(kind: crate::plugin::Kind) -> &'static str {
+    match kind {
+        crate::plugin::Kind::Exchange => "exchange",
+        crate::plugin::Kind::Filter => "filter",
+        crate::plugin::Kind::Idempotency => "idempotency",
+    }
 }
 
 /// The API's routes over `broker`; `listeners` are the node's listeners (AMQP and this API's own).

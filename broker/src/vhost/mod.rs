@@ -99,6 +99,8 @@ pub struct VHost {
     persisted: Mutex<Option<StoredDefinitions>>,
     /// Replaying stored definitions at start: nothing is written back meanwhile.
     recovering: AtomicBool,
+    /// Queues declared, created and deleted since start (Prometheus counters).
+    pub(crate) queue_counts: QueueCounters,
     /// Set once the vhost is deleted ([`VHost::delete`]): nothing is persisted for it any more.
     deleted: AtomicBool,
     /// `max-connections` and `max-queues` (RabbitMQ docs/vhosts.md "Limits").
@@ -193,6 +195,7 @@ impl VHost {
             persisted: Mutex::new(None),
             recovering: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
+            queue_counts: QueueCounters::default(),
             limits: RwLock::new(VhostLimits::default()),
             connections: Gauge::default(),
             memory,
@@ -611,6 +614,7 @@ impl VHost {
         arguments: &FieldTable,
         conn_id: u64,
     ) -> AmqpResult<(Arc<Queue>, QueueCounts)> {
+        crate::stats::bump(&self.queue_counts.declared, 1);
         if passive {
             let q = self.queue(name.as_str(), conn_id)?;
             let counts = q.counts();
@@ -681,6 +685,7 @@ impl VHost {
         );
         queues.insert(name, Arc::clone(&q));
         drop(queues);
+        crate::stats::bump(&self.queue_counts.created, 1);
         q.touch();
         if q.log().is_some() {
             q.start_recovered();
@@ -866,6 +871,7 @@ impl VHost {
             match queues.get(q.name.as_str()) {
                 Some(current) if Arc::ptr_eq(current, q) => {
                     queues.remove(q.name.as_str());
+                    crate::stats::bump(&self.queue_counts.deleted, 1);
                 }
                 _ => return 0,
             }
@@ -931,6 +937,14 @@ impl VHost {
             self.remove_queue(&q);
         }
     }
+}
+
+/// queue.declare calls, queues created and queues deleted in a vhost since start.
+#[derive(Debug, Default)]
+pub(crate) struct QueueCounters {
+    pub(crate) declared: std::sync::atomic::AtomicU64,
+    pub(crate) created: std::sync::atomic::AtomicU64,
+    pub(crate) deleted: std::sync::atomic::AtomicU64,
 }
 
 /// A server-generated name: `prefix` + 22 random URL-safe characters (RabbitMQ's `amq.gen-…` shape).

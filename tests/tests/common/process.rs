@@ -66,6 +66,9 @@ impl Process {
             &format!("127.0.0.1:{port}"),
             "--management-listen",
             &format!("127.0.0.1:{mgmt_port}"),
+            // A port of its own: brokers of parallel tests must not contend for 15692.
+            "--prometheus-listen",
+            "127.0.0.1:0",
             "--log",
             log,
             "--data-dir",
