@@ -2,10 +2,10 @@
 //! return_unroutable, deliver, deliver_no_ack, get, get_no_ack, deliver_get, redeliver, ack, each
 //! with `*_details.rate` in messages per second; RabbitMQ docs/management.md "Message rates").
 //!
-//! Counting costs one relaxed atomic add on a counter that belongs to one channel or one queue (a
-//! channel's counters are only written by its connection's task; a queue's are written under or
-//! beside the queue lock that the same threads already share), never a broker-wide counter on the
-//! hot path. Totals are summed when read: per vhost and for the node from the open channels plus the
+//! Counting costs a relaxed load and store (no read-modify-write, no lock prefix) on a counter that
+//! has one writer at a time: a channel's counters are written by its connection's task (deliveries
+//! under the channel's lock), a queue's under the queue's lock ([`add_local`]). Never a broker-wide
+//! counter on the hot path. Totals are summed when read: per vhost and for the node from the open channels plus the
 //! counts of closed channels ([`MessageCounters::absorb`] into the broker's retired totals).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +45,14 @@ pub struct MessageCounters {
     pub size_sum: AtomicU64,
 }
 
+/// The index in [`SIZE_BUCKETS`] of the first bucket holding `size` ([`SIZE_BUCKETS`]`.len()` for
+/// +Inf): the buckets are powers of four from 64, so it is half the bits `size - 1` needs, above 6.
+#[inline]
+pub fn size_bucket(size: u64) -> usize {
+    let bits = 64 - size.saturating_sub(1).leading_zeros() as usize;
+    (bits.saturating_sub(6).div_ceil(2)).min(SIZE_BUCKETS.len())
+}
+
 /// Upper bounds (octets) of the published-size histogram's buckets: RabbitMQ's
 /// `rabbitmq_message_size_bytes` buckets (`rabbit_msg_size_metrics`).
 pub const SIZE_BUCKETS: [u64; 12] = [
@@ -62,29 +70,36 @@ pub const SIZE_BUCKETS: [u64; 12] = [
     268_435_456,
 ];
 
-/// Adds `n` to `counter` (relaxed: counters order nothing).
+/// Adds `n` to `counter` from any thread (an atomic add; relaxed: counters order nothing).
 #[inline]
 pub fn bump(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Adds `n` to a counter that only one thread writes at a time (its owner's task, or under its
+/// owner's lock): a plain load and store, which readers on other threads see whole.
+#[inline]
+pub fn add_local(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
 }
 
 impl MessageCounters {
     /// Counts one publish of `size` body octets (`confirm`: the channel is in confirm mode).
     #[inline]
     pub fn received(&self, size: u64, confirm: bool) {
-        bump(&self.publish, 1);
+        add_local(&self.publish, 1);
         if confirm {
-            bump(&self.received_confirm, 1);
+            add_local(&self.received_confirm, 1);
         }
-        let bucket = SIZE_BUCKETS
-            .iter()
-            .position(|b| size <= *b)
-            .unwrap_or(SIZE_BUCKETS.len());
-        bump(&self.size_buckets[bucket], 1);
-        bump(&self.size_sum, size);
+        add_local(&self.size_buckets[size_bucket(size)], 1);
+        add_local(&self.size_sum, size);
     }
 
-    /// Counts one delivery: to a consumer (`consumer`) or for basic.get, with or without ack.
+    /// Counts one delivery: to a consumer (`consumer`) or for basic.get, with or without ack (one
+    /// writer at a time, see [`add_local`]).
     #[inline]
     pub fn delivered(&self, consumer: bool, no_ack: bool, redelivered: bool) {
         let c = match (consumer, no_ack) {
@@ -93,9 +108,9 @@ impl MessageCounters {
             (false, false) => &self.get,
             (false, true) => &self.get_no_ack,
         };
-        bump(c, 1);
+        add_local(c, 1);
         if redelivered {
-            bump(&self.redeliver, 1);
+            add_local(&self.redeliver, 1);
         }
     }
 
@@ -230,6 +245,19 @@ impl MessageStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn size_buckets_match_a_linear_search() {
+        for size in [0u64, 1, 63, 64, 65, 255, 256, 257, 1024, 1025, 4096, 1 << 20, (1 << 28) - 1, 1 << 28,
+            (1 << 28) + 1, u64::MAX]
+        {
+            let linear = SIZE_BUCKETS
+                .iter()
+                .position(|b| size <= *b)
+                .unwrap_or(SIZE_BUCKETS.len());
+            assert_eq!(size_bucket(size), linear, "{size}");
+        }
+    }
 
     #[test]
     fn counts_sum_and_absorb() {

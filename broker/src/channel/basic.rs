@@ -214,7 +214,7 @@ impl Channel {
         ctx.check(Access::Read, "queue", name.as_str())?;
         let queue = ctx.vhost.queue(name.as_str(), ctx.conn_id)?;
         let Some((message, remaining)) = queue.get(m.no_ack) else {
-            crate::stats::bump(&self.shared.stats.get_empty, 1);
+            crate::stats::add_local(&self.shared.stats.get_empty, 1);
             self.reply(
                 ctx,
                 AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
@@ -257,7 +257,7 @@ impl Channel {
         }
         let mut acked = std::mem::take(&mut self.settle_buf);
         let result = self.shared.take(tag, multiple, &mut acked);
-        crate::stats::bump(&self.shared.stats.ack, acked.len() as u64);
+        crate::stats::add_local(&self.shared.stats.ack, acked.len() as u64);
         settle(&mut acked, Settle::Ack);
         self.settle_buf = acked;
         self.kick_global_prefetch();

@@ -222,7 +222,7 @@ impl Channel {
             return;
         };
         let id = self.id();
-        crate::stats::bump(&self.shared.stats.confirm, run.acked());
+        crate::stats::add_local(&self.shared.stats.confirm, run.acked());
         ctx.outbound.write(|out| {
             run.frames(|frame| match frame {
                 ConfirmFrame::Ack { tag, multiple } => encode::basic_ack(out, id, tag, multiple),

@@ -113,14 +113,8 @@ impl ChannelShared {
         let tag = d.next_tag;
         self.stats
             .delivered(consumer.is_some(), no_ack, m.redelivered);
-        queue
-            .stats()
-            .delivered(consumer.is_some(), no_ack, m.redelivered);
         if !no_ack {
-            let timeout = queue
-                .args()
-                .consumer_timeout
-                .unwrap_or(self.consumer_timeout);
+            let timeout = queue.consumer_timeout().unwrap_or(self.consumer_timeout);
             let deadline = Instant::now() + Duration::from_millis(timeout);
             d.earliest_deadline = Some(d.earliest_deadline.map_or(deadline, |e| e.min(deadline)));
             d.unacked.push_back(Unacked {
@@ -168,10 +162,7 @@ impl ChannelShared {
         }
         if let Some(u) = d.unacked.iter().find(|u| u.deadline <= now) {
             return Some(
-                u.queue
-                    .args()
-                    .consumer_timeout
-                    .unwrap_or(self.consumer_timeout),
+                u.queue.consumer_timeout().unwrap_or(self.consumer_timeout),
             );
         }
         d.earliest_deadline = d.unacked.iter().map(|u| u.deadline).min();
@@ -341,10 +332,7 @@ impl Settle {
 pub(super) fn settle(settled: &mut Vec<Unacked>, how: Settle) {
     let mut run: Option<(Arc<Queue>, Vec<QueuedMessage>)> = None;
     let finish = |q: Arc<Queue>, ms: Vec<QueuedMessage>| match how {
-        Settle::Ack => {
-            crate::stats::bump(&q.stats().ack, ms.len() as u64);
-            q.settle(&ms);
-        }
+        Settle::Ack => q.settle(&ms),
         Settle::Reject => q.reject(ms),
         Settle::Requeue => q.requeue(ms),
     };

@@ -422,18 +422,18 @@ impl Channel {
             self.confirms.wait_durable(seq, waits);
         }
         if routed_to_any {
-            crate::stats::bump(&self.shared.stats.routed, 1);
+            crate::stats::add_local(&self.shared.stats.routed, 1);
         } else if p.mandatory {
             self.return_unroutable(ctx, message);
         } else {
-            crate::stats::bump(&self.shared.stats.unroutable_dropped, 1);
+            crate::stats::add_local(&self.shared.stats.unroutable_dropped, 1);
         }
         Ok(())
     }
 
     /// basic.return 312 NO_ROUTE with the message (RabbitMQ docs/publishers.md, mandatory flag).
     fn return_unroutable(&self, ctx: &ConnectionContext, message: &Message) {
-        crate::stats::bump(&self.shared.stats.return_unroutable, 1);
+        crate::stats::add_local(&self.shared.stats.return_unroutable, 1);
         let id = self.id();
         let frame_max = ctx.outbound.frame_max();
         ctx.outbound.write(|out| {

@@ -143,7 +143,6 @@ fn consumers_of(api: &Api, conns: &[Arc<ConnectionInfo>]) -> Vec<Value> {
                     "arguments": arguments,
                     "active": true,
                     "activity_status": "up",
-                    "consumer_timeout": queue.args().consumer_timeout,
                 }));
             }
         }

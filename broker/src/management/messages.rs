@@ -327,7 +327,6 @@ pub(crate) async fn get(
         let Some((m, remaining)) = q.get(false) else {
             break;
         };
-        q.stats().delivered(false, false, m.redelivered);
         let msg = &m.message;
         let body = &msg.body[..truncate.unwrap_or(usize::MAX).min(msg.body.len())];
         let (payload, payload_encoding) = match (encoding, std::str::from_utf8(body)) {
@@ -350,10 +349,7 @@ pub(crate) async fn get(
         taken.push(m);
     }
     match ackmode.as_str() {
-        "ack_requeue_false" => {
-            crate::stats::bump(&q.stats().ack, taken.len() as u64);
-            q.settle(&taken);
-        }
+        "ack_requeue_false" => q.settle(&taken),
         "reject_requeue_false" => q.reject(taken),
         _ => q.requeue(taken),
     }

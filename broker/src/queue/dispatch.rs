@@ -71,6 +71,8 @@ impl Queue {
             consumer.unacked.fetch_add(1, Ordering::Relaxed);
         }
         self.log_delivery(inner, &message, consumer.no_ack);
+        self.stats
+            .delivered(true, consumer.no_ack, message.redelivered);
         message.delivery_count += 1;
         consumer.sink.deliver(self, &consumer, message);
     }
@@ -190,7 +192,7 @@ impl Queue {
     ) -> Option<usize> {
         inner
             .consumers
-            .pick(self.args.load().single_active_consumer, |c| accept(c))
+            .pick(self.single_active_consumer, |c| accept(c))
     }
 
     /// basic.get on a queue with idempotency keys: the first ready message whose key is not in flight;

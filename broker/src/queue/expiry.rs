@@ -68,9 +68,8 @@ impl Queue {
         .into_iter()
         .flatten()
         .min();
-        let queue = self
+        let queue = inner
             .args
-            .load()
             .expires
             .filter(|_| inner.consumers.is_empty())
             .map(|ms| inner.last_used + Duration::from_millis(ms));
@@ -113,7 +112,7 @@ pub(super) async fn expiry_task(queue: Weak<Queue>) {
                 return;
             }
             q.expire(&mut inner, now, &mut letters);
-            q.args.load().expires.is_some_and(|ms| {
+            inner.args.expires.is_some_and(|ms| {
                 inner.consumers.is_empty() && now >= inner.last_used + Duration::from_millis(ms)
             })
         };

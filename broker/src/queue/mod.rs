@@ -180,6 +180,9 @@ pub enum PublishOutcome {
 }
 
 struct QueueInner {
+    /// The arguments Warren acts on: `arguments` parsed, with the policy in force merged in; replaced
+    /// when the vhost's policies change ([`Queue::apply_policy`]).
+    args: Arc<QueueArgs>,
     ready: Ready,
     next_seq: u64,
     /// Logged messages delivered and not yet settled (their segments must stay).
@@ -220,12 +223,15 @@ pub struct Queue {
     pub exclusive_owner: Option<u64>,
     /// Declare arguments as given.
     pub arguments: FieldTable,
-    /// The arguments Warren acts on: `arguments` parsed, with the policy in force merged in; replaced
-    /// when the vhost's policies change ([`Queue::apply_policy`]).
-    args: arc_swap::ArcSwap<QueueArgs>,
+    /// `x-single-active-consumer` (not settable by policy).
+    single_active_consumer: bool,
+    /// The acknowledgement timeout in force (argument or policy), ms; `u64::MAX` for none. Read
+    /// without the queue lock by channels tracking deliveries.
+    consumer_timeout: std::sync::atomic::AtomicU64,
     /// The name of the policy in force, if any.
     policy: arc_swap::ArcSwapOption<String>,
-    /// Message counters (`/api/queues` `message_stats`): publish counts enqueues.
+    /// Message counters (`/api/queues` `message_stats`): publish counts enqueues; all are written under
+    /// the queue lock.
     stats: crate::stats::MessageCounters,
     owner: Weak<dyn QueueOwner>,
     /// The log of a durable queue when the broker has a data directory.
@@ -338,7 +344,10 @@ impl Queue {
             auto_delete,
             exclusive_owner,
             arguments,
-            args: arc_swap::ArcSwap::from_pointee(args),
+            single_active_consumer: args.single_active_consumer,
+            consumer_timeout: std::sync::atomic::AtomicU64::new(
+                args.consumer_timeout.unwrap_or(u64::MAX),
+            ),
             policy: arc_swap::ArcSwapOption::empty(),
             stats: crate::stats::MessageCounters::default(),
             _memory: charge,
@@ -348,6 +357,7 @@ impl Queue {
             idempotency: None,
             consumed: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(QueueInner {
+                args: Arc::new(args),
                 ready,
                 next_seq,
                 outstanding: BTreeSet::new(),
@@ -445,8 +455,12 @@ impl Queue {
 
     /// Records a use for `x-expires` (queue.declare, basic.get, basic.consume).
     pub fn touch(self: &Arc<Self>) {
-        self.lock().last_used = Instant::now();
-        if self.args.load().expires.is_some() {
+        let expires = {
+            let mut inner = self.lock();
+            inner.last_used = Instant::now();
+            inner.args.expires.is_some()
+        };
+        if expires {
             self.ensure_timer();
         }
     }
@@ -475,7 +489,8 @@ impl Queue {
         outcome
     }
 
-    fn over_limits(args: &QueueArgs, ready: &Ready, extra: Option<u64>) -> bool {
+    fn over_limits(inner: &QueueInner, extra: Option<u64>) -> bool {
+        let (ready, args) = (&inner.ready, &inner.args);
         let (len, bytes) = match extra {
             Some(b) => (ready.len as u64 + 1, ready.bytes + b),
             None => (ready.len as u64, ready.bytes),
@@ -485,8 +500,20 @@ impl Queue {
     }
 
     /// The arguments the queue acts on: its declare arguments with the policy in force merged in.
-    pub fn args(&self) -> arc_swap::Guard<Arc<QueueArgs>> {
-        self.args.load()
+    /// Takes the queue lock: not for callers that hold it, or a channel's lock.
+    pub fn args(&self) -> Arc<QueueArgs> {
+        Arc::clone(&self.lock().args)
+    }
+
+    /// The acknowledgement timeout in force (`x-consumer-timeout` or a policy's), ms.
+    pub fn consumer_timeout(&self) -> Option<u64> {
+        match self
+            .consumer_timeout
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            u64::MAX => None,
+            ms => Some(ms),
+        }
     }
 
     /// The queue's message counters.
@@ -511,17 +538,20 @@ impl Queue {
     /// `drop-head`, a new `expires` starts counting from the last use; `message-ttl` applies to
     /// messages enqueued from now on.
     pub fn apply_policy(self: &Arc<Self>, args: QueueArgs, policy: Option<String>) {
-        let args = Arc::new(args);
-        self.args.store(Arc::clone(&args));
         self.policy.store(policy.map(Arc::new));
+        self.consumer_timeout.store(
+            args.consumer_timeout.unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut letters = Letters::new();
         {
             let mut inner = self.lock();
+            inner.args = Arc::new(args);
             if inner.deleted {
                 return;
             }
-            if args.overflow == Overflow::DropHead {
-                self.drop_over_limits(&args, &mut inner, &mut letters);
+            if inner.args.overflow == Overflow::DropHead {
+                self.drop_over_limits(&mut inner, &mut letters);
             }
             self.ensure_timer_locked(&mut inner);
         }
@@ -530,8 +560,8 @@ impl Queue {
     }
 
     /// Drops the oldest ready messages while the queue is over its length limits (drop-head).
-    fn drop_over_limits(&self, args: &QueueArgs, inner: &mut QueueInner, letters: &mut Letters) {
-        while Self::over_limits(args, &inner.ready, None) {
+    fn drop_over_limits(&self, inner: &mut QueueInner, letters: &mut Letters) {
+        while Self::over_limits(inner, None) {
             let Some(m) = inner.ready.pop_oldest() else {
                 break;
             };
@@ -548,17 +578,15 @@ impl Queue {
         own_ttl: Option<u64>,
         letters: &mut Letters,
     ) -> (PublishOutcome, Option<u64>) {
-        let args = self.args.load();
-        if args.overflow != Overflow::DropHead
-            && Self::over_limits(&args, &inner.ready, Some(message.body_size()))
-        {
-            if args.overflow == Overflow::RejectPublishDlx {
+        let overflow = inner.args.overflow;
+        if overflow != Overflow::DropHead && Self::over_limits(inner, Some(message.body_size())) {
+            if overflow == Overflow::RejectPublishDlx {
                 letters.push((message, DeadLetterReason::MaxLen));
             }
             return (PublishOutcome::Rejected, None);
         }
         let now = Instant::now();
-        let ttl = match (args.message_ttl, own_ttl) {
+        let ttl = match (inner.args.message_ttl, own_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -597,8 +625,8 @@ impl Queue {
         if own {
             inner.own_expiration += 1;
         }
-        crate::stats::bump(&self.stats.publish, 1);
-        self.drop_over_limits(&args, inner, letters);
+        crate::stats::add_local(&self.stats.publish, 1);
+        self.drop_over_limits(inner, letters);
         self.dispatch_at(inner, now, letters);
         if let Some(deadline) = expires_at {
             if ttl == Some(0) {
@@ -653,6 +681,7 @@ impl Queue {
                 Some(idem) => self.next_by_key(&mut inner, idem, no_ack, &mut letters),
             };
             if let Some(m) = &got {
+                self.stats.delivered(false, no_ack, m.redelivered);
                 self.forget_expiration(&mut inner, m);
                 if !no_ack {
                     inner.unacked += 1;
@@ -673,6 +702,7 @@ impl Queue {
         let mut letters = Letters::new();
         {
             let mut inner = self.lock();
+            crate::stats::add_local(&self.stats.ack, messages.len() as u64);
             inner.unacked = inner.unacked.saturating_sub(messages.len());
             if let Some(idem) = &self.idempotency {
                 idem.acked(messages.iter().map(|m| m.seq));
@@ -726,9 +756,8 @@ impl Queue {
                 if m.logged {
                     inner.outstanding.remove(&m.seq);
                 }
-                if self
+                if inner
                     .args
-                    .load()
                     .delivery_limit
                     .is_some_and(|limit| m.delivery_count > limit)
                 {
