@@ -3,8 +3,8 @@
 //! axum on `[management] listen` (default `127.0.0.1:15672`), so that operators' tools work
 //! unchanged; plus Warren's own `/api/warren/plugins`.
 //!
-//! This part serves tiers A and B of MANAGEMENT.md (not yet: per-exchange message rates), and the
-//! plugin listing with quarantine lifting:
+//! This part serves tiers A and B of MANAGEMENT.md (not yet: per-exchange message rates), the
+//! plugin listing with quarantine lifting, and the web UI:
 //!
 //! - `auth`: HTTP Basic against the broker's users, RabbitMQ's tag rules;
 //! - `error`: RabbitMQ's `{"error", "reason"}` bodies;
@@ -19,7 +19,8 @@
 //! - `messages`: publish and get for debugging;
 //! - `rates`: message rates sampled from the counters of `crate::stats`;
 //! - `channels`: channels and consumers;
-//! - `plugins`: `/api/warren/plugins`.
+//! - `plugins`: `/api/warren/plugins`;
+//! - `ui`: the embedded web UI at `/`.
 
 mod admin;
 mod admin_write;
@@ -35,6 +36,7 @@ mod page;
 mod plugins;
 mod rates;
 mod read;
+mod ui;
 mod write;
 
 use std::net::SocketAddr;
@@ -110,6 +112,9 @@ pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
         rates,
     });
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::app))
+        .route("/ui/style.css", get(ui::style))
         .route("/api/overview", get(read::overview))
         .route("/api/whoami", get(read::whoami))
         .route("/api/nodes", get(read::nodes))

@@ -169,6 +169,13 @@ pub(crate) async fn overview(State(api): State<Arc<Api>>, caller: Caller) -> Jso
         },
         "object_totals": {
             "connections": api.broker.connections.get(),
+            "channels": api
+                .broker
+                .connection_table
+                .list()
+                .iter()
+                .map(|c| u64::from(c.channel_count()))
+                .sum::<u64>(),
             "consumers": consumers,
             "exchanges": exchanges,
             "queues": queues,

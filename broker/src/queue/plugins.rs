@@ -88,6 +88,8 @@ struct FilterState {
 /// One consumer's filter: `x-filter` names the plugin, `x-filter-args` is its configuration.
 #[derive(Debug)]
 pub struct ConsumerFilter {
+    /// The filter plugin's name (`x-filter`).
+    plugin: String,
     config: Vec<u8>,
     on_failure: OnFailure,
     state: Mutex<FilterState>,
@@ -110,6 +112,7 @@ impl ConsumerFilter {
         let config = table_body(config);
         let (slot, instance) = attach::<FilterWorld>(host, Kind::Filter, name, &config, true)?;
         Ok(ConsumerFilter {
+            plugin: name.to_owned(),
             config,
             on_failure,
             state: Mutex::new(FilterState {
@@ -117,6 +120,11 @@ impl ConsumerFilter {
                 skipped: HashSet::new(),
             }),
         })
+    }
+
+    /// The filter plugin's name (`x-filter`).
+    pub fn plugin(&self) -> &str {
+        &self.plugin
     }
 
     /// A current instance; skip decisions of an older one are forgotten.
