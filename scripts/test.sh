@@ -21,6 +21,25 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install -q -r tests/python/requirements.txt
 
+# RabbitMQ 3.10 (Debian's rabbitmq-server) for the side-by-side management tests
+# (tests/python/test_rabbitmq_compat.py: its rabbitmqadmin script, and a node of the test's own). The
+# package's own service is kept from starting (policy-rc.d) so that it holds no ports.
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  policy=/usr/sbin/policy-rc.d
+  made_policy=no
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=yes
+  fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+  if [ "$made_policy" = yes ]; then rm -f "$policy"; fi
+fi
+
+# Debian's Chromium for the UI test (tests/python/test_ui.py drives it with Playwright through
+# executable_path; Playwright's own browser download is never used).
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 echo "== cargo test (unit + lapin integration tests)"
 cargo test --workspace --locked
 

@@ -116,7 +116,8 @@ fn properties(props: &Map<String, Value>) -> Result<BasicProperties, ApiError> {
     Ok(p)
 }
 
-/// RabbitMQ's JSON of the properties that are set.
+/// RabbitMQ's JSON of the properties that are set; `[]` when none is (RabbitMQ serializes the empty
+/// property list as an array, and rabbitmqadmin's columns follow it).
 fn properties_json(p: &BasicProperties) -> Value {
     let mut m = Map::new();
     let mut put = |k: &str, v: Value| {
@@ -160,6 +161,9 @@ fn properties_json(p: &BasicProperties) -> Value {
     }
     if let Some(v) = p.app_id() {
         put("app_id", json!(v.as_str()));
+    }
+    if m.is_empty() {
+        return json!([]);
     }
     Value::Object(m)
 }
