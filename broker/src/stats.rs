@@ -248,9 +248,24 @@ mod tests {
 
     #[test]
     fn size_buckets_match_a_linear_search() {
-        for size in [0u64, 1, 63, 64, 65, 255, 256, 257, 1024, 1025, 4096, 1 << 20, (1 << 28) - 1, 1 << 28,
-            (1 << 28) + 1, u64::MAX]
-        {
+        for size in [
+            0u64,
+            1,
+            63,
+            64,
+            65,
+            255,
+            256,
+            257,
+            1024,
+            1025,
+            4096,
+            1 << 20,
+            (1 << 28) - 1,
+            1 << 28,
+            (1 << 28) + 1,
+            u64::MAX,
+        ] {
             let linear = SIZE_BUCKETS
                 .iter()
                 .position(|b| size <= *b)

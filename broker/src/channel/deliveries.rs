@@ -161,9 +161,7 @@ impl ChannelShared {
             return None;
         }
         if let Some(u) = d.unacked.iter().find(|u| u.deadline <= now) {
-            return Some(
-                u.queue.consumer_timeout().unwrap_or(self.consumer_timeout),
-            );
+            return Some(u.queue.consumer_timeout().unwrap_or(self.consumer_timeout));
         }
         d.earliest_deadline = d.unacked.iter().map(|u| u.deadline).min();
         None

@@ -65,7 +65,9 @@ fn entities(api: &Api) -> HashMap<(String, String), Vec<Value>> {
                 .inner()
                 .get("x-idempotency")
                 .and_then(|a| match a {
-                    AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+                    AMQPValue::LongString(s) => {
+                        std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned)
+                    }
                     AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
                     _ => None,
                 })
