@@ -29,6 +29,14 @@ use crate::throttle::LoginThrottle;
 use crate::vhost::policy::Policy;
 use crate::vhost::{Definition, ExchangeFlags, QueueFlags, VHost};
 
+/// Message counts of closed channels: for the node, by vhost, and (publish in, publish out) by
+/// (vhost, exchange).
+type Retired = (
+    crate::stats::MessageCounters,
+    Mutex<HashMap<String, crate::stats::MessageStats>>,
+    Mutex<HashMap<(String, String), (u64, u64)>>,
+);
+
 /// Broker-wide state: configuration, users and permissions, exchange type registry, vhosts. Shared by
 /// all connections.
 #[derive(Debug)]
@@ -65,11 +73,9 @@ pub struct Broker {
     pub user_limits: UserLimiter,
     /// Failed-login budgets by source address.
     pub login_throttle: LoginThrottle,
-    /// Message counts of closed channels: for the node, and by vhost.
-    retired: (
-        crate::stats::MessageCounters,
-        Mutex<HashMap<String, crate::stats::MessageStats>>,
-    ),
+    /// Message counts of closed channels: for the node, by vhost, and (publish in, publish out) by
+    /// vhost and exchange.
+    retired: Retired,
 }
 
 impl Broker {
@@ -341,6 +347,45 @@ impl Broker {
                 .entry(v.to_owned())
                 .or_default() += *stats;
         }
+    }
+
+    /// Adds a closed channel's publishes by exchange to the retired totals of `vhost`.
+    pub(crate) fn retire_exchange_stats(&self, vhost: &str, list: &crate::stats::ExchangeList) {
+        let list = crate::sync::lock(list);
+        if list.is_empty() {
+            return;
+        }
+        let mut retired = crate::sync::lock(&self.retired.2);
+        for (name, c) in list.iter() {
+            let e = retired
+                .entry((vhost.to_owned(), name.as_str().to_owned()))
+                .or_default();
+            e.0 += c.publish_in.load(Ordering::Relaxed);
+            e.1 += c.publish_out.load(Ordering::Relaxed);
+        }
+    }
+
+    /// (publish in, publish out) by exchange name in `vhost`: closed channels' plus open ones'
+    /// (the default exchange is `""`).
+    pub fn exchange_stats(&self, vhost: &str) -> HashMap<String, (u64, u64)> {
+        let mut out: HashMap<String, (u64, u64)> = crate::sync::lock(&self.retired.2)
+            .iter()
+            .filter(|((v, _), _)| v == vhost)
+            .map(|((_, x), n)| (x.clone(), *n))
+            .collect();
+        for c in self.connection_table.list() {
+            if c.opened.get().is_none_or(|o| o.vhost != vhost) {
+                continue;
+            }
+            for ch in c.channel_list() {
+                for (name, n) in crate::sync::lock(&ch.exchanges).iter() {
+                    let e = out.entry(name.as_str().to_owned()).or_default();
+                    e.0 += n.publish_in.load(Ordering::Relaxed);
+                    e.1 += n.publish_out.load(Ordering::Relaxed);
+                }
+            }
+        }
+        out
     }
 
     /// Message counts of the node (`vhost` `None`) or of one vhost: closed channels' plus open ones'.

@@ -506,10 +506,11 @@ impl Connection {
             n += 1;
             if let Some(shared) = listed.remove(&id) {
                 crate::stats::bump(&self.broker.connection_table.lifecycle.channels_closed, 1);
-                self.broker.retire_stats(
-                    self.ctx.as_ref().map(|c| c.vhost.name.as_str()),
-                    &shared.stats.snapshot(),
-                );
+                let vhost = self.ctx.as_ref().map(|c| c.vhost.name.as_str());
+                self.broker.retire_stats(vhost, &shared.stats.snapshot());
+                if let Some(v) = vhost {
+                    self.broker.retire_exchange_stats(v, &shared.exchanges);
+                }
             }
         }
         drop(listed);

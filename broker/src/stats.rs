@@ -162,6 +162,66 @@ impl MessageCounters {
     }
 }
 
+/// One channel's publishes through one exchange (`publish_in`: published to it; `publish_out`:
+/// routed by it to at least one queue). Written by the channel's connection task only.
+#[derive(Debug, Default)]
+pub struct ExchangeCounters {
+    /// Messages published to the exchange.
+    pub publish_in: AtomicU64,
+    /// Of those, messages it routed to at least one queue.
+    pub publish_out: AtomicU64,
+}
+
+/// A channel's [`ExchangeCounters`], by exchange name: the list readers see (behind a mutex taken
+/// when a channel first publishes to an exchange, and by readers) and the channel's cache of the
+/// last one used, so that a publish to the same exchange as the one before takes no lock.
+#[derive(Debug, Default)]
+pub struct ExchangeTally {
+    last: Option<(
+        amq_protocol::types::ShortString,
+        std::sync::Arc<ExchangeCounters>,
+    )>,
+}
+
+/// The readers' side of a channel's [`ExchangeTally`].
+pub type ExchangeList = std::sync::Mutex<
+    Vec<(
+        amq_protocol::types::ShortString,
+        std::sync::Arc<ExchangeCounters>,
+    )>,
+>;
+
+impl ExchangeTally {
+    /// Counts a publish to `exchange` (`routed`: to at least one queue).
+    #[inline]
+    pub fn count(
+        &mut self,
+        list: &ExchangeList,
+        exchange: &amq_protocol::types::ShortString,
+        routed: bool,
+    ) {
+        let hit = matches!(&self.last, Some((name, _)) if name == exchange);
+        if !hit {
+            let mut all = crate::sync::lock(list);
+            let counters = match all.iter().find(|(name, _)| name == exchange) {
+                Some((_, c)) => std::sync::Arc::clone(c),
+                None => {
+                    let c = std::sync::Arc::new(ExchangeCounters::default());
+                    all.push((exchange.clone(), std::sync::Arc::clone(&c)));
+                    c
+                }
+            };
+            self.last = Some((exchange.clone(), counters));
+        }
+        if let Some((_, c)) = &self.last {
+            add_local(&c.publish_in, 1);
+            if routed {
+                add_local(&c.publish_out, 1);
+            }
+        }
+    }
+}
+
 /// A snapshot of [`MessageCounters`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MessageStats {

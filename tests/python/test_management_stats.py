@@ -68,12 +68,20 @@ def test_channels_consumers_and_message_stats(tmp_path):
         assert q["memory"] > 0 and q["idle_since"] is None, "consumed: not idle"
         v = call(b, "/api/vhosts/%2F")[2]
         assert v["message_stats"]["publish"] == 6
+        # The default exchange: six published to it, five routed (RabbitMQ's publish_in / publish_out).
+        x = call(b, "/api/exchanges/%2F/amq.default")[2]["message_stats"]
+        assert (x["publish_in"], x["publish_out"]) == (6, 5) and "rate" in x["publish_in_details"]
+        listed = [e for e in call(b, "/api/exchanges/%2F")[2] if e["name"] == ""][0]["message_stats"]
+        assert (listed["publish_in"], listed["publish_out"]) == (6, 5)
+        assert call(b, "/api/exchanges/%2F/amq.topic")[2]["message_stats"]["publish_in"] == 0
         # Closed channels still count for the node and the vhost.
         sub.close()
         pub.close()
         o = call(b, "/api/overview")[2]
         assert (o["message_stats"]["publish"], o["message_stats"]["ack"]) == (6, 3)
         assert call(b, "/api/channels")[2] == []
+        x = call(b, "/api/exchanges/%2F/amq.default")[2]["message_stats"]
+        assert (x["publish_in"], x["publish_out"]) == (6, 5), "closed channels' publishes stay counted"
         q = call(b, "/api/queues/%2F/sq")[2]
         assert q["idle_since"] is not None and q["messages"] == 2
 
@@ -88,6 +96,7 @@ def test_channels_consumers_and_message_stats(tmp_path):
             rate = call(b, "/api/queues/%2F/sq")[2]["message_stats"]["publish_details"]["rate"]
         assert rate > 0
         assert call(b, "/api/overview")[2]["message_stats"]["publish_details"]["rate"] > 0
+        assert call(b, "/api/exchanges/%2F/amq.default")[2]["message_stats"]["publish_in_details"]["rate"] > 0
         conn.close()
     finally:
         b.stop()

@@ -69,6 +69,8 @@ pub(crate) struct ChannelShared {
     pub(crate) confirm: std::sync::atomic::AtomicBool,
     /// In tx mode.
     pub(crate) transactional: std::sync::atomic::AtomicBool,
+    /// Publishes through each exchange (`/api/exchanges` `message_stats`).
+    pub(crate) exchanges: crate::stats::ExchangeList,
 }
 
 impl ChannelShared {
@@ -91,6 +93,7 @@ impl ChannelShared {
             prefetch_count: AtomicU16::new(0),
             confirm: std::sync::atomic::AtomicBool::new(false),
             transactional: std::sync::atomic::AtomicBool::new(false),
+            exchanges: Default::default(),
         }
     }
 

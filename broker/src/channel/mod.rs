@@ -155,6 +155,8 @@ pub(crate) struct Channel {
     consumer_prefetch: u16,
     /// Last queue declared on this channel, used when a method names the empty queue (AMQP 0-9-1 §1.7.2.1).
     last_queue: Option<ShortString>,
+    /// This channel's publishes by exchange (the readers' list is `ChannelShared::exchanges`).
+    exchange_tally: crate::stats::ExchangeTally,
     /// Reused buffer for acks.
     settle_buf: Vec<Unacked>,
     /// Complete publishes to an exchange that routes in batches, with their confirm sequence numbers,
@@ -183,6 +185,7 @@ impl Channel {
             tx: None,
             consumer_prefetch: 0,
             last_queue: None,
+            exchange_tally: crate::stats::ExchangeTally::default(),
             settle_buf: Vec::new(),
             held: Vec::new(),
             batch_memo: None,

@@ -421,6 +421,8 @@ impl Channel {
         } else {
             self.confirms.wait_durable(seq, waits);
         }
+        self.exchange_tally
+            .count(&self.shared.exchanges, &message.exchange, routed_to_any);
         if routed_to_any {
             crate::stats::add_local(&self.shared.stats.routed, 1);
         } else if p.mandatory {

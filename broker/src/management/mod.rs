@@ -3,7 +3,7 @@
 //! axum on `[management] listen` (default `127.0.0.1:15672`), so that operators' tools work
 //! unchanged; plus Warren's own `/api/warren/plugins`.
 //!
-//! This part serves tiers A and B of MANAGEMENT.md (not yet: per-exchange message rates), the
+//! This part serves tiers A and B of MANAGEMENT.md, the
 //! plugin listing with quarantine lifting, and the web UI:
 //!
 //! - `auth`: HTTP Basic against the broker's users, RabbitMQ's tag rules;

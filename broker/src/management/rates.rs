@@ -35,10 +35,18 @@ struct Sample {
     stats: MessageStats,
 }
 
+/// (publish in, publish out) of an exchange at a moment.
+type ExchangeSample = (Instant, (u64, u64));
+
+/// The last two samples of each exchange, by (vhost, name).
+type ExchangeSamples = HashMap<(String, String), (Option<ExchangeSample>, ExchangeSample)>;
+
 /// The last two samples of each object.
 #[derive(Debug, Default)]
 pub(crate) struct Rates {
     samples: Mutex<HashMap<Key, (Option<Sample>, Sample)>>,
+    /// Exchanges by (vhost, name).
+    exchanges: Mutex<ExchangeSamples>,
 }
 
 impl Rates {
@@ -46,7 +54,11 @@ impl Rates {
     pub(crate) fn sample(&self, broker: &Broker) {
         let at = Instant::now();
         let mut now: Vec<(Key, MessageStats)> = vec![(Key::Node, broker.message_stats(None))];
+        let mut exchanges = HashMap::new();
         for v in broker.vhost_list() {
+            for (name, n) in broker.exchange_stats(&v.name) {
+                exchanges.insert((v.name.clone(), name), (at, n));
+            }
             now.push((
                 Key::Vhost(v.name.clone()),
                 broker.message_stats(Some(&v.name)),
@@ -62,6 +74,17 @@ impl Rates {
             for ch in c.channel_list() {
                 now.push((Key::Channel(c.id, ch.id), ch.stats.snapshot()));
             }
+        }
+        {
+            let mut previous = crate::sync::lock(&self.exchanges);
+            let next = exchanges
+                .into_iter()
+                .map(|(key, current)| {
+                    let prev = previous.remove(&key).map(|(_, last)| last);
+                    (key, (prev, current))
+                })
+                .collect();
+            *previous = next;
         }
         let mut samples = crate::sync::lock(&self.samples);
         let mut next = HashMap::with_capacity(now.len());
@@ -104,6 +127,29 @@ impl Rates {
             m.insert(format!("{name}_details"), json!({ "rate": round(rate) }));
         }
         Value::Object(m)
+    }
+}
+
+impl Rates {
+    /// An exchange's `message_stats`: `publish_in` and `publish_out` with their rates.
+    pub(crate) fn exchange_stats_json(&self, vhost: &str, name: &str, n: (u64, u64)) -> Value {
+        let (mut rate_in, mut rate_out) = (0.0, 0.0);
+        if let Some((Some((t0, (i0, o0))), (t1, (i1, o1)))) = crate::sync::lock(&self.exchanges)
+            .get(&(vhost.to_owned(), name.to_owned()))
+            .copied()
+        {
+            let secs = t1.duration_since(t0).as_secs_f64();
+            if secs > 0.0 {
+                rate_in = i1.saturating_sub(i0) as f64 / secs;
+                rate_out = o1.saturating_sub(o0) as f64 / secs;
+            }
+        }
+        json!({
+            "publish_in": n.0,
+            "publish_in_details": { "rate": round(rate_in) },
+            "publish_out": n.1,
+            "publish_out_details": { "rate": round(rate_out) },
+        })
     }
 }
 

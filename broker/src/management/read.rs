@@ -3,6 +3,7 @@
 //! are left out unless it sees all (`monitoring`, `administrator`). Message rates and per-object
 //! message stats are not served yet (`message_stats` is empty).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -74,8 +75,15 @@ fn queue_json(api: &Api, vhost: &str, q: &Queue) -> Value {
     })
 }
 
-fn exchange_json(vhost: &str, x: &Exchange) -> Value {
+fn exchange_json(
+    api: &Api,
+    vhost: &str,
+    x: &Exchange,
+    stats: &HashMap<String, (u64, u64)>,
+) -> Value {
+    let n = stats.get(x.name.as_str()).copied().unwrap_or_default();
     json!({
+        "message_stats": api.rates.exchange_stats_json(vhost, x.name.as_str(), n),
         "name": x.name.as_str(),
         "vhost": vhost,
         "type": x.kind.as_str(),
@@ -88,8 +96,10 @@ fn exchange_json(vhost: &str, x: &Exchange) -> Value {
 }
 
 /// The default exchange, which RabbitMQ lists with an empty name (and finds as `amq.default`).
-fn default_exchange_json(vhost: &str) -> Value {
+fn default_exchange_json(api: &Api, vhost: &str, stats: &HashMap<String, (u64, u64)>) -> Value {
+    let n = stats.get("").copied().unwrap_or_default();
     json!({
+        "message_stats": api.rates.exchange_stats_json(vhost, "", n),
         "name": "",
         "vhost": vhost,
         "type": "direct",
@@ -341,12 +351,17 @@ pub(crate) async fn queue(
     Ok(Json(queue_json(&api, &v.name, &q)))
 }
 
-fn exchanges_of(vhosts: &[Arc<VHost>]) -> Vec<Value> {
+fn exchanges_of(api: &Api, vhosts: &[Arc<VHost>]) -> Vec<Value> {
     vhosts
         .iter()
         .flat_map(|v| {
-            std::iter::once(default_exchange_json(&v.name))
-                .chain(v.exchange_list().iter().map(|x| exchange_json(&v.name, x)))
+            let stats = api.broker.exchange_stats(&v.name);
+            std::iter::once(default_exchange_json(api, &v.name, &stats))
+                .chain(
+                    v.exchange_list()
+                        .iter()
+                        .map(|x| exchange_json(api, &v.name, x, &stats)),
+                )
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -358,7 +373,7 @@ pub(crate) async fn exchanges(
     caller: Caller,
     Query(q): Query<page::Query>,
 ) -> Result<Json<Value>, ApiError> {
-    page::respond(exchanges_of(&visible(&api, &caller)), &q).map(Json)
+    page::respond(exchanges_of(&api, &visible(&api, &caller)), &q).map(Json)
 }
 
 /// `GET /api/exchanges/{vhost}`.
@@ -369,7 +384,7 @@ pub(crate) async fn exchanges_in(
     Query(q): Query<page::Query>,
 ) -> Result<Json<Value>, ApiError> {
     let v = visible_vhost(&api, &caller, &vhost)?;
-    page::respond(exchanges_of(&[v]), &q).map(Json)
+    page::respond(exchanges_of(&api, &[v]), &q).map(Json)
 }
 
 /// `GET /api/exchanges/{vhost}/{name}` (`amq.default` is the default exchange).
@@ -380,10 +395,19 @@ pub(crate) async fn exchange(
 ) -> Result<Json<Value>, ApiError> {
     let v = visible_vhost(&api, &caller, &vhost)?;
     if name == "amq.default" {
-        return Ok(Json(default_exchange_json(&v.name)));
+        return Ok(Json(default_exchange_json(
+            &api,
+            &v.name,
+            &api.broker.exchange_stats(&v.name),
+        )));
     }
     let x = v.find_exchange(&name).ok_or_else(ApiError::not_found)?;
-    Ok(Json(exchange_json(&v.name, &x)))
+    Ok(Json(exchange_json(
+        &api,
+        &v.name,
+        &x,
+        &api.broker.exchange_stats(&v.name),
+    )))
 }
 
 /// Listings of features Warren does not have (`extensions`, `feature-flags`, `federation-links`):
