@@ -27,34 +27,12 @@ use serde_json::{json, Map, Value};
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::write::object;
+use super::write::{allowed, object, vhost_of};
 use super::Api;
 use crate::auth::Access;
 use crate::definitions::{field_table, table_json};
 use crate::message::{encode_properties, expiration_ms, Message};
 use crate::store::log::Durability;
-
-fn permitted(
-    api: &Api,
-    caller: &Caller,
-    vhost: &str,
-    access: Access,
-    name: &str,
-) -> Result<(), ApiError> {
-    let ok = api
-        .broker
-        .auth()
-        .permission(&caller.name, vhost)
-        .is_some_and(|p| p.allows(access, name));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized_as(
-            "not_authorised",
-            "Access refused.",
-        ))
-    }
-}
 
 fn short(key: &str, v: &Value) -> Result<ShortString, ApiError> {
     let s = match v {
@@ -176,10 +154,7 @@ pub(crate) async fn publish(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let body = object(&body)?;
-    let v = api
-        .broker
-        .vhost(&vhost)
-        .ok_or_else(|| ApiError::not_found_as("not_found", "vhost_not_found"))?;
+    let v = vhost_of(&api, &vhost)?;
     let exchange = if exchange == "amq.default" {
         String::new()
     } else {
@@ -188,7 +163,7 @@ pub(crate) async fn publish(
     if !exchange.is_empty() && v.find_exchange(&exchange).is_none() {
         return Err(ApiError::not_found());
     }
-    permitted(&api, &caller, &v.name, Access::Write, &exchange)?;
+    allowed(&api, &caller, &v.name, Access::Write, &exchange)?;
     let routing_key = match body.get("routing_key") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -289,11 +264,8 @@ pub(crate) async fn get(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let body = object(&body)?;
-    let v = api
-        .broker
-        .vhost(&vhost)
-        .ok_or_else(|| ApiError::not_found_as("not_found", "vhost_not_found"))?;
-    permitted(&api, &caller, &v.name, Access::Read, &queue)?;
+    let v = vhost_of(&api, &vhost)?;
+    allowed(&api, &caller, &v.name, Access::Read, &queue)?;
     let q = v.queue(&queue, 0).map_err(|e| match e.reply_code() {
         404 => ApiError::not_found(),
         _ => ApiError::bad_request(e.detail()),

@@ -38,14 +38,14 @@ fn refused(e: &AmqpError) -> ApiError {
 }
 
 /// The vhost `name`, or 404 `vhost_not_found` (RabbitMQ's answer to a declare in a missing vhost).
-fn vhost_of(api: &Api, name: &str) -> Result<Arc<VHost>, ApiError> {
+pub(super) fn vhost_of(api: &Api, name: &str) -> Result<Arc<VHost>, ApiError> {
     api.broker
         .vhost(name)
         .ok_or_else(|| ApiError::not_found_as("not_found", "vhost_not_found"))
 }
 
 /// Whether the caller's permissions in `vhost` allow `access` to `resource`.
-fn allowed(
+pub(super) fn allowed(
     api: &Api,
     caller: &Caller,
     vhost: &str,
