@@ -65,6 +65,21 @@ pub enum Command {
         #[arg(default_value = "127.0.0.1:5672")]
         address: String,
     },
+    /// Tools for plugin authors.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `warren plugin …`: tools for plugin authors, run without a broker.
+#[derive(Debug, clap::Subcommand)]
+pub enum PluginCommand {
+    /// Loads FILE as the broker would and reports its kind, name, version, WIT package and world,
+    /// exports and imports, size and compile time; exits 0 when the broker would load it, 1 with the
+    /// broker's reason when it would refuse it.
+    Check {
+        /// The plugin file (a WebAssembly component).
+        file: PathBuf,
+    },
 }
 
 impl Cli {

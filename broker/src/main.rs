@@ -75,6 +75,22 @@ fn companion(command: Command) -> ExitCode {
             println!("{}", warren::companions::hash_password(&password));
             ExitCode::SUCCESS
         }
+        Command::Plugin(warren::cli::PluginCommand::Check { file }) => {
+            match warren::plugin::check::check(&file) {
+                Ok(report) => {
+                    print!("{}", report.text);
+                    if report.accepted {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(why) => {
+                    eprintln!("warren plugin check: {why}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Ping { address } => match warren::companions::ping(&address) {
             Ok(()) => {
                 println!("ok: {address} answered connection.start");

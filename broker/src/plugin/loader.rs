@@ -203,7 +203,10 @@ impl CompileCache {
 
 /// `bytes` (content hash `hash`) as a compiled component: from `cache` when it holds it, else compiled
 /// (and written to `cache`).
-fn compile(
+///
+/// # Errors
+/// Not a valid WebAssembly component (truncated, or a core module).
+pub(crate) fn compile(
     runtime: &Runtime,
     bytes: &[u8],
     hash: &str,
@@ -322,6 +325,19 @@ fn describe(runtime: &Runtime, file: &Path, pre: &Pre) -> anyhow::Result<PluginI
     runtime.arm(&mut store);
     pre.describe(&mut store)
         .map_err(|e| anyhow::anyhow!("{}", Fault::from_error(&e)))
+}
+
+/// The names a component exports and imports (`warren plugin check`).
+pub(crate) fn interface(runtime: &Runtime, component: &Component) -> (Vec<String>, Vec<String>) {
+    let ty = component.component_type();
+    (
+        ty.exports(&runtime.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect(),
+        ty.imports(&runtime.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect(),
+    )
 }
 
 /// What a component exports and imports, for a refusal: "it exports [...] and imports [...]".

@@ -16,6 +16,7 @@
 //! This module knows nothing of AMQP sessions: no channel, connection or vhost types.
 
 pub mod bindings;
+pub mod check;
 pub mod engine;
 pub mod entity;
 pub mod health;

@@ -32,7 +32,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn binary() -> PathBuf {
+/// The broker binary: `WARREN_BIN`, else `target/debug/warren`.
+pub fn binary() -> PathBuf {
     let bin = std::env::var("WARREN_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
