@@ -121,7 +121,17 @@ def test_rabbitmqadmin_against_warren_and_rabbitmq(rabbit, tmp_path):
                                                                   pika.PlainCredentials("guest", "guest")))
             c.channel().basic_consume("cq", lambda *a: None)
             conns.append(c)
-        time.sleep(6)  # RabbitMQ's connection and channel stats are emitted every 5 s
+        # RabbitMQ lists connections, channels and consumers once its stats are emitted (every 5 s).
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            ready = [json.loads(urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{rabbit.mgmt_port}/api/{what}",
+                headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="})).read()) for what in
+                ["connections", "channels", "consumers"]]
+            if all(ready):
+                break
+            time.sleep(0.5)
+        assert all(ready), "RabbitMQ never listed the connection, channel and consumer"
         for what in ["queues", "exchanges", "bindings", "users", "vhosts", "permissions", "connections",
                      "channels", "consumers", "nodes", "policies"]:
             assert header(warren.mgmt_port, "list", what) == header(rabbit.mgmt_port, "list", what), what
