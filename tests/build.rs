@@ -20,6 +20,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("OTHER_WORLD", "other_world"),
     ("TRAP_ON_LOAD", "trap_on_load"),
     ("V0_1_EXCHANGE", "v0_1_exchange"),
+    ("DISAGREE", "disagree"),
 ];
 
 fn main() {

@@ -80,6 +80,27 @@ pub enum PluginCommand {
         /// The plugin file (a WebAssembly component).
         file: PathBuf,
     },
+    /// Runs FILE in-process on the plugin host with the given arguments, bindings and messages and
+    /// prints each decision; for an exchange that routes on the routing key, also runs the batch
+    /// path (`route-keys`) and fails when it disagrees with `route`. Exits 0 when everything
+    /// passed, 1 otherwise.
+    Test {
+        /// The plugin file (a WebAssembly component).
+        file: PathBuf,
+        /// Declare arguments (exchange) or configuration (`x-filter-args`, `x-idempotency-args`),
+        /// a JSON object.
+        #[arg(long, default_value = "{}")]
+        arguments: String,
+        /// A binding key (ids 0, 1, … in order); repeat for several.
+        #[arg(long = "binding")]
+        bindings: Vec<String>,
+        /// A message: `ROUTING_KEY`, or `ROUTING_KEY=BODY` (split at the first `=`); repeat.
+        #[arg(long = "message")]
+        messages: Vec<String>,
+        /// A header every message carries, `NAME=VALUE`; repeat.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+    },
 }
 
 impl Cli {

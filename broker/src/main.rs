@@ -91,6 +91,45 @@ fn companion(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Plugin(warren::cli::PluginCommand::Test {
+            file,
+            arguments,
+            bindings,
+            messages,
+            headers,
+        }) => {
+            let arguments = match serde_json::from_str::<serde_json::Value>(&arguments) {
+                Ok(serde_json::Value::Object(o)) => o,
+                _ => {
+                    eprintln!("warren plugin test: --arguments must be a JSON object");
+                    return ExitCode::from(2);
+                }
+            };
+            let split = |s: &String| match s.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (s.clone(), String::new()),
+            };
+            let trial = warren::plugin::trial::Trial {
+                arguments,
+                bindings,
+                messages: messages.iter().map(split).collect(),
+                headers: headers.iter().map(split).collect(),
+            };
+            match warren::plugin::trial::run(&file, &trial) {
+                Ok(outcome) => {
+                    print!("{}", outcome.text);
+                    if outcome.passed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(why) => {
+                    eprintln!("warren plugin test: {why}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Ping { address } => match warren::companions::ping(&address) {
             Ok(()) => {
                 println!("ok: {address} answered connection.start");

@@ -24,6 +24,7 @@ pub mod instance;
 pub mod loader;
 pub mod output;
 pub mod registry;
+pub mod trial;
 pub mod watcher;
 pub mod worlds;
 

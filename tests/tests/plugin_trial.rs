@@ -1,0 +1,165 @@
+//! `warren plugin test FILE.wasm` on real components (the real binary, the fixtures of `plugins/`):
+//! each kind's decisions printed with exact lines, the batch path checked for routing-key exchanges,
+//! and `x-disagree` (a fixture whose `route-keys` answers differently from `route`) caught with exit 1.
+
+mod common;
+
+use std::process::Command;
+
+use common::process::binary;
+use warren_tests::plugins;
+
+/// (exit code, standard output, standard error) of `warren plugin test FILE ARGS…`.
+fn trial(file: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .args(["plugin", "test", file])
+        .args(args)
+        .output()
+        .expect("run warren plugin test");
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8(out.stdout).expect("utf-8"),
+        String::from_utf8(out.stderr).expect("utf-8"),
+    )
+}
+
+#[test]
+fn an_exchange_plugin_routes_and_its_batch_path_agrees() {
+    let (code, out, err) = trial(
+        plugins::V0_1_EXCHANGE,
+        &[
+            "--binding",
+            "a",
+            "--binding",
+            "b",
+            "--message",
+            "a",
+            "--message",
+            "c",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "exchange plugin 'x-v01-direct' 0.1.0 (warren:plugin@0.1.0)\n\
+         init: ok, routes on the routing key\n\
+         binding 0 'a': added\n\
+         binding 1 'b': added\n\
+         message 0 'a': route -> 0 'a'\n\
+         message 1 'c': route -> no binding\n\
+         route-keys: not in this package (one call per message)\n"
+    );
+    // A 0.2.0 plugin: every message's key through route-keys too.
+    let (code, out, err) = trial(
+        plugins::X_CONSISTENT_HASH,
+        &[
+            "--binding",
+            "1",
+            "--binding",
+            "1",
+            "--message",
+            "k1",
+            "--message",
+            "k2",
+            "--message",
+            "k1",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("exchange plugin 'x-consistent-hash' 0.1.0 (warren:plugin@0.2.0)\n"));
+    assert!(
+        out.ends_with("route-keys over the 3 keys: agrees with route\n"),
+        "{out}"
+    );
+    assert_eq!(out.matches(": route -> ").count(), 3, "{out}");
+}
+
+#[test]
+fn a_route_keys_that_disagrees_with_route_is_caught() {
+    let (code, out, err) = trial(
+        plugins::DISAGREE,
+        &[
+            "--binding",
+            "a",
+            "--binding",
+            "b",
+            "--message",
+            "a",
+            "--message",
+            "zzz",
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        out,
+        "exchange plugin 'x-disagree' 0.1.0 (warren:plugin@0.2.0)\n\
+         init: ok, routes on the routing key\n\
+         binding 0 'a': added\n\
+         binding 1 'b': added\n\
+         message 0 'a': route -> 0 'a'\n\
+         message 1 'zzz': route -> no binding\n\
+         message 0 'a': route-keys -> 1 'b', but route -> 0 'a'\n\
+         message 1 'zzz': route-keys -> 0 'a', 1 'b', but route -> no binding\n\
+         route-keys disagrees with route: the broker would route these messages differently in batches\n"
+    );
+}
+
+#[test]
+fn filters_and_idempotency_plugins_print_their_decisions() {
+    let (code, out, err) = trial(
+        plugins::MATCH_FILTER,
+        &[
+            "--arguments",
+            r#"{"headers": {"color": "red"}}"#,
+            "--header",
+            "color=red",
+            "--message",
+            "m",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "filter plugin 'match' 0.1.0 (warren:plugin@0.2.0)\ninit: ok\nmessage 0 'm': deliver\n"
+    );
+    let (code, out, _) = trial(plugins::MATCH_FILTER, &["--message", "m"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.ends_with(
+            "init: refused: x-filter-args needs a non-empty 'headers' or 'properties' table\n"
+        ),
+        "{out}"
+    );
+    let (code, out, err) = trial(
+        plugins::IDEMPOTENCY_KEY,
+        &[
+            "--arguments",
+            r#"{"header": "k"}"#,
+            "--header",
+            "k=abc",
+            "--message",
+            "m",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "idempotency plugin 'idempotency-key' 0.1.0 (warren:plugin@0.2.0)\ninit: ok\nmessage 0 'm': key 'abc'\n"
+    );
+}
+
+#[test]
+fn a_file_the_broker_refuses_is_refused_here() {
+    let (code, out, err) = trial(plugins::OTHER_WORLD, &["--message", "a"]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(
+        err.starts_with("warren plugin test: refused: targets no world this broker accepts"),
+        "{err}"
+    );
+    let (code, _, err) = trial(plugins::X_RANDOM, &["--arguments", "[1]"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "warren plugin test: --arguments must be a JSON object\n"
+    );
+}
