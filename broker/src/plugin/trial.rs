@@ -22,7 +22,7 @@ use bytes::Bytes;
 
 use super::bindings::{Binding, Decision, RoutesOn};
 use super::engine::{table_body, Limits};
-use super::instance::Instance;
+use super::instance::{Configurable, Instance};
 use super::loader::{self, CompileCache, Kind};
 use super::worlds::{ExchangeWorld, FilterWorld, IdempotencyWorld};
 use super::PluginHost;
@@ -291,6 +291,30 @@ fn exchange(
     }
 }
 
+/// A filter's or idempotency plugin's instance initialised with `config`, the outcome of `init`
+/// written to `text`; `None` when it refused or faulted.
+fn configured<W: Configurable>(
+    host: &Arc<PluginHost>,
+    slot: &Arc<super::Slot>,
+    config: &Vec<u8>,
+    text: &mut String,
+) -> Option<Instance<W>> {
+    match Instance::<W>::configured(host, slot, config) {
+        Ok(Ok(i)) => {
+            let _ = writeln!(text, "init: ok");
+            Some(i)
+        }
+        Ok(Err(reason)) => {
+            let _ = writeln!(text, "init: refused: {reason}");
+            None
+        }
+        Err(f) => {
+            let _ = writeln!(text, "init: fault: {f}");
+            None
+        }
+    }
+}
+
 fn filter(
     host: &Arc<PluginHost>,
     slot: &Arc<super::Slot>,
@@ -299,18 +323,9 @@ fn filter(
     messages: &[Arc<Message>],
     text: &mut String,
 ) -> bool {
-    let mut instance = match Instance::<FilterWorld>::configured(host, slot, config) {
-        Ok(Ok(i)) => i,
-        Ok(Err(reason)) => {
-            let _ = writeln!(text, "init: refused: {reason}");
-            return false;
-        }
-        Err(f) => {
-            let _ = writeln!(text, "init: fault: {f}");
-            return false;
-        }
+    let Some(mut instance) = configured::<FilterWorld>(host, slot, config, text) else {
+        return false;
     };
-    let _ = writeln!(text, "init: ok");
     let mut passed = true;
     for (n, m) in messages.iter().enumerate() {
         match instance.filter(m) {
@@ -339,18 +354,9 @@ fn idempotency(
     messages: &[Arc<Message>],
     text: &mut String,
 ) -> bool {
-    let mut instance = match Instance::<IdempotencyWorld>::configured(host, slot, config) {
-        Ok(Ok(i)) => i,
-        Ok(Err(reason)) => {
-            let _ = writeln!(text, "init: refused: {reason}");
-            return false;
-        }
-        Err(f) => {
-            let _ = writeln!(text, "init: fault: {f}");
-            return false;
-        }
+    let Some(mut instance) = configured::<IdempotencyWorld>(host, slot, config, text) else {
+        return false;
     };
-    let _ = writeln!(text, "init: ok");
     let mut passed = true;
     for (n, m) in messages.iter().enumerate() {
         match instance.key(m) {
