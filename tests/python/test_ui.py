@@ -68,7 +68,7 @@ def test_every_page_and_the_round_trips(browser_page, tmp_path):
         for name in PAGES:
             page.goto(base + "#/" + name)
             page.wait_for_selector(f"nav a.active[href='#/{name}']")
-            page.wait_for_selector("main h1")
+            page.wait_for_selector(f"main h1:has-text('{name.capitalize()}')")
         assert errors == [], errors
         # A queue declared in the UI exists over AMQP.
         page.goto(base + "#/queues")
@@ -83,8 +83,11 @@ def test_every_page_and_the_round_trips(browser_page, tmp_path):
         page.wait_for_selector("#messages td:has-text('from-amqp')")
         # A plugin's counters move after traffic.
         def calls():
+            # Through another page, each rendered before the next, so the row read is a fresh one.
             page.goto(base + "#/overview")
+            page.wait_for_selector("main h1:has-text('Overview')")
             page.goto(base + "#/plugins")
+            page.wait_for_selector("main h1:has-text('Plugins')")
             row = page.wait_for_selector("tr:has(td:text-is('x-consistent-hash'))")
             cells = row.query_selector_all("td")
             return int(cells[5].inner_text())
