@@ -23,12 +23,14 @@ fn text(v: Option<&AMQPValue>) -> Option<&[u8]> {
 /// The copy of `message` that `queue` republishes to `dlx` for `reason`: an `x-death` entry for
 /// (queue, reason) is added or its count incremented and moved first; `x-first-death-*` are set once,
 /// `x-last-death-*` every time; `expiration` is removed (kept as `original-expiration`). With a
-/// dead-letter routing key the message carries that key and loses its `CC` header.
+/// dead-letter routing key (the queue's, read by the caller) the message carries that key and loses its
+/// `CC` header.
 pub(crate) fn dead_lettered(
     message: &Message,
     queue: &Queue,
     reason: DeadLetterReason,
     dlx: &ShortString,
+    dead_letter_routing_key: Option<&ShortString>,
 ) -> Message {
     let mut headers: BTreeMap<ShortString, AMQPValue> = message
         .properties
@@ -105,7 +107,7 @@ pub(crate) fn dead_lettered(
         "x-last-death-exchange".into(),
         long_str(message.exchange.as_str()),
     );
-    let routing_key = match &queue.args().dead_letter_routing_key {
+    let routing_key = match dead_letter_routing_key {
         Some(key) => {
             headers.remove("CC");
             key.clone()
@@ -234,6 +236,7 @@ mod tests {
             &queue("q1", None),
             DeadLetterReason::Expired,
             &dlx,
+            None,
         );
         assert_eq!(dead.exchange.as_str(), "dlx");
         assert_eq!(
@@ -273,8 +276,8 @@ mod tests {
     fn a_repeated_queue_and_reason_counts_up_and_moves_first() {
         let dlx = ShortString::from("dlx");
         let (q1, q2) = (queue("q1", None), queue("q2", None));
-        let once = dead_lettered(&published(), &q1, DeadLetterReason::Expired, &dlx);
-        let twice = dead_lettered(&once, &q2, DeadLetterReason::Rejected, &dlx);
+        let once = dead_lettered(&published(), &q1, DeadLetterReason::Expired, &dlx, None);
+        let twice = dead_lettered(&once, &q2, DeadLetterReason::Rejected, &dlx, None);
         let order: Vec<(String, String)> = deaths(&twice)
             .iter()
             .map(|e| (s(field(e, "queue")), s(field(e, "reason"))))
@@ -287,7 +290,7 @@ mod tests {
             ],
             "newest first"
         );
-        let thrice = dead_lettered(&twice, &q1, DeadLetterReason::Expired, &dlx);
+        let thrice = dead_lettered(&twice, &q1, DeadLetterReason::Expired, &dlx, None);
         let d = deaths(&thrice);
         assert_eq!(d.len(), 2, "no new entry for a known {{queue, reason}}");
         assert_eq!(s(field(&d[0], "queue")), "q1");
@@ -298,18 +301,20 @@ mod tests {
         assert_eq!(s(field(&h, "x-first-death-reason")), "expired");
         assert_eq!(s(field(&h, "x-last-death-queue")), "q1");
         // A different reason for the same queue is another entry.
-        let other = dead_lettered(&thrice, &q1, DeadLetterReason::MaxLen, &dlx);
+        let other = dead_lettered(&thrice, &q1, DeadLetterReason::MaxLen, &dlx, None);
         assert_eq!(deaths(&other).len(), 3);
     }
 
     #[test]
     fn a_dead_letter_routing_key_replaces_the_key_and_drops_cc() {
         let dlx = ShortString::from("dlx");
+        let q = queue("q1", Some("dead"));
         let dead = dead_lettered(
             &published(),
-            &queue("q1", Some("dead")),
+            &q,
             DeadLetterReason::Rejected,
             &dlx,
+            q.args().dead_letter_routing_key.as_ref(),
         );
         assert_eq!(dead.routing_key.as_str(), "dead");
         assert!(!headers(&dead).contains_key("CC"));
@@ -326,14 +331,14 @@ mod tests {
         let (q1, q2) = (queue("q1", None), queue("q2", None));
         assert!(!is_cycle(&published(), "q1"), "no x-death: no cycle");
         // Expired in q1, then in q2: going back to q1 closes an expiry-only cycle (dropped).
-        let m = dead_lettered(&published(), &q1, DeadLetterReason::Expired, &dlx);
-        let m = dead_lettered(&m, &q2, DeadLetterReason::Expired, &dlx);
+        let m = dead_lettered(&published(), &q1, DeadLetterReason::Expired, &dlx, None);
+        let m = dead_lettered(&m, &q2, DeadLetterReason::Expired, &dlx, None);
         assert!(is_cycle(&m, "q1"));
         assert!(is_cycle(&m, "q2"));
         assert!(!is_cycle(&m, "q3"), "a queue it never left");
         // Rejected by a client in q2 after expiring in q1: a client took part, not a cycle.
-        let m = dead_lettered(&published(), &q1, DeadLetterReason::Expired, &dlx);
-        let m = dead_lettered(&m, &q2, DeadLetterReason::Rejected, &dlx);
+        let m = dead_lettered(&published(), &q1, DeadLetterReason::Expired, &dlx, None);
+        let m = dead_lettered(&m, &q2, DeadLetterReason::Rejected, &dlx, None);
         assert!(!is_cycle(&m, "q1"));
         assert!(!is_cycle(&m, "q2"), "its own entry is a rejection");
     }

@@ -142,14 +142,19 @@ impl VHost {
 
 impl QueueOwner for VHost {
     fn dead_letter(&self, queue: &Queue, letters: Vec<(MessageRef, DeadLetterReason)>) {
-        let Some(dlx) = &queue.args().dead_letter_exchange else {
+        // The queue's arguments once per batch: reading them takes the queue lock.
+        let args = queue.args();
+        let Some(dlx) = &args.dead_letter_exchange else {
             return;
         };
+        let dlrk = args.dead_letter_routing_key.as_ref();
         let mut queues = Vec::new();
         let mut scratch = Vec::new();
         for (message, reason) in letters {
-            let dead = Arc::new(dead_letter::dead_lettered(&message, queue, reason, dlx));
-            let cc = if queue.args().dead_letter_routing_key.is_some() {
+            let dead = Arc::new(dead_letter::dead_lettered(
+                &message, queue, reason, dlx, dlrk,
+            ));
+            let cc = if dlrk.is_some() {
                 Vec::new()
             } else {
                 header_strings(dead.properties.headers().as_ref(), "CC")
