@@ -89,6 +89,9 @@ impl Broker {
         let plugins = PluginHost::new(
             crate::plugin::Limits {
                 call_timeout: Duration::from_millis(config.plugin_call_timeout.max(1)),
+                instantiate_timeout: Duration::from_millis(
+                    config.plugin_instantiate_timeout.max(1),
+                ),
                 memory_bytes: usize::try_from(config.plugin_memory_limit).unwrap_or(usize::MAX),
                 memory_ceiling_bytes: usize::try_from(config.plugin_memory_ceiling)
                     .unwrap_or(usize::MAX),

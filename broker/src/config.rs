@@ -192,6 +192,9 @@ pub struct Config {
     /// Wall-clock budget of one plugin call, ms (default 100); a call past it is stopped and the
     /// plugin's failure policy applies.
     pub plugin_call_timeout: u64,
+    /// Wall-clock budget of instantiating a plugin (and of its `describe` when loaded), ms (default
+    /// 2000); past it the load is refused, or the instance counts as a fault.
+    pub plugin_instantiate_timeout: u64,
     /// Linear memory one plugin instance may use, octets (default 64 MiB).
     pub plugin_memory_limit: u64,
     /// How far a plugin's memory cap grows, octets (default 256 MiB): each time an instance breaches
@@ -274,6 +277,7 @@ impl Default for Config {
             data_dir: None,
             plugin_dir: None,
             plugin_call_timeout: 100,
+            plugin_instantiate_timeout: 2000,
             plugin_memory_limit: 64 << 20,
             plugin_memory_ceiling: 256 << 20,
             log: "info".into(),

@@ -39,6 +39,11 @@ pub struct Limits {
     /// Wall-clock budget of one call. Epoch deadlines are wall-clock, so keep it well above a healthy
     /// call's time on a busy machine (`../shared/DESIGN.md` §3: ≥ 100 ms held while the other core compiled).
     pub call_timeout: Duration,
+    /// Wall-clock budget of instantiating a plugin (its start function and data initialisation) and,
+    /// at load, of its `describe`. Larger than a call's: a freshly compiled component's first
+    /// instantiation touches all of its memory image (a componentize-py plugin: ~20–40 ms in a debug
+    /// build, well past 100 ms on a busy machine).
+    pub instantiate_timeout: Duration,
     /// Linear memory one instance may grow to, in octets (the cap a plugin starts with).
     pub memory_bytes: usize,
     /// How far a plugin's cap is raised after breaches (doubling each time), in octets.
@@ -49,6 +54,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             call_timeout: Duration::from_millis(100),
+            instantiate_timeout: Duration::from_millis(2000),
             memory_bytes: 64 << 20,
             memory_ceiling_bytes: 256 << 20,
         }
@@ -393,13 +399,22 @@ impl Runtime {
         self.arm_for(store, 1);
     }
 
+    /// Arms the deadline for instantiating a plugin in `store` ([`Limits::instantiate_timeout`]).
+    pub fn arm_instantiate(&self, store: &mut Store<StoreState>) {
+        self.arm_budget(store, self.limits.instantiate_timeout);
+    }
+
     /// Arms the deadline for a call that does the work of `calls` calls (a `route-keys` batch): the
     /// call timeout times `calls`.
     pub fn arm_for(&self, store: &mut Store<StoreState>, calls: u64) {
         let calls = u32::try_from(calls.max(1)).unwrap_or(u32::MAX);
+        self.arm_budget(store, self.limits.call_timeout.saturating_mul(calls));
+    }
+
+    fn arm_budget(&self, store: &mut Store<StoreState>, budget: Duration) {
         store.data_mut().deadline = Deadline {
             armed: Instant::now(),
-            budget: self.limits.call_timeout.saturating_mul(calls),
+            budget,
             yielded: false,
         };
         store.set_epoch_deadline(1);

@@ -146,7 +146,7 @@ impl<W: World> Instance<W> {
             &Origin::new(&slot.name, &version.file),
             slot.memory_cap(&runtime.limits),
         );
-        runtime.arm(&mut store);
+        runtime.arm_instantiate(&mut store);
         let bindings = W::instantiate(&version.loaded.pre, &mut store).map_err(|e| {
             let fault = Fault::from_error(&e);
             slot.record_fault(&fault, &version.loaded.version);

@@ -322,7 +322,7 @@ pub fn load(
 fn describe(runtime: &Runtime, file: &Path, pre: &Pre) -> anyhow::Result<PluginInfo> {
     // Its name is not known before `describe` answers: output while loading is tagged with the file.
     let mut store = runtime.store(&Origin::new("(loading)", file), runtime.limits.memory_bytes);
-    runtime.arm(&mut store);
+    runtime.arm_instantiate(&mut store);
     pre.describe(&mut store)
         .map_err(|e| anyhow::anyhow!("{}", Fault::from_error(&e)))
 }

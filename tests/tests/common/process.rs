@@ -110,7 +110,23 @@ impl Process {
     /// The broker with its data in `dir`, plugins from `plugins`, logging at info into the file `log`
     /// (without colours).
     pub fn start_logged(dir: &Path, plugins: &Path, log: &Path) -> Process {
+        Process::start_logged_with(dir, plugins, log, None)
+    }
+
+    /// [`Process::start_logged`] with, if given, a config file holding `config` (TOML).
+    pub fn start_logged_with(
+        dir: &Path,
+        plugins: &Path,
+        log: &Path,
+        config: Option<&str>,
+    ) -> Process {
         let (mut cmd, port, mgmt_port) = Process::command(dir, "info");
+        if let Some(text) = config {
+            std::fs::create_dir_all(dir).unwrap();
+            let path = dir.with_extension("toml");
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(path);
+        }
         let out = std::fs::File::create(log).expect("log file");
         cmd.arg("--plugin-dir")
             .arg(plugins)
