@@ -25,6 +25,25 @@ pub struct Binding {
     pub arguments: Table,
 }
 
+impl Binding {
+    /// A binding with no arguments (for a plugin's tests; the broker makes the real ones).
+    pub fn new(id: u32, destination: impl Into<String>, key: impl Into<String>) -> Binding {
+        Binding {
+            id,
+            destination: destination.into(),
+            key: key.into(),
+            arguments: Table::default(),
+        }
+    }
+
+    /// The binding with `arguments`.
+    #[must_use]
+    pub fn with_arguments(mut self, arguments: Table) -> Binding {
+        self.arguments = arguments;
+        self
+    }
+}
+
 /// What routing depends on; tells the broker whether it may cache routing decisions per routing key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RoutesOn {
@@ -53,6 +72,45 @@ impl std::fmt::Debug for Exchange {
 }
 
 impl Exchange {
+    /// An exchange with these declare `arguments` and `bindings`, for a plugin's tests: the routing
+    /// function can be called on it natively. The broker builds the real one from `init`,
+    /// `validate-binding` and `add-binding`; a test that wants those checks calls its own `init` and
+    /// `validate_binding` functions.
+    ///
+    /// ```
+    /// use warren_plugin_sdk::exchange::{Binding, Exchange};
+    /// use warren_plugin_sdk::{Message, Table};
+    ///
+    /// #[warren_plugin_sdk::exchange(name = "x-prefix")]
+    /// fn route(exchange: &Exchange, message: &Message) -> Vec<u32> {
+    ///     exchange
+    ///         .bindings()
+    ///         .iter()
+    ///         .filter(|b| message.routing_key().starts_with(b.key.as_str()))
+    ///         .map(|b| b.id)
+    ///         .collect()
+    /// }
+    ///
+    /// # fn main() {
+    /// let exchange = Exchange::new(
+    ///     Table::new(),
+    ///     vec![Binding::new(1, "eu", "orders.eu"), Binding::new(2, "all", "orders")],
+    /// );
+    /// assert_eq!(route(&exchange, &Message::builder("orders.eu.paid").build()), vec![1, 2]);
+    /// assert_eq!(route(&exchange, &Message::builder("orders.us").build()), vec![2]);
+    /// # }
+    /// ```
+    ///
+    /// (The plugin function sits at module level, as in a plugin crate: the macro's glue refers to
+    /// it from a module beside it.)
+    pub fn new(arguments: Table, bindings: Vec<Binding>) -> Exchange {
+        Exchange {
+            arguments,
+            bindings,
+            cache: OnceCell::new(),
+        }
+    }
+
     /// The arguments given in exchange.declare.
     pub fn arguments(&self) -> &Table {
         &self.arguments
@@ -77,6 +135,10 @@ impl Exchange {
 }
 
 /// What a routing function may return: binding ids.
+#[diagnostic::on_unimplemented(
+    message = "a routing function returns binding ids, `Vec<u32>` or `Option<u32>`, not `{Self}`",
+    label = "return `Vec<u32>` (every binding to route to) or `Option<u32>` (at most one)"
+)]
 pub trait IntoRoute {
     /// The binding ids.
     fn into_route(self) -> Vec<u32>;

@@ -25,6 +25,28 @@ impl From<bool> for Decision {
     }
 }
 
+/// What a filter function may return: a [`Decision`], or `bool` (deliver or skip).
+#[diagnostic::on_unimplemented(
+    message = "a filter function returns a `Decision` or a `bool`, not `{Self}`",
+    label = "return `Decision::Deliver`, `Decision::Skip` or `Decision::Reject` (or a bool: deliver or skip)"
+)]
+pub trait IntoDecision {
+    /// The decision.
+    fn into_decision(self) -> Decision;
+}
+
+impl IntoDecision for Decision {
+    fn into_decision(self) -> Decision {
+        self
+    }
+}
+
+impl IntoDecision for bool {
+    fn into_decision(self) -> Decision {
+        self.into()
+    }
+}
+
 /// The plugin's functions, filled in by `#[warren_plugin_sdk::filter]`.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug)]

@@ -4,6 +4,28 @@
 use crate::message::{Message, MessageSource};
 use crate::table::Table;
 
+/// What a key function may return: the key's octets, or none (the message is not deduplicated).
+#[diagnostic::on_unimplemented(
+    message = "an idempotency key function returns `Option<Vec<u8>>`, not `{Self}`",
+    label = "return `Some(key octets)`, or `None` for a message without a key"
+)]
+pub trait IntoKey {
+    /// The key.
+    fn into_key(self) -> Option<Vec<u8>>;
+}
+
+impl IntoKey for Option<Vec<u8>> {
+    fn into_key(self) -> Option<Vec<u8>> {
+        self
+    }
+}
+
+impl IntoKey for Option<String> {
+    fn into_key(self) -> Option<Vec<u8>> {
+        self.map(String::into_bytes)
+    }
+}
+
 /// The plugin's functions, filled in by `#[warren_plugin_sdk::idempotency]`.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug)]

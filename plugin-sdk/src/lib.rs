@@ -1,17 +1,23 @@
 //! # warren-plugin-sdk
 //!
-//! Write [Warren](https://example.invalid/warren) plugins — custom exchange types, consumer filters and
-//! idempotency keys — as one annotated Rust function, built to a WebAssembly component with
+//! Write plugins for Warren, an AMQP 0-9-1 message broker — custom exchange types, consumer filters
+//! and idempotency keys — as one annotated Rust function, built to a WebAssembly component with
 //! `cargo build --release --target wasm32-wasip2` and dropped into the broker's plugin directory.
-//! The contract is the WIT package `warren:plugin@0.2.0` (`wit/warren-plugin.wit`); this crate is
-//! the only dependency a plugin needs.
+//! The contract is the WIT package `warren:plugin@0.2.0` (`wit/warren-plugin.wit` in Warren's
+//! repository; this crate's macros carry a copy); this crate is the only dependency a plugin needs.
+//! `warren plugin new` scaffolds a plugin crate; the plugin guide is `docs/plugins.md` in Warren's
+//! repository.
+//!
+//! Each example below is also a test: the annotated function stays an ordinary Rust function, so a
+//! plugin crate's `cargo test` calls it natively on an [`exchange::Exchange::new`] and a
+//! [`Message::builder`] message — no broker and no WebAssembly needed.
 //!
 //! ## An exchange type
 //! The function receives the exchange (declare arguments and bindings, kept inside the plugin
 //! instance) and the message, and returns the ids of the bindings to route to.
 //!
-//! ```no_run
-//! use warren_plugin_sdk::exchange::{Exchange, RoutesOn};
+//! ```
+//! use warren_plugin_sdk::exchange::{Binding, Exchange, RoutesOn};
 //! use warren_plugin_sdk::{Message, Table};
 //!
 //! fn init(_arguments: &Table) -> Result<RoutesOn, String> {
@@ -28,13 +34,18 @@
 //!         .map(|b| b.id)
 //!         .collect()
 //! }
-//! # fn main() {}
+//!
+//! # fn main() {
+//! let exchange = Exchange::new(Table::new(), vec![Binding::new(7, "q-ab", "ab")]);
+//! assert_eq!(route(&exchange, &Message::builder("abc").build()), vec![7]);
+//! assert!(route(&exchange, &Message::builder("b").build()).is_empty());
+//! # }
 //! ```
 //!
 //! ## A consumer filter
 //! Attached with `basic.consume` arguments `x-filter = "<name>"` and `x-filter-args = {…}`.
 //!
-//! ```no_run
+//! ```
 //! use warren_plugin_sdk::filter::Decision;
 //! use warren_plugin_sdk::{Message, Table};
 //!
@@ -45,20 +56,29 @@
 //!         _ => Decision::Skip,
 //!     }
 //! }
-//! # fn main() {}
+//!
+//! # fn main() {
+//! let json = Message::builder("k").property("content-type", "application/json").build();
+//! assert_eq!(filter(&Table::new(), &json), Decision::Deliver);
+//! assert_eq!(filter(&Table::new(), &Message::builder("k").build()), Decision::Skip);
+//! # }
 //! ```
 //!
 //! ## An idempotency key
 //! Attached with the queue argument `x-idempotency = "<name>"`; the broker remembers acked keys.
 //!
-//! ```no_run
+//! ```
 //! use warren_plugin_sdk::{Message, Table};
 //!
 //! #[warren_plugin_sdk::idempotency(name = "by-message-id")]
 //! fn key(_config: &Table, message: &Message) -> Option<Vec<u8>> {
 //!     message.property_str("message-id").map(String::into_bytes)
 //! }
-//! # fn main() {}
+//!
+//! # fn main() {
+//! let m = Message::builder("k").property("message-id", "m-1").build();
+//! assert_eq!(key(&Table::new(), &m), Some(b"m-1".to_vec()));
+//! # }
 //! ```
 //!
 //! Plugins run sandboxed: no files, network or environment; a per-call CPU deadline and a memory cap.
@@ -74,7 +94,7 @@ pub mod idempotency;
 mod message;
 pub mod table;
 
-pub use message::Message;
+pub use message::{Message, MessageBuilder};
 pub use table::{Table, Value};
 pub use warren_plugin_sdk_macros::{exchange, filter, idempotency};
 

@@ -45,10 +45,80 @@ impl Value {
     }
 }
 
+impl From<&str> for Value {
+    /// A string value (`S`).
+    fn from(s: &str) -> Self {
+        Value::Text(s.to_owned())
+    }
+}
+
+impl From<String> for Value {
+    /// A string value (`S`).
+    fn from(s: String) -> Self {
+        Value::Text(s)
+    }
+}
+
+impl From<i64> for Value {
+    /// An integer value (`l`).
+    fn from(n: i64) -> Self {
+        Value::Integer(n)
+    }
+}
+
+impl From<i32> for Value {
+    /// An integer value (`I`).
+    fn from(n: i32) -> Self {
+        Value::Integer(n.into())
+    }
+}
+
+impl From<bool> for Value {
+    /// A boolean value (`t`).
+    fn from(b: bool) -> Self {
+        Value::Boolean(b)
+    }
+}
+
+impl From<f64> for Value {
+    /// A floating-point value (`d`).
+    fn from(n: f64) -> Self {
+        Value::Float(n)
+    }
+}
+
+impl From<Table> for Value {
+    /// A nested table (`F`).
+    fn from(t: Table) -> Self {
+        Value::Table(t)
+    }
+}
+
 /// A decoded field table: entries in wire order (duplicate keys kept; [`Table::get`] finds the first).
+///
+/// The broker hands plugins decoded tables; a plugin's tests build their own:
+///
+/// ```
+/// use warren_plugin_sdk::{Table, Value};
+///
+/// let args = Table::new().with("x-hash-on", "header").with("weight", 3);
+/// assert_eq!(args.get("x-hash-on").and_then(Value::as_str), Some("header"));
+/// assert_eq!(args.get("weight").and_then(Value::as_i64), Some(3));
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Table {
     entries: Vec<(String, Value)>,
+}
+
+impl<K: Into<String>, V: Into<Value>> FromIterator<(K, V)> for Table {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Table {
+            entries: iter
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
 }
 
 /// Why a wire-encoded table could not be read.
@@ -78,6 +148,27 @@ impl Table {
             entries.push((key, value));
         }
         Ok(Table { entries })
+    }
+
+    /// An empty table.
+    pub fn new() -> Table {
+        Table::default()
+    }
+
+    /// The table with an entry added at the end (builder style, for tests).
+    #[must_use]
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Table {
+        self.insert(key, value);
+        self
+    }
+
+    /// Sets `key` to `value`: replaces the first entry of that name, or adds one at the end.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) {
+        let (key, value) = (key.into(), value.into());
+        match self.entries.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.entries.push((key, value)),
+        }
     }
 
     /// The first entry named `key`.

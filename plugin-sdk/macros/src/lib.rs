@@ -13,8 +13,10 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ItemFn, Lit, Meta, Path, Token};
 
-/// The WIT package the plugins target, embedded so the SDK works wherever it is built.
-const WIT: &str = include_str!("../../../wit/warren-plugin.wit");
+/// The WIT package the plugins target: the crate's own copy (`wit/` inside this crate, so the crate
+/// builds from a registry without Warren's repository), kept equal to the repository's
+/// `wit/warren-plugin.wit` by the test `wit_copy_equals_the_repository_package`.
+const WIT: &str = include_str!("../wit/warren-plugin.wit");
 
 /// The three plugin kinds.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,8 +50,10 @@ impl Kind {
             Kind::Exchange => {
                 "fn(exchange: &Exchange, message: &Message) -> Vec<u32> (or Option<u32>)"
             }
-            Kind::Filter => "fn(config: &Table, message: &Message) -> Decision",
-            Kind::Idempotency => "fn(config: &Table, message: &Message) -> Option<Vec<u8>>",
+            Kind::Filter => "fn(config: &Table, message: &Message) -> Decision (or bool)",
+            Kind::Idempotency => {
+                "fn(config: &Table, message: &Message) -> Option<Vec<u8>> (or Option<String>)"
+            }
         }
     }
 
@@ -243,6 +247,15 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
     let fn_name = &f.sig.ident;
     // Calls to the user's function carry its span, so a type mismatch points at the function.
     let call = quote_spanned!(f.sig.span()=> super::#fn_name);
+    // The conversion of its answer carries the return type's span: a wrong type is reported there.
+    let output = match &f.sig.output {
+        syn::ReturnType::Type(_, ty) => ty.span(),
+        syn::ReturnType::Default => f.sig.span(),
+    };
+    let into_route = quote_spanned!(output=> ::warren_plugin_sdk::exchange::IntoRoute::into_route);
+    let into_decision =
+        quote_spanned!(output=> ::warren_plugin_sdk::filter::IntoDecision::into_decision);
+    let into_key = quote_spanned!(output=> ::warren_plugin_sdk::idempotency::IntoKey::into_key);
     let (name, description) = (&args.name, &args.description);
     let common = common(kind);
     let glue = match kind {
@@ -264,7 +277,7 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
                 const __HOOKS: __Hooks = __Hooks {
                     init: #init,
                     validate_binding: #validate,
-                    route: |x, m| ::warren_plugin_sdk::exchange::IntoRoute::into_route(#call(x, m)),
+                    route: |x, m| #into_route(#call(x, m)),
                 };
 
                 impl __x::Guest for __Component {
@@ -302,7 +315,7 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
 
                 const __HOOKS: __Hooks = __Hooks {
                     init: #init,
-                    filter: |c, m| ::core::convert::Into::<__Decision>::into(#call(c, m)),
+                    filter: |c, m| #into_decision(#call(c, m)),
                 };
 
                 impl __f::Guest for __Component {
@@ -330,7 +343,7 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
 
                 const __HOOKS: __Hooks = __Hooks {
                     init: #init,
-                    key: |c, m| #call(c, m),
+                    key: |c, m| #into_key(#call(c, m)),
                 };
 
                 impl __i::Guest for __Component {
@@ -357,9 +370,30 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
 }
 
 fn run(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
-    expand(kind, attr.into(), item.into())
-        .unwrap_or_else(syn::Error::into_compile_error)
+    let item = TokenStream2::from(item);
+    expand(kind, attr.into(), item.clone())
+        .unwrap_or_else(|e| refused(&e, item))
         .into()
+}
+
+/// The output for a refused attribute or signature: the error, and the function unchanged (marked
+/// as possibly unused), so that the error is the only message — without the function, its imports
+/// would be reported unused and its callers unresolved.
+fn refused(error: &syn::Error, item: TokenStream2) -> TokenStream2 {
+    let error = error.to_compile_error();
+    match syn::parse2::<ItemFn>(item) {
+        Ok(mut f) => {
+            // An `async` function would add an error of its own (the message's elided lifetime).
+            f.sig.asyncness = None;
+            quote! {
+            #error
+            #[allow(dead_code)]
+            #f
+            }
+        }
+        // Not a function: rustc reports what is wrong with the item itself.
+        Err(_) => error,
+    }
 }
 
 /// Makes the function the routing logic of an exchange type.
@@ -402,6 +436,16 @@ mod tests {
             Ok(_) => panic!("expected a compile error"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn wit_copy_equals_the_repository_package() {
+        let repository = concat!(env!("CARGO_MANIFEST_DIR"), "/../../wit/warren-plugin.wit");
+        let text = std::fs::read_to_string(repository).expect("the repository's WIT package");
+        assert!(
+            text == WIT,
+            "plugin-sdk/macros/wit/warren-plugin.wit differs from wit/warren-plugin.wit: copy it over"
+        );
     }
 
     #[test]
