@@ -87,10 +87,15 @@ pub enum PluginCommand {
     Test {
         /// The plugin file (a WebAssembly component).
         file: PathBuf,
+        /// Arguments, bindings, messages (with headers and properties) and common headers from a
+        /// TOML file, or JSON when the name ends in `.json` (keys `arguments`, `bindings`,
+        /// `messages`, `headers`; see `docs/plugins.md`); the options below add to it.
+        #[arg(long)]
+        input: Option<PathBuf>,
         /// Declare arguments (exchange) or configuration (`x-filter-args`, `x-idempotency-args`),
         /// a JSON object.
-        #[arg(long, default_value = "{}")]
-        arguments: String,
+        #[arg(long)]
+        arguments: Option<String>,
         /// A binding key (ids 0, 1, … in order); repeat for several.
         #[arg(long = "binding")]
         bindings: Vec<String>,
@@ -100,6 +105,23 @@ pub enum PluginCommand {
         /// A header every message carries, `NAME=VALUE`; repeat.
         #[arg(long = "header")]
         headers: Vec<String>,
+    },
+    /// Creates a plugin crate in DIR (default: ./NAME): Cargo.toml with the SDK dependency and the
+    /// size-optimised release profile, src/lib.rs with a plugin function of the kind and tests that
+    /// run natively with `cargo test`, a README and a .gitignore.
+    New {
+        /// What the plugin is.
+        #[arg(long, value_enum, default_value = "exchange")]
+        kind: crate::plugin::Kind,
+        /// The plugin's name: the exchange type (starting with `x-`), or the filter's or idempotency
+        /// plugin's name clients give.
+        name: String,
+        /// Where to create the crate (must not exist, or be empty).
+        dir: Option<PathBuf>,
+        /// Take `warren-plugin-sdk` from this checkout (default: the SDK of the repository this
+        /// binary was built from when it is still there, else the registry release).
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
     },
 }
 

@@ -93,14 +93,27 @@ fn companion(command: Command) -> ExitCode {
         }
         Command::Plugin(warren::cli::PluginCommand::Test {
             file,
+            input,
             arguments,
             bindings,
             messages,
             headers,
         }) => {
-            let arguments = match serde_json::from_str::<serde_json::Value>(&arguments) {
-                Ok(serde_json::Value::Object(o)) => o,
-                _ => {
+            use warren::plugin::trial::{Trial, TrialBinding, TrialMessage, TrialParts};
+            let mut trial = match &input {
+                Some(path) => match Trial::from_file(path) {
+                    Ok(t) => t,
+                    Err(why) => {
+                        eprintln!("warren plugin test: {why}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Trial::default(),
+            };
+            let arguments = match arguments.as_deref().map(serde_json::from_str) {
+                None => serde_json::Map::new(),
+                Some(Ok(serde_json::Value::Object(o))) => o,
+                Some(_) => {
                     eprintln!("warren plugin test: --arguments must be a JSON object");
                     return ExitCode::from(2);
                 }
@@ -109,12 +122,28 @@ fn companion(command: Command) -> ExitCode {
                 Some((k, v)) => (k.to_owned(), v.to_owned()),
                 None => (s.clone(), String::new()),
             };
-            let trial = warren::plugin::trial::Trial {
+            trial.extend(Trial {
                 arguments,
-                bindings,
-                messages: messages.iter().map(split).collect(),
-                headers: headers.iter().map(split).collect(),
-            };
+                bindings: bindings.into_iter().map(TrialBinding::Key).collect(),
+                messages: messages
+                    .iter()
+                    .map(|m| {
+                        let (routing_key, body) = split(m);
+                        TrialMessage::Full(TrialParts {
+                            routing_key,
+                            body,
+                            ..TrialParts::default()
+                        })
+                    })
+                    .collect(),
+                headers: headers
+                    .iter()
+                    .map(|h| {
+                        let (k, v) = split(h);
+                        (k, serde_json::Value::String(v))
+                    })
+                    .collect(),
+            });
             match warren::plugin::trial::run(&file, &trial) {
                 Ok(outcome) => {
                     print!("{}", outcome.text);
@@ -127,6 +156,60 @@ fn companion(command: Command) -> ExitCode {
                 Err(why) => {
                     eprintln!("warren plugin test: {why}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Plugin(warren::cli::PluginCommand::New {
+            kind,
+            name,
+            dir,
+            sdk_path,
+        }) => {
+            use warren::plugin::scaffold::{create, Sdk};
+            let dir = dir.unwrap_or_else(|| std::path::PathBuf::from(&name));
+            let sdk = match sdk_path {
+                Some(p) => match p.canonicalize() {
+                    Ok(p) if p.join("Cargo.toml").is_file() => Sdk::Path(p),
+                    _ => {
+                        eprintln!(
+                            "warren plugin new: --sdk-path {}: no SDK crate there",
+                            p.display()
+                        );
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Sdk::default_for_this_build(),
+            };
+            match create(kind, &name, &dir, &sdk) {
+                Ok(created) => {
+                    println!(
+                        "created {kind} plugin '{name}' in {}: {}",
+                        created.dir.display(),
+                        created
+                            .files
+                            .iter()
+                            .map(|f| f.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    match &sdk {
+                        Sdk::Path(p) => println!("warren-plugin-sdk from {}", p.display()),
+                        Sdk::Registry => println!(
+                            "warren-plugin-sdk = \"0.1\" from the registry (no SDK checkout found; \
+                             give --sdk-path to use one)"
+                        ),
+                    }
+                    println!(
+                        "next: cd {} && cargo test && cargo build --release --target wasm32-wasip2 \
+                         && warren plugin check {}",
+                        created.dir.display(),
+                        created.wasm.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    eprintln!("warren plugin new: {why}");
+                    ExitCode::from(2)
                 }
             }
         }

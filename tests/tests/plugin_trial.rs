@@ -163,3 +163,75 @@ fn a_file_the_broker_refuses_is_refused_here() {
         "warren plugin test: --arguments must be a JSON object\n"
     );
 }
+
+/// Writes `text` to a scratch file named `name` and returns its path.
+fn input_file(name: &str, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("warren-trial-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).expect("write the input file");
+    path.to_str().expect("utf-8 path").to_owned()
+}
+
+#[test]
+fn inputs_come_from_a_toml_or_json_file_with_headers_and_properties() {
+    // TOML: a filter on a property and a header, per message; the command line adds a message.
+    let toml = input_file(
+        "match.toml",
+        r#"
+arguments = { properties = { type = "paid" }, headers = { region = "eu" } }
+headers = { region = "eu" }
+
+[[messages]]
+routing_key = "a"
+properties = { type = "paid", priority = 3 }
+
+[[messages]]
+routing_key = "b"
+properties = { type = "created" }
+
+[[messages]]
+routing_key = "c"
+headers = { region = "us" }
+properties = { type = "paid" }
+"#,
+    );
+    let (code, out, err) = trial(plugins::MATCH_FILTER, &["--input", &toml, "--message", "d"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "filter plugin 'match' 0.1.0 (warren:plugin@0.2.0)\ninit: ok\n\
+         message 0 'a': deliver\nmessage 1 'b': skip\nmessage 2 'c': skip\nmessage 3 'd': skip\n"
+    );
+    // JSON: bindings with arguments, and messages given as bare routing keys.
+    let json = input_file(
+        "hash.json",
+        r#"{"bindings": [{"key": "1"}, "1"], "messages": ["k1", "k2"]}"#,
+    );
+    let (code, out, err) = trial(plugins::X_CONSISTENT_HASH, &["--input", &json]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("binding 0 '1': added\nbinding 1 '1': added\n")
+            && out.ends_with("route-keys over the 2 keys: agrees with route\n"),
+        "{out}"
+    );
+    // Mistakes in the file are reported with where they are.
+    let typo = input_file("typo.toml", "mesages = []\n");
+    let (code, out, err) = trial(plugins::MATCH_FILTER, &["--input", &typo]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(
+        err.contains("unknown field `mesages`, expected one of `arguments`, `bindings`, `messages`, `headers`"),
+        "{err}"
+    );
+    let property = input_file(
+        "property.toml",
+        "messages = [{ routing_key = \"a\", properties = { colour = \"red\" } }]\n",
+    );
+    let (code, _, err) = trial(plugins::MATCH_FILTER, &["--input", &property]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "warren plugin test: message 0: unknown property 'colour'\n"
+    );
+    for f in [toml, json, typo, property] {
+        let _ = std::fs::remove_file(f);
+    }
+}

@@ -15,7 +15,7 @@ use super::output::Origin;
 use super::worlds::ACCEPTED;
 
 /// The kinds of plugin, one per world of the contract (every package version has the three).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// `exchange-plugin`: a custom exchange type.

@@ -11,6 +11,7 @@
 //! - `health`: fault accounting per entity (failure rate over its last calls, quarantine).
 //! - `output`: a plugin's stdout and stderr as log lines (tagged, rate-limited).
 //! - `watcher`: the plugin directory → reloads.
+//! - `check`, `trial`, `scaffold`: `warren plugin check`, `test` and `new` (tools for plugin authors).
 //! - `worlds`: every package version of the contract this host accepts (0.2.0, released 0.1.0).
 //!
 //! This module knows nothing of AMQP sessions: no channel, connection or vhost types.
@@ -24,6 +25,7 @@ pub mod instance;
 pub mod loader;
 pub mod output;
 pub mod registry;
+pub mod scaffold;
 pub mod trial;
 pub mod watcher;
 pub mod worlds;

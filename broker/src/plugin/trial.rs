@@ -1,6 +1,7 @@
 //! `warren plugin test FILE.wasm`: runs a plugin in-process on the real plugin host (no broker, no
 //! network) with declare arguments (or a filter's / idempotency plugin's configuration), bindings
-//! and messages given on the command line, and prints each decision:
+//! and messages given on the command line or in a TOML / JSON file ([`Trial`]), and prints each
+//! decision:
 //!
 //! - an exchange plugin: `init`, each binding through `validate-binding` / `add-binding`, then the
 //!   binding ids and keys `route` gives for each message; for a `routes-on = routing-key` plugin of
@@ -28,18 +29,172 @@ use super::worlds::{ExchangeWorld, FilterWorld, IdempotencyWorld};
 use super::PluginHost;
 use crate::message::{encode_properties, Message};
 
-/// What to run the plugin with.
-#[derive(Debug, Default)]
+/// A JSON object (field values as in a definitions file: strings, numbers, booleans, objects for
+/// tables, arrays).
+pub type Object = serde_json::Map<String, serde_json::Value>;
+
+/// What to run the plugin with: the command line's options, or a file (`--input`) in TOML or JSON
+/// with the same keys, e.g.
+///
+/// ```toml
+/// arguments = { "x-hash-on" = "header" }     # exchange.declare arguments, or x-filter-args / x-idempotency-args
+/// bindings = ["a", { key = "b", arguments = { weight = 2 } }]   # ids 0, 1, … in order
+/// headers = { tenant = "t1" }                # every message carries these
+/// [[messages]]
+/// routing_key = "orders.eu"
+/// body = '{"total": 12}'
+/// headers = { region = "eu" }
+/// properties = { content-type = "application/json", message-id = "m-1", priority = 5 }
+/// ```
+///
+/// A message may also be just its routing key (`messages = ["a", "b"]`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Trial {
     /// Declare arguments of the exchange, or the filter's / idempotency plugin's configuration
-    /// (`x-filter-args`, `x-idempotency-args`), as a JSON object.
-    pub arguments: serde_json::Map<String, serde_json::Value>,
-    /// Binding keys, in order (ids 0, 1, …; destinations `binding-0`, `binding-1`, …).
-    pub bindings: Vec<String>,
-    /// Messages: (routing key, body).
-    pub messages: Vec<(String, String)>,
-    /// Headers every message carries (string values).
-    pub headers: Vec<(String, String)>,
+    /// (`x-filter-args`, `x-idempotency-args`).
+    pub arguments: Object,
+    /// Bindings, in order (ids 0, 1, …; destinations `binding-0`, `binding-1`, …).
+    pub bindings: Vec<TrialBinding>,
+    /// The messages, in order.
+    pub messages: Vec<TrialMessage>,
+    /// Headers every message carries (a message's own headers of the same name win).
+    pub headers: Object,
+}
+
+/// A binding of [`Trial`]: a key, or a key with arguments.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum TrialBinding {
+    /// The binding key alone.
+    Key(String),
+    /// A binding key and its arguments.
+    Full {
+        /// The binding key.
+        key: String,
+        /// The binding's arguments.
+        #[serde(default)]
+        arguments: Object,
+    },
+}
+
+impl TrialBinding {
+    fn key(&self) -> &str {
+        match self {
+            TrialBinding::Key(k) | TrialBinding::Full { key: k, .. } => k,
+        }
+    }
+}
+
+/// A message of [`Trial`]: a routing key, or its parts.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum TrialMessage {
+    /// A routing key; no body, headers or properties.
+    Key(String),
+    /// The parts.
+    Full(TrialParts),
+}
+
+/// A message's parts ([`TrialMessage::Full`]).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrialParts {
+    /// The routing key.
+    pub routing_key: String,
+    /// The body, as text.
+    pub body: String,
+    /// Its headers.
+    pub headers: Object,
+    /// Basic properties by their AMQP names: `content-type`, `content-encoding`, `delivery-mode`,
+    /// `priority`, `correlation-id`, `reply-to`, `expiration`, `message-id`, `timestamp`, `type`,
+    /// `user-id`, `app-id`.
+    pub properties: Object,
+}
+
+impl TrialMessage {
+    fn parts(&self) -> TrialParts {
+        match self {
+            TrialMessage::Key(k) => TrialParts {
+                routing_key: k.clone(),
+                ..TrialParts::default()
+            },
+            TrialMessage::Full(p) => p.clone(),
+        }
+    }
+}
+
+impl Trial {
+    /// Reads a trial from a TOML file, or a JSON file (name ending in `.json`).
+    ///
+    /// # Errors
+    /// The file cannot be read or parsed (the parser's message, with the line).
+    pub fn from_file(path: &Path) -> Result<Trial, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let json = path.extension().is_some_and(|e| e == "json");
+        let parsed = if json {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        } else {
+            toml::from_str(&text).map_err(|e| e.to_string())
+        };
+        parsed.map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Adds `other`'s arguments, bindings, messages and headers after this trial's (the command line
+    /// after a file).
+    pub fn extend(&mut self, other: Trial) {
+        self.arguments.extend(other.arguments);
+        self.bindings.extend(other.bindings);
+        self.messages.extend(other.messages);
+        self.headers.extend(other.headers);
+    }
+}
+
+/// The properties of a trial message: its `properties` and its headers over `common` headers.
+fn properties(parts: &TrialParts, common: &Object) -> Result<BasicProperties, String> {
+    let mut p = BasicProperties::default();
+    let mut headers = common.clone();
+    headers.extend(parts.headers.clone());
+    if !headers.is_empty() {
+        p = p.with_headers(crate::definitions::field_table(&headers));
+    }
+    for (name, value) in &parts.properties {
+        let text = || match value {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            _ => Err(format!("property '{name}' must be a string")),
+        };
+        let short = || {
+            text().and_then(|s| {
+                ShortString::try_new(s).map_err(|_| format!("property '{name}' is too long"))
+            })
+        };
+        let number = || match value.as_u64() {
+            Some(n) => Ok(n),
+            None => Err(format!("property '{name}' must be a non-negative integer")),
+        };
+        let octet = || {
+            number()
+                .and_then(|n| u8::try_from(n).map_err(|_| format!("property '{name}' is 0 to 255")))
+        };
+        p = match name.as_str() {
+            "content-type" => p.with_content_type(short()?),
+            "content-encoding" => p.with_content_encoding(short()?),
+            "delivery-mode" => p.with_delivery_mode(octet()?),
+            "priority" => p.with_priority(octet()?),
+            "correlation-id" => p.with_correlation_id(short()?),
+            "reply-to" => p.with_reply_to(short()?),
+            "expiration" => p.with_expiration(short()?),
+            "message-id" => p.with_message_id(short()?),
+            "timestamp" => p.with_timestamp(number()?),
+            "type" => p.with_type(short()?),
+            "user-id" => p.with_user_id(short()?),
+            "app-id" => p.with_app_id(short()?),
+            "headers" => return Err("give headers as 'headers', not as a property".to_owned()),
+            other => return Err(format!("unknown property '{other}'")),
+        };
+    }
+    Ok(p)
 }
 
 /// The outcome: the text to print and whether everything passed.
@@ -89,31 +244,22 @@ fn run_in(
         .loaded(loaded.kind, &loaded.name)
         .ok_or_else(|| format!("the plugin host did not load {}", path.display()))?;
     let arguments = table_body(&crate::definitions::field_table(&trial.arguments));
-    let messages: Vec<Arc<Message>> = trial
-        .messages
-        .iter()
-        .map(|(key, body)| {
-            let mut properties = BasicProperties::default();
-            if !trial.headers.is_empty() {
-                let mut headers = amq_protocol::types::FieldTable::default();
-                for (k, v) in &trial.headers {
-                    headers.insert(
-                        ShortString::from(k.clone()),
-                        amq_protocol::types::AMQPValue::LongString(v.as_str().into()),
-                    );
-                }
-                properties = properties.with_headers(headers);
-            }
-            Arc::new(Message::new(
-                crate::memory::MemoryAccount::leaked(),
-                ShortString::from("test"),
-                ShortString::try_new(key.clone()).unwrap_or_else(|_| ShortString::from("")),
-                properties.clone(),
-                encode_properties(&properties),
-                Bytes::from(body.clone().into_bytes()),
-            ))
-        })
-        .collect();
+    let mut messages: Vec<Arc<Message>> = Vec::with_capacity(trial.messages.len());
+    for (n, m) in trial.messages.iter().enumerate() {
+        let parts = m.parts();
+        let properties =
+            properties(&parts, &trial.headers).map_err(|e| format!("message {n}: {e}"))?;
+        let key = ShortString::try_new(parts.routing_key)
+            .map_err(|_| format!("message {n}: the routing key is longer than 255 octets"))?;
+        messages.push(Arc::new(Message::new(
+            crate::memory::MemoryAccount::leaked(),
+            ShortString::from("test"),
+            key,
+            properties.clone(),
+            encode_properties(&properties),
+            Bytes::from(parts.body.into_bytes()),
+        )));
+    }
     let mut text = String::new();
     let _ = writeln!(
         text,
@@ -163,12 +309,17 @@ fn exchange(
         }
     );
     let mut passed = true;
-    for (id, key) in trial.bindings.iter().enumerate() {
+    for (id, b) in trial.bindings.iter().enumerate() {
+        let key = b.key();
+        let binding_arguments = match b {
+            TrialBinding::Key(_) => Object::new(),
+            TrialBinding::Full { arguments, .. } => arguments.clone(),
+        };
         let binding = Binding {
             id: id as u32,
             destination: format!("binding-{id}"),
-            key: key.clone(),
-            arguments: table_body(&Default::default()),
+            key: key.to_owned(),
+            arguments: table_body(&crate::definitions::field_table(&binding_arguments)),
         };
         match instance.validate_binding(&binding) {
             Ok(Ok(())) => {}
@@ -195,7 +346,7 @@ fn exchange(
         let keys: Vec<String> = ids
             .iter()
             .map(|i| match trial.bindings.get(*i as usize) {
-                Some(k) => format!("{i} '{k}'"),
+                Some(b) => format!("{i} '{}'", b.key()),
                 None => format!("{i} (unknown id)"),
             })
             .collect();
