@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # All of warren's tests, from a fresh checkout: Rust unit + integration tests (lapin), the pika tests,
 # and the RabbitMQ Go client's integration suite as a conformance gate. Installs what it needs
-# (a Python venv under tests/python/.venv with pika, pytest and componentize-py; Debian's Go toolchain
-# and amqp091-go source via apt-get).
+# (a Python venv under tests/python/.venv with pika, pytest and componentize-py; componentize-js under
+# plugins/js/node_modules; Debian's Go toolchain and amqp091-go source via apt-get).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -33,6 +33,13 @@ if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
   if [ "$made_policy" = yes ]; then rm -f "$policy"; fi
 fi
+
+# Node.js and npm for the JavaScript plugin recipe (tests/python/test_js_plugin.py: plugins/js/build.sh
+# installs the pinned componentize-js into plugins/js/node_modules with `npm ci`).
+if ! command -v npm >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+(cd plugins/js && npm ci --no-audit --no-fund --silent)
 
 # Debian's Chromium for the UI test (tests/python/test_ui.py drives it with Playwright through
 # executable_path; Playwright's own browser download is never used).

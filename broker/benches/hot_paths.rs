@@ -241,7 +241,7 @@ fn plugin_route(c: &mut Criterion) {
             b.iter(|| {
                 batch_start = (batch_start + 64) % (keys.len() - 64);
                 let batch = &keys[batch_start..batch_start + 64];
-                let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+                let refs: Vec<_> = messages[batch_start..batch_start + 64].iter().collect();
                 let mut prepared = plugin.prepare(&refs).unwrap_or_default();
                 for (k, m) in batch.iter().zip(&messages[batch_start..batch_start + 64]) {
                     out.clear();

@@ -210,12 +210,15 @@ fn put_short_str(out: &mut BytesMut, s: &str) {
     out.put_slice(s.as_bytes());
 }
 
-/// Appends basic.publish + content header + one body frame; the body starts with `stamp` and `seq`.
+/// Appends basic.publish + content header + one body frame; the body is `fixed`, or starts with
+/// `stamp` and `seq` and has `size` octets.
+#[allow(clippy::too_many_arguments)]
 fn put_publish(
     out: &mut BytesMut,
     exchange: &str,
     key: &str,
     header: &[u8],
+    fixed: Option<&[u8]>,
     size: usize,
     stamp: u64,
     seq: u64,
@@ -234,10 +237,15 @@ fn put_publish(
     out.put_slice(header);
     out.put_u8(3);
     out.put_u16(1);
-    out.put_u32(size as u32);
-    out.put_u64(stamp);
-    out.put_u64(seq);
-    out.put_bytes(b'.', size - 16);
+    if let Some(body) = fixed {
+        out.put_u32(body.len() as u32);
+        out.put_slice(body);
+    } else {
+        out.put_u32(size as u32);
+        out.put_u64(stamp);
+        out.put_u64(seq);
+        out.put_bytes(b'.', size - 16);
+    }
     out.put_u8(0xCE);
 }
 
@@ -263,7 +271,7 @@ pub(crate) async fn produce(
         1,
         amq_protocol::frame::AMQPContentHeader {
             class_id: 60,
-            body_size: args.size as u64,
+            body_size: args.body.as_ref().map_or(args.size, String::len) as u64,
             properties: props,
         },
     ));
@@ -370,6 +378,7 @@ pub(crate) async fn produce(
                 &args.exchange,
                 key,
                 &header,
+                args.body.as_deref().map(str::as_bytes),
                 args.size,
                 epoch.elapsed().as_nanos() as u64,
                 sent,
@@ -442,6 +451,7 @@ pub(crate) async fn consume(
                     received += 1;
                     unacked += 1;
                 }
+                3 if expect_body && args.body.is_some() => expect_body = false,
                 3 if expect_body && size >= 8 => {
                     let stamp = u64::from_be_bytes(buf[7..15].try_into().unwrap_or_default());
                     let now = epoch.elapsed().as_nanos() as u64;

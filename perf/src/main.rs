@@ -84,6 +84,10 @@ pub struct RunArgs {
     /// Extra queues bound to a fanout exchange (fanout scenario); messages are consumed from the first.
     #[arg(long, default_value_t = 0)]
     pub fanout_queues: usize,
+    /// A fixed body for every message (e.g. a JSON document for a plugin that routes on the body)
+    /// instead of the timestamped one; `--size` is then ignored and latency is not measured.
+    #[arg(long)]
+    pub body: Option<String>,
     /// Message body size in bytes (at least 16: send timestamp and sequence).
     #[arg(short = 's', long, default_value_t = 16)]
     pub size: usize,
@@ -193,7 +197,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<Summary> {
     anyhow::ensure!(
-        args.size >= 16,
+        args.size >= 16 || args.body.is_some(),
         "--size must be at least 16 (timestamp and sequence)"
     );
     let args = Arc::new(args);

@@ -251,6 +251,31 @@ pub mod runtime {
         (ids, id_ends)
     }
 
+    /// `route-messages`: the routing function applied to each message of a run in order (message i
+    /// is `source(i)`, routed with key i), with the answer in `route_keys`'s form (the broker asks
+    /// only when `init` said [`RoutesOn::Message`]).
+    pub fn route_messages<S: MessageSource>(
+        hooks: &Hooks,
+        source: impl Fn(u32) -> S,
+        keys: &[u8],
+        key_ends: &[u32],
+    ) -> (Vec<u32>, Vec<u32>) {
+        let mut ids = Vec::with_capacity(key_ends.len());
+        let mut id_ends = Vec::with_capacity(key_ends.len());
+        let mut start = 0;
+        with(|x| {
+            for (i, &end) in key_ends.iter().enumerate() {
+                let end = (end as usize).clamp(start, keys.len());
+                let key = std::str::from_utf8(&keys[start..end]).unwrap_or_default();
+                start = end;
+                let message = source(u32::try_from(i).unwrap_or(u32::MAX));
+                ids.extend((hooks.route)(x, &Message::new(&message, key)));
+                id_ends.push(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+            }
+        });
+        (ids, id_ends)
+    }
+
     /// Default for plugins without an `init` function: routing may look at the whole message.
     pub fn accept_any(_: &Table) -> Result<RoutesOn, String> {
         Ok(RoutesOn::Message)

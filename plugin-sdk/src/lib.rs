@@ -3,7 +3,7 @@
 //! Write plugins for Warren, an AMQP 0-9-1 message broker — custom exchange types, consumer filters
 //! and idempotency keys — as one annotated Rust function, built to a WebAssembly component with
 //! `cargo build --release --target wasm32-wasip2` and dropped into the broker's plugin directory.
-//! The contract is the WIT package `warren:plugin@0.2.0` (`wit/warren-plugin.wit` in Warren's
+//! The contract is the WIT package `warren:plugin@0.3.0` (`wit/warren-plugin.wit` in Warren's
 //! repository; this crate's macros carry a copy); this crate is the only dependency a plugin needs.
 //! `warren plugin new` scaffolds a plugin crate; the plugin guide is `docs/plugins.md` in Warren's
 //! repository.

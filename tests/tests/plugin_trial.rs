@@ -66,7 +66,7 @@ fn an_exchange_plugin_routes_and_its_batch_path_agrees() {
         ],
     );
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.starts_with("exchange plugin 'x-consistent-hash' 0.1.0 (warren:plugin@0.2.0)\n"));
+    assert!(out.starts_with("exchange plugin 'x-consistent-hash' 0.1.0 (warren:plugin@0.3.0)\n"));
     assert!(
         out.ends_with("route-keys over the 3 keys: agrees with route\n"),
         "{out}"
@@ -120,7 +120,7 @@ fn filters_and_idempotency_plugins_print_their_decisions() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
-        "filter plugin 'match' 0.1.0 (warren:plugin@0.2.0)\ninit: ok\nmessage 0 'm': deliver\n"
+        "filter plugin 'match' 0.1.0 (warren:plugin@0.3.0)\ninit: ok\nmessage 0 'm': deliver\n"
     );
     let (code, out, _) = trial(plugins::MATCH_FILTER, &["--message", "m"]);
     assert_eq!(code, 1);
@@ -144,7 +144,7 @@ fn filters_and_idempotency_plugins_print_their_decisions() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
-        "idempotency plugin 'idempotency-key' 0.1.0 (warren:plugin@0.2.0)\ninit: ok\nmessage 0 'm': key 'abc'\n"
+        "idempotency plugin 'idempotency-key' 0.1.0 (warren:plugin@0.3.0)\ninit: ok\nmessage 0 'm': key 'abc'\n"
     );
 }
 
@@ -198,7 +198,7 @@ properties = { type = "paid" }
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
-        "filter plugin 'match' 0.1.0 (warren:plugin@0.2.0)\ninit: ok\n\
+        "filter plugin 'match' 0.1.0 (warren:plugin@0.3.0)\ninit: ok\n\
          message 0 'a': deliver\nmessage 1 'b': skip\nmessage 2 'c': skip\nmessage 3 'd': skip\n"
     );
     // JSON: bindings with arguments, and messages given as bare routing keys.
@@ -234,4 +234,36 @@ properties = { type = "paid" }
     for f in [toml, json, typo, property] {
         let _ = std::fs::remove_file(f);
     }
+}
+
+#[test]
+fn a_plugin_that_routes_on_the_message_is_checked_through_route_messages() {
+    // x-switch (SDK, warren:plugin@0.3.0) routes on the message: its batch path is route-messages.
+    let (code, out, err) = trial(
+        plugins::SWITCH_A,
+        &[
+            "--binding",
+            "a",
+            "--binding",
+            "b",
+            "--binding",
+            "a",
+            "--message",
+            "x=1",
+            "--message",
+            "y=2",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "exchange plugin 'x-switch' 0.1.0 (warren:plugin@0.3.0)\n\
+         init: ok, routes on the message\n\
+         binding 0 'a': added\n\
+         binding 1 'b': added\n\
+         binding 2 'a': added\n\
+         message 0 'x': route -> 0 'a', 2 'a'\n\
+         message 1 'y': route -> 0 'a', 2 'a'\n\
+         route-messages over the 2 messages: agrees with route\n"
+    );
 }

@@ -483,11 +483,8 @@ impl Channel {
         let mut batch = None;
         if held.len() > 1 {
             if let Ok(x) = ctx.vhost.exchange(held[0].0.message.exchange.as_str()) {
-                let keys: Vec<&str> = held
-                    .iter()
-                    .map(|(p, _)| p.message.routing_key.as_str())
-                    .collect();
-                batch = x.prepare(&keys);
+                let messages: Vec<&MessageRef> = held.iter().map(|(p, _)| &p.message).collect();
+                batch = x.prepare(&messages);
             }
         }
         let mut result = Ok(());

@@ -1,10 +1,12 @@
-//! Batch routing: decisions an exchange type computes for a run of routing keys in one go
+//! Batch routing: decisions an exchange type computes for a run of messages in one go
 //! ([`super::ExchangeType::prepare`]) and hands back, as a value, to the routing of each of those
 //! messages ([`super::ExchangeType::route_prepared`]).
 //!
-//! Worth it for plugin types whose decisions depend on the routing key alone: a plugin call costs
-//! ~0.5 µs of fixed machinery (entering the component, lowering and lifting), which one
-//! `route-keys` call shares among up to [`super::ExchangeType::batch_limit`] keys. The decisions
+//! Worth it for plugin types: a plugin call costs ~0.5 µs of fixed machinery (entering the
+//! component, lowering and lifting) — far more in an interpreted guest such as a componentize-py
+//! plugin — which one `route-keys` call (decisions by routing key alone) or `route-messages` call
+//! (decisions on the whole message) shares among up to [`super::ExchangeType::batch_limit`]
+//! messages. The decisions
 //! travel with the publishes that asked for them (the channel holds the [`RouteBatch`]), so there is
 //! no per-thread state and nothing assumes where the routing runs.
 
@@ -29,17 +31,31 @@ pub struct Prepared {
     pub ids: Vec<u32>,
     /// End offset of each key's ids in `ids`.
     pub id_ends: Vec<u32>,
+    /// For decisions made on whole messages: the address of each key's message (decisions are
+    /// then taken only for that very message); empty when the decisions depend on the key alone.
+    pub messages: Vec<usize>,
     /// The next key expected to be routed.
     next: usize,
 }
 
 impl Prepared {
-    /// The ids decided for `key` when it is the next key in line (then consumed); `None` when the next
-    /// key differs (that message then routes normally).
-    pub fn take(&mut self, key: &str) -> Option<&[u32]> {
+    /// The ids decided for `key` of `message` when it is the next key in line (then consumed);
+    /// `None` when the next key differs, or the decisions were made on whole messages and the next
+    /// one is another message (that message then routes normally).
+    pub fn take(&mut self, key: &str, message: &crate::message::MessageRef) -> Option<&[u32]> {
+        if let Some(&expected) = self.messages.get(self.next) {
+            if expected != Self::address(message) {
+                return None;
+            }
+        }
         let range = self.next_range(key)?;
         self.next += 1;
         self.ids.get(range)
+    }
+
+    /// A message's identity for [`Prepared::messages`].
+    pub fn address(message: &crate::message::MessageRef) -> usize {
+        Arc::as_ptr(message) as usize
     }
 
     fn next_range(&self, key: &str) -> Option<Range<usize>> {
@@ -94,6 +110,19 @@ impl RouteBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{Message, MessageRef};
+    use amq_protocol::protocol::BasicProperties;
+
+    fn message(key: &str) -> MessageRef {
+        Arc::new(Message::new(
+            crate::memory::MemoryAccount::leaked(),
+            "x".into(),
+            key.into(),
+            BasicProperties::default(),
+            bytes::Bytes::new(),
+            bytes::Bytes::new(),
+        ))
+    }
 
     fn prepared(keys: &[&str], ids: &[&[u32]]) -> Prepared {
         let mut p = Prepared::default();
@@ -110,20 +139,37 @@ mod tests {
 
     #[test]
     fn decisions_are_taken_in_order() {
+        let m = message("any");
         let mut p = prepared(&["a", "bb", "a"], &[&[1], &[], &[1, 2]]);
         assert!(p.is_well_formed());
-        assert_eq!(p.take("a"), Some(&[1][..]));
-        assert_eq!(p.take("bb"), Some(&[][..]));
-        assert_eq!(p.take("a"), Some(&[1, 2][..]));
-        assert_eq!(p.take("a"), None, "all consumed");
+        assert_eq!(p.take("a", &m), Some(&[1][..]));
+        assert_eq!(p.take("bb", &m), Some(&[][..]));
+        assert_eq!(p.take("a", &m), Some(&[1, 2][..]));
+        assert_eq!(p.take("a", &m), None, "all consumed");
     }
 
     #[test]
     fn a_key_out_of_line_is_not_answered_and_consumes_nothing() {
+        let m = message("any");
         let mut p = prepared(&["a", "b"], &[&[1], &[2]]);
-        assert_eq!(p.take("b"), None);
-        assert_eq!(p.take("a"), Some(&[1][..]));
-        assert_eq!(p.take("b"), Some(&[2][..]));
+        assert_eq!(p.take("b", &m), None);
+        assert_eq!(p.take("a", &m), Some(&[1][..]));
+        assert_eq!(p.take("b", &m), Some(&[2][..]));
+    }
+
+    #[test]
+    fn decisions_on_whole_messages_are_taken_only_for_their_message() {
+        let (first, second, other) = (message("a"), message("a"), message("a"));
+        let mut p = prepared(&["a", "a"], &[&[1], &[2]]);
+        p.messages = vec![Prepared::address(&first), Prepared::address(&second)];
+        assert_eq!(p.take("a", &other), None, "same key, another message");
+        assert_eq!(p.take("a", &first), Some(&[1][..]));
+        assert_eq!(
+            p.take("cc-key", &second),
+            None,
+            "its CC key: routed normally"
+        );
+        assert_eq!(p.take("a", &second), Some(&[2][..]));
     }
 
     #[test]

@@ -127,16 +127,16 @@ pub trait ExchangeType: Send + Sync + fmt::Debug {
         message: &MessageRef,
         out: &mut Vec<Destination>,
     ) -> Result<(), RouteError>;
-    /// Most routing keys [`ExchangeType::prepare`] takes at once; 0 when the type routes message by
+    /// Most messages [`ExchangeType::prepare`] takes at once; 0 when the type routes message by
     /// message (every native type). Publishers hold runs of messages to an exchange whose type says
     /// more than 1 and route them as a batch.
     fn batch_limit(&self) -> usize {
         0
     }
-    /// Computes the decisions for `keys` (the routing keys of messages about to be routed, in publish
-    /// order; at most [`ExchangeType::batch_limit`]) in one go. `None` when there is nothing to gain
-    /// (a fault, one key, every key cached): the messages then route one by one.
-    fn prepare(&self, _keys: &[&str]) -> Option<Prepared> {
+    /// Computes the decisions for `messages` (about to be routed with their own routing keys, in
+    /// publish order; at most [`ExchangeType::batch_limit`]) in one go. `None` when there is nothing
+    /// to gain (a fault, one message, every key cached): the messages then route one by one.
+    fn prepare(&self, _messages: &[&MessageRef]) -> Option<Prepared> {
         None
     }
     /// Like [`ExchangeType::route`] for the next message of a prepared run: answers from `prepared`
@@ -345,10 +345,10 @@ impl Exchange {
         self.read().router.batch_limit()
     }
 
-    /// The decisions of this exchange's type for `keys` (see [`ExchangeType::prepare`]), bound to this
+    /// The decisions of this exchange's type for `messages` (see [`ExchangeType::prepare`]), bound to this
     /// exchange.
-    pub fn prepare(self: &Arc<Self>, keys: &[&str]) -> Option<RouteBatch> {
-        let decisions = self.read().router.prepare(keys)?;
+    pub fn prepare(self: &Arc<Self>, messages: &[&MessageRef]) -> Option<RouteBatch> {
+        let decisions = self.read().router.prepare(messages)?;
         Some(RouteBatch {
             exchange: Arc::clone(self),
             decisions,

@@ -13,7 +13,8 @@
 //! For plugins that declare `routes-on = routing-key`, decisions are cached per routing key until a
 //! binding changes or the version does; when keys rarely repeat (a full cache generation with hits
 //! below a tenth of its misses) the cache is bypassed for a while instead of paying for inserts.
-//! Such plugins are also asked for runs of routing keys in one `route-keys` call
+//! Such plugins are also asked for runs of routing keys in one `route-keys` call, and plugins that
+//! route on the whole message (0.3.0 on) for runs of messages in one `route-messages` call
 //! ([`ExchangeType::prepare`], see [`super::batch`]); the [`Prepared`] decisions carry the exchange's
 //! generation (renewed whenever a binding or the instance changes), and a stale one is ignored.
 
@@ -78,6 +79,9 @@ pub(crate) struct WasmExchange {
     /// The current instance said `routes-on = routing-key` and its package has `route-keys` (0.2.0
     /// on): publishes to it are batched (read without the lock by publishers).
     by_key: AtomicBool,
+    /// The current instance said `routes-on = message` and its package has `route-messages` (0.3.0
+    /// on): publishes to it are batched too.
+    by_message: AtomicBool,
     /// Renewed whenever a binding or the instance changes, voiding prepared decisions.
     generation: AtomicU64,
     /// The slot generation of the version that gave an ill-formed `route-keys` answer (0: none): no
@@ -107,9 +111,10 @@ impl WasmExchange {
             .init(&x.arguments)
             .map_err(refused)?
             .map_err(CreateError::Refused)?;
-        x.by_key.store(
-            active.routes_on == RoutesOn::RoutingKey && instance.routes_keys_in_batches(),
-            Ordering::Relaxed,
+        x.set_batching(
+            active.routes_on,
+            instance.routes_keys_in_batches(),
+            instance.routes_messages_in_batches(),
         );
         active.instance = EntityInstance::with(host, slot, entity, instance);
         drop(active);
@@ -137,9 +142,21 @@ impl WasmExchange {
                 bypass: 0,
             }),
             by_key: AtomicBool::new(false),
+            by_message: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             batches_refused_by: AtomicU64::new(0),
         }
+    }
+
+    /// Whether publishes are batched, for an instance that routes on `routes_on` and whose package
+    /// has `route-keys` (`keys`) and `route-messages` (`messages`).
+    fn set_batching(&self, routes_on: RoutesOn, keys: bool, messages: bool) {
+        self.by_key
+            .store(routes_on == RoutesOn::RoutingKey && keys, Ordering::Relaxed);
+        self.by_message.store(
+            routes_on == RoutesOn::Message && messages,
+            Ordering::Relaxed,
+        );
     }
 
     /// A binding or the instance changed: decisions prepared before are void.
@@ -157,9 +174,10 @@ impl WasmExchange {
     /// the cached and prepared decisions.
     fn ensure(&self, active: &mut Active) -> Result<(), Fault> {
         let mut routes_on = active.routes_on;
-        let mut batches = false;
+        let (mut keys, mut messages) = (false, false);
         let rebuilt = active.instance.ensure(|instance| {
-            batches = instance.routes_keys_in_batches();
+            keys = instance.routes_keys_in_batches();
+            messages = instance.routes_messages_in_batches();
             routes_on = instance.init(&self.arguments)?.map_err(|reason| {
                 Fault::Unavailable(format!(
                     "this version of '{}' refuses the exchange's arguments: {reason}",
@@ -176,10 +194,7 @@ impl WasmExchange {
             (active.hits, active.misses, active.bypass) = (0, 0, 0);
             self.renew();
             active.routes_on = routes_on;
-            self.by_key.store(
-                routes_on == RoutesOn::RoutingKey && batches,
-                Ordering::Relaxed,
-            );
+            self.set_batching(routes_on, keys, messages);
         }
         Ok(())
     }
@@ -289,7 +304,7 @@ impl WasmExchange {
         let mut active = crate::sync::lock(&self.active);
         self.ensure(&mut active)?;
         if prepared.generation == self.generation.load(Ordering::Relaxed) {
-            if let Some(ids) = prepared.take(routing_key) {
+            if let Some(ids) = prepared.take(routing_key, message) {
                 self.push_destinations(ids, out);
                 // The keys asked for were the ones the cache missed: keep their decisions.
                 if active.routes_on == RoutesOn::RoutingKey && active.bypass == 0 {
@@ -303,35 +318,58 @@ impl WasmExchange {
         self.route_into(routing_key, message, out)
     }
 
-    /// Asks the plugin for the decisions of `keys` in one `route-keys` call (those the cache does not
-    /// hold); see [`ExchangeType::prepare`]. A fault drops the instance like any call's; the messages
-    /// are then routed one by one, with the failure policy.
-    fn prepare_keys(&self, keys: &[&str]) -> Option<Prepared> {
+    /// Asks the plugin for the decisions of a run of messages in one call: `route-keys` over the
+    /// keys the cache does not hold (a plugin that routes on the key), or `route-messages` over
+    /// every message (one that routes on the message); see [`ExchangeType::prepare`]. A fault drops
+    /// the instance like any call's; the messages are then routed one by one, with the failure
+    /// policy.
+    fn prepare_run(&self, messages: &[&MessageRef]) -> Option<Prepared> {
         let mut active = crate::sync::lock(&self.active);
-        if self.ensure(&mut active).is_err() || !self.by_key.load(Ordering::Relaxed) {
+        if self.ensure(&mut active).is_err() {
             return None;
         }
-        let use_cache = active.bypass == 0;
+        let by_message = self.by_message.load(Ordering::Relaxed);
+        if !by_message && !self.by_key.load(Ordering::Relaxed) {
+            return None;
+        }
+        let use_cache = !by_message && active.bypass == 0;
         let mut p = Prepared::default();
-        for key in keys.iter().take(PREPARE_MAX) {
-            if use_cache && active.cache.contains_key(*key) {
+        let mut run = Vec::new();
+        for m in messages.iter().take(PREPARE_MAX) {
+            let key = m.routing_key.as_str();
+            if use_cache && active.cache.contains_key(key) {
                 continue;
             }
             p.keys.extend_from_slice(key.as_bytes());
             p.key_ends
                 .push(u32::try_from(p.keys.len()).unwrap_or(u32::MAX));
+            if by_message {
+                p.messages.push(Prepared::address(m));
+                run.push(*m);
+            }
         }
         if p.len() < 2 {
             return None; // one key: a plain route call costs the same
         }
         let (ids, id_ends) = self
-            .with_instance(&mut active, true, |i| i.route_keys(&p.keys, &p.key_ends))
+            .with_instance(&mut active, true, |i| {
+                if by_message {
+                    i.route_messages(&run, &p.keys, &p.key_ends)
+                } else {
+                    i.route_keys(&p.keys, &p.key_ends)
+                }
+            })
             .ok()?;
         (p.ids, p.id_ends) = (ids, id_ends);
         if !p.is_well_formed() {
             self.slot.record_breach(format_args!(
-                "route-keys answered {} ends for {} keys (or ends out of order or range); this \
+                "{} answered {} ends for {} messages (or ends out of order or range); this \
                  exchange routes message by message until the plugin is reloaded",
+                if by_message {
+                    "route-messages"
+                } else {
+                    "route-keys"
+                },
                 p.id_ends.len(),
                 p.len()
             ));
@@ -425,7 +463,7 @@ impl ExchangeType for WasmExchange {
 
     fn batch_limit(&self) -> usize {
         let refused = self.batches_refused_by.load(Ordering::Relaxed);
-        if self.by_key.load(Ordering::Relaxed)
+        if (self.by_key.load(Ordering::Relaxed) || self.by_message.load(Ordering::Relaxed))
             && (refused == 0 || refused != self.slot.generation())
         {
             PREPARE_MAX
@@ -434,8 +472,8 @@ impl ExchangeType for WasmExchange {
         }
     }
 
-    fn prepare(&self, keys: &[&str]) -> Option<Prepared> {
-        self.prepare_keys(keys)
+    fn prepare(&self, messages: &[&MessageRef]) -> Option<Prepared> {
+        self.prepare_run(messages)
     }
 
     fn route_prepared(

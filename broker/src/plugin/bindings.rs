@@ -1,5 +1,6 @@
-//! The only place that generates host bindings for `wit/warren-plugin.wit` (one `bindgen!` per
-//! world; the shared `types` interface is generated once, with the exchange world, and reused).
+//! The only place that generates host bindings for `wit/warren-plugin.wit` (`warren:plugin@0.3.0`)
+//! and the released packages in `wit/released/` (0.2.0, 0.1.0): one `bindgen!` per world; each
+//! package's `types` interface is generated once, with its exchange world, and reused.
 //!
 //! Exports are generated `async` because WASI is linked asynchronously (wasmtime-wasi's synchronous
 //! shims start a Tokio `block_on`, which panics on the broker's runtime threads); calls are driven to
@@ -19,6 +20,13 @@ pub struct MessageView {
     pub message: Arc<Message>,
 }
 
+/// What a plugin's `message-run` handle points at during a `route-messages` call.
+#[derive(Debug)]
+pub struct MessageRunView {
+    /// The messages, in publish order (shared, never copied).
+    pub messages: Vec<Arc<Message>>,
+}
+
 // Generated code uses `unsafe` internally for the canonical ABI; nothing hand-written here does.
 #[allow(
     unsafe_code,
@@ -32,7 +40,10 @@ mod generated {
         wasmtime::component::bindgen!({
             path: "../wit/warren-plugin.wit",
             world: "warren:plugin/exchange-plugin",
-            with: { "warren:plugin/types.message": crate::plugin::bindings::MessageView },
+            with: {
+                "warren:plugin/types.message": crate::plugin::bindings::MessageView,
+                "warren:plugin/types.message-run": crate::plugin::bindings::MessageRunView,
+            },
             exports: { default: async },
         });
     }
@@ -51,6 +62,35 @@ mod generated {
             with: { "warren:plugin/types": super::exchange::warren::plugin::types },
             exports: { default: async },
         });
+    }
+    /// The released package `warren:plugin@0.2.0` (`wit/released/`): its own `types` interface
+    /// (`types@0.2.0`, linked beside the current one), its message resource backed by the same
+    /// [`MessageView`](crate::plugin::bindings::MessageView).
+    pub(super) mod v0_2 {
+        pub(in crate::plugin) mod exchange {
+            wasmtime::component::bindgen!({
+                path: "../wit/released/warren-plugin@0.2.0.wit",
+                world: "warren:plugin/exchange-plugin@0.2.0",
+                with: { "warren:plugin/types@0.2.0.message": crate::plugin::bindings::MessageView },
+                exports: { default: async },
+            });
+        }
+        pub(in crate::plugin) mod filter {
+            wasmtime::component::bindgen!({
+                path: "../wit/released/warren-plugin@0.2.0.wit",
+                world: "warren:plugin/filter-plugin@0.2.0",
+                with: { "warren:plugin/types@0.2.0": super::exchange::warren::plugin::types },
+                exports: { default: async },
+            });
+        }
+        pub(in crate::plugin) mod idempotency {
+            wasmtime::component::bindgen!({
+                path: "../wit/released/warren-plugin@0.2.0.wit",
+                world: "warren:plugin/idempotency-plugin@0.2.0",
+                with: { "warren:plugin/types@0.2.0": super::exchange::warren::plugin::types },
+                exports: { default: async },
+            });
+        }
     }
     /// The released package `warren:plugin@0.1.0` (`wit/released/`): its own `types` interface
     /// (`types@0.1.0`, linked beside the current one), its message resource backed by the same
@@ -83,6 +123,21 @@ mod generated {
     }
 }
 
+/// Host bindings of the released package `warren:plugin@0.2.0`, kept loadable: the same three worlds,
+/// the exchange world without `route-messages`.
+pub mod v0_2 {
+    pub use super::generated::v0_2::exchange::exports::warren::plugin::exchange::{
+        Binding, RoutesOn,
+    };
+    pub use super::generated::v0_2::exchange::warren::plugin::types::{
+        self, FieldValue, Host as TypesHost, HostMessage, PluginInfo,
+    };
+    pub use super::generated::v0_2::exchange::{ExchangePlugin, ExchangePluginPre};
+    pub use super::generated::v0_2::filter::exports::warren::plugin::filter::Decision;
+    pub use super::generated::v0_2::filter::{FilterPlugin, FilterPluginPre};
+    pub use super::generated::v0_2::idempotency::{IdempotencyPlugin, IdempotencyPluginPre};
+}
+
 /// Host bindings of the released package `warren:plugin@0.1.0`, kept loadable: the same three worlds,
 /// the exchange world without `route-keys`.
 pub mod v0_1 {
@@ -100,7 +155,7 @@ pub mod v0_1 {
 
 pub use generated::exchange::exports::warren::plugin::exchange::{Binding, RoutesOn};
 pub use generated::exchange::warren::plugin::types::{
-    self, FieldValue, Host as TypesHost, HostMessage, PluginInfo,
+    self, FieldValue, Host as TypesHost, HostMessage, HostMessageRun, PluginInfo, RunBodies,
 };
 pub use generated::exchange::{ExchangePlugin, ExchangePluginPre};
 pub use generated::filter::exports::warren::plugin::filter::Decision;

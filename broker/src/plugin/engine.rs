@@ -23,7 +23,7 @@ use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{self, v0_1, FieldValue, MessageView};
+use super::bindings::{self, v0_1, v0_2, FieldValue, MessageRunView, MessageView};
 use super::output::{Origin, PluginOutput};
 use crate::message::Message;
 use crate::protocol::values::{encode_array, encode_table};
@@ -157,6 +157,11 @@ impl StoreState {
     fn view(&self, r: &Resource<MessageView>) -> Option<&Message> {
         self.table.get(r).ok().map(|v| &*v.message)
     }
+
+    fn run_message(&self, r: &Resource<MessageRunView>, i: u32) -> Option<&Message> {
+        let run = self.table.get(r).ok()?;
+        run.messages.get(i as usize).map(|m| &**m)
+    }
 }
 
 fn text(s: &amq_protocol::types::ShortString) -> FieldValue {
@@ -196,6 +201,43 @@ pub fn table_body(t: &amq_protocol::types::FieldTable) -> Vec<u8> {
     bytes
 }
 
+/// The `message` accessors over the broker's message (shared by `message` and `message-run`).
+mod read {
+    use super::{field_value, table_body, text, FieldValue, Message};
+
+    pub(super) fn property(m: &Message, name: &str) -> Option<FieldValue> {
+        let p = &m.properties;
+        match name {
+            "content-type" => p.content_type().as_ref().map(text),
+            "content-encoding" => p.content_encoding().as_ref().map(text),
+            "delivery-mode" => p.delivery_mode().map(|n| FieldValue::Integer(n.into())),
+            "priority" => p.priority().map(|n| FieldValue::Integer(n.into())),
+            "correlation-id" => p.correlation_id().as_ref().map(text),
+            "reply-to" => p.reply_to().as_ref().map(text),
+            "expiration" => p.expiration().as_ref().map(text),
+            "message-id" => p.message_id().as_ref().map(text),
+            "timestamp" => p.timestamp().map(FieldValue::Timestamp),
+            "type" => p.kind().as_ref().map(text),
+            "user-id" => p.user_id().as_ref().map(text),
+            "app-id" => p.app_id().as_ref().map(text),
+            _ => None,
+        }
+    }
+
+    pub(super) fn header(m: &Message, name: &str) -> Option<FieldValue> {
+        let headers = m.properties.headers().as_ref()?;
+        headers.inner().get(name).map(field_value)
+    }
+
+    pub(super) fn headers(m: &Message) -> Vec<u8> {
+        m.properties
+            .headers()
+            .as_ref()
+            .map(table_body)
+            .unwrap_or_default()
+    }
+}
+
 impl bindings::HostMessage for StoreState {
     fn exchange(&mut self, r: Resource<MessageView>) -> String {
         self.view(&r)
@@ -218,33 +260,15 @@ impl bindings::HostMessage for StoreState {
     }
 
     fn property(&mut self, r: Resource<MessageView>, name: String) -> Option<FieldValue> {
-        let p = &self.view(&r)?.properties;
-        match name.as_str() {
-            "content-type" => p.content_type().as_ref().map(text),
-            "content-encoding" => p.content_encoding().as_ref().map(text),
-            "delivery-mode" => p.delivery_mode().map(|n| FieldValue::Integer(n.into())),
-            "priority" => p.priority().map(|n| FieldValue::Integer(n.into())),
-            "correlation-id" => p.correlation_id().as_ref().map(text),
-            "reply-to" => p.reply_to().as_ref().map(text),
-            "expiration" => p.expiration().as_ref().map(text),
-            "message-id" => p.message_id().as_ref().map(text),
-            "timestamp" => p.timestamp().map(FieldValue::Timestamp),
-            "type" => p.kind().as_ref().map(text),
-            "user-id" => p.user_id().as_ref().map(text),
-            "app-id" => p.app_id().as_ref().map(text),
-            _ => None,
-        }
+        read::property(self.view(&r)?, &name)
     }
 
     fn header(&mut self, r: Resource<MessageView>, name: String) -> Option<FieldValue> {
-        let headers = self.view(&r)?.properties.headers().as_ref()?;
-        headers.inner().get(name.as_str()).map(field_value)
+        read::header(self.view(&r)?, &name)
     }
 
     fn headers(&mut self, r: Resource<MessageView>) -> Vec<u8> {
-        self.view(&r)
-            .and_then(|m| m.properties.headers().as_ref().map(table_body))
-            .unwrap_or_default()
+        self.view(&r).map(read::headers).unwrap_or_default()
     }
 
     fn drop(&mut self, r: Resource<MessageView>) -> wasmtime::Result<()> {
@@ -255,67 +279,157 @@ impl bindings::HostMessage for StoreState {
     }
 }
 
+impl bindings::HostMessageRun for StoreState {
+    fn len(&mut self, r: Resource<MessageRunView>) -> u32 {
+        self.table.get(&r).map_or(0, |run| {
+            u32::try_from(run.messages.len()).unwrap_or(u32::MAX)
+        })
+    }
+
+    fn exchange(&mut self, r: Resource<MessageRunView>, i: u32) -> String {
+        self.run_message(&r, i)
+            .map(|m| m.exchange.to_string())
+            .unwrap_or_default()
+    }
+
+    fn routing_key(&mut self, r: Resource<MessageRunView>, i: u32) -> String {
+        self.run_message(&r, i)
+            .map(|m| m.routing_key.to_string())
+            .unwrap_or_default()
+    }
+
+    fn body_size(&mut self, r: Resource<MessageRunView>, i: u32) -> u64 {
+        self.run_message(&r, i).map_or(0, Message::body_size)
+    }
+
+    fn body(&mut self, r: Resource<MessageRunView>, i: u32) -> Vec<u8> {
+        self.run_message(&r, i)
+            .map(|m| m.body.to_vec())
+            .unwrap_or_default()
+    }
+
+    fn property(
+        &mut self,
+        r: Resource<MessageRunView>,
+        i: u32,
+        name: String,
+    ) -> Option<FieldValue> {
+        read::property(self.run_message(&r, i)?, &name)
+    }
+
+    fn header(&mut self, r: Resource<MessageRunView>, i: u32, name: String) -> Option<FieldValue> {
+        read::header(self.run_message(&r, i)?, &name)
+    }
+
+    fn headers(&mut self, r: Resource<MessageRunView>, i: u32) -> Vec<u8> {
+        self.run_message(&r, i)
+            .map(read::headers)
+            .unwrap_or_default()
+    }
+
+    fn bodies(&mut self, r: Resource<MessageRunView>) -> bindings::RunBodies {
+        let mut bodies = bindings::RunBodies {
+            octets: Vec::new(),
+            ends: Vec::new(),
+        };
+        if let Ok(run) = self.table.get(&r) {
+            bodies
+                .octets
+                .reserve(run.messages.iter().map(|m| m.body.len()).sum());
+            bodies.ends.reserve(run.messages.len());
+            for m in &run.messages {
+                bodies.octets.extend_from_slice(&m.body);
+                bodies
+                    .ends
+                    .push(u32::try_from(bodies.octets.len()).unwrap_or(u32::MAX));
+            }
+        }
+        bodies
+    }
+
+    fn drop(&mut self, r: Resource<MessageRunView>) -> wasmtime::Result<()> {
+        // Lent as a borrow and deleted by the host after the call, like `message`.
+        let _ = self.table.delete(r);
+        Ok(())
+    }
+}
+
 impl bindings::TypesHost for StoreState {}
 
-/// A `field-value` of the current package as the released 0.1.0 package's (the same variant).
-fn v0_1_value(v: FieldValue) -> v0_1::FieldValue {
-    match v {
-        FieldValue::Boolean(b) => v0_1::FieldValue::Boolean(b),
-        FieldValue::Integer(n) => v0_1::FieldValue::Integer(n),
-        FieldValue::Float(f) => v0_1::FieldValue::Float(f),
-        FieldValue::Decimal(d) => v0_1::FieldValue::Decimal(d),
-        FieldValue::Text(t) => v0_1::FieldValue::Text(t),
-        FieldValue::Bytes(b) => v0_1::FieldValue::Bytes(b),
-        FieldValue::Timestamp(t) => v0_1::FieldValue::Timestamp(t),
-        FieldValue::Table(t) => v0_1::FieldValue::Table(t),
-        FieldValue::Array(a) => v0_1::FieldValue::Array(a),
-        FieldValue::Void => v0_1::FieldValue::Void,
-    }
+/// `warren:plugin/types` of a released package (module `$v` of `bindings`): the same host `message`
+/// as the current package's, its `field-value` converted variant by variant (the same shape).
+macro_rules! released_types {
+    ($v:ident, $package:literal) => {
+        #[doc = concat!("`warren:plugin/types@", $package, "`: the current host `message`.")]
+        impl $v::HostMessage for StoreState {
+            fn exchange(&mut self, r: Resource<MessageView>) -> String {
+                bindings::HostMessage::exchange(self, r)
+            }
+
+            fn routing_key(&mut self, r: Resource<MessageView>) -> String {
+                bindings::HostMessage::routing_key(self, r)
+            }
+
+            fn body_size(&mut self, r: Resource<MessageView>) -> u64 {
+                bindings::HostMessage::body_size(self, r)
+            }
+
+            fn body(&mut self, r: Resource<MessageView>) -> Vec<u8> {
+                bindings::HostMessage::body(self, r)
+            }
+
+            fn property(
+                &mut self,
+                r: Resource<MessageView>,
+                name: String,
+            ) -> Option<$v::FieldValue> {
+                bindings::HostMessage::property(self, r, name).map(|v| released_value!($v, v))
+            }
+
+            fn header(&mut self, r: Resource<MessageView>, name: String) -> Option<$v::FieldValue> {
+                bindings::HostMessage::header(self, r, name).map(|v| released_value!($v, v))
+            }
+
+            fn headers(&mut self, r: Resource<MessageView>) -> Vec<u8> {
+                bindings::HostMessage::headers(self, r)
+            }
+
+            fn drop(&mut self, r: Resource<MessageView>) -> wasmtime::Result<()> {
+                bindings::HostMessage::drop(self, r)
+            }
+        }
+
+        impl $v::TypesHost for StoreState {}
+    };
 }
 
-/// `warren:plugin/types@0.1.0`: the same host `message` as the current package's.
-impl v0_1::HostMessage for StoreState {
-    fn exchange(&mut self, r: Resource<MessageView>) -> String {
-        bindings::HostMessage::exchange(self, r)
-    }
-
-    fn routing_key(&mut self, r: Resource<MessageView>) -> String {
-        bindings::HostMessage::routing_key(self, r)
-    }
-
-    fn body_size(&mut self, r: Resource<MessageView>) -> u64 {
-        bindings::HostMessage::body_size(self, r)
-    }
-
-    fn body(&mut self, r: Resource<MessageView>) -> Vec<u8> {
-        bindings::HostMessage::body(self, r)
-    }
-
-    fn property(&mut self, r: Resource<MessageView>, name: String) -> Option<v0_1::FieldValue> {
-        bindings::HostMessage::property(self, r, name).map(v0_1_value)
-    }
-
-    fn header(&mut self, r: Resource<MessageView>, name: String) -> Option<v0_1::FieldValue> {
-        bindings::HostMessage::header(self, r, name).map(v0_1_value)
-    }
-
-    fn headers(&mut self, r: Resource<MessageView>) -> Vec<u8> {
-        bindings::HostMessage::headers(self, r)
-    }
-
-    fn drop(&mut self, r: Resource<MessageView>) -> wasmtime::Result<()> {
-        bindings::HostMessage::drop(self, r)
-    }
+/// A current `field-value` as a released package's (module `$v`; the same variant).
+macro_rules! released_value {
+    ($v:ident, $value:expr) => {
+        match $value {
+            FieldValue::Boolean(b) => $v::FieldValue::Boolean(b),
+            FieldValue::Integer(n) => $v::FieldValue::Integer(n),
+            FieldValue::Float(f) => $v::FieldValue::Float(f),
+            FieldValue::Decimal(d) => $v::FieldValue::Decimal(d),
+            FieldValue::Text(t) => $v::FieldValue::Text(t),
+            FieldValue::Bytes(b) => $v::FieldValue::Bytes(b),
+            FieldValue::Timestamp(t) => $v::FieldValue::Timestamp(t),
+            FieldValue::Table(t) => $v::FieldValue::Table(t),
+            FieldValue::Array(a) => $v::FieldValue::Array(a),
+            FieldValue::Void => $v::FieldValue::Void,
+        }
+    };
 }
 
-impl v0_1::TypesHost for StoreState {}
+released_types!(v0_2, "0.2.0");
+released_types!(v0_1, "0.1.0");
 
 /// The engine, the linker and the limits shared by every plugin.
 #[derive(Clone)]
 pub struct Runtime {
     /// Compiles components; its epoch drives call deadlines.
     pub engine: Engine,
-    /// WASI (empty context) + `warren:plugin/types` (0.2.0 and the released 0.1.0).
+    /// WASI (empty context) + `warren:plugin/types` (0.3.0 and the released 0.2.0 and 0.1.0).
     pub linker: Arc<Linker<StoreState>>,
     /// Applied to every store and call.
     pub limits: Limits,
@@ -348,6 +462,11 @@ impl Runtime {
             |s| s,
         )
         .map_err(|e| anyhow::anyhow!("linking warren:plugin/types: {e:#}"))?;
+        v0_2::types::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("linking warren:plugin/types@0.2.0: {e:#}"))?;
         v0_1::types::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
             &mut linker,
             |s| s,
@@ -453,6 +572,29 @@ pub fn lend_message(
             message: Arc::clone(message),
         })
         .map_err(|e| Fault::Trap(e.to_string()))
+}
+
+/// Puts a run of messages into the store's resource table for one `route-messages` call (delete it
+/// with [`forget_run`] after the call).
+///
+/// # Errors
+/// The resource table is full.
+pub fn lend_run(
+    store: &mut Store<StoreState>,
+    messages: &[&Arc<Message>],
+) -> Result<Resource<MessageRunView>, Fault> {
+    store
+        .data_mut()
+        .table
+        .push(MessageRunView {
+            messages: messages.iter().map(|m| Arc::clone(m)).collect(),
+        })
+        .map_err(|e| Fault::Trap(e.to_string()))
+}
+
+/// Deletes a run made by [`lend_run`].
+pub fn forget_run(store: &mut Store<StoreState>, run: Resource<MessageRunView>) {
+    let _ = store.data_mut().table.delete(run);
 }
 
 /// Deletes a view made by [`lend_message`].

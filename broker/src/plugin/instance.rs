@@ -9,7 +9,7 @@ use std::sync::Arc;
 use wasmtime::Store;
 
 use super::bindings::{Binding, Decision, RoutesOn};
-use super::engine::{forget_message, lend_message, run, Fault, StoreState};
+use super::engine::{forget_message, forget_run, lend_message, lend_run, run, Fault, StoreState};
 use super::loader::{Kind, Pre};
 use super::output::Origin;
 use super::registry::{PluginHost, Slot};
@@ -50,6 +50,7 @@ impl Configurable for FilterWorld {
         config: &Vec<u8>,
     ) -> Result<Result<(), String>, Fault> {
         instance.call(|w, s| match w {
+            FilterWorld::V0_3(w) => run(w.warren_plugin_filter().call_init(s, config)),
             FilterWorld::V0_2(w) => run(w.warren_plugin_filter().call_init(s, config)),
             FilterWorld::V0_1(w) => run(w.warren_plugin_filter().call_init(s, config)),
         })
@@ -62,6 +63,7 @@ impl Configurable for IdempotencyWorld {
         config: &Vec<u8>,
     ) -> Result<Result<(), String>, Fault> {
         instance.call(|w, s| match w {
+            IdempotencyWorld::V0_3(w) => run(w.warren_plugin_idempotency().call_init(s, config)),
             IdempotencyWorld::V0_2(w) => run(w.warren_plugin_idempotency().call_init(s, config)),
             IdempotencyWorld::V0_1(w) => run(w.warren_plugin_idempotency().call_init(s, config)),
         })
@@ -72,6 +74,9 @@ impl World for ExchangeWorld {
     const KIND: Kind = Kind::Exchange;
     fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
         match pre {
+            Pre::Exchange(ExchangePre::V0_3(p)) => {
+                run(p.instantiate_async(store)).map(ExchangeWorld::V0_3)
+            }
             Pre::Exchange(ExchangePre::V0_2(p)) => {
                 run(p.instantiate_async(store)).map(ExchangeWorld::V0_2)
             }
@@ -87,6 +92,9 @@ impl World for FilterWorld {
     const KIND: Kind = Kind::Filter;
     fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
         match pre {
+            Pre::Filter(FilterPre::V0_3(p)) => {
+                run(p.instantiate_async(store)).map(FilterWorld::V0_3)
+            }
             Pre::Filter(FilterPre::V0_2(p)) => {
                 run(p.instantiate_async(store)).map(FilterWorld::V0_2)
             }
@@ -102,6 +110,9 @@ impl World for IdempotencyWorld {
     const KIND: Kind = Kind::Idempotency;
     fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
         match pre {
+            Pre::Idempotency(IdempotencyPre::V0_3(p)) => {
+                run(p.instantiate_async(store)).map(IdempotencyWorld::V0_3)
+            }
             Pre::Idempotency(IdempotencyPre::V0_2(p)) => {
                 run(p.instantiate_async(store)).map(IdempotencyWorld::V0_2)
             }
@@ -246,9 +257,11 @@ impl Instance<ExchangeWorld> {
     /// The call faulted.
     pub fn init(&mut self, arguments: &Vec<u8>) -> Result<Result<RoutesOn, String>, Fault> {
         self.call(|w, s| match w {
-            ExchangeWorld::V0_2(w) => run(w.warren_plugin_exchange().call_init(s, arguments)),
+            ExchangeWorld::V0_3(w) => run(w.warren_plugin_exchange().call_init(s, arguments)),
+            ExchangeWorld::V0_2(w) => run(w.warren_plugin_exchange().call_init(s, arguments))
+                .map(|r| r.map(worlds::from_v0_2::routes_on)),
             ExchangeWorld::V0_1(w) => run(w.warren_plugin_exchange().call_init(s, arguments))
-                .map(|r| r.map(worlds::routes_on)),
+                .map(|r| r.map(worlds::from_v0_1::routes_on)),
         })
     }
 
@@ -258,12 +271,15 @@ impl Instance<ExchangeWorld> {
     /// The call faulted.
     pub fn validate_binding(&mut self, binding: &Binding) -> Result<Result<(), String>, Fault> {
         self.call(|w, s| match w {
-            ExchangeWorld::V0_2(w) => {
+            ExchangeWorld::V0_3(w) => {
                 run(w.warren_plugin_exchange().call_validate_binding(s, binding))
             }
+            ExchangeWorld::V0_2(w) => run(w
+                .warren_plugin_exchange()
+                .call_validate_binding(s, &worlds::from_v0_2::binding(binding))),
             ExchangeWorld::V0_1(w) => run(w
                 .warren_plugin_exchange()
-                .call_validate_binding(s, &worlds::binding_v0_1(binding))),
+                .call_validate_binding(s, &worlds::from_v0_1::binding(binding))),
         })
     }
 
@@ -273,10 +289,13 @@ impl Instance<ExchangeWorld> {
     /// The call faulted.
     pub fn add_binding(&mut self, binding: &Binding) -> Result<(), Fault> {
         self.call(|w, s| match w {
-            ExchangeWorld::V0_2(w) => run(w.warren_plugin_exchange().call_add_binding(s, binding)),
+            ExchangeWorld::V0_3(w) => run(w.warren_plugin_exchange().call_add_binding(s, binding)),
+            ExchangeWorld::V0_2(w) => run(w
+                .warren_plugin_exchange()
+                .call_add_binding(s, &worlds::from_v0_2::binding(binding))),
             ExchangeWorld::V0_1(w) => run(w
                 .warren_plugin_exchange()
-                .call_add_binding(s, &worlds::binding_v0_1(binding))),
+                .call_add_binding(s, &worlds::from_v0_1::binding(binding))),
         })
     }
 
@@ -286,6 +305,7 @@ impl Instance<ExchangeWorld> {
     /// The call faulted.
     pub fn remove_binding(&mut self, id: u32) -> Result<(), Fault> {
         self.call(|w, s| match w {
+            ExchangeWorld::V0_3(w) => run(w.warren_plugin_exchange().call_remove_binding(s, id)),
             ExchangeWorld::V0_2(w) => run(w.warren_plugin_exchange().call_remove_binding(s, id)),
             ExchangeWorld::V0_1(w) => run(w.warren_plugin_exchange().call_remove_binding(s, id)),
         })
@@ -297,6 +317,9 @@ impl Instance<ExchangeWorld> {
     /// The call faulted.
     pub fn route(&mut self, message: &Arc<Message>, routing_key: &str) -> Result<Vec<u32>, Fault> {
         self.call_with_message(message, |w, s, view| match w {
+            ExchangeWorld::V0_3(w) => {
+                run(w.warren_plugin_exchange().call_route(s, view, routing_key))
+            }
             ExchangeWorld::V0_2(w) => {
                 run(w.warren_plugin_exchange().call_route(s, view, routing_key))
             }
@@ -309,7 +332,13 @@ impl Instance<ExchangeWorld> {
     /// Whether the plugin answers `route-keys` (package 0.2.0 on; a 0.1.0 plugin is routed message by
     /// message).
     pub fn routes_keys_in_batches(&self) -> bool {
-        matches!(self.bindings, ExchangeWorld::V0_2(_))
+        !matches!(self.bindings, ExchangeWorld::V0_1(_))
+    }
+
+    /// Whether the plugin answers `route-messages` (package 0.3.0 on; an older plugin that routes on
+    /// the message is routed message by message).
+    pub fn routes_messages_in_batches(&self) -> bool {
+        matches!(self.bindings, ExchangeWorld::V0_3(_))
     }
 
     /// `route-keys`: binding ids for each of a run of routing keys (`keys` back to back, key i ending
@@ -333,13 +362,60 @@ impl Instance<ExchangeWorld> {
             ));
         }
         let calls = key_ends.len() as u64;
-        let routed = self.call_scaled(calls, |w, s| match w {
+        self.call_scaled(calls, |w, s| match w {
+            ExchangeWorld::V0_3(w) => run(w
+                .warren_plugin_exchange()
+                .call_route_keys(s, keys, key_ends))
+            .map(|r| (r.ids, r.id_ends)),
             ExchangeWorld::V0_2(w) => run(w
                 .warren_plugin_exchange()
-                .call_route_keys(s, keys, key_ends)),
+                .call_route_keys(s, keys, key_ends))
+            .map(|r| (r.ids, r.id_ends)),
             ExchangeWorld::V0_1(_) => wasmtime::bail!("route-keys is not in warren:plugin@0.1.0"),
-        })?;
-        Ok((routed.ids, routed.id_ends))
+        })
+    }
+
+    /// `route-messages`: binding ids for each of a run of messages, each routed with its own routing
+    /// key (`keys` back to back, key i ending at `key_ends[i]`), as `(ids, id_ends)` like
+    /// [`Instance::route_keys`]. The run is lent (a `message-run`) for the call only. The deadline is the call
+    /// timeout per message.
+    ///
+    /// # Errors
+    /// The call faulted, or the plugin's package has no `route-messages` ([`Fault::Unavailable`]: ask
+    /// [`Instance::routes_messages_in_batches`] first).
+    pub fn route_messages(
+        &mut self,
+        messages: &[&Arc<Message>],
+        keys: &[u8],
+        key_ends: &[u32],
+    ) -> Result<(Vec<u32>, Vec<u32>), Fault> {
+        if !self.routes_messages_in_batches() {
+            return Err(Fault::Unavailable(format!(
+                "route-messages is not in {}",
+                self.package()
+            )));
+        }
+        let lent = lend_run(&mut self.store, messages)?;
+        // Lent as a borrow: the guest's handle ends with the call, the host keeps ownership.
+        let borrow = wasmtime::component::Resource::new_borrow(lent.rep());
+        let result = self.call_scaled(messages.len() as u64, |w, s| match w {
+            ExchangeWorld::V0_3(w) => run(w
+                .warren_plugin_exchange()
+                .call_route_messages(s, borrow, keys, key_ends))
+            .map(|r| (r.ids, r.id_ends)),
+            _ => wasmtime::bail!("route-messages is not in this package"),
+        });
+        forget_run(&mut self.store, lent);
+        result
+    }
+
+    /// The package version of this instance's world.
+    fn package(&self) -> worlds::Package {
+        match self.bindings {
+            ExchangeWorld::V0_3(_) => worlds::Package::V0_3,
+            ExchangeWorld::V0_2(_) => worlds::Package::V0_2,
+            ExchangeWorld::V0_1(_) => worlds::Package::V0_1,
+        }
     }
 }
 
@@ -350,9 +426,12 @@ impl Instance<FilterWorld> {
     /// The call faulted.
     pub fn filter(&mut self, message: &Arc<Message>) -> Result<Decision, Fault> {
         self.call_with_message(message, |w, s, view| match w {
-            FilterWorld::V0_2(w) => run(w.warren_plugin_filter().call_filter(s, view)),
+            FilterWorld::V0_3(w) => run(w.warren_plugin_filter().call_filter(s, view)),
+            FilterWorld::V0_2(w) => {
+                run(w.warren_plugin_filter().call_filter(s, view)).map(worlds::from_v0_2::decision)
+            }
             FilterWorld::V0_1(w) => {
-                run(w.warren_plugin_filter().call_filter(s, view)).map(worlds::decision)
+                run(w.warren_plugin_filter().call_filter(s, view)).map(worlds::from_v0_1::decision)
             }
         })
     }
@@ -365,6 +444,7 @@ impl Instance<IdempotencyWorld> {
     /// The call faulted.
     pub fn key(&mut self, message: &Arc<Message>) -> Result<Option<Vec<u8>>, Fault> {
         self.call_with_message(message, |w, s, view| match w {
+            IdempotencyWorld::V0_3(w) => run(w.warren_plugin_idempotency().call_key(s, view)),
             IdempotencyWorld::V0_2(w) => run(w.warren_plugin_idempotency().call_key(s, view)),
             IdempotencyWorld::V0_1(w) => run(w.warren_plugin_idempotency().call_key(s, view)),
         })

@@ -283,7 +283,7 @@ pub fn load(
         .with_context(|| {
             format!(
                 "imports something the plugin sandbox does not offer (this broker offers WASI 0.2 \
-                 with an empty context and warren:plugin/types@0.2.0 and @0.1.0); {}",
+                 with an empty context and warren:plugin/types@0.3.0, @0.2.0 and @0.1.0); {}",
                 summary(runtime, &component)
             )
         })?;

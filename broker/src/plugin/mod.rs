@@ -1,6 +1,6 @@
 //! The WebAssembly plugin host: custom exchange types, consumer filters and idempotency keys as
-//! components targeting `wit/warren-plugin.wit` (`warren:plugin@0.2.0`) or the released
-//! `warren:plugin@0.1.0` (`wit/released/`).
+//! components targeting `wit/warren-plugin.wit` (`warren:plugin@0.3.0`) or the released
+//! `warren:plugin@0.2.0` and `@0.1.0` (`wit/released/`).
 //!
 //! - `bindings`: the only `bindgen!` site.
 //! - `engine`: engine, linker, store state, sandbox limits, the host `message` resource.
@@ -12,7 +12,8 @@
 //! - `output`: a plugin's stdout and stderr as log lines (tagged, rate-limited).
 //! - `watcher`: the plugin directory → reloads.
 //! - `check`, `trial`, `scaffold`: `warren plugin check`, `test` and `new` (tools for plugin authors).
-//! - `worlds`: every package version of the contract this host accepts (0.2.0, released 0.1.0).
+//! - `worlds`: every package version of the contract this host accepts (0.3.0, released 0.2.0 and
+//!   0.1.0).
 //!
 //! This module knows nothing of AMQP sessions: no channel, connection or vhost types.
 

@@ -4,9 +4,11 @@
 //! decision:
 //!
 //! - an exchange plugin: `init`, each binding through `validate-binding` / `add-binding`, then the
-//!   binding ids and keys `route` gives for each message; for a `routes-on = routing-key` plugin of
-//!   a package with `route-keys`, one `route-keys` call over every message's key (the batch path the
-//!   broker takes), which must answer the same bindings for each key as `route` did (order and
+//!   binding ids and keys `route` gives for each message; then the batch path the broker takes —
+//!   for a `routes-on = routing-key` plugin of a package with `route-keys`, one `route-keys` call
+//!   over every message's key; for a `routes-on = message` plugin of a package with
+//!   `route-messages`, one `route-messages` call over every message, on a fresh instance with the
+//!   same bindings — which must answer the same bindings for each message as `route` did (order and
 //!   duplicates aside, as the broker dedups them);
 //! - a filter: `deliver`, `skip` or `reject` for each message;
 //! - an idempotency plugin: each message's key (text when UTF-8, else hex), or none.
@@ -309,6 +311,7 @@ fn exchange(
         }
     );
     let mut passed = true;
+    let mut added = Vec::new();
     for (id, b) in trial.bindings.iter().enumerate() {
         let key = b.key();
         let binding_arguments = match b {
@@ -338,6 +341,7 @@ fn exchange(
             return false;
         }
         let _ = writeln!(text, "binding {id} '{key}': added");
+        added.push(binding);
     }
     let describe = |ids: &[u32]| {
         let mut ids = ids.to_vec();
@@ -374,14 +378,15 @@ fn exchange(
             }
         }
     }
-    if routes_on != RoutesOn::RoutingKey || messages.is_empty() {
+    if messages.is_empty() {
         return passed;
     }
-    if !instance.routes_keys_in_batches() {
-        let _ = writeln!(
-            text,
-            "route-keys: not in this package (one call per message)"
-        );
+    let (batch, supported) = match routes_on {
+        RoutesOn::RoutingKey => ("route-keys", instance.routes_keys_in_batches()),
+        RoutesOn::Message => ("route-messages", instance.routes_messages_in_batches()),
+    };
+    if !supported {
+        let _ = writeln!(text, "{batch}: not in this package (one call per message)");
         return passed;
     }
     let mut keys = Vec::new();
@@ -390,7 +395,16 @@ fn exchange(
         keys.extend_from_slice(m.routing_key.as_str().as_bytes());
         key_ends.push(keys.len() as u32);
     }
-    match instance.route_keys(&keys, &key_ends) {
+    let answer = match routes_on {
+        RoutesOn::RoutingKey => instance.route_keys(&keys, &key_ends),
+        // On a fresh instance with the same bindings, so that a plugin with state (a round-robin
+        // position) starts the run where the calls one by one started.
+        RoutesOn::Message => fresh(host, slot, arguments, &added).and_then(|mut fresh| {
+            let run: Vec<&Arc<Message>> = messages.iter().collect();
+            fresh.route_messages(&run, &keys, &key_ends)
+        }),
+    };
+    match answer {
         Ok((ids, id_ends)) => {
             if id_ends.len() != messages.len()
                 || id_ends.windows(2).any(|w| w[0] > w[1])
@@ -398,7 +412,7 @@ fn exchange(
             {
                 let _ = writeln!(
                     text,
-                    "route-keys: ill-formed answer ({} id-ends for {} keys)",
+                    "{batch}: ill-formed answer ({} id-ends for {} messages)",
                     id_ends.len(),
                     messages.len()
                 );
@@ -407,39 +421,67 @@ fn exchange(
             let mut agree = true;
             let mut start = 0usize;
             for (n, end) in id_ends.iter().enumerate() {
-                let (batch, shown) = describe(&ids[start..*end as usize]);
+                let (answered, shown) = describe(&ids[start..*end as usize]);
                 start = *end as usize;
                 if let Some(Some(single)) = routed.get(n) {
-                    if *single != batch {
+                    if *single != answered {
                         agree = false;
                         let _ = writeln!(
                             text,
-                            "message {n} '{}': route-keys -> {shown}, but route -> {}",
+                            "message {n} '{}': {batch} -> {shown}, but route -> {}",
                             messages[n].routing_key,
                             describe(single).1
                         );
                     }
                 }
             }
+            let what = match (routes_on, messages.len()) {
+                (RoutesOn::RoutingKey, 1) => "key",
+                (RoutesOn::RoutingKey, _) => "keys",
+                (RoutesOn::Message, 1) => "message",
+                (RoutesOn::Message, _) => "messages",
+            };
             if agree {
                 let _ = writeln!(
                     text,
-                    "route-keys over the {} keys: agrees with route",
+                    "{batch} over the {} {what}: agrees with route",
                     messages.len()
                 );
             } else {
                 let _ = writeln!(
                     text,
-                    "route-keys disagrees with route: the broker would route these messages differently in batches"
+                    "{batch} disagrees with route: the broker would route these messages differently in batches{}",
+                    if routes_on == RoutesOn::Message {
+                        " (a plugin that draws random numbers differs by design)"
+                    } else {
+                        ""
+                    }
                 );
             }
             passed && agree
         }
         Err(f) => {
-            let _ = writeln!(text, "route-keys: fault: {f}");
+            let _ = writeln!(text, "{batch}: fault: {f}");
             false
         }
     }
+}
+
+/// A new exchange instance given `arguments` and `bindings`, as the broker builds one after a reload.
+fn fresh(
+    host: &Arc<PluginHost>,
+    slot: &Arc<super::Slot>,
+    arguments: &Vec<u8>,
+    bindings: &[Binding],
+) -> Result<Instance<ExchangeWorld>, super::Fault> {
+    let mut instance = Instance::<ExchangeWorld>::new(host, slot)?;
+    instance
+        .init(arguments)?
+        .map_err(super::Fault::Unavailable)?;
+    for b in bindings {
+        instance.add_binding(b)?;
+    }
+    Ok(instance)
 }
 
 /// A filter's or idempotency plugin's instance initialised with `config`, the outcome of `init`

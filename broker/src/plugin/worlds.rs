@@ -1,16 +1,17 @@
 //! Every package version of the contract this host accepts, one type per kind: a component is
-//! matched against the worlds of `warren:plugin@0.2.0` (current, `wit/warren-plugin.wit`) and of the
-//! released `warren:plugin@0.1.0` (`wit/released/`), and runs with the behaviour it was written for
-//! (0.1.0 exchanges have no `route-keys`: they are routed message by message). Records that did not
-//! change between versions are converted field by field here, so the rest of the host speaks the
-//! current package's types only.
+//! matched against the worlds of `warren:plugin@0.3.0` (current, `wit/warren-plugin.wit`) and of the
+//! released `warren:plugin@0.2.0` and `@0.1.0` (`wit/released/`), and runs with the behaviour it was
+//! written for (0.1.0 exchanges have no `route-keys` and 0.2.0 ones no `route-messages`: they are
+//! routed message by message where those would batch). Records that did not change between versions
+//! are converted field by field here, so the rest of the host speaks the current package's types
+//! only.
 
 use wasmtime::component::InstancePre;
 use wasmtime::Store;
 
 use super::bindings::{
-    v0_1, Binding, Decision, ExchangePlugin, ExchangePluginPre, FilterPlugin, FilterPluginPre,
-    IdempotencyPlugin, IdempotencyPluginPre, PluginInfo, RoutesOn,
+    v0_1, v0_2, Binding, Decision, ExchangePlugin, ExchangePluginPre, FilterPlugin,
+    FilterPluginPre, IdempotencyPlugin, IdempotencyPluginPre, PluginInfo, RoutesOn,
 };
 use super::engine::{run, StoreState};
 use super::loader::Kind;
@@ -18,10 +19,13 @@ use super::loader::Kind;
 /// A package version of the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Package {
-    /// `warren:plugin@0.2.0`, the current one.
+    /// `warren:plugin@0.3.0`, the current one.
+    #[serde(rename = "warren:plugin@0.3.0")]
+    V0_3,
+    /// `warren:plugin@0.2.0` (no `route-messages`).
     #[serde(rename = "warren:plugin@0.2.0")]
     V0_2,
-    /// `warren:plugin@0.1.0`, released first.
+    /// `warren:plugin@0.1.0`, released first (no `route-keys`).
     #[serde(rename = "warren:plugin@0.1.0")]
     V0_1,
 }
@@ -29,6 +33,7 @@ pub enum Package {
 impl std::fmt::Display for Package {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Package::V0_3 => "warren:plugin@0.3.0",
             Package::V0_2 => "warren:plugin@0.2.0",
             Package::V0_1 => "warren:plugin@0.1.0",
         })
@@ -37,33 +42,78 @@ impl std::fmt::Display for Package {
 
 /// What this host accepts, for refusal messages.
 pub const ACCEPTED: &str = "a component of world exchange-plugin, filter-plugin or \
-    idempotency-plugin of warren:plugin@0.2.0 or warren:plugin@0.1.0";
+    idempotency-plugin of warren:plugin@0.3.0, warren:plugin@0.2.0 or warren:plugin@0.1.0";
 
-/// An exchange plugin's component, pre-instantiated, in its package version.
-#[derive(Clone)]
-pub enum ExchangePre {
-    /// Current package.
-    V0_2(ExchangePluginPre<StoreState>),
-    /// Released 0.1.0.
-    V0_1(v0_1::ExchangePluginPre<StoreState>),
+/// One type per kind, a variant per package version: `$t` of the current package's bindings,
+/// `v0_2::$t` and `v0_1::$t` of the released ones.
+macro_rules! by_version {
+    ($(#[$doc:meta] $name:ident($t:ident $(<$g:ty>)?);)*) => {$(
+        #[$doc]
+        pub enum $name {
+            /// Current package (0.3.0).
+            V0_3($t $(<$g>)?),
+            /// Released 0.2.0.
+            V0_2(v0_2::$t $(<$g>)?),
+            /// Released 0.1.0.
+            V0_1(v0_1::$t $(<$g>)?),
+        }
+
+        /// `Debug` naming the package version only (the generated bindings have no `Debug`).
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self {
+                    $name::V0_3(_) => concat!(stringify!($name), "(warren:plugin@0.3.0)"),
+                    $name::V0_2(_) => concat!(stringify!($name), "(warren:plugin@0.2.0)"),
+                    $name::V0_1(_) => concat!(stringify!($name), "(warren:plugin@0.1.0)"),
+                })
+            }
+        }
+    )*};
 }
 
-/// A filter plugin's component, pre-instantiated, in its package version.
-#[derive(Clone)]
-pub enum FilterPre {
-    /// Current package.
-    V0_2(FilterPluginPre<StoreState>),
-    /// Released 0.1.0.
-    V0_1(v0_1::FilterPluginPre<StoreState>),
+by_version! {
+    /// An exchange plugin's component, pre-instantiated, in its package version.
+    ExchangePre(ExchangePluginPre<StoreState>);
+    /// A filter plugin's component, pre-instantiated, in its package version.
+    FilterPre(FilterPluginPre<StoreState>);
+    /// An idempotency plugin's component, pre-instantiated, in its package version.
+    IdempotencyPre(IdempotencyPluginPre<StoreState>);
+    /// An exchange plugin's instance, in its package version.
+    ExchangeWorld(ExchangePlugin);
+    /// A filter plugin's instance, in its package version.
+    FilterWorld(FilterPlugin);
+    /// An idempotency plugin's instance, in its package version.
+    IdempotencyWorld(IdempotencyPlugin);
 }
 
-/// An idempotency plugin's component, pre-instantiated, in its package version.
-#[derive(Clone)]
-pub enum IdempotencyPre {
-    /// Current package.
-    V0_2(IdempotencyPluginPre<StoreState>),
-    /// Released 0.1.0.
-    V0_1(v0_1::IdempotencyPluginPre<StoreState>),
+impl Clone for ExchangePre {
+    fn clone(&self) -> Self {
+        match self {
+            ExchangePre::V0_3(p) => ExchangePre::V0_3(p.clone()),
+            ExchangePre::V0_2(p) => ExchangePre::V0_2(p.clone()),
+            ExchangePre::V0_1(p) => ExchangePre::V0_1(p.clone()),
+        }
+    }
+}
+
+impl Clone for FilterPre {
+    fn clone(&self) -> Self {
+        match self {
+            FilterPre::V0_3(p) => FilterPre::V0_3(p.clone()),
+            FilterPre::V0_2(p) => FilterPre::V0_2(p.clone()),
+            FilterPre::V0_1(p) => FilterPre::V0_1(p.clone()),
+        }
+    }
+}
+
+impl Clone for IdempotencyPre {
+    fn clone(&self) -> Self {
+        match self {
+            IdempotencyPre::V0_3(p) => IdempotencyPre::V0_3(p.clone()),
+            IdempotencyPre::V0_2(p) => IdempotencyPre::V0_2(p.clone()),
+            IdempotencyPre::V0_1(p) => IdempotencyPre::V0_1(p.clone()),
+        }
+    }
 }
 
 /// A pre-instantiated component of one kind (exports looked up once, before any instance exists).
@@ -83,16 +133,33 @@ impl std::fmt::Debug for Pre {
     }
 }
 
+/// Instantiates a pre-instantiated component into a store and calls its `describe`, converting a
+/// released package's `plugin-info`.
+macro_rules! describe {
+    ($store:ident, $pre:expr, $interface:ident, $convert:path) => {{
+        let i = $pre.instantiate_async(&mut *$store).await?;
+        $convert(i.$interface().call_describe($store).await?)
+    }};
+}
+
 impl Pre {
-    /// The world of a package version this host accepts that `pre` targets, if any: the current
+    /// The world of a package version this host accepts that `pre` targets, if any: the newest
     /// package's worlds are tried first.
     pub fn find(pre: &InstancePre<StoreState>) -> Option<Pre> {
         let p = || pre.clone();
         ExchangePluginPre::new(p())
-            .map(|x| Pre::Exchange(ExchangePre::V0_2(x)))
-            .or_else(|_| FilterPluginPre::new(p()).map(|x| Pre::Filter(FilterPre::V0_2(x))))
+            .map(|x| Pre::Exchange(ExchangePre::V0_3(x)))
+            .or_else(|_| FilterPluginPre::new(p()).map(|x| Pre::Filter(FilterPre::V0_3(x))))
             .or_else(|_| {
-                IdempotencyPluginPre::new(p()).map(|x| Pre::Idempotency(IdempotencyPre::V0_2(x)))
+                IdempotencyPluginPre::new(p()).map(|x| Pre::Idempotency(IdempotencyPre::V0_3(x)))
+            })
+            .or_else(|_| {
+                v0_2::ExchangePluginPre::new(p()).map(|x| Pre::Exchange(ExchangePre::V0_2(x)))
+            })
+            .or_else(|_| v0_2::FilterPluginPre::new(p()).map(|x| Pre::Filter(FilterPre::V0_2(x))))
+            .or_else(|_| {
+                v0_2::IdempotencyPluginPre::new(p())
+                    .map(|x| Pre::Idempotency(IdempotencyPre::V0_2(x)))
             })
             .or_else(|_| {
                 v0_1::ExchangePluginPre::new(p()).map(|x| Pre::Exchange(ExchangePre::V0_1(x)))
@@ -117,6 +184,9 @@ impl Pre {
     /// The package version its world belongs to.
     pub fn package(&self) -> Package {
         match self {
+            Pre::Exchange(ExchangePre::V0_3(_))
+            | Pre::Filter(FilterPre::V0_3(_))
+            | Pre::Idempotency(IdempotencyPre::V0_3(_)) => Package::V0_3,
             Pre::Exchange(ExchangePre::V0_2(_))
             | Pre::Filter(FilterPre::V0_2(_))
             | Pre::Idempotency(IdempotencyPre::V0_2(_)) => Package::V0_2,
@@ -129,115 +199,86 @@ impl Pre {
     /// # Errors
     /// Instantiation or `describe` trapped.
     pub fn describe(&self, store: &mut Store<StoreState>) -> wasmtime::Result<PluginInfo> {
+        let same = |i: PluginInfo| i;
         run(async {
             Ok(match self {
+                Pre::Exchange(ExchangePre::V0_3(p)) => {
+                    describe!(store, p, warren_plugin_exchange, same)
+                }
+                Pre::Filter(FilterPre::V0_3(p)) => describe!(store, p, warren_plugin_filter, same),
+                Pre::Idempotency(IdempotencyPre::V0_3(p)) => {
+                    describe!(store, p, warren_plugin_idempotency, same)
+                }
                 Pre::Exchange(ExchangePre::V0_2(p)) => {
-                    let i = p.instantiate_async(&mut *store).await?;
-                    i.warren_plugin_exchange().call_describe(store).await?
+                    describe!(store, p, warren_plugin_exchange, from_v0_2::info)
                 }
                 Pre::Filter(FilterPre::V0_2(p)) => {
-                    let i = p.instantiate_async(&mut *store).await?;
-                    i.warren_plugin_filter().call_describe(store).await?
+                    describe!(store, p, warren_plugin_filter, from_v0_2::info)
                 }
                 Pre::Idempotency(IdempotencyPre::V0_2(p)) => {
-                    let i = p.instantiate_async(&mut *store).await?;
-                    i.warren_plugin_idempotency().call_describe(store).await?
+                    describe!(store, p, warren_plugin_idempotency, from_v0_2::info)
                 }
                 Pre::Exchange(ExchangePre::V0_1(p)) => {
-                    let i = p.instantiate_async(&mut *store).await?;
-                    info(i.warren_plugin_exchange().call_describe(store).await?)
+                    describe!(store, p, warren_plugin_exchange, from_v0_1::info)
                 }
                 Pre::Filter(FilterPre::V0_1(p)) => {
-                    let i = p.instantiate_async(&mut *store).await?;
-                    info(i.warren_plugin_filter().call_describe(store).await?)
+                    describe!(store, p, warren_plugin_filter, from_v0_1::info)
                 }
                 Pre::Idempotency(IdempotencyPre::V0_1(p)) => {
-                    let i = p.instantiate_async(&mut *store).await?;
-                    info(i.warren_plugin_idempotency().call_describe(store).await?)
+                    describe!(store, p, warren_plugin_idempotency, from_v0_1::info)
                 }
             })
         })
     }
 }
 
-fn info(i: v0_1::PluginInfo) -> PluginInfo {
-    PluginInfo {
-        name: i.name,
-        version: i.version,
-        description: i.description,
-    }
-}
+/// Conversions between the current package's records and a released package's (module `$v` of
+/// `bindings`; the same fields and cases).
+macro_rules! conversions {
+    ($module:ident, $v:ident, $package:literal) => {
+        #[doc = concat!("Records of the released `warren:plugin@", $package, "` to and from the current ones.")]
+        pub mod $module {
+            use super::super::bindings::$v;
+            use super::{Binding, Decision, PluginInfo, RoutesOn};
 
-/// A binding as the 0.1.0 package's record (the same fields).
-pub fn binding_v0_1(b: &Binding) -> v0_1::Binding {
-    v0_1::Binding {
-        id: b.id,
-        destination: b.destination.clone(),
-        key: b.key.clone(),
-        arguments: b.arguments.clone(),
-    }
-}
+            /// Its `plugin-info` as the current one.
+            pub fn info(i: $v::PluginInfo) -> PluginInfo {
+                PluginInfo {
+                    name: i.name,
+                    version: i.version,
+                    description: i.description,
+                }
+            }
 
-/// A 0.1.0 `routes-on` as the current one.
-pub fn routes_on(r: v0_1::RoutesOn) -> RoutesOn {
-    match r {
-        v0_1::RoutesOn::RoutingKey => RoutesOn::RoutingKey,
-        v0_1::RoutesOn::Message => RoutesOn::Message,
-    }
-}
+            /// A binding as its record (the same fields).
+            pub fn binding(b: &Binding) -> $v::Binding {
+                $v::Binding {
+                    id: b.id,
+                    destination: b.destination.clone(),
+                    key: b.key.clone(),
+                    arguments: b.arguments.clone(),
+                }
+            }
 
-/// A 0.1.0 filter decision as the current one.
-pub fn decision(d: v0_1::Decision) -> Decision {
-    match d {
-        v0_1::Decision::Deliver => Decision::Deliver,
-        v0_1::Decision::Skip => Decision::Skip,
-        v0_1::Decision::Reject => Decision::Reject,
-    }
-}
+            /// Its `routes-on` as the current one.
+            pub fn routes_on(r: $v::RoutesOn) -> RoutesOn {
+                match r {
+                    $v::RoutesOn::RoutingKey => RoutesOn::RoutingKey,
+                    $v::RoutesOn::Message => RoutesOn::Message,
+                }
+            }
 
-/// An exchange plugin's instance, in its package version.
-pub enum ExchangeWorld {
-    /// Current package.
-    V0_2(ExchangePlugin),
-    /// Released 0.1.0 (no `route-keys`).
-    V0_1(v0_1::ExchangePlugin),
-}
-
-/// A filter plugin's instance, in its package version.
-pub enum FilterWorld {
-    /// Current package.
-    V0_2(FilterPlugin),
-    /// Released 0.1.0.
-    V0_1(v0_1::FilterPlugin),
-}
-
-/// An idempotency plugin's instance, in its package version.
-pub enum IdempotencyWorld {
-    /// Current package.
-    V0_2(IdempotencyPlugin),
-    /// Released 0.1.0.
-    V0_1(v0_1::IdempotencyPlugin),
-}
-
-/// `Debug` naming the package version only (the generated bindings have no `Debug`).
-macro_rules! debug_by_version {
-    ($($t:ident),*) => {$(
-        impl std::fmt::Debug for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(match self {
-                    $t::V0_2(_) => concat!(stringify!($t), "(warren:plugin@0.2.0)"),
-                    $t::V0_1(_) => concat!(stringify!($t), "(warren:plugin@0.1.0)"),
-                })
+            /// Its filter decision as the current one.
+            pub fn decision(d: $v::Decision) -> Decision {
+                match d {
+                    $v::Decision::Deliver => Decision::Deliver,
+                    $v::Decision::Skip => Decision::Skip,
+                    $v::Decision::Reject => Decision::Reject,
+                }
             }
         }
-    )*};
+    };
 }
 
-debug_by_version!(
-    ExchangePre,
-    FilterPre,
-    IdempotencyPre,
-    ExchangeWorld,
-    FilterWorld,
-    IdempotencyWorld
-);
+conversions!(from_v0_2, v0_2, "0.2.0");
+conversions!(from_v0_1, v0_1, "0.1.0");

@@ -220,6 +220,19 @@ fn common(kind: Kind) -> TokenStream2 {
             fn headers(&self) -> __Table { __Table::decode(&self.0.headers()).unwrap_or_default() }
         }
 
+        /// Message `.1` of a `message-run`.
+        struct __RunSource<'a>(&'a __types::MessageRun, u32);
+
+        impl __MessageSource for __RunSource<'_> {
+            fn exchange(&self) -> String { self.0.exchange(self.1) }
+            fn routing_key(&self) -> String { self.0.routing_key(self.1) }
+            fn body_size(&self) -> u64 { self.0.body_size(self.1) }
+            fn body(&self) -> Vec<u8> { self.0.body(self.1) }
+            fn property(&self, name: &str) -> Option<__Value> { self.0.property(self.1, name).map(__value) }
+            fn header(&self, name: &str) -> Option<__Value> { self.0.header(self.1, name).map(__value) }
+            fn headers(&self) -> __Table { __Table::decode(&self.0.headers(self.1)).unwrap_or_default() }
+        }
+
         fn __info(name: &str, description: &str) -> __types::PluginInfo {
             __types::PluginInfo {
                 name: name.to_string(),
@@ -298,6 +311,19 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
                     }
                     fn route_keys(keys: Vec<u8>, key_ends: Vec<u32>) -> __x::RoutedKeys {
                         let (ids, id_ends) = __rt::route_keys(&__HOOKS, &keys, &key_ends);
+                        __x::RoutedKeys { ids, id_ends }
+                    }
+                    fn route_messages(
+                        messages: &__types::MessageRun,
+                        keys: Vec<u8>,
+                        key_ends: Vec<u32>,
+                    ) -> __x::RoutedKeys {
+                        let (ids, id_ends) = __rt::route_messages(
+                            &__HOOKS,
+                            |i| __RunSource(messages, i),
+                            &keys,
+                            &key_ends,
+                        );
                         __x::RoutedKeys { ids, id_ends }
                     }
                 }
