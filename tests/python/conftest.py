@@ -5,6 +5,8 @@ WARREN_TEST_BROKER=HOST:PORT runs the tests against an already running broker in
 RabbitMQ, to check that the tests encode RabbitMQ's behaviour); tests that need their own
 configuration or a restart are skipped then.
 """
+import base64
+import json
 import os
 import pathlib
 import signal
@@ -12,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 import pika
 import pytest
@@ -148,3 +151,22 @@ def plugin_broker(tmp_path_factory):
     yield b
     if b.proc.poll() is None:
         b.stop()
+
+
+def broker_with_built_plugin(tmp_path_factory, build_script, source_dir, file_name):
+    """A broker whose plugin directory holds the component `build_script` (plugins/python/build.sh or
+    plugins/js/build.sh) makes from `source_dir` (both relative to the repository root)."""
+    plugin_dir = tmp_path_factory.mktemp("built-plugins")
+    subprocess.run(
+        ["bash", str(ROOT / build_script), str(ROOT / source_dir), str(plugin_dir / file_name)],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    return Broker(plugin_dir=plugin_dir)
+
+
+def plugin_status(broker, name):
+    """The entry for plugin `name` in the management API's /api/warren/plugins."""
+    request = urllib.request.Request(f"http://127.0.0.1:{broker.mgmt_port}/api/warren/plugins")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return next(p for p in json.load(r) if p["name"] == name)

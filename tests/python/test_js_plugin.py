@@ -2,36 +2,19 @@
 componentize-js (pinned in plugins/js/package.json, `npm ci` by plugins/js/build.sh) with the flags the
 guide gives, loaded by the real broker, routing pika's publishes — one by one and in `route-keys`
 batches — under the default per-instance memory cap."""
-import base64
-import json
-import subprocess
-import urllib.request
-
 import pytest
 
-from conftest import EXTERNAL, ROOT, Broker
+from conftest import EXTERNAL, broker_with_built_plugin, plugin_status
 
 pytestmark = pytest.mark.skipif(EXTERNAL is not None, reason="needs its own broker with the plugin")
 
 
 @pytest.fixture(scope="module")
 def js_broker(tmp_path_factory):
-    plugin_dir = tmp_path_factory.mktemp("js-plugins")
-    subprocess.run(
-        ["bash", str(ROOT / "plugins/js/build.sh"), str(ROOT / "plugins/js/x-js-direct"),
-         str(plugin_dir / "x_js_direct.wasm")],
-        check=True, stdout=subprocess.DEVNULL,
-    )
-    b = Broker(plugin_dir=plugin_dir)
+    b = broker_with_built_plugin(tmp_path_factory, "plugins/js/build.sh", "plugins/js/x-js-direct",
+                                 "x_js_direct.wasm")
     yield b
     b.stop()
-
-
-def plugin_status(broker):
-    request = urllib.request.Request(f"http://127.0.0.1:{broker.mgmt_port}/api/warren/plugins")
-    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    with urllib.request.urlopen(request, timeout=10) as r:
-        return next(p for p in json.load(r) if p["name"] == "x-js-direct")
 
 
 def test_a_javascript_exchange_routes_like_direct(js_broker):
@@ -54,7 +37,7 @@ def test_a_javascript_exchange_routes_like_direct(js_broker):
                 break
             got.append(int(body))
         assert got == [n for n, k in enumerate(keys) if k == q], q
-    status = plugin_status(js_broker)
+    status = plugin_status(js_broker, "x-js-direct")
     print(f"x-js-direct: {status['calls']} calls, {status['memory']} memory-cap breaches (cap "
           f"{status['memory_cap']}), {status['traps']} traps, {status['timeouts']} timeouts")
     # The JS engine's heap fits the default cap: no breach, so the cap was never raised.

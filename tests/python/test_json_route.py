@@ -2,40 +2,26 @@
 componentize-py (pinned in requirements.txt) into a real component, loaded by the real broker, driven
 by pika as a RabbitMQ user would. Bursts of publishes reach it in `route-messages` batches; the
 routing and its order must be exactly those of one call per message."""
-import base64
 import json
-import pathlib
-import subprocess
-import urllib.request
 
 import pika
 import pytest
 
-from conftest import EXTERNAL, ROOT, Broker
+from conftest import EXTERNAL, broker_with_built_plugin, plugin_status
 
 pytestmark = pytest.mark.skipif(EXTERNAL is not None, reason="needs its own broker with the plugin")
 
 
 @pytest.fixture(scope="module")
 def json_broker(tmp_path_factory):
-    plugin_dir = tmp_path_factory.mktemp("json-plugins")
-    subprocess.run(
-        ["bash", str(ROOT / "plugins/python/build.sh"), str(ROOT / "plugins/python/x-json-route"),
-         str(plugin_dir / "x_json_route.wasm")],
-        check=True, stdout=subprocess.DEVNULL,
-    )
-    b = Broker(plugin_dir=plugin_dir)
+    b = broker_with_built_plugin(tmp_path_factory, "plugins/python/build.sh", "plugins/python/x-json-route",
+                                 "x_json_route.wasm")
     yield b
     b.stop()
 
 
 def plugin_calls(broker):
-    """`calls` of x-json-route in the management API's plugin list."""
-    request = urllib.request.Request(f"http://127.0.0.1:{broker.mgmt_port}/api/warren/plugins")
-    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    with urllib.request.urlopen(request, timeout=10) as r:
-        plugins = json.load(r)
-    return next(p for p in plugins if p["name"] == "x-json-route")["calls"]
+    return plugin_status(broker, "x-json-route")["calls"]
 
 
 def drain(ch, queue):
