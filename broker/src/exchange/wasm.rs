@@ -334,8 +334,9 @@ impl WasmExchange {
         }
         let use_cache = !by_message && active.bypass == 0;
         let mut p = Prepared::default();
-        let mut run = Vec::new();
-        for m in messages.iter().take(PREPARE_MAX) {
+        // A message run is every message (no cache): the plugin gets this slice as it is.
+        let run = &messages[..messages.len().min(PREPARE_MAX)];
+        for m in run {
             let key = m.routing_key.as_str();
             if use_cache && active.cache.contains_key(key) {
                 continue;
@@ -345,7 +346,6 @@ impl WasmExchange {
                 .push(u32::try_from(p.keys.len()).unwrap_or(u32::MAX));
             if by_message {
                 p.messages.push(Prepared::address(m));
-                run.push(*m);
             }
         }
         if p.len() < 2 {
@@ -354,7 +354,7 @@ impl WasmExchange {
         let (ids, id_ends) = self
             .with_instance(&mut active, true, |i| {
                 if by_message {
-                    i.route_messages(&run, &p.keys, &p.key_ends)
+                    i.route_messages(run, &p.keys, &p.key_ends)
                 } else {
                     i.route_keys(&p.keys, &p.key_ends)
                 }

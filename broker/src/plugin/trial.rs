@@ -270,8 +270,8 @@ fn run_in(
     );
     let passed = match loaded.kind {
         Kind::Exchange => exchange(&host, &slot, &arguments, trial, &messages, &mut text),
-        Kind::Filter => filter(&host, &slot, &arguments, trial, &messages, &mut text),
-        Kind::Idempotency => idempotency(&host, &slot, &arguments, trial, &messages, &mut text),
+        Kind::Filter => filter(&host, &slot, &arguments, &messages, &mut text),
+        Kind::Idempotency => idempotency(&host, &slot, &arguments, &messages, &mut text),
     };
     Ok(Outcome { text, passed })
 }
@@ -508,66 +508,66 @@ fn configured<W: Configurable>(
     }
 }
 
+/// Writes a line per message, `message N 'KEY': ` followed by what `decide` answered or its fault;
+/// false when any call faulted.
+fn each_message(
+    messages: &[Arc<Message>],
+    text: &mut String,
+    mut decide: impl FnMut(&Arc<Message>) -> Result<String, super::Fault>,
+) -> bool {
+    let mut passed = true;
+    for (n, m) in messages.iter().enumerate() {
+        let answer = decide(m).unwrap_or_else(|f| {
+            passed = false;
+            format!("fault: {f}")
+        });
+        let _ = writeln!(text, "message {n} '{}': {answer}", m.routing_key);
+    }
+    passed
+}
+
 fn filter(
     host: &Arc<PluginHost>,
     slot: &Arc<super::Slot>,
     config: &Vec<u8>,
-    _trial: &Trial,
     messages: &[Arc<Message>],
     text: &mut String,
 ) -> bool {
     let Some(mut instance) = configured::<FilterWorld>(host, slot, config, text) else {
         return false;
     };
-    let mut passed = true;
-    for (n, m) in messages.iter().enumerate() {
-        match instance.filter(m) {
-            Ok(d) => {
-                let d = match d {
-                    Decision::Deliver => "deliver",
-                    Decision::Skip => "skip",
-                    Decision::Reject => "reject",
-                };
-                let _ = writeln!(text, "message {n} '{}': {d}", m.routing_key);
+    each_message(messages, text, |m| {
+        instance.filter(m).map(|d| {
+            match d {
+                Decision::Deliver => "deliver",
+                Decision::Skip => "skip",
+                Decision::Reject => "reject",
             }
-            Err(f) => {
-                let _ = writeln!(text, "message {n} '{}': fault: {f}", m.routing_key);
-                passed = false;
-            }
-        }
-    }
-    passed
+            .to_owned()
+        })
+    })
 }
 
 fn idempotency(
     host: &Arc<PluginHost>,
     slot: &Arc<super::Slot>,
     config: &Vec<u8>,
-    _trial: &Trial,
     messages: &[Arc<Message>],
     text: &mut String,
 ) -> bool {
     let Some(mut instance) = configured::<IdempotencyWorld>(host, slot, config, text) else {
         return false;
     };
-    let mut passed = true;
-    for (n, m) in messages.iter().enumerate() {
-        match instance.key(m) {
-            Ok(Some(k)) => {
-                let shown = match std::str::from_utf8(&k) {
-                    Ok(s) => format!("'{s}'"),
-                    Err(_) => k.iter().map(|b| format!("{b:02x}")).collect(),
-                };
-                let _ = writeln!(text, "message {n} '{}': key {shown}", m.routing_key);
-            }
-            Ok(None) => {
-                let _ = writeln!(text, "message {n} '{}': no key", m.routing_key);
-            }
-            Err(f) => {
-                let _ = writeln!(text, "message {n} '{}': fault: {f}", m.routing_key);
-                passed = false;
-            }
-        }
-    }
-    passed
+    each_message(messages, text, |m| {
+        instance.key(m).map(|key| match key {
+            Some(k) => match std::str::from_utf8(&k) {
+                Ok(s) => format!("key '{s}'"),
+                Err(_) => format!(
+                    "key {}",
+                    k.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                ),
+            },
+            None => "no key".to_owned(),
+        })
+    })
 }
