@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Message batching for plugins that route on the whole message, measured on the first-party Python
 plugin `x-json-route`: the same `app.py` built twice with componentize-py — against the current WIT
-package (0.3.0: the broker hands it runs of messages in one `route-messages` call) and against the
+package (0.4.0; since 0.3.0 the broker hands it runs of messages in one `route-messages` call) and against the
 released 0.2.0 package (no `route-messages`: one `route` call per message) — each loaded into the
 release broker in turn, runs alternating, the same warren-perf load (1 producer with confirms,
 window 1000, 1 consumer, auto-ack, a 48 B JSON body routed on `order.region`). Prints the medians
@@ -34,7 +34,7 @@ LOAD = ["-e", "perf-json", "-t", "x-json-route", "-k", "orders", "--binding-key"
 VARIANTS = {
     "per-message calls (warren:plugin@0.2.0 build)": (
         ROOT / "wit" / "released" / "warren-plugin@0.2.0.wit", "warren:plugin/exchange-plugin@0.2.0"),
-    "batched route-messages (warren:plugin@0.3.0 build)": (ROOT / "wit", "warren:plugin/exchange-plugin"),
+    "batched route-messages (warren:plugin@0.4.0 build)": (ROOT / "wit", "warren:plugin/exchange-plugin"),
 }
 
 

@@ -21,6 +21,9 @@ const PLUGINS: &[(&str, &str)] = &[
     ("TRAP_ON_LOAD", "trap_on_load"),
     ("V0_1_EXCHANGE", "v0_1_exchange"),
     ("DISAGREE", "disagree"),
+    ("V0_3_EXCHANGE", "v0_3_exchange"),
+    ("X_DELAYED_MESSAGE", "x_delayed_message"),
+    ("X_MESSAGE_DEDUPLICATION", "x_message_deduplication"),
 ];
 
 fn main() {

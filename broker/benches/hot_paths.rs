@@ -206,6 +206,7 @@ fn plugin_route(c: &mut Criterion) {
             &FieldTable::default(),
             "exchange 'bench'",
             false,
+            None,
         )
         .expect("type loaded and declared");
     let mut direct = Direct::default();

@@ -95,6 +95,10 @@ impl Broker {
                 memory_bytes: usize::try_from(config.plugin_memory_limit).unwrap_or(usize::MAX),
                 memory_ceiling_bytes: usize::try_from(config.plugin_memory_ceiling)
                     .unwrap_or(usize::MAX),
+                kv: crate::plugin::kv::KvQuota {
+                    max_entries: config.plugin_kv_max_entries,
+                    max_bytes: config.plugin_kv_max_bytes,
+                },
             },
             config.plugin_dir.clone(),
             config.data_dir.as_ref().map(|d| d.join("plugin-cache")),

@@ -201,6 +201,12 @@ pub struct Config {
     /// its cap, the plugin's next instances get twice the cap, up to this (so a garbage-collected
     /// plugin whose steady state needs more than `plugin_memory_limit` stops breaching).
     pub plugin_memory_ceiling: u64,
+    /// Most entries in one exchange's plugin key-value store (`warren:plugin@0.4.0` `host`
+    /// interface; default 1 000 000). Past it `kv-set` of a new key fails with `quota-exceeded`
+    /// unless the plugin bounded the store itself (`max-entries`, evicting the oldest write).
+    pub plugin_kv_max_entries: u64,
+    /// Most octets of keys and values in one exchange's plugin key-value store (default 64 MiB).
+    pub plugin_kv_max_bytes: u64,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax, e.g. `info` or `warren=debug`.
     pub log: String,
     /// Log line format: `text` (default) or `json` (one JSON object per line).
@@ -280,6 +286,8 @@ impl Default for Config {
             plugin_instantiate_timeout: 2000,
             plugin_memory_limit: 64 << 20,
             plugin_memory_ceiling: 256 << 20,
+            plugin_kv_max_entries: 1_000_000,
+            plugin_kv_max_bytes: 64 << 20,
             log: "info".into(),
             log_format: LogFormat::default(),
             users: vec![User {

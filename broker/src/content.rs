@@ -36,12 +36,17 @@ static NO_PROPERTIES: [u8; 2] = [0, 0];
 /// cloned); an empty property list needs none. The lengths do not change, so the message's memory
 /// accounting stays right.
 pub(crate) fn own_small_content(message: &mut MessageRef) {
+    if message.raw_properties.len() + message.body.len() <= SMALL_CONTENT_MAX {
+        own_content(message);
+    }
+}
+
+/// [`own_small_content`] whatever the size: for a message kept for a long time (a delayed message),
+/// whose slice of a read buffer would pin the whole buffer meanwhile.
+pub(crate) fn own_content(message: &mut MessageRef) {
     let Some(m) = Arc::get_mut(message) else {
         return;
     };
-    if m.raw_properties.len() + m.body.len() > SMALL_CONTENT_MAX {
-        return;
-    }
     m.raw_properties = if m.raw_properties[..] == NO_PROPERTIES {
         Bytes::from_static(&NO_PROPERTIES)
     } else {

@@ -26,6 +26,7 @@ pub mod config;
 pub(crate) mod connection;
 pub(crate) mod content;
 pub(crate) mod definitions;
+pub(crate) mod delay;
 pub(crate) mod error;
 pub(crate) mod exchange;
 pub mod limits;

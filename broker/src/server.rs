@@ -101,6 +101,7 @@ pub async fn run<L: Into<Listener>>(
     {
         error!("connections did not close within {SHUTDOWN_GRACE:?}");
     }
+    broker.plugins.flush_kv();
     if let Some(store) = &broker.store {
         store.shutdown();
     }

@@ -55,6 +55,23 @@ pub enum RoutesOn {
     Message,
 }
 
+/// When a message is routed: the answer of a `schedule` function (`#[exchange(schedule = f)]`,
+/// `warren:plugin@0.4.0`). For [`Due::After`] and [`Due::At`] the broker keeps the message (on disk
+/// when it is persistent and the exchange durable) and routes it when due with the routing function,
+/// against the bindings the exchange has then; the plugin keeps no copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Route it now.
+    Now,
+    /// Route it this many milliseconds from now (0: now).
+    After(u64),
+    /// Route it at this time, milliseconds since the Unix epoch (a time past: now).
+    At(u64),
+    /// Refuse the publish: the publisher's channel is closed with `406 PRECONDITION_FAILED - <text>`
+    /// (e.g. a delay header that is not a number).
+    Refuse(String),
+}
+
 /// The exchange an instance routes for: its declare arguments and current bindings.
 pub struct Exchange {
     arguments: Table,
@@ -163,6 +180,7 @@ pub struct Hooks {
     pub init: fn(&Table) -> Result<RoutesOn, String>,
     pub validate_binding: fn(&Exchange, &Binding) -> Result<(), String>,
     pub route: fn(&Exchange, &Message<'_>) -> Vec<u32>,
+    pub schedule: Option<fn(&Exchange, &Message<'_>) -> Due>,
 }
 
 thread_local! {
@@ -183,7 +201,9 @@ fn binding(id: u32, destination: String, key: String, arguments: &[u8]) -> Resul
 pub mod runtime {
     use super::*;
 
-    pub fn init(hooks: &Hooks, arguments: &[u8]) -> Result<RoutesOn, String> {
+    /// `init`: the routing dependency and whether the exchange schedules (it has a `schedule`
+    /// function).
+    pub fn init(hooks: &Hooks, arguments: &[u8]) -> Result<(RoutesOn, bool), String> {
         let arguments = Table::decode(arguments).map_err(|e| e.to_string())?;
         let routes_on = (hooks.init)(&arguments)?;
         STATE.with_borrow_mut(|s| {
@@ -193,7 +213,18 @@ pub mod runtime {
                 cache: OnceCell::new(),
             })
         });
-        Ok(routes_on)
+        Ok((routes_on, hooks.schedule.is_some()))
+    }
+
+    /// `schedule`: the plugin's answer, or now without a `schedule` function.
+    pub fn schedule(hooks: &Hooks, source: &dyn MessageSource) -> Due {
+        match hooks.schedule {
+            Some(f) => {
+                let key = source.routing_key();
+                with(|x| f(x, &Message::new(source, &key)))
+            }
+            None => Due::Now,
+        }
     }
 
     fn with<R>(f: impl FnOnce(&mut Exchange) -> R) -> R {

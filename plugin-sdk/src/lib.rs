@@ -3,7 +3,7 @@
 //! Write plugins for Warren, an AMQP 0-9-1 message broker — custom exchange types, consumer filters
 //! and idempotency keys — as one annotated Rust function, built to a WebAssembly component with
 //! `cargo build --release --target wasm32-wasip2` and dropped into the broker's plugin directory.
-//! The contract is the WIT package `warren:plugin@0.3.0` (`wit/warren-plugin.wit` in Warren's
+//! The contract is the WIT package `warren:plugin@0.4.0` (`wit/warren-plugin.wit` in Warren's
 //! repository; this crate's macros carry a copy); this crate is the only dependency a plugin needs.
 //! `warren plugin new` scaffolds a plugin crate; the plugin guide is `docs/plugins.md` in Warren's
 //! repository.
@@ -81,6 +81,34 @@
 //! # }
 //! ```
 //!
+//! ## State and time (exchanges)
+//! An exchange plugin can keep state in the broker — [`store`], a key-value store per exchange that
+//! outlives instances and, when asked, restarts — and ask the broker to deliver a message later with a
+//! `schedule` function ([`exchange::Due`]):
+//!
+//! ```
+//! use warren_plugin_sdk::exchange::{Due, Exchange};
+//! use warren_plugin_sdk::{Message, Value};
+//!
+//! /// Holds each message for its `x-delay` header's milliseconds.
+//! fn delay(_exchange: &Exchange, message: &Message) -> Due {
+//!     match message.header("x-delay") {
+//!         Some(Value::Integer(ms)) if ms > 0 => Due::After(ms as u64),
+//!         _ => Due::Now,
+//!     }
+//! }
+//!
+//! #[warren_plugin_sdk::exchange(name = "x-later", schedule = delay)]
+//! fn route(exchange: &Exchange, _message: &Message) -> Vec<u32> {
+//!     exchange.bindings().iter().map(|b| b.id).collect()
+//! }
+//!
+//! # fn main() {
+//! let m = Message::builder("k").header("x-delay", 1500i64).build();
+//! assert_eq!(delay(&Exchange::new(Default::default(), vec![]), &m), Due::After(1500));
+//! # }
+//! ```
+//!
 //! Plugins run sandboxed: no files, network or environment; a per-call CPU deadline and a memory cap.
 //! A panic or a limit breach is contained by the broker and handled by its failure policy.
 #![deny(missing_docs)]
@@ -92,6 +120,7 @@ pub mod exchange;
 pub mod filter;
 pub mod idempotency;
 mod message;
+pub mod store;
 pub mod table;
 
 pub use message::{Message, MessageBuilder};

@@ -284,7 +284,7 @@ def test_warren_plugins(mgmt):
     status, _, plugins = call(mgmt, "/api/warren/plugins")
     assert status == 200
     p = next(p for p in plugins if p["name"] == "x-consistent-hash")
-    assert (p["kind"], p["state"], p["package"]) == ("exchange", "loaded", "warren:plugin@0.3.0")
+    assert (p["kind"], p["state"], p["package"]) == ("exchange", "loaded", "warren:plugin@0.4.0")
     for key in ["version", "hash", "file", "loaded_at", "calls", "traps", "timeouts", "memory",
                 "memory_cap", "reloads", "breaches", "entities_quarantined", "compiled", "compile_ms"]:
         assert key in p, key

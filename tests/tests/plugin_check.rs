@@ -54,11 +54,11 @@ fn a_good_plugin_is_accepted_with_what_it_is() {
     assert_eq!(field(&out, "version"), "0.1.0");
     assert_eq!(
         field(&out, "package"),
-        "warren:plugin@0.3.0 (world exchange-plugin)"
+        "warren:plugin@0.4.0 (world exchange-plugin)"
     );
-    assert_eq!(field(&out, "exports"), "warren:plugin/exchange@0.3.0");
+    assert_eq!(field(&out, "exports"), "warren:plugin/exchange@0.4.0");
     assert!(
-        field(&out, "imports").starts_with("warren:plugin/types@0.3.0, wasi:io/poll@0.2"),
+        field(&out, "imports").starts_with("warren:plugin/types@0.4.0, wasi:io/poll@0.2"),
         "{out}"
     );
     assert_eq!(
@@ -70,14 +70,14 @@ fn a_good_plugin_is_accepted_with_what_it_is() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         field(&out, "package"),
-        "warren:plugin@0.3.0 (world filter-plugin)"
+        "warren:plugin@0.4.0 (world filter-plugin)"
     );
     assert!(field(&out, "result").starts_with("accepted: the broker loads it as consumer filter '"));
     let (code, out, _) = check(Path::new(plugins::IDEMPOTENCY_KEY));
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         field(&out, "package"),
-        "warren:plugin@0.3.0 (world idempotency-plugin)"
+        "warren:plugin@0.4.0 (world idempotency-plugin)"
     );
 }
 
@@ -136,8 +136,8 @@ fn broken_files_are_refused_with_a_reason() {
     assert!(
         field(&out, "result").starts_with(
             "refused: targets no world this broker accepts (a component of world exchange-plugin, \
-             filter-plugin or idempotency-plugin of warren:plugin@0.3.0, warren:plugin@0.2.0 or \
-             warren:plugin@0.1.0); it \
+             filter-plugin or idempotency-plugin of warren:plugin@0.4.0, warren:plugin@0.3.0, \
+             warren:plugin@0.2.0 or warren:plugin@0.1.0); it \
              exports warren:plugin/exchange@9.0.0 and imports wasi:io/poll@0.2"
         ),
         "{out}"

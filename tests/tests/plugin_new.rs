@@ -244,7 +244,7 @@ async fn the_readme_sequence_and_each_template_build_test_and_load() {
         );
         assert_eq!(
             trial,
-            format!("{kind} plugin '{name}' 0.1.0 (warren:plugin@0.3.0)\n{expected}")
+            format!("{kind} plugin '{name}' 0.1.0 (warren:plugin@0.4.0)\n{expected}")
         );
     }
     for dir in [&root, &home, &data] {

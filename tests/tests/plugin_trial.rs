@@ -66,7 +66,7 @@ fn an_exchange_plugin_routes_and_its_batch_path_agrees() {
         ],
     );
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.starts_with("exchange plugin 'x-consistent-hash' 0.1.0 (warren:plugin@0.3.0)\n"));
+    assert!(out.starts_with("exchange plugin 'x-consistent-hash' 0.1.0 (warren:plugin@0.4.0)\n"));
     assert!(
         out.ends_with("route-keys over the 3 keys: agrees with route\n"),
         "{out}"
@@ -120,7 +120,7 @@ fn filters_and_idempotency_plugins_print_their_decisions() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
-        "filter plugin 'match' 0.1.0 (warren:plugin@0.3.0)\ninit: ok\nmessage 0 'm': deliver\n"
+        "filter plugin 'match' 0.1.0 (warren:plugin@0.4.0)\ninit: ok\nmessage 0 'm': deliver\n"
     );
     let (code, out, _) = trial(plugins::MATCH_FILTER, &["--message", "m"]);
     assert_eq!(code, 1);
@@ -144,7 +144,7 @@ fn filters_and_idempotency_plugins_print_their_decisions() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
-        "idempotency plugin 'idempotency-key' 0.1.0 (warren:plugin@0.3.0)\ninit: ok\nmessage 0 'm': key 'abc'\n"
+        "idempotency plugin 'idempotency-key' 0.1.0 (warren:plugin@0.4.0)\ninit: ok\nmessage 0 'm': key 'abc'\n"
     );
 }
 
@@ -198,7 +198,7 @@ properties = { type = "paid" }
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
-        "filter plugin 'match' 0.1.0 (warren:plugin@0.3.0)\ninit: ok\n\
+        "filter plugin 'match' 0.1.0 (warren:plugin@0.4.0)\ninit: ok\n\
          message 0 'a': deliver\nmessage 1 'b': skip\nmessage 2 'c': skip\nmessage 3 'd': skip\n"
     );
     // JSON: bindings with arguments, and messages given as bare routing keys.
@@ -238,7 +238,7 @@ properties = { type = "paid" }
 
 #[test]
 fn a_plugin_that_routes_on_the_message_is_checked_through_route_messages() {
-    // x-switch (SDK, warren:plugin@0.3.0) routes on the message: its batch path is route-messages.
+    // x-switch (SDK, warren:plugin@0.4.0) routes on the message: its batch path is route-messages.
     let (code, out, err) = trial(
         plugins::SWITCH_A,
         &[
@@ -257,7 +257,7 @@ fn a_plugin_that_routes_on_the_message_is_checked_through_route_messages() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
-        "exchange plugin 'x-switch' 0.1.0 (warren:plugin@0.3.0)\n\
+        "exchange plugin 'x-switch' 0.1.0 (warren:plugin@0.4.0)\n\
          init: ok, routes on the message\n\
          binding 0 'a': added\n\
          binding 1 'b': added\n\
@@ -265,5 +265,69 @@ fn a_plugin_that_routes_on_the_message_is_checked_through_route_messages() {
          message 0 'x': route -> 0 'a', 2 'a'\n\
          message 1 'y': route -> 0 'a', 2 'a'\n\
          route-messages over the 2 messages: agrees with route\n"
+    );
+}
+
+#[test]
+fn a_0_3_0_plugin_is_checked_through_route_messages() {
+    let input = input_file(
+        "v03.toml",
+        "bindings = [\"a\", \"b\"]\n\
+         [[messages]]\nrouting_key = \"k\"\nheaders = { to = \"b\" }\n\
+         [[messages]]\nrouting_key = \"k\"\nheaders = { to = \"a\" }\n\
+         [[messages]]\nrouting_key = \"k\"\n",
+    );
+    let (code, out, err) = trial(plugins::V0_3_EXCHANGE, &["--input", &input]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "exchange plugin 'x-v03-header' 0.1.0 (warren:plugin@0.3.0)\n\
+         init: ok, routes on the message\n\
+         binding 0 'a': added\n\
+         binding 1 'b': added\n\
+         message 0 'k': route -> 1 'b'\n\
+         message 1 'k': route -> 0 'a'\n\
+         message 2 'k': route -> no binding\n\
+         route-messages over the 3 messages: agrees with route\n"
+    );
+}
+
+#[test]
+fn a_scheduling_plugin_shows_its_schedule_answers() {
+    let input = input_file(
+        "delayed.toml",
+        "arguments = { \"x-delayed-type\" = \"direct\" }\n\
+         bindings = [\"k\"]\n\
+         [[messages]]\nrouting_key = \"k\"\nheaders = { x-delay = 1500 }\n\
+         [[messages]]\nrouting_key = \"k\"\n\
+         [[messages]]\nrouting_key = \"k\"\nheaders = { x-delay = \"soon\" }\n",
+    );
+    let (code, out, err) = trial(plugins::X_DELAYED_MESSAGE, &["--input", &input]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "exchange plugin 'x-delayed-message' 0.1.0 (warren:plugin@0.4.0)\n\
+         init: ok, routes on the routing key, schedules messages\n\
+         binding 0 'k': added\n\
+         message 0 'k': schedule -> after 1500 ms\n\
+         message 0 'k': route -> 0 'k'\n\
+         message 1 'k': route -> 0 'k'\n\
+         message 2 'k': schedule -> refused: invalid 'x-delay' header: expected an integer number of milliseconds, got Text(\"soon\")\n\
+         message 2 'k': route -> 0 'k'\n\
+         no batch calls: the broker routes a scheduling exchange's messages one by one\n"
+    );
+    // The deduplication exchange's key-value store works under `warren plugin test` (in memory).
+    let input = input_file(
+        "dedup.toml",
+        "arguments = { \"x-cache-size\" = 10 }\n\
+         bindings = [\"\"]\n\
+         [[messages]]\nrouting_key = \"\"\nheaders = { x-deduplication-header = \"m-1\" }\n\
+         [[messages]]\nrouting_key = \"\"\nheaders = { x-deduplication-header = \"m-1\" }\n",
+    );
+    let (code, out, err) = trial(plugins::X_MESSAGE_DEDUPLICATION, &["--input", &input]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("message 0 '': route -> 0 ''\nmessage 1 '': route -> no binding\n"),
+        "{out}"
     );
 }

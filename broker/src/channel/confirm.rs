@@ -14,21 +14,22 @@ use amq_protocol::protocol::{confirm, AMQPClass};
 use super::{Channel, ConnectionContext};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::encode;
-use crate::queue::Queue;
 use crate::store::Durability;
+use crate::store::QueueLog;
 
-/// A publish whose confirm waits for the logs of the durable queues it went to.
+/// A publish whose confirm waits for the logs it was appended to (durable queues', a delayed
+/// exchange's).
 #[derive(Debug)]
-pub(super) struct DurableWait {
+pub(super) struct DurableWait<L> {
     /// Confirm sequence number.
     seq: u64,
-    /// Each queue and the LSN of the append.
-    waits: Vec<(Arc<Queue>, u64)>,
+    /// Each log and the LSN of the append.
+    waits: Vec<(L, u64)>,
 }
 
-/// Confirm-mode state of one channel.
-#[derive(Debug, Default)]
-pub(super) struct Confirms {
+/// Confirm-mode state of one channel; `L` is what a durable wait waits on (a log).
+#[derive(Debug)]
+pub(super) struct Confirms<L = Arc<QueueLog>> {
     /// Publisher confirms on (confirm.select).
     enabled: bool,
     /// Sequence number of the last complete publish in confirm mode.
@@ -38,7 +39,19 @@ pub(super) struct Confirms {
     /// Unconfirmed sequence numbers to nack (a queue refused them, a log write failed), ascending.
     nacks: Vec<u64>,
     /// Publishes whose confirm waits for queue logs to reach the disk, in publish order.
-    durable_waits: VecDeque<DurableWait>,
+    durable_waits: VecDeque<DurableWait<L>>,
+}
+
+impl<L> Default for Confirms<L> {
+    fn default() -> Self {
+        Confirms {
+            enabled: false,
+            publish_seq: 0,
+            confirmed: 0,
+            nacks: Vec::new(),
+            durable_waits: VecDeque::new(),
+        }
+    }
 }
 
 /// One frame that settles confirms.
@@ -87,7 +100,7 @@ impl ConfirmRun {
     }
 }
 
-impl Confirms {
+impl<L> Confirms<L> {
     /// Whether the channel is in confirm mode.
     pub(super) fn enabled(&self) -> bool {
         self.enabled
@@ -118,7 +131,7 @@ impl Confirms {
     }
 
     /// Publish `seq` is confirmed only once these log appends are durable.
-    pub(super) fn wait_durable(&mut self, seq: u64, waits: Vec<(Arc<Queue>, u64)>) {
+    pub(super) fn wait_durable(&mut self, seq: u64, waits: Vec<(L, u64)>) {
         if self.enabled && !waits.is_empty() {
             self.durable_waits.push_back(DurableWait { seq, waits });
         }
@@ -136,7 +149,7 @@ impl Confirms {
     pub(super) fn ready(
         &mut self,
         held_from: Option<u64>,
-        durability: impl Fn(&Arc<Queue>, u64) -> Durability,
+        durability: impl Fn(&L, u64) -> Durability,
     ) -> Option<ConfirmRun> {
         if !self.enabled || self.publish_seq == self.confirmed {
             return None;
@@ -241,6 +254,7 @@ impl Channel {
 mod tests {
     use super::*;
     use crate::exchange::test_support::queue;
+    use crate::queue::Queue;
 
     fn frames(run: Option<ConfirmRun>) -> Vec<ConfirmFrame> {
         let mut out = Vec::new();
@@ -250,7 +264,7 @@ mod tests {
         out
     }
 
-    fn on(n: u64) -> Confirms {
+    fn on(n: u64) -> Confirms<Arc<Queue>> {
         let mut c = Confirms {
             enabled: true,
             ..Confirms::default()

@@ -19,7 +19,7 @@ use super::tx::TxOp;
 use super::{Channel, ConnectionContext};
 use crate::content::PartialBody;
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::RouteBatch;
+use crate::exchange::{Exchange, RouteBatch};
 use crate::message::{
     encode_properties, expiration_ms, header_strings, rebuild_properties, Message, MessageRef,
 };
@@ -27,6 +27,7 @@ use crate::protocol::encode;
 use crate::protocol::ids::{BASIC_CLASS, NO_ROUTE};
 use crate::queue::PublishOutcome;
 use crate::vhost::reply_to::{REPLY_TO, REPLY_TO_PREFIX};
+use crate::vhost::Routed;
 
 /// Content assembly after basic.publish (AMQP 0-9-1 §4.2.6: method, header, body frames in order).
 #[derive(Debug, Default)]
@@ -370,7 +371,7 @@ impl Channel {
             }
             return Ok(());
         }
-        let routed = ctx.vhost.route(
+        let routed = ctx.vhost.route_publish(
             message.exchange.as_str(),
             message,
             &p.extra_keys,
@@ -381,7 +382,11 @@ impl Channel {
         scratch.clear();
         ctx.route_scratch = scratch;
         let route_failure = match routed {
-            Ok(failure) => failure,
+            Ok(Routed::Now(failure)) => failure,
+            Ok(Routed::Later { exchange, due }) => {
+                ctx.route_queues = queues;
+                return self.publish_later(ctx, p, seq, &exchange, due);
+            }
             Err(e) => {
                 ctx.route_queues = queues;
                 return Err(e);
@@ -406,8 +411,8 @@ impl Channel {
                 }
                 PublishOutcome::Deleted => {}
             }
-            if let Some(lsn) = lsn {
-                waits.push((q, lsn));
+            if let (Some(lsn), Some(log)) = (lsn, q.log()) {
+                waits.push((Arc::clone(log), lsn));
             }
         }
         ctx.route_queues = queues;
@@ -434,6 +439,68 @@ impl Channel {
     }
 
     /// basic.return 312 NO_ROUTE with the message (RabbitMQ docs/publishers.md, mandatory flag).
+    /// A publish whose exchange's type asked to keep it until `due` (ms since the Unix epoch): kept
+    /// in the exchange's delay store (`vhost/delayed.rs`), persistent messages of a durable exchange
+    /// on disk before the confirm. A `mandatory` publish is first checked for routability as the
+    /// exchange's bindings stand now: unroutable, it is returned at once (312 NO_ROUTE) and not kept
+    /// (RabbitMQ's delayed-message plugin cannot return at all); routable now, it is kept, and if no
+    /// binding matches when it falls due it is dropped then.
+    ///
+    /// # Errors
+    /// 541 when the exchange's delay log cannot be opened.
+    fn publish_later(
+        &mut self,
+        ctx: &mut ConnectionContext,
+        mut p: Publication,
+        seq: u64,
+        exchange: &Arc<Exchange>,
+        due: u64,
+    ) -> AmqpResult {
+        if p.mandatory {
+            let mut queues = std::mem::take(&mut ctx.route_queues);
+            let mut scratch = std::mem::take(&mut ctx.route_scratch);
+            queues.clear();
+            let checked = ctx.vhost.route(
+                exchange.name.as_str(),
+                &p.message,
+                &p.extra_keys,
+                &mut queues,
+                &mut scratch,
+                None,
+            );
+            let routable = !queues.is_empty();
+            queues.clear();
+            scratch.clear();
+            ctx.route_queues = queues;
+            ctx.route_scratch = scratch;
+            checked?;
+            if !routable {
+                self.exchange_tally
+                    .count(&self.shared.exchanges, &p.message.exchange, false);
+                self.return_unroutable(ctx, &p.message);
+                return Ok(());
+            }
+        }
+        let delays = ctx.vhost.delay_store(exchange)?;
+        // Kept for a while: the message owns its octets rather than pinning the read buffer.
+        crate::content::own_content(&mut p.message);
+        let persistent = p.message.properties.delivery_mode() == &Some(2);
+        let waits: Vec<_> = delays
+            .insert(Arc::clone(&p.message), due, persistent)
+            .and_then(|lsn| delays.log().map(|log| (Arc::clone(log), lsn)))
+            .into_iter()
+            .collect();
+        if let Some(commit) = &mut self.commit_waits {
+            commit.extend(waits);
+        } else {
+            self.confirms.wait_durable(seq, waits);
+        }
+        self.exchange_tally
+            .count(&self.shared.exchanges, &p.message.exchange, true);
+        crate::stats::add_local(&self.shared.stats.routed, 1);
+        Ok(())
+    }
+
     fn return_unroutable(&self, ctx: &ConnectionContext, message: &Message) {
         crate::stats::add_local(&self.shared.stats.return_unroutable, 1);
         let id = self.id();

@@ -11,8 +11,7 @@ use super::publish::Publication;
 use super::{Channel, ConnectionContext};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::ids::{TX_CLASS, TX_COMMIT};
-use crate::queue::Queue;
-use crate::store::Durability;
+use crate::store::{Durability, QueueLog};
 
 /// A basic.publish or an ack held back until tx.commit.
 #[derive(Debug)]
@@ -30,8 +29,8 @@ pub(super) enum TxOp {
     },
 }
 
-/// Log appends a committed transaction waits for: each queue and the LSN of its append.
-pub(super) type CommitWaits = Vec<(Arc<Queue>, u64)>;
+/// Log appends a committed transaction waits for: each log and the LSN of its append.
+pub(super) type CommitWaits = Vec<(Arc<QueueLog>, u64)>;
 
 impl Channel {
     /// tx.select.

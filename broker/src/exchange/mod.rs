@@ -21,6 +21,7 @@ use amq_protocol::types::{FieldTable, ShortString};
 
 pub(crate) use batch::{Prepared, RouteBatch};
 
+use crate::delay::DelayStore;
 use crate::memory::{self, Account, Charge, Memory};
 use crate::message::MessageRef;
 use crate::queue::Queue;
@@ -153,6 +154,28 @@ pub trait ExchangeType: Send + Sync + fmt::Debug {
     ) -> Result<(), RouteError> {
         self.route(routing_key, message, out)
     }
+    /// When a message just published to the exchange is routed ([`Schedule::Now`] for every native
+    /// type; a plugin type's `schedule` may keep it or refuse it).
+    fn schedule(&self, _message: &MessageRef) -> Schedule {
+        Schedule::Now
+    }
+    /// Entries in the type's key-value store (`warren:plugin@0.4.0` `host`), if it has one.
+    fn kv_entries(&self) -> Option<u64> {
+        None
+    }
+    /// The exchange was deleted: state kept outside the value (a key-value journal) goes.
+    fn deleted(&self) {}
+}
+
+/// When a publish is routed ([`ExchangeType::schedule`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Now.
+    Now,
+    /// Kept until this time, ms since the Unix epoch.
+    Later(u64),
+    /// Refused: the publisher's channel is closed with `406 PRECONDITION_FAILED - <text>`.
+    Refused(String),
 }
 
 /// Why an exchange type could not route a message (plugin types only; native types always route).
@@ -190,6 +213,11 @@ pub struct Exchange {
     /// The name of the policy in force, if any.
     policy: arc_swap::ArcSwapOption<String>,
     state: RwLock<ExchangeState>,
+    /// A plugin type (`x-…`): asked whether to [`ExchangeType::schedule`] a publish (native types are
+    /// never asked, so their publishes pay nothing for it).
+    pluggable: bool,
+    /// Messages its type asked to deliver later, once it has asked (`vhost/delayed.rs`).
+    pub(crate) delays: std::sync::OnceLock<Arc<DelayStore>>,
     /// What the exchange itself costs, in the memory alarm's entity account.
     _memory: Charge,
 }
@@ -236,6 +264,8 @@ impl Exchange {
             memory::EXCHANGE_OVERHEAD + name.as_str().len() + memory::table_cost(&arguments),
         );
         Exchange {
+            pluggable: kind.as_str().starts_with("x-"),
+            delays: std::sync::OnceLock::new(),
             name,
             kind,
             durable,
@@ -315,6 +345,36 @@ impl Exchange {
             }
         }
         removed
+    }
+
+    /// When `message`, published to this exchange, is routed ([`ExchangeType::schedule`]; native
+    /// types are not asked).
+    pub fn schedule(&self, message: &MessageRef) -> Schedule {
+        if !self.pluggable {
+            return Schedule::Now;
+        }
+        self.read().router.schedule(message)
+    }
+
+    /// Messages waiting in the exchange's delay store.
+    pub fn messages_delayed(&self) -> u64 {
+        self.delays.get().map_or(0, |d| d.len())
+    }
+
+    /// Entries in the type's key-value store, if it has one.
+    pub fn kv_entries(&self) -> Option<u64> {
+        if !self.pluggable {
+            return None;
+        }
+        self.read().router.kv_entries()
+    }
+
+    /// The exchange was deleted: its delayed messages are dropped, its type's outside state removed.
+    pub fn deleted(&self) {
+        if let Some(d) = self.delays.get() {
+            d.close();
+        }
+        self.read().router.deleted();
     }
 
     /// Number of bindings with this exchange as source.

@@ -77,6 +77,7 @@ impl Registry {
     /// New routing state for an exchange of type `name` declared with `arguments`; `entity` describes
     /// the exchange in a plugin's logs ("exchange 'x' in vhost '/'"). `recovering`: a plugin type that
     /// is still loading is not waited for (recovery goes on; see [`Registry::create_unavailable`]).
+    /// `kv_dir`: where a plugin type's key-value journal lives, for a durable exchange.
     ///
     /// # Errors
     /// [`CreateError::UnknownType`] for a name that is neither native nor a loaded plugin type;
@@ -87,6 +88,7 @@ impl Registry {
         arguments: &FieldTable,
         entity: &str,
         recovering: bool,
+        kv_dir: Option<std::path::PathBuf>,
     ) -> Result<Box<dyn ExchangeType>, CreateError> {
         let native = crate::sync::read(&self.types).get(name).copied();
         if let Some(factory) = native {
@@ -100,7 +102,7 @@ impl Registry {
             host.loaded(Kind::Exchange, name)
         }
         .ok_or_else(unknown)?;
-        let exchange = WasmExchange::new(host, &slot, arguments, entity.to_owned())?;
+        let exchange = WasmExchange::new(host, &slot, arguments, entity.to_owned(), kv_dir)?;
         Ok(Box::new(exchange))
     }
 
@@ -112,6 +114,7 @@ impl Registry {
         name: &str,
         arguments: &FieldTable,
         entity: &str,
+        kv_dir: Option<std::path::PathBuf>,
     ) -> Option<Box<dyn ExchangeType>> {
         let host = self.plugins.as_ref().filter(|_| name.starts_with("x-"))?;
         let slot = host.slot(Kind::Exchange, name);
@@ -120,6 +123,7 @@ impl Registry {
             &slot,
             arguments,
             entity.to_owned(),
+            kv_dir,
         )))
     }
 }

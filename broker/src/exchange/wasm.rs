@@ -17,6 +17,11 @@
 //! route on the whole message (0.3.0 on) for runs of messages in one `route-messages` call
 //! ([`ExchangeType::prepare`], see [`super::batch`]); the [`Prepared`] decisions carry the exchange's
 //! generation (renewed whenever a binding or the instance changes), and a stale one is ignored.
+//!
+//! Package 0.4.0 adds host services: each exchange has a key-value store ([`KvStore`], kept by the
+//! plugin host across instances; journaled for a durable exchange), and a plugin whose `init` answers
+//! `schedules` is asked `schedule` for every publish before routing; its publishes are then not
+//! batched (each needs its own answer before it can be routed or kept).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,13 +30,14 @@ use std::sync::{Arc, Mutex};
 use amq_protocol::types::FieldTable;
 
 use super::{
-    Binding, BindingRefused, CreateError, Destination, ExchangeType, Prepared, RouteError,
+    Binding, BindingRefused, CreateError, Destination, ExchangeType, Prepared, RouteError, Schedule,
 };
 use crate::message::MessageRef;
-use crate::plugin::bindings::{Binding as WitBinding, RoutesOn};
+use crate::plugin::bindings::{Binding as WitBinding, Due, RoutesOn};
 use crate::plugin::engine::table_body;
 use crate::plugin::entity::EntityInstance;
 use crate::plugin::instance::Instance;
+use crate::plugin::kv::KvStore;
 use crate::plugin::worlds::ExchangeWorld;
 use crate::plugin::{Fault, PluginHost, Slot};
 
@@ -88,6 +94,13 @@ pub(crate) struct WasmExchange {
     /// more batches while it is the current version (each would be thrown away and routed one by one
     /// anyway).
     batches_refused_by: AtomicU64,
+    /// The current instance's `init` answered `schedules`: `schedule` is asked for each publish.
+    schedules: AtomicBool,
+    /// An instance has answered `init` (until then, e.g. for an exchange recovered before its plugin
+    /// loaded, whether it schedules is unknown and a publish builds the instance to find out).
+    initialised: AtomicBool,
+    /// The exchange's key-value store (`host` interface).
+    kv: Arc<KvStore>,
 }
 
 impl WasmExchange {
@@ -102,21 +115,27 @@ impl WasmExchange {
         slot: &Arc<Slot>,
         arguments: &FieldTable,
         entity: String,
+        kv_dir: Option<std::path::PathBuf>,
     ) -> Result<Self, CreateError> {
         let refused = |f: Fault| CreateError::Refused(describe(slot, &f));
-        let x = Self::unavailable(host, slot, arguments, entity.clone());
+        let x = Self::unavailable(host, slot, arguments, entity.clone(), kv_dir);
         let mut active = crate::sync::lock(&x.active);
         let mut instance = Instance::<ExchangeWorld>::new(host, slot).map_err(refused)?;
-        active.routes_on = instance
+        instance.attach_kv(Arc::clone(&x.kv));
+        let options = instance
             .init(&x.arguments)
             .map_err(refused)?
             .map_err(CreateError::Refused)?;
+        active.routes_on = options.routes_on;
+        x.schedules.store(options.schedules, Ordering::Relaxed);
+        x.initialised.store(true, Ordering::Relaxed);
         x.set_batching(
             active.routes_on,
             instance.routes_keys_in_batches(),
             instance.routes_messages_in_batches(),
         );
-        active.instance = EntityInstance::with(host, slot, entity, instance);
+        active.instance =
+            EntityInstance::with(host, slot, entity, instance).with_kv(Arc::clone(&x.kv));
         drop(active);
         Ok(x)
     }
@@ -128,13 +147,17 @@ impl WasmExchange {
         slot: &Arc<Slot>,
         arguments: &FieldTable,
         entity: String,
+        kv_dir: Option<std::path::PathBuf>,
     ) -> Self {
+        let kv = host.kv_store(entity.clone(), kv_dir);
         WasmExchange {
+            schedules: AtomicBool::new(false),
+            initialised: AtomicBool::new(false),
             slot: Arc::clone(slot),
             arguments: table_body(arguments),
             entries: Vec::new(),
             active: Mutex::new(Active {
-                instance: EntityInstance::new(host, slot, entity),
+                instance: EntityInstance::new(host, slot, entity).with_kv(Arc::clone(&kv)),
                 routes_on: RoutesOn::Message,
                 cache: HashMap::new(),
                 hits: 0,
@@ -145,6 +168,7 @@ impl WasmExchange {
             by_message: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             batches_refused_by: AtomicU64::new(0),
+            kv,
         }
     }
 
@@ -174,16 +198,18 @@ impl WasmExchange {
     /// the cached and prepared decisions.
     fn ensure(&self, active: &mut Active) -> Result<(), Fault> {
         let mut routes_on = active.routes_on;
+        let mut schedules = self.schedules.load(Ordering::Relaxed);
         let (mut keys, mut messages) = (false, false);
         let rebuilt = active.instance.ensure(|instance| {
             keys = instance.routes_keys_in_batches();
             messages = instance.routes_messages_in_batches();
-            routes_on = instance.init(&self.arguments)?.map_err(|reason| {
+            let options = instance.init(&self.arguments)?.map_err(|reason| {
                 Fault::Unavailable(format!(
                     "this version of '{}' refuses the exchange's arguments: {reason}",
                     self.slot.name
                 ))
             })?;
+            (routes_on, schedules) = (options.routes_on, options.schedules);
             for e in self.entries.iter().flatten() {
                 instance.add_binding(&e.wit)?;
             }
@@ -194,6 +220,8 @@ impl WasmExchange {
             (active.hits, active.misses, active.bypass) = (0, 0, 0);
             self.renew();
             active.routes_on = routes_on;
+            self.schedules.store(schedules, Ordering::Relaxed);
+            self.initialised.store(true, Ordering::Relaxed);
             self.set_batching(routes_on, keys, messages);
         }
         Ok(())
@@ -463,7 +491,8 @@ impl ExchangeType for WasmExchange {
 
     fn batch_limit(&self) -> usize {
         let refused = self.batches_refused_by.load(Ordering::Relaxed);
-        if (self.by_key.load(Ordering::Relaxed) || self.by_message.load(Ordering::Relaxed))
+        if !self.schedules.load(Ordering::Relaxed)
+            && (self.by_key.load(Ordering::Relaxed) || self.by_message.load(Ordering::Relaxed))
             && (refused == 0 || refused != self.slot.generation())
         {
             PREPARE_MAX
@@ -474,6 +503,35 @@ impl ExchangeType for WasmExchange {
 
     fn prepare(&self, messages: &[&MessageRef]) -> Option<Prepared> {
         self.prepare_run(messages)
+    }
+
+    /// `schedule` (0.4.0 plugins whose `init` answered `schedules`). A fault routes now: the
+    /// exchange's failure policy then applies to routing as for any message.
+    fn schedule(&self, message: &MessageRef) -> Schedule {
+        if !self.schedules.load(Ordering::Relaxed) && self.initialised.load(Ordering::Relaxed) {
+            return Schedule::Now;
+        }
+        let mut active = crate::sync::lock(&self.active);
+        if self.ensure(&mut active).is_err() || !self.schedules.load(Ordering::Relaxed) {
+            return Schedule::Now;
+        }
+        let answer = self.with_instance(&mut active, true, |i| i.schedule(message));
+        drop(active);
+        let now = crate::clock::wall_ms();
+        match answer {
+            Ok(Due::After(ms)) if ms > 0 => Schedule::Later(now.saturating_add(ms)),
+            Ok(Due::At(at)) if at > now => Schedule::Later(at),
+            Ok(Due::Refuse(text)) => Schedule::Refused(text),
+            _ => Schedule::Now,
+        }
+    }
+
+    fn kv_entries(&self) -> Option<u64> {
+        Some(self.kv.len())
+    }
+
+    fn deleted(&self) {
+        self.kv.destroy();
     }
 
     fn route_prepared(

@@ -33,6 +33,7 @@ use crate::auth::Access;
 use crate::definitions::{field_table, table_json};
 use crate::message::{encode_properties, expiration_ms, Message};
 use crate::store::log::Durability;
+use crate::vhost::Routed;
 
 fn short(key: &str, v: &Value) -> Result<ShortString, ApiError> {
     let s = match v {
@@ -215,19 +216,34 @@ pub(crate) async fn publish(
         encode_properties(&props),
         payload,
     ));
-    // Routing may call an exchange plugin: off the worker.
-    let queues = crate::sync::off_worker(|| {
+    // Routing may call an exchange plugin: off the worker. An exchange whose type delays the message
+    // keeps it (its delay store), as for a publish over AMQP.
+    let (queues, routed) = crate::sync::off_worker(|| {
         let mut queues = Vec::new();
         let mut scratch = Vec::new();
-        v.route(&exchange, &message, &[], &mut queues, &mut scratch, None)
-            .map(|_| queues)
+        match v.route_publish(&exchange, &message, &[], &mut queues, &mut scratch, None)? {
+            Routed::Now(_) => Ok((queues, None)),
+            Routed::Later { exchange, due } => {
+                let delays = v.delay_store(&exchange)?;
+                let persistent = message.properties.delivery_mode() == &Some(2);
+                let lsn = delays.insert(Arc::clone(&message), due, persistent);
+                let wait = lsn.and_then(|lsn| delays.log().map(|l| (Arc::clone(l), lsn)));
+                Ok((queues, Some(wait)))
+            }
+        }
     })
-    .map_err(|e| ApiError::bad_request(e.detail()))?;
+    .map_err(|e: crate::error::AmqpError| ApiError::bad_request(e.detail()))?;
     let mut waits = Vec::new();
+    let delayed = routed.is_some();
+    if let Some(Some(wait)) = routed {
+        waits.push(wait);
+    }
     for q in &queues {
         let (outcome, lsn) = q.publish_durable(Arc::clone(&message), own_ttl);
-        if let (crate::queue::PublishOutcome::Enqueued, Some(lsn)) = (outcome, lsn) {
-            waits.push((Arc::clone(q), lsn));
+        if let (crate::queue::PublishOutcome::Enqueued, Some(lsn), Some(log)) =
+            (outcome, lsn, q.log())
+        {
+            waits.push((Arc::clone(log), lsn));
         }
     }
     // A persistent message answered once it is on disk, as a confirm would say.
@@ -253,7 +269,7 @@ pub(crate) async fn publish(
             }
         }
     }
-    Ok(Json(json!({ "routed": !queues.is_empty() })))
+    Ok(Json(json!({ "routed": delayed || !queues.is_empty() })))
 }
 
 /// `POST /api/queues/{vhost}/{name}/get`.

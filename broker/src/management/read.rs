@@ -82,7 +82,7 @@ fn exchange_json(
     stats: &HashMap<String, (u64, u64)>,
 ) -> Value {
     let n = stats.get(x.name.as_str()).copied().unwrap_or_default();
-    json!({
+    let mut v = json!({
         "message_stats": api.rates.exchange_stats_json(vhost, x.name.as_str(), n),
         "name": x.name.as_str(),
         "vhost": vhost,
@@ -92,7 +92,14 @@ fn exchange_json(
         "internal": x.internal,
         "arguments": table_json(&x.arguments),
         "policy": x.policy().map(|p| p.to_string()),
-    })
+    });
+    // Plugin types: messages waiting in the delay store (the field RabbitMQ's delayed-message
+    // exchange reports) and the entries of the type's key-value store (Warren's own).
+    if let Some(entries) = x.kv_entries() {
+        v["messages_delayed"] = json!(x.messages_delayed());
+        v["plugin_store_entries"] = json!(entries);
+    }
+    v
 }
 
 /// The default exchange, which RabbitMQ lists with an empty name (and finds as `amq.default`).

@@ -1,5 +1,5 @@
-//! The only place that generates host bindings for `wit/warren-plugin.wit` (`warren:plugin@0.3.0`)
-//! and the released packages in `wit/released/` (0.2.0, 0.1.0): one `bindgen!` per world; each
+//! The only place that generates host bindings for `wit/warren-plugin.wit` (`warren:plugin@0.4.0`)
+//! and the released packages in `wit/released/` (0.3.0, 0.2.0, 0.1.0): one `bindgen!` per world; each
 //! package's `types` interface is generated once, with its exchange world, and reused.
 //!
 //! Exports are generated `async` because WASI is linked asynchronously (wasmtime-wasi's synchronous
@@ -63,6 +63,39 @@ mod generated {
             exports: { default: async },
         });
     }
+    /// The released package `warren:plugin@0.3.0` (`wit/released/`): its own `types` interface
+    /// (`types@0.3.0`, linked beside the current one), its resources backed by the same
+    /// [`MessageView`](crate::plugin::bindings::MessageView) and
+    /// [`MessageRunView`](crate::plugin::bindings::MessageRunView).
+    pub(super) mod v0_3 {
+        pub(in crate::plugin) mod exchange {
+            wasmtime::component::bindgen!({
+                path: "../wit/released/warren-plugin@0.3.0.wit",
+                world: "warren:plugin/exchange-plugin@0.3.0",
+                with: {
+                    "warren:plugin/types@0.3.0.message": crate::plugin::bindings::MessageView,
+                    "warren:plugin/types@0.3.0.message-run": crate::plugin::bindings::MessageRunView,
+                },
+                exports: { default: async },
+            });
+        }
+        pub(in crate::plugin) mod filter {
+            wasmtime::component::bindgen!({
+                path: "../wit/released/warren-plugin@0.3.0.wit",
+                world: "warren:plugin/filter-plugin@0.3.0",
+                with: { "warren:plugin/types@0.3.0": super::exchange::warren::plugin::types },
+                exports: { default: async },
+            });
+        }
+        pub(in crate::plugin) mod idempotency {
+            wasmtime::component::bindgen!({
+                path: "../wit/released/warren-plugin@0.3.0.wit",
+                world: "warren:plugin/idempotency-plugin@0.3.0",
+                with: { "warren:plugin/types@0.3.0": super::exchange::warren::plugin::types },
+                exports: { default: async },
+            });
+        }
+    }
     /// The released package `warren:plugin@0.2.0` (`wit/released/`): its own `types` interface
     /// (`types@0.2.0`, linked beside the current one), its message resource backed by the same
     /// [`MessageView`](crate::plugin::bindings::MessageView).
@@ -123,6 +156,21 @@ mod generated {
     }
 }
 
+/// Host bindings of the released package `warren:plugin@0.3.0`, kept loadable: the same three worlds,
+/// the exchange world without the `host` import and `schedule`, its `init` answering `routes-on`.
+pub mod v0_3 {
+    pub use super::generated::v0_3::exchange::exports::warren::plugin::exchange::{
+        Binding, RoutedKeys, RoutesOn,
+    };
+    pub use super::generated::v0_3::exchange::warren::plugin::types::{
+        self, FieldValue, Host as TypesHost, HostMessage, HostMessageRun, PluginInfo, RunBodies,
+    };
+    pub use super::generated::v0_3::exchange::{ExchangePlugin, ExchangePluginPre};
+    pub use super::generated::v0_3::filter::exports::warren::plugin::filter::Decision;
+    pub use super::generated::v0_3::filter::{FilterPlugin, FilterPluginPre};
+    pub use super::generated::v0_3::idempotency::{IdempotencyPlugin, IdempotencyPluginPre};
+}
+
 /// Host bindings of the released package `warren:plugin@0.2.0`, kept loadable: the same three worlds,
 /// the exchange world without `route-messages`.
 pub mod v0_2 {
@@ -153,7 +201,12 @@ pub mod v0_1 {
     pub use super::generated::v0_1::idempotency::{IdempotencyPlugin, IdempotencyPluginPre};
 }
 
-pub use generated::exchange::exports::warren::plugin::exchange::{Binding, RoutesOn};
+pub use generated::exchange::exports::warren::plugin::exchange::{
+    Binding, Due, ExchangeOptions, RoutesOn,
+};
+pub use generated::exchange::warren::plugin::host::{
+    self as host, Host as HostServices, KvError, KvOptions,
+};
 pub use generated::exchange::warren::plugin::types::{
     self, FieldValue, Host as TypesHost, HostMessage, HostMessageRun, PluginInfo, RunBodies,
 };

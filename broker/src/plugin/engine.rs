@@ -23,7 +23,8 @@ use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{self, v0_1, v0_2, FieldValue, MessageRunView, MessageView};
+use super::bindings::{self, v0_1, v0_2, v0_3, FieldValue, MessageRunView, MessageView};
+use super::kv::{KvQuota, KvStore};
 use super::output::{Origin, PluginOutput};
 use crate::message::Message;
 use crate::protocol::values::{encode_array, encode_table};
@@ -48,6 +49,8 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// How far a plugin's cap is raised after breaches (doubling each time), in octets.
     pub memory_ceiling_bytes: usize,
+    /// Bounds of each exchange's key-value store (`host` interface).
+    pub kv: KvQuota,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             instantiate_timeout: Duration::from_millis(2000),
             memory_bytes: 64 << 20,
             memory_ceiling_bytes: 256 << 20,
+            kv: KvQuota::default(),
         }
     }
 }
@@ -136,6 +140,8 @@ pub struct StoreState {
     wasi: WasiCtx,
     limits: StoreLimits,
     deadline: Deadline,
+    /// The entity's key-value store (`host` interface), when the entity has one.
+    pub(super) kv: Option<Arc<KvStore>>,
 }
 
 impl std::fmt::Debug for StoreState {
@@ -356,6 +362,45 @@ impl bindings::HostMessageRun for StoreState {
 
 impl bindings::TypesHost for StoreState {}
 
+/// `warren:plugin/host` (0.4.0): the entity's key-value store and the clock. Without a store (an
+/// instance made by `warren plugin check`/`test`, or one not attached yet) reads find nothing and
+/// writes are refused as over quota.
+impl bindings::HostServices for StoreState {
+    fn kv_configure(&mut self, options: bindings::KvOptions) {
+        if let Some(kv) = &self.kv {
+            kv.configure(options);
+        }
+    }
+
+    fn kv_get(&mut self, key: Vec<u8>) -> Option<Vec<u8>> {
+        self.kv.as_ref()?.get(&key)
+    }
+
+    fn kv_set(
+        &mut self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), bindings::KvError> {
+        match &self.kv {
+            Some(kv) => kv.set(key, value, ttl_ms),
+            None => Err(bindings::KvError::QuotaExceeded),
+        }
+    }
+
+    fn kv_delete(&mut self, key: Vec<u8>) -> bool {
+        self.kv.as_ref().is_some_and(|kv| kv.delete(&key))
+    }
+
+    fn kv_len(&mut self) -> u64 {
+        self.kv.as_ref().map_or(0, |kv| kv.len())
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        crate::clock::wall_ms()
+    }
+}
+
 /// `warren:plugin/types` of a released package (module `$v` of `bindings`): the same host `message`
 /// as the current package's, its `field-value` converted variant by variant (the same shape).
 macro_rules! released_types {
@@ -421,15 +466,74 @@ macro_rules! released_value {
     };
 }
 
+released_types!(v0_3, "0.3.0");
 released_types!(v0_2, "0.2.0");
 released_types!(v0_1, "0.1.0");
+
+/// `warren:plugin/types@0.3.0`'s `message-run`: the current one (the same shape).
+impl v0_3::HostMessageRun for StoreState {
+    fn len(&mut self, r: Resource<MessageRunView>) -> u32 {
+        bindings::HostMessageRun::len(self, r)
+    }
+
+    fn exchange(&mut self, r: Resource<MessageRunView>, i: u32) -> String {
+        bindings::HostMessageRun::exchange(self, r, i)
+    }
+
+    fn routing_key(&mut self, r: Resource<MessageRunView>, i: u32) -> String {
+        bindings::HostMessageRun::routing_key(self, r, i)
+    }
+
+    fn body_size(&mut self, r: Resource<MessageRunView>, i: u32) -> u64 {
+        bindings::HostMessageRun::body_size(self, r, i)
+    }
+
+    fn body(&mut self, r: Resource<MessageRunView>, i: u32) -> Vec<u8> {
+        bindings::HostMessageRun::body(self, r, i)
+    }
+
+    fn property(
+        &mut self,
+        r: Resource<MessageRunView>,
+        i: u32,
+        name: String,
+    ) -> Option<v0_3::FieldValue> {
+        bindings::HostMessageRun::property(self, r, i, name).map(|v| released_value!(v0_3, v))
+    }
+
+    fn header(
+        &mut self,
+        r: Resource<MessageRunView>,
+        i: u32,
+        name: String,
+    ) -> Option<v0_3::FieldValue> {
+        bindings::HostMessageRun::header(self, r, i, name).map(|v| released_value!(v0_3, v))
+    }
+
+    fn headers(&mut self, r: Resource<MessageRunView>, i: u32) -> Vec<u8> {
+        bindings::HostMessageRun::headers(self, r, i)
+    }
+
+    fn bodies(&mut self, r: Resource<MessageRunView>) -> v0_3::RunBodies {
+        let b = bindings::HostMessageRun::bodies(self, r);
+        v0_3::RunBodies {
+            octets: b.octets,
+            ends: b.ends,
+        }
+    }
+
+    fn drop(&mut self, r: Resource<MessageRunView>) -> wasmtime::Result<()> {
+        bindings::HostMessageRun::drop(self, r)
+    }
+}
 
 /// The engine, the linker and the limits shared by every plugin.
 #[derive(Clone)]
 pub struct Runtime {
     /// Compiles components; its epoch drives call deadlines.
     pub engine: Engine,
-    /// WASI (empty context) + `warren:plugin/types` (0.3.0 and the released 0.2.0 and 0.1.0).
+    /// WASI (empty context) + `warren:plugin/types` (0.4.0 and the released 0.3.0, 0.2.0 and
+    /// 0.1.0) + `warren:plugin/host` (0.4.0).
     pub linker: Arc<Linker<StoreState>>,
     /// Applied to every store and call.
     pub limits: Limits,
@@ -462,6 +566,16 @@ impl Runtime {
             |s| s,
         )
         .map_err(|e| anyhow::anyhow!("linking warren:plugin/types: {e:#}"))?;
+        bindings::host::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("linking warren:plugin/host: {e:#}"))?;
+        v0_3::types::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("linking warren:plugin/types@0.3.0: {e:#}"))?;
         v0_2::types::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
             &mut linker,
             |s| s,
@@ -506,6 +620,7 @@ impl Runtime {
                 budget: self.limits.call_timeout,
                 yielded: false,
             },
+            kv: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -16,6 +16,7 @@ use tracing::info;
 use super::engine::Fault;
 use super::health::Health;
 use super::instance::{Configurable, Instance, World};
+use super::kv::KvStore;
 use super::registry::{PluginHost, Slot};
 
 /// The plugin instance of one entity, or none yet / since a fault.
@@ -26,6 +27,8 @@ pub struct EntityInstance<W> {
     entity: String,
     instance: Option<Instance<W>>,
     health: Health,
+    /// The entity's key-value store, given to every instance built for it.
+    kv: Option<Arc<KvStore>>,
 }
 
 impl<W> std::fmt::Debug for EntityInstance<W> {
@@ -57,7 +60,18 @@ impl<W: World> EntityInstance<W> {
             entity,
             instance: None,
             health: Health::default(),
+            kv: None,
         }
+    }
+
+    /// The entity with a key-value store (`host` interface), attached to each instance built for it.
+    #[must_use]
+    pub fn with_kv(mut self, kv: Arc<KvStore>) -> Self {
+        if let Some(i) = self.instance.as_mut() {
+            i.attach_kv(Arc::clone(&kv));
+        }
+        self.kv = Some(kv);
+        self
     }
 
     /// An entity whose instance was just built and initialised (at declare, so that a refusal is the
@@ -123,6 +137,9 @@ impl<W: World> EntityInstance<W> {
         self.instance = None;
         self.check_quarantine()?;
         let built = Instance::new(&self.host, &self.slot).and_then(|mut instance| {
+            if let Some(kv) = &self.kv {
+                instance.attach_kv(Arc::clone(kv));
+            }
             init(&mut instance)?;
             Ok(instance)
         });

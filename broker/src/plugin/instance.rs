@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use wasmtime::Store;
 
-use super::bindings::{Binding, Decision, RoutesOn};
+use super::bindings::{Binding, Decision, Due, ExchangeOptions};
 use super::engine::{forget_message, forget_run, lend_message, lend_run, run, Fault, StoreState};
+use super::kv::KvStore;
 use super::loader::{Kind, Pre};
 use super::output::Origin;
 use super::registry::{PluginHost, Slot};
@@ -50,6 +51,7 @@ impl Configurable for FilterWorld {
         config: &Vec<u8>,
     ) -> Result<Result<(), String>, Fault> {
         instance.call(|w, s| match w {
+            FilterWorld::V0_4(w) => run(w.warren_plugin_filter().call_init(s, config)),
             FilterWorld::V0_3(w) => run(w.warren_plugin_filter().call_init(s, config)),
             FilterWorld::V0_2(w) => run(w.warren_plugin_filter().call_init(s, config)),
             FilterWorld::V0_1(w) => run(w.warren_plugin_filter().call_init(s, config)),
@@ -63,6 +65,7 @@ impl Configurable for IdempotencyWorld {
         config: &Vec<u8>,
     ) -> Result<Result<(), String>, Fault> {
         instance.call(|w, s| match w {
+            IdempotencyWorld::V0_4(w) => run(w.warren_plugin_idempotency().call_init(s, config)),
             IdempotencyWorld::V0_3(w) => run(w.warren_plugin_idempotency().call_init(s, config)),
             IdempotencyWorld::V0_2(w) => run(w.warren_plugin_idempotency().call_init(s, config)),
             IdempotencyWorld::V0_1(w) => run(w.warren_plugin_idempotency().call_init(s, config)),
@@ -74,6 +77,9 @@ impl World for ExchangeWorld {
     const KIND: Kind = Kind::Exchange;
     fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
         match pre {
+            Pre::Exchange(ExchangePre::V0_4(p)) => {
+                run(p.instantiate_async(store)).map(ExchangeWorld::V0_4)
+            }
             Pre::Exchange(ExchangePre::V0_3(p)) => {
                 run(p.instantiate_async(store)).map(ExchangeWorld::V0_3)
             }
@@ -92,6 +98,9 @@ impl World for FilterWorld {
     const KIND: Kind = Kind::Filter;
     fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
         match pre {
+            Pre::Filter(FilterPre::V0_4(p)) => {
+                run(p.instantiate_async(store)).map(FilterWorld::V0_4)
+            }
             Pre::Filter(FilterPre::V0_3(p)) => {
                 run(p.instantiate_async(store)).map(FilterWorld::V0_3)
             }
@@ -110,6 +119,9 @@ impl World for IdempotencyWorld {
     const KIND: Kind = Kind::Idempotency;
     fn instantiate(pre: &Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
         match pre {
+            Pre::Idempotency(IdempotencyPre::V0_4(p)) => {
+                run(p.instantiate_async(store)).map(IdempotencyWorld::V0_4)
+            }
             Pre::Idempotency(IdempotencyPre::V0_3(p)) => {
                 run(p.instantiate_async(store)).map(IdempotencyWorld::V0_3)
             }
@@ -190,6 +202,12 @@ impl<W: World> Instance<W> {
         Ok(W::init_config(&mut instance, config)?.map(|()| instance))
     }
 
+    /// Gives the instance its entity's key-value store (the `host` interface's `kv-*` calls; without
+    /// one they see an empty store that refuses writes).
+    pub fn attach_kv(&mut self, kv: Arc<KvStore>) {
+        self.store.data_mut().kv = Some(kv);
+    }
+
     /// Whether this instance runs the slot's current version (false after a reload or removal).
     pub fn is_current(&self) -> bool {
         self.slot.generation() == self.generation
@@ -255,13 +273,37 @@ impl Instance<ExchangeWorld> {
     ///
     /// # Errors
     /// The call faulted.
-    pub fn init(&mut self, arguments: &Vec<u8>) -> Result<Result<RoutesOn, String>, Fault> {
+    /// Packages before 0.4.0 answer `routes-on` only: they never schedule.
+    ///
+    /// # Errors
+    /// The call faulted.
+    pub fn init(&mut self, arguments: &Vec<u8>) -> Result<Result<ExchangeOptions, String>, Fault> {
+        let old = |routes_on| ExchangeOptions {
+            routes_on,
+            schedules: false,
+        };
         self.call(|w, s| match w {
-            ExchangeWorld::V0_3(w) => run(w.warren_plugin_exchange().call_init(s, arguments)),
+            ExchangeWorld::V0_4(w) => run(w.warren_plugin_exchange().call_init(s, arguments)),
+            ExchangeWorld::V0_3(w) => run(w.warren_plugin_exchange().call_init(s, arguments))
+                .map(|r| r.map(|r| old(worlds::from_v0_3::routes_on(r)))),
             ExchangeWorld::V0_2(w) => run(w.warren_plugin_exchange().call_init(s, arguments))
-                .map(|r| r.map(worlds::from_v0_2::routes_on)),
+                .map(|r| r.map(|r| old(worlds::from_v0_2::routes_on(r)))),
             ExchangeWorld::V0_1(w) => run(w.warren_plugin_exchange().call_init(s, arguments))
-                .map(|r| r.map(worlds::from_v0_1::routes_on)),
+                .map(|r| r.map(|r| old(worlds::from_v0_1::routes_on(r)))),
+        })
+    }
+
+    /// `schedule`: when `message` is routed (package 0.4.0 on; older packages route now).
+    ///
+    /// # Errors
+    /// The call faulted.
+    pub fn schedule(&mut self, message: &Arc<Message>) -> Result<Due, Fault> {
+        if !matches!(self.bindings, ExchangeWorld::V0_4(_)) {
+            return Ok(Due::Now);
+        }
+        self.call_with_message(message, |w, s, view| match w {
+            ExchangeWorld::V0_4(w) => run(w.warren_plugin_exchange().call_schedule(s, view)),
+            _ => Ok(Due::Now),
         })
     }
 
@@ -271,9 +313,12 @@ impl Instance<ExchangeWorld> {
     /// The call faulted.
     pub fn validate_binding(&mut self, binding: &Binding) -> Result<Result<(), String>, Fault> {
         self.call(|w, s| match w {
-            ExchangeWorld::V0_3(w) => {
+            ExchangeWorld::V0_4(w) => {
                 run(w.warren_plugin_exchange().call_validate_binding(s, binding))
             }
+            ExchangeWorld::V0_3(w) => run(w
+                .warren_plugin_exchange()
+                .call_validate_binding(s, &worlds::from_v0_3::binding(binding))),
             ExchangeWorld::V0_2(w) => run(w
                 .warren_plugin_exchange()
                 .call_validate_binding(s, &worlds::from_v0_2::binding(binding))),
@@ -289,7 +334,10 @@ impl Instance<ExchangeWorld> {
     /// The call faulted.
     pub fn add_binding(&mut self, binding: &Binding) -> Result<(), Fault> {
         self.call(|w, s| match w {
-            ExchangeWorld::V0_3(w) => run(w.warren_plugin_exchange().call_add_binding(s, binding)),
+            ExchangeWorld::V0_4(w) => run(w.warren_plugin_exchange().call_add_binding(s, binding)),
+            ExchangeWorld::V0_3(w) => run(w
+                .warren_plugin_exchange()
+                .call_add_binding(s, &worlds::from_v0_3::binding(binding))),
             ExchangeWorld::V0_2(w) => run(w
                 .warren_plugin_exchange()
                 .call_add_binding(s, &worlds::from_v0_2::binding(binding))),
@@ -305,6 +353,7 @@ impl Instance<ExchangeWorld> {
     /// The call faulted.
     pub fn remove_binding(&mut self, id: u32) -> Result<(), Fault> {
         self.call(|w, s| match w {
+            ExchangeWorld::V0_4(w) => run(w.warren_plugin_exchange().call_remove_binding(s, id)),
             ExchangeWorld::V0_3(w) => run(w.warren_plugin_exchange().call_remove_binding(s, id)),
             ExchangeWorld::V0_2(w) => run(w.warren_plugin_exchange().call_remove_binding(s, id)),
             ExchangeWorld::V0_1(w) => run(w.warren_plugin_exchange().call_remove_binding(s, id)),
@@ -317,6 +366,9 @@ impl Instance<ExchangeWorld> {
     /// The call faulted.
     pub fn route(&mut self, message: &Arc<Message>, routing_key: &str) -> Result<Vec<u32>, Fault> {
         self.call_with_message(message, |w, s, view| match w {
+            ExchangeWorld::V0_4(w) => {
+                run(w.warren_plugin_exchange().call_route(s, view, routing_key))
+            }
             ExchangeWorld::V0_3(w) => {
                 run(w.warren_plugin_exchange().call_route(s, view, routing_key))
             }
@@ -338,7 +390,10 @@ impl Instance<ExchangeWorld> {
     /// Whether the plugin answers `route-messages` (package 0.3.0 on; an older plugin that routes on
     /// the message is routed message by message).
     pub fn routes_messages_in_batches(&self) -> bool {
-        matches!(self.bindings, ExchangeWorld::V0_3(_))
+        matches!(
+            self.bindings,
+            ExchangeWorld::V0_4(_) | ExchangeWorld::V0_3(_)
+        )
     }
 
     /// `route-keys`: binding ids for each of a run of routing keys (`keys` back to back, key i ending
@@ -363,6 +418,10 @@ impl Instance<ExchangeWorld> {
         }
         let calls = key_ends.len() as u64;
         self.call_scaled(calls, |w, s| match w {
+            ExchangeWorld::V0_4(w) => run(w
+                .warren_plugin_exchange()
+                .call_route_keys(s, keys, key_ends))
+            .map(|r| (r.ids, r.id_ends)),
             ExchangeWorld::V0_3(w) => run(w
                 .warren_plugin_exchange()
                 .call_route_keys(s, keys, key_ends))
@@ -399,6 +458,10 @@ impl Instance<ExchangeWorld> {
         // Lent as a borrow: the guest's handle ends with the call, the host keeps ownership.
         let borrow = wasmtime::component::Resource::new_borrow(lent.rep());
         let result = self.call_scaled(messages.len() as u64, |w, s| match w {
+            ExchangeWorld::V0_4(w) => run(w
+                .warren_plugin_exchange()
+                .call_route_messages(s, borrow, keys, key_ends))
+            .map(|r| (r.ids, r.id_ends)),
             ExchangeWorld::V0_3(w) => run(w
                 .warren_plugin_exchange()
                 .call_route_messages(s, borrow, keys, key_ends))
@@ -412,6 +475,7 @@ impl Instance<ExchangeWorld> {
     /// The package version of this instance's world.
     fn package(&self) -> worlds::Package {
         match self.bindings {
+            ExchangeWorld::V0_4(_) => worlds::Package::V0_4,
             ExchangeWorld::V0_3(_) => worlds::Package::V0_3,
             ExchangeWorld::V0_2(_) => worlds::Package::V0_2,
             ExchangeWorld::V0_1(_) => worlds::Package::V0_1,
@@ -426,7 +490,10 @@ impl Instance<FilterWorld> {
     /// The call faulted.
     pub fn filter(&mut self, message: &Arc<Message>) -> Result<Decision, Fault> {
         self.call_with_message(message, |w, s, view| match w {
-            FilterWorld::V0_3(w) => run(w.warren_plugin_filter().call_filter(s, view)),
+            FilterWorld::V0_4(w) => run(w.warren_plugin_filter().call_filter(s, view)),
+            FilterWorld::V0_3(w) => {
+                run(w.warren_plugin_filter().call_filter(s, view)).map(worlds::from_v0_3::decision)
+            }
             FilterWorld::V0_2(w) => {
                 run(w.warren_plugin_filter().call_filter(s, view)).map(worlds::from_v0_2::decision)
             }
@@ -444,6 +511,7 @@ impl Instance<IdempotencyWorld> {
     /// The call faulted.
     pub fn key(&mut self, message: &Arc<Message>) -> Result<Option<Vec<u8>>, Fault> {
         self.call_with_message(message, |w, s, view| match w {
+            IdempotencyWorld::V0_4(w) => run(w.warren_plugin_idempotency().call_key(s, view)),
             IdempotencyWorld::V0_3(w) => run(w.warren_plugin_idempotency().call_key(s, view)),
             IdempotencyWorld::V0_2(w) => run(w.warren_plugin_idempotency().call_key(s, view)),
             IdempotencyWorld::V0_1(w) => run(w.warren_plugin_idempotency().call_key(s, view)),

@@ -23,6 +23,7 @@ pub mod engine;
 pub mod entity;
 pub mod health;
 pub mod instance;
+pub mod kv;
 pub mod loader;
 pub mod output;
 pub mod registry;

@@ -14,13 +14,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::SystemTime;
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use tracing::{error, info, warn};
 
 use super::engine::{Fault, Limits, Runtime};
+use super::kv::KvStore;
 use super::loader::{self, CompileCache, Kind, Loaded};
 use crate::rate::TokenBucket;
 
@@ -350,12 +351,44 @@ pub struct PluginHost {
     /// True while the plugin directory's initial load runs ([`PluginHost::start_loading`]).
     initial_load: Mutex<bool>,
     initial_loaded: Condvar,
+    /// Persistent key-value stores whose journals the flusher thread writes every
+    /// [`KV_FLUSH_INTERVAL`].
+    kv_stores: Arc<Mutex<Vec<Weak<KvStore>>>>,
+}
+
+/// How often buffered changes of persistent plugin key-value stores are written and fsynced.
+pub const KV_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Flushes every live store in `stores`, forgetting dropped ones.
+fn flush_all(stores: &Mutex<Vec<Weak<KvStore>>>) {
+    let live: Vec<Arc<KvStore>> = {
+        let mut list = crate::sync::lock(stores);
+        list.retain(|w| w.strong_count() > 0);
+        list.iter().filter_map(Weak::upgrade).collect()
+    };
+    for kv in live {
+        kv.flush();
+    }
 }
 
 /// Most plugin files compiled at once by the initial load.
 pub const LOAD_THREADS: usize = 2;
 
 impl PluginHost {
+    /// A key-value store for `entity` (`host` interface, package 0.4.0) within the configured quota;
+    /// `dir`: where its journal lives when the entity is durable. Its buffered changes are written
+    /// every [`KV_FLUSH_INTERVAL`] and by [`PluginHost::flush_kv`].
+    pub fn kv_store(&self, entity: String, dir: Option<PathBuf>) -> Arc<KvStore> {
+        let kv = KvStore::open(entity, self.runtime.limits.kv, dir);
+        crate::sync::lock(&self.kv_stores).push(Arc::downgrade(&kv));
+        kv
+    }
+
+    /// Writes every key-value store's buffered changes now (at shutdown).
+    pub fn flush_kv(&self) {
+        flush_all(&self.kv_stores);
+    }
+
     /// A host with no plugins loaded yet; `dir` is the plugin directory (none: no plugins),
     /// `cache_dir` where compiled plugins are kept across restarts (none: compiled at every load).
     ///
@@ -368,7 +401,19 @@ impl PluginHost {
     ) -> anyhow::Result<Arc<PluginHost>> {
         let runtime = Runtime::new(limits)?;
         let cache = cache_dir.map(|d| CompileCache::new(d, &runtime.engine));
+        let kv_stores: Arc<Mutex<Vec<Weak<KvStore>>>> = Arc::default();
+        let flushed = Arc::downgrade(&kv_stores);
+        std::thread::Builder::new()
+            .name("warren-plugin-kv".into())
+            .spawn(move || loop {
+                std::thread::sleep(KV_FLUSH_INTERVAL);
+                let Some(stores) = flushed.upgrade() else {
+                    return;
+                };
+                flush_all(&stores);
+            })?;
         Ok(Arc::new(PluginHost {
+            kv_stores,
             runtime,
             dir,
             cache,

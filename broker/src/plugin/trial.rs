@@ -23,7 +23,7 @@ use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::ShortString;
 use bytes::Bytes;
 
-use super::bindings::{Binding, Decision, RoutesOn};
+use super::bindings::{Binding, Decision, Due, RoutesOn};
 use super::engine::{table_body, Limits};
 use super::instance::{Configurable, Instance};
 use super::loader::{self, CompileCache, Kind};
@@ -291,7 +291,9 @@ fn exchange(
             return false;
         }
     };
-    let routes_on = match instance.init(arguments) {
+    // A key-value store of its own (in memory), as each exchange has in the broker.
+    instance.attach_kv(host.kv_store("trial exchange".into(), None));
+    let options = match instance.init(arguments) {
         Ok(Ok(r)) => r,
         Ok(Err(reason)) => {
             let _ = writeln!(text, "init: refused: {reason}");
@@ -302,12 +304,18 @@ fn exchange(
             return false;
         }
     };
+    let routes_on = options.routes_on;
     let _ = writeln!(
         text,
-        "init: ok, routes on {}",
+        "init: ok, routes on {}{}",
         match routes_on {
             RoutesOn::RoutingKey => "the routing key",
             RoutesOn::Message => "the message",
+        },
+        if options.schedules {
+            ", schedules messages"
+        } else {
+            ""
         }
     );
     let mut passed = true;
@@ -365,6 +373,36 @@ fn exchange(
     };
     let mut routed = Vec::new();
     for (n, m) in messages.iter().enumerate() {
+        if options.schedules {
+            match instance.schedule(m) {
+                Ok(Due::Now) => {}
+                Ok(Due::After(ms)) => {
+                    let _ = writeln!(
+                        text,
+                        "message {n} '{}': schedule -> after {ms} ms",
+                        m.routing_key
+                    );
+                }
+                Ok(Due::At(at)) => {
+                    let _ = writeln!(
+                        text,
+                        "message {n} '{}': schedule -> at {at} ms since the Unix epoch",
+                        m.routing_key
+                    );
+                }
+                Ok(Due::Refuse(reason)) => {
+                    let _ = writeln!(
+                        text,
+                        "message {n} '{}': schedule -> refused: {reason}",
+                        m.routing_key
+                    );
+                }
+                Err(f) => {
+                    let _ = writeln!(text, "message {n} '{}': schedule fault: {f}", m.routing_key);
+                    passed = false;
+                }
+            }
+        }
         match instance.route(m, m.routing_key.as_str()) {
             Ok(ids) => {
                 let (ids, shown) = describe(&ids);
@@ -379,6 +417,13 @@ fn exchange(
         }
     }
     if messages.is_empty() {
+        return passed;
+    }
+    if options.schedules {
+        let _ = writeln!(
+            text,
+            "no batch calls: the broker routes a scheduling exchange's messages one by one"
+        );
         return passed;
     }
     let (batch, supported) = match routes_on {
@@ -475,6 +520,7 @@ fn fresh(
     bindings: &[Binding],
 ) -> Result<Instance<ExchangeWorld>, super::Fault> {
     let mut instance = Instance::<ExchangeWorld>::new(host, slot)?;
+    instance.attach_kv(host.kv_store("trial exchange".into(), None));
     instance
         .init(arguments)?
         .map_err(super::Fault::Unavailable)?;

@@ -1,8 +1,9 @@
 //! Every package version of the contract this host accepts, one type per kind: a component is
-//! matched against the worlds of `warren:plugin@0.3.0` (current, `wit/warren-plugin.wit`) and of the
-//! released `warren:plugin@0.2.0` and `@0.1.0` (`wit/released/`), and runs with the behaviour it was
-//! written for (0.1.0 exchanges have no `route-keys` and 0.2.0 ones no `route-messages`: they are
-//! routed message by message where those would batch). Records that did not change between versions
+//! matched against the worlds of `warren:plugin@0.4.0` (current, `wit/warren-plugin.wit`) and of the
+//! released `warren:plugin@0.3.0`, `@0.2.0` and `@0.1.0` (`wit/released/`), and runs with the
+//! behaviour it was written for (0.1.0 exchanges have no `route-keys` and 0.2.0 ones no
+//! `route-messages`: they are routed message by message where those would batch; exchanges before
+//! 0.4.0 have no host services and never schedule). Records that did not change between versions
 //! are converted field by field here, so the rest of the host speaks the current package's types
 //! only.
 
@@ -10,7 +11,7 @@ use wasmtime::component::InstancePre;
 use wasmtime::Store;
 
 use super::bindings::{
-    v0_1, v0_2, Binding, Decision, ExchangePlugin, ExchangePluginPre, FilterPlugin,
+    v0_1, v0_2, v0_3, Binding, Decision, ExchangePlugin, ExchangePluginPre, FilterPlugin,
     FilterPluginPre, IdempotencyPlugin, IdempotencyPluginPre, PluginInfo, RoutesOn,
 };
 use super::engine::{run, StoreState};
@@ -19,7 +20,10 @@ use super::loader::Kind;
 /// A package version of the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Package {
-    /// `warren:plugin@0.3.0`, the current one.
+    /// `warren:plugin@0.4.0`, the current one.
+    #[serde(rename = "warren:plugin@0.4.0")]
+    V0_4,
+    /// `warren:plugin@0.3.0` (no host services, no `schedule`).
     #[serde(rename = "warren:plugin@0.3.0")]
     V0_3,
     /// `warren:plugin@0.2.0` (no `route-messages`).
@@ -33,6 +37,7 @@ pub enum Package {
 impl std::fmt::Display for Package {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Package::V0_4 => "warren:plugin@0.4.0",
             Package::V0_3 => "warren:plugin@0.3.0",
             Package::V0_2 => "warren:plugin@0.2.0",
             Package::V0_1 => "warren:plugin@0.1.0",
@@ -42,16 +47,19 @@ impl std::fmt::Display for Package {
 
 /// What this host accepts, for refusal messages.
 pub const ACCEPTED: &str = "a component of world exchange-plugin, filter-plugin or \
-    idempotency-plugin of warren:plugin@0.3.0, warren:plugin@0.2.0 or warren:plugin@0.1.0";
+    idempotency-plugin of warren:plugin@0.4.0, warren:plugin@0.3.0, warren:plugin@0.2.0 or \
+    warren:plugin@0.1.0";
 
 /// One type per kind, a variant per package version: `$t` of the current package's bindings,
-/// `v0_2::$t` and `v0_1::$t` of the released ones.
+/// `v0_3::$t`, `v0_2::$t` and `v0_1::$t` of the released ones.
 macro_rules! by_version {
     ($(#[$doc:meta] $name:ident($t:ident $(<$g:ty>)?);)*) => {$(
         #[$doc]
         pub enum $name {
-            /// Current package (0.3.0).
-            V0_3($t $(<$g>)?),
+            /// Current package (0.4.0).
+            V0_4($t $(<$g>)?),
+            /// Released 0.3.0.
+            V0_3(v0_3::$t $(<$g>)?),
             /// Released 0.2.0.
             V0_2(v0_2::$t $(<$g>)?),
             /// Released 0.1.0.
@@ -62,6 +70,7 @@ macro_rules! by_version {
         impl std::fmt::Debug for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(match self {
+                    $name::V0_4(_) => concat!(stringify!($name), "(warren:plugin@0.4.0)"),
                     $name::V0_3(_) => concat!(stringify!($name), "(warren:plugin@0.3.0)"),
                     $name::V0_2(_) => concat!(stringify!($name), "(warren:plugin@0.2.0)"),
                     $name::V0_1(_) => concat!(stringify!($name), "(warren:plugin@0.1.0)"),
@@ -89,6 +98,7 @@ by_version! {
 impl Clone for ExchangePre {
     fn clone(&self) -> Self {
         match self {
+            ExchangePre::V0_4(p) => ExchangePre::V0_4(p.clone()),
             ExchangePre::V0_3(p) => ExchangePre::V0_3(p.clone()),
             ExchangePre::V0_2(p) => ExchangePre::V0_2(p.clone()),
             ExchangePre::V0_1(p) => ExchangePre::V0_1(p.clone()),
@@ -99,6 +109,7 @@ impl Clone for ExchangePre {
 impl Clone for FilterPre {
     fn clone(&self) -> Self {
         match self {
+            FilterPre::V0_4(p) => FilterPre::V0_4(p.clone()),
             FilterPre::V0_3(p) => FilterPre::V0_3(p.clone()),
             FilterPre::V0_2(p) => FilterPre::V0_2(p.clone()),
             FilterPre::V0_1(p) => FilterPre::V0_1(p.clone()),
@@ -109,6 +120,7 @@ impl Clone for FilterPre {
 impl Clone for IdempotencyPre {
     fn clone(&self) -> Self {
         match self {
+            IdempotencyPre::V0_4(p) => IdempotencyPre::V0_4(p.clone()),
             IdempotencyPre::V0_3(p) => IdempotencyPre::V0_3(p.clone()),
             IdempotencyPre::V0_2(p) => IdempotencyPre::V0_2(p.clone()),
             IdempotencyPre::V0_1(p) => IdempotencyPre::V0_1(p.clone()),
@@ -148,10 +160,18 @@ impl Pre {
     pub fn find(pre: &InstancePre<StoreState>) -> Option<Pre> {
         let p = || pre.clone();
         ExchangePluginPre::new(p())
-            .map(|x| Pre::Exchange(ExchangePre::V0_3(x)))
-            .or_else(|_| FilterPluginPre::new(p()).map(|x| Pre::Filter(FilterPre::V0_3(x))))
+            .map(|x| Pre::Exchange(ExchangePre::V0_4(x)))
+            .or_else(|_| FilterPluginPre::new(p()).map(|x| Pre::Filter(FilterPre::V0_4(x))))
             .or_else(|_| {
-                IdempotencyPluginPre::new(p()).map(|x| Pre::Idempotency(IdempotencyPre::V0_3(x)))
+                IdempotencyPluginPre::new(p()).map(|x| Pre::Idempotency(IdempotencyPre::V0_4(x)))
+            })
+            .or_else(|_| {
+                v0_3::ExchangePluginPre::new(p()).map(|x| Pre::Exchange(ExchangePre::V0_3(x)))
+            })
+            .or_else(|_| v0_3::FilterPluginPre::new(p()).map(|x| Pre::Filter(FilterPre::V0_3(x))))
+            .or_else(|_| {
+                v0_3::IdempotencyPluginPre::new(p())
+                    .map(|x| Pre::Idempotency(IdempotencyPre::V0_3(x)))
             })
             .or_else(|_| {
                 v0_2::ExchangePluginPre::new(p()).map(|x| Pre::Exchange(ExchangePre::V0_2(x)))
@@ -184,6 +204,9 @@ impl Pre {
     /// The package version its world belongs to.
     pub fn package(&self) -> Package {
         match self {
+            Pre::Exchange(ExchangePre::V0_4(_))
+            | Pre::Filter(FilterPre::V0_4(_))
+            | Pre::Idempotency(IdempotencyPre::V0_4(_)) => Package::V0_4,
             Pre::Exchange(ExchangePre::V0_3(_))
             | Pre::Filter(FilterPre::V0_3(_))
             | Pre::Idempotency(IdempotencyPre::V0_3(_)) => Package::V0_3,
@@ -202,12 +225,21 @@ impl Pre {
         let same = |i: PluginInfo| i;
         run(async {
             Ok(match self {
-                Pre::Exchange(ExchangePre::V0_3(p)) => {
+                Pre::Exchange(ExchangePre::V0_4(p)) => {
                     describe!(store, p, warren_plugin_exchange, same)
                 }
-                Pre::Filter(FilterPre::V0_3(p)) => describe!(store, p, warren_plugin_filter, same),
-                Pre::Idempotency(IdempotencyPre::V0_3(p)) => {
+                Pre::Filter(FilterPre::V0_4(p)) => describe!(store, p, warren_plugin_filter, same),
+                Pre::Idempotency(IdempotencyPre::V0_4(p)) => {
                     describe!(store, p, warren_plugin_idempotency, same)
+                }
+                Pre::Exchange(ExchangePre::V0_3(p)) => {
+                    describe!(store, p, warren_plugin_exchange, from_v0_3::info)
+                }
+                Pre::Filter(FilterPre::V0_3(p)) => {
+                    describe!(store, p, warren_plugin_filter, from_v0_3::info)
+                }
+                Pre::Idempotency(IdempotencyPre::V0_3(p)) => {
+                    describe!(store, p, warren_plugin_idempotency, from_v0_3::info)
                 }
                 Pre::Exchange(ExchangePre::V0_2(p)) => {
                     describe!(store, p, warren_plugin_exchange, from_v0_2::info)
@@ -280,5 +312,6 @@ macro_rules! conversions {
     };
 }
 
+conversions!(from_v0_3, v0_3, "0.3.0");
 conversions!(from_v0_2, v0_2, "0.2.0");
 conversions!(from_v0_1, v0_1, "0.1.0");

@@ -16,6 +16,7 @@
 pub(crate) mod admin;
 pub(crate) mod definitions;
 pub(crate) mod keys;
+pub(crate) mod kv;
 pub(crate) mod log;
 pub(crate) mod record;
 
@@ -213,6 +214,36 @@ impl Store {
     /// Directory of a durable queue's log.
     pub fn queue_dir(&self, vhost: &str, queue: &str) -> PathBuf {
         self.vhost_dir(vhost).join("queues").join(hashed(queue))
+    }
+
+    /// Directory of a durable exchange's state: its plugin key-value journal (`kv.log`) and its
+    /// delay store's log (`delayed/`).
+    pub fn exchange_dir(&self, vhost: &str, exchange: &str) -> PathBuf {
+        self.vhost_dir(vhost)
+            .join("exchanges")
+            .join(hashed(exchange))
+    }
+
+    /// Opens a durable exchange's delay log (`crate::delay`) and recovers what it holds.
+    ///
+    /// # Errors
+    /// I/O errors, or a segment of a newer format version.
+    pub fn open_delay_log(
+        &self,
+        vhost: &str,
+        exchange: &str,
+    ) -> anyhow::Result<(Arc<QueueLog>, Recovered)> {
+        QueueLog::open(
+            format!("{vhost}/{exchange} (delayed)"),
+            self.delay_dir(vhost, exchange),
+            self.segment_bytes,
+            Arc::clone(&self.committer),
+        )
+    }
+
+    /// Directory of a durable exchange's delay log.
+    pub fn delay_dir(&self, vhost: &str, exchange: &str) -> PathBuf {
+        self.exchange_dir(vhost, exchange).join("delayed")
     }
 
     /// Opens a durable queue's log and recovers its content.

@@ -6,10 +6,13 @@
 //! docs/e2e.md, docs/spec-differences.md (amq.* names, default exchange).
 
 pub(crate) mod dead_letter;
+mod delayed;
 mod durable;
 pub(crate) mod policy;
 pub(crate) mod reply_to;
 mod routing;
+
+pub(crate) use routing::Routed;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +92,8 @@ pub struct VHost {
     policies: RwLock<Vec<policy::Policy>>,
     /// Held while a policy change is re-applied to the existing queues and exchanges.
     policy_change: Mutex<()>,
+    /// Held while an exchange's delay store is made (`delayed.rs`), so that it is made once.
+    delay_init: Mutex<()>,
     registry: Arc<Registry>,
     exchanges: RwLock<HashMap<ShortString, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortString, Arc<Queue>>>,
@@ -188,6 +193,7 @@ impl VHost {
             replies: reply_to::ReplyRegistry::default(),
             policies: RwLock::new(Vec::new()),
             policy_change: Mutex::new(()),
+            delay_init: Mutex::new(()),
             registry,
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
@@ -202,9 +208,10 @@ impl VHost {
         };
         for (xname, kind) in PREDECLARED {
             let entity = format!("exchange '{xname}' in vhost '{name}'");
-            if let Ok(router) = vhost
-                .registry
-                .create(kind, &FieldTable::default(), &entity, false)
+            if let Ok(router) =
+                vhost
+                    .registry
+                    .create(kind, &FieldTable::default(), &entity, false, None)
             {
                 let flags = ExchangeFlags {
                     durable: true,
@@ -329,12 +336,26 @@ impl VHost {
         }
         // A plugin type instantiates and initialises its plugin here, outside the vhost's lock.
         let entity = format!("exchange '{name}' in vhost '{}'", self.name);
-        let router = match self.registry.create(kind, arguments, &entity, recovering) {
+        let kv_dir = self
+            .store
+            .as_ref()
+            .filter(|_| flags.durable)
+            .map(|s| s.exchange_dir(&self.name, name.as_str()));
+        let router = match self.registry.create(
+            kind,
+            arguments,
+            &entity,
+            recovering,
+            kv_dir.clone(),
+        ) {
             Ok(router) => router,
             Err(CreateError::Refused(reason)) => {
                 return Err(AmqpError::precondition_failed(reason))
             }
-            Err(unknown) => match self.registry.create_unavailable(kind, arguments, &entity) {
+            Err(unknown) => match self
+                .registry
+                .create_unavailable(kind, arguments, &entity, kv_dir)
+            {
                 Some(router) if recovering => {
                     if self.registry.plugins_loading() {
                         info!(vhost = %self.name, exchange = %name, kind, "exchange recovered while its plugin type is still loading: unavailable until it is loaded");
@@ -364,8 +385,12 @@ impl VHost {
         if let Some(p) = policy::Policy::select(&read(&self.policies), false, name.as_str()) {
             x.apply_policy(Some(p.name.clone()), p.alternate_exchange().cloned());
         }
-        exchanges.insert(name.clone(), Arc::new(x));
+        let x = Arc::new(x);
+        exchanges.insert(name.clone(), Arc::clone(&x));
         drop(exchanges);
+        if recovering {
+            self.recover_delays(&x);
+        }
         if flags.durable {
             self.persist();
         }
@@ -475,7 +500,9 @@ impl VHost {
             )));
         }
         let durable = x.durable;
-        exchanges.remove(name);
+        if let Some(x) = exchanges.remove(name) {
+            x.deleted();
+        }
         let dest = Destination::Exchange(name.into());
         let sources: Vec<Arc<Exchange>> = exchanges.values().cloned().collect();
         drop(exchanges);
@@ -903,7 +930,11 @@ impl VHost {
         for q in self.queue_list() {
             self.remove_queue(&q);
         }
-        write(&self.exchanges).clear();
+        let exchanges: Vec<Arc<Exchange>> =
+            write(&self.exchanges).drain().map(|(_, x)| x).collect();
+        for x in exchanges {
+            x.deleted();
+        }
         if let Some(store) = &self.store {
             // A persist that started before the flag was set finishes before the directory goes.
             let _persisting = lock(&self.persisted);

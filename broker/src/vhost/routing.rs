@@ -11,10 +11,25 @@ use tracing::debug;
 
 use super::{dead_letter, VHost};
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{Destination, Exchange, Prepared, RouteBatch, RouteError};
+use crate::exchange::{Destination, Exchange, Prepared, RouteBatch, RouteError, Schedule};
 use crate::message::{header_strings, MessageRef};
 use crate::queue::{DeadLetterReason, Queue, QueueOwner};
 use crate::sync::read;
+
+/// What [`VHost::route`] decided for a publish.
+#[derive(Debug)]
+pub enum Routed {
+    /// Routed now (the destination queues were appended); the first plugin routing failure, if any.
+    Now(Option<RouteError>),
+    /// The exchange's type asked to keep the message until `due` (ms since the Unix epoch; see
+    /// `vhost/delayed.rs`): nothing was routed.
+    Later {
+        /// The exchange published to.
+        exchange: Arc<Exchange>,
+        /// Due time, ms since the Unix epoch.
+        due: u64,
+    },
+}
 
 impl VHost {
     /// Routes `message` published to `exchange` under its routing key and the `extra_keys` (from `CC` /
@@ -24,10 +39,12 @@ impl VHost {
     /// exchange that fails to route counts as matching nothing there (its failure policy), and the
     /// failure is reported so that the publisher's confirm can be a nack. `batch`: decisions prepared
     /// for a run of publishes that this message belongs to ([`Exchange::prepare`]); used for the
-    /// message's own routing key at `exchange` when they are that exchange's.
+    /// message's own routing key at `exchange` when they are that exchange's.  The exchange's type is not asked
+    /// whether to keep the message for later: this routes now (dead letters, delayed messages that
+    /// fell due, routability checks); a publish goes through [`VHost::route_publish`].
     ///
     /// # Errors
-    /// 404 missing exchange, 403 internal exchange.
+    /// 404 missing exchange, 403 internal exchange, 406 a publish the exchange's type refused.
     pub fn route(
         &self,
         exchange: &str,
@@ -36,7 +53,39 @@ impl VHost {
         queues: &mut Vec<Arc<Queue>>,
         scratch: &mut Vec<Destination>,
         batch: Option<&mut RouteBatch>,
-    ) -> AmqpResult<Option<RouteError>> {
+    ) -> AmqpResult<Routed> {
+        self.route_with(exchange, message, extra_keys, queues, scratch, batch, false)
+    }
+
+    /// [`VHost::route`] for a publish: an exchange whose type schedules (a plugin's `schedule`) may
+    /// keep the message for later instead ([`Routed::Later`]: nothing routed), or refuse it.
+    ///
+    /// # Errors
+    /// As [`VHost::route`].
+    pub fn route_publish(
+        &self,
+        exchange: &str,
+        message: &MessageRef,
+        extra_keys: &[String],
+        queues: &mut Vec<Arc<Queue>>,
+        scratch: &mut Vec<Destination>,
+        batch: Option<&mut RouteBatch>,
+    ) -> AmqpResult<Routed> {
+        self.route_with(exchange, message, extra_keys, queues, scratch, batch, true)
+    }
+
+    // The two entry points above share this body; `schedule` tells which one called.
+    #[allow(clippy::too_many_arguments)]
+    fn route_with(
+        &self,
+        exchange: &str,
+        message: &MessageRef,
+        extra_keys: &[String],
+        queues: &mut Vec<Arc<Queue>>,
+        scratch: &mut Vec<Destination>,
+        batch: Option<&mut RouteBatch>,
+        schedule: bool,
+    ) -> AmqpResult<Routed> {
         let keys = std::iter::once(message.routing_key.as_str())
             .chain(extra_keys.iter().map(String::as_str));
         if exchange.is_empty() {
@@ -48,7 +97,7 @@ impl VHost {
                     }
                 }
             }
-            return Ok(None);
+            return Ok(Routed::Now(None));
         }
         let exchanges = read(&self.exchanges);
         let x = exchanges
@@ -59,6 +108,18 @@ impl VHost {
                 "cannot publish to internal exchange '{exchange}' in vhost '{}'",
                 self.name
             )));
+        }
+        if schedule {
+            match x.schedule(message) {
+                Schedule::Now => {}
+                Schedule::Later(due) => {
+                    return Ok(Routed::Later {
+                        exchange: Arc::clone(x),
+                        due,
+                    })
+                }
+                Schedule::Refused(text) => return Err(AmqpError::precondition_failed(text)),
+            }
         }
         let mut prepared = batch.filter(|b| b.is_for(x)).map(|b| &mut b.decisions);
         let mut current = x;
@@ -76,7 +137,7 @@ impl VHost {
             );
             failure = failure.or(failed);
             if !queues.is_empty() {
-                return Ok(failure);
+                return Ok(Routed::Now(failure));
             }
             tried.push(current.name.as_str());
             match current
@@ -84,7 +145,7 @@ impl VHost {
                 .and_then(|ae| exchanges.get(ae.as_str()))
             {
                 Some(ae) if !tried.contains(&ae.name.as_str()) => current = ae,
-                _ => return Ok(failure),
+                _ => return Ok(Routed::Now(failure)),
             }
         }
     }

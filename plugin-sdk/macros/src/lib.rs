@@ -60,7 +60,7 @@ impl Kind {
     /// Attribute keys besides `name` and `description`.
     fn hooks(self) -> &'static [&'static str] {
         match self {
-            Kind::Exchange => &["init", "validate_binding"],
+            Kind::Exchange => &["init", "validate_binding", "schedule"],
             Kind::Filter | Kind::Idempotency => &["init"],
         }
     }
@@ -108,6 +108,7 @@ fn parse_args(kind: Kind, attr: TokenStream2) -> syn::Result<Args> {
                 let mut allowed = vec!["name = \"…\"", "description = \"…\""];
                 allowed.extend(kind.hooks().iter().map(|h| match *h {
                     "init" => "init = function",
+                    "schedule" => "schedule = function",
                     _ => "validate_binding = function",
                 }));
                 return Err(syn::Error::new_spanned(
@@ -283,23 +284,61 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
                 "validate_binding",
                 quote!(::warren_plugin_sdk::exchange::runtime::accept_binding),
             );
+            let schedule = match args.hooks.iter().find(|(k, _)| k == "schedule") {
+                Some((_, path)) => quote!(Some(#path)),
+                None => quote!(None),
+            };
             quote! {
                 use exports::warren::plugin::exchange as __x;
-                use ::warren_plugin_sdk::exchange::{runtime as __rt, Hooks as __Hooks, RoutesOn as __RoutesOn};
+                use ::warren_plugin_sdk::exchange::{runtime as __rt, Due as __Due, Hooks as __Hooks, RoutesOn as __RoutesOn};
+                use ::warren_plugin_sdk::store as __store;
+                use warren::plugin::host as __host;
 
                 const __HOOKS: __Hooks = __Hooks {
                     init: #init,
                     validate_binding: #validate,
                     route: |x, m| #into_route(#call(x, m)),
+                    schedule: #schedule,
                 };
+
+                /// The exchange's key-value store in the broker.
+                struct __HostStore;
+
+                impl __store::Backend for __HostStore {
+                    fn configure(&self, o: __store::Options) {
+                        __host::kv_configure(__host::KvOptions { max_entries: o.max_entries, persistent: o.persistent })
+                    }
+                    fn get(&self, key: &[u8]) -> Option<Vec<u8>> { __host::kv_get(key) }
+                    fn set(&self, key: &[u8], value: &[u8], ttl_ms: Option<u64>) -> Result<(), __store::StoreError> {
+                        __host::kv_set(key, value, ttl_ms).map_err(|e| match e {
+                            __host::KvError::QuotaExceeded => __store::StoreError::QuotaExceeded,
+                            __host::KvError::TooLarge => __store::StoreError::TooLarge,
+                        })
+                    }
+                    fn delete(&self, key: &[u8]) -> bool { __host::kv_delete(key) }
+                    fn entries(&self) -> u64 { __host::kv_len() }
+                    fn now_ms(&self) -> u64 { __host::now_ms() }
+                }
 
                 impl __x::Guest for __Component {
                     fn describe() -> __types::PluginInfo { __info(#name, #description) }
-                    fn init(arguments: Vec<u8>) -> Result<__x::RoutesOn, String> {
-                        __rt::init(&__HOOKS, &arguments).map(|r| match r {
-                            __RoutesOn::RoutingKey => __x::RoutesOn::RoutingKey,
-                            __RoutesOn::Message => __x::RoutesOn::Message,
+                    fn init(arguments: Vec<u8>) -> Result<__x::ExchangeOptions, String> {
+                        __store::install(Box::new(__HostStore));
+                        __rt::init(&__HOOKS, &arguments).map(|(r, schedules)| __x::ExchangeOptions {
+                            routes_on: match r {
+                                __RoutesOn::RoutingKey => __x::RoutesOn::RoutingKey,
+                                __RoutesOn::Message => __x::RoutesOn::Message,
+                            },
+                            schedules,
                         })
+                    }
+                    fn schedule(message: &__types::Message) -> __x::Due {
+                        match __rt::schedule(&__HOOKS, &__Source(message)) {
+                            __Due::Now => __x::Due::Now,
+                            __Due::After(ms) => __x::Due::After(ms),
+                            __Due::At(ms) => __x::Due::At(ms),
+                            __Due::Refuse(text) => __x::Due::Refuse(text),
+                        }
                     }
                     fn validate_binding(b: __x::Binding) -> Result<(), String> {
                         __rt::validate_binding(&__HOOKS, b.id, b.destination, b.key, &b.arguments)
@@ -424,11 +463,12 @@ fn refused(error: &syn::Error, item: TokenStream2) -> TokenStream2 {
 
 /// Makes the function the routing logic of an exchange type.
 ///
-/// `#[exchange(name = "x-…", description = "…", init = f, validate_binding = g)]` on
+/// `#[exchange(name = "x-…", description = "…", init = f, validate_binding = g, schedule = h)]` on
 /// `fn(&Exchange, &Message) -> Vec<u32>` (or `Option<u32>`): the ids of the bindings to route to.
 /// `init: fn(&Table) -> Result<RoutesOn, String>` checks the declare arguments;
 /// `validate_binding: fn(&Exchange, &Binding) -> Result<(), String>` checks each binding. Errors reach
-/// the client as `406 PRECONDITION_FAILED`.
+/// the client as `406 PRECONDITION_FAILED`. `schedule: fn(&Exchange, &Message) -> Due` makes the
+/// broker ask, for each publish, when to route it (`Due::After(ms)` keeps it until then).
 #[proc_macro_attribute]
 pub fn exchange(attr: TokenStream, item: TokenStream) -> TokenStream {
     run(Kind::Exchange, attr, item)

@@ -12,7 +12,11 @@ export const exchange = {
     return { name: "x-js-direct", version: "1.0.0", description: "direct routing, written in JavaScript" };
   },
   init(_arguments) {
-    return "routing-key";
+    // warren:plugin@0.4.0: what routing depends on, and whether `schedule` is asked per message.
+    return { routesOn: "routing-key", schedules: false };
+  },
+  schedule(_message) {
+    return { tag: "now" };
   },
   validateBinding(binding) {
     if (binding.key.length === 0) throw "x-js-direct: empty binding key";

@@ -30,8 +30,12 @@ class Exchange(exports.Exchange):
             description="direct routing, written in Python",
         )
 
-    def init(self, arguments: bytes) -> exchange.RoutesOn:
-        return exchange.RoutesOn.ROUTING_KEY
+    def init(self, arguments: bytes) -> exchange.ExchangeOptions:
+        # warren:plugin@0.4.0: what routing depends on, and whether `schedule` is asked per message.
+        return exchange.ExchangeOptions(routes_on=exchange.RoutesOn.ROUTING_KEY, schedules=False)
+
+    def schedule(self, message: types.Message) -> exchange.Due:
+        return exchange.Due_Now()
 
     def validate_binding(self, binding: exchange.Binding) -> None:
         return None

@@ -170,8 +170,16 @@ class Exchange(exports.Exchange):
             description="Routes on a field of a JSON body (binding key path=value)",
         )
 
-    def init(self, arguments: bytes) -> exchange.RoutesOn:
+    def init(self, arguments: bytes):
+        # warren:plugin@0.4.0 answers what routing depends on and whether `schedule` is asked per
+        # message; built against a released package (scripts/bench_plugin_batch.py builds this file
+        # against 0.2.0 too), the routing dependency alone.
+        if hasattr(exchange, "ExchangeOptions"):
+            return exchange.ExchangeOptions(routes_on=exchange.RoutesOn.MESSAGE, schedules=False)
         return exchange.RoutesOn.MESSAGE
+
+    def schedule(self, message: types.Message) -> exchange.Due:
+        return exchange.Due_Now()
 
     def validate_binding(self, binding: exchange.Binding) -> None:
         try:

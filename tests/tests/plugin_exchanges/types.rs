@@ -341,3 +341,43 @@ async fn a_plugin_built_against_package_0_1_0_loads_and_routes() {
     let status = plugin_status(&b, "x-v01-direct").expect("loaded");
     assert_eq!((status.traps, status.breaches), (0, 0), "{status:?}");
 }
+
+/// A plugin built against the released package `warren:plugin@0.3.0` (fixture `x-v03-header`: no
+/// host services, `init` answering `routes-on`) keeps loading beside 0.4.0 plugins and routes on the
+/// message (its `route-messages` is checked by `plugin_trial.rs`: whether publishes arrive together
+/// in one read, and so form a run, is up to the client's timing).
+#[tokio::test]
+async fn a_plugin_built_against_package_0_3_0_loads_and_routes_runs_of_messages() {
+    let dir = PluginDir::with("v03", &[(plugins::V0_3_EXCHANGE, "v03.wasm")]);
+    let b = start_broker_with(dir.config()).await;
+    let status = plugin_status(&b, "x-v03-header").expect("loaded");
+    assert_eq!(
+        status.package,
+        Some(warren::plugin::worlds::Package::V0_3),
+        "{status:?}"
+    );
+    let conn = connect(&b).await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(&ch, "v03", "x-v03-header", FieldTable::default()).await;
+    bind_queues(&ch, "v03", &["v03-a"], "a").await;
+    bind_queues(&ch, "v03", &["v03-b"], "b").await;
+    for i in 0..60 {
+        let mut headers = FieldTable::default();
+        let to = ["a", "b", "c"][i % 3];
+        headers.insert("to".into(), lapin::types::AMQPValue::LongString(to.into()));
+        ch.basic_publish(
+            "v03".into(),
+            "ignored".into(),
+            BasicPublishOptions::default(),
+            b"m",
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .expect("publish");
+    }
+    assert!(ch.wait_for_confirms().await.expect("confirms").is_empty());
+    assert_eq!(message_count(&ch, "v03-a").await, 20);
+    assert_eq!(message_count(&ch, "v03-b").await, 20);
+    let status = plugin_status(&b, "x-v03-header").expect("loaded");
+    assert_eq!((status.traps, status.breaches), (0, 0), "{status:?}");
+}
