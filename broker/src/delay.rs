@@ -10,6 +10,11 @@
 //! the due time, an Ack record once the message was routed), through the same group commit as queue
 //! logs, so a publisher confirm for such a message means it is on disk; the log is read back at
 //! start. Segments are reclaimed once every message in them was routed.
+//!
+//! A pending message is kept compact ([`Kept`]: names, the properties as received and the body, each
+//! in an allocation of its own), not as a routed `Message`: its decoded properties are rebuilt when it
+//! falls due, so a million pending 16-octet messages cost a few hundred octets each rather than the
+//! ~1.2 KiB a decoded message with headers holds.
 
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::{BTreeSet, BinaryHeap};
@@ -19,13 +24,75 @@ use std::sync::{Arc, Mutex};
 use amq_protocol::types::ShortString;
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tracing::warn;
 
 use crate::memory::Memory;
 use crate::message::{Message, MessageRef};
 use crate::store::record::{PublishRef, StoredPublish};
 use crate::store::{QueueLog, Recovered};
 use crate::sync::lock;
+
+/// A pending message as kept: what it was published with, undecoded. Its octets count in the memory
+/// alarm's message account while it lives (as a `Message`'s do).
+#[derive(Debug)]
+pub(crate) struct Kept {
+    exchange: ShortString,
+    routing_key: ShortString,
+    /// Content-header properties as received (property flags onwards).
+    properties: Bytes,
+    body: Bytes,
+    memory: Memory,
+}
+
+impl Kept {
+    fn new(
+        memory: Memory,
+        exchange: ShortString,
+        routing_key: ShortString,
+        properties: Bytes,
+        body: Bytes,
+    ) -> Kept {
+        memory.add(
+            crate::memory::Account::Messages,
+            properties.len() + body.len(),
+        );
+        Kept {
+            exchange,
+            routing_key,
+            properties,
+            body,
+            memory,
+        }
+    }
+
+    /// The message again, its properties decoded (`None` if they do not parse, which a message
+    /// accepted at publish cannot do; a damaged log record could).
+    pub(crate) fn message(&self) -> Option<MessageRef> {
+        let (_, properties) =
+            amq_protocol::protocol::basic::parse_properties(&self.properties[..]).ok()?;
+        Some(Arc::new(Message::new(
+            self.memory,
+            self.exchange.clone(),
+            self.routing_key.clone(),
+            properties,
+            self.properties.clone(),
+            self.body.clone(),
+        )))
+    }
+
+    /// Body octets.
+    pub(crate) fn body_len(&self) -> usize {
+        self.body.len()
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.memory.sub(
+            crate::memory::Account::Messages,
+            self.properties.len() + self.body.len(),
+        );
+    }
+}
 
 /// One message waiting for its due time.
 #[derive(Debug)]
@@ -35,7 +102,7 @@ pub(crate) struct Pending {
     /// Arrival order within the store (the log's sequence number when logged).
     pub seq: u64,
     /// The message.
-    pub message: MessageRef,
+    pub message: Kept,
     /// Appended to the exchange's log (acked there once routed).
     pub logged: bool,
 }
@@ -85,18 +152,15 @@ fn short(b: &Bytes) -> ShortString {
     ShortString::try_new(String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
 }
 
-/// A message read back from the log.
-fn from_stored(p: &StoredPublish, memory: Memory) -> Option<MessageRef> {
-    let (_, properties) =
-        amq_protocol::protocol::basic::parse_properties(&p.properties[..]).ok()?;
-    Some(Arc::new(Message::new(
+/// A message read back from the log (its octets copied out of the read buffer).
+fn from_stored(p: &StoredPublish, memory: Memory) -> Kept {
+    Kept::new(
         memory,
         short(&p.exchange),
         short(&p.routing_key),
-        properties,
         Bytes::copy_from_slice(&p.properties),
         Bytes::copy_from_slice(&p.body),
-    )))
+    )
 }
 
 impl DelayStore {
@@ -112,12 +176,11 @@ impl DelayStore {
     }
 
     /// A store over a log just opened, holding the messages the log still has (`recovered` says which
-    /// were routed already); `entity` names the exchange in log lines.
+    /// were routed already).
     ///
     /// # Errors
     /// I/O errors reading the log back.
     pub(crate) fn recover(
-        entity: String,
         log: Arc<QueueLog>,
         recovered: &Recovered,
         memory: Memory,
@@ -131,10 +194,7 @@ impl DelayStore {
             if recovered.acked.contains(p.seq) {
                 continue;
             }
-            let Some(message) = from_stored(&p, memory) else {
-                warn!(entity = %entity, seq = p.seq, "delayed message with unreadable properties skipped");
-                continue;
-            };
+            let message = from_stored(&p, memory);
             inner.logged.insert(p.seq);
             inner.heap.push(Reverse(Pending {
                 due: p.expires_at,
@@ -160,7 +220,7 @@ impl DelayStore {
 
     /// Keeps `message` until `due` (ms since the Unix epoch). A `persistent` message is appended to
     /// the log, if the store has one: the LSN returned is what a publisher confirm waits for.
-    pub(crate) fn insert(&self, message: MessageRef, due: u64, persistent: bool) -> Option<u64> {
+    pub(crate) fn insert(&self, message: &Message, due: u64, persistent: bool) -> Option<u64> {
         let mut inner = lock(&self.inner);
         let seq = inner.next_seq;
         inner.next_seq += 1;
@@ -180,10 +240,17 @@ impl DelayStore {
             _ => None,
         };
         let earliest = inner.heap.peek().is_none_or(|Reverse(p)| due < p.due);
+        let kept = Kept::new(
+            message.memory,
+            message.exchange.clone(),
+            message.routing_key.clone(),
+            message.raw_properties.clone(),
+            message.body.clone(),
+        );
         inner.heap.push(Reverse(Pending {
             due,
             seq,
-            message,
+            message: kept,
             logged: lsn.is_some(),
         }));
         drop(inner);
@@ -228,7 +295,7 @@ impl DelayStore {
         let mut inner = lock(&self.inner);
         for p in done.iter().filter(|p| p.logged) {
             inner.logged.remove(&p.seq);
-            log.append_ack(p.seq, p.seq, 1, p.message.body.len() as u64);
+            log.append_ack(p.seq, p.seq, 1, p.message.body_len() as u64);
         }
         let min = inner.logged.first().copied().unwrap_or(inner.next_seq);
         drop(inner);

@@ -150,6 +150,22 @@ pub(crate) fn queue_name(args: &RunArgs, i: usize) -> String {
     }
 }
 
+/// `NAME=VALUE` pairs as a field table (`int`: integer values as signed 64-bit integers).
+fn pairs(items: &[String], int: bool) -> anyhow::Result<FieldTable> {
+    let mut table = FieldTable::default();
+    for item in items {
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow!("expected NAME=VALUE, got '{item}'"))?;
+        let value = match value.parse::<i64>() {
+            Ok(n) if int => AMQPValue::LongLongInt(n),
+            _ => AMQPValue::LongString(LongString::from(value)),
+        };
+        table.insert(name.into(), value);
+    }
+    Ok(table)
+}
+
 /// Declares queues, the exchange and bindings (purging queues left over from a previous run).
 pub(crate) async fn setup(args: &RunArgs) -> anyhow::Result<()> {
     let mut c = Conn::open(&args.addr).await?;
@@ -158,6 +174,7 @@ pub(crate) async fn setup(args: &RunArgs) -> anyhow::Result<()> {
             exchange: args.exchange.as_str().into(),
             kind: args.exchange_type.as_str().into(),
             durable: args.persistent,
+            arguments: pairs(&args.exchange_args, false)?,
             ..Default::default()
         };
         c.rpc(AMQPClass::Exchange(exchange::AMQPMethod::Declare(declare)))
@@ -266,6 +283,9 @@ pub(crate) async fn produce(
     let mut props = basic::AMQPProperties::default();
     if args.persistent {
         props = props.with_delivery_mode(2);
+    }
+    if !args.headers.is_empty() {
+        props = props.with_headers(pairs(&args.headers, true)?);
     }
     let header = encode(&AMQPFrame::Header(
         1,

@@ -67,6 +67,14 @@ pub struct RunArgs {
     /// Exchange type when an exchange is named.
     #[arg(short = 't', long = "type", default_value = "direct")]
     pub exchange_type: String,
+    /// An exchange.declare argument NAME=VALUE (repeatable; the value is sent as a string), e.g.
+    /// `x-delayed-type=direct`.
+    #[arg(long = "exchange-arg")]
+    pub exchange_args: Vec<String>,
+    /// A header every message carries, NAME=VALUE (repeatable; an integer value is sent as a signed
+    /// 64-bit integer, anything else as a string), e.g. `x-delay=0`.
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
     /// Routing key (default: the queue name). `random` picks a random dot-separated 3-word key per
     /// message from `--keys` distinct keys.
     #[arg(short = 'k', long)]

@@ -13,7 +13,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from conftest import EXTERNAL, PLUGINS, Broker
+from conftest import EXTERNAL, PLUGINS, Broker, plugin_status
 
 pytestmark = pytest.mark.skipif(EXTERNAL is not None, reason="starts brokers with the plugin")
 
@@ -228,6 +228,45 @@ def test_confirmed_persistent_delayed_messages_survive_a_restart(tmp_path, stop)
         assert len(set(bodies)) == n, "a message was delivered twice"
         for _, arrived in got:
             assert arrived >= started + 2.5
+        conn.close()
+    finally:
+        b.stop()
+
+
+def leb128(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def test_delayed_messages_survive_a_plugin_reload(tmp_path):
+    plugins = plugin_dir(tmp_path)
+    b = Broker(plugin_dir=plugins)
+    try:
+        conn = b.connect()
+        ch = conn.channel()
+        declare(ch, "reloaded")
+        ch.queue_declare("rq")
+        ch.queue_bind("rq", "reloaded", "k")
+        publish(ch, "reloaded", "k", "across-reload", delay=2500)
+        # A new version of the file (the same component with a custom section appended: another
+        # hash), which the broker loads in place of the old one while the message waits.
+        path = plugins / "x_delayed_message.wasm"
+        name = b"warren-test"
+        payload = leb128(len(name)) + name + b"v2"
+        path.write_bytes(path.read_bytes() + b"\x00" + leb128(len(payload)) + payload)
+        deadline = time.time() + 20
+        while time.time() < deadline and plugin_status(b, "x-delayed-message")["reloads"] < 1:
+            time.sleep(0.1)
+        assert plugin_status(b, "x-delayed-message")["reloads"] == 1
+        got = collect(ch, "rq", 1, timeout=10)
+        assert [body for body, _ in got] == ["across-reload"]
         conn.close()
     finally:
         b.stop()

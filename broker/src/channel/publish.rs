@@ -486,7 +486,7 @@ impl Channel {
         crate::content::own_content(&mut p.message);
         let persistent = p.message.properties.delivery_mode() == &Some(2);
         let waits: Vec<_> = delays
-            .insert(Arc::clone(&p.message), due, persistent)
+            .insert(&p.message, due, persistent)
             .and_then(|lsn| delays.log().map(|log| (Arc::clone(log), lsn)))
             .into_iter()
             .collect();

@@ -226,7 +226,7 @@ pub(crate) async fn publish(
             Routed::Later { exchange, due } => {
                 let delays = v.delay_store(&exchange)?;
                 let persistent = message.properties.delivery_mode() == &Some(2);
-                let lsn = delays.insert(Arc::clone(&message), due, persistent);
+                let lsn = delays.insert(&message, due, persistent);
                 let wait = lsn.and_then(|lsn| delays.log().map(|l| (Arc::clone(l), lsn)));
                 Ok((queues, Some(wait)))
             }

@@ -47,12 +47,11 @@ impl VHost {
         if let Some(d) = x.delays.get() {
             return Ok(Arc::clone(d));
         }
-        let entity = format!("exchange '{}' in vhost '{}'", x.name, self.name);
         let store = match (&self.store, x.durable) {
             (Some(store), true) => {
                 let opened = store.open_delay_log(&self.name, x.name.as_str()).and_then(
                     |(log, recovered)| {
-                        Ok(DelayStore::recover(entity, log, &recovered, self.memory)?)
+                        Ok(DelayStore::recover(log, &recovered, self.memory)?)
                     },
                 );
                 opened.map_err(|e| {
@@ -104,7 +103,11 @@ impl VHost {
         let mut scratch: Vec<Destination> = Vec::new();
         for (i, p) in due.iter().enumerate() {
             queues.clear();
-            let message = &p.message;
+            let Some(message) = p.message.message() else {
+                warn!(vhost = %self.name, exchange = %exchange, "delayed message with unreadable properties dropped");
+                continue;
+            };
+            let message = &message;
             let cc = header_strings(message.properties.headers().as_ref(), "CC");
             match self.route(
                 exchange.as_str(),
