@@ -216,6 +216,7 @@ impl Channel {
     ///
     /// # Errors
     /// Channel errors close this channel; connection errors close the connection.
+    #[inline]
     pub(crate) fn handle_method(
         &mut self,
         ctx: &mut ConnectionContext,

@@ -84,6 +84,9 @@ impl Channel {
     ///
     /// # Errors
     /// 505 UNEXPECTED_FRAME when no header is expected; 406 when the body exceeds `max_message_size`.
+    // `#[inline]`: once per message, called from the connection's frame loop in another codegen
+    // unit (callgrind A/B in BENCHMARKS.md, issue 16).
+    #[inline]
     pub(crate) fn handle_header(
         &mut self,
         ctx: &mut ConnectionContext,
@@ -124,6 +127,7 @@ impl Channel {
     ///
     /// # Errors
     /// 505 UNEXPECTED_FRAME when no body is expected; 501 FRAME_ERROR when the body exceeds its declared size.
+    #[inline]
     pub(crate) fn handle_body(&mut self, ctx: &mut ConnectionContext, data: Bytes) -> AmqpResult {
         let Content::Body {
             body,
@@ -448,6 +452,9 @@ impl Channel {
     ///
     /// # Errors
     /// 541 when the exchange's delay log cannot be opened.
+    // Out of line: it keeps the publish path as small as before it existed, so the compiler's
+    // inlining of the frame handlers around it is unchanged (callgrind A/B in BENCHMARKS.md).
+    #[inline(never)]
     fn publish_later(
         &mut self,
         ctx: &mut ConnectionContext,

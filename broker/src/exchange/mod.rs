@@ -154,7 +154,7 @@ pub trait ExchangeType: Send + Sync + fmt::Debug {
     ) -> Result<(), RouteError> {
         self.route(routing_key, message, out)
     }
-    /// When a message just published to the exchange is routed ([`Schedule::Now`] for every native
+    /// When a message just published to the exchange is routed (`Schedule::Now` for every native
     /// type; a plugin type's `schedule` may keep it or refuse it).
     fn schedule(&self, _message: &MessageRef) -> Schedule {
         Schedule::Now

@@ -50,9 +50,7 @@ impl VHost {
         let store = match (&self.store, x.durable) {
             (Some(store), true) => {
                 let opened = store.open_delay_log(&self.name, x.name.as_str()).and_then(
-                    |(log, recovered)| {
-                        Ok(DelayStore::recover(log, &recovered, self.memory)?)
-                    },
+                    |(log, recovered)| Ok(DelayStore::recover(log, &recovered, self.memory)?),
                 );
                 opened.map_err(|e| {
                     error!(vhost = %self.name, exchange = %x.name, error = %e, "cannot open the exchange's delay log");
