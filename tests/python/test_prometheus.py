@@ -4,6 +4,7 @@
 RabbitMQ-Overview.json`, listed in `../shared/MANAGEMENT.md` §2), values move with traffic driven by
 pika, per-queue series carry `vhost` and `queue`, and Warren's `warren_plugin_*` series are there."""
 import re
+import time
 import urllib.request
 
 import pytest
@@ -131,8 +132,14 @@ def test_metrics_have_the_overview_dashboards_names_and_move_with_traffic(tmp_pa
         assert value(per, "rabbitmq_queue_messages_published_total", vhost="/", queue="pq") == 5
         assert value(per, "rabbitmq_queue_messages_acked_total", vhost="/", queue="pq") == 1
         conn.close()
-        s = scrape(b, "/metrics")
         # Every accepted connection counts, the start-up probe's included (as RabbitMQ's reader does).
+        # The broker counts a close when the connection's task ends, just after close-ok: wait for it.
+        deadline = time.time() + 5
+        s = scrape(b, "/metrics")
+        while (value(s, "rabbitmq_connections_closed_total") != value(s, "rabbitmq_connections_opened_total")
+               and time.time() < deadline):
+            time.sleep(0.05)
+            s = scrape(b, "/metrics")
         assert value(s, "rabbitmq_connections_closed_total") == value(s, "rabbitmq_connections_opened_total") >= 1
         assert value(s, "rabbitmq_global_messages_received_total", protocol="amqp091") == 6, "closed channels count"
     finally:

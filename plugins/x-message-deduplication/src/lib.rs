@@ -30,10 +30,13 @@ struct Cache {
     persistent: bool,
 }
 
+/// A positive integer: an integer value, or a string of one (the original plugin accepts both).
 fn positive(v: Option<&Value>) -> Option<u64> {
-    v.and_then(Value::as_i64)
-        .filter(|n| *n > 0)
-        .map(|n| n as u64)
+    let n = match v? {
+        Value::Text(s) => s.trim().parse::<i64>().ok()?,
+        other => other.as_i64()?,
+    };
+    u64::try_from(n).ok().filter(|n| *n > 0)
 }
 
 fn cache(arguments: &Table) -> Result<Cache, String> {
@@ -121,6 +124,10 @@ mod tests {
         assert_eq!(
             init(&Table::new().with("x-cache-size", 0i64)),
             Err(BAD_SIZE.to_owned())
+        );
+        assert_eq!(
+            init(&Table::new().with("x-cache-size", "25")),
+            Ok(RoutesOn::Message)
         );
         let sized = Table::new().with("x-cache-size", 10i64);
         assert_eq!(
