@@ -153,6 +153,18 @@ def plugin_broker(tmp_path_factory):
         b.stop()
 
 
+def copy_plugins(tmp_path, *names):
+    """A plugin directory under `tmp_path` holding the built components `names` (e.g.
+    "x_delayed_message"), for a broker started with it."""
+    d = tmp_path / "plugins"
+    d.mkdir(exist_ok=True)
+    for name in names:
+        src = PLUGINS / f"{name}.wasm"
+        assert src.exists(), f"{src} missing: run `cargo test` (it builds plugins/) or set WARREN_PLUGINS"
+        (d / f"{name}.wasm").write_bytes(src.read_bytes())
+    return d
+
+
 def broker_with_built_plugin(tmp_path_factory, build_script, source_dir, file_name):
     """A broker whose plugin directory holds the component `build_script` (plugins/python/build.sh or
     plugins/js/build.sh) makes from `source_dir` (both relative to the repository root)."""

@@ -1,26 +1,20 @@
 """The first-party x-message-deduplication plugin over pika (noxdafox's exchange contract) on the
 host key-value store: duplicates dropped, TTL, x-cache-size eviction, a disk cache across a restart,
 bad arguments."""
-import shutil
 import time
 
 import pika
 import pika.exceptions
 import pytest
 
-from conftest import EXTERNAL, PLUGINS, Broker
+from conftest import EXTERNAL, Broker, copy_plugins
 from test_delayed import exchange_info
 
 pytestmark = pytest.mark.skipif(EXTERNAL is not None, reason="starts brokers with the plugin")
 
 
 def plugin_dir(tmp_path):
-    d = tmp_path / "plugins"
-    d.mkdir(exist_ok=True)
-    src = PLUGINS / "x_message_deduplication.wasm"
-    assert src.exists(), f"{src} missing: run `cargo test` (it builds plugins/) or set WARREN_PLUGINS"
-    shutil.copy(src, d / "x_message_deduplication.wasm")
-    return d
+    return copy_plugins(tmp_path, "x_message_deduplication")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ due-time order, nothing early, bindings added during the delay, topic and header
 persistent delayed messages across a graceful restart and kill -9, a 60-day delay, bad input."""
 import base64
 import json
-import shutil
 import signal
 import time
 import urllib.parse
@@ -13,18 +12,13 @@ import pika
 import pika.exceptions
 import pytest
 
-from conftest import EXTERNAL, PLUGINS, Broker, plugin_status
+from conftest import EXTERNAL, Broker, copy_plugins, plugin_status
 
 pytestmark = pytest.mark.skipif(EXTERNAL is not None, reason="starts brokers with the plugin")
 
 
 def plugin_dir(tmp_path):
-    d = tmp_path / "plugins"
-    d.mkdir(exist_ok=True)
-    src = PLUGINS / "x_delayed_message.wasm"
-    assert src.exists(), f"{src} missing: run `cargo test` (it builds plugins/) or set WARREN_PLUGINS"
-    shutil.copy(src, d / "x_delayed_message.wasm")
-    return d
+    return copy_plugins(tmp_path, "x_delayed_message")
 
 
 @pytest.fixture
