@@ -264,3 +264,27 @@ def test_delayed_messages_survive_a_plugin_reload(tmp_path):
         conn.close()
     finally:
         b.stop()
+
+
+def test_messages_due_while_the_broker_was_down_are_routed_after_recovery(tmp_path):
+    plugins = plugin_dir(tmp_path)
+    data = str(tmp_path / "data")
+    b = Broker(data_dir=data, plugin_dir=plugins)
+    conn = b.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    declare(ch, "down", durable=True)
+    ch.queue_declare("downq", durable=True)
+    ch.queue_bind("downq", "down", "k")
+    for i in range(20):
+        publish(ch, "down", "k", str(i), delay=500, persistent=True)
+    b.stop()
+    time.sleep(1.5)  # every message falls due while the broker is down
+    b = Broker(data_dir=data, plugin_dir=plugins)
+    try:
+        conn = b.connect()
+        got = collect(conn.channel(), "downq", 20, timeout=20)
+        assert sorted((body for body, _ in got), key=int) == [str(i) for i in range(20)]
+        conn.close()
+    finally:
+        b.stop()

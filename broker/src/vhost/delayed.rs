@@ -8,8 +8,11 @@
 //! kept), then the alternate exchange if it matched nothing; unroutable then, it is dropped (nobody
 //! is left to return it to: a `mandatory` publish is checked for routability at publish instead,
 //! see `channel/publish.rs`). Its log record is acked only once the queues it went to have it on
-//! disk, so a crash in between delivers it again rather than never.
+//! disk, so a crash in between delivers it again rather than never. Nothing is routed while the vhost
+//! recovers (its bindings come back after its exchanges): messages that fell due while the broker was
+//! down are routed once recovery is complete.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -147,6 +150,9 @@ struct RoutedDue {
     failed: Vec<usize>,
 }
 
+/// How often the due-routing task looks whether its vhost finished recovering.
+const RECOVERY_POLL: Duration = Duration::from_millis(20);
+
 /// How long a message whose exchange's type failed to route waits before it is tried again.
 const RETRY_AFTER_MS: u64 = 1000;
 
@@ -168,8 +174,14 @@ async fn route_when_due(vhost: Weak<VHost>, name: ShortString, store: Arc<DelayS
                 }
             }
             Some(_) => {
-                let mut batch = store.take_due(now, DUE_BATCH);
                 let Some(v) = vhost.upgrade() else { return };
+                if v.recovering.load(Ordering::Acquire) {
+                    // Bindings are recovered after exchanges: routing now could find none.
+                    drop(v);
+                    tokio::time::sleep(RECOVERY_POLL).await;
+                    continue;
+                }
+                let mut batch = store.take_due(now, DUE_BATCH);
                 let Some(RoutedDue { waits, failed }) = v.route_due(&name, &batch) else {
                     return;
                 };
