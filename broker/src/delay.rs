@@ -18,7 +18,7 @@
 
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::{BTreeSet, BinaryHeap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use amq_protocol::types::ShortString;
@@ -135,41 +135,46 @@ struct Inner {
     logged: BTreeSet<u64>,
 }
 
+impl Inner {
+    /// The log's lowest live sequence number: the first logged message still pending, or the next
+    /// to come.
+    fn min_live(&self) -> u64 {
+        self.logged.first().copied().unwrap_or(self.next_seq)
+    }
+}
+
 /// The delayed messages of one exchange.
 #[derive(Debug)]
 pub(crate) struct DelayStore {
     inner: Mutex<Inner>,
     /// The exchange's log (a durable exchange in a broker with a data directory).
     log: Option<Arc<QueueLog>>,
-    /// Messages pending (read without the lock by the management API).
-    pending: AtomicU64,
     /// Woken when a message with an earlier due time than any before arrives, or the store closes.
     pub wake: Notify,
     closed: AtomicBool,
-}
-
-fn short(b: &Bytes) -> ShortString {
-    ShortString::try_new(String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
 }
 
 /// A message read back from the log (its octets copied out of the read buffer).
 fn from_stored(p: &StoredPublish, memory: Memory) -> Kept {
     Kept::new(
         memory,
-        short(&p.exchange),
-        short(&p.routing_key),
+        p.exchange_name(),
+        p.routing_key_name(),
         Bytes::copy_from_slice(&p.properties),
         Bytes::copy_from_slice(&p.body),
     )
 }
 
 impl DelayStore {
-    /// An empty store (memory only when `log` is `None`).
-    pub(crate) fn new(log: Option<Arc<QueueLog>>) -> Arc<DelayStore> {
+    /// An empty store kept in memory only.
+    pub(crate) fn new() -> Arc<DelayStore> {
+        Self::with(Inner::default(), None)
+    }
+
+    fn with(inner: Inner, log: Option<Arc<QueueLog>>) -> Arc<DelayStore> {
         Arc::new(DelayStore {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(inner),
             log,
-            pending: AtomicU64::new(0),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
         })
@@ -203,31 +208,26 @@ impl DelayStore {
                 logged: true,
             }));
         }
-        let pending = inner.heap.len() as u64;
-        if let Some(&first) = inner.logged.first() {
-            log.set_min_live(first);
-        } else {
-            log.set_min_live(inner.next_seq);
-        }
-        Ok(Arc::new(DelayStore {
-            inner: Mutex::new(inner),
-            log: Some(log),
-            pending: AtomicU64::new(pending),
-            wake: Notify::new(),
-            closed: AtomicBool::new(false),
-        }))
+        log.set_min_live(inner.min_live());
+        Ok(Self::with(inner, Some(log)))
     }
 
     /// Keeps `message` until `due` (ms since the Unix epoch). A `persistent` message is appended to
-    /// the log, if the store has one: the LSN returned is what a publisher confirm waits for.
-    pub(crate) fn insert(&self, message: &Message, due: u64, persistent: bool) -> Option<u64> {
+    /// the log, if the store has one: the append (log, LSN) returned is what a publisher confirm
+    /// waits for.
+    pub(crate) fn insert(
+        &self,
+        message: &Message,
+        due: u64,
+        persistent: bool,
+    ) -> Option<(Arc<QueueLog>, u64)> {
         let mut inner = lock(&self.inner);
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        let lsn = match (&self.log, persistent) {
+        let wait = match (&self.log, persistent) {
             (Some(log), true) => {
                 inner.logged.insert(seq);
-                Some(log.append_publish(&PublishRef {
+                let lsn = log.append_publish(&PublishRef {
                     seq,
                     persistent: true,
                     expires_at: due,
@@ -235,7 +235,8 @@ impl DelayStore {
                     routing_key: message.routing_key.as_str().as_bytes(),
                     properties: &message.raw_properties,
                     body: &message.body,
-                }))
+                });
+                Some((Arc::clone(log), lsn))
             }
             _ => None,
         };
@@ -251,14 +252,13 @@ impl DelayStore {
             due,
             seq,
             message: kept,
-            logged: lsn.is_some(),
+            logged: wait.is_some(),
         }));
         drop(inner);
-        self.pending.fetch_add(1, Ordering::Relaxed);
         if earliest {
             self.wake.notify_one();
         }
-        lsn
+        wait
     }
 
     /// Puts back a message taken with [`DelayStore::take_due`] that could not be routed (its
@@ -266,7 +266,6 @@ impl DelayStore {
     pub(crate) fn retry(&self, mut p: Pending, due: u64) {
         p.due = due;
         lock(&self.inner).heap.push(Reverse(p));
-        self.pending.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The earliest due time, if any message is pending.
@@ -283,8 +282,6 @@ impl DelayStore {
                 due.push(p);
             }
         }
-        drop(inner);
-        self.pending.fetch_sub(due.len() as u64, Ordering::Relaxed);
         due
     }
 
@@ -297,19 +294,14 @@ impl DelayStore {
             inner.logged.remove(&p.seq);
             log.append_ack(p.seq, p.seq, 1, p.message.body_len() as u64);
         }
-        let min = inner.logged.first().copied().unwrap_or(inner.next_seq);
+        let min = inner.min_live();
         drop(inner);
         log.set_min_live(min);
     }
 
-    /// The store's log, if it has one.
-    pub(crate) fn log(&self) -> Option<&Arc<QueueLog>> {
-        self.log.as_ref()
-    }
-
-    /// Messages pending.
+    /// Messages pending (not counting those being routed right now).
     pub(crate) fn len(&self) -> u64 {
-        self.pending.load(Ordering::Relaxed)
+        lock(&self.inner).heap.len() as u64
     }
 
     /// Whether the store was closed (its exchange deleted).
@@ -325,7 +317,6 @@ impl DelayStore {
         inner.heap.clear();
         inner.logged.clear();
         drop(inner);
-        self.pending.store(0, Ordering::Relaxed);
         if let Some(log) = &self.log {
             log.destroy();
         }

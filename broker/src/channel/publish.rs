@@ -406,7 +406,7 @@ impl Channel {
         let mut rejected = false;
         let mut waits = Vec::new();
         for q in queues.drain(..) {
-            let (outcome, lsn) = q.publish_durable(Arc::clone(message), p.own_ttl);
+            let (outcome, wait) = q.publish_durable(Arc::clone(message), p.own_ttl);
             match outcome {
                 PublishOutcome::Enqueued => routed_to_any = true,
                 PublishOutcome::Rejected => {
@@ -415,9 +415,7 @@ impl Channel {
                 }
                 PublishOutcome::Deleted => {}
             }
-            if let (Some(lsn), Some(log)) = (lsn, q.log()) {
-                waits.push((Arc::clone(log), lsn));
-            }
+            waits.extend(wait);
         }
         ctx.route_queues = queues;
         // A plugin exchange that failed to route makes an otherwise unroutable message a nack (the
@@ -442,7 +440,6 @@ impl Channel {
         Ok(())
     }
 
-    /// basic.return 312 NO_ROUTE with the message (RabbitMQ docs/publishers.md, mandatory flag).
     /// A publish whose exchange's type asked to keep it until `due` (ms since the Unix epoch): kept
     /// in the exchange's delay store (`vhost/delayed.rs`), persistent messages of a durable exchange
     /// on disk before the confirm. A `mandatory` publish is first checked for routability as the
@@ -488,13 +485,11 @@ impl Channel {
                 return Ok(());
             }
         }
-        let delays = ctx.vhost.delay_store(exchange)?;
         // Kept for a while: the message owns its octets rather than pinning the read buffer.
         crate::content::own_content(&mut p.message);
-        let persistent = p.message.properties.delivery_mode() == &Some(2);
-        let waits: Vec<_> = delays
-            .insert(&p.message, due, persistent)
-            .and_then(|lsn| delays.log().map(|log| (Arc::clone(log), lsn)))
+        let waits: Vec<_> = ctx
+            .vhost
+            .keep_delayed(exchange, &p.message, due)?
             .into_iter()
             .collect();
         if let Some(commit) = &mut self.commit_waits {
@@ -508,6 +503,7 @@ impl Channel {
         Ok(())
     }
 
+    /// basic.return 312 NO_ROUTE with the message (RabbitMQ docs/publishers.md, mandatory flag).
     fn return_unroutable(&self, ctx: &ConnectionContext, message: &Message) {
         crate::stats::add_local(&self.shared.stats.return_unroutable, 1);
         let id = self.id();

@@ -33,7 +33,7 @@ use super::{
     Binding, BindingRefused, CreateError, Destination, ExchangeType, Prepared, RouteError, Schedule,
 };
 use crate::message::MessageRef;
-use crate::plugin::bindings::{Binding as WitBinding, Due, RoutesOn};
+use crate::plugin::bindings::{Binding as WitBinding, Due, ExchangeOptions, RoutesOn};
 use crate::plugin::engine::table_body;
 use crate::plugin::entity::EntityInstance;
 use crate::plugin::instance::Instance;
@@ -126,11 +126,9 @@ impl WasmExchange {
             .init(&x.arguments)
             .map_err(refused)?
             .map_err(CreateError::Refused)?;
-        active.routes_on = options.routes_on;
-        x.schedules.store(options.schedules, Ordering::Relaxed);
-        x.initialised.store(true, Ordering::Relaxed);
-        x.set_batching(
-            active.routes_on,
+        x.adopt(
+            &mut active,
+            options,
             instance.routes_keys_in_batches(),
             instance.routes_messages_in_batches(),
         );
@@ -172,9 +170,14 @@ impl WasmExchange {
         }
     }
 
-    /// Whether publishes are batched, for an instance that routes on `routes_on` and whose package
-    /// has `route-keys` (`keys`) and `route-messages` (`messages`).
-    fn set_batching(&self, routes_on: RoutesOn, keys: bool, messages: bool) {
+    /// What a new instance's `init` answered (`options`), for an instance whose package has
+    /// `route-keys` (`keys`) and `route-messages` (`messages`): what routing depends on, whether it
+    /// schedules, whether publishes are batched.
+    fn adopt(&self, active: &mut Active, options: ExchangeOptions, keys: bool, messages: bool) {
+        let routes_on = options.routes_on;
+        active.routes_on = routes_on;
+        self.schedules.store(options.schedules, Ordering::Relaxed);
+        self.initialised.store(true, Ordering::Relaxed);
         self.by_key
             .store(routes_on == RoutesOn::RoutingKey && keys, Ordering::Relaxed);
         self.by_message.store(
@@ -197,19 +200,17 @@ impl WasmExchange {
     /// declare arguments, then every binding replayed) when it is missing or stale; a rebuild voids
     /// the cached and prepared decisions.
     fn ensure(&self, active: &mut Active) -> Result<(), Fault> {
-        let mut routes_on = active.routes_on;
-        let mut schedules = self.schedules.load(Ordering::Relaxed);
-        let (mut keys, mut messages) = (false, false);
+        let mut adopted = None;
         let rebuilt = active.instance.ensure(|instance| {
-            keys = instance.routes_keys_in_batches();
-            messages = instance.routes_messages_in_batches();
+            let keys = instance.routes_keys_in_batches();
+            let messages = instance.routes_messages_in_batches();
             let options = instance.init(&self.arguments)?.map_err(|reason| {
                 Fault::Unavailable(format!(
                     "this version of '{}' refuses the exchange's arguments: {reason}",
                     self.slot.name
                 ))
             })?;
-            (routes_on, schedules) = (options.routes_on, options.schedules);
+            adopted = Some((options, keys, messages));
             for e in self.entries.iter().flatten() {
                 instance.add_binding(&e.wit)?;
             }
@@ -219,10 +220,9 @@ impl WasmExchange {
             active.cache.clear();
             (active.hits, active.misses, active.bypass) = (0, 0, 0);
             self.renew();
-            active.routes_on = routes_on;
-            self.schedules.store(schedules, Ordering::Relaxed);
-            self.initialised.store(true, Ordering::Relaxed);
-            self.set_batching(routes_on, keys, messages);
+            if let Some((options, keys, messages)) = adopted {
+                self.adopt(active, options, keys, messages);
+            }
         }
         Ok(())
     }

@@ -224,11 +224,7 @@ pub(crate) async fn publish(
         match v.route_publish(&exchange, &message, &[], &mut queues, &mut scratch, None)? {
             Routed::Now(_) => Ok((queues, None)),
             Routed::Later { exchange, due } => {
-                let delays = v.delay_store(&exchange)?;
-                let persistent = message.properties.delivery_mode() == &Some(2);
-                let lsn = delays.insert(&message, due, persistent);
-                let wait = lsn.and_then(|lsn| delays.log().map(|l| (Arc::clone(l), lsn)));
-                Ok((queues, Some(wait)))
+                Ok((queues, Some(v.keep_delayed(&exchange, &message, due)?)))
             }
         }
     })
@@ -239,11 +235,9 @@ pub(crate) async fn publish(
         waits.push(wait);
     }
     for q in &queues {
-        let (outcome, lsn) = q.publish_durable(Arc::clone(&message), own_ttl);
-        if let (crate::queue::PublishOutcome::Enqueued, Some(lsn), Some(log)) =
-            (outcome, lsn, q.log())
-        {
-            waits.push((Arc::clone(log), lsn));
+        let (outcome, wait) = q.publish_durable(Arc::clone(&message), own_ttl);
+        if let (crate::queue::PublishOutcome::Enqueued, Some(wait)) = (outcome, wait) {
+            waits.push(wait);
         }
     }
     // A persistent message answered once it is on disk, as a confirm would say.

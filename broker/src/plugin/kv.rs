@@ -7,7 +7,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use tracing::warn;
 
@@ -59,6 +60,11 @@ struct Inner {
     journal: Option<KvJournal>,
 }
 
+/// Stores whose journals have records to write: the plugin host's flusher takes them every
+/// `KV_FLUSH_INTERVAL` (a store is listed once until flushed, so the flusher's work follows the
+/// changes, not the number of stores).
+pub type DirtyStores = Mutex<Vec<Weak<KvStore>>>;
+
 /// One exchange's store. Calls take a short lock; nothing waits for the disk.
 #[derive(Debug)]
 pub struct KvStore {
@@ -68,6 +74,12 @@ pub struct KvStore {
     dir: Option<PathBuf>,
     /// For log lines: "exchange 'x' in vhost '/'".
     entity: String,
+    /// This store, to list itself in `dirty`.
+    me: Weak<KvStore>,
+    /// Where it lists itself when its journal has records to write.
+    dirty: Weak<DirtyStores>,
+    /// Listed in `dirty` and not flushed since.
+    listed: AtomicBool,
 }
 
 impl Inner {
@@ -141,8 +153,14 @@ impl Inner {
 
 impl KvStore {
     /// A store for `entity` within `quota`; `dir`: where a durable exchange's journal lives. Entries a
-    /// journal there holds (from before a restart) are read back now.
-    pub fn open(entity: String, quota: KvQuota, dir: Option<PathBuf>) -> Arc<KvStore> {
+    /// journal there holds (from before a restart) are read back now. Once its journal has records to
+    /// write, the store lists itself in `dirty`.
+    pub fn open(
+        entity: String,
+        quota: KvQuota,
+        dir: Option<PathBuf>,
+        dirty: &Arc<DirtyStores>,
+    ) -> Arc<KvStore> {
         let mut inner = Inner::default();
         if let Some(d) = &dir {
             match KvJournal::read(d, crate::clock::wall_ms()) {
@@ -159,12 +177,26 @@ impl KvStore {
                 Err(e) => warn!(entity = %entity, error = %e, "plugin key-value journal not read"),
             }
         }
-        Arc::new(KvStore {
+        Arc::new_cyclic(|me| KvStore {
             inner: Mutex::new(inner),
             quota,
             dir,
             entity,
+            me: me.clone(),
+            dirty: Arc::downgrade(dirty),
+            listed: AtomicBool::new(false),
         })
+    }
+
+    /// After a change: lists the store for the flusher when its journal has records to write.
+    fn changed(&self, inner: &Inner) {
+        if inner.journal.as_ref().is_some_and(KvJournal::dirty)
+            && !self.listed.swap(true, Ordering::AcqRel)
+        {
+            if let Some(dirty) = self.dirty.upgrade() {
+                lock(&dirty).push(self.me.clone());
+            }
+        }
     }
 
     /// `kv-configure`.
@@ -175,6 +207,7 @@ impl KvStore {
         while max > 0 && inner.map.len() as u64 > max {
             inner.evict_oldest();
         }
+        self.changed(&inner);
         if !options.persistent {
             // Not (or no longer) persistent: a journal of this run or a past one goes.
             match inner.journal.take() {
@@ -207,6 +240,7 @@ impl KvStore {
         let e = inner.map.get(key)?;
         if e.expires_at != 0 && e.expires_at <= crate::clock::wall_ms() {
             inner.remove(key);
+            self.changed(&inner);
             return None;
         }
         Some(e.value.clone())
@@ -248,12 +282,16 @@ impl KvStore {
             j.set(&key, &value, expires_at);
         }
         inner.insert(key.into(), value, expires_at);
+        self.changed(&inner);
         Ok(())
     }
 
     /// `kv-delete`: whether the key was there.
     pub fn delete(&self, key: &[u8]) -> bool {
-        lock(&self.inner).remove(key)
+        let mut inner = lock(&self.inner);
+        let removed = inner.remove(key);
+        self.changed(&inner);
+        removed
     }
 
     /// `kv-len`.
@@ -266,14 +304,17 @@ impl KvStore {
         self.len() == 0
     }
 
-    /// Writes and fsyncs the journal's buffered records, if any.
+    /// Writes and fsyncs the journal's buffered records, if any (a failed write stays listed, to be
+    /// tried again at the next flush).
     pub fn flush(&self) {
         let mut inner = lock(&self.inner);
+        self.listed.store(false, Ordering::Release);
         if let Some(j) = inner.journal.as_mut().filter(|j| j.dirty()) {
             if let Err(e) = j.flush() {
                 warn!(entity = %self.entity, error = %e, "plugin key-value journal write failed");
             }
         }
+        self.changed(&inner);
     }
 
     /// The exchange was deleted: its journal goes with it.
@@ -293,7 +334,7 @@ mod tests {
     use super::*;
 
     fn store(quota: KvQuota) -> Arc<KvStore> {
-        KvStore::open("test".into(), quota, None)
+        KvStore::open("test".into(), quota, None, &Arc::default())
     }
 
     #[test]
@@ -357,13 +398,16 @@ mod tests {
             max_entries: 0,
             persistent: true,
         };
-        let kv = KvStore::open("t".into(), KvQuota::default(), Some(dir.clone()));
+        let dirty: Arc<DirtyStores> = Arc::default();
+        let kv = KvStore::open("t".into(), KvQuota::default(), Some(dir.clone()), &dirty);
         kv.configure(options);
         kv.set(b"a".to_vec(), b"1".to_vec(), None).unwrap();
         kv.set(b"b".to_vec(), b"2".to_vec(), None).unwrap();
         kv.delete(b"a");
+        assert_eq!(lock(&dirty).len(), 1, "listed once for the flusher");
         kv.flush();
-        let again = KvStore::open("t".into(), KvQuota::default(), Some(dir.clone()));
+        assert!(lock(&dirty).len() == 1 && !kv.listed.load(Ordering::Acquire));
+        let again = KvStore::open("t".into(), KvQuota::default(), Some(dir.clone()), &dirty);
         again.configure(options);
         assert_eq!(again.get(b"a"), None);
         assert_eq!(again.get(b"b"), Some(b"2".to_vec()));

@@ -21,7 +21,7 @@ use arc_swap::ArcSwapOption;
 use tracing::{error, info, warn};
 
 use super::engine::{Fault, Limits, Runtime};
-use super::kv::KvStore;
+use super::kv::{DirtyStores, KvStore};
 use super::loader::{self, CompileCache, Kind, Loaded};
 use crate::rate::TokenBucket;
 
@@ -351,22 +351,18 @@ pub struct PluginHost {
     /// True while the plugin directory's initial load runs ([`PluginHost::start_loading`]).
     initial_load: Mutex<bool>,
     initial_loaded: Condvar,
-    /// Persistent key-value stores whose journals the flusher thread writes every
-    /// [`KV_FLUSH_INTERVAL`].
-    kv_stores: Arc<Mutex<Vec<Weak<KvStore>>>>,
+    /// Key-value stores whose journals have records to write (the flusher thread writes them every
+    /// [`KV_FLUSH_INTERVAL`]).
+    kv_dirty: Arc<DirtyStores>,
 }
 
 /// How often buffered changes of persistent plugin key-value stores are written and fsynced.
 pub const KV_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Flushes every live store in `stores`, forgetting dropped ones.
-fn flush_all(stores: &Mutex<Vec<Weak<KvStore>>>) {
-    let live: Vec<Arc<KvStore>> = {
-        let mut list = crate::sync::lock(stores);
-        list.retain(|w| w.strong_count() > 0);
-        list.iter().filter_map(Weak::upgrade).collect()
-    };
-    for kv in live {
+/// Flushes every store listed in `dirty` (a store dropped meanwhile has nothing left to write).
+fn flush_all(dirty: &DirtyStores) {
+    let listed = std::mem::take(&mut *crate::sync::lock(dirty));
+    for kv in listed.iter().filter_map(Weak::upgrade) {
         kv.flush();
     }
 }
@@ -379,14 +375,12 @@ impl PluginHost {
     /// `dir`: where its journal lives when the entity is durable. Its buffered changes are written
     /// every [`KV_FLUSH_INTERVAL`] and by [`PluginHost::flush_kv`].
     pub fn kv_store(&self, entity: String, dir: Option<PathBuf>) -> Arc<KvStore> {
-        let kv = KvStore::open(entity, self.runtime.limits.kv, dir);
-        crate::sync::lock(&self.kv_stores).push(Arc::downgrade(&kv));
-        kv
+        KvStore::open(entity, self.runtime.limits.kv, dir, &self.kv_dirty)
     }
 
     /// Writes every key-value store's buffered changes now (at shutdown).
     pub fn flush_kv(&self) {
-        flush_all(&self.kv_stores);
+        flush_all(&self.kv_dirty);
     }
 
     /// A host with no plugins loaded yet; `dir` is the plugin directory (none: no plugins),
@@ -401,8 +395,8 @@ impl PluginHost {
     ) -> anyhow::Result<Arc<PluginHost>> {
         let runtime = Runtime::new(limits)?;
         let cache = cache_dir.map(|d| CompileCache::new(d, &runtime.engine));
-        let kv_stores: Arc<Mutex<Vec<Weak<KvStore>>>> = Arc::default();
-        let flushed = Arc::downgrade(&kv_stores);
+        let kv_dirty: Arc<DirtyStores> = Arc::default();
+        let flushed = Arc::downgrade(&kv_dirty);
         std::thread::Builder::new()
             .name("warren-plugin-kv".into())
             .spawn(move || loop {
@@ -413,7 +407,7 @@ impl PluginHost {
                 flush_all(&stores);
             })?;
         Ok(Arc::new(PluginHost {
-            kv_stores,
+            kv_dirty,
             runtime,
             dir,
             cache,

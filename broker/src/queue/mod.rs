@@ -44,7 +44,7 @@ use self::tail::Tail;
 use crate::memory::{Account, Charge, Memory};
 use crate::message::MessageRef;
 use crate::store::record::PublishRef;
-use crate::store::{Durability, QueueLog, Recovered};
+use crate::store::{QueueLog, Recovered};
 
 /// A message waiting in (or delivered from) a queue.
 #[derive(Debug, Clone)]
@@ -392,13 +392,6 @@ impl Queue {
         crate::sync::lock(&self.inner)
     }
 
-    /// Whether the log append with `lsn` (from [`Queue::publish_durable`]) is on disk.
-    pub fn durability(&self, lsn: u64) -> Durability {
-        self.log
-            .as_ref()
-            .map_or(Durability::Durable, |l| l.durability(lsn))
-    }
-
     /// The queue's log, if it is durable and the broker has a data directory.
     pub fn log(&self) -> Option<&Arc<QueueLog>> {
         self.log.as_ref()
@@ -470,13 +463,14 @@ impl Queue {
         self.publish_durable(message, own_ttl).0
     }
 
-    /// [`Queue::publish`], also returning the LSN of the log append when the message is persistent
-    /// and the queue durable: a publisher confirm waits until [`Queue::durability`] says it is on disk.
+    /// [`Queue::publish`], also returning the log append (the queue's log and its LSN) when the
+    /// message is persistent and the queue durable: a publisher confirm waits until
+    /// [`QueueLog::durability`] says it is on disk.
     pub fn publish_durable(
         self: &Arc<Self>,
         message: MessageRef,
         own_ttl: Option<u64>,
-    ) -> (PublishOutcome, Option<u64>) {
+    ) -> (PublishOutcome, Option<(Arc<QueueLog>, u64)>) {
         let mut letters = Letters::new();
         let outcome = {
             let mut inner = self.lock();
@@ -486,7 +480,9 @@ impl Queue {
             self.enqueue(&mut inner, message, own_ttl, &mut letters)
         };
         self.hand_over(letters);
-        outcome
+        let (outcome, lsn) = outcome;
+        let wait = lsn.and_then(|lsn| Some((Arc::clone(self.log.as_ref()?), lsn)));
+        (outcome, wait)
     }
 
     fn over_limits(inner: &QueueInner, extra: Option<u64>) -> bool {

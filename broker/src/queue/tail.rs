@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use amq_protocol::types::ShortString;
 use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{error, warn};
@@ -163,10 +162,6 @@ impl Tail {
     }
 }
 
-fn short(b: &Bytes) -> ShortString {
-    ShortString::try_new(String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
-}
-
 /// A stored message as a queue entry (body and properties copied out of the read buffer).
 fn to_queued(p: StoredPublish, redelivered: bool, memory: Memory) -> Option<QueuedMessage> {
     let (_, properties) =
@@ -175,8 +170,8 @@ fn to_queued(p: StoredPublish, redelivered: bool, memory: Memory) -> Option<Queu
         .then(|| Instant::now() + Duration::from_millis(p.expires_at.saturating_sub(wall_ms())));
     let message = Message::new(
         memory,
-        short(&p.exchange),
-        short(&p.routing_key),
+        p.exchange_name(),
+        p.routing_key_name(),
         properties,
         Bytes::copy_from_slice(&p.properties),
         Bytes::copy_from_slice(&p.body),

@@ -494,9 +494,9 @@ fn a_long_durable_queue_pages_out_and_refills_in_order() {
     let bodies: Vec<String> = (0..20).map(|i| format!("{i:030}")).collect();
     let mut last = 0;
     for b in &bodies {
-        let (outcome, lsn) = q.publish_durable(persistent(b), None);
+        let (outcome, wait) = q.publish_durable(persistent(b), None);
         assert_eq!(outcome, PublishOutcome::Enqueued);
-        last = lsn.expect("persistent on a durable queue: logged");
+        last = wait.expect("persistent on a durable queue: logged").1;
     }
     assert_eq!(q.counts().messages, 20, "paged messages count as ready");
     let paged = q.lock().ready.tail.as_ref().map_or(0, |t| t.count);
@@ -509,7 +509,8 @@ fn a_long_durable_queue_pages_out_and_refills_in_order() {
         .build()
         .expect("runtime");
     let mut commits = store.commits();
-    while q.durability(last) != crate::store::Durability::Durable {
+    let log = q.log().expect("a durable queue has a log");
+    while log.durability(last) != crate::store::Durability::Durable {
         rt.block_on(commits.changed()).expect("committer");
     }
     let mut got = Vec::new();

@@ -19,6 +19,7 @@
 //! All integers are little-endian. A record is valid when its magic, length and CRC agree; anything else
 //! is skipped by [`Scanner`], which resynchronises on the next magic.
 
+use amq_protocol::types::ShortString;
 use bytes::{Buf, BufMut, Bytes};
 
 /// Version of the data directory and segment format; a newer one is refused at start.
@@ -73,6 +74,22 @@ pub struct StoredPublish {
     pub properties: Bytes,
     /// Body.
     pub body: Bytes,
+}
+
+impl StoredPublish {
+    /// The exchange name, as a short string (lossy: a log written by this broker holds valid UTF-8).
+    pub fn exchange_name(&self) -> ShortString {
+        lossy_short(&self.exchange)
+    }
+
+    /// The routing key, as a short string (lossy, like [`StoredPublish::exchange_name`]).
+    pub fn routing_key_name(&self) -> ShortString {
+        lossy_short(&self.routing_key)
+    }
+}
+
+fn lossy_short(b: &[u8]) -> ShortString {
+    ShortString::try_new(String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
 }
 
 /// One decoded record.

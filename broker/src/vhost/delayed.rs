@@ -25,7 +25,7 @@ use super::VHost;
 use crate::delay::{DelayStore, Pending};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Destination, Exchange};
-use crate::message::{expiration_ms, header_strings};
+use crate::message::{expiration_ms, header_strings, Message};
 use crate::queue::Queue;
 use crate::store::{Durability, QueueLog};
 use crate::sync::lock;
@@ -63,7 +63,7 @@ impl VHost {
                     )
                 })?
             }
-            _ => DelayStore::new(None),
+            _ => DelayStore::new(),
         };
         if store.len() > 0 {
             info!(vhost = %self.name, exchange = %x.name, pending = store.len(), "delayed messages recovered");
@@ -82,6 +82,23 @@ impl VHost {
             }
         }
         Ok(store)
+    }
+
+    /// Keeps `message`, published to `x`, in `x`'s delay store until `due` (ms since the Unix
+    /// epoch); a persistent message of a durable exchange is appended to the store's log first.
+    /// Returns that append (log, LSN): what a publisher confirm waits for.
+    ///
+    /// # Errors
+    /// As [`VHost::delay_store`].
+    pub(crate) fn keep_delayed(
+        &self,
+        x: &Arc<Exchange>,
+        message: &Message,
+        due: u64,
+    ) -> AmqpResult<Option<(Arc<QueueLog>, u64)>> {
+        Ok(self
+            .delay_store(x)?
+            .insert(message, due, message.is_persistent()))
     }
 
     /// A durable exchange just recovered: its delay store is opened now when it has a log on disk,
@@ -132,10 +149,7 @@ impl VHost {
             }
             let own_ttl = expiration_ms(&message.properties).ok().flatten();
             for q in queues.drain(..) {
-                let (_, lsn) = q.publish_durable(Arc::clone(message), own_ttl);
-                if let (Some(lsn), Some(log)) = (lsn, q.log()) {
-                    waits.push((Arc::clone(log), lsn));
-                }
+                waits.extend(q.publish_durable(Arc::clone(message), own_ttl).1);
             }
         }
         Some(RoutedDue { waits, failed })

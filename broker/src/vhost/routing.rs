@@ -39,12 +39,12 @@ impl VHost {
     /// exchange that fails to route counts as matching nothing there (its failure policy), and the
     /// failure is reported so that the publisher's confirm can be a nack. `batch`: decisions prepared
     /// for a run of publishes that this message belongs to ([`Exchange::prepare`]); used for the
-    /// message's own routing key at `exchange` when they are that exchange's.  The exchange's type is not asked
-    /// whether to keep the message for later: this routes now (dead letters, delayed messages that
-    /// fell due, routability checks); a publish goes through [`VHost::route_publish`].
+    /// message's own routing key at `exchange` when they are that exchange's. The exchange's type is
+    /// not asked whether to keep the message for later: this routes now (dead letters, delayed
+    /// messages that fell due, routability checks); a publish goes through [`VHost::route_publish`].
     ///
     /// # Errors
-    /// 404 missing exchange, 403 internal exchange, 406 a publish the exchange's type refused.
+    /// 404 missing exchange, 403 internal exchange.
     pub fn route(
         &self,
         exchange: &str,
@@ -61,7 +61,7 @@ impl VHost {
     /// keep the message for later instead ([`Routed::Later`]: nothing routed), or refuse it.
     ///
     /// # Errors
-    /// As [`VHost::route`].
+    /// As [`VHost::route`]; 406 a publish the exchange's type refused.
     pub fn route_publish(
         &self,
         exchange: &str,
