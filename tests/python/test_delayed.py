@@ -115,13 +115,14 @@ def test_topic_and_headers_delayed_types_route_like_their_type(delayed):
     ch.queue_bind("t-hash", "dt", "orders.#")
     ch.queue_bind("h-all", "dh", "", arguments={"x-match": "all", "region": "eu", "tier": "gold"})
     ch.queue_bind("h-any", "dh", "", arguments={"x-match": "any", "region": "eu", "tier": "gold"})
-    publish(ch, "dt", "orders.paid.eu", "t1", delay=200)
-    publish(ch, "dt", "orders.paid.us", "t2", delay=200)
-    publish(ch, "dt", "invoices.eu", "t3", delay=200)
-    publish(ch, "dh", "", "h1", delay=200, headers={"region": "eu", "tier": "gold"})
-    publish(ch, "dh", "", "h2", delay=200, headers={"region": "eu"})
-    publish(ch, "dh", "", "h3", delay=200, headers={"region": "us"})
-    time.sleep(0.2)
+    publish(ch, "dt", "orders.paid.eu", "t1", delay=1000)
+    publish(ch, "dt", "orders.paid.us", "t2", delay=1000)
+    publish(ch, "dt", "invoices.eu", "t3", delay=1000)
+    publish(ch, "dh", "", "h1", delay=1000, headers={"region": "eu", "tier": "gold"})
+    publish(ch, "dh", "", "h2", delay=1000, headers={"region": "eu"})
+    publish(ch, "dh", "", "h3", delay=1000, headers={"region": "us"})
+    # Well before the due time (the check must not race it).
+    time.sleep(0.3)
     assert ch.queue_declare("t-hash", passive=True).method.message_count == 0, "routed before due"
     assert sorted(b for b, _ in collect(ch, "t-star", 1, 5)) == ["t1"]
     assert sorted(b for b, _ in collect(ch, "t-hash", 2, 5)) == ["t1", "t2"]
