@@ -39,6 +39,12 @@ pub(crate) fn off_worker<T>(f: impl FnOnce() -> T) -> T {
     blocking(f)
 }
 
+/// Runs `f`, a wait that holds no lock (e.g. for a group commit's fsync), without holding up a Tokio
+/// worker: as [`off_worker`], but not counted as a slow section, since no lock waits on it.
+pub(crate) fn wait_off_worker<T>(f: impl FnOnce() -> T) -> T {
+    blocking(f)
+}
+
 /// `block_in_place` where it is allowed, else `f` inline.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match Handle::try_current() {

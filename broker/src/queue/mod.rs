@@ -198,6 +198,8 @@ struct QueueInner {
     /// Ready messages with their own `expiration`: when non-zero, expiry scans the whole ready list.
     own_expiration: usize,
     timer_started: bool,
+    /// A transient queue's scratch log, opened when its memory limit is first passed.
+    scratch: Option<Arc<QueueLog>>,
 }
 
 /// Counts reported by queue.declare-ok and queue.delete-ok.
@@ -236,6 +238,8 @@ pub struct Queue {
     owner: Weak<dyn QueueOwner>,
     /// The log of a durable queue when the broker has a data directory.
     log: Option<Arc<QueueLog>>,
+    /// Where a transient queue pages its tail out ([`Queue::with_scratch`]).
+    scratch_space: Option<ScratchSpace>,
     /// Wakes the expiry task when an earlier deadline appears.
     timer: Arc<Notify>,
     /// Idempotency keys (`x-idempotency`): duplicates of acked messages are not delivered.
@@ -245,6 +249,8 @@ pub struct Queue {
     inner: Mutex<QueueInner>,
     /// What the queue itself costs, in the memory alarm's entity account.
     _memory: Charge,
+    /// The broker's memory account (messages read back from a scratch log charge it).
+    memory: Memory,
 }
 
 impl fmt::Debug for Queue {
@@ -269,6 +275,17 @@ pub struct QueueStorage {
     pub clean_start: bool,
     /// In-memory body octets above which new messages are paged out to the log.
     pub memory_limit: u64,
+}
+
+/// Where a transient queue pages out the messages past its memory limit, as a durable queue does to
+/// its log: a scratch log in the data directory (`Store::open_scratch_log`), written but never
+/// fsynced, opened when the limit is first passed.
+#[derive(Debug)]
+pub struct ScratchSpace {
+    /// The data directory.
+    pub store: Arc<crate::store::Store>,
+    /// The queue's vhost (for log lines).
+    pub vhost: String,
 }
 
 /// What a queue is declared as: queue.declare's name, flags and arguments (AMQP 0-9-1 §1.7.2.1).
@@ -351,8 +368,10 @@ impl Queue {
             policy: arc_swap::ArcSwapOption::empty(),
             stats: crate::stats::MessageCounters::default(),
             _memory: charge,
+            memory,
             owner,
             log,
+            scratch_space: None,
             timer: Arc::new(Notify::new()),
             idempotency: None,
             consumed: std::sync::atomic::AtomicBool::new(false),
@@ -369,7 +388,41 @@ impl Queue {
                 message_deadlines: BinaryHeap::new(),
                 own_expiration: 0,
                 timer_started: false,
+                scratch: None,
             }),
+        }
+    }
+
+    /// Lets a transient queue being declared page its tail out to a scratch log past the store's
+    /// `queue_memory_bytes` (none: it keeps everything in memory). A priority queue never pages.
+    pub fn with_scratch(mut self, space: Option<ScratchSpace>) -> Self {
+        if let Some(space) = space.filter(|_| self.log.is_none()) {
+            crate::sync::lock(&self.inner).ready.memory_limit = space.store.queue_memory_bytes;
+            self.scratch_space = Some(space);
+        }
+        self
+    }
+
+    /// Opens the scratch log and starts the tail of a transient queue that just passed its memory
+    /// limit. Returns false (the message stays in memory) when the log cannot be opened.
+    fn open_scratch(&self, inner: &mut QueueInner) -> bool {
+        let Some(space) = &self.scratch_space else {
+            return false;
+        };
+        match space
+            .store
+            .open_scratch_log(&space.vhost, self.name.as_str())
+        {
+            Ok(log) => {
+                inner.ready.tail = Some(Tail::scratch(&log, self.memory));
+                inner.scratch = Some(log);
+                true
+            }
+            Err(e) => {
+                tracing::error!(vhost = %space.vhost, queue = %self.name, error = %e, "cannot open a scratch log: the transient queue keeps its messages in memory");
+                inner.ready.memory_limit = u64::MAX;
+                false
+            }
         }
     }
 
@@ -592,9 +645,20 @@ impl Queue {
         let own = own_ttl.is_some();
         let persistent = message.is_persistent();
         let size = message.body_size();
-        let page = inner.ready.should_page(size);
+        let page = inner.ready.should_page(size)
+            || (inner.ready.needs_scratch(size) && self.open_scratch(inner));
         let mut lsn = None;
-        if let Some(log) = self.log.as_ref().filter(|_| persistent || page) {
+        if let (true, None, Some(log)) = (page, &self.log, &inner.scratch) {
+            log.append_publish(&PublishRef {
+                seq,
+                persistent: false,
+                expires_at: ttl.map_or(0, |ms| crate::clock::wall_ms() + ms.max(1)),
+                exchange: message.exchange.as_str().as_bytes(),
+                routing_key: message.routing_key.as_str().as_bytes(),
+                properties: &message.raw_properties,
+                body: &message.body,
+            });
+        } else if let Some(log) = self.log.as_ref().filter(|_| persistent || page) {
             let appended = log.append_publish(&PublishRef {
                 seq,
                 persistent,
@@ -607,7 +671,9 @@ impl Queue {
             lsn = persistent.then_some(appended);
         }
         if page {
-            inner.ready.push_paged(seq, size, persistent);
+            inner
+                .ready
+                .push_paged(seq, size, persistent && self.log.is_some());
         } else {
             inner.ready.push_back(QueuedMessage {
                 seq,
@@ -847,6 +913,10 @@ impl Queue {
         inner.deleted = true;
         let next_seq = inner.next_seq;
         let n = inner.ready.clear(next_seq).0 as u32;
+        if let Some(log) = inner.scratch.take() {
+            inner.ready.tail = None;
+            log.destroy();
+        }
         self.timer.notify_one();
         let consumers = inner.consumers.take_all();
         self.update_consumed(&inner);

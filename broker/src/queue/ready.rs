@@ -8,6 +8,9 @@ use std::collections::VecDeque;
 use tokio::time::Instant;
 
 use super::tail::{AckRange, Tail};
+
+/// What a queued message costs in memory beside its body, octets, for the paging limit.
+const OVERHEAD: u64 = crate::memory::QUEUED_MESSAGE_OVERHEAD as u64;
 use super::QueuedMessage;
 
 /// Ready messages, one FIFO per priority level (a single level without `x-max-priority`), and for a
@@ -22,7 +25,8 @@ pub(super) struct Ready {
     /// Body octets of the in-memory messages.
     pub(super) mem_bytes: u64,
     pub(super) tail: Option<Tail>,
-    /// In-memory body octets above which new messages are paged out (durable queues).
+    /// In-memory cost (body octets plus [`OVERHEAD`] per message) above which new messages are paged
+    /// out (durable queues; transient ones with a scratch space). `u64::MAX`: never.
     pub(super) memory_limit: u64,
 }
 
@@ -45,7 +49,23 @@ impl Ready {
             && self
                 .tail
                 .as_ref()
-                .is_some_and(|t| t.count > 0 || self.mem_bytes + size > self.memory_limit)
+                .is_some_and(|t| t.count > 0 || self.over_memory(size))
+    }
+
+    /// Whether a transient queue without a tail yet must start one (open its scratch log) for a new
+    /// message of `size` octets.
+    pub(super) fn needs_scratch(&self, size: u64) -> bool {
+        self.memory_limit != u64::MAX
+            && self.tail.is_none()
+            && self.levels.len() == 1
+            && self.over_memory(size)
+    }
+
+    /// Whether a new message of `size` octets would take the in-memory part past the limit: body
+    /// octets plus [`OVERHEAD`] per message, so that many small messages page too.
+    fn over_memory(&self, size: u64) -> bool {
+        let in_memory = (self.len - self.tail.as_ref().map_or(0, |t| t.count)) as u64;
+        self.mem_bytes + (in_memory + 1) * OVERHEAD + size > self.memory_limit
     }
 
     pub(super) fn push_paged(&mut self, seq: u64, size: u64, persistent: bool) {

@@ -47,6 +47,8 @@ pub(super) struct Tail {
     clean: bool,
     /// The broker's memory account, charged by the messages read back.
     memory: Memory,
+    /// A transient queue's scratch log: segments go once read back (nothing acks them).
+    scratch: bool,
 }
 
 impl Tail {
@@ -70,6 +72,25 @@ impl Tail {
             recovered_below: recovered.next_seq,
             delivered: recovered.delivered,
             clean,
+            scratch: false,
+        }
+    }
+
+    /// An empty tail on a transient queue's scratch log.
+    pub(super) fn scratch(log: &Arc<QueueLog>, memory: Memory) -> Self {
+        Tail {
+            scratch: true,
+            ..Tail::new(log, Recovered::default(), true, memory)
+        }
+    }
+
+    /// Lets a scratch log delete the segments read back: every record below the tail's lowest
+    /// sequence number (or `next_seq` when the tail is empty) is behind the reader.
+    fn release_read(&self, next_seq: u64) {
+        if self.scratch {
+            self.reader
+                .log()
+                .set_min_live(self.min_seq().unwrap_or(next_seq));
         }
     }
 
@@ -91,7 +112,9 @@ impl Tail {
         (self.count > 0).then(|| self.paged_from.max(self.last_loaded.map_or(0, |s| s + 1)))
     }
 
-    /// Reads up to `max_bytes` (at least one message) back into memory, in order, via `push`.
+    /// Reads up to `max_bytes` of in-memory cost (body octets plus
+    /// [`crate::memory::QUEUED_MESSAGE_OVERHEAD`] per message; at least one message) back into memory,
+    /// in order, via `push`.
     pub(super) fn load(&mut self, max_bytes: u64, mut push: impl FnMut(QueuedMessage)) {
         let mut loaded = 0u64;
         while self.count > 0 && (loaded == 0 || loaded < max_bytes) {
@@ -131,7 +154,7 @@ impl Tail {
             let redelivered = recovered && (!self.clean || self.delivered.contains(p.seq));
             match to_queued(p, redelivered, self.memory) {
                 Some(m) => {
-                    loaded += size;
+                    loaded += size + crate::memory::QUEUED_MESSAGE_OVERHEAD as u64;
                     push(m);
                 }
                 None => error!("a paged message has undecodable properties: dropped"),
@@ -142,6 +165,9 @@ impl Tail {
         }
         if self.count == 0 {
             self.bytes = 0;
+        }
+        if let Some(seq) = self.last_loaded {
+            self.release_read(seq + 1);
         }
     }
 
@@ -158,6 +184,7 @@ impl Tail {
         self.persistent_count = 0;
         self.persistent_bytes = 0;
         self.last_loaded = next_seq.checked_sub(1);
+        self.release_read(next_seq);
         range
     }
 }

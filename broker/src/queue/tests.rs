@@ -489,8 +489,10 @@ fn persistent(body: &str) -> MessageRef {
 #[test]
 fn a_long_durable_queue_pages_out_and_refills_in_order() {
     let owner = Arc::new(Owner::default());
-    // 100 body octets in memory; 30-octet bodies: three stay in memory, the rest go to the log.
-    let (q, store, dir) = durable_queue(&owner, "paged", 100);
+    // 30-octet bodies, each costing 30 + QUEUED_MESSAGE_OVERHEAD in memory: three stay in memory,
+    // the rest go to the log.
+    let limit = 3 * (30 + crate::memory::QUEUED_MESSAGE_OVERHEAD as u64) + 100;
+    let (q, store, dir) = durable_queue(&owner, "paged", limit);
     let bodies: Vec<String> = (0..20).map(|i| format!("{i:030}")).collect();
     let mut last = 0;
     for b in &bodies {
@@ -502,7 +504,7 @@ fn a_long_durable_queue_pages_out_and_refills_in_order() {
     let paged = q.lock().ready.tail.as_ref().map_or(0, |t| t.count);
     assert_eq!(
         paged, 17,
-        "three 30-octet bodies fit in 100 octets; the rest went to the log"
+        "three 30-octet messages fit; the rest went to the log"
     );
     // Paged messages are read back from the segments: wait until the log has them.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -522,6 +524,59 @@ fn a_long_durable_queue_pages_out_and_refills_in_order() {
     }
     assert_eq!(got, bodies, "memory first, then the tail, in arrival order");
     assert!(owner.take().is_empty());
+    store.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_long_transient_queue_pages_to_a_scratch_log_and_drains_in_order() {
+    let owner = Arc::new(Owner::default());
+    let dir = std::env::temp_dir().join(format!("warren-queue-{}-scratch", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Room for five 30-octet messages in memory.
+    let limit = 5 * (30 + crate::memory::QUEUED_MESSAGE_OVERHEAD as u64) + 100;
+    let store = crate::store::Store::open(&dir, 4096, limit).expect("store");
+    let weak: Weak<dyn QueueOwner> = Arc::downgrade(&owner) as Weak<dyn QueueOwner>;
+    let q = Arc::new(
+        Queue::new(
+            QueueDeclaration::transient("t".into()),
+            &crate::memory::TEST_MEMORY,
+            weak,
+            None,
+        )
+        .with_scratch(Some(ScratchSpace {
+            store: Arc::clone(&store),
+            vhost: "/".into(),
+        })),
+    );
+    // Persistent or not, a transient queue's messages are never logged for durability.
+    let bodies: Vec<String> = (0..500).map(|i| format!("{i:030}")).collect();
+    for b in &bodies {
+        let (outcome, wait) = q.publish_durable(persistent(b), None);
+        assert_eq!(outcome, PublishOutcome::Enqueued);
+        assert!(wait.is_none(), "no confirm waits on a scratch log");
+    }
+    assert_eq!(q.counts().messages, 500);
+    let paged = q.lock().ready.tail.as_ref().map_or(0, |t| t.count);
+    assert_eq!(paged, 495, "five in memory, the rest paged");
+    let scratch = dir.join("transient").join("0");
+    assert!(scratch.exists(), "the scratch log lives under transient/");
+    let mut got = Vec::new();
+    while let Some((m, left)) = q.get(true) {
+        got.push(String::from_utf8_lossy(&m.message.body).into_owned());
+        assert_eq!(left as usize, 500 - got.len());
+        assert_eq!(
+            m.message.properties.delivery_mode(),
+            &Some(2),
+            "properties kept"
+        );
+    }
+    assert_eq!(
+        got, bodies,
+        "memory first, then the scratch log, in arrival order"
+    );
+    q.delete();
+    assert!(!scratch.exists(), "a deleted queue's scratch log goes");
     store.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -132,6 +132,8 @@ pub struct QueueLog {
     dir: PathBuf,
     segment_bytes: u64,
     committer: Arc<Committer>,
+    /// A transient queue's scratch log ([`QueueLog::open_scratch`]): written, never fsynced.
+    scratch: bool,
     pending: Mutex<Pending>,
     writer: Mutex<Writer>,
     durable_lsn: AtomicU64,
@@ -295,6 +297,35 @@ impl QueueLog {
         segment_bytes: u64,
         committer: Arc<Committer>,
     ) -> anyhow::Result<(Arc<Self>, Recovered)> {
+        Self::open_with(label, dir, segment_bytes, committer, false)
+    }
+
+    /// A new, empty scratch log in `dir` (whatever the directory held is removed first): a transient
+    /// queue's paged-out tail. Appends are written by the committer but never fsynced, and nothing
+    /// is recovered from it.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn open_scratch(
+        label: String,
+        dir: PathBuf,
+        segment_bytes: u64,
+        committer: Arc<Committer>,
+    ) -> anyhow::Result<Arc<Self>> {
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        Ok(Self::open_with(label, dir, segment_bytes, committer, true)?.0)
+    }
+
+    fn open_with(
+        label: String,
+        dir: PathBuf,
+        segment_bytes: u64,
+        committer: Arc<Committer>,
+        scratch: bool,
+    ) -> anyhow::Result<(Arc<Self>, Recovered)> {
         fs::create_dir_all(&dir)?;
         let ids = segment_ids(&dir)?;
         let mut rec = Recovered::default();
@@ -388,6 +419,7 @@ impl QueueLog {
             dir,
             segment_bytes,
             committer,
+            scratch,
             pending: Mutex::new(Pending::default()),
             writer: Mutex::new(Writer {
                 file,
@@ -422,7 +454,8 @@ impl QueueLog {
             p.lsn
         };
         if !self.dirty.swap(true, Ordering::AcqRel) {
-            self.committer.mark_dirty(Arc::clone(self));
+            self.committer
+                .mark_dirty(Arc::clone(self) as Arc<dyn super::Commit>);
         }
         lsn
     }
@@ -500,17 +533,19 @@ impl QueueLog {
         self.failed_lsn.fetch_max(w.written_lsn, Ordering::AcqRel);
         error!(log = %self.label, error = %e, "queue log write failed; publishes are nacked until it recovers");
     }
+}
 
+impl super::Commit for QueueLog {
     /// Writes and fsyncs everything appended so far; rotates to a new segment when the current one is
     /// full. Called by the committer thread. Returns false if the write or fsync failed.
-    pub(super) fn commit(&self) -> bool {
+    fn commit(&self) -> bool {
         self.dirty.store(false, Ordering::Release);
         let mut w = lock(&self.writer);
         if w.deleted {
             return true;
         }
         let result = self.write_pending(&mut w).and_then(|()| {
-            if w.size > w.synced_size {
+            if w.size > w.synced_size && !self.scratch {
                 w.file.sync_data()
             } else {
                 Ok(())
@@ -540,7 +575,9 @@ impl QueueLog {
         }
         true
     }
+}
 
+impl QueueLog {
     /// Records the lowest sequence number still in the queue.
     pub fn set_min_live(&self, seq: u64) {
         self.min_live.store(seq, Ordering::Relaxed);
@@ -622,6 +659,11 @@ pub struct TailReader {
 }
 
 impl TailReader {
+    /// The log read.
+    pub fn log(&self) -> &Arc<QueueLog> {
+        &self.log
+    }
+
     /// The next Publish record, `Ok(None)` at the end of the log.
     ///
     /// # Errors
@@ -772,14 +814,7 @@ mod tests {
     fn a_deleted_log_never_holds_a_confirm_back() {
         let dir = temp_dir("deleted");
         // A committer that never runs: the append stays pending.
-        let idle = Arc::new(super::super::Committer {
-            dirty: Mutex::new(Vec::new()),
-            wake: std::sync::Condvar::new(),
-            stop: AtomicBool::new(false),
-            commits: tokio::sync::watch::channel(0).0,
-            fsyncs: AtomicU64::new(0),
-            io_error: AtomicBool::new(false),
-        });
+        let idle = super::super::Committer::for_tests();
         let (log, _) = QueueLog::open("/q".into(), dir.clone(), 1 << 20, idle).unwrap();
         let lsn = log.append_publish(&publish(0, b"x"));
         assert_eq!(log.durability(lsn), Durability::Pending);

@@ -6,8 +6,11 @@
 //! ```text
 //! DATA_DIR/FORMAT                       "warren-data <version>"; a newer version refuses to start
 //! DATA_DIR/CLEAN                        present only between a clean shutdown and the next start
-//! DATA_DIR/vhosts/<h>/definitions.json  durable exchanges, queues, bindings (atomic replace)
+//! DATA_DIR/vhosts/<h>/definitions.json  durable exchanges, queues, bindings: snapshot (atomic replace)
+//! DATA_DIR/vhosts/<h>/definitions.log   changes since the snapshot (`definitions_log`)
 //! DATA_DIR/vhosts/<h>/queues/<h>/*.seg  one log per durable queue (record format in `record`)
+//! DATA_DIR/transient/<n>/*.seg          a transient queue's paged-out tail (never fsynced; cleared
+//!                                       at start)
 //! ```
 //!
 //! `<h>` is the first 32 hex digits of the SHA-256 of the vhost or queue name (names may be 255 octets,
@@ -15,6 +18,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod definitions;
+pub(crate) mod definitions_log;
 pub(crate) mod keys;
 pub(crate) mod kv;
 pub(crate) mod log;
@@ -35,10 +39,18 @@ use tracing::{info, warn};
 pub use self::log::Durability;
 pub(crate) use self::log::{QueueLog, Recovered};
 
+/// A log the group-commit thread writes and fsyncs: a queue's or delay store's segment log
+/// ([`QueueLog`]) or a vhost's definitions log (`definitions_log`).
+pub(crate) trait Commit: Send + Sync + std::fmt::Debug {
+    /// Writes and fsyncs what was appended since the last call. Returns false if the write or fsync
+    /// failed (the committer retries the log once a second).
+    fn commit(&self) -> bool;
+}
+
 /// The group-commit thread's inbox: logs with unsynced appends.
 #[derive(Debug)]
 pub struct Committer {
-    dirty: Mutex<Vec<Arc<QueueLog>>>,
+    dirty: Mutex<Vec<Arc<dyn Commit>>>,
     wake: Condvar,
     stop: AtomicBool,
     /// Bumped after every commit round; connections waiting on confirms watch it.
@@ -49,7 +61,24 @@ pub struct Committer {
 }
 
 impl Committer {
-    fn mark_dirty(&self, log: Arc<QueueLog>) {
+    fn new() -> Self {
+        Committer {
+            dirty: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            commits: watch::channel(0).0,
+            fsyncs: AtomicU64::new(0),
+            io_error: AtomicBool::new(false),
+        }
+    }
+
+    /// A committer without its thread: tests call `commit` on their logs themselves.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Arc<Self> {
+        Arc::new(Self::new())
+    }
+
+    fn mark_dirty(&self, log: Arc<dyn Commit>) {
         crate::sync::lock(&self.dirty).push(log);
         self.wake.notify_one();
     }
@@ -57,7 +86,7 @@ impl Committer {
     /// Commits dirty logs until stopped: each round writes and fsyncs every log that has appends, then
     /// announces the round. Appends that arrive during a round share the next one's fsync.
     fn run(&self) {
-        let mut broken: Vec<Arc<QueueLog>> = Vec::new();
+        let mut broken: Vec<Arc<dyn Commit>> = Vec::new();
         loop {
             let mut logs = {
                 let mut dirty = crate::sync::lock(&self.dirty);
@@ -78,7 +107,7 @@ impl Committer {
             };
             let stopping = self.stop.load(Ordering::Acquire);
             logs.append(&mut broken);
-            logs.sort_by_key(|l| Arc::as_ptr(l) as usize);
+            logs.sort_by_key(|l| Arc::as_ptr(l).cast::<()>() as usize);
             logs.dedup_by(|a, b| Arc::ptr_eq(a, b));
             for log in logs {
                 if log.commit() {
@@ -114,8 +143,11 @@ pub struct Store {
     pub clean_start: bool,
     /// Size at which a queue log starts a new segment, octets.
     pub segment_bytes: u64,
-    /// Ready-message body octets a durable queue keeps in memory before paging new ones out to its log.
+    /// What a queue keeps in memory (ready-message bodies plus a per-message overhead, octets)
+    /// before paging new messages out: a durable queue to its log, a transient one to a scratch log.
     pub queue_memory_bytes: u64,
+    /// Names the next scratch log's directory.
+    scratch_logs: AtomicU64,
 }
 
 /// The hex name of `name`'s directory.
@@ -177,20 +209,20 @@ impl Store {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", format.display())),
         }
+        // Scratch logs of transient queues hold nothing a restart keeps.
+        let scratch = root.join("transient");
+        if let Err(e) = fs::remove_dir_all(&scratch) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e).with_context(|| format!("clearing {}", scratch.display()));
+            }
+        }
         let clean = root.join("CLEAN");
         let clean_start = clean.exists();
         if clean_start {
             fs::remove_file(&clean)?;
             fs::File::open(root)?.sync_all()?;
         }
-        let committer = Arc::new(Committer {
-            dirty: Mutex::new(Vec::new()),
-            wake: Condvar::new(),
-            stop: AtomicBool::new(false),
-            commits: watch::channel(0).0,
-            fsyncs: AtomicU64::new(0),
-            io_error: AtomicBool::new(false),
-        });
+        let committer = Arc::new(Committer::new());
         let runner = Arc::clone(&committer);
         let thread = std::thread::Builder::new()
             .name("warren-commit".into())
@@ -203,6 +235,7 @@ impl Store {
             clean_start,
             segment_bytes,
             queue_memory_bytes,
+            scratch_logs: AtomicU64::new(0),
         }))
     }
 
@@ -222,6 +255,24 @@ impl Store {
         self.vhost_dir(vhost)
             .join("exchanges")
             .join(hashed(exchange))
+    }
+
+    /// Opens a vhost's definitions log; returns it with the durable definitions to replay.
+    ///
+    /// # Errors
+    /// Unreadable or malformed files, or a newer format.
+    pub(crate) fn open_definitions_log(
+        &self,
+        vhost: &str,
+    ) -> anyhow::Result<(
+        Arc<definitions_log::DefinitionsLog>,
+        definitions::StoredDefinitions,
+    )> {
+        definitions_log::DefinitionsLog::open(
+            vhost.to_owned(),
+            &self.vhost_dir(vhost),
+            Arc::clone(&self.committer),
+        )
     }
 
     /// Opens a durable exchange's delay log (`crate::delay`) and recovers what it holds.
@@ -244,6 +295,21 @@ impl Store {
     /// Directory of a durable exchange's delay log.
     pub fn delay_dir(&self, vhost: &str, exchange: &str) -> PathBuf {
         self.exchange_dir(vhost, exchange).join("delayed")
+    }
+
+    /// A new scratch log for the paged-out tail of transient queue `queue` of `vhost`
+    /// (`DATA_DIR/transient/<n>`; the directory is cleared at every start).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn open_scratch_log(&self, vhost: &str, queue: &str) -> anyhow::Result<Arc<QueueLog>> {
+        let n = self.scratch_logs.fetch_add(1, Ordering::Relaxed);
+        QueueLog::open_scratch(
+            format!("{vhost}/{queue} (transient)"),
+            self.root.join("transient").join(n.to_string()),
+            self.segment_bytes,
+            Arc::clone(&self.committer),
+        )
     }
 
     /// Opens a durable queue's log and recovers its content.

@@ -1,8 +1,10 @@
-//! A vhost's durable side: the definitions document (durable exchanges, queues, bindings) written
-//! after every change to a durable entity, recovery from the data directory at start, and opening a
-//! durable queue's log and idempotency-key record (ARCHITECTURE.md, "Durability: storage design").
+//! A vhost's durable side: recording every change to a durable exchange, queue or binding in the
+//! definitions log (`store/definitions_log.rs`) and waiting for it to be on disk before the reply,
+//! recovery from the data directory at start, and opening a durable queue's log and idempotency-key
+//! record (ARCHITECTURE.md, "Durability: storage design").
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use amq_protocol::protocol::AMQPHardError;
 use amq_protocol::types::{FieldTable, ShortString};
@@ -11,13 +13,50 @@ use tracing::{error, info};
 
 use super::{BindingChange, ExchangeFlags, QueueFlags, VHost};
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::Destination;
-use crate::queue::{plugins, QueueStorage};
+use crate::exchange::{Binding, Destination, Exchange};
+use crate::queue::{plugins, Queue, QueueStorage, ScratchSpace};
 use crate::store::definitions::{
-    decode_table, encode_table, StoredBinding, StoredDefinitions, StoredExchange, StoredQueue,
-    DEFINITIONS_VERSION,
+    decode_table, encode_table, DefinitionChange, StoredBinding, StoredExchange, StoredQueue,
 };
-use crate::sync::{lock, read};
+#[cfg(test)]
+use crate::store::definitions::{StoredDefinitions, DEFINITIONS_VERSION};
+use crate::store::Durability;
+use crate::sync::read;
+
+/// A durable exchange as the definitions log records it.
+pub(super) fn stored_exchange(x: &Exchange) -> StoredExchange {
+    StoredExchange {
+        name: x.name.to_string(),
+        kind: x.kind.to_string(),
+        auto_delete: x.auto_delete,
+        internal: x.internal,
+        arguments: encode_table(&x.arguments),
+    }
+}
+
+/// A durable queue as the definitions log records it.
+pub(super) fn stored_queue(q: &Queue) -> StoredQueue {
+    StoredQueue {
+        name: q.name.to_string(),
+        auto_delete: q.auto_delete,
+        arguments: encode_table(&q.arguments),
+    }
+}
+
+/// A binding from `source` as the definitions log records it.
+pub(super) fn stored_binding(source: &str, b: &Binding) -> StoredBinding {
+    let destination_type = match &b.destination {
+        Destination::Queue(_) => "queue",
+        Destination::Exchange(_) => "exchange",
+    };
+    StoredBinding {
+        source: source.to_owned(),
+        destination: b.destination.name().to_owned(),
+        destination_type: destination_type.to_owned(),
+        routing_key: b.key.to_string(),
+        arguments: encode_table(&b.arguments),
+    }
+}
 
 /// One durable entity to declare: what a definitions file (RabbitMQ's JSON, at start) and the data
 /// directory (recovery) hold. Both replay through [`VHost::apply`].
@@ -160,6 +199,15 @@ impl VHost {
         }))
     }
 
+    /// Where a queue that is not `persisted` pages out its tail (the broker's data directory, if any).
+    pub(super) fn scratch_space(&self, persisted: bool) -> Option<ScratchSpace> {
+        let store = self.store.as_ref().filter(|_| !persisted)?;
+        Some(ScratchSpace {
+            store: Arc::clone(store),
+            vhost: self.name.clone(),
+        })
+    }
+
     /// `idempotency` with its record of acked keys on disk when queue `name` is `persisted` and the
     /// broker has a data directory (keys recorded before a restart come back).
     ///
@@ -186,9 +234,10 @@ impl VHost {
         }
     }
 
-    /// The durable definitions as they stand, sorted so that equal states compare equal. A binding is
-    /// durable when its source and destination are.
-    pub(super) fn snapshot(&self) -> StoredDefinitions {
+    /// The durable definitions as the live tables hold them (a binding is durable when its source and
+    /// destination are), for tests that check the definitions log against them.
+    #[cfg(test)]
+    pub(crate) fn snapshot(&self) -> StoredDefinitions {
         let exchanges = read(&self.exchanges);
         let queues = read(&self.queues);
         let mut d = StoredDefinitions {
@@ -197,30 +246,17 @@ impl VHost {
         };
         for x in exchanges.values().filter(|x| x.durable) {
             if !x.name.as_str().starts_with("amq.") {
-                d.exchanges.push(StoredExchange {
-                    name: x.name.to_string(),
-                    kind: x.kind.to_string(),
-                    auto_delete: x.auto_delete,
-                    internal: x.internal,
-                    arguments: encode_table(&x.arguments),
-                });
+                d.exchanges.push(stored_exchange(x));
             }
             for b in x.bindings() {
-                let (destination_type, durable) = match &b.destination {
-                    Destination::Queue(q) => ("queue", q.durable && q.exclusive_owner.is_none()),
-                    Destination::Exchange(n) => (
-                        "exchange",
-                        exchanges.get(n.as_str()).is_some_and(|x| x.durable),
-                    ),
+                let durable = match &b.destination {
+                    Destination::Queue(q) => q.durable && q.exclusive_owner.is_none(),
+                    Destination::Exchange(n) => {
+                        exchanges.get(n.as_str()).is_some_and(|x| x.durable)
+                    }
                 };
                 if durable {
-                    d.bindings.push(StoredBinding {
-                        source: x.name.to_string(),
-                        destination: b.destination.name().to_owned(),
-                        destination_type: destination_type.to_owned(),
-                        routing_key: b.key.to_string(),
-                        arguments: encode_table(&b.arguments),
-                    });
+                    d.bindings.push(stored_binding(x.name.as_str(), &b));
                 }
             }
         }
@@ -228,48 +264,43 @@ impl VHost {
             .values()
             .filter(|q| q.durable && q.exclusive_owner.is_none())
         {
-            d.queues.push(StoredQueue {
-                name: q.name.to_string(),
-                auto_delete: q.auto_delete,
-                arguments: encode_table(&q.arguments),
-            });
+            d.queues.push(stored_queue(q));
         }
-        d.exchanges.sort_by(|a, b| a.name.cmp(&b.name));
-        d.queues.sort_by(|a, b| a.name.cmp(&b.name));
-        d.bindings.sort_by(|a, b| {
-            (
-                &a.source,
-                &a.destination,
-                &a.destination_type,
-                &a.routing_key,
-                &a.arguments,
-            )
-                .cmp(&(
-                    &b.source,
-                    &b.destination,
-                    &b.destination_type,
-                    &b.routing_key,
-                    &b.arguments,
-                ))
-        });
+        d.sort();
         d
     }
 
-    /// Writes the durable definitions if they changed. Called after every change to a durable entity,
-    /// before the client gets its reply.
-    pub(super) fn persist(&self) {
-        let Some(store) = &self.store else { return };
+    /// The durable definitions the definitions log holds, for tests.
+    #[cfg(test)]
+    pub(crate) fn logged_definitions(&self) -> Option<StoredDefinitions> {
+        self.definitions.get().map(|log| {
+            let mut d = log.document();
+            d.last_index = 0;
+            d
+        })
+    }
+
+    /// Appends a change to a durable definition to the definitions log; returns the index to pass to
+    /// [`VHost::synced`] once the caller's locks are released (0: nothing to wait for). Called in the
+    /// same critical section as the change itself, so the log's order is the tables' order. Nothing
+    /// is recorded while the vhost recovers (it replays what the log holds) or once it is deleted.
+    pub(super) fn record(&self, change: DefinitionChange) -> u64 {
         if self.recovering.load(Ordering::Acquire) || self.deleted.load(Ordering::Acquire) {
-            return;
+            return 0;
         }
-        let mut last = lock(&self.persisted);
-        let snapshot = self.snapshot();
-        if last.as_ref() == Some(&snapshot) {
+        self.definitions.get().map_or(0, |log| log.append(change))
+    }
+
+    /// Waits until the definitions log's record `index` is on disk (the group commit shares one fsync
+    /// among the changes made meanwhile), off the Tokio worker: a declare's reply is sent only once
+    /// its definition is durable. A failed write is logged (the entity stays declared in memory; the
+    /// committer retries the write).
+    pub(super) fn synced(&self, index: u64) {
+        let Some(log) = self.definitions.get().filter(|_| index > 0) else {
             return;
-        }
-        match snapshot.save(&store.vhost_dir(&self.name).join("definitions.json")) {
-            Ok(()) => *last = Some(snapshot),
-            Err(e) => error!(vhost = %self.name, error = %e, "cannot write durable definitions"),
+        };
+        if crate::sync::wait_off_worker(|| log.wait(index)) == Durability::Failed {
+            error!(vhost = %self.name, index, "durable definition not yet written (disk alarm); retrying");
         }
     }
 
@@ -283,8 +314,7 @@ impl VHost {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let path = store.vhost_dir(&self.name).join("definitions.json");
-        let defs = StoredDefinitions::load(&path)?.unwrap_or_default();
+        let (log, defs) = store.open_definitions_log(&self.name)?;
         self.recovering.store(true, Ordering::Release);
         let mut messages = 0u64;
         let mut failed = 0;
@@ -345,9 +375,9 @@ impl VHost {
                 error!(vhost = %self.name, source = %b.source, destination = %b.destination, error = %e, "durable binding not recovered");
             }
         }
+        let _ = self.definitions.set(log);
         self.recovering.store(false, Ordering::Release);
         store.remove_orphan_logs(&self.name, defs.queues.iter().map(|q| q.name.as_str()));
-        *lock(&self.persisted) = Some(self.snapshot());
         info!(
             vhost = %self.name,
             exchanges = defs.exchanges.len(),
@@ -358,5 +388,106 @@ impl VHost {
             "durable state recovered"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use amq_protocol::types::FieldTable;
+
+    use super::super::{BindingChange, ExchangeFlags, QueueFlags, VHost};
+    use crate::exchange::registry::Registry;
+    use crate::store::Store;
+
+    fn flags(durable: bool, auto_delete: bool) -> (ExchangeFlags, QueueFlags) {
+        (
+            ExchangeFlags {
+                durable,
+                auto_delete,
+                internal: false,
+            },
+            QueueFlags {
+                durable,
+                exclusive: false,
+                auto_delete: false,
+            },
+        )
+    }
+
+    /// Declares, binds, unbinds and deletes (with the cascades: a deleted queue's bindings, an
+    /// auto-delete exchange that lost its last binding, an exchange-to-exchange binding to it) and
+    /// checks the definitions log against the live tables, then across a restart.
+    #[test]
+    fn the_definitions_log_follows_every_change_and_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!("warren-vhost-defs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, 1 << 20, 1 << 20).unwrap();
+        let memory = &crate::memory::TEST_MEMORY;
+        let v = VHost::new(
+            "/",
+            Arc::new(Registry::default()),
+            Some(store.clone()),
+            memory,
+        );
+        v.recover().unwrap();
+        let none = FieldTable::default();
+        let (durable_x, durable_q) = flags(true, false);
+        let (auto_x, _) = flags(true, true);
+        let (_, transient_q) = flags(false, false);
+        v.exchange_declare(&"x1".into(), "direct", false, durable_x, &none)
+            .unwrap();
+        v.exchange_declare(&"ad".into(), "fanout", false, auto_x, &none)
+            .unwrap();
+        v.exchange_bind("ad", "x1", &"e2e".into(), &none, BindingChange::Bind)
+            .unwrap();
+        v.queue_declare(&"t".into(), false, transient_q, &none, 1)
+            .unwrap();
+        v.queue_bind("t", "x1", &"t".into(), &none, 1, BindingChange::Bind)
+            .unwrap();
+        for i in 0..1500 {
+            let q = format!("q{i}");
+            v.queue_declare(&q.as_str().into(), false, durable_q, &none, 1)
+                .unwrap();
+            for x in ["amq.direct", "x1"] {
+                v.queue_bind(&q, x, &q.as_str().into(), &none, 1, BindingChange::Bind)
+                    .unwrap();
+            }
+        }
+        v.queue_bind("q1", "ad", &"".into(), &none, 1, BindingChange::Bind)
+            .unwrap();
+        assert_eq!(v.logged_definitions(), Some(v.snapshot()));
+        // q1's deletion empties `ad`, which goes, taking x1 → ad with it.
+        v.queue_delete("q1", false, false, 1).unwrap();
+        assert!(v.find_exchange("ad").is_none());
+        v.queue_bind("q2", "x1", &"q2".into(), &none, 1, BindingChange::Unbind)
+            .unwrap();
+        for i in (3..1500).step_by(3) {
+            v.queue_delete(&format!("q{i}"), false, false, 1).unwrap();
+        }
+        v.exchange_declare(&"x2".into(), "topic", false, durable_x, &none)
+            .unwrap();
+        v.queue_bind("q4", "x2", &"#".into(), &none, 1, BindingChange::Bind)
+            .unwrap();
+        v.exchange_delete("x1", false).unwrap();
+        let live = v.snapshot();
+        assert_eq!(v.logged_definitions(), Some(live.clone()));
+        assert_eq!(live.exchanges.len(), 1);
+        assert_eq!(live.queues.len(), 1000);
+        drop(v);
+        store.shutdown();
+
+        let store = Store::open(&dir, 1 << 20, 1 << 20).unwrap();
+        let v = VHost::new(
+            "/",
+            Arc::new(Registry::default()),
+            Some(store.clone()),
+            memory,
+        );
+        v.recover().unwrap();
+        assert_eq!(v.snapshot(), live);
+        store.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,7 +16,7 @@ pub(crate) use routing::Routed;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use rand::Rng;
@@ -32,7 +32,8 @@ use crate::memory::Memory;
 use crate::queue::args::{IdempotencyArgs, PluginArgs};
 use crate::queue::plugins;
 use crate::queue::{Queue, QueueArgs, QueueCounts, QueueDeclaration, QueueOwner};
-use crate::store::definitions::StoredDefinitions;
+use crate::store::definitions::DefinitionChange;
+use crate::store::definitions_log::DefinitionsLog;
 use crate::store::Store;
 use crate::sync::{lock, read, write};
 
@@ -99,9 +100,11 @@ pub struct VHost {
     queues: RwLock<HashMap<ShortString, Arc<Queue>>>,
     /// The data directory, when durable state is kept.
     store: Option<Arc<Store>>,
-    /// The durable definitions last written (to skip rewriting an unchanged document); the lock
-    /// orders concurrent writers.
-    persisted: Mutex<Option<StoredDefinitions>>,
+    /// The definitions log (durable exchanges, queues, bindings), opened by [`VHost::recover`].
+    definitions: OnceLock<Arc<DefinitionsLog>>,
+    /// Held while a durable binding changes and its change is recorded, so that the log's order is
+    /// the bindings' order.
+    binding_change: Mutex<()>,
     /// Replaying stored definitions at start: nothing is written back meanwhile.
     recovering: AtomicBool,
     /// Queues declared, created and deleted since start (Prometheus counters).
@@ -198,7 +201,8 @@ impl VHost {
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             store,
-            persisted: Mutex::new(None),
+            definitions: OnceLock::new(),
+            binding_change: Mutex::new(()),
             recovering: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
             queue_counts: QueueCounters::default(),
@@ -387,13 +391,16 @@ impl VHost {
         }
         let x = Arc::new(x);
         exchanges.insert(name.clone(), Arc::clone(&x));
+        let logged = if flags.durable {
+            self.record(DefinitionChange::PutExchange(durable::stored_exchange(&x)))
+        } else {
+            0
+        };
         drop(exchanges);
         if recovering {
             self.recover_delays(&x);
         }
-        if flags.durable {
-            self.persist();
-        }
+        self.synced(logged);
         Ok(())
     }
 
@@ -499,7 +506,13 @@ impl VHost {
                 self.name
             )));
         }
-        let durable = x.durable;
+        let logged = if x.durable {
+            self.record(DefinitionChange::DeleteExchange {
+                name: name.to_owned(),
+            })
+        } else {
+            0
+        };
         if let Some(x) = exchanges.remove(name) {
             x.deleted();
         }
@@ -511,9 +524,7 @@ impl VHost {
                 self.maybe_auto_delete(&source);
             }
         }
-        if durable {
-            self.persist();
-        }
+        self.synced(logged);
         Ok(())
     }
 
@@ -563,21 +574,29 @@ impl VHost {
         binding: Binding,
         change: BindingChange,
     ) -> AmqpResult {
-        let durable = src.durable && self.destination_durable(&binding.destination);
-        match change {
+        let durable = src.durable
+            && self.destination_durable(&binding.destination)
+            && self.definitions.get().is_some();
+        let order = durable.then(|| lock(&self.binding_change));
+        let stored = durable.then(|| durable::stored_binding(src.name.as_str(), &binding));
+        let emptied = match change {
             BindingChange::Bind => {
                 src.bind(binding)
                     .map_err(|refused| AmqpError::precondition_failed(refused.0))?;
+                false
             }
-            BindingChange::Unbind => {
-                if src.unbind(&binding) {
-                    self.maybe_auto_delete(src);
-                }
-            }
+            BindingChange::Unbind => src.unbind(&binding),
+        };
+        let logged = match (stored, change) {
+            (Some(b), BindingChange::Bind) => self.record(DefinitionChange::PutBinding(b)),
+            (Some(b), BindingChange::Unbind) => self.record(DefinitionChange::DeleteBinding(b)),
+            (None, _) => 0,
+        };
+        drop(order);
+        if emptied {
+            self.maybe_auto_delete(src);
         }
-        if durable {
-            self.persist();
-        }
+        self.synced(logged);
         Ok(())
     }
 
@@ -708,18 +727,22 @@ impl VHost {
                 storage,
             )
             .with_idempotency(idempotency)
-            .with_policy(policy_name),
+            .with_policy(policy_name)
+            .with_scratch(self.scratch_space(persisted)),
         );
         queues.insert(name, Arc::clone(&q));
+        let logged = if persisted {
+            self.record(DefinitionChange::PutQueue(durable::stored_queue(&q)))
+        } else {
+            0
+        };
         drop(queues);
         crate::stats::bump(&self.queue_counts.created, 1);
         q.touch();
         if q.log().is_some() {
             q.start_recovered();
         }
-        if persisted {
-            self.persist();
-        }
+        self.synced(logged);
         let counts = q.counts();
         Ok((q, counts))
     }
@@ -893,7 +916,7 @@ impl VHost {
     /// Removes `q` from the vhost and from every binding, cancels its consumers. Returns the number of
     /// ready messages it held.
     pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
-        {
+        let logged = {
             let mut queues = write(&self.queues);
             match queues.get(q.name.as_str()) {
                 Some(current) if Arc::ptr_eq(current, q) => {
@@ -902,7 +925,14 @@ impl VHost {
                 }
                 _ => return 0,
             }
-        }
+            if q.durable && q.exclusive_owner.is_none() {
+                self.record(DefinitionChange::DeleteQueue {
+                    name: q.name.to_string(),
+                })
+            } else {
+                0
+            }
+        };
         let dest = Destination::Queue(Arc::clone(q));
         let exchanges: Vec<Arc<Exchange>> = read(&self.exchanges).values().cloned().collect();
         for x in exchanges {
@@ -914,9 +944,10 @@ impl VHost {
         for c in consumers {
             c.sink.cancelled(&c);
         }
+        // The deletion is on disk before the log goes: a crash in between leaves an orphan log,
+        // removed at the next start.
+        self.synced(logged);
         if let Some(log) = q.log() {
-            // Definitions first: a crash in between leaves an orphan log, removed at the next start.
-            self.persist();
             log.destroy();
         }
         count
@@ -936,8 +967,9 @@ impl VHost {
             x.deleted();
         }
         if let Some(store) = &self.store {
-            // A persist that started before the flag was set finishes before the directory goes.
-            let _persisting = lock(&self.persisted);
+            if let Some(log) = self.definitions.get() {
+                log.delete();
+            }
             let dir = store.vhost_dir(&self.name);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
