@@ -194,7 +194,7 @@ mod tests {
             &crate::memory::TEST_MEMORY,
             "x".into(),
             "k".into(),
-            Default::default(),
+            amq_protocol::protocol::BasicProperties::default(),
             raw_properties,
             body,
         ))

@@ -21,8 +21,10 @@ pub struct Message {
     pub exchange: ShortString,
     /// Routing key of basic.publish.
     pub routing_key: ShortString,
-    /// Decoded content-header properties (for routing on headers and for RabbitMQ extensions).
-    pub properties: BasicProperties,
+    /// Decoded content-header properties (for routing on headers and for RabbitMQ extensions), shared
+    /// by consecutive messages of a channel that carry the same properties
+    /// (`Channel::intern_properties`), so a queued message does not hold a decoded copy of its own.
+    pub properties: Arc<BasicProperties>,
     /// The same properties as encoded on the wire (property flags onwards).
     pub raw_properties: Bytes,
     /// Message body; a zero-copy slice of the publisher's read buffer when it came in one frame.
@@ -50,7 +52,7 @@ impl Message {
         memory: Memory,
         exchange: ShortString,
         routing_key: ShortString,
-        properties: BasicProperties,
+        properties: impl Into<Arc<BasicProperties>>,
         raw_properties: Bytes,
         body: Bytes,
     ) -> Self {
@@ -59,7 +61,7 @@ impl Message {
             memory,
             exchange,
             routing_key,
-            properties,
+            properties: properties.into(),
             raw_properties,
             body,
         }

@@ -155,6 +155,9 @@ pub(crate) struct Channel {
     consumer_prefetch: u16,
     /// Last queue declared on this channel, used when a method names the empty queue (AMQP 0-9-1 §1.7.2.1).
     last_queue: Option<ShortString>,
+    /// The last published message's properties (wire octets, decoded), shared with the next message
+    /// when it carries the same ones (`Channel::intern_properties`).
+    last_properties: Option<(bytes::Bytes, Arc<amq_protocol::protocol::BasicProperties>)>,
     /// This channel's publishes by exchange (the readers' list is `ChannelShared::exchanges`).
     exchange_tally: crate::stats::ExchangeTally,
     /// Reused buffer for acks.
@@ -185,6 +188,7 @@ impl Channel {
             tx: None,
             consumer_prefetch: 0,
             last_queue: None,
+            last_properties: None,
             exchange_tally: crate::stats::ExchangeTally::default(),
             settle_buf: Vec::new(),
             held: Vec::new(),
