@@ -8,7 +8,9 @@ Usage: scripts/bench.sh [--runs N] [--seconds S] [--only a,b,...] [--out FILE]
 Scenario (c) also counts fsync/fdatasync calls per second of each broker with `perf stat` (Debian's
 linux-perf; skipped when `perf` is missing). Scenario (j), run only when named in --only, fills a durable
 queue with 10 million persistent 1 KiB messages (Warren only; ~11 GB of disk) and reports Warren's RSS.
-Scenarios (a), (e) and (e-1core) also report each broker's CPU use (from /proc); (e-1core) pins each
+Scenarios declare-durable, declare-transient, idle-queues and idle-connections (scripts/bench_scale.py:
+declare/bind/delete rates per thousand of 10 000 queues, restart time, RSS per idle queue and per idle
+connection) run only when named in --only. Scenarios (a), (e) and (e-1core) also report each broker's CPU use (from /proc); (e-1core) pins each
 broker to CPU 0 with `taskset -a` for its runs. Every run starts once both brokers are idle.
 """
 import argparse
@@ -189,6 +191,15 @@ def syncs_per_second(proc, seconds):
     return total / seconds
 
 
+def table_of(rows):
+    """A Markdown table of (description, warren, rabbitmq or None, warren advantage or None) rows."""
+    lines = ["| scenario | Warren | RabbitMQ | Warren advantage |", "|---|---:|---:|---:|"]
+    for desc, wm, rm, ratio in rows:
+        lines.append(f"| {desc} | {wm:,.0f} | {'' if rm is None else f'{rm:,.0f}'} | "
+                     f"{'' if ratio is None else f'{ratio:.2f}x'} |")
+    return "\n".join(lines)
+
+
 def metric(result, name):
     return result["latency_us"]["p99"] if name == "p99" else result[name]
 
@@ -306,15 +317,15 @@ def main():
                          f"(idle before {before}, peak while filling {peak}; {disk:.1f} GiB of segments)",
                          after, None, None))
             perf(WARREN_PORT, ["-x0", "-y1", "-a", "-f", "-u", "perf-backlog"], 1)  # set-up purges the queue
+        scale = [k for k in opts.only.split(",") if k.startswith(("declare-", "idle-"))]
+        if scale:
+            import bench_scale
+            rows += bench_scale.run(scale, 10_000, RABBIT_PORT, ROOT / "target" / "bench-scale", opts.seconds)
     finally:
         for p in (warren, sink):
             p.terminate()
         stop_rabbitmq(rabbit, rabbit_env)
-    lines = ["| scenario | Warren | RabbitMQ | Warren advantage |", "|---|---:|---:|---:|"]
-    for desc, wm, rm, ratio in rows:
-        lines.append(f"| {desc} | {wm:,.0f} | {'' if rm is None else f'{rm:,.0f}'} | "
-                     f"{'' if ratio is None else f'{ratio:.2f}x'} |")
-    table = "\n".join(lines)
+    table = table_of(rows)
     print(table)
     pathlib.Path(opts.out).write_text(table + "\n")
 

@@ -73,13 +73,23 @@ impl Conn {
 
     /// Connects as guest/guest to vhost `/` with heartbeats off and opens channel 1.
     pub(crate) async fn open(addr: &str) -> anyhow::Result<Conn> {
+        Self::connect(addr, true, 1 << 20).await
+    }
+
+    /// Connects as guest/guest to vhost `/` with heartbeats off, with a read buffer of `capacity`
+    /// octets, and opens channel 1 if `open_channel`.
+    pub(crate) async fn connect(
+        addr: &str,
+        open_channel: bool,
+        capacity: usize,
+    ) -> anyhow::Result<Conn> {
         let sock = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         sock.set_nodelay(true)?;
         let mut c = Conn {
             sock,
-            buf: BytesMut::with_capacity(1 << 20),
+            buf: BytesMut::with_capacity(capacity),
         };
         c.sock.write_all(b"AMQP\x00\x00\x09\x01").await?;
         let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(_))) =
@@ -134,10 +144,12 @@ impl Conn {
         else {
             bail!("expected connection.open-ok");
         };
-        c.rpc(AMQPClass::Channel(channel::AMQPMethod::Open(
-            channel::Open {},
-        )))
-        .await?;
+        if open_channel {
+            c.rpc(AMQPClass::Channel(channel::AMQPMethod::Open(
+                channel::Open {},
+            )))
+            .await?;
+        }
         Ok(c)
     }
 }

@@ -41,6 +41,19 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:5699")]
         listen: String,
     },
+    /// Open idle connections (for memory per connection), print `ready N` once they are all open, and
+    /// hold them until stdin closes.
+    Idle {
+        /// Broker address HOST:PORT.
+        #[arg(long = "uri", short = 'h', default_value = "127.0.0.1:5672")]
+        addr: String,
+        /// Number of connections.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Open channel 1 on each connection.
+        #[arg(long)]
+        channel: bool,
+    },
 }
 
 /// A load scenario.
@@ -175,6 +188,47 @@ pub struct Latency {
     pub samples: u64,
 }
 
+/// Opens `n` connections (50 handshakes at a time), reports them open, holds them until stdin closes.
+async fn idle(addr: &str, n: usize, channel: bool) -> anyhow::Result<()> {
+    let mut conns = Vec::with_capacity(n);
+    while conns.len() < n {
+        let batch = (n - conns.len()).min(50);
+        let opened = futures_join((0..batch).map(|_| {
+            let addr = addr.to_owned();
+            async move { client::Conn::connect(&addr, channel, 4096).await }
+        }))
+        .await;
+        for c in opened {
+            conns.push(c?);
+        }
+    }
+    println!("ready {}", conns.len());
+    tokio::task::spawn_blocking(|| {
+        use std::io::Read;
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+    })
+    .await?;
+    drop(conns);
+    Ok(())
+}
+
+/// Awaits every future (spawned, so the handshakes run concurrently).
+async fn futures_join<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -182,6 +236,11 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Some(Command::Sink { listen }) => runtime.block_on(sink::run(&listen)),
+        Some(Command::Idle {
+            addr,
+            connections,
+            channel,
+        }) => runtime.block_on(idle(&addr, connections, channel)),
         None => {
             let summary = runtime.block_on(run(cli.run.clone()))?;
             if cli.run.json {
