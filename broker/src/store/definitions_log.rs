@@ -91,7 +91,7 @@ fn header() -> String {
 /// Creates an empty log file (header only), fsynced; returns it open for appending and its length.
 fn create_log(dir: &Path) -> io::Result<(File, u64)> {
     let path = dir.join(LOG_FILE);
-    let tmp = path.with_extension("tmp");
+    let tmp = dir.join("definitions.log.new");
     {
         let mut f = File::create(&tmp)?;
         f.write_all(header().as_bytes())?;
