@@ -317,7 +317,7 @@ def main():
                          f"(idle before {before}, peak while filling {peak}; {disk:.1f} GiB of segments)",
                          after, None, None))
             perf(WARREN_PORT, ["-x0", "-y1", "-a", "-f", "-u", "perf-backlog"], 1)  # set-up purges the queue
-        scale = [k for k in opts.only.split(",") if k.startswith(("declare-", "idle-"))]
+        scale = [k for k in opts.only.split(",") if k.startswith(("declare-", "idle-", "transient-"))]
         if scale:
             import bench_scale
             rows += bench_scale.run(scale, 10_000, RABBIT_PORT, ROOT / "target" / "bench-scale", opts.seconds)

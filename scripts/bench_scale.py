@@ -11,16 +11,25 @@ release build (`cargo build --release -p warren -p warren-perf`).
 - idle-connections: RSS growth with 1 000 and 5 000 idle connections, without and with one channel each
   (KiB per connection), and the p99 latency of a busy connection (scenario (d): 10 000 msg/s, 16 B)
   while the 5 000 connections with a channel are open, next to the same run without them.
+- transient-backlog (Warren only; run only when named): 20 000 000 transient 1 KiB messages (--backlog)
+  published to a transient queue with no consumer (the queue pages its tail to a scratch log past its
+  memory limit), then consumed and checked in order (warren-perf --check-order). Reported: fill and
+  drain rates, peak RSS while filling and draining, whether the memory alarm was ever raised (polled
+  from the management API every second), deliveries out of order.
 
-Usage: scripts/bench_scale.py [--queues N] [--only declare-durable,declare-transient,idle-queues,idle-connections]
+Usage: scripts/bench_scale.py [--queues N] [--backlog N]
+       [--only declare-durable,declare-transient,idle-queues,idle-connections,transient-backlog]
 Prints a Markdown table (also written to --out).
 """
 import argparse
+import base64
+import json
 import pathlib
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pika
 
@@ -28,14 +37,17 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the side-by-side helpers: start_rabbitmq, rss_kib, perf, …)
 
 ROOT = bench.ROOT
-SCENARIOS = ["declare-durable", "declare-transient", "idle-queues", "idle-connections"]
+SCENARIOS = ["declare-durable", "declare-transient", "idle-queues", "idle-connections", "transient-backlog"]
 # Warren for these scenarios runs on its own port (bench.py's Warren may be up on PORT).
 PORT = 5675
 
 
+MANAGEMENT = 15675
+
+
 def start_warren(data):
     proc = subprocess.Popen([str(bench.WARREN), "--listen", f"127.0.0.1:{PORT}", "--log", "warn",
-                             "--data-dir", str(data), "--management-listen", "127.0.0.1:0",
+                             "--data-dir", str(data), "--management-listen", f"127.0.0.1:{MANAGEMENT}",
                              "--prometheus-listen", "127.0.0.1:0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if not bench.wait_port(PORT, 120):
@@ -110,12 +122,13 @@ def declare_scenario(durable, n, rabbit_port, tmp):
             stop_warren(warren)
             started = time.perf_counter()
             warren = start_warren(data)
-            restart = time.perf_counter() - started
-            rows.append((f"Warren restart with {n:,} durable queues and {n:,} bindings: seconds until it "
-                         "accepts connections (x1000)", 1000 * restart, None, None))
+            # The listener opens before recovery; a connection is served once it is complete.
             wconn, wch = channel(PORT)
             ok = wch.queue_declare(f"{prefix}-{n - 1}", passive=True)
+            restart = time.perf_counter() - started
             assert ok.method.queue == f"{prefix}-{n - 1}"
+            rows.append((f"Warren restart with {n:,} durable queues and {n:,} bindings: ms from start until a "
+                         "passive declare of the last queue is answered", 1000 * restart, None, None))
         wdel = delete_all(wch, n, prefix)
         rdel = delete_all(rch, n, prefix)
         print(f"delete {kind}: warren {[round(x) for x in wdel]} rabbitmq {[round(x) for x in rdel]}",
@@ -207,7 +220,67 @@ def idle_connections(rabbit_port, tmp, seconds):
     return rows
 
 
-def run(chosen, n, rabbit_port, tmp, seconds):
+def memory_alarm():
+    """The node's `mem_alarm` from the management API (None if it cannot be read)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{MANAGEMENT}/api/nodes")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return json.load(r)[0]["mem_alarm"]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def watch(proc, pid):
+    """Polls RSS and the memory alarm every second until `proc` exits; returns (peak MiB, alarm seen,
+    alarm unreadable count, seconds)."""
+    peak, alarm, unreadable = 0, False, 0
+    started = time.time()
+    while proc.poll() is None:
+        peak = max(peak, bench.rss_kib([pid]) // 1024)
+        state = memory_alarm()
+        if state is None:
+            unreadable += 1
+        alarm = alarm or bool(state)
+        time.sleep(1)
+    return peak, alarm, unreadable, time.time() - started
+
+
+def transient_backlog(n, tmp):
+    data = tmp / "warren-backlog"
+    shutil.rmtree(data, ignore_errors=True)
+    warren = start_warren(data)
+    queue = ["-u", "scale-backlog", "-s1024"]
+    try:
+        before = bench.rss_kib([warren.pid]) // 1024
+        fill = subprocess.Popen([str(bench.PERF), "--uri", f"127.0.0.1:{PORT}", "-x1", "--no-consume", "-C", str(n),
+                                 "-z", "7200", "--json", *queue], stdout=subprocess.PIPE, text=True)
+        fill_peak, fill_alarm, fill_unread, fill_s = watch(fill, warren.pid)
+        fill.communicate()
+        paged = sum(f.stat().st_size for f in (data / "transient").rglob("*.seg")) / 2**30
+        drain = subprocess.Popen([str(bench.PERF), "--uri", f"127.0.0.1:{PORT}", "-x0", "-y1", "-q", "1000", "-A", "100",
+                                  "--drain", str(n), "--check-order", "-z", "7200", "--json", *queue],
+                                 stdout=subprocess.PIPE, text=True)
+        drain_peak, drain_alarm, drain_unread, drain_s = watch(drain, warren.pid)
+        out, _ = drain.communicate()
+        result = json.loads(out.strip().splitlines()[-1])
+        print(f"transient backlog: fill {fill_s:.0f} s peak {fill_peak} MiB alarm {fill_alarm}; drain {drain_s:.0f} s "
+              f"peak {drain_peak} MiB alarm {drain_alarm}; {result}; alarm unreadable {fill_unread + drain_unread}",
+              file=sys.stderr)
+        return [
+            (f"transient backlog: {n:,} x 1 KiB published, msg/s (scratch logs {paged:.1f} GiB at the end)",
+             n / fill_s, None, None),
+            (f"transient backlog: peak RSS while filling, MiB (idle before {before}; memory alarm raised: "
+             f"{'yes' if fill_alarm else 'no'})", fill_peak, None, None),
+            (f"transient backlog: drained, msg/s ({result['consumed']:,} delivered, {result['out_of_order']} out of "
+             f"order; memory alarm raised: {'yes' if drain_alarm else 'no'})", result["consumed"] / drain_s, None, None),
+            ("transient backlog: peak RSS while draining, MiB", drain_peak, None, None),
+        ]
+    finally:
+        stop_warren(warren)
+
+
+def run(chosen, n, rabbit_port, tmp, seconds, backlog=20_000_000):
     """Rows (description, warren, rabbitmq, warren advantage) of the chosen scenarios."""
     rows = []
     if "declare-durable" in chosen:
@@ -218,24 +291,28 @@ def run(chosen, n, rabbit_port, tmp, seconds):
         rows += idle_queues(n, rabbit_port, tmp)
     if "idle-connections" in chosen:
         rows += idle_connections(rabbit_port, tmp, seconds)
+    if "transient-backlog" in chosen:
+        rows += transient_backlog(backlog, tmp)
     return rows
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--queues", type=int, default=10_000)
+    ap.add_argument("--backlog", type=int, default=20_000_000)
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--only", default="")
     ap.add_argument("--out", default=str(ROOT / "target" / "bench-scale-results.md"))
     opts = ap.parse_args()
-    chosen = [s for s in SCENARIOS if not opts.only or s in opts.only.split(",")]
+    chosen = [s for s in SCENARIOS if s in opts.only.split(",")
+              or (not opts.only and s != "transient-backlog")]
     tmp = ROOT / "target" / "bench-scale"
     tmp.mkdir(parents=True, exist_ok=True)
     if bench.wait_port(PORT, 0.5):
         sys.exit(f"port {PORT} is already in use; stop whatever listens there first")
     rabbit, rabbit_env = bench.start_rabbitmq(ROOT / "target" / "bench-rabbitmq")
     try:
-        rows = run(chosen, opts.queues, bench.RABBIT_PORT, tmp, opts.seconds)
+        rows = run(chosen, opts.queues, bench.RABBIT_PORT, tmp, opts.seconds, opts.backlog)
     finally:
         bench.stop_rabbitmq(rabbit, rabbit_env)
     table = bench.table_of(rows)

@@ -261,8 +261,10 @@ pub struct Config {
     /// Free disk space (bytes, on `data_dir` or the working directory) below which publishers are blocked
     /// (RabbitMQ `disk_free_limit`, default 50 MB).
     pub disk_free_limit: u64,
-    /// Body octets of ready messages a durable queue keeps in memory; beyond it new messages are paged
-    /// out to the queue's log and read back in order (default 16 MiB).
+    /// Octets of ready messages a queue keeps in memory (bodies plus 256 per message); beyond it new
+    /// messages are paged out — a durable queue's to its log, a transient queue's to a scratch log
+    /// under `<data-dir>/transient` — and read back in order (default 128 MiB: a consumer briefly
+    /// behind a fast producer, a few hundred thousand small messages, does not page).
     pub queue_memory_limit: u64,
     /// Size at which a queue log starts a new segment file, octets (default 16 MiB); emptied segments
     /// are deleted.
@@ -323,7 +325,7 @@ impl Default for Config {
             memory_high_watermark: 0.4,
             memory_high_watermark_absolute: None,
             disk_free_limit: 50_000_000,
-            queue_memory_limit: 16 << 20,
+            queue_memory_limit: 128 << 20,
             segment_size: 16 << 20,
         }
     }

@@ -178,7 +178,8 @@ fn pairs(items: &[String], int: bool) -> anyhow::Result<FieldTable> {
     Ok(table)
 }
 
-/// Declares queues, the exchange and bindings (purging queues left over from a previous run).
+/// Declares queues, the exchange and bindings (purging queues left over from a previous run, unless
+/// the run drains them).
 pub(crate) async fn setup(args: &RunArgs) -> anyhow::Result<()> {
     let mut c = Conn::open(&args.addr).await?;
     if !args.exchange.is_empty() {
@@ -201,11 +202,13 @@ pub(crate) async fn setup(args: &RunArgs) -> anyhow::Result<()> {
         };
         c.rpc(AMQPClass::Queue(queue::AMQPMethod::Declare(declare)))
             .await?;
-        c.rpc(AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
-            queue: name.as_str().into(),
-            nowait: false,
-        })))
-        .await?;
+        if args.drain == 0 {
+            c.rpc(AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
+                queue: name.as_str().into(),
+                nowait: false,
+            })))
+            .await?;
+        }
         if args.exchange.is_empty() {
             continue;
         }
@@ -465,6 +468,7 @@ pub(crate) async fn consume(
     let (mut sock, mut buf) = (c.sock, c.buf);
     let mut acks = BytesMut::with_capacity(64 * 1024);
     let mut expect_body = false;
+    let mut next_seq = 0u64;
     let mut last_tag = 0u64;
     let mut unacked = 0u64;
     loop {
@@ -488,6 +492,13 @@ pub(crate) async fn consume(
                     let stamp = u64::from_be_bytes(buf[7..15].try_into().unwrap_or_default());
                     let now = epoch.elapsed().as_nanos() as u64;
                     let _ = histogram.record(now.saturating_sub(stamp) / 1000);
+                    if args.check_order && size >= 16 {
+                        let seq = u64::from_be_bytes(buf[15..23].try_into().unwrap_or_default());
+                        if seq != next_seq {
+                            stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+                        }
+                        next_seq = seq + 1;
+                    }
                     expect_body = false;
                 }
                 _ => {}

@@ -142,6 +142,14 @@ pub struct RunArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Consumers check that the sequence numbers in the bodies (one producer's, from 0) arrive in
+    /// order, each once; the summary counts the deliveries that did not (`out_of_order`).
+    #[arg(long)]
+    pub check_order: bool,
+    /// Consume a backlog left by an earlier run: the queue is not purged at set-up, and the run ends
+    /// once this many messages were delivered (or the time is up).
+    #[arg(long, default_value_t = 0)]
+    pub drain: u64,
     /// Print a line per second.
     #[arg(long)]
     pub verbose: bool,
@@ -156,6 +164,8 @@ pub struct Stats {
     pub confirmed: AtomicU64,
     /// Deliveries received.
     pub consumed: AtomicU64,
+    /// Deliveries whose body sequence number was not the next expected (`--check-order`).
+    pub out_of_order: AtomicU64,
     /// Set when the run should end.
     pub stop: AtomicBool,
 }
@@ -173,6 +183,10 @@ pub struct Summary {
     pub consume_rate: f64,
     /// Latency percentiles, microseconds.
     pub latency_us: Latency,
+    /// Deliveries out of order or repeated (`--check-order`; 0 otherwise).
+    pub out_of_order: u64,
+    /// Deliveries received in all.
+    pub consumed: u64,
 }
 
 /// End-to-end latency percentiles in microseconds.
@@ -308,7 +322,11 @@ async fn run(args: RunArgs) -> anyhow::Result<Summary> {
             );
         }
         last = now;
-        if producers.iter().all(|p| p.is_finished()) && (args.no_consume || now.2 >= now.0) {
+        if args.drain > 0 {
+            if now.2 >= args.drain {
+                break;
+            }
+        } else if producers.iter().all(|p| p.is_finished()) && (args.no_consume || now.2 >= now.0) {
             break;
         }
     }
@@ -340,5 +358,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Summary> {
             p999: histogram.value_at_quantile(0.999),
             samples: histogram.len(),
         },
+        out_of_order: stats.out_of_order.load(Ordering::Relaxed),
+        consumed,
     })
 }
