@@ -468,7 +468,7 @@ pub(crate) async fn consume(
     let (mut sock, mut buf) = (c.sock, c.buf);
     let mut acks = BytesMut::with_capacity(64 * 1024);
     let mut expect_body = false;
-    let mut next_seq = 0u64;
+    let mut next_seq = 1u64;
     let mut last_tag = 0u64;
     let mut unacked = 0u64;
     loop {
@@ -494,8 +494,10 @@ pub(crate) async fn consume(
                     let _ = histogram.record(now.saturating_sub(stamp) / 1000);
                     if args.check_order && size >= 16 {
                         let seq = u64::from_be_bytes(buf[15..23].try_into().unwrap_or_default());
-                        if seq != next_seq {
-                            stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+                        if seq != next_seq
+                            && stats.out_of_order.fetch_add(1, Ordering::Relaxed) < 10
+                        {
+                            eprintln!("out of order: expected {next_seq}, got {seq}");
                         }
                         next_seq = seq + 1;
                     }

@@ -142,7 +142,7 @@ pub struct RunArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Consumers check that the sequence numbers in the bodies (one producer's, from 0) arrive in
+    /// Consumers check that the sequence numbers in the bodies (one producer's, from 1) arrive in
     /// order, each once; the summary counts the deliveries that did not (`out_of_order`).
     #[arg(long)]
     pub check_order: bool,

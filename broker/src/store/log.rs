@@ -22,6 +22,9 @@ use super::record::{self, PublishRef, Record, Scanned, Scanner, StoredPublish};
 use super::Committer;
 use crate::sync::lock;
 
+/// Octets of records a scratch log lets wait for the committer before the appender writes them itself.
+const SCRATCH_PENDING_MAX: usize = 8 << 20;
+
 /// Sequence numbers as inclusive ranges, merged (acked and delivered sets at recovery).
 #[derive(Debug, Default, Clone)]
 pub struct RangeSet {
@@ -471,18 +474,28 @@ impl QueueLog {
         if self.deleted.load(Ordering::Relaxed) {
             return 0;
         }
-        let lsn = {
+        let (lsn, backlog) = {
             let mut p = lock(&self.pending);
             f(&mut p.buf);
             p.lsn += 1;
             if seq.is_some() {
                 p.max_seq = seq;
             }
-            p.lsn
+            (p.lsn, p.buf.len())
         };
         if !self.dirty.swap(true, Ordering::AcqRel) {
             self.committer
                 .mark_dirty(Arc::clone(self) as Arc<dyn super::Commit>);
+        }
+        if self.scratch && backlog > SCRATCH_PENDING_MAX {
+            // The committer is behind (the disk is slower than the publishers): the appender writes
+            // the pending records itself, so the page cache's write-back throttling slows the
+            // publisher instead of this buffer growing in memory.
+            crate::sync::off_worker(|| {
+                if let Err(e) = self.flush_for_read() {
+                    warn!(log = %self.label, error = %e, "scratch log write failed");
+                }
+            });
         }
         lsn
     }
@@ -545,6 +558,11 @@ impl QueueLog {
         let at = w.size;
         w.size += buf.len() as u64;
         let result = w.file.write_all_at(&buf, at);
+        if self.scratch && result.is_ok() {
+            // Never synced: nothing to keep for a rewrite.
+            w.synced_size = w.size;
+            return result;
+        }
         if w.unsynced.is_empty() {
             w.unsynced = buf;
         } else {
