@@ -416,6 +416,19 @@ mod tests {
         )
     }
 
+    /// The store in `dir` and vhost `/` recovered from it.
+    fn open(dir: &std::path::Path) -> (Arc<Store>, Arc<VHost>) {
+        let store = Store::open(dir, 1 << 20, 1 << 20).unwrap();
+        let v = VHost::new(
+            "/",
+            Arc::new(Registry::default()),
+            Some(store.clone()),
+            &crate::memory::TEST_MEMORY,
+        );
+        v.recover().unwrap();
+        (store, v)
+    }
+
     /// Declares, binds, unbinds and deletes (with the cascades: a deleted queue's bindings, an
     /// auto-delete exchange that lost its last binding, an exchange-to-exchange binding to it) and
     /// checks the definitions log against the live tables, then across a restart.
@@ -423,15 +436,7 @@ mod tests {
     fn the_definitions_log_follows_every_change_and_survives_a_restart() {
         let dir = std::env::temp_dir().join(format!("warren-vhost-defs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open(&dir, 1 << 20, 1 << 20).unwrap();
-        let memory = &crate::memory::TEST_MEMORY;
-        let v = VHost::new(
-            "/",
-            Arc::new(Registry::default()),
-            Some(store.clone()),
-            memory,
-        );
-        v.recover().unwrap();
+        let (store, v) = open(&dir);
         let none = FieldTable::default();
         let (durable_x, durable_q) = flags(true, false);
         let (auto_x, _) = flags(true, true);
@@ -478,14 +483,7 @@ mod tests {
         drop(v);
         store.shutdown();
 
-        let store = Store::open(&dir, 1 << 20, 1 << 20).unwrap();
-        let v = VHost::new(
-            "/",
-            Arc::new(Registry::default()),
-            Some(store.clone()),
-            memory,
-        );
-        v.recover().unwrap();
+        let (store, v) = open(&dir);
         assert_eq!(v.snapshot(), live);
         store.shutdown();
         std::fs::remove_dir_all(&dir).unwrap();
