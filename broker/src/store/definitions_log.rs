@@ -60,10 +60,15 @@ struct State {
     pending: Vec<u8>,
     /// Records in the log file and `pending` (since the last snapshot).
     records: u64,
-    /// The log file and its length up to the last successful fsync.
+    deleted: bool,
+}
+
+/// The log file and its length up to the last successful fsync. Only the commit thread writes it, and
+/// not under the state lock: appends (made under the vhost's table locks) never wait for an fsync.
+#[derive(Debug)]
+struct LogFile {
     file: File,
     synced_len: u64,
-    deleted: bool,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +83,8 @@ pub(crate) struct DefinitionsLog {
     label: String,
     dir: PathBuf,
     state: Mutex<State>,
+    /// Taken before `state` when both are.
+    file: Mutex<LogFile>,
     synced: Mutex<Synced>,
     synced_changed: Condvar,
     dirty: AtomicBool,
@@ -207,10 +214,9 @@ impl DefinitionsLog {
                 index,
                 pending: Vec::new(),
                 records: 0,
-                file,
-                synced_len,
                 deleted: false,
             }),
+            file: Mutex::new(LogFile { file, synced_len }),
             synced: Mutex::new(Synced {
                 durable: index,
                 failed: 0,
@@ -284,25 +290,44 @@ impl DefinitionsLog {
         self.synced_changed.notify_all();
     }
 
-    /// Writes the state as the snapshot at its last index and empties the log. Called with the state
-    /// locked, after everything appended was written (or with the pending records, which the snapshot
-    /// holds too).
-    fn compact(&self, s: &mut State) -> io::Result<()> {
+    /// Writes the state as the snapshot at its last index and empties the log. Called with the file
+    /// and the state locked; the snapshot holds every record appended, pending ones included.
+    fn compact(&self, s: &mut State, f: &mut LogFile) -> io::Result<()> {
         s.definitions
             .to_document(s.index)
             .save(&self.dir.join(SNAPSHOT_FILE))?;
         let (file, len) = create_log(&self.dir)?;
-        s.file = file;
-        s.synced_len = len;
+        *f = LogFile {
+            file,
+            synced_len: len,
+        };
         s.pending.clear();
         s.records = 0;
         Ok(())
+    }
+
+    /// Writes and fsyncs `pending` (records up to some index) at the end of the log file.
+    fn write(&self, f: &mut LogFile, pending: Vec<u8>) -> io::Result<()> {
+        let result = f.file.write_all(&pending).and_then(|()| f.file.sync_data());
+        if result.is_ok() {
+            f.synced_len += pending.len() as u64;
+        } else {
+            // Cut a partly written record off and put the records back, before any appended since,
+            // for the retry.
+            let _ = f.file.set_len(f.synced_len);
+            let mut s = lock(&self.state);
+            let mut again = pending;
+            again.append(&mut s.pending);
+            s.pending = again;
+        }
+        result
     }
 }
 
 impl Commit for DefinitionsLog {
     fn commit(&self) -> bool {
         self.dirty.store(false, Ordering::Release);
+        let mut f = lock(&self.file);
         let mut s = lock(&self.state);
         if s.deleted {
             return true;
@@ -310,25 +335,15 @@ impl Commit for DefinitionsLog {
         let index = s.index;
         let written = if s.records >= COMPACT_MIN_RECORDS && s.records > s.definitions.len() as u64
         {
-            // The snapshot holds every record appended, pending ones included.
-            self.compact(&mut s)
+            self.compact(&mut s, &mut f)
         } else if s.pending.is_empty() {
             Ok(())
         } else {
             let pending = std::mem::take(&mut s.pending);
-            let result = s.file.write_all(&pending).and_then(|()| s.file.sync_data());
-            if result.is_ok() {
-                s.synced_len += pending.len() as u64;
-            } else {
-                // Cut a partly written record off and keep the records for the retry.
-                let _ = s.file.set_len(s.synced_len);
-                let mut again = pending;
-                again.append(&mut s.pending);
-                s.pending = again;
-            }
-            result
+            drop(s);
+            self.write(&mut f, pending)
         };
-        drop(s);
+        drop(f);
         match written {
             Ok(()) => {
                 self.announce(|synced| synced.durable = synced.durable.max(index));
