@@ -3,4 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p warren -p warren-perf
-exec python3 scripts/bench.py "$@"
+# The scale scenarios (scripts/bench_scale.py) drive the brokers with pika: the test venv has it
+# (scripts/test.sh creates it).
+python=tests/python/.venv/bin/python
+[ -x "$python" ] || python=python3
+exec "$python" scripts/bench.py "$@"
