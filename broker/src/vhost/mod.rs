@@ -102,8 +102,10 @@ pub struct VHost {
     store: Option<Arc<Store>>,
     /// The definitions log (durable exchanges, queues, bindings), opened by [`VHost::recover`].
     definitions: OnceLock<Arc<DefinitionsLog>>,
-    /// Held while a durable binding changes and its change is recorded, so that the log's order is
-    /// the bindings' order.
+    /// Held while a durable binding changes and its change is recorded, and while a durable queue or
+    /// exchange is deleted with its bindings: so the definitions log's order is the bindings' order,
+    /// and no binding is made to an end that a concurrent deletion is removing. Taken before the
+    /// queue and exchange tables' locks.
     binding_change: Mutex<()>,
     /// Replaying stored definitions at start: nothing is written back meanwhile.
     recovering: AtomicBool,
@@ -496,6 +498,7 @@ impl VHost {
                 self.name
             )));
         }
+        let order = self.deletion_order();
         let mut exchanges = write(&self.exchanges);
         let Some(x) = exchanges.get(name) else {
             return Ok(());
@@ -519,10 +522,13 @@ impl VHost {
         let dest = Destination::Exchange(name.into());
         let sources: Vec<Arc<Exchange>> = exchanges.values().cloned().collect();
         drop(exchanges);
-        for source in sources {
-            if source.unbind_destination(&dest) > 0 {
-                self.maybe_auto_delete(&source);
-            }
+        let emptied: Vec<Arc<Exchange>> = sources
+            .into_iter()
+            .filter(|source| source.unbind_destination(&dest) > 0)
+            .collect();
+        drop(order);
+        for source in emptied {
+            self.maybe_auto_delete(&source);
         }
         self.synced(logged);
         Ok(())
@@ -578,6 +584,11 @@ impl VHost {
             && self.destination_durable(&binding.destination)
             && self.definitions.get().is_some();
         let order = durable.then(|| lock(&self.binding_change));
+        if durable {
+            // Deletions are excluded from here on: the ends present now stay until the change is
+            // recorded.
+            self.check_ends(src, &binding.destination)?;
+        }
         let stored = durable.then(|| durable::stored_binding(src.name.as_str(), &binding));
         let emptied = match change {
             BindingChange::Bind => {
@@ -598,6 +609,38 @@ impl VHost {
         }
         self.synced(logged);
         Ok(())
+    }
+
+    /// That `src` and `d` are still declared (not deleted since they were looked up).
+    ///
+    /// # Errors
+    /// 404 as for a missing queue or exchange.
+    fn check_ends(&self, src: &Arc<Exchange>, d: &Destination) -> AmqpResult {
+        let exchanges = read(&self.exchanges);
+        if !exchanges
+            .get(src.name.as_str())
+            .is_some_and(|x| Arc::ptr_eq(x, src))
+        {
+            return Err(self.no_exchange(src.name.as_str()));
+        }
+        match d {
+            Destination::Exchange(name) if !exchanges.contains_key(name.as_str()) => {
+                Err(self.no_exchange(name.as_str()))
+            }
+            Destination::Queue(q)
+                if !read(&self.queues)
+                    .get(q.name.as_str())
+                    .is_some_and(|current| Arc::ptr_eq(current, q)) =>
+            {
+                Err(self.no_queue(q.name.as_str()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Holds [`VHost::binding_change`] for a deletion when the vhost keeps a definitions log.
+    fn deletion_order(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.definitions.get().map(|_| lock(&self.binding_change))
     }
 
     /// Whether a binding to `d` outlives a restart (with a durable source): RabbitMQ keeps a binding
@@ -916,6 +959,7 @@ impl VHost {
     /// Removes `q` from the vhost and from every binding, cancels its consumers. Returns the number of
     /// ready messages it held.
     pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+        let order = self.deletion_order();
         let logged = {
             let mut queues = write(&self.queues);
             match queues.get(q.name.as_str()) {
@@ -935,10 +979,13 @@ impl VHost {
         };
         let dest = Destination::Queue(Arc::clone(q));
         let exchanges: Vec<Arc<Exchange>> = read(&self.exchanges).values().cloned().collect();
-        for x in exchanges {
-            if x.unbind_destination(&dest) > 0 {
-                self.maybe_auto_delete(&x);
-            }
+        let emptied: Vec<Arc<Exchange>> = exchanges
+            .into_iter()
+            .filter(|x| x.unbind_destination(&dest) > 0)
+            .collect();
+        drop(order);
+        for x in emptied {
+            self.maybe_auto_delete(&x);
         }
         let (count, consumers) = q.delete();
         for c in consumers {
