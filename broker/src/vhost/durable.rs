@@ -416,6 +416,32 @@ mod tests {
         )
     }
 
+    /// A new data directory named after `test`, its store, and vhost `/` on it.
+    fn fresh(test: &str) -> (std::path::PathBuf, Arc<Store>, Arc<VHost>) {
+        let dir = std::env::temp_dir().join(format!("warren-vhost-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (store, v) = open(&dir);
+        (dir, store, v)
+    }
+
+    /// Checks that the definitions log holds what the live tables do and that a restart recovers
+    /// exactly that; removes `dir`; returns the definitions.
+    fn logged_as_live_and_recovered(
+        dir: &std::path::Path,
+        store: Arc<Store>,
+        v: Arc<VHost>,
+    ) -> crate::store::definitions::StoredDefinitions {
+        let live = v.snapshot();
+        assert_eq!(v.logged_definitions(), Some(live.clone()));
+        drop(v);
+        store.shutdown();
+        let (store, v) = open(dir);
+        assert_eq!(v.snapshot(), live);
+        store.shutdown();
+        std::fs::remove_dir_all(dir).unwrap();
+        live
+    }
+
     /// The store in `dir` and vhost `/` recovered from it.
     fn open(dir: &std::path::Path) -> (Arc<Store>, Arc<VHost>) {
         let store = Store::open(dir, 1 << 20, 1 << 20).unwrap();
@@ -434,9 +460,7 @@ mod tests {
     /// checks the definitions log against the live tables, then across a restart.
     #[test]
     fn the_definitions_log_follows_every_change_and_survives_a_restart() {
-        let dir = std::env::temp_dir().join(format!("warren-vhost-defs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (store, v) = open(&dir);
+        let (dir, store, v) = fresh("defs");
         let none = FieldTable::default();
         let (durable_x, durable_q) = flags(true, false);
         let (auto_x, _) = flags(true, true);
@@ -476,17 +500,9 @@ mod tests {
         v.queue_bind("q4", "x2", &"#".into(), &none, 1, BindingChange::Bind)
             .unwrap();
         v.exchange_delete("x1", false).unwrap();
-        let live = v.snapshot();
-        assert_eq!(v.logged_definitions(), Some(live.clone()));
+        let live = logged_as_live_and_recovered(&dir, store, v);
         assert_eq!(live.exchanges.len(), 1);
         assert_eq!(live.queues.len(), 1000);
-        drop(v);
-        store.shutdown();
-
-        let (store, v) = open(&dir);
-        assert_eq!(v.snapshot(), live);
-        store.shutdown();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Four threads declare, bind, unbind and delete the same durable queue and exchanges at once,
@@ -496,9 +512,7 @@ mod tests {
     #[test]
     fn concurrent_changes_are_logged_in_the_tables_order() {
         use rand::{Rng, SeedableRng};
-        let dir = std::env::temp_dir().join(format!("warren-vhost-race-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (store, v) = open(&dir);
+        let (dir, store, v) = fresh("race");
         let none = FieldTable::default();
         let (durable_x, durable_q) = flags(true, false);
         let (auto_x, _) = flags(true, true);
@@ -572,13 +586,6 @@ mod tests {
                 });
             }
         });
-        let live = v.snapshot();
-        assert_eq!(v.logged_definitions(), Some(live.clone()));
-        drop(v);
-        store.shutdown();
-        let (store, v) = open(&dir);
-        assert_eq!(v.snapshot(), live);
-        store.shutdown();
-        std::fs::remove_dir_all(&dir).unwrap();
+        logged_as_live_and_recovered(&dir, store, v);
     }
 }

@@ -519,19 +519,30 @@ impl VHost {
         if let Some(x) = exchanges.remove(name) {
             x.deleted();
         }
-        let dest = Destination::Exchange(name.into());
         let sources: Vec<Arc<Exchange>> = exchanges.values().cloned().collect();
         drop(exchanges);
+        self.unbind_everywhere(sources, &Destination::Exchange(name.into()), order);
+        self.synced(logged);
+        Ok(())
+    }
+
+    /// Removes every binding from `sources` to `dest` (an entity being deleted), releases the
+    /// deletion's `order` guard ([`VHost::binding_change`]), then deletes the auto-delete sources
+    /// left without bindings (their own deletion takes the guard again).
+    fn unbind_everywhere(
+        &self,
+        sources: Vec<Arc<Exchange>>,
+        dest: &Destination,
+        order: Option<std::sync::MutexGuard<'_, ()>>,
+    ) {
         let emptied: Vec<Arc<Exchange>> = sources
             .into_iter()
-            .filter(|source| source.unbind_destination(&dest) > 0)
+            .filter(|source| source.unbind_destination(dest) > 0)
             .collect();
         drop(order);
         for source in emptied {
             self.maybe_auto_delete(&source);
         }
-        self.synced(logged);
-        Ok(())
     }
 
     /// Deletes an auto-delete exchange that just lost its last binding (RabbitMQ docs/exchanges.md).
@@ -977,16 +988,8 @@ impl VHost {
                 0
             }
         };
-        let dest = Destination::Queue(Arc::clone(q));
         let exchanges: Vec<Arc<Exchange>> = read(&self.exchanges).values().cloned().collect();
-        let emptied: Vec<Arc<Exchange>> = exchanges
-            .into_iter()
-            .filter(|x| x.unbind_destination(&dest) > 0)
-            .collect();
-        drop(order);
-        for x in emptied {
-            self.maybe_auto_delete(&x);
-        }
+        self.unbind_everywhere(exchanges, &Destination::Queue(Arc::clone(q)), order);
         let (count, consumers) = q.delete();
         for c in consumers {
             c.sink.cancelled(&c);
