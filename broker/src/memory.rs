@@ -131,6 +131,11 @@ impl Charge {
             octets,
         }
     }
+
+    /// The memory account charged.
+    pub(crate) fn memory(&self) -> Memory {
+        self.memory
+    }
 }
 
 impl Drop for Charge {

@@ -27,7 +27,7 @@ mod tail;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap};
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -247,10 +247,9 @@ pub struct Queue {
     /// See [`Queue::is_consumed`].
     consumed: std::sync::atomic::AtomicBool,
     inner: Mutex<QueueInner>,
-    /// What the queue itself costs, in the memory alarm's entity account.
-    _memory: Charge,
-    /// The broker's memory account (messages read back from a scratch log charge it).
-    memory: Memory,
+    /// What the queue itself costs, in the memory alarm's entity account (its account is also the one
+    /// messages read back from a scratch log charge).
+    charge: Charge,
 }
 
 impl fmt::Debug for Queue {
@@ -367,8 +366,7 @@ impl Queue {
             ),
             policy: arc_swap::ArcSwapOption::empty(),
             stats: crate::stats::MessageCounters::default(),
-            _memory: charge,
-            memory,
+            charge,
             owner,
             log,
             scratch_space: None,
@@ -414,7 +412,7 @@ impl Queue {
             .open_scratch_log(&space.vhost, self.name.as_str())
         {
             Ok(log) => {
-                inner.ready.tail = Some(Tail::scratch(&log, self.memory));
+                inner.ready.tail = Some(Tail::scratch(&log, self.charge.memory()));
                 inner.scratch = Some(log);
                 true
             }
@@ -474,10 +472,7 @@ impl Queue {
     /// as wall-clock ms when it has no consumers).
     pub fn usage(&self) -> (u64, u64, Option<u64>) {
         let inner = self.lock();
-        let in_memory = inner.ready.levels.iter().map(VecDeque::len).sum::<usize>() as u64;
-        let memory = crate::memory::QUEUE_OVERHEAD as u64
-            + inner.ready.mem_bytes
-            + in_memory * crate::memory::QUEUED_MESSAGE_OVERHEAD as u64;
+        let memory = crate::memory::QUEUE_OVERHEAD as u64 + inner.ready.mem_cost();
         let idle = inner.consumers.is_empty().then(|| {
             let ago = inner.last_used.elapsed().as_millis() as u64;
             crate::clock::wall_ms().saturating_sub(ago)
@@ -647,33 +642,28 @@ impl Queue {
         let size = message.body_size();
         let page = inner.ready.should_page(size)
             || (inner.ready.needs_scratch(size) && self.open_scratch(inner));
+        // Persistence means something only in a durable queue's log: a durable queue writes its
+        // persistent and its paged messages there, a transient queue its paged ones to its scratch log.
+        let logged = persistent && self.log.is_some();
+        let log = match &self.log {
+            Some(log) => Some(log).filter(|_| persistent || page),
+            None => inner.scratch.as_ref().filter(|_| page),
+        };
         let mut lsn = None;
-        if let (true, None, Some(log)) = (page, &self.log, &inner.scratch) {
-            log.append_publish(&PublishRef {
-                seq,
-                persistent: false,
-                expires_at: ttl.map_or(0, |ms| crate::clock::wall_ms() + ms.max(1)),
-                exchange: message.exchange.as_str().as_bytes(),
-                routing_key: message.routing_key.as_str().as_bytes(),
-                properties: &message.raw_properties,
-                body: &message.body,
-            });
-        } else if let Some(log) = self.log.as_ref().filter(|_| persistent || page) {
+        if let Some(log) = log {
             let appended = log.append_publish(&PublishRef {
                 seq,
-                persistent,
+                persistent: logged,
                 expires_at: ttl.map_or(0, |ms| crate::clock::wall_ms() + ms.max(1)),
                 exchange: message.exchange.as_str().as_bytes(),
                 routing_key: message.routing_key.as_str().as_bytes(),
                 properties: &message.raw_properties,
                 body: &message.body,
             });
-            lsn = persistent.then_some(appended);
+            lsn = logged.then_some(appended);
         }
         if page {
-            inner
-                .ready
-                .push_paged(seq, size, persistent && self.log.is_some());
+            inner.ready.push_paged(seq, size, logged);
         } else {
             inner.ready.push_back(QueuedMessage {
                 seq,

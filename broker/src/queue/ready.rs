@@ -8,10 +8,11 @@ use std::collections::VecDeque;
 use tokio::time::Instant;
 
 use super::tail::{AckRange, Tail};
-
-/// What a queued message costs in memory beside its body, octets, for the paging limit.
-const OVERHEAD: u64 = crate::memory::QUEUED_MESSAGE_OVERHEAD as u64;
 use super::QueuedMessage;
+
+/// What a queued message costs in memory beside its body, octets, for the paging limit (and for
+/// how much a refill reads back).
+pub(super) const OVERHEAD: u64 = crate::memory::QUEUED_MESSAGE_OVERHEAD as u64;
 
 /// Ready messages, one FIFO per priority level (a single level without `x-max-priority`), and for a
 /// durable queue the paged-out [`Tail`] that follows them.
@@ -64,8 +65,13 @@ impl Ready {
     /// Whether a new message of `size` octets would take the in-memory part past the limit: body
     /// octets plus [`OVERHEAD`] per message, so that many small messages page too.
     fn over_memory(&self, size: u64) -> bool {
+        self.mem_cost() + OVERHEAD + size > self.memory_limit
+    }
+
+    /// What the in-memory messages cost: body octets plus [`OVERHEAD`] each.
+    pub(super) fn mem_cost(&self) -> u64 {
         let in_memory = (self.len - self.tail.as_ref().map_or(0, |t| t.count)) as u64;
-        self.mem_bytes + (in_memory + 1) * OVERHEAD + size > self.memory_limit
+        self.mem_bytes + in_memory * OVERHEAD
     }
 
     pub(super) fn push_paged(&mut self, seq: u64, size: u64, persistent: bool) {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{error, warn};
 
+use super::ready::OVERHEAD;
 use super::QueuedMessage;
 use crate::clock::wall_ms;
 use crate::memory::Memory;
@@ -112,9 +113,8 @@ impl Tail {
         (self.count > 0).then(|| self.paged_from.max(self.last_loaded.map_or(0, |s| s + 1)))
     }
 
-    /// Reads up to `max_bytes` of in-memory cost (body octets plus
-    /// [`crate::memory::QUEUED_MESSAGE_OVERHEAD`] per message; at least one message) back into memory,
-    /// in order, via `push`.
+    /// Reads up to `max_bytes` of in-memory cost (body octets plus [`OVERHEAD`] per message; at
+    /// least one message) back into memory, in order, via `push`.
     pub(super) fn load(&mut self, max_bytes: u64, mut push: impl FnMut(QueuedMessage)) {
         let mut loaded = 0u64;
         while self.count > 0 && (loaded == 0 || loaded < max_bytes) {
@@ -154,7 +154,7 @@ impl Tail {
             let redelivered = recovered && (!self.clean || self.delivered.contains(p.seq));
             match to_queued(p, redelivered, self.memory) {
                 Some(m) => {
-                    loaded += size + crate::memory::QUEUED_MESSAGE_OVERHEAD as u64;
+                    loaded += size + OVERHEAD;
                     push(m);
                 }
                 None => error!("a paged message has undecodable properties: dropped"),
