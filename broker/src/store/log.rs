@@ -315,9 +315,8 @@ impl QueueLog {
         Self::open_with(label, dir, segment_bytes, committer, false)
     }
 
-    /// A new, empty scratch log in `dir` (whatever the directory held is removed first): a transient
-    /// queue's paged-out tail. Appends are written by the committer but never fsynced, and nothing
-    /// is recovered from it.
+    /// A new, empty scratch log in `dir`, a directory no other log uses (`Store::open_scratch_log`):
+    /// a transient queue's paged-out tail. Appends are written by the committer but never fsynced.
     ///
     /// # Errors
     /// I/O errors.
@@ -327,10 +326,6 @@ impl QueueLog {
         segment_bytes: u64,
         committer: Arc<Committer>,
     ) -> anyhow::Result<Arc<Self>> {
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
         Ok(Self::open_with(label, dir, segment_bytes, committer, true)?.0)
     }
 
@@ -368,23 +363,15 @@ impl QueueLog {
                 }
             }
             let mut max_seq = None;
-            let mut records = 0u64;
             let (end, tail) = scan_segment(&file, |item| {
                 match item {
                     Scanned::Record { record, .. } => match record {
                         Record::Publish(p) => {
-                            records += 1;
                             rec.next_seq = rec.next_seq.max(p.seq + 1);
                             max_seq = Some(p.seq);
                         }
-                        Record::Ack { first, last, .. } => {
-                            records += 1;
-                            rec.acked.insert(first, last);
-                        }
-                        Record::Deliver { seq } => {
-                            records += 1;
-                            rec.delivered.insert(seq, seq);
-                        }
+                        Record::Ack { first, last, .. } => rec.acked.insert(first, last),
+                        Record::Deliver { seq } => rec.delivered.insert(seq, seq),
                     },
                     Scanned::Corrupt {
                         offset,
@@ -414,8 +401,8 @@ impl QueueLog {
                 SegmentEnd::Zeros => file.set_len(end)?,
                 SegmentEnd::Clean => {}
             }
-            if records == 0 && end <= record::SEGMENT_HEADER_LEN as u64 {
-                // Opened and never written (an idle queue's segment from an earlier run).
+            if end <= record::SEGMENT_HEADER_LEN as u64 {
+                // No record: opened and never written (an idle queue's segment from an earlier run).
                 drop(file);
                 fs::remove_file(&path)?;
                 continue;
@@ -578,60 +565,7 @@ impl QueueLog {
         self.failed_lsn.fetch_max(w.written_lsn, Ordering::AcqRel);
         error!(log = %self.label, error = %e, "queue log write failed; publishes are nacked until it recovers");
     }
-}
 
-impl super::Commit for QueueLog {
-    /// Writes and fsyncs everything appended so far; rotates to a new segment when the current one is
-    /// full. Called by the committer thread. Returns false if the write or fsync failed.
-    fn commit(&self) -> bool {
-        self.dirty.store(false, Ordering::Release);
-        let mut w = lock(&self.writer);
-        if w.deleted {
-            return true;
-        }
-        let result = self.write_pending(&mut w).and_then(|()| {
-            if w.size <= w.synced_size || self.scratch {
-                Ok(())
-            } else if w.unprepared {
-                // The first records of the segment the log opened with.
-                prepare_segment(
-                    &self.dir,
-                    &w.file,
-                    self.segment_bytes,
-                    w.segments.back().map_or(0, |s| s.id),
-                )
-                .map(|()| w.unprepared = false)
-            } else {
-                w.file.sync_data()
-            }
-        });
-        if let Err(e) = result {
-            self.fail(&mut w, &e);
-            return false;
-        }
-        w.synced_size = w.size;
-        w.unsynced.clear();
-        self.durable_lsn.store(w.written_lsn, Ordering::Release);
-        self.reclaim(&mut w);
-        if w.size >= self.segment_bytes {
-            let id = w.segments.back().map_or(1, |s| s.id + 1);
-            match create_segment(&self.dir, id, self.segment_bytes, !self.scratch) {
-                Ok(file) => {
-                    w.file = file;
-                    w.size = record::SEGMENT_HEADER_LEN as u64;
-                    w.synced_size = w.size;
-                    w.segments.push_back(SegmentMeta { id, max_seq: None });
-                }
-                Err(e) => {
-                    error!(log = %self.label, error = %e, "cannot start a new segment; appending to the full one");
-                }
-            }
-        }
-        true
-    }
-}
-
-impl QueueLog {
     /// Records the lowest sequence number still in the queue.
     pub fn set_min_live(&self, seq: u64) {
         self.min_live.store(seq, Ordering::Relaxed);
@@ -699,6 +633,57 @@ impl QueueLog {
             self.fail(&mut w, e);
         }
         r
+    }
+}
+
+impl super::Commit for QueueLog {
+    /// Writes and fsyncs everything appended so far; rotates to a new segment when the current one is
+    /// full. Called by the committer thread. Returns false if the write or fsync failed.
+    fn commit(&self) -> bool {
+        self.dirty.store(false, Ordering::Release);
+        let mut w = lock(&self.writer);
+        if w.deleted {
+            return true;
+        }
+        let result = self.write_pending(&mut w).and_then(|()| {
+            if w.size <= w.synced_size || self.scratch {
+                Ok(())
+            } else if w.unprepared {
+                // The first records of the segment the log opened with.
+                prepare_segment(
+                    &self.dir,
+                    &w.file,
+                    self.segment_bytes,
+                    w.segments.back().map_or(0, |s| s.id),
+                )
+                .map(|()| w.unprepared = false)
+            } else {
+                w.file.sync_data()
+            }
+        });
+        if let Err(e) = result {
+            self.fail(&mut w, &e);
+            return false;
+        }
+        w.synced_size = w.size;
+        w.unsynced.clear();
+        self.durable_lsn.store(w.written_lsn, Ordering::Release);
+        self.reclaim(&mut w);
+        if w.size >= self.segment_bytes {
+            let id = w.segments.back().map_or(1, |s| s.id + 1);
+            match create_segment(&self.dir, id, self.segment_bytes, !self.scratch) {
+                Ok(file) => {
+                    w.file = file;
+                    w.size = record::SEGMENT_HEADER_LEN as u64;
+                    w.synced_size = w.size;
+                    w.segments.push_back(SegmentMeta { id, max_seq: None });
+                }
+                Err(e) => {
+                    error!(log = %self.label, error = %e, "cannot start a new segment; appending to the full one");
+                }
+            }
+        }
+        true
     }
 }
 

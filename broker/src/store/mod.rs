@@ -47,6 +47,9 @@ pub(crate) trait Commit: Send + Sync + std::fmt::Debug {
     fn commit(&self) -> bool;
 }
 
+/// The directory of transient queues' scratch logs, under the data directory.
+const SCRATCH_DIR: &str = "transient";
+
 /// The group-commit thread's inbox: logs with unsynced appends.
 #[derive(Debug)]
 pub struct Committer {
@@ -210,7 +213,7 @@ impl Store {
             Err(e) => return Err(e).with_context(|| format!("reading {}", format.display())),
         }
         // Scratch logs of transient queues hold nothing a restart keeps.
-        let scratch = root.join("transient");
+        let scratch = root.join(SCRATCH_DIR);
         if let Err(e) = fs::remove_dir_all(&scratch) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 return Err(e).with_context(|| format!("clearing {}", scratch.display()));
@@ -306,7 +309,7 @@ impl Store {
         let n = self.scratch_logs.fetch_add(1, Ordering::Relaxed);
         QueueLog::open_scratch(
             format!("{vhost}/{queue} (transient)"),
-            self.root.join("transient").join(n.to_string()),
+            self.root.join(SCRATCH_DIR).join(n.to_string()),
             self.segment_bytes,
             Arc::clone(&self.committer),
         )
