@@ -95,19 +95,22 @@ fn header() -> String {
     format!("{HEADER_PREFIX}{DEFINITIONS_LOG_VERSION}\n")
 }
 
-/// Creates an empty log file (header only), fsynced; returns it open for appending and its length.
-fn create_log(dir: &Path) -> io::Result<(File, u64)> {
+/// Replaces the log file with an empty one (header only; atomically, fsynced); returns it open for
+/// appending.
+fn create_log(dir: &Path) -> io::Result<LogFile> {
     let path = dir.join(LOG_FILE);
-    let tmp = dir.join("definitions.log.new");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(header().as_bytes())?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
-    let file = OpenOptions::new().append(true).open(&path)?;
-    Ok((file, header().len() as u64))
+    super::write_atomic(&path, header().as_bytes())?;
+    Ok(LogFile {
+        file: OpenOptions::new().append(true).open(&path)?,
+        synced_len: header().len() as u64,
+    })
+}
+
+/// Writes `document` as the snapshot, then empties the log (a crash in between leaves records the
+/// snapshot holds, which replay skips by index).
+fn write_snapshot(dir: &Path, document: &StoredDefinitions) -> io::Result<LogFile> {
+    document.save(&dir.join(SNAPSHOT_FILE))?;
+    create_log(dir)
 }
 
 /// Reads the records of a log file in order; stops at the first torn or corrupt one.
@@ -196,13 +199,17 @@ impl DefinitionsLog {
             }
         }
         let document = definitions.to_document(index);
-        if replayed > 0 || !dir.join(LOG_FILE).exists() {
-            document
-                .save(&dir.join(SNAPSHOT_FILE))
-                .with_context(|| format!("writing {}", dir.join(SNAPSHOT_FILE).display()))?;
+        let file = if replayed > 0 || !dir.join(LOG_FILE).exists() {
+            write_snapshot(dir, &document)
+        } else {
+            create_log(dir)
         }
-        let (file, synced_len) = create_log(dir)
-            .with_context(|| format!("creating {}", dir.join(LOG_FILE).display()))?;
+        .with_context(|| {
+            format!(
+                "writing the definitions snapshot and log in {}",
+                dir.display()
+            )
+        })?;
         if replayed > 0 {
             info!(vhost = %label, records = replayed, "definitions log replayed and compacted");
         }
@@ -216,7 +223,7 @@ impl DefinitionsLog {
                 records: 0,
                 deleted: false,
             }),
-            file: Mutex::new(LogFile { file, synced_len }),
+            file: Mutex::new(file),
             synced: Mutex::new(Synced {
                 durable: index,
                 failed: 0,
@@ -293,14 +300,7 @@ impl DefinitionsLog {
     /// Writes the state as the snapshot at its last index and empties the log. Called with the file
     /// and the state locked; the snapshot holds every record appended, pending ones included.
     fn compact(&self, s: &mut State, f: &mut LogFile) -> io::Result<()> {
-        s.definitions
-            .to_document(s.index)
-            .save(&self.dir.join(SNAPSHOT_FILE))?;
-        let (file, len) = create_log(&self.dir)?;
-        *f = LogFile {
-            file,
-            synced_len: len,
-        };
+        *f = write_snapshot(&self.dir, &s.definitions.to_document(s.index))?;
         s.pending.clear();
         s.records = 0;
         Ok(())
