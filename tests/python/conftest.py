@@ -35,6 +35,7 @@ class Broker:
         self.prometheus_port = free_port()
         binary = os.environ.get("WARREN_BIN", str(ROOT / "target" / "debug" / "warren"))
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="warren-pika-")
+        self.plugin_dir = plugin_dir
         args = [binary, "--listen", f"127.0.0.1:{self.port}", "--log", "warn", "--data-dir", self.data_dir]
         if management_flag:
             # A port of its own: brokers of parallel tests must not contend for 15672.
@@ -70,6 +71,17 @@ class Broker:
     def stop(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)
         return self.proc.wait(timeout=10)
+
+    def restarted(self):
+        """A new broker on this one's data and plugin directories (stop this one first)."""
+        return Broker(data_dir=self.data_dir, plugin_dir=self.plugin_dir)
+
+    def confirmed_channel(self):
+        """A new connection and a channel on it in confirm mode."""
+        conn = self.connect()
+        ch = conn.channel()
+        ch.confirm_delivery()
+        return conn, ch
 
 
 class External:

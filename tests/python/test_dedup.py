@@ -102,23 +102,17 @@ def test_the_cache_size_evicts_the_oldest_value(dedup):
 
 
 def test_a_disk_cache_survives_a_restart_and_a_memory_cache_does_not(tmp_path):
-    plugins = plugin_dir(tmp_path)
-    data = str(tmp_path / "data")
-    b = Broker(data_dir=data, plugin_dir=plugins)
-    conn = b.connect()
-    ch = conn.channel()
-    ch.confirm_delivery()
+    b = Broker(data_dir=str(tmp_path / "data"), plugin_dir=plugin_dir(tmp_path))
+    conn, ch = b.confirmed_channel()
     declare(ch, "disk", "diskq", durable=True, **{"x-cache-size": 100, "x-cache-persistence": "disk"})
     declare(ch, "mem", "memq", durable=True, **{"x-cache-size": 100, "x-cache-persistence": "memory"})
     for x in ["disk", "mem"]:
         send(ch, x, "seen")
     conn.close()
     b.stop()
-    b = Broker(data_dir=data, plugin_dir=plugins)
+    b = b.restarted()
     try:
-        conn = b.connect()
-        ch = conn.channel()
-        ch.confirm_delivery()
+        conn, ch = b.confirmed_channel()
         # A redeclare waits for the plugin's initial load; the exchanges themselves were recovered.
         declare(ch, "disk", "diskq", durable=True, **{"x-cache-size": 100, "x-cache-persistence": "disk"})
         declare(ch, "mem", "memq", durable=True, **{"x-cache-size": 100, "x-cache-persistence": "memory"})

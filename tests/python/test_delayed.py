@@ -195,12 +195,8 @@ def test_bad_arguments_and_headers_get_406_with_a_reason(delayed):
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["graceful", "kill-9"])
 def test_confirmed_persistent_delayed_messages_survive_a_restart(tmp_path, stop):
-    plugins = plugin_dir(tmp_path)
-    data = str(tmp_path / "data")
-    b = Broker(data_dir=data, plugin_dir=plugins)
-    conn = b.connect()
-    ch = conn.channel()
-    ch.confirm_delivery()
+    b = Broker(data_dir=str(tmp_path / "data"), plugin_dir=plugin_dir(tmp_path))
+    conn, ch = b.confirmed_channel()
     declare(ch, "dur", durable=True)
     ch.queue_declare("durq", durable=True)
     ch.queue_bind("durq", "dur", "k")
@@ -213,7 +209,7 @@ def test_confirmed_persistent_delayed_messages_survive_a_restart(tmp_path, stop)
     publish(ch, "dur", "k", "transient", delay=2500)
     assert time.time() - started < 2.4, "publishing took too long for the delays to still be pending"
     b.stop(stop)
-    b = Broker(data_dir=data, plugin_dir=plugins)
+    b = b.restarted()
     try:
         conn = b.connect()
         ch = conn.channel()
@@ -268,12 +264,8 @@ def test_delayed_messages_survive_a_plugin_reload(tmp_path):
 
 
 def test_messages_due_while_the_broker_was_down_are_routed_after_recovery(tmp_path):
-    plugins = plugin_dir(tmp_path)
-    data = str(tmp_path / "data")
-    b = Broker(data_dir=data, plugin_dir=plugins)
-    conn = b.connect()
-    ch = conn.channel()
-    ch.confirm_delivery()
+    b = Broker(data_dir=str(tmp_path / "data"), plugin_dir=plugin_dir(tmp_path))
+    conn, ch = b.confirmed_channel()
     declare(ch, "down", durable=True)
     ch.queue_declare("downq", durable=True)
     ch.queue_bind("downq", "down", "k")
@@ -281,7 +273,7 @@ def test_messages_due_while_the_broker_was_down_are_routed_after_recovery(tmp_pa
         publish(ch, "down", "k", str(i), delay=500, persistent=True)
     b.stop()
     time.sleep(1.5)  # every message falls due while the broker is down
-    b = Broker(data_dir=data, plugin_dir=plugins)
+    b = b.restarted()
     try:
         conn = b.connect()
         got = collect(conn.channel(), "downq", 20, timeout=20)
