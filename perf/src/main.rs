@@ -45,7 +45,7 @@ enum Command {
     /// hold them until stdin closes.
     Idle {
         /// Broker address HOST:PORT.
-        #[arg(long = "uri", short = 'h', default_value = "127.0.0.1:5672")]
+        #[arg(long = "uri", default_value = "127.0.0.1:5672")]
         addr: String,
         /// Number of connections.
         #[arg(long, default_value_t = 1000)]
@@ -206,14 +206,13 @@ pub struct Latency {
 async fn idle(addr: &str, n: usize, channel: bool) -> anyhow::Result<()> {
     let mut conns = Vec::with_capacity(n);
     while conns.len() < n {
-        let batch = (n - conns.len()).min(50);
-        let opened = futures_join((0..batch).map(|_| {
+        let mut handshakes = tokio::task::JoinSet::new();
+        for _ in 0..(n - conns.len()).min(50) {
             let addr = addr.to_owned();
-            async move { client::Conn::connect(&addr, channel, 4096).await }
-        }))
-        .await;
-        for c in opened {
-            conns.push(c?);
+            handshakes.spawn(async move { client::Conn::connect(&addr, channel, 4096).await });
+        }
+        while let Some(opened) = handshakes.join_next().await {
+            conns.push(opened??);
         }
     }
     println!("ready {}", conns.len());
@@ -225,22 +224,6 @@ async fn idle(addr: &str, n: usize, channel: bool) -> anyhow::Result<()> {
     .await?;
     drop(conns);
     Ok(())
-}
-
-/// Awaits every future (spawned, so the handshakes run concurrently).
-async fn futures_join<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>
-where
-    F: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 fn main() -> anyhow::Result<()> {
