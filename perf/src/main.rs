@@ -24,9 +24,14 @@ use serde::Serialize;
 #[command(
     name = "warren-perf",
     version,
-    about = "AMQP 0-9-1 load generator (PerfTest vocabulary)"
+    about = "AMQP 0-9-1 load generator (PerfTest vocabulary)",
+    // `-h` is the broker address, as in PerfTest; help is `--help` only.
+    disable_help_flag = true
 )]
 struct Cli {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
