@@ -15,6 +15,7 @@ use anyhow::Context;
 
 use crate::auth::{Auth, HashingAlgorithm};
 use crate::broker::Broker;
+use crate::cluster::command::Command;
 use crate::config::{Permission, Policy};
 use crate::store::admin::{upsert, AdminRecord, StoredUser};
 use crate::sync::{lock, write};
@@ -32,6 +33,9 @@ pub enum AdminError {
     /// The change could not be made durable; nothing changed.
     #[error("cannot write the administration record: {0}")]
     Io(String),
+    /// In a cluster: the change could not be committed (no quorum, or no answer in time).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A user's credentials as set at run time (RabbitMQ `PUT /api/users/{name}`).
@@ -121,6 +125,14 @@ fn add_stored_user(auth: &mut Auth, u: &StoredUser) -> anyhow::Result<()> {
 }
 
 impl Broker {
+    /// The cluster to propose a run-time change to: none on a single node and while this thread
+    /// applies a committed change (which then acts locally).
+    fn replicated(&self) -> Option<&std::sync::Arc<crate::cluster::Cluster>> {
+        self.cluster
+            .get()
+            .filter(|_| crate::cluster::command::applying().is_none())
+    }
+
     /// Writes `change` into the administration record (when there is a data directory) before the
     /// caller applies it; `f` runs with the record's lock held, so changes are applied in the order
     /// they are recorded.
@@ -170,6 +182,14 @@ impl Broker {
             hashing_algorithm: user.hashing_algorithm().to_owned(),
             tags,
         };
+        if let Some(c) = self.replicated() {
+            return c.replicate(Command::PutUser {
+                name: stored.name,
+                hash: stored.password_hash,
+                algorithm: stored.hashing_algorithm,
+                tags: stored.tags,
+            });
+        }
         self.record(
             |r| upsert(&mut r.users, vec![name.to_owned()], Some(stored.clone())),
             || {
@@ -190,6 +210,11 @@ impl Broker {
     pub fn delete_user(&self, name: &str) -> Result<(), AdminError> {
         if self.auth().user(name).is_none() {
             return Err(AdminError::NotFound(format!("user '{name}' not found")));
+        }
+        if let Some(c) = self.replicated() {
+            return c.replicate(Command::DeleteUser {
+                name: name.to_owned(),
+            });
         }
         let granted: Vec<String> = self
             .auth()
@@ -227,12 +252,20 @@ impl Broker {
         if self.vhost(name).is_some() {
             return Ok(false);
         }
+        if let Some(c) = self.replicated() {
+            return c.replicate(Command::PutVhost {
+                name: name.to_owned(),
+            });
+        }
         let v = VHost::new(
             name,
             std::sync::Arc::clone(&self.registry),
             self.store.clone(),
             self.memory,
         );
+        if let Some(c) = self.cluster.get() {
+            v.set_cluster(std::sync::Arc::clone(c));
+        }
         v.recover().map_err(|e| AdminError::Io(format!("{e:#}")))?;
         self.record(
             |r| upsert(&mut r.vhosts, vec![name.to_owned()], Some(name.to_owned())),
@@ -252,6 +285,11 @@ impl Broker {
         let Some(v) = self.vhost(name) else {
             return Err(AdminError::NotFound(format!("vhost '{name}' not found")));
         };
+        if let Some(c) = self.replicated() {
+            return c.replicate(Command::DeleteVhost {
+                name: name.to_owned(),
+            });
+        }
         let granted: Vec<String> = self
             .auth()
             .permissions()
@@ -301,6 +339,9 @@ impl Broker {
         }
         crate::auth::Permission::new(&p.configure, &p.write, &p.read)
             .map_err(|e| AdminError::BadRequest(format!("invalid permission pattern: {e}")))?;
+        if let Some(c) = self.replicated() {
+            return c.replicate(Command::PutPermission(p));
+        }
         self.record(
             |r| {
                 upsert(
@@ -328,6 +369,12 @@ impl Broker {
             return Err(AdminError::NotFound(format!(
                 "no permissions for user '{user}' in vhost '{vhost}'"
             )));
+        }
+        if let Some(c) = self.replicated() {
+            return c.replicate(Command::DeletePermission {
+                vhost: vhost.to_owned(),
+                user: user.to_owned(),
+            });
         }
         self.record(
             |r| {
@@ -361,6 +408,9 @@ impl Broker {
             &p.definition,
         )
         .map_err(AdminError::BadRequest)?;
+        if let Some(c) = self.replicated() {
+            return c.replicate(Command::PutPolicy(p));
+        }
         self.record(
             |r| {
                 upsert(
@@ -393,6 +443,12 @@ impl Broker {
             return Err(AdminError::NotFound(format!(
                 "policy '{name}' not found in vhost '{vhost}'"
             )));
+        }
+        if let Some(c) = self.replicated() {
+            return c.replicate(Command::DeletePolicy {
+                vhost: vhost.to_owned(),
+                name: name.to_owned(),
+            });
         }
         self.record(
             |r| {

@@ -76,6 +76,8 @@ pub struct Broker {
     /// Message counts of closed channels: for the node, by vhost, and (publish in, publish out) by
     /// vhost and exchange.
     retired: Retired,
+    /// The cluster this node belongs to (`[cluster]`), if any.
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Broker {
@@ -181,10 +183,17 @@ impl Broker {
             None => None,
         };
         let memory = MemoryAccount::leaked();
+        let cluster = match &config.cluster {
+            Some(c) => Some(crate::cluster::Cluster::new(c)?),
+            None => None,
+        };
         let vhosts: HashMap<String, Arc<VHost>> = vhost_names
             .iter()
             .map(|name| {
                 let v = VHost::new(name, Arc::clone(&registry), store.clone(), memory);
+                if let Some(c) = &cluster {
+                    v.set_cluster(Arc::clone(c));
+                }
                 (name.clone(), v)
             })
             .collect();
@@ -244,11 +253,53 @@ impl Broker {
             user_limits,
             login_throttle,
             retired: Default::default(),
+            cluster: std::sync::OnceLock::new(),
         };
-        if let Some(d) = &defs {
-            broker.declare_definitions(d, &deleted_vhosts)?;
+        match cluster {
+            // In a cluster the definitions file's entities are declared through the cluster once it
+            // runs ([`Broker::join_cluster`]).
+            Some(c) => {
+                let _ = broker.cluster.set(c);
+            }
+            None => {
+                if let Some(d) = &defs {
+                    broker.declare_definitions(d, &deleted_vhosts)?;
+                }
+            }
         }
         Ok(broker)
+    }
+
+    /// This node's name: its cluster name in a cluster, else `warren@<host>`
+    /// ([`crate::management::node_name`]).
+    pub fn node_name(&self) -> String {
+        match self.cluster.get() {
+            Some(c) => c.node_name().to_owned(),
+            None => crate::management::node_name(),
+        }
+    }
+
+    /// In a cluster (`[cluster]`): joins it — inter-node links, the Raft group, catching up with the
+    /// replicated metadata — then declares the definitions file's exchanges, queues and bindings
+    /// through it. Returns once this node can serve clients. Nothing on a single node.
+    ///
+    /// # Errors
+    /// The inter-node address cannot be bound, the Raft state cannot be opened, or the definitions
+    /// file's declares are refused.
+    pub async fn join_cluster(self: &Arc<Self>) -> anyhow::Result<()> {
+        let Some(c) = self.cluster.get() else {
+            return Ok(());
+        };
+        Arc::clone(c).start(self).await?;
+        if let Some(path) = self.config.definitions.clone() {
+            let broker = Arc::clone(self);
+            tokio::task::spawn_blocking(move || {
+                let d = Definitions::load(&path)?;
+                broker.declare_definitions(&d, &std::collections::HashSet::new())
+            })
+            .await??;
+        }
+        Ok(())
     }
 
     /// Declares the definitions file's exchanges, queues and bindings through [`VHost::apply`] (the

@@ -43,6 +43,27 @@ pub struct Cli {
     /// RabbitMQ-format definitions JSON to load at start.
     #[arg(long, env = "WARREN_DEFINITIONS")]
     pub definitions: Option<PathBuf>,
+    /// Run as a member of a cluster (with `--cluster-node`, `--cluster-listen`, `--cluster-peer`, and
+    /// the secret in `--cluster-secret-file` or WARREN_CLUSTER_SECRET), or as `[cluster]` in the
+    /// config file says.
+    #[arg(long)]
+    pub cluster: bool,
+    /// This node's name in the cluster, e.g. `warren@n1`.
+    #[arg(long, env = "WARREN_CLUSTER_NODE")]
+    pub cluster_node: Option<String>,
+    /// Inter-node listen address, HOST:PORT (default 127.0.0.1:25672).
+    #[arg(long, env = "WARREN_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<String>,
+    /// Another member, `NAME=HOST:PORT`; repeat for each.
+    #[arg(
+        long = "cluster-peer",
+        env = "WARREN_CLUSTER_PEERS",
+        value_delimiter = ','
+    )]
+    pub cluster_peers: Vec<String>,
+    /// File holding the cluster's shared secret (RabbitMQ's Erlang cookie equivalent).
+    #[arg(long, env = "WARREN_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// A companion command instead of running the broker.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -169,6 +190,43 @@ impl Cli {
         }
         if self.definitions.is_some() {
             config.definitions = self.definitions;
+        }
+        if self.cluster || self.cluster_node.is_some() || config.cluster.is_some() {
+            let mut c = config.cluster.take().unwrap_or_default();
+            if let Some(node) = self.cluster_node {
+                c.node = node;
+            }
+            if let Some(listen) = self.cluster_listen {
+                c.listen = listen;
+            }
+            for p in self.cluster_peers {
+                let Some((name, address)) = p.split_once('=') else {
+                    anyhow::bail!("--cluster-peer {p}: expected NAME=HOST:PORT");
+                };
+                c.peers.push(crate::config::ClusterPeer {
+                    name: name.to_owned(),
+                    address: address.to_owned(),
+                });
+            }
+            if let Some(f) = self.cluster_secret_file {
+                c.secret_file = Some(f);
+            }
+            if let Ok(secret) = std::env::var("WARREN_CLUSTER_SECRET") {
+                c.secret = secret;
+            }
+            if let Some(f) = &c.secret_file {
+                let text = std::fs::read_to_string(f).map_err(|e| {
+                    anyhow::anyhow!("cannot read the cluster secret file {}: {e}", f.display())
+                })?;
+                c.secret = text.lines().next().unwrap_or_default().trim().to_owned();
+            }
+            if c.node.is_empty() {
+                anyhow::bail!("a cluster node needs a name (--cluster-node or [cluster] node)");
+            }
+            if c.listen.is_empty() {
+                c.listen = "127.0.0.1:25672".into();
+            }
+            config.cluster = Some(c);
         }
         config.validate()?;
         Ok(config)

@@ -161,6 +161,34 @@ impl Default for PrometheusConfig {
     }
 }
 
+/// A cluster member as another node's config names it: `name=HOST:PORT` on the command line.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterPeer {
+    /// Node name.
+    pub name: String,
+    /// Its inter-node address, `HOST:PORT`.
+    pub address: String,
+}
+
+/// Cluster membership (`[cluster]`; `--cluster` and the `--cluster-*` flags): this node's name and
+/// inter-node address, the other members, and the shared secret the links authenticate with
+/// (RabbitMQ's Erlang cookie). Every member lists the same set of nodes.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name (e.g. `warren@n1`), unique in the cluster.
+    pub node: String,
+    /// The inter-node listen address, `HOST:PORT` (default `127.0.0.1:25672`, RabbitMQ's port).
+    pub listen: String,
+    /// The other members.
+    pub peers: Vec<ClusterPeer>,
+    /// The shared secret, inline (prefer `secret_file`).
+    pub secret: String,
+    /// A file holding the shared secret (its first line).
+    pub secret_file: Option<PathBuf>,
+}
+
 fn default_vhost() -> String {
     "/".into()
 }
@@ -272,6 +300,8 @@ pub struct Config {
     /// Delivery acknowledgement timeout, ms (RabbitMQ `consumer_timeout`, default 30 min); a queue's
     /// `x-consumer-timeout` overrides it.
     pub consumer_timeout: u64,
+    /// Cluster membership; none for a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -322,6 +352,7 @@ impl Default for Config {
             channel_max: 2047,
             max_message_size: 16 * 1024 * 1024,
             consumer_timeout: 1_800_000,
+            cluster: None,
             memory_high_watermark: 0.4,
             memory_high_watermark_absolute: None,
             disk_free_limit: 50_000_000,

@@ -306,7 +306,12 @@ impl Connection {
             // memory. The writer signals `resume` once it has drained. Meanwhile up to READ_AHEAD
             // octets are still read (not handled), so that a client that goes away is noticed and its
             // resources freed.
-            let can_process = !self.blocked && self.outbound.has_room_for_input();
+            // In a cluster, a publisher also waits while more than 8 MiB waits to be written to
+            // another node (publishes routed to queues homed there): the link's pace, not memory.
+            let link_congested =
+                self.publisher && self.broker.cluster.get().is_some_and(|c| c.congested());
+            let can_process =
+                !self.blocked && !link_congested && self.outbound.has_room_for_input();
             let can_read = can_process || buf.len() < READ_AHEAD;
             tokio::select! {
                 biased;
@@ -347,6 +352,8 @@ impl Connection {
                 () = std::future::ready(()), if input_left && can_process => {
                     input_left = self.process(&mut buf);
                 }
+                // A congested inter-node link is looked at again shortly.
+                () = tokio::time::sleep(std::time::Duration::from_millis(2)), if link_congested => {}
                 now = tick.tick() => {
                     let handshaking = matches!(self.state, State::AwaitStartOk | State::AwaitTuneOk | State::AwaitOpen);
                     if handshaking && now > handshake_deadline {

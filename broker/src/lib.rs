@@ -21,6 +21,7 @@ pub mod broker;
 pub(crate) mod channel;
 pub mod cli;
 pub(crate) mod clock;
+pub(crate) mod cluster;
 pub mod companions;
 pub mod config;
 pub(crate) mod connection;

@@ -25,7 +25,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+    // openraft logs every unreachable peer at warn and error: an operator sees Warren's own line
+    // about a lost link instead, unless the filter names openraft.
+    let log = if config.log.contains("openraft") {
+        config.log.clone()
+    } else {
+        format!("{},openraft=off", config.log)
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt()
@@ -287,6 +294,7 @@ async fn run(config: warren::config::Config) -> anyhow::Result<()> {
         Broker::new(config)
             .context("loading users, permissions, policies, definitions and the data directory")?,
     );
+    broker.join_cluster().await.context("joining the cluster")?;
     if let Some(tcp) = management {
         let broker = Arc::clone(&broker);
         tokio::spawn(async move {
@@ -299,7 +307,7 @@ async fn run(config: warren::config::Config) -> anyhow::Result<()> {
         let broker = Arc::clone(&broker);
         tokio::spawn(async move {
             if let Err(e) =
-                warren::prometheus::serve(tcp, broker, warren::management::node_name()).await
+                warren::prometheus::serve(tcp, Arc::clone(&broker), broker.node_name()).await
             {
                 error!(error = %e, "the Prometheus endpoint stopped");
             }

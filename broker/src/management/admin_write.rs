@@ -25,6 +25,7 @@ impl From<AdminError> for ApiError {
             AdminError::NotFound(_) => ApiError::not_found(),
             AdminError::BadRequest(reason) => ApiError::bad_request(reason),
             AdminError::Io(_) => ApiError::internal(e.to_string()),
+            AdminError::Unavailable(reason) => ApiError::unavailable(reason),
         }
     }
 }

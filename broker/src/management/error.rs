@@ -44,6 +44,15 @@ impl ApiError {
         }
     }
 
+    /// 503 `service_unavailable` with `reason` (a cluster change that could not be committed).
+    pub(crate) fn unavailable(reason: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "service_unavailable",
+            reason: reason.into(),
+        }
+    }
+
     /// 404 with RabbitMQ's other spelling of not found (`{"error":"not_found","reason":"vhost_not_found"}`).
     pub(crate) fn not_found_as(error: &'static str, reason: impl Into<String>) -> Self {
         ApiError {

@@ -104,11 +104,12 @@ pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
     if tokio::runtime::Handle::try_current().is_ok() {
         tokio::spawn(rates::sampler(Arc::clone(&rates), Arc::clone(&broker)));
     }
+    let node = broker.node_name();
     let api = Arc::new(Api {
         broker,
         listeners,
         started: Instant::now(),
-        node: node_name(),
+        node,
         rates,
     });
     Router::new()

@@ -174,8 +174,11 @@ pub(crate) async fn overview(State(api): State<Arc<Api>>, caller: Caller) -> Jso
         "product_name": "Warren",
         "product_version": env!("CARGO_PKG_VERSION"),
         "rates_mode": "basic",
-        "cluster_name": api.node(),
+        "cluster_name": cluster_name(&api),
         "node": api.node(),
+        "warren_cluster": members(&api).iter().map(|(name, running, leader)| json!({
+            "name": name, "running": running, "leader": leader,
+        })).collect::<Vec<_>>(),
         "exchange_types": exchange_types,
         "listeners": listeners,
         "message_stats": message_stats,
@@ -223,13 +226,51 @@ fn node_json(api: &Api) -> Value {
     })
 }
 
-/// `GET /api/nodes` (this node; `monitoring` or `administrator`).
+/// The cluster's members as (name, running, leads the metadata store); this node alone when it is not
+/// in a cluster.
+fn members(api: &Api) -> Vec<(String, bool, bool)> {
+    match api.broker.cluster.get() {
+        Some(c) => c
+            .member_states()
+            .into_iter()
+            .map(|m| (m.name, m.running, m.leader))
+            .collect(),
+        None => vec![(api.node().to_owned(), true, true)],
+    }
+}
+
+/// RabbitMQ's default cluster name: the first node's name (here: the first in sorted order).
+fn cluster_name(api: &Api) -> String {
+    let mut names: Vec<String> = members(api).into_iter().map(|m| m.0).collect();
+    names.sort();
+    names
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| api.node().to_owned())
+}
+
+/// A cluster member other than this node, as far as this node knows it.
+fn peer_json(name: &str, running: bool) -> Value {
+    json!({ "name": name, "type": "disc", "running": running, "partitions": [] })
+}
+
+/// `GET /api/nodes` (every cluster member, this node first; `monitoring` or `administrator`).
 pub(crate) async fn nodes(
     State(api): State<Arc<Api>>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     caller.monitoring()?;
-    Ok(Json(json!([node_json(&api)])))
+    let list: Vec<Value> = members(&api)
+        .into_iter()
+        .map(|(name, running, _)| {
+            if name == api.node() {
+                node_json(&api)
+            } else {
+                peer_json(&name, running)
+            }
+        })
+        .collect();
+    Ok(Json(Value::Array(list)))
 }
 
 /// `GET /api/nodes/{node}`.
@@ -239,10 +280,13 @@ pub(crate) async fn node(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.monitoring()?;
-    if name != api.node() {
-        return Err(ApiError::not_found());
+    if name == api.node() {
+        return Ok(Json(node_json(&api)));
     }
-    Ok(Json(node_json(&api)))
+    match members(&api).into_iter().find(|m| m.0 == name) {
+        Some((name, running, _)) => Ok(Json(peer_json(&name, running))),
+        None => Err(ApiError::not_found()),
+    }
 }
 
 fn vhost_json(api: &Api, v: &VHost) -> Value {

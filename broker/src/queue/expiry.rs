@@ -49,7 +49,8 @@ impl Queue {
 
     /// Starts the expiry task once the queue has something that can expire (message TTLs, `x-expires`).
     pub(super) fn ensure_timer_locked(self: &Arc<Self>, inner: &mut QueueInner) {
-        if inner.timer_started {
+        // A proxy expires nothing: its home runs the queue's timers.
+        if inner.timer_started || self.remote.is_some() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

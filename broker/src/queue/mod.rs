@@ -112,6 +112,32 @@ pub trait ConsumerSink: Send + Sync + fmt::Debug {
     fn cancelled(&self, consumer: &Arc<Consumer>);
 }
 
+/// A queue whose messages live on another cluster node (its home): the proxy forwards what is asked
+/// of it there (`crate::cluster`'s remote queues). Every [`Queue`] operation that touches messages or
+/// consumers goes through this when the queue has one ([`Queue::with_remote`]).
+pub trait RemoteHome: Send + Sync + fmt::Debug {
+    /// The home node's id.
+    fn node(&self) -> u64;
+    /// Forwards a message routed to the queue. `Rejected` when the home is down.
+    fn publish(&self, queue: &Queue, message: MessageRef, own_ttl: Option<u64>) -> PublishOutcome;
+    /// basic.get at the home.
+    fn get(&self, queue: &Arc<Queue>, no_ack: bool) -> Option<(QueuedMessage, u32)>;
+    /// Settles deliveries of the queue made through this node: `Some(true)` ack, `Some(false)`
+    /// reject, `None` requeue.
+    fn settle(&self, queue: &Queue, seqs: Vec<u64>, how: Option<bool>);
+    /// Attaches a consumer at the home.
+    ///
+    /// # Errors
+    /// As [`Queue::add_consumer`]; [`ConsumeRefused::Deleted`] when the home is down.
+    fn consume(&self, queue: &Arc<Queue>, consumer: &Arc<Consumer>) -> Result<(), ConsumeRefused>;
+    /// Detaches a consumer at the home.
+    fn cancel(&self, queue: &Queue, consumer: &Arc<Consumer>);
+    /// queue.purge at the home; the number purged.
+    fn purge(&self, queue: &Queue) -> u32;
+    /// The queue's counts at the home (zeros when it cannot be asked).
+    fn counts(&self, queue: &Queue) -> QueueCounts;
+}
+
 /// One basic.consume subscription (AMQP 0-9-1 §1.8.3.3).
 #[derive(Debug)]
 pub struct Consumer {
@@ -250,6 +276,8 @@ pub struct Queue {
     /// What the queue itself costs, in the memory alarm's entity account (its account is also the one
     /// messages read back from a scratch log charge).
     charge: Charge,
+    /// In a cluster, the queue's home when it is another node: this queue is its proxy.
+    remote: Option<Arc<dyn RemoteHome>>,
 }
 
 impl fmt::Debug for Queue {
@@ -373,6 +401,7 @@ impl Queue {
             timer: Arc::new(Notify::new()),
             idempotency: None,
             consumed: std::sync::atomic::AtomicBool::new(false),
+            remote: None,
             inner: Mutex::new(QueueInner {
                 args: Arc::new(args),
                 ready,
@@ -388,6 +417,26 @@ impl Queue {
                 timer_started: false,
                 scratch: None,
             }),
+        }
+    }
+
+    /// Makes the queue being declared the proxy of a queue homed on another cluster node: messages,
+    /// consumers, gets, settlements and purges go to `home`.
+    pub fn with_remote(mut self, home: Option<Arc<dyn RemoteHome>>) -> Self {
+        self.remote = home;
+        self
+    }
+
+    /// The home node's id when this queue is a proxy of a queue homed on another cluster node.
+    pub fn home(&self) -> Option<u64> {
+        self.remote.as_ref().map(|r| r.node())
+    }
+
+    /// The queue's counts, asked of its home when it is a proxy (queue.declare-ok's counts).
+    pub fn declared_counts(&self) -> QueueCounts {
+        match &self.remote {
+            Some(r) => r.counts(self),
+            None => self.counts(),
         }
     }
 
@@ -519,6 +568,9 @@ impl Queue {
         message: MessageRef,
         own_ttl: Option<u64>,
     ) -> (PublishOutcome, Option<(Arc<QueueLog>, u64)>) {
+        if let Some(r) = &self.remote {
+            return (r.publish(self, message, own_ttl), None);
+        }
         let mut letters = Letters::new();
         let outcome = {
             let mut inner = self.lock();
@@ -723,6 +775,9 @@ impl Queue {
 
     /// basic.get: takes the next message. Returns it and the number still ready.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
+        if let Some(r) = &self.remote {
+            return r.get(self, no_ack);
+        }
         let mut letters = Letters::new();
         let got = {
             let mut inner = self.lock();
@@ -751,6 +806,9 @@ impl Queue {
 
     /// Acknowledges deliveries of this queue and dispatches into the freed capacity.
     pub fn settle(self: &Arc<Self>, messages: &[QueuedMessage]) {
+        if let Some(r) = &self.remote {
+            return r.settle(self, messages.iter().map(|m| m.seq).collect(), Some(true));
+        }
         let mut letters = Letters::new();
         {
             let mut inner = self.lock();
@@ -770,6 +828,9 @@ impl Queue {
 
     /// Settles rejected deliveries (`requeue = false`): they are dead-lettered with reason `rejected`.
     pub fn reject(self: &Arc<Self>, messages: Vec<QueuedMessage>) {
+        if let Some(r) = &self.remote {
+            return r.settle(self, messages.iter().map(|m| m.seq).collect(), Some(false));
+        }
         let mut letters = Letters::new();
         {
             let mut inner = self.lock();
@@ -794,6 +855,9 @@ impl Queue {
     /// Puts unacked messages back at their original positions, flagged redelivered, and dispatches. A
     /// message past `x-delivery-limit` is dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
+        if let Some(r) = &self.remote {
+            return r.settle(self, messages.into_iter().map(|m| m.seq).collect(), None);
+        }
         let mut letters = Letters::new();
         {
             let mut inner = self.lock();
@@ -840,6 +904,22 @@ impl Queue {
         consumer: Arc<Consumer>,
         on_added: impl FnOnce(),
     ) -> Result<(), ConsumeRefused> {
+        if let Some(r) = &self.remote {
+            // Registered here first (a deletion cancels it; deliveries find it), then at the home.
+            {
+                let mut inner = self.lock();
+                if inner.deleted {
+                    return Err(ConsumeRefused::Deleted);
+                }
+                inner.consumers.insert(Arc::clone(&consumer));
+            }
+            if let Err(refused) = r.consume(self, &consumer) {
+                self.lock().consumers.remove(&consumer);
+                return Err(refused);
+            }
+            on_added();
+            return Ok(());
+        }
         let mut letters = Letters::new();
         {
             let mut inner = self.lock();
@@ -868,6 +948,12 @@ impl Queue {
     /// the caller must then delete (RabbitMQ docs/queues.md "auto-delete"). With a single active consumer
     /// the next one in line takes over.
     pub fn remove_consumer(self: &Arc<Self>, consumer: &Arc<Consumer>) -> bool {
+        if let Some(r) = &self.remote {
+            // The home decides about auto-delete.
+            self.lock().consumers.remove(consumer);
+            r.cancel(self, consumer);
+            return false;
+        }
         let mut letters = Letters::new();
         let last = {
             let mut inner = self.lock();
@@ -884,6 +970,9 @@ impl Queue {
 
     /// Removes all ready messages; returns how many.
     pub fn purge(&self) -> u32 {
+        if let Some(r) = &self.remote {
+            return r.purge(self);
+        }
         let mut inner = self.lock();
         inner.own_expiration = 0;
         inner.message_deadlines.clear();

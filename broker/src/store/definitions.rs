@@ -44,6 +44,10 @@ pub(crate) struct StoredQueue {
     pub auto_delete: bool,
     /// Arguments, base64 of their AMQP encoding.
     pub arguments: String,
+    /// In a cluster, the queue's home node when it is another node (this node keeps a proxy);
+    /// absent for a queue homed here (and in every single-node data directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
 }
 
 /// A binding between durable entities.

@@ -368,6 +368,7 @@ mod tests {
             name: name.into(),
             auto_delete: false,
             arguments: String::new(),
+            home: None,
         })
     }
 

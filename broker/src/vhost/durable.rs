@@ -35,11 +35,14 @@ pub(super) fn stored_exchange(x: &Exchange) -> StoredExchange {
 }
 
 /// A durable queue as the definitions log records it.
-pub(super) fn stored_queue(q: &Queue) -> StoredQueue {
+/// A durable queue as the definitions log records it; `home`: its home node's name in a cluster when
+/// that is another node (this one holds a proxy).
+pub(super) fn stored_queue(q: &Queue, home: Option<String>) -> StoredQueue {
     StoredQueue {
         name: q.name.to_string(),
         auto_delete: q.auto_delete,
         arguments: encode_table(&q.arguments),
+        home,
     }
 }
 
@@ -264,7 +267,7 @@ impl VHost {
             .values()
             .filter(|q| q.durable && q.exclusive_owner.is_none())
         {
-            d.queues.push(stored_queue(q));
+            d.queues.push(stored_queue(q, None));
         }
         d.sort();
         d
@@ -343,12 +346,23 @@ impl VHost {
                 exclusive: false,
                 auto_delete: q.auto_delete,
             };
+            // A proxy of a queue homed on another cluster node comes back as a proxy.
+            let home = q
+                .home
+                .as_deref()
+                .and_then(|h| self.cluster.get().and_then(|c| c.id_of(h)));
             let r = decode_table(&q.arguments).and_then(|arguments| {
-                Ok(self.apply(Definition::Queue {
-                    name: &q.name,
-                    flags,
-                    arguments,
-                })?)
+                let declare = || {
+                    self.apply(Definition::Queue {
+                        name: &q.name,
+                        flags,
+                        arguments,
+                    })
+                };
+                Ok(match home {
+                    Some(origin) => crate::cluster::command::with_applying(origin, declare),
+                    None => declare(),
+                }?)
             });
             if let Err(e) = r {
                 self.recovering.store(false, Ordering::Release);

@@ -23,6 +23,8 @@ use rand::Rng;
 use tracing::{info, warn};
 
 pub(crate) use self::durable::Definition;
+use crate::cluster::command::{self, table, Command};
+use crate::cluster::Cluster;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::registry::Registry;
 pub(crate) use crate::exchange::ExchangeFlags;
@@ -119,6 +121,8 @@ pub struct VHost {
     connections: Gauge,
     /// The broker's memory account: messages, queues, exchanges and bindings of this vhost charge it.
     pub memory: Memory,
+    /// In a cluster: metadata changes are proposed to it and applied on every node (`crate::cluster`).
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 /// An argument value as RabbitMQ prints it in an inequivalence error: `the value '5' of type 'signedint'`.
@@ -211,6 +215,7 @@ impl VHost {
             limits: RwLock::new(VhostLimits::default()),
             connections: Gauge::default(),
             memory,
+            cluster: OnceLock::new(),
         };
         for (xname, kind) in PREDECLARED {
             let entity = format!("exchange '{xname}' in vhost '{name}'");
@@ -235,6 +240,34 @@ impl VHost {
             }
         }
         vhost
+    }
+
+    /// Joins the vhost to `cluster`: from now on its metadata changes are proposed there. Call before
+    /// [`VHost::recover`].
+    pub(crate) fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster to propose a change to: none on a single node, while recovering, and while this
+    /// thread applies a committed change (it acts locally then).
+    fn replicated(&self) -> Option<&Arc<Cluster>> {
+        self.cluster
+            .get()
+            .filter(|_| command::applying().is_none() && !self.recovering.load(Ordering::Acquire))
+    }
+
+    /// Whether this thread applies a change another node proposed (a plugin type this node lacks is
+    /// then unavailable here, not refused: the other nodes have the exchange).
+    fn applying_remote(&self) -> bool {
+        match (command::applying(), self.cluster.get()) {
+            (Some(origin), Some(c)) => origin != c.me(),
+            _ => false,
+        }
+    }
+
+    /// The queue named `name`, whoever owns it.
+    pub(crate) fn queue_by_name(&self, name: &str) -> Option<Arc<Queue>> {
+        read(&self.queues).get(name).cloned()
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -340,6 +373,17 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
+        if let Some(c) = self.replicated() {
+            return c.replicate(Command::ExchangeDeclare {
+                vhost: self.name.clone(),
+                name: name.to_string(),
+                kind: kind.to_owned(),
+                durable: flags.durable,
+                auto_delete: flags.auto_delete,
+                internal: flags.internal,
+                arguments: table(arguments),
+            });
+        }
         // A plugin type instantiates and initialises its plugin here, outside the vhost's lock.
         let entity = format!("exchange '{name}' in vhost '{}'", self.name);
         let kv_dir = self
@@ -362,7 +406,7 @@ impl VHost {
                 .registry
                 .create_unavailable(kind, arguments, &entity, kv_dir)
             {
-                Some(router) if recovering => {
+                Some(router) if recovering || self.applying_remote() => {
                     if self.registry.plugins_loading() {
                         info!(vhost = %self.name, exchange = %name, kind, "exchange recovered while its plugin type is still loading: unavailable until it is loaded");
                     } else {
@@ -498,6 +542,16 @@ impl VHost {
                 self.name
             )));
         }
+        if let Some(c) = self.replicated() {
+            if self.find_exchange(name).is_none() {
+                return Ok(());
+            }
+            return c.replicate(Command::ExchangeDelete {
+                vhost: self.name.clone(),
+                name: name.to_owned(),
+                if_unused,
+            });
+        }
         let order = self.deletion_order();
         let mut exchanges = write(&self.exchanges);
         let Some(x) = exchanges.get(name) else {
@@ -567,6 +621,18 @@ impl VHost {
     ) -> AmqpResult {
         if destination.is_empty() || source.is_empty() {
             return Err(Self::default_exchange_refused());
+        }
+        if let Some(c) = self.replicated() {
+            return c.replicate(Command::Binding {
+                vhost: self.name.clone(),
+                source: source.to_owned(),
+                destination: destination.to_owned(),
+                to_queue: false,
+                key: key.to_string(),
+                arguments: table(arguments),
+                bind: change == BindingChange::Bind,
+                connection: 0,
+            });
         }
         // Unbinding is idempotent: a missing source or destination has no binding to remove, and
         // RabbitMQ answers unbind-ok (rabbit_binding:remove).
@@ -670,8 +736,31 @@ impl VHost {
     /// # Errors
     /// 404 missing, 405 exclusive to another connection.
     pub fn queue(&self, name: &str, conn_id: u64) -> AmqpResult<Arc<Queue>> {
-        self.find_queue(name, conn_id)?
-            .ok_or_else(|| self.no_queue(name))
+        let q = self
+            .find_queue(name, conn_id)?
+            .ok_or_else(|| self.no_queue(name))?;
+        self.check_home(&q)?;
+        Ok(q)
+    }
+
+    /// In a cluster: a queue whose home node is down cannot be used (RabbitMQ's 404 for it).
+    ///
+    /// # Errors
+    /// 404 NOT_FOUND "home node … of durable queue … is down or inaccessible".
+    fn check_home(&self, q: &Queue) -> AmqpResult {
+        let (Some(home), Some(c)) = (q.home(), self.cluster.get()) else {
+            return Ok(());
+        };
+        if c.links.is_up(home) {
+            return Ok(());
+        }
+        Err(AmqpError::not_found(format!(
+            "home node '{}' of {}queue '{}' in vhost '{}' is down or inaccessible",
+            c.name_of(home),
+            if q.durable { "durable " } else { "" },
+            q.name,
+            self.name
+        )))
     }
 
     /// The queue named `name`, if it is declared.
@@ -717,7 +806,7 @@ impl VHost {
         crate::stats::bump(&self.queue_counts.declared, 1);
         if passive {
             let q = self.queue(name.as_str(), conn_id)?;
-            let counts = q.counts();
+            let counts = q.declared_counts();
             return Ok((q, counts));
         }
         let mut parsed = QueueArgs::parse(arguments)
@@ -728,7 +817,35 @@ impl VHost {
         } else {
             name.clone()
         };
-        let idempotency = if read(&self.queues).contains_key(name.as_str()) {
+        if let Some(c) = self.replicated() {
+            if let Some(q) = self.queue_by_name(name.as_str()) {
+                self.queue_equivalent(&q, flags, arguments, conn_id)?;
+                self.check_home(&q)?;
+                q.touch();
+                let counts = q.declared_counts();
+                return Ok((q, counts));
+            }
+            if !generated && name.as_str().starts_with("amq.") {
+                return Err(AmqpError::access_refused(format!(
+                    "queue name '{name}' contains reserved prefix 'amq.*'"
+                )));
+            }
+            return c.replicate(Command::QueueDeclare {
+                vhost: self.name.clone(),
+                name: name.to_string(),
+                durable: flags.durable,
+                exclusive: flags.exclusive,
+                auto_delete: flags.auto_delete,
+                arguments: table(arguments),
+                connection: conn_id,
+            });
+        }
+        // In a cluster, a queue declared by another node is a proxy of it here.
+        let home = match (command::applying(), self.cluster.get()) {
+            (Some(origin), Some(c)) if origin != c.me() => Some(c.remote_home(origin, &self.name)),
+            _ => None,
+        };
+        let idempotency = if read(&self.queues).contains_key(name.as_str()) || home.is_some() {
             None
         } else {
             self.attach_idempotency(name.as_str(), arguments)?
@@ -742,7 +859,8 @@ impl VHost {
             let counts = q.counts();
             return Ok((q, counts));
         }
-        if !generated && name.as_str().starts_with("amq.") {
+        // A replicated declare was checked by its proposer (which also generated `amq.gen-` names).
+        if !generated && command::applying().is_none() && name.as_str().starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
                 "queue name '{name}' contains reserved prefix 'amq.*'"
             )));
@@ -764,8 +882,9 @@ impl VHost {
         let owner = flags.exclusive.then_some(conn_id);
         let me: Weak<dyn QueueOwner> = self.me.clone();
         let persisted = flags.durable && owner.is_none();
-        let storage = self.queue_storage(&name, persisted)?;
-        let idempotency = self.durable_idempotency(&name, idempotency, persisted)?;
+        let local = home.is_none();
+        let storage = self.queue_storage(&name, persisted && local)?;
+        let idempotency = self.durable_idempotency(&name, idempotency, persisted && local)?;
         let q = Arc::new(
             Queue::new(
                 QueueDeclaration {
@@ -782,11 +901,15 @@ impl VHost {
             )
             .with_idempotency(idempotency)
             .with_policy(policy_name)
-            .with_scratch(self.scratch_space(persisted)),
+            .with_scratch(self.scratch_space(persisted || !local))
+            .with_remote(home),
         );
         queues.insert(name, Arc::clone(&q));
         let logged = if persisted {
-            self.record(DefinitionChange::PutQueue(durable::stored_queue(&q)))
+            let home = q
+                .home()
+                .and_then(|h| self.cluster.get().map(|c| c.name_of(h)));
+            self.record(DefinitionChange::PutQueue(durable::stored_queue(&q, home)))
         } else {
             0
         };
@@ -909,6 +1032,20 @@ impl VHost {
         if exchange.is_empty() {
             return Err(Self::default_exchange_refused());
         }
+        if let Some(c) = self.replicated() {
+            // A locked queue is refused here, as on a single node.
+            self.find_queue(queue, conn_id)?;
+            return c.replicate(Command::Binding {
+                vhost: self.name.clone(),
+                source: exchange.to_owned(),
+                destination: queue.to_owned(),
+                to_queue: true,
+                key: key.to_string(),
+                arguments: table(arguments),
+                bind: change == BindingChange::Bind,
+                connection: conn_id,
+            });
+        }
         // As for exchange.unbind: nothing to remove when the queue or the exchange is gone.
         let (q, src) = (
             self.find_queue(queue, conn_id)?,
@@ -951,7 +1088,7 @@ impl VHost {
         let Some(q) = self.find_queue(name, conn_id)? else {
             return Ok(0);
         };
-        let counts = q.counts();
+        let counts = q.declared_counts();
         if if_unused && counts.consumers > 0 {
             return Err(AmqpError::precondition_failed(format!(
                 "queue '{name}' in vhost '{}' in use",
@@ -970,6 +1107,20 @@ impl VHost {
     /// Removes `q` from the vhost and from every binding, cancels its consumers. Returns the number of
     /// ready messages it held.
     pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+        if let Some(c) = self.replicated() {
+            let counts = q.declared_counts();
+            let deleted: AmqpResult<u32> = c.replicate(Command::QueueDelete {
+                vhost: self.name.clone(),
+                name: q.name.to_string(),
+            });
+            return match deleted {
+                Ok(n) => n.max(counts.messages),
+                Err(e) => {
+                    warn!(vhost = %self.name, queue = %q.name, error = %e, "queue deletion not committed");
+                    0
+                }
+            };
+        }
         let order = self.deletion_order();
         let logged = {
             let mut queues = write(&self.queues);

@@ -1,0 +1,541 @@
+//! The consensus engine behind [`Consensus`]: openraft 0.9 (storage v2), with its log, vote and state
+//! machine kept in `DATA_DIR/cluster/` and its RPCs carried by the inter-node link.
+//!
+//! **Log** (`raft.log`): records of `u32` length, `u32` CRC-32 and an entry as JSON, appended and
+//! fdatasynced before openraft is told they are flushed; truncation (a conflicting suffix) and
+//! purging (after a snapshot) rewrite the file atomically from the entries kept in memory. **Vote**
+//! (`raft-vote.json`) is written atomically before it is acknowledged. **State machine**: the broker
+//! itself ([`Apply`]); the last applied log id and membership are written (`raft-applied.json`) after
+//! each applied batch, so a restarted node resumes after them (the broker's own data directory holds
+//! what those entries did). **Snapshots**: [`Apply::snapshot`] exports the replicated metadata as one
+//! document; a follower too far behind installs it ([`Apply::install`]).
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::{Cursor, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, RaftLogReader, RaftNetwork,
+    RaftNetworkFactory, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+
+use super::link::{Links, NodeId};
+use super::Proposal;
+use crate::sync::lock;
+
+openraft::declare_raft_types!(
+    /// Warren's Raft types: the replicated commands and the node addresses.
+    pub(crate) TypeConfig:
+        D = Proposal,
+        R = (),
+);
+
+/// The engine as the rest of the cluster code sees it: propose, feed RPCs, ask who leads. One
+/// implementation ([`OpenRaft`]); another engine would implement this trait.
+pub(crate) type Raft = openraft::Raft<TypeConfig>;
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+fn io_err(e: &std::io::Error) -> StorageIOError<NodeId> {
+    StorageIOError::write(AnyError::new(e))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    crate::store::write_atomic(path, bytes)
+}
+
+/// What the state machine applies entries to: the broker.
+pub(crate) trait Apply: Send + Sync + 'static {
+    /// Applies one committed proposal (in log order, on every node).
+    fn apply(&self, proposal: &Proposal);
+    /// The replicated metadata as one document (a snapshot's content).
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the replicated metadata with a snapshot's document.
+    fn install(&self, document: &[u8]);
+}
+
+// ---------------------------------------------------------------------------------------------- log
+
+#[derive(Debug, Default)]
+struct LogData {
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    last_purged: Option<LogId<NodeId>>,
+}
+
+/// The Raft log and vote on disk. See the module docs.
+#[derive(Debug, Clone)]
+pub(crate) struct LogStore {
+    dir: PathBuf,
+    data: Arc<Mutex<LogData>>,
+    file: Arc<Mutex<std::fs::File>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PurgedRecord {
+    last_purged: Option<LogId<NodeId>>,
+}
+
+const LOG_FILE: &str = "raft.log";
+const VOTE_FILE: &str = "raft-vote.json";
+const PURGED_FILE: &str = "raft-purged.json";
+const APPLIED_FILE: &str = "raft-applied.json";
+const SNAPSHOT_FILE: &str = "raft-snapshot.json";
+
+fn encode_entry(e: &Entry<TypeConfig>, out: &mut Vec<u8>) {
+    let json = serde_json::to_vec(e).unwrap_or_default();
+    out.extend_from_slice(&u32::try_from(json.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&crc32fast::hash(&json).to_be_bytes());
+    out.extend_from_slice(&json);
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`. A torn or corrupt tail ends the log there.
+    pub(crate) fn open(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut data = LogData::default();
+        if let Ok(b) = std::fs::read(dir.join(PURGED_FILE)) {
+            let p: PurgedRecord = serde_json::from_slice(&b)?;
+            data.last_purged = p.last_purged;
+        }
+        let path = dir.join(LOG_FILE);
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let mut at = 0;
+        while at + 8 <= bytes.len() {
+            let len = u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+                as usize;
+            let crc =
+                u32::from_be_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+            let Some(json) = bytes.get(at + 8..at + 8 + len) else {
+                break;
+            };
+            if crc32fast::hash(json) != crc {
+                break;
+            }
+            let Ok(e) = serde_json::from_slice::<Entry<TypeConfig>>(json) else {
+                break;
+            };
+            // A rewrite may leave entries that a later truncation replaced: the last one wins.
+            data.entries.split_off(&e.log_id.index);
+            data.entries.insert(e.log_id.index, e);
+            at += 8 + len;
+        }
+        let store = LogStore {
+            dir: dir.to_owned(),
+            data: Arc::new(Mutex::new(data)),
+            file: Arc::new(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?,
+            )),
+        };
+        store.rewrite()?;
+        Ok(store)
+    }
+
+    /// Rewrites the log file from the entries in memory (after a truncation or purge, and at open).
+    fn rewrite(&self) -> std::io::Result<()> {
+        let data = lock(&self.data);
+        let mut out = Vec::new();
+        for e in data.entries.values() {
+            encode_entry(e, &mut out);
+        }
+        let path = self.dir.join(LOG_FILE);
+        write_atomic(&path, &out)?;
+        *lock(&self.file) = std::fs::OpenOptions::new().append(true).open(&path)?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let data = lock(&self.data);
+        Ok(data.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let data = lock(&self.data);
+        let last = data
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(data.last_purged);
+        Ok(LogState {
+            last_purged_log_id: data.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        let json = serde_json::to_vec(vote).unwrap_or_default();
+        write_atomic(&self.dir.join(VOTE_FILE), &json).map_err(|e| StorageError::IO {
+            source: StorageIOError::write_vote(AnyError::new(&e)),
+        })
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        match std::fs::read(self.dir.join(VOTE_FILE)) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StorageError::IO {
+                    source: StorageIOError::read_vote(AnyError::new(&e)),
+                }),
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut out = Vec::new();
+        {
+            let mut data = lock(&self.data);
+            for e in entries {
+                encode_entry(&e, &mut out);
+                data.entries.insert(e.log_id.index, e);
+            }
+        }
+        let written = crate::sync::wait_off_worker(|| {
+            let mut f = lock(&self.file);
+            f.write_all(&out)?;
+            f.sync_data()
+        });
+        match written {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let err = StorageError::IO { source: io_err(&e) };
+                callback.log_io_completed(Err(e));
+                Err(err)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        lock(&self.data).entries.split_off(&log_id.index);
+        self.rewrite()
+            .map_err(|e| StorageError::IO { source: io_err(&e) })
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        {
+            let mut data = lock(&self.data);
+            let keep = data.entries.split_off(&(log_id.index + 1));
+            data.entries = keep;
+            data.last_purged = Some(log_id);
+            let json = serde_json::to_vec(&PurgedRecord {
+                last_purged: Some(log_id),
+            })
+            .unwrap_or_default();
+            write_atomic(&self.dir.join(PURGED_FILE), &json)
+                .map_err(|e| StorageError::IO { source: io_err(&e) })?;
+        }
+        self.rewrite()
+            .map_err(|e| StorageError::IO { source: io_err(&e) })
+    }
+}
+
+// ------------------------------------------------------------------------------------ state machine
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Applied {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    document: Vec<u8>,
+}
+
+/// The state machine: the broker behind [`Apply`], plus what was applied last.
+#[derive(Clone)]
+pub(crate) struct StateMachine {
+    dir: PathBuf,
+    applied: Arc<Mutex<Applied>>,
+    snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
+    broker: Arc<dyn Apply>,
+}
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("applied", &*lock(&self.applied))
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateMachine {
+    /// The state machine kept in `dir`, applying to `broker`.
+    pub(crate) fn open(dir: &Path, broker: Arc<dyn Apply>) -> anyhow::Result<Self> {
+        let applied = match std::fs::read(dir.join(APPLIED_FILE)) {
+            Ok(b) => serde_json::from_slice(&b)?,
+            Err(_) => Applied::default(),
+        };
+        let snapshot = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+            Ok(b) => serde_json::from_slice(&b).ok(),
+            Err(_) => None,
+        };
+        Ok(StateMachine {
+            dir: dir.to_owned(),
+            applied: Arc::new(Mutex::new(applied)),
+            snapshot: Arc::new(Mutex::new(snapshot)),
+            broker,
+        })
+    }
+
+    fn save_applied(&self) -> StorageResult<()> {
+        let json = serde_json::to_vec(&*lock(&self.applied)).unwrap_or_default();
+        write_atomic(&self.dir.join(APPLIED_FILE), &json).map_err(|e| StorageError::IO {
+            source: StorageIOError::write_state_machine(AnyError::new(&e)),
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let applied = lock(&self.applied).clone();
+        let document = self.broker.snapshot();
+        let index = applied.last_applied.map_or(0, |l| l.index);
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership,
+            snapshot_id: format!("{index}-{}", crate::clock::wall_ms()),
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            document: document.clone(),
+        };
+        let json = serde_json::to_vec(&stored).unwrap_or_default();
+        write_atomic(&self.dir.join(SNAPSHOT_FILE), &json).map_err(|e| StorageError::IO {
+            source: StorageIOError::write_snapshot(None, AnyError::new(&e)),
+        })?;
+        *lock(&self.snapshot) = Some(stored);
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(document)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        let a = lock(&self.applied);
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<()>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut replies = Vec::new();
+        for e in entries {
+            match &e.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(p) => {
+                    let broker = Arc::clone(&self.broker);
+                    crate::sync::wait_off_worker(|| broker.apply(p));
+                }
+                EntryPayload::Membership(m) => {
+                    lock(&self.applied).membership =
+                        StoredMembership::new(Some(e.log_id), m.clone());
+                }
+            }
+            lock(&self.applied).last_applied = Some(e.log_id);
+            replies.push(());
+        }
+        self.save_applied()?;
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let document = snapshot.into_inner();
+        let broker = Arc::clone(&self.broker);
+        crate::sync::wait_off_worker(|| broker.install(&document));
+        {
+            let mut a = lock(&self.applied);
+            a.last_applied = meta.last_log_id;
+            a.membership = meta.last_membership.clone();
+        }
+        self.save_applied()?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            document,
+        };
+        let json = serde_json::to_vec(&stored).unwrap_or_default();
+        write_atomic(&self.dir.join(SNAPSHOT_FILE), &json).map_err(|e| StorageError::IO {
+            source: StorageIOError::write_snapshot(None, AnyError::new(&e)),
+        })?;
+        *lock(&self.snapshot) = Some(stored);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        Ok(lock(&self.snapshot).as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.document.clone())),
+        }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------- network
+
+/// A Raft RPC as carried by the link.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum RaftRpc {
+    /// AppendEntries (and heartbeats).
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// RequestVote.
+    Vote(VoteRequest<NodeId>),
+    /// InstallSnapshot (one chunk).
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// Makes the per-peer RPC clients.
+#[derive(Debug, Clone)]
+pub(crate) struct Network {
+    pub(crate) links: Arc<Links>,
+}
+
+/// The RPC client for one peer.
+#[derive(Debug)]
+pub(crate) struct PeerClient {
+    links: Arc<Links>,
+    target: NodeId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
+        PeerClient {
+            links: Arc::clone(&self.links),
+            target,
+        }
+    }
+}
+
+type RpcResult<T, E> =
+    Result<T, openraft::error::RPCError<NodeId, BasicNode, openraft::error::RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    async fn call<T, E>(&self, rpc: RaftRpc, timeout: Duration) -> RpcResult<T, E>
+    where
+        T: for<'de> Deserialize<'de>,
+        E: std::error::Error + for<'de> Deserialize<'de>,
+    {
+        use openraft::error::{NetworkError, RPCError, RemoteError, Unreachable};
+        let body = super::wire::Request::Raft(rpc).encode();
+        let reply = self
+            .links
+            .request(self.target, &body, timeout)
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let answer: Result<T, openraft::error::RaftError<NodeId, E>> =
+            serde_json::from_slice(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RaftRpc::AppendEntries(rpc), option.hard_ttl())
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, openraft::error::InstallSnapshotError> {
+        self.call(RaftRpc::InstallSnapshot(rpc), option.hard_ttl())
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RaftRpc::Vote(rpc), option.hard_ttl()).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
+
+/// Answers a Raft RPC from a peer: the serialized `Result` of the call.
+pub(crate) async fn answer(raft: &Raft, rpc: RaftRpc) -> Vec<u8> {
+    let json = match rpc {
+        RaftRpc::AppendEntries(r) => serde_json::to_vec(&raft.append_entries(r).await),
+        RaftRpc::Vote(r) => serde_json::to_vec(&raft.vote(r).await),
+        RaftRpc::InstallSnapshot(r) => serde_json::to_vec(&raft.install_snapshot(r).await),
+    };
+    json.unwrap_or_default()
+}
+
+/// The openraft configuration: 100 ms heartbeats, elections after 400–800 ms of silence, a snapshot
+/// every 5 000 entries (keeping the last 1 000 for followers that are slightly behind).
+pub(crate) fn config() -> anyhow::Result<Arc<openraft::Config>> {
+    let c = openraft::Config {
+        cluster_name: "warren".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Default::default()
+    };
+    Ok(Arc::new(c.validate()?))
+}

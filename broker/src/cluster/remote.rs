@@ -1,0 +1,616 @@
+//! Queues served through another node: a queue lives on its home node (where it was declared); every
+//! other node holds a proxy ([`Queue::with_remote`]) that forwards publishes, consumers, gets,
+//! settlements and purges to the home over the link, and hands the home's deliveries to its local
+//! consumers.
+//!
+//! **Publishes** routed on a node to a proxy go to the home as one-way messages on that node's one
+//! connection to the home, so they arrive in the order they were routed. A publish to a queue whose
+//! home is down is refused (a confirm nack; unroutable for `mandatory`).
+//! **Consumers** attached through a proxy are registered at the home with a [`RemoteSink`], which sends
+//! each delivery to the proxy node and remembers it until that node settles it (ack, reject, requeue).
+//! The home's prefetch accounting counts them as for a local consumer; the sink takes no more while
+//! the link to that node is congested. **Failure**: when the link to a node is lost, the home requeues
+//! (flagged redelivered) what it had delivered to that node and detaches its consumers; the node
+//! cancels its consumers of queues homed there (consumer-cancel notification, RabbitMQ
+//! docs/consumer-cancel.md).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use amq_protocol::protocol::BasicProperties;
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use super::link::NodeId;
+use super::wire::{self, GetReply, Reply, Request, SettleKind, WireMessage};
+use super::Cluster;
+use crate::broker::Broker;
+use crate::message::{Message, MessageRef};
+use crate::queue::{
+    next_consumer_seq, ConsumeRefused, Consumer, ConsumerSink, PublishOutcome, Queue, QueueCounts,
+    QueuedMessage, RemoteHome,
+};
+use crate::sync::lock;
+
+/// How long a proxy waits for its home to answer a consume, get, purge or count.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A delivery to another node not yet settled there.
+type Outstanding = (QueuedMessage, Option<Arc<Consumer>>, Arc<Queue>);
+
+/// The node's tables of remote consumers and deliveries. See the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct Remote {
+    /// Proxy side: consumers attached through this node, by their id here, with the proxy and home.
+    consumers: Mutex<HashMap<u64, (Arc<Queue>, Arc<Consumer>, NodeId)>>,
+    next_consumer: AtomicU64,
+    /// Home side: other nodes' consumers of queues homed here, by (node, id there).
+    attached: Mutex<HashMap<(NodeId, u64), (Arc<Queue>, Arc<Consumer>)>>,
+    /// Home side: deliveries (and gets) to other nodes not yet settled, by (node, vhost, queue, seq).
+    outstanding: Mutex<HashMap<(NodeId, String, String, u64), Outstanding>>,
+}
+
+/// A proxy's home: where its queue lives.
+#[derive(Debug)]
+pub(crate) struct Home {
+    pub(crate) cluster: Weak<Cluster>,
+    pub(crate) node: NodeId,
+    pub(crate) vhost: String,
+}
+
+fn message_from(broker: &Broker, m: WireMessage) -> MessageRef {
+    build(
+        broker,
+        &m.exchange,
+        &m.routing_key,
+        Bytes::from(m.properties),
+        Bytes::from(m.body),
+    )
+}
+
+fn build(
+    broker: &Broker,
+    exchange: &str,
+    routing_key: &str,
+    properties: Bytes,
+    body: Bytes,
+) -> MessageRef {
+    let decoded = amq_protocol::protocol::basic::parse_properties(&properties[..])
+        .map(|(_, p)| p)
+        .unwrap_or_else(|_| BasicProperties::default());
+    Arc::new(Message::new(
+        broker.memory,
+        exchange.into(),
+        routing_key.into(),
+        decoded,
+        properties,
+        body,
+    ))
+}
+
+fn wire_message(m: &QueuedMessage) -> WireMessage {
+    WireMessage {
+        seq: m.seq,
+        redelivered: m.redelivered,
+        delivery_count: m.delivery_count,
+        exchange: m.message.exchange.to_string(),
+        routing_key: m.message.routing_key.to_string(),
+        properties: m.message.raw_properties.to_vec(),
+        body: m.message.body.to_vec(),
+    }
+}
+
+impl Home {
+    fn call<T: for<'de> serde::Deserialize<'de>>(&self, request: &Request) -> Option<T> {
+        let c = self.cluster.upgrade()?;
+        let body = request.encode();
+        let reply = c.block_on(c.links.request(self.node, &body, CALL_TIMEOUT));
+        match reply {
+            Ok(b) => serde_json::from_slice(&b).ok(),
+            Err(e) => {
+                debug!(home = self.node, error = %e, "queue home did not answer");
+                None
+            }
+        }
+    }
+}
+
+impl RemoteHome for Home {
+    fn node(&self) -> u64 {
+        self.node
+    }
+
+    fn publish(&self, queue: &Queue, message: MessageRef, own_ttl: Option<u64>) -> PublishOutcome {
+        let Some(c) = self.cluster.upgrade() else {
+            return PublishOutcome::Rejected;
+        };
+        let m = wire::Message::Publish {
+            vhost: self.vhost.clone(),
+            queue: queue.name.to_string(),
+            ttl: own_ttl.unwrap_or(u64::MAX),
+            exchange: message.exchange.to_string(),
+            routing_key: message.routing_key.to_string(),
+            properties: message.raw_properties.clone(),
+            body: message.body.clone(),
+        };
+        if c.links.send(self.node, &m.encode()) {
+            PublishOutcome::Enqueued
+        } else {
+            PublishOutcome::Rejected
+        }
+    }
+
+    fn get(&self, queue: &Arc<Queue>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
+        let c = self.cluster.upgrade()?;
+        let reply: GetReply = self.call(&Request::Get {
+            vhost: self.vhost.clone(),
+            queue: queue.name.to_string(),
+            no_ack,
+        })?;
+        let broker = c.broker()?;
+        let m = reply.message?;
+        let (seq, redelivered, delivery_count) = (m.seq, m.redelivered, m.delivery_count);
+        Some((
+            QueuedMessage {
+                seq,
+                message: message_from(&broker, m),
+                redelivered,
+                expires_at: None,
+                delivery_count,
+                logged: false,
+            },
+            reply.remaining,
+        ))
+    }
+
+    fn settle(&self, queue: &Queue, seqs: Vec<u64>, how: Option<bool>) {
+        let Some(c) = self.cluster.upgrade() else {
+            return;
+        };
+        let kind = match how {
+            Some(true) => SettleKind::Ack,
+            Some(false) => SettleKind::Reject,
+            None => SettleKind::Requeue,
+        };
+        let m = wire::Message::Settle {
+            vhost: self.vhost.clone(),
+            queue: queue.name.to_string(),
+            kind,
+            seqs,
+        };
+        c.links.send(self.node, &m.encode());
+    }
+
+    fn consume(&self, queue: &Arc<Queue>, consumer: &Arc<Consumer>) -> Result<(), ConsumeRefused> {
+        let c = self.cluster.upgrade().ok_or(ConsumeRefused::Deleted)?;
+        let id = c.remote.next_consumer.fetch_add(1, Ordering::Relaxed) + 1;
+        lock(&c.remote.consumers).insert(id, (Arc::clone(queue), Arc::clone(consumer), self.node));
+        let reply: Option<Reply> = self.call(&Request::Consume {
+            vhost: self.vhost.clone(),
+            queue: queue.name.to_string(),
+            id,
+            tag: consumer.tag.to_string(),
+            no_ack: consumer.no_ack,
+            exclusive: consumer.exclusive,
+            prefetch: consumer.prefetch,
+            priority: consumer.priority,
+        });
+        let refused = match reply {
+            Some(Reply { error: None, .. }) => return Ok(()),
+            Some(Reply {
+                error: Some((403, _)),
+                ..
+            }) => ConsumeRefused::ExclusiveInUse,
+            _ => ConsumeRefused::Deleted,
+        };
+        lock(&c.remote.consumers).remove(&id);
+        Err(refused)
+    }
+
+    fn cancel(&self, _queue: &Queue, consumer: &Arc<Consumer>) {
+        let Some(c) = self.cluster.upgrade() else {
+            return;
+        };
+        let id = {
+            let mut consumers = lock(&c.remote.consumers);
+            let id = consumers
+                .iter()
+                .find(|(_, (_, k, _))| Arc::ptr_eq(k, consumer))
+                .map(|(id, _)| *id);
+            if let Some(id) = id {
+                consumers.remove(&id);
+            }
+            id
+        };
+        if let Some(id) = id {
+            c.links
+                .send(self.node, &wire::Message::Cancel { consumer: id }.encode());
+        }
+    }
+
+    fn purge(&self, queue: &Queue) -> u32 {
+        let reply: Option<Reply> = self.call(&Request::Purge {
+            vhost: self.vhost.clone(),
+            queue: queue.name.to_string(),
+        });
+        reply.map_or(0, |r| r.count)
+    }
+
+    fn counts(&self, queue: &Queue) -> QueueCounts {
+        let reply: Option<Reply> = self.call(&Request::Counts {
+            vhost: self.vhost.clone(),
+            queue: queue.name.to_string(),
+        });
+        let r = reply.unwrap_or_default();
+        QueueCounts {
+            messages: r.count,
+            consumers: r.consumers,
+            unacked: 0,
+        }
+    }
+}
+
+/// A consumer of another node, attached to a queue homed here: deliveries go to that node.
+#[derive(Debug)]
+struct RemoteSink {
+    cluster: Weak<Cluster>,
+    peer: NodeId,
+    id: u64,
+    vhost: String,
+}
+
+impl ConsumerSink for RemoteSink {
+    fn has_capacity(&self, _consumer: &Consumer) -> bool {
+        self.cluster
+            .upgrade()
+            .is_some_and(|c| c.links.is_up(self.peer) && !c.links.congested(self.peer))
+    }
+
+    fn deliver(&self, queue: &Arc<Queue>, consumer: &Arc<Consumer>, message: QueuedMessage) {
+        let Some(c) = self.cluster.upgrade() else {
+            return;
+        };
+        let m = wire::Message::Deliver {
+            consumer: self.id,
+            seq: message.seq,
+            redelivered: message.redelivered,
+            delivery_count: message.delivery_count,
+            exchange: message.message.exchange.to_string(),
+            routing_key: message.message.routing_key.to_string(),
+            properties: message.message.raw_properties.clone(),
+            body: message.message.body.clone(),
+        };
+        // The queue's dispatch has counted it in `consumer.unacked` already.
+        if !consumer.no_ack {
+            lock(&c.remote.outstanding).insert(
+                (
+                    self.peer,
+                    self.vhost.clone(),
+                    queue.name.to_string(),
+                    message.seq,
+                ),
+                (message, Some(Arc::clone(consumer)), Arc::clone(queue)),
+            );
+        }
+        c.links.send(self.peer, &m.encode());
+    }
+
+    fn cancelled(&self, _consumer: &Arc<Consumer>) {
+        let Some(c) = self.cluster.upgrade() else {
+            return;
+        };
+        lock(&c.remote.attached).remove(&(self.peer, self.id));
+        c.links.send(
+            self.peer,
+            &wire::Message::Cancelled { consumer: self.id }.encode(),
+        );
+    }
+}
+
+fn error_reply(code: u16, text: String) -> Reply {
+    Reply {
+        error: Some((code, text)),
+        ..Reply::default()
+    }
+}
+
+impl Cluster {
+    /// Answers a proxy's queue request (consume, get, purge, counts) for a queue homed here.
+    pub(super) fn serve_queue(self: &Arc<Self>, from: NodeId, request: Request) -> Vec<u8> {
+        let Some(broker) = self.broker() else {
+            return Vec::new();
+        };
+        let (vhost, queue) = match &request {
+            Request::Consume { vhost, queue, .. }
+            | Request::Get { vhost, queue, .. }
+            | Request::Purge { vhost, queue }
+            | Request::Counts { vhost, queue } => (vhost.clone(), queue.clone()),
+            _ => return Vec::new(),
+        };
+        let Some(q) = broker.vhost(&vhost).and_then(|v| v.queue_by_name(&queue)) else {
+            let text = format!("NOT_FOUND - no queue '{queue}' in vhost '{vhost}'");
+            return match request {
+                Request::Get { .. } => serde_json::to_vec(&GetReply {
+                    error: Some((404, text)),
+                    message: None,
+                    remaining: 0,
+                }),
+                _ => serde_json::to_vec(&error_reply(404, text)),
+            }
+            .unwrap_or_default();
+        };
+        let json = match request {
+            Request::Consume {
+                id,
+                tag,
+                no_ack,
+                exclusive,
+                prefetch,
+                priority,
+                ..
+            } => {
+                let consumer = Arc::new(Consumer {
+                    tag: tag.as_str().into(),
+                    no_ack,
+                    exclusive,
+                    prefetch,
+                    priority,
+                    unacked: AtomicU32::new(0),
+                    sink: Arc::new(RemoteSink {
+                        cluster: Arc::downgrade(self),
+                        peer: from,
+                        id,
+                        vhost: vhost.clone(),
+                    }),
+                    filter: None,
+                    seq: next_consumer_seq(),
+                    cancelled: AtomicBool::new(false),
+                });
+                lock(&self.remote.attached)
+                    .insert((from, id), (Arc::clone(&q), Arc::clone(&consumer)));
+                match q.add_consumer(consumer, || {}) {
+                    Ok(()) => serde_json::to_vec(&Reply::default()),
+                    Err(refused) => {
+                        lock(&self.remote.attached).remove(&(from, id));
+                        let r = match refused {
+                            ConsumeRefused::ExclusiveInUse => error_reply(
+                                403,
+                                format!(
+                                    "ACCESS_REFUSED - queue '{queue}' in vhost '{vhost}' in exclusive use"
+                                ),
+                            ),
+                            ConsumeRefused::Deleted => error_reply(
+                                404,
+                                format!("NOT_FOUND - no queue '{queue}' in vhost '{vhost}'"),
+                            ),
+                        };
+                        serde_json::to_vec(&r)
+                    }
+                }
+            }
+            Request::Get { no_ack, .. } => {
+                let got = q.get(no_ack);
+                let reply = match got {
+                    Some((m, remaining)) => {
+                        let wire = wire_message(&m);
+                        if !no_ack {
+                            lock(&self.remote.outstanding).insert(
+                                (from, vhost.clone(), queue.clone(), m.seq),
+                                (m, None, Arc::clone(&q)),
+                            );
+                        }
+                        GetReply {
+                            error: None,
+                            message: Some(wire),
+                            remaining,
+                        }
+                    }
+                    None => GetReply {
+                        error: None,
+                        message: None,
+                        remaining: 0,
+                    },
+                };
+                serde_json::to_vec(&reply)
+            }
+            Request::Purge { .. } => serde_json::to_vec(&Reply {
+                count: q.purge(),
+                ..Reply::default()
+            }),
+            Request::Counts { .. } => {
+                let c = q.counts();
+                serde_json::to_vec(&Reply {
+                    error: None,
+                    count: c.messages,
+                    consumers: c.consumers,
+                })
+            }
+            _ => Ok(Vec::new()),
+        };
+        json.unwrap_or_default()
+    }
+
+    /// Takes a one-way message from `from`.
+    pub(super) fn on_message(self: &Arc<Self>, from: NodeId, m: wire::Message) {
+        let Some(broker) = self.broker() else {
+            return;
+        };
+        match m {
+            wire::Message::Publish {
+                vhost,
+                queue,
+                ttl,
+                exchange,
+                routing_key,
+                properties,
+                body,
+            } => {
+                let Some(q) = broker.vhost(&vhost).and_then(|v| v.queue_by_name(&queue)) else {
+                    debug!(%vhost, %queue, "forwarded publish to a queue that is gone: dropped");
+                    return;
+                };
+                let message = build(&broker, &exchange, &routing_key, properties, body);
+                q.publish(message, (ttl != u64::MAX).then_some(ttl));
+            }
+            wire::Message::Deliver {
+                consumer,
+                seq,
+                redelivered,
+                delivery_count,
+                exchange,
+                routing_key,
+                properties,
+                body,
+            } => {
+                let found = lock(&self.remote.consumers)
+                    .get(&consumer)
+                    .map(|(q, c, _)| (Arc::clone(q), Arc::clone(c)));
+                let Some((q, c)) = found else {
+                    // Cancelled meanwhile: the home gets it back.
+                    return;
+                };
+                let message = build(&broker, &exchange, &routing_key, properties, body);
+                // As a queue's dispatch does: the channel releases it when the delivery is settled.
+                if !c.no_ack {
+                    c.unacked.fetch_add(1, Ordering::Relaxed);
+                }
+                c.sink.deliver(
+                    &q,
+                    &c,
+                    QueuedMessage {
+                        seq,
+                        message,
+                        redelivered,
+                        expires_at: None,
+                        delivery_count,
+                        logged: false,
+                    },
+                );
+            }
+            wire::Message::Settle {
+                vhost,
+                queue,
+                kind,
+                seqs,
+            } => {
+                let mut run: Vec<QueuedMessage> = Vec::new();
+                let mut target: Option<Arc<Queue>> = None;
+                {
+                    let mut outstanding = lock(&self.remote.outstanding);
+                    for seq in seqs {
+                        if let Some((m, consumer, q)) =
+                            outstanding.remove(&(from, vhost.clone(), queue.clone(), seq))
+                        {
+                            if let Some(c) = consumer {
+                                c.unacked.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            target.get_or_insert(q);
+                            run.push(m);
+                        }
+                    }
+                }
+                if let Some(q) = target {
+                    match kind {
+                        SettleKind::Ack => q.settle(&run),
+                        SettleKind::Reject => q.reject(run),
+                        SettleKind::Requeue => q.requeue(run),
+                    }
+                }
+            }
+            wire::Message::Cancel { consumer } => {
+                let found = lock(&self.remote.attached).remove(&(from, consumer));
+                if let Some((q, c)) = found {
+                    self.detach(&broker, q, c);
+                }
+            }
+            wire::Message::Cancelled { consumer } => {
+                let found = lock(&self.remote.consumers).remove(&consumer);
+                if let Some((q, c, _)) = found {
+                    q.remove_consumer(&c);
+                    c.sink.cancelled(&c);
+                }
+            }
+        }
+    }
+
+    /// Detaches a remote consumer from its queue here; an auto-delete queue left without consumers
+    /// is deleted (proposed off this task: it waits for the cluster).
+    fn detach(&self, broker: &Broker, q: Arc<Queue>, c: Arc<Consumer>) {
+        if q.remove_consumer(&c) {
+            let vhost = broker.vhost_list().into_iter().find(|v| {
+                v.queue_by_name(q.name.as_str())
+                    .is_some_and(|x| Arc::ptr_eq(&x, &q))
+            });
+            if let Some(v) = vhost {
+                tokio::task::spawn_blocking(move || {
+                    v.remove_queue(&q);
+                });
+            }
+        }
+    }
+
+    /// The link to or from `peer` was lost: requeue what was delivered to it, detach its consumers,
+    /// and cancel this node's consumers of queues homed there.
+    pub(super) fn on_peer_down(self: &Arc<Self>, peer: NodeId) {
+        let Some(broker) = self.broker() else {
+            return;
+        };
+        let attached: Vec<(Arc<Queue>, Arc<Consumer>)> = {
+            let mut a = lock(&self.remote.attached);
+            let keys: Vec<_> = a.keys().filter(|(n, _)| *n == peer).copied().collect();
+            keys.into_iter().filter_map(|k| a.remove(&k)).collect()
+        };
+        for (q, c) in attached {
+            self.detach(&broker, q, c);
+        }
+        let mut back: HashMap<*const Queue, (Arc<Queue>, Vec<QueuedMessage>)> = HashMap::new();
+        {
+            let mut outstanding = lock(&self.remote.outstanding);
+            let keys: Vec<_> = outstanding
+                .keys()
+                .filter(|k| k.0 == peer)
+                .cloned()
+                .collect();
+            for k in keys {
+                if let Some((m, consumer, q)) = outstanding.remove(&k) {
+                    if let Some(c) = consumer {
+                        c.unacked.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    back.entry(Arc::as_ptr(&q))
+                        .or_insert_with(|| (q, Vec::new()))
+                        .1
+                        .push(m);
+                }
+            }
+        }
+        let requeued: usize = back.values().map(|(_, ms)| ms.len()).sum();
+        for (_, (q, ms)) in back {
+            q.requeue(ms);
+        }
+        let mine: Vec<(Arc<Queue>, Arc<Consumer>)> = {
+            let mut consumers = lock(&self.remote.consumers);
+            let ids: Vec<u64> = consumers
+                .iter()
+                .filter(|(_, (_, _, home))| *home == peer)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| consumers.remove(&id).map(|(q, c, _)| (q, c)))
+                .collect()
+        };
+        if requeued > 0 || !mine.is_empty() {
+            warn!(
+                peer,
+                requeued,
+                cancelled = mine.len(),
+                "link to node lost: its unacknowledged deliveries requeued, consumers of its queues cancelled"
+            );
+        }
+        for (q, c) in mine {
+            q.remove_consumer(&c);
+            c.sink.cancelled(&c);
+        }
+    }
+}

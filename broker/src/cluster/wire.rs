@@ -1,0 +1,403 @@
+//! What nodes say to each other over the link (`cluster/link.rs`): requests (JSON: Raft RPCs,
+//! proposals forwarded to the leader, the queue operations a proxy asks its home for) and one-way
+//! messages (a compact binary encoding: publishes, deliveries and settlements are the inter-node hot
+//! path).
+//!
+//! A one-way message starts with a tag octet; strings and byte strings are a `u32` length (big-endian)
+//! and their octets; numbers are big-endian.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use super::raft::RaftRpc;
+use super::Proposal;
+
+/// A request to a peer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    /// A Raft RPC.
+    Raft(RaftRpc),
+    /// A proposal for the leader to append (answered with [`ProposeReply`]).
+    Propose(Proposal),
+    /// Attach a consumer of a proxy to the queue at its home (answered with [`Reply`]).
+    Consume {
+        /// Vhost.
+        vhost: String,
+        /// Queue.
+        queue: String,
+        /// The consumer's id on the asking node.
+        id: u64,
+        /// Consumer tag (for log lines and the management API).
+        tag: String,
+        /// basic.consume's no-ack.
+        no_ack: bool,
+        /// basic.consume's exclusive.
+        exclusive: bool,
+        /// Per-consumer prefetch count (0: none).
+        prefetch: u16,
+        /// `x-priority`.
+        priority: i32,
+    },
+    /// basic.get at the home (answered with [`GetReply`]).
+    Get {
+        /// Vhost.
+        vhost: String,
+        /// Queue.
+        queue: String,
+        /// basic.get's no-ack.
+        no_ack: bool,
+    },
+    /// queue.purge at the home (answered with [`Reply`], `count` purged).
+    Purge {
+        /// Vhost.
+        vhost: String,
+        /// Queue.
+        queue: String,
+    },
+    /// The queue's counts at the home (answered with [`Reply`]).
+    Counts {
+        /// Vhost.
+        vhost: String,
+        /// Queue.
+        queue: String,
+    },
+}
+
+impl Request {
+    /// The request as sent.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The leader's answer to a forwarded proposal.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ProposeReply {
+    /// Appended and committed (the proposer then waits for its own apply).
+    Committed,
+    /// Not the leader; the leader it knows, if any.
+    NotLeader(Option<u64>),
+    /// Refused for another reason.
+    Failed(String),
+}
+
+/// The home's answer to a queue operation.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Reply {
+    /// Refused: the AMQP reply code and text.
+    pub error: Option<(u16, String)>,
+    /// Messages ready (or purged).
+    pub count: u32,
+    /// Consumers.
+    pub consumers: u32,
+}
+
+/// A message fetched by basic.get at the home.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct GetReply {
+    /// Refused: the AMQP reply code and text.
+    pub error: Option<(u16, String)>,
+    /// The message, if one was ready.
+    pub message: Option<WireMessage>,
+    /// Messages still ready.
+    pub remaining: u32,
+}
+
+/// A message crossing the link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WireMessage {
+    /// Its sequence number in the home queue.
+    pub seq: u64,
+    /// Redelivered flag.
+    pub redelivered: bool,
+    /// Deliveries so far.
+    pub delivery_count: u32,
+    /// Exchange published to.
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// Raw content-header properties.
+    pub properties: Vec<u8>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// How a proxy's deliveries were settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SettleKind {
+    /// basic.ack.
+    Ack,
+    /// Rejected without requeue.
+    Reject,
+    /// Back to the queue.
+    Requeue,
+}
+
+/// A one-way message between nodes.
+#[derive(Debug)]
+pub(crate) enum Message {
+    /// A message routed on the sending node to a queue homed on the receiver.
+    Publish {
+        /// Vhost.
+        vhost: String,
+        /// Queue.
+        queue: String,
+        /// The message's own `expiration`, ms (`u64::MAX`: none).
+        ttl: u64,
+        /// Exchange published to.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+        /// Raw content-header properties.
+        properties: Bytes,
+        /// Body.
+        body: Bytes,
+    },
+    /// A delivery to a consumer attached through the receiver.
+    Deliver {
+        /// The consumer's id on the receiver.
+        consumer: u64,
+        /// Sequence number in the home queue.
+        seq: u64,
+        /// Redelivered flag.
+        redelivered: bool,
+        /// Deliveries so far.
+        delivery_count: u32,
+        /// Exchange published to.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+        /// Raw content-header properties.
+        properties: Bytes,
+        /// Body.
+        body: Bytes,
+    },
+    /// Deliveries (or gets) from a home queue settled on the sending node.
+    Settle {
+        /// Vhost.
+        vhost: String,
+        /// Queue.
+        queue: String,
+        /// How.
+        kind: SettleKind,
+        /// Sequence numbers.
+        seqs: Vec<u64>,
+    },
+    /// The consumer was cancelled on the sending (proxy) node.
+    Cancel {
+        /// Its id there.
+        consumer: u64,
+    },
+    /// The home cancelled the consumer (queue deleted).
+    Cancelled {
+        /// Its id on the receiver.
+        consumer: u64,
+    },
+}
+
+const PUBLISH: u8 = 1;
+const DELIVER: u8 = 2;
+const SETTLE: u8 = 3;
+const CANCEL: u8 = 4;
+const CANCELLED: u8 = 5;
+
+fn put_str(b: &mut BytesMut, s: &[u8]) {
+    b.put_u32(u32::try_from(s.len()).unwrap_or(u32::MAX));
+    b.put_slice(s);
+}
+
+fn get_bytes(b: &mut Bytes) -> Option<Bytes> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let n = b.get_u32() as usize;
+    (b.remaining() >= n).then(|| b.split_to(n))
+}
+
+fn get_string(b: &mut Bytes) -> Option<String> {
+    String::from_utf8(get_bytes(b)?.to_vec()).ok()
+}
+
+fn get_u64(b: &mut Bytes) -> Option<u64> {
+    (b.remaining() >= 8).then(|| b.get_u64())
+}
+
+impl Message {
+    /// The message as sent.
+    pub(crate) fn encode(&self) -> BytesMut {
+        let mut b = BytesMut::new();
+        match self {
+            Message::Publish {
+                vhost,
+                queue,
+                ttl,
+                exchange,
+                routing_key,
+                properties,
+                body,
+            } => {
+                b.reserve(64 + properties.len() + body.len());
+                b.put_u8(PUBLISH);
+                put_str(&mut b, vhost.as_bytes());
+                put_str(&mut b, queue.as_bytes());
+                b.put_u64(*ttl);
+                put_str(&mut b, exchange.as_bytes());
+                put_str(&mut b, routing_key.as_bytes());
+                put_str(&mut b, properties);
+                put_str(&mut b, body);
+            }
+            Message::Deliver {
+                consumer,
+                seq,
+                redelivered,
+                delivery_count,
+                exchange,
+                routing_key,
+                properties,
+                body,
+            } => {
+                b.reserve(64 + properties.len() + body.len());
+                b.put_u8(DELIVER);
+                b.put_u64(*consumer);
+                b.put_u64(*seq);
+                b.put_u8(u8::from(*redelivered));
+                b.put_u32(*delivery_count);
+                put_str(&mut b, exchange.as_bytes());
+                put_str(&mut b, routing_key.as_bytes());
+                put_str(&mut b, properties);
+                put_str(&mut b, body);
+            }
+            Message::Settle {
+                vhost,
+                queue,
+                kind,
+                seqs,
+            } => {
+                b.put_u8(SETTLE);
+                put_str(&mut b, vhost.as_bytes());
+                put_str(&mut b, queue.as_bytes());
+                b.put_u8(match kind {
+                    SettleKind::Ack => 0,
+                    SettleKind::Reject => 1,
+                    SettleKind::Requeue => 2,
+                });
+                b.put_u32(u32::try_from(seqs.len()).unwrap_or(u32::MAX));
+                for s in seqs {
+                    b.put_u64(*s);
+                }
+            }
+            Message::Cancel { consumer } => {
+                b.put_u8(CANCEL);
+                b.put_u64(*consumer);
+            }
+            Message::Cancelled { consumer } => {
+                b.put_u8(CANCELLED);
+                b.put_u64(*consumer);
+            }
+        }
+        b
+    }
+
+    /// Decodes a message; `None` when it is malformed.
+    pub(crate) fn decode(mut b: Bytes) -> Option<Message> {
+        if !b.has_remaining() {
+            return None;
+        }
+        Some(match b.get_u8() {
+            PUBLISH => Message::Publish {
+                vhost: get_string(&mut b)?,
+                queue: get_string(&mut b)?,
+                ttl: get_u64(&mut b)?,
+                exchange: get_string(&mut b)?,
+                routing_key: get_string(&mut b)?,
+                properties: get_bytes(&mut b)?,
+                body: get_bytes(&mut b)?,
+            },
+            DELIVER => {
+                let consumer = get_u64(&mut b)?;
+                let seq = get_u64(&mut b)?;
+                if b.remaining() < 5 {
+                    return None;
+                }
+                let redelivered = b.get_u8() != 0;
+                let delivery_count = b.get_u32();
+                Message::Deliver {
+                    consumer,
+                    seq,
+                    redelivered,
+                    delivery_count,
+                    exchange: get_string(&mut b)?,
+                    routing_key: get_string(&mut b)?,
+                    properties: get_bytes(&mut b)?,
+                    body: get_bytes(&mut b)?,
+                }
+            }
+            SETTLE => {
+                let vhost = get_string(&mut b)?;
+                let queue = get_string(&mut b)?;
+                if b.remaining() < 5 {
+                    return None;
+                }
+                let kind = match b.get_u8() {
+                    0 => SettleKind::Ack,
+                    1 => SettleKind::Reject,
+                    _ => SettleKind::Requeue,
+                };
+                let n = b.get_u32() as usize;
+                if b.remaining() < n * 8 {
+                    return None;
+                }
+                Message::Settle {
+                    vhost,
+                    queue,
+                    kind,
+                    seqs: (0..n).map(|_| b.get_u64()).collect(),
+                }
+            }
+            CANCEL => Message::Cancel {
+                consumer: get_u64(&mut b)?,
+            },
+            CANCELLED => Message::Cancelled {
+                consumer: get_u64(&mut b)?,
+            },
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let m = Message::Publish {
+            vhost: "/".into(),
+            queue: "q".into(),
+            ttl: u64::MAX,
+            exchange: "x".into(),
+            routing_key: "k".into(),
+            properties: Bytes::from_static(&[0x80, 0, 1]),
+            body: Bytes::from_static(b"hello"),
+        };
+        let Some(Message::Publish { queue, body, .. }) = Message::decode(m.encode().freeze())
+        else {
+            panic!("publish did not decode");
+        };
+        assert_eq!((queue.as_str(), &body[..]), ("q", &b"hello"[..]));
+        let s = Message::Settle {
+            vhost: "/".into(),
+            queue: "q".into(),
+            kind: SettleKind::Requeue,
+            seqs: vec![3, 4, 9],
+        };
+        let Some(Message::Settle { kind, seqs, .. }) = Message::decode(s.encode().freeze()) else {
+            panic!("settle did not decode");
+        };
+        assert_eq!((kind, seqs), (SettleKind::Requeue, vec![3, 4, 9]));
+        // Truncated input is refused, not misread.
+        let mut cut = s.encode();
+        cut.truncate(cut.len() - 3);
+        assert!(Message::decode(cut.freeze()).is_none());
+    }
+}

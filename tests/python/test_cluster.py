@@ -1,0 +1,317 @@
+"""A three-node cluster of real `warren` processes on loopback (issue 18): replicated metadata through
+Raft, any node serving any queue, failures (SIGKILL, SIGSTOP) and what the nodes agree on after.
+"""
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pika
+import pytest
+
+from cluster_harness import Cluster, answers_amqp
+
+
+def api(node, method, path, body=None, user="guest", password="guest"):
+    """A management API call on `node`: (status, decoded JSON or None)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{node.mgmt_port}{path}", data=data, method=method)
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    req.add_header("Authorization", f"Basic {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            raw = r.read()
+            return r.status, (json.loads(raw) if raw else None)
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, (json.loads(raw) if raw else None)
+
+
+def eventually(check, timeout=10.0, every=0.1):
+    """Polls `check` until it returns a truthy value; returns it, or fails with the last value."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"not reached within {timeout}s (last: {last!r})")
+
+
+def message_count(node, queue):
+    conn = node.connect()
+    try:
+        return conn.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        conn.close()
+
+
+def queue_names(node):
+    status, qs = api(node, "GET", "/api/queues")
+    assert status == 200, qs
+    return sorted(q["name"] for q in qs)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(3).start()
+    yield c
+    c.stop()
+
+
+def test_a_declare_on_one_node_is_visible_on_the_others(cluster):
+    n1, n2, n3 = cluster.nodes
+    c1 = n1.connect()
+    ch = c1.channel()
+    ch.exchange_declare("cx", "topic", durable=True)
+    ch.queue_declare("cq", durable=True)
+    ch.queue_bind("cq", "cx", "orders.*")
+    for other in (n2, n3):
+        c = other.connect()
+        och = c.channel()
+        och.exchange_declare("cx", "topic", passive=True)
+        assert och.queue_declare("cq", passive=True).method.queue == "cq"
+        # The binding is there too: a publish routed on this node reaches the queue on node 1.
+        och.confirm_delivery()
+        och.basic_publish("cx", "orders.new", b"from " + other.name.encode(), mandatory=True)
+        c.close()
+    eventually(lambda: message_count(n1, "cq") == 2)
+    # A redeclare with other arguments is refused the same way on every node (406).
+    c3 = n3.connect()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        c3.channel().queue_declare("cq", durable=False)
+    assert e.value.reply_code == 406
+    c3.close()
+    ch.queue_delete("cq")
+    ch.exchange_delete("cx")
+    c1.close()
+    # The deletion is everywhere.
+    c2 = n2.connect()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        c2.channel().queue_declare("cq", passive=True)
+    assert e.value.reply_code == 404
+
+
+def test_b_a_publish_on_node_2_to_a_queue_on_node_1_is_consumed_on_node_3_in_order(cluster):
+    n1, n2, n3 = cluster.nodes
+    c1 = n1.connect()
+    c1.channel().queue_declare("ordered", durable=True)
+    c2 = n2.connect()
+    pub = c2.channel()
+    pub.confirm_delivery()
+    count = 2000
+    for i in range(count):
+        pub.basic_publish("", "ordered", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    eventually(lambda: message_count(n1, "ordered") == count)
+    c3 = n3.connect()
+    sub = c3.channel()
+    sub.basic_qos(prefetch_count=50)
+    got = []
+    redelivered = []
+    for method, _props, body in sub.consume("ordered", inactivity_timeout=5):
+        if method is None:
+            break
+        got.append(int(body))
+        redelivered.append(method.redelivered)
+        sub.basic_ack(method.delivery_tag)
+        if len(got) == count:
+            break
+    sub.cancel()
+    assert got == list(range(count))
+    assert not any(redelivered)
+    # Every ack went back to the home: nothing left there, ready or unacknowledged.
+    eventually(lambda: message_count(n1, "ordered") == 0)
+    status, q = api(n1, "GET", "/api/queues/%2F/ordered")
+    assert status == 200 and q["messages_unacknowledged"] == 0, q
+    # basic.get through a proxy, with a requeue (nack) that comes back flagged redelivered.
+    pub.basic_publish("", "ordered", b"again")
+    m, _, body = eventually(lambda: sub.basic_get("ordered") if message_count(n1, "ordered") else None)
+    assert body == b"again" and not m.redelivered
+    sub.basic_nack(m.delivery_tag, requeue=True)
+    m2 = eventually(lambda: sub.basic_get("ordered", auto_ack=True)[0])
+    assert m2.redelivered
+    c1.channel().queue_delete("ordered")
+    for c in (c1, c2, c3):
+        c.close()
+
+
+def test_c_users_permissions_and_policies_changed_on_one_node_apply_on_all(cluster):
+    n1, n2, n3 = cluster.nodes
+    status, _ = api(n2, "PUT", "/api/users/carol", {"password": "s3cret", "tags": "management"})
+    assert status == 201
+    status, _ = api(n2, "PUT", "/api/permissions/%2F/carol", {"configure": ".*", "write": ".*", "read": ".*"})
+    assert status == 201
+    # Carol logs in on node 3 with the password set on node 2 (same salt and hash everywhere).
+    eventually(lambda: api(n3, "GET", "/api/users/carol")[0] == 200)
+    conn = n3.connect(user="carol", password="s3cret")
+    conn.close()
+    # A policy set on node 1 applies to a queue that node 3 declared earlier.
+    c3 = n3.connect()
+    ch = c3.channel()
+    ch.queue_declare("limited")
+    status, _ = api(n1, "PUT", "/api/policies/%2F/cap", {"pattern": "^limited$", "definition": {"max-length": 5}, "apply-to": "queues"})
+    assert status == 201
+    eventually(lambda: api(n3, "GET", "/api/policies/%2F/cap")[0] == 200)
+    c2 = n2.connect()
+    pub = c2.channel()
+    pub.confirm_delivery()
+    for i in range(10):
+        pub.basic_publish("", "limited", str(i).encode())
+    eventually(lambda: message_count(n2, "limited") == 5)
+    status, q = api(n3, "GET", "/api/queues/%2F/limited")
+    assert q["policy"] == "cap", q
+    api(n1, "DELETE", "/api/policies/%2F/cap")
+    # Deleting the user on node 1 refuses it on node 2 from then on.
+    assert api(n1, "DELETE", "/api/users/carol")[0] == 204
+    eventually(lambda: api(n2, "GET", "/api/users/carol")[0] == 404)
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+        n2.connect(user="carol", password="s3cret")
+    ch.queue_delete("limited")
+    c2.close()
+    c3.close()
+
+
+def test_d_exclusive_queues_are_locked_elsewhere_and_go_with_their_connection(cluster):
+    n1, n2, _ = cluster.nodes
+    owner = n1.connect()
+    q = owner.channel().queue_declare("", exclusive=True).method.queue
+    assert q.startswith("amq.gen-")
+    other = n2.connect()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        other.channel().queue_declare(q, passive=True)
+    assert e.value.reply_code == 405
+    owner.close()
+    eventually(lambda: q not in queue_names(n2))
+    other.close()
+
+
+def test_e_the_management_api_lists_every_node(cluster):
+    n1, _, _ = cluster.nodes
+    status, nodes = api(n1, "GET", "/api/nodes")
+    assert status == 200
+    assert [n["name"] for n in nodes] == ["warren@n1", "warren@n2", "warren@n3"]
+    assert all(n["running"] for n in nodes)
+    status, overview = api(n1, "GET", "/api/overview")
+    assert overview["node"] == "warren@n1"
+    assert sum(1 for m in overview["warren_cluster"] if m["leader"]) == 1
+
+
+def test_f_a_node_killed_and_restarted_catches_up(cluster):
+    n1, n2, n3 = cluster.nodes
+    # A durable queue homed on node 3 with persistent messages.
+    c3 = n3.connect()
+    ch3 = c3.channel()
+    ch3.confirm_delivery()
+    ch3.queue_declare("home3", durable=True)
+    for i in range(20):
+        ch3.basic_publish("", "home3", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    # A consumer through node 1 of that queue is cancelled when node 3 dies.
+    c1 = n1.connect()
+    ch1 = c1.channel()
+    cancelled = []
+    ch1.add_on_cancel_callback(lambda frame: cancelled.append(frame))
+    ch1.basic_consume("home3", lambda *a: None, auto_ack=False)
+    c1.process_data_events(time_limit=0.5)
+    n3.kill()
+    eventually(lambda: (c1.process_data_events(time_limit=0.1), cancelled)[1], timeout=10)
+    status, nodes = api(n1, "GET", "/api/nodes")
+    assert {n["name"]: n["running"] for n in nodes}["warren@n3"] is False
+    # Meanwhile: metadata changes on the other two.
+    c2 = n2.connect()
+    ch2 = c2.channel()
+    ch2.queue_declare("while-down", durable=True)
+    assert api(n2, "PUT", "/api/users/dave", {"password": "pw", "tags": ""})[0] == 201
+    assert api(n2, "PUT", "/api/permissions/%2F/dave", {"configure": ".*", "write": ".*", "read": ".*"})[0] == 201
+    # The queue homed on the dead node: RabbitMQ's 404 for it.
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        c2.channel().queue_declare("home3", durable=True, passive=True)
+    assert e.value.reply_code == 404
+    assert "home node 'warren@n3' of durable queue 'home3'" in e.value.reply_text
+    n3.start()
+    n3.wait_up()
+    c3 = n3.connect(user="dave", password="pw")
+    assert c3.channel().queue_declare("while-down", passive=True).method.queue == "while-down"
+    c3.close()
+    # Its persistent messages are back, readable through node 2.
+    assert eventually(lambda: message_count(n2, "home3") == 20)
+    got = []
+    for _ in range(20):
+        m, _, body = ch2.basic_get("home3", auto_ack=True)
+        got.append(int(body))
+    assert got == list(range(20))
+    ch2.queue_delete("home3")
+    ch2.queue_delete("while-down")
+    api(n1, "DELETE", "/api/users/dave")
+    eventually(lambda: queue_names(n1) == queue_names(n2) == queue_names(n3))
+    c2.close()
+    try:
+        c1.close()
+    except pika.exceptions.AMQPError:
+        pass
+
+
+def test_g_a_minority_node_refuses_metadata_changes_and_agrees_after_healing(cluster):
+    n1, n2, n3 = cluster.nodes
+    c3 = n3.connect()
+    # Node 3 alone (the other two stopped): it cannot commit, so it refuses rather than diverging.
+    n1.pause()
+    n2.pause()
+    try:
+        started = time.time()
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+            c3.channel().queue_declare("minority-q", durable=True)
+        assert e.value.reply_code == 541
+        assert "not committed" in e.value.reply_text
+        assert time.time() - started < 20
+        status, body = api(n3, "PUT", "/api/vhosts/minority-vhost")
+        assert status == 503, body
+    finally:
+        n1.resume()
+        n2.resume()
+    # Healed: the refused changes exist nowhere, and a change on node 3 now reaches all three.
+    for n in (n1, n2, n3):
+        assert "minority-q" not in queue_names(n)
+        assert api(n, "GET", "/api/vhosts/minority-vhost")[0] == 404
+    c3 = eventually(lambda: _connect_and_declare(n3, "after-heal"), timeout=15)
+    for n in (n1, n2):
+        eventually(lambda: "after-heal" in queue_names(n))
+    assert queue_names(n1) == queue_names(n2) == queue_names(n3)
+    c3.channel().queue_delete("after-heal")
+    c3.close()
+
+
+def _connect_and_declare(node, queue):
+    try:
+        c = node.connect()
+        c.channel().queue_declare(queue, durable=True)
+        return c
+    except pika.exceptions.AMQPError:
+        return None
+
+
+def test_h_a_node_with_the_wrong_secret_is_not_let_in():
+    c = Cluster(3)
+    c.secret = "right"
+    bad = c.nodes[2]
+    try:
+        for n in c.nodes[:2]:
+            n.start()
+        bad_secret, c.secret = c.secret, "wrong"
+        bad.start()
+        c.secret = bad_secret
+        for n in c.nodes[:2]:
+            n.wait_up()
+        # Two of three agree and serve; the third never joins (it cannot reach a majority).
+        conn = c.nodes[0].connect()
+        conn.channel().queue_declare("q", durable=True)
+        conn.close()
+        time.sleep(2)
+        assert not answers_amqp(bad.port)
+        assert "does not know the cluster secret" in c.nodes[0].log() + c.nodes[1].log() + bad.log()
+    finally:
+        c.stop()
