@@ -17,21 +17,27 @@ if [ ! -d "$src" ] || ! command -v go >/dev/null; then
   apt-get update -qq && apt-get install -y -qq golang-go golang-github-rabbitmq-amqp091-go-dev >/dev/null
 fi
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-log=$(mktemp)
-data=$(mktemp -d)
-"$bin" --listen "127.0.0.1:$port" --management-listen 127.0.0.1:0 --prometheus-listen 127.0.0.1:0 --log warn --data-dir "$data" >"$log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$log" "$data"' EXIT
-for _ in $(seq 50); do
-  (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
-  sleep 0.1
-done
+if [ -n "${WARREN_TEST_AMQP_URL:-}" ]; then
+  # A broker someone else runs (e.g. a node of a cluster: tests/python/cluster_harness.py).
+  url=$WARREN_TEST_AMQP_URL
+else
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  log=$(mktemp)
+  data=$(mktemp -d)
+  "$bin" --listen "127.0.0.1:$port" --management-listen 127.0.0.1:0 --prometheus-listen 127.0.0.1:0 --log warn --data-dir "$data" >"$log" 2>&1 &
+  pid=$!
+  trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$log" "$data"' EXIT
+  for _ in $(seq 50); do
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+    sleep 0.1
+  done
+  url="amqp://guest:guest@127.0.0.1:$port/"
+fi
 
 out=$(mktemp)
 set +e
 GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= GOCACHE=${GOCACHE:-/tmp/warren-gocache} \
-  AMQP_URL="amqp://guest:guest@127.0.0.1:$port/" \
+  AMQP_URL="$url" \
   go test -tags integration -count=1 -timeout 600s -v github.com/rabbitmq/amqp091-go >"$out" 2>&1
 set -e
 

@@ -55,3 +55,9 @@ WARREN_BIN="$root/target/debug/warren" "$venv/bin/python" -m pytest -q tests/pyt
 
 echo "== amqp091-go conformance suite"
 WARREN_BIN="$root/target/debug/warren" scripts/conformance-go.sh
+
+echo "== pika (broker-agnostic tests) and amqp091-go against a node of a three-node cluster"
+WARREN_BIN="$root/target/debug/warren" "$venv/bin/python" tests/python/cluster_harness.py \
+  "$venv/bin/python" -m pytest -q --ignore=tests/python/test_cluster.py tests/python
+WARREN_BIN="$root/target/debug/warren" "$venv/bin/python" tests/python/cluster_harness.py \
+  scripts/conformance-go.sh

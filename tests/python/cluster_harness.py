@@ -17,6 +17,10 @@ import pika
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SECRET = "warren-test-secret"
+PLUGINS = pathlib.Path(
+    os.environ.get("WARREN_PLUGINS", str(ROOT / "target" / "plugins" / "wasm32-wasip2" / "release"))
+)
+FIRST_PARTY = ["x_consistent_hash", "x_random", "match_filter", "idempotency_key"]
 
 
 _handed_out = set()
@@ -56,6 +60,7 @@ class Node:
         self.data_dir = tempfile.mkdtemp(prefix=f"warren-cluster-n{index + 1}-")
         self.proc = None
         self.log_path = pathlib.Path(self.data_dir + ".log")
+        self.plugin_dir = None
 
     def args(self):
         binary = os.environ.get("WARREN_BIN", str(ROOT / "target" / "debug" / "warren"))
@@ -73,7 +78,17 @@ class Node:
         for other in self.cluster.nodes:
             if other is not self:
                 a += ["--cluster-peer", f"{other.name}=127.0.0.1:{other.link_port}"]
+        if self.plugin_dir is not None:
+            a += ["--plugin-dir", str(self.plugin_dir)]
         return a
+
+    def with_first_party_plugins(self):
+        """Gives the node a plugin directory with the first-party plugins the pika suite uses."""
+        d = pathlib.Path(self.data_dir + "-plugins")
+        d.mkdir(exist_ok=True)
+        for name in FIRST_PARTY:
+            (d / f"{name}.wasm").write_bytes((PLUGINS / f"{name}.wasm").read_bytes())
+        self.plugin_dir = d
 
     def start(self):
         env = dict(os.environ, WARREN_CLUSTER_SECRET=self.cluster.secret)
@@ -148,3 +163,39 @@ class Cluster:
 
     def __getitem__(self, i):
         return self.nodes[i]
+
+
+def main(argv):
+    """`cluster_harness.py COMMAND…`: starts a three-node cluster, runs COMMAND with
+    WARREN_TEST_BROKER (HOST:PORT) and WARREN_TEST_AMQP_URL naming node 2 (a node that did not
+    necessarily declare anything: a follower or the leader, as the election went), stops the cluster,
+    and exits with COMMAND's status."""
+    if not argv:
+        print("usage: cluster_harness.py COMMAND [ARG…]", file=sys.stderr)
+        return 2
+    cluster = Cluster(3)
+    for n in cluster.nodes:
+        n.with_first_party_plugins()
+    try:
+        cluster.start()
+        node = cluster[1]
+        env = dict(
+            os.environ,
+            WARREN_TEST_BROKER=f"127.0.0.1:{node.port}",
+            WARREN_TEST_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{node.port}/",
+        )
+        print(f"cluster_harness: 3 nodes up; running against {node.name} at 127.0.0.1:{node.port}", flush=True)
+        status = subprocess.call(argv, env=env)
+        for n in cluster.nodes:
+            if n.proc.poll() is not None:
+                print(f"cluster_harness: {n.name} died during the run:\n{n.log()}", file=sys.stderr)
+                status = status or 1
+        return status
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

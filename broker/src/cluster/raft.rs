@@ -313,11 +313,9 @@ impl StateMachine {
         })
     }
 
-    fn save_applied(&self) -> StorageResult<()> {
+    fn save_applied(&self) -> std::io::Result<()> {
         let json = serde_json::to_vec(&*lock(&self.applied)).unwrap_or_default();
-        write_atomic(&self.dir.join(APPLIED_FILE), &json).map_err(|e| StorageError::IO {
-            source: StorageIOError::write_state_machine(AnyError::new(&e)),
-        })
+        write_atomic(&self.dir.join(APPLIED_FILE), &json)
     }
 }
 
@@ -378,7 +376,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             lock(&self.applied).last_applied = Some(e.log_id);
             replies.push(());
         }
-        self.save_applied()?;
+        self.save_applied().map_err(|e| StorageError::IO {
+            source: StorageIOError::write_state_machine(AnyError::new(&e)),
+        })?;
         Ok(replies)
     }
 
@@ -403,7 +403,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             a.last_applied = meta.last_log_id;
             a.membership = meta.last_membership.clone();
         }
-        self.save_applied()?;
+        self.save_applied().map_err(|e| StorageError::IO {
+            source: StorageIOError::write_state_machine(AnyError::new(&e)),
+        })?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             document,

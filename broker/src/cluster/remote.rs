@@ -40,14 +40,19 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A delivery to another node not yet settled there.
 type Outstanding = (QueuedMessage, Option<Arc<Consumer>>, Arc<Queue>);
 
+/// A consumer attached through this node to a proxy: the proxy, the consumer, the home node.
+type ProxyConsumer = (Arc<Queue>, Arc<Consumer>, NodeId);
+/// Another node's consumer attached to a queue homed here.
+type Attached = (Arc<Queue>, Arc<Consumer>);
+
 /// The node's tables of remote consumers and deliveries. See the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct Remote {
     /// Proxy side: consumers attached through this node, by their id here, with the proxy and home.
-    consumers: Mutex<HashMap<u64, (Arc<Queue>, Arc<Consumer>, NodeId)>>,
+    consumers: Mutex<HashMap<u64, ProxyConsumer>>,
     next_consumer: AtomicU64,
     /// Home side: other nodes' consumers of queues homed here, by (node, id there).
-    attached: Mutex<HashMap<(NodeId, u64), (Arc<Queue>, Arc<Consumer>)>>,
+    attached: Mutex<HashMap<(NodeId, u64), Attached>>,
     /// Home side: deliveries (and gets) to other nodes not yet settled, by (node, vhost, queue, seq).
     outstanding: Mutex<HashMap<(NodeId, String, String, u64), Outstanding>>,
 }
