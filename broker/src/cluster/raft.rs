@@ -541,3 +541,48 @@ pub(crate) fn config() -> anyhow::Result<Arc<openraft::Config>> {
     };
     Ok(Arc::new(c.validate()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                origin: 1,
+                request: index,
+                command: super::super::Command::NodeStarted { node: 1 },
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_log_reopens_with_its_entries_and_stops_at_a_torn_tail() {
+        let dir = std::env::temp_dir().join(format!("warren-raft-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut bytes = Vec::new();
+        for i in 1..=3 {
+            encode_entry(&entry(1, i), &mut bytes);
+        }
+        // A truncation rewrote index 3 in a later term: the last record for an index wins.
+        encode_entry(&entry(2, 3), &mut bytes);
+        // A torn record at the end (half written when the node died).
+        let mut torn = Vec::new();
+        encode_entry(&entry(2, 4), &mut torn);
+        bytes.extend_from_slice(&torn[..torn.len() / 2]);
+        std::fs::write(dir.join(LOG_FILE), &bytes).unwrap();
+
+        let mut log = LogStore::open(&dir).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| (l.leader_id.term, l.index)), Some((2, 3)));
+        let entries = log.try_get_log_entries(1..).await.unwrap();
+        assert_eq!(entries.len(), 3);
+        // The torn tail is gone from the file too (it was rewritten at open).
+        drop(log);
+        let mut again = LogStore::open(&dir).unwrap();
+        assert_eq!(again.try_get_log_entries(1..).await.unwrap().len(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
