@@ -140,6 +140,24 @@ def test_b_a_publish_on_node_2_to_a_queue_on_node_1_is_consumed_on_node_3_in_ord
         c.close()
 
 
+def test_b2_a_publisher_confirm_through_another_node_is_the_home_queues_answer(cluster):
+    n1, n2, _ = cluster.nodes
+    c1 = n1.connect()
+    c1.channel().queue_declare("capped", arguments={"x-max-length": 2, "x-overflow": "reject-publish"})
+    c2 = n2.connect()
+    pub = c2.channel()
+    pub.confirm_delivery()
+    pub.basic_publish("", "capped", b"1")
+    pub.basic_publish("", "capped", b"2")
+    # The home refuses the third (reject-publish): node 2's publisher gets the nack.
+    with pytest.raises(pika.exceptions.NackError):
+        pub.basic_publish("", "capped", b"3")
+    assert message_count(n1, "capped") == 2
+    c1.channel().queue_delete("capped")
+    c1.close()
+    c2.close()
+
+
 def test_c_users_permissions_and_policies_changed_on_one_node_apply_on_all(cluster):
     n1, n2, n3 = cluster.nodes
     status, _ = api(n2, "PUT", "/api/users/carol", {"password": "s3cret", "tags": "management"})
@@ -253,6 +271,30 @@ def test_f_a_node_killed_and_restarted_catches_up(cluster):
         c1.close()
     except pika.exceptions.AMQPError:
         pass
+
+
+def test_f2_messages_confirmed_through_another_node_survive_kill_9_of_their_home(cluster):
+    n1, n2, _ = cluster.nodes
+    c1 = n1.connect()
+    c1.channel().queue_declare("kept", durable=True)
+    c1.close()
+    c2 = n2.connect()
+    pub = c2.channel()
+    pub.confirm_delivery()
+    for i in range(500):
+        pub.basic_publish("", "kept", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    # Every publish above was confirmed: the home has them on disk. Kill it at once.
+    n1.kill()
+    c2.close()
+    n1.start()
+    n1.wait_up()
+    assert eventually(lambda: message_count(n2, "kept") == 500, timeout=15)
+    c1 = n1.connect()
+    ch = c1.channel()
+    got = [int(ch.basic_get("kept", auto_ack=True)[2]) for _ in range(500)]
+    assert got == list(range(500))
+    ch.queue_delete("kept")
+    c1.close()
 
 
 def test_g_a_minority_node_refuses_metadata_changes_and_agrees_after_healing(cluster):

@@ -15,7 +15,7 @@ use super::{Channel, ConnectionContext};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::encode;
 use crate::store::Durability;
-use crate::store::QueueLog;
+use crate::store::Durable;
 
 /// A publish whose confirm waits for the logs it was appended to (durable queues', a delayed
 /// exchange's).
@@ -29,7 +29,7 @@ pub(super) struct DurableWait<L> {
 
 /// Confirm-mode state of one channel; `L` is what a durable wait waits on (a log).
 #[derive(Debug)]
-pub(super) struct Confirms<L = Arc<QueueLog>> {
+pub(super) struct Confirms<L = Arc<dyn Durable>> {
     /// Publisher confirms on (confirm.select).
     enabled: bool,
     /// Sequence number of the last complete publish in confirm mode.

@@ -2,8 +2,6 @@
 //! tx.rollback, the publishes and acks held until commit, and the commit-ok that waits for the
 //! transaction's persistent messages to reach the disk.
 
-use std::sync::Arc;
-
 use amq_protocol::protocol::{tx, AMQPClass};
 
 use super::deliveries::Settle;
@@ -11,7 +9,7 @@ use super::publish::Publication;
 use super::{Channel, ConnectionContext};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::ids::{TX_CLASS, TX_COMMIT};
-use crate::store::{Durability, QueueLog};
+use crate::store::{Durability, DurableWait};
 
 /// A basic.publish or an ack held back until tx.commit.
 #[derive(Debug)]
@@ -30,7 +28,7 @@ pub(super) enum TxOp {
 }
 
 /// Log appends a committed transaction waits for: each log and the LSN of its append.
-pub(super) type CommitWaits = Vec<(Arc<QueueLog>, u64)>;
+pub(super) type CommitWaits = Vec<DurableWait>;
 
 impl Channel {
     /// tx.select.

@@ -576,7 +576,10 @@ mod tests {
 
         let mut log = LogStore::open(&dir).unwrap();
         let state = log.get_log_state().await.unwrap();
-        assert_eq!(state.last_log_id.map(|l| (l.leader_id.term, l.index)), Some((2, 3)));
+        assert_eq!(
+            state.last_log_id.map(|l| (l.leader_id.term, l.index)),
+            Some((2, 3))
+        );
         let entries = log.try_get_log_entries(1..).await.unwrap();
         assert_eq!(entries.len(), 3);
         // The torn tail is gone from the file too (it was rewritten at open).

@@ -4,8 +4,11 @@
 //! consumers.
 //!
 //! **Publishes** routed on a node to a proxy go to the home as one-way messages on that node's one
-//! connection to the home, so they arrive in the order they were routed. A publish to a queue whose
-//! home is down is refused (a confirm nack; unroutable for `mandatory`).
+//! connection to the home, numbered per home, so they arrive in the order they were routed. The home
+//! acknowledges them by number once enqueued (and, when persistent on a durable queue, once its log
+//! has fsynced them); a publisher confirm waits for that ([`SentPublishes`] is the confirm's
+//! [`Durable`]), as RabbitMQ confirms once the queue has the message. A publish to a queue whose home
+//! is down, or in flight when the link is lost, is nacked.
 //! **Consumers** attached through a proxy are registered at the home with a [`RemoteSink`], which sends
 //! each delivery to the proxy node and remembers it until that node settles it (ack, reject, requeue).
 //! The home's prefetch accounting counts them as for a local consumer; the sink takes no more while
@@ -14,7 +17,7 @@
 //! cancels its consumers of queues homed there (consumer-cancel notification, RabbitMQ
 //! docs/consumer-cancel.md).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -32,6 +35,7 @@ use crate::queue::{
     next_consumer_seq, ConsumeRefused, Consumer, ConsumerSink, PublishOutcome, Queue, QueueCounts,
     QueuedMessage, RemoteHome,
 };
+use crate::store::{Durability, Durable, DurableWait};
 use crate::sync::lock;
 
 /// How long a proxy waits for its home to answer a consume, get, purge or count.
@@ -45,6 +49,46 @@ type ProxyConsumer = (Arc<Queue>, Arc<Consumer>, NodeId);
 /// Another node's consumer attached to a queue homed here.
 type Attached = (Arc<Queue>, Arc<Consumer>);
 
+/// Publishes this node sent to queues homed on one peer, and what the peer acknowledged: a publisher
+/// confirm of such a message waits on this.
+#[derive(Debug, Default)]
+pub(crate) struct SentPublishes {
+    /// The last number sent; held while a publish is sent, so numbers leave in order.
+    sent: Mutex<u64>,
+    /// Everything up to here is settled (enqueued, durable where it must be), but `nacked`.
+    acked: AtomicU64,
+    /// Set once anything was nacked or lost (the locks below are not taken before).
+    any_failed: AtomicBool,
+    /// Refused by the home.
+    nacked: Mutex<BTreeSet<u64>>,
+    /// Ranges of numbers in flight when the link was lost.
+    lost: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Durable for SentPublishes {
+    fn durability(&self, n: u64) -> Durability {
+        if self.any_failed.load(Ordering::Acquire)
+            && (lock(&self.nacked).contains(&n)
+                || lock(&self.lost).iter().any(|(a, b)| (*a..=*b).contains(&n)))
+        {
+            return Durability::Failed;
+        }
+        if self.acked.load(Ordering::Acquire) >= n {
+            Durability::Durable
+        } else {
+            Durability::Pending
+        }
+    }
+}
+
+/// Publishes a peer sent to queues homed here, waiting to be acknowledged (number, what the enqueue
+/// waits for, refused).
+#[derive(Debug, Default)]
+struct ReceivedPublishes {
+    pending: Mutex<VecDeque<(u64, Option<DurableWait>, bool)>>,
+    notify: tokio::sync::Notify,
+}
+
 /// The node's tables of remote consumers and deliveries. See the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct Remote {
@@ -55,6 +99,16 @@ pub(crate) struct Remote {
     attached: Mutex<HashMap<(NodeId, u64), Attached>>,
     /// Home side: deliveries (and gets) to other nodes not yet settled, by (node, vhost, queue, seq).
     outstanding: Mutex<HashMap<(NodeId, String, String, u64), Outstanding>>,
+    /// Proxy side: publishes sent to each home.
+    sent: Mutex<HashMap<NodeId, Arc<SentPublishes>>>,
+    /// Home side: publishes received from each peer, to acknowledge.
+    received: Mutex<HashMap<NodeId, Arc<ReceivedPublishes>>>,
+}
+
+impl Remote {
+    fn sent_to(&self, node: NodeId) -> Arc<SentPublishes> {
+        Arc::clone(lock(&self.sent).entry(node).or_default())
+    }
 }
 
 /// A proxy's home: where its queue lives.
@@ -127,11 +181,20 @@ impl RemoteHome for Home {
         self.node
     }
 
-    fn publish(&self, queue: &Queue, message: MessageRef, own_ttl: Option<u64>) -> PublishOutcome {
+    fn publish(
+        &self,
+        queue: &Queue,
+        message: MessageRef,
+        own_ttl: Option<u64>,
+    ) -> (PublishOutcome, Option<DurableWait>) {
         let Some(c) = self.cluster.upgrade() else {
-            return PublishOutcome::Rejected;
+            return (PublishOutcome::Rejected, None);
         };
+        let sent = c.remote.sent_to(self.node);
+        let mut last = lock(&sent.sent);
+        let seq = *last + 1;
         let m = wire::Message::Publish {
+            seq,
             vhost: self.vhost.clone(),
             queue: queue.name.to_string(),
             ttl: own_ttl.unwrap_or(u64::MAX),
@@ -141,9 +204,12 @@ impl RemoteHome for Home {
             body: message.body.clone(),
         };
         if c.links.send(self.node, &m.encode()) {
-            PublishOutcome::Enqueued
+            *last = seq;
+            drop(last);
+            let wait: Arc<dyn Durable> = sent;
+            (PublishOutcome::Enqueued, Some((wait, seq)))
         } else {
-            PublishOutcome::Rejected
+            (PublishOutcome::Rejected, None)
         }
     }
 
@@ -444,6 +510,7 @@ impl Cluster {
         };
         match m {
             wire::Message::Publish {
+                seq,
                 vhost,
                 queue,
                 ttl,
@@ -452,12 +519,33 @@ impl Cluster {
                 properties,
                 body,
             } => {
-                let Some(q) = broker.vhost(&vhost).and_then(|v| v.queue_by_name(&queue)) else {
-                    debug!(%vhost, %queue, "forwarded publish to a queue that is gone: dropped");
-                    return;
+                let (outcome, wait) = match broker
+                    .vhost(&vhost)
+                    .and_then(|v| v.queue_by_name(&queue))
+                {
+                    Some(q) => {
+                        let message = build(&broker, &exchange, &routing_key, properties, body);
+                        q.publish_durable(message, (ttl != u64::MAX).then_some(ttl))
+                    }
+                    None => {
+                        debug!(%vhost, %queue, "forwarded publish to a queue that is gone: dropped");
+                        (PublishOutcome::Deleted, None)
+                    }
                 };
-                let message = build(&broker, &exchange, &routing_key, properties, body);
-                q.publish(message, (ttl != u64::MAX).then_some(ttl));
+                let received = self.received_from(from);
+                lock(&received.pending).push_back((seq, wait, outcome == PublishOutcome::Rejected));
+                received.notify.notify_one();
+            }
+            wire::Message::Acked { upto, nacked } => {
+                let sent = self.remote.sent_to(from);
+                if !nacked.is_empty() {
+                    lock(&sent.nacked).extend(nacked);
+                    sent.any_failed.store(true, Ordering::Release);
+                }
+                sent.acked.fetch_max(upto, Ordering::AcqRel);
+                if let Some(store) = &broker.store {
+                    store.notify_commits();
+                }
             }
             wire::Message::Deliver {
                 consumer,
@@ -540,6 +628,26 @@ impl Cluster {
         }
     }
 
+    /// The publishes received from `peer`, with the task acknowledging them started on first use.
+    fn received_from(self: &Arc<Self>, peer: NodeId) -> Arc<ReceivedPublishes> {
+        let mut all = lock(&self.remote.received);
+        if let Some(r) = all.get(&peer) {
+            return Arc::clone(r);
+        }
+        let r = Arc::new(ReceivedPublishes::default());
+        all.insert(peer, Arc::clone(&r));
+        let commits = self
+            .broker()
+            .and_then(|b| b.store.as_ref().map(|s| s.commits()));
+        tokio::spawn(acknowledge(
+            Arc::downgrade(self),
+            peer,
+            Arc::clone(&r),
+            commits,
+        ));
+        r
+    }
+
     /// Detaches a remote consumer from its queue here; an auto-delete queue left without consumers
     /// is deleted (proposed off this task: it waits for the cluster).
     fn detach(&self, broker: &Broker, q: Arc<Queue>, c: Arc<Consumer>) {
@@ -590,6 +698,22 @@ impl Cluster {
                 }
             }
         }
+        // Publishes in flight to it: lost as far as their confirms know (nacked).
+        let sent = self.remote.sent_to(peer);
+        {
+            let last = *lock(&sent.sent);
+            let acked = sent.acked.load(Ordering::Acquire);
+            if last > acked {
+                lock(&sent.lost).push((acked + 1, last));
+                sent.any_failed.store(true, Ordering::Release);
+            }
+        }
+        if let Some(store) = &broker.store {
+            store.notify_commits();
+        }
+        if let Some(r) = lock(&self.remote.received).get(&peer) {
+            lock(&r.pending).clear();
+        }
         let requeued: usize = back.values().map(|(_, ms)| ms.len()).sum();
         for (_, (q, ms)) in back {
             q.requeue(ms);
@@ -616,6 +740,59 @@ impl Cluster {
         for (q, c) in mine {
             q.remove_consumer(&c);
             c.sink.cancelled(&c);
+        }
+    }
+}
+
+/// Acknowledges `peer`'s publishes as they are settled here: after each batch that arrives, and after
+/// each commit round while some wait for their queue's log. Ends with the cluster.
+async fn acknowledge(
+    cluster: Weak<Cluster>,
+    peer: NodeId,
+    received: Arc<ReceivedPublishes>,
+    mut commits: Option<tokio::sync::watch::Receiver<u64>>,
+) {
+    loop {
+        let (upto, nacked, waiting) = {
+            let mut pending = lock(&received.pending);
+            let mut upto = 0;
+            let mut nacked = Vec::new();
+            while let Some((seq, wait, rejected)) = pending.front() {
+                let state = match wait {
+                    Some((log, lsn)) => log.durability(*lsn),
+                    None => Durability::Durable,
+                };
+                if state == Durability::Pending {
+                    break;
+                }
+                if *rejected || state == Durability::Failed {
+                    nacked.push(*seq);
+                }
+                upto = *seq;
+                pending.pop_front();
+            }
+            (upto, nacked, !pending.is_empty())
+        };
+        let Some(c) = cluster.upgrade() else {
+            return;
+        };
+        if upto > 0 {
+            c.links
+                .send(peer, &wire::Message::Acked { upto, nacked }.encode());
+        }
+        drop(c);
+        let mut closed = false;
+        match &mut commits {
+            Some(rx) if waiting => {
+                tokio::select! {
+                    () = received.notify.notified() => {}
+                    changed = rx.changed() => closed = changed.is_err(),
+                }
+            }
+            _ => received.notify.notified().await,
+        }
+        if closed {
+            commits = None;
         }
     }
 }

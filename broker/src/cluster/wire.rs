@@ -138,6 +138,9 @@ pub(crate) enum SettleKind {
 pub(crate) enum Message {
     /// A message routed on the sending node to a queue homed on the receiver.
     Publish {
+        /// The sender's number for it (per receiver, from 1, in sending order): acknowledged by
+        /// [`Message::Acked`].
+        seq: u64,
         /// Vhost.
         vhost: String,
         /// Queue.
@@ -193,6 +196,14 @@ pub(crate) enum Message {
         /// Its id on the receiver.
         consumer: u64,
     },
+    /// The receiver's publishes up to `upto` are enqueued (and on disk where persistent on a durable
+    /// queue), except `nacked` (refused by the queue or its log).
+    Acked {
+        /// Highest publish number settled, all below it too.
+        upto: u64,
+        /// Those of them refused.
+        nacked: Vec<u64>,
+    },
 }
 
 const PUBLISH: u8 = 1;
@@ -200,6 +211,7 @@ const DELIVER: u8 = 2;
 const SETTLE: u8 = 3;
 const CANCEL: u8 = 4;
 const CANCELLED: u8 = 5;
+const ACKED: u8 = 6;
 
 fn put_str(b: &mut BytesMut, s: &[u8]) {
     b.put_u32(u32::try_from(s.len()).unwrap_or(u32::MAX));
@@ -228,6 +240,7 @@ impl Message {
         let mut b = BytesMut::new();
         match self {
             Message::Publish {
+                seq,
                 vhost,
                 queue,
                 ttl,
@@ -238,6 +251,7 @@ impl Message {
             } => {
                 b.reserve(64 + properties.len() + body.len());
                 b.put_u8(PUBLISH);
+                b.put_u64(*seq);
                 put_str(&mut b, vhost.as_bytes());
                 put_str(&mut b, queue.as_bytes());
                 b.put_u64(*ttl);
@@ -294,6 +308,14 @@ impl Message {
                 b.put_u8(CANCELLED);
                 b.put_u64(*consumer);
             }
+            Message::Acked { upto, nacked } => {
+                b.put_u8(ACKED);
+                b.put_u64(*upto);
+                b.put_u32(u32::try_from(nacked.len()).unwrap_or(u32::MAX));
+                for n in nacked {
+                    b.put_u64(*n);
+                }
+            }
         }
         b
     }
@@ -305,6 +327,7 @@ impl Message {
         }
         Some(match b.get_u8() {
             PUBLISH => Message::Publish {
+                seq: get_u64(&mut b)?,
                 vhost: get_string(&mut b)?,
                 queue: get_string(&mut b)?,
                 ttl: get_u64(&mut b)?,
@@ -360,6 +383,20 @@ impl Message {
             CANCELLED => Message::Cancelled {
                 consumer: get_u64(&mut b)?,
             },
+            ACKED => {
+                let upto = get_u64(&mut b)?;
+                if b.remaining() < 4 {
+                    return None;
+                }
+                let n = b.get_u32() as usize;
+                if b.remaining() < n * 8 {
+                    return None;
+                }
+                Message::Acked {
+                    upto,
+                    nacked: (0..n).map(|_| b.get_u64()).collect(),
+                }
+            }
             _ => return None,
         })
     }
@@ -372,6 +409,7 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let m = Message::Publish {
+            seq: 7,
             vhost: "/".into(),
             queue: "q".into(),
             ttl: u64::MAX,

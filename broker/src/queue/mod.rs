@@ -44,7 +44,7 @@ use self::tail::Tail;
 use crate::memory::{Account, Charge, Memory};
 use crate::message::MessageRef;
 use crate::store::record::PublishRef;
-use crate::store::{QueueLog, Recovered};
+use crate::store::{DurableWait, QueueLog, Recovered};
 
 /// A message waiting in (or delivered from) a queue.
 #[derive(Debug, Clone)]
@@ -119,7 +119,12 @@ pub trait RemoteHome: Send + Sync + fmt::Debug {
     /// The home node's id.
     fn node(&self) -> u64;
     /// Forwards a message routed to the queue. `Rejected` when the home is down.
-    fn publish(&self, queue: &Queue, message: MessageRef, own_ttl: Option<u64>) -> PublishOutcome;
+    fn publish(
+        &self,
+        queue: &Queue,
+        message: MessageRef,
+        own_ttl: Option<u64>,
+    ) -> (PublishOutcome, Option<DurableWait>);
     /// basic.get at the home.
     fn get(&self, queue: &Arc<Queue>, no_ack: bool) -> Option<(QueuedMessage, u32)>;
     /// Settles deliveries of the queue made through this node: `Some(true)` ack, `Some(false)`
@@ -567,9 +572,9 @@ impl Queue {
         self: &Arc<Self>,
         message: MessageRef,
         own_ttl: Option<u64>,
-    ) -> (PublishOutcome, Option<(Arc<QueueLog>, u64)>) {
+    ) -> (PublishOutcome, Option<DurableWait>) {
         if let Some(r) = &self.remote {
-            return (r.publish(self, message, own_ttl), None);
+            return r.publish(self, message, own_ttl);
         }
         let mut letters = Letters::new();
         let outcome = {
@@ -581,7 +586,10 @@ impl Queue {
         };
         self.hand_over(letters);
         let (outcome, lsn) = outcome;
-        let wait = lsn.and_then(|lsn| Some((Arc::clone(self.log.as_ref()?), lsn)));
+        let wait = lsn.and_then(|lsn| {
+            let log: Arc<dyn crate::store::Durable> = Arc::clone(self.log.as_ref()?) as _;
+            Some((log, lsn))
+        });
         (outcome, wait)
     }
 

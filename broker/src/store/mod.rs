@@ -37,6 +37,23 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use self::log::Durability;
+
+/// What a publisher confirm or a tx.commit-ok waits for, by sequence number: a queue log's fsync
+/// ([`QueueLog`]), or in a cluster the home node of a queue on another node having enqueued the
+/// message (`crate::cluster`). A waiter is woken through [`Store::commits`].
+pub trait Durable: Send + Sync + std::fmt::Debug {
+    /// Whether the append numbered `lsn` is durable, failed, or still pending.
+    fn durability(&self, lsn: u64) -> Durability;
+}
+
+impl Durable for QueueLog {
+    fn durability(&self, lsn: u64) -> Durability {
+        QueueLog::durability(self, lsn)
+    }
+}
+
+/// One wait: what to ask and the number to ask about.
+pub(crate) type DurableWait = (std::sync::Arc<dyn Durable>, u64);
 pub(crate) use self::log::{QueueLog, Recovered};
 
 /// A log the group-commit thread writes and fsyncs: a queue's or delay store's segment log
@@ -367,6 +384,12 @@ impl Store {
     /// A receiver that changes after every commit round.
     pub fn commits(&self) -> watch::Receiver<u64> {
         self.committer.commits.subscribe()
+    }
+
+    /// Wakes the receivers of [`Store::commits`] outside a commit round (a cluster node's
+    /// acknowledgement of publishes, another [`Durable`]).
+    pub fn notify_commits(&self) {
+        self.committer.commits.send_modify(|n| *n += 1);
     }
 
     /// Whether a queue log write is failing right now (the disk alarm reads this).

@@ -27,7 +27,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Destination, Exchange};
 use crate::message::{expiration_ms, header_strings, Message};
 use crate::queue::Queue;
-use crate::store::{Durability, QueueLog};
+use crate::store::Durability;
 use crate::sync::lock;
 
 /// Most messages routed per wake-up of the due-routing task (then it yields).
@@ -95,10 +95,11 @@ impl VHost {
         x: &Arc<Exchange>,
         message: &Message,
         due: u64,
-    ) -> AmqpResult<Option<(Arc<QueueLog>, u64)>> {
+    ) -> AmqpResult<Option<crate::store::DurableWait>> {
         Ok(self
             .delay_store(x)?
-            .insert(message, due, message.is_persistent()))
+            .insert(message, due, message.is_persistent())
+            .map(|(log, lsn)| (log as Arc<dyn crate::store::Durable>, lsn)))
     }
 
     /// A durable exchange just recovered: its delay store is opened now when it has a log on disk,
@@ -159,7 +160,7 @@ impl VHost {
 /// What [`VHost::route_due`] did with a run of due messages.
 struct RoutedDue {
     /// Log appends of the queues they went to.
-    waits: Vec<(Arc<QueueLog>, u64)>,
+    waits: Vec<crate::store::DurableWait>,
     /// Positions of the messages the exchange's type failed to route.
     failed: Vec<usize>,
 }
