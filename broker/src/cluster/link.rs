@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::sync::lock;
 
-/// A node's id within the cluster (its place in the sorted member list, from 1).
+/// A node's id within the cluster (derived from its name: `cluster::node_id`).
 pub(crate) type NodeId = u64;
 
 /// The handshake's first octets: protocol name and version.

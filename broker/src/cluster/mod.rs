@@ -2,8 +2,8 @@
 //!
 //! **Membership** is a static list (RabbitMQ's classic-config peer discovery): every node is started
 //! with its own name and inter-node address and the same list of peers (`[cluster]` in the config
-//! file, or `--cluster-node`, `--cluster-listen`, `--cluster-peer`). Node ids are the places of the
-//! names in the sorted list, from 1. Every node initialises the Raft group with the full list when it
+//! file, or `--cluster-node`, `--cluster-listen`, `--cluster-peer`). A node's id is derived from its
+//! name ([`node_id`]), so it stays the same whatever the list holds. Every node initialises the Raft group with the full list when it
 //! has no Raft state yet (openraft allows that with identical lists); a node restarted with its data
 //! directory rejoins with its log.
 //!
@@ -46,6 +46,16 @@ use crate::broker::Broker;
 use crate::config::ClusterConfig;
 use crate::queue::RemoteHome;
 use crate::sync::lock;
+
+/// A node's id: derived from its name alone (the first 23 bits of its SHA-256, never 0), so that it
+/// does not depend on the rest of the member list (connection ids of other nodes carry it in 23 bits:
+/// `command::connection_id`).
+fn node_id(name: &str) -> NodeId {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let id = u64::from_be_bytes([0, 0, 0, 0, 0, digest[0], digest[1], digest[2]]) >> 1;
+    id.max(1)
+}
 
 /// How long a proposer waits for its change to be committed and applied here.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -171,11 +181,15 @@ impl Cluster {
                  WARREN_CLUSTER_SECRET)"
             );
         }
-        let members: BTreeMap<NodeId, (String, String)> = names
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| (i as u64 + 1, m))
-            .collect();
+        let mut members: BTreeMap<NodeId, (String, String)> = BTreeMap::new();
+        for (name, address) in names {
+            let id = node_id(&name);
+            if let Some((other, _)) = members.insert(id, (name.clone(), address)) {
+                anyhow::bail!(
+                    "cluster node names '{other}' and '{name}' map to the same node id: rename one"
+                );
+            }
+        }
         let me = members
             .iter()
             .find(|(_, (n, _))| *n == config.node)
@@ -239,7 +253,9 @@ impl Cluster {
                 leader: leader == Some(*id),
             })
             .collect();
-        out.sort_by_key(|m| m.name != self.config.node);
+        out.sort_by(|a, b| {
+            (a.name != self.config.node, &a.name).cmp(&(b.name != self.config.node, &b.name))
+        });
         out
     }
 
