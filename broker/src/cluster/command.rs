@@ -277,16 +277,11 @@ impl Command {
                     connection_id(me, origin, *connection),
                 )
             })()),
-            Command::QueueDelete { vhost, name } => Box::new(vhost_of(broker, vhost).map(|v| {
-                match v.find_queue(name, u64::MAX) {
-                    Ok(Some(q)) => v.remove_queue(&q),
-                    _ => v
-                        .queue_list()
-                        .into_iter()
-                        .find(|q| q.name.as_str() == name)
-                        .map_or(0, |q| v.remove_queue(&q)),
-                }
-            })),
+            // Whoever owns it: the proposer checked exclusivity.
+            Command::QueueDelete { vhost, name } => Box::new(
+                vhost_of(broker, vhost)
+                    .map(|v| v.queue_by_name(name).map_or(0, |q| v.remove_queue(&q))),
+            ),
             Command::Binding {
                 vhost,
                 source,

@@ -218,6 +218,20 @@ fn put_str(b: &mut BytesMut, s: &[u8]) {
     b.put_slice(s);
 }
 
+/// A message's exchange, routing key, raw properties and body, in that order (publish, deliver).
+fn put_content(
+    b: &mut BytesMut,
+    exchange: &str,
+    routing_key: &str,
+    properties: &[u8],
+    body: &[u8],
+) {
+    put_str(b, exchange.as_bytes());
+    put_str(b, routing_key.as_bytes());
+    put_str(b, properties);
+    put_str(b, body);
+}
+
 fn get_bytes(b: &mut Bytes) -> Option<Bytes> {
     if b.remaining() < 4 {
         return None;
@@ -255,10 +269,7 @@ impl Message {
                 put_str(&mut b, vhost.as_bytes());
                 put_str(&mut b, queue.as_bytes());
                 b.put_u64(*ttl);
-                put_str(&mut b, exchange.as_bytes());
-                put_str(&mut b, routing_key.as_bytes());
-                put_str(&mut b, properties);
-                put_str(&mut b, body);
+                put_content(&mut b, exchange, routing_key, properties, body);
             }
             Message::Deliver {
                 consumer,
@@ -276,10 +287,7 @@ impl Message {
                 b.put_u64(*seq);
                 b.put_u8(u8::from(*redelivered));
                 b.put_u32(*delivery_count);
-                put_str(&mut b, exchange.as_bytes());
-                put_str(&mut b, routing_key.as_bytes());
-                put_str(&mut b, properties);
-                put_str(&mut b, body);
+                put_content(&mut b, exchange, routing_key, properties, body);
             }
             Message::Settle {
                 vhost,
