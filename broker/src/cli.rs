@@ -64,6 +64,9 @@ pub struct Cli {
     /// File holding the cluster's shared secret (RabbitMQ's Erlang cookie equivalent).
     #[arg(long, env = "WARREN_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Metadata log entries between Raft snapshots (default 5000).
+    #[arg(long, env = "WARREN_CLUSTER_SNAPSHOT_EVERY")]
+    pub cluster_snapshot_every: Option<u64>,
     /// A companion command instead of running the broker.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -210,6 +213,9 @@ impl Cli {
             }
             if let Some(f) = self.cluster_secret_file {
                 c.secret_file = Some(f);
+            }
+            if let Some(n) = self.cluster_snapshot_every {
+                c.snapshot_every = Some(n.max(1));
             }
             if let Ok(secret) = std::env::var("WARREN_CLUSTER_SECRET") {
                 c.secret = secret;

@@ -187,6 +187,10 @@ pub struct ClusterConfig {
     pub secret: String,
     /// A file holding the shared secret (its first line).
     pub secret_file: Option<PathBuf>,
+    /// Metadata log entries between Raft snapshots (default 5 000); a fifth of that many entries is
+    /// kept behind each snapshot for followers slightly behind, one further behind installs the
+    /// snapshot.
+    pub snapshot_every: Option<u64>,
 }
 
 fn default_vhost() -> String {

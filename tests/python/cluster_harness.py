@@ -61,13 +61,15 @@ class Node:
         self.proc = None
         self.log_path = pathlib.Path(self.data_dir + ".log")
         self.plugin_dir = None
+        self.extra_args = []
+        self.log_filter = os.environ.get("WARREN_CLUSTER_LOG", "warn")
 
     def args(self):
         binary = os.environ.get("WARREN_BIN", str(ROOT / "target" / "debug" / "warren"))
         a = [
             binary,
             "--listen", f"127.0.0.1:{self.port}",
-            "--log", os.environ.get("WARREN_CLUSTER_LOG", "warn"),
+            "--log", self.log_filter,
             "--data-dir", self.data_dir,
             "--management-listen", f"127.0.0.1:{self.mgmt_port}",
             "--prometheus-listen", f"127.0.0.1:{self.prometheus_port}",
@@ -80,7 +82,7 @@ class Node:
                 a += ["--cluster-peer", f"{other.name}=127.0.0.1:{other.link_port}"]
         if self.plugin_dir is not None:
             a += ["--plugin-dir", str(self.plugin_dir)]
-        return a
+        return a + self.extra_args
 
     def with_first_party_plugins(self):
         """Gives the node a plugin directory with the first-party plugins the pika suite uses."""

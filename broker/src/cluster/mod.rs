@@ -57,6 +57,9 @@ fn node_id(name: &str) -> NodeId {
     id.max(1)
 }
 
+/// What a proposer hears when its committed change reached this node inside a snapshot.
+const COVERED: &str = "committed, and applied here through a snapshot (its own reply is not known)";
+
 /// How long a proposer waits for its change to be committed and applied here.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -97,7 +100,7 @@ impl Consensus for raft::Raft {
         Box::pin(async move {
             use openraft::error::{ClientWriteError, RaftError};
             match self.client_write(proposal).await {
-                Ok(_) => ProposeReply::Committed,
+                Ok(r) => ProposeReply::Committed(r.log_id.index),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     ProposeReply::NotLeader(f.leader_id)
                 }
@@ -132,6 +135,8 @@ pub(crate) struct Cluster {
     broker: OnceLock<Weak<Broker>>,
     runtime: OnceLock<tokio::runtime::Handle>,
     pub(crate) remote: remote::Remote,
+    /// The last log index applied here (entries or snapshot), shared with the state machine.
+    applied: Arc<AtomicU64>,
     config: ClusterConfig,
     me_weak: Weak<Cluster>,
 }
@@ -211,6 +216,7 @@ impl Cluster {
             broker: OnceLock::new(),
             runtime: OnceLock::new(),
             remote: remote::Remote::default(),
+            applied: Arc::new(AtomicU64::new(0)),
             config: config.clone(),
             me_weak: w.clone(),
         }))
@@ -299,10 +305,7 @@ impl Cluster {
         let deadline = Instant::now() + COMMIT_TIMEOUT;
         let committed = self.block_on(self.submit(proposal, deadline));
         let outcome = match committed {
-            Ok(()) => crate::sync::wait_off_worker(|| {
-                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            })
-            .map_err(|_| "committed but not applied on this node in time".to_owned()),
+            Ok(index) => crate::sync::wait_off_worker(|| self.await_apply(&rx, index, deadline)),
             Err(why) => Err(why),
         };
         lock(&self.pending).remove(&request);
@@ -319,17 +322,60 @@ impl Cluster {
         }
     }
 
-    async fn submit(&self, proposal: Proposal, deadline: Instant) -> Result<(), String> {
+    /// Waits for this node's apply of the proposal committed at `index`: its result, or — when the
+    /// node reached past `index` through an installed snapshot, which applies no single entry — a
+    /// refusal saying so (the change is in place; only its reply is lost).
+    fn await_apply(
+        &self,
+        rx: &std::sync::mpsc::Receiver<Box<dyn Any + Send>>,
+        index: u64,
+        deadline: Instant,
+    ) -> Result<Box<dyn Any + Send>, String> {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(result) => return Ok(result),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("the proposal was dropped".to_owned())
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.applied.load(Ordering::Acquire) >= index {
+                if let Ok(result) = rx.try_recv() {
+                    return Ok(result);
+                }
+                return Err(COVERED.to_owned());
+            }
+            if Instant::now() >= deadline {
+                return Err("committed but not applied on this node in time".to_owned());
+            }
+        }
+    }
+
+    async fn submit(&self, proposal: Proposal, deadline: Instant) -> Result<u64, String> {
         let Some(engine) = self.engine.get() else {
             return Err("the cluster is not started".to_owned());
         };
         let mut last = String::from("no leader");
         while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
             let reply = match engine.leader() {
-                Some(l) if l == self.me => engine.propose(proposal.clone()).await,
+                // A restarted node may still believe it leads (its persisted vote) while another
+                // node does: its own append never commits. Bounded, then the leader is asked again.
+                Some(l) if l == self.me => {
+                    match tokio::time::timeout(
+                        left.min(Duration::from_secs(2)),
+                        engine.propose(proposal.clone()),
+                    )
+                    .await
+                    {
+                        Ok(reply) => reply,
+                        Err(_) => {
+                            ProposeReply::Failed("not committed by this leader in time".into())
+                        }
+                    }
+                }
                 Some(l) => {
                     let body = Request::Propose(proposal.clone()).encode();
-                    let left = deadline.saturating_duration_since(Instant::now());
                     match self.links.request(l, &body, left).await {
                         Ok(b) => serde_json::from_slice(&b)
                             .unwrap_or_else(|e| ProposeReply::Failed(e.to_string())),
@@ -339,7 +385,7 @@ impl Cluster {
                 None => ProposeReply::NotLeader(None),
             };
             match reply {
-                ProposeReply::Committed => return Ok(()),
+                ProposeReply::Committed(index) => return Ok(index),
                 ProposeReply::NotLeader(_) => last = "no leader".to_owned(),
                 ProposeReply::Failed(why) => last = why,
             }
@@ -369,11 +415,13 @@ impl Cluster {
         let apply: Arc<dyn raft::Apply> = Arc::new(Applier {
             cluster: self.me_weak.clone(),
         });
-        let sm = raft::StateMachine::open(&dir, apply).context("opening the Raft state")?;
+        let sm = raft::StateMachine::open(&dir, apply, Arc::clone(&self.applied))
+            .context("opening the Raft state")?;
         let network = raft::Network {
             links: Arc::clone(&self.links),
         };
-        let r = raft::Raft::new(self.me, raft::config()?, network, log, sm)
+        let every = self.config.snapshot_every.unwrap_or(5_000);
+        let r = raft::Raft::new(self.me, raft::config(every)?, network, log, sm)
             .await
             .context("starting Raft")?;
         let _ = self.raft.set(r.clone());
@@ -402,6 +450,8 @@ impl Cluster {
                     me.replicate(Command::NodeStarted { node: me.me });
                 match r {
                     Ok(()) => return,
+                    // Applied through a snapshot: in place all the same.
+                    Err(e) if e.to_string().contains(COVERED) => return,
                     Err(e) => {
                         waited += 1;
                         warn!(error = %e, attempt = waited, "cluster: waiting for a majority of the nodes before serving clients");

@@ -282,6 +282,8 @@ struct StoredSnapshot {
 pub(crate) struct StateMachine {
     dir: PathBuf,
     applied: Arc<Mutex<Applied>>,
+    /// The last applied index, for proposers waiting on this node.
+    applied_index: Arc<std::sync::atomic::AtomicU64>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     broker: Arc<dyn Apply>,
 }
@@ -296,7 +298,11 @@ impl std::fmt::Debug for StateMachine {
 
 impl StateMachine {
     /// The state machine kept in `dir`, applying to `broker`.
-    pub(crate) fn open(dir: &Path, broker: Arc<dyn Apply>) -> anyhow::Result<Self> {
+    pub(crate) fn open(
+        dir: &Path,
+        broker: Arc<dyn Apply>,
+        applied_index: Arc<std::sync::atomic::AtomicU64>,
+    ) -> anyhow::Result<Self> {
         let applied = match std::fs::read(dir.join(APPLIED_FILE)) {
             Ok(b) => serde_json::from_slice(&b)?,
             Err(_) => Applied::default(),
@@ -305,8 +311,13 @@ impl StateMachine {
             Ok(b) => serde_json::from_slice(&b).ok(),
             Err(_) => None,
         };
+        applied_index.store(
+            applied.last_applied.map_or(0, |l| l.index),
+            std::sync::atomic::Ordering::Release,
+        );
         Ok(StateMachine {
             dir: dir.to_owned(),
+            applied_index,
             applied: Arc::new(Mutex::new(applied)),
             snapshot: Arc::new(Mutex::new(snapshot)),
             broker,
@@ -374,6 +385,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             lock(&self.applied).last_applied = Some(e.log_id);
+            self.applied_index
+                .store(e.log_id.index, std::sync::atomic::Ordering::Release);
             replies.push(());
         }
         self.save_applied().map_err(|e| StorageError::IO {
@@ -403,6 +416,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             a.last_applied = meta.last_log_id;
             a.membership = meta.last_membership.clone();
         }
+        self.applied_index.store(
+            meta.last_log_id.map_or(0, |l| l.index),
+            std::sync::atomic::Ordering::Release,
+        );
         self.save_applied().map_err(|e| StorageError::IO {
             source: StorageIOError::write_state_machine(AnyError::new(&e)),
         })?;
@@ -528,15 +545,15 @@ pub(crate) async fn answer(raft: &Raft, rpc: RaftRpc) -> Vec<u8> {
 }
 
 /// The openraft configuration: 100 ms heartbeats, elections after 400–800 ms of silence, a snapshot
-/// every 5 000 entries (keeping the last 1 000 for followers that are slightly behind).
-pub(crate) fn config() -> anyhow::Result<Arc<openraft::Config>> {
+/// every `snapshot_every` entries (keeping a fifth of that behind it for followers slightly behind).
+pub(crate) fn config(snapshot_every: u64) -> anyhow::Result<Arc<openraft::Config>> {
     let c = openraft::Config {
         cluster_name: "warren".into(),
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: snapshot_every / 5,
         ..Default::default()
     };
     Ok(Arc::new(c.validate()?))

@@ -73,8 +73,8 @@ impl Request {
 /// The leader's answer to a forwarded proposal.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ProposeReply {
-    /// Appended and committed (the proposer then waits for its own apply).
-    Committed,
+    /// Appended and committed at this log index (the proposer then waits for its own apply).
+    Committed(u64),
     /// Not the leader; the leader it knows, if any.
     NotLeader(Option<u64>),
     /// Refused for another reason.
