@@ -387,7 +387,7 @@ impl Store {
     }
 
     /// Wakes the receivers of [`Store::commits`] outside a commit round (a cluster node's
-    /// acknowledgement of publishes, another [`Durable`]).
+    /// acknowledgement of publishes, another `Durable`).
     pub fn notify_commits(&self) {
         self.committer.commits.send_modify(|n| *n += 1);
     }
