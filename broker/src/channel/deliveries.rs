@@ -19,6 +19,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::message::MessageRef;
 use crate::protocol::encode;
 use crate::protocol::outbound::Outbound;
+pub(super) use crate::queue::Settle;
 use crate::queue::{Consumer, ConsumerSink, Queue, QueuedMessage};
 use crate::vhost::reply_to::ReplySink;
 
@@ -305,38 +306,11 @@ impl ConsumerSink for ChannelShared {
     }
 }
 
-/// How deliveries are settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Settle {
-    /// basic.ack: done with.
-    Ack,
-    /// basic.reject / nack without requeue: dead-lettered with reason `rejected` (or dropped).
-    Reject,
-    /// nack/reject with requeue, recover, or the channel going away: back to the queue at the original
-    /// position, flagged redelivered.
-    Requeue,
-}
-
-impl Settle {
-    /// How a basic.nack / basic.reject settles, by its `requeue` bit.
-    pub(super) fn nack(requeue: bool) -> Self {
-        if requeue {
-            Settle::Requeue
-        } else {
-            Settle::Reject
-        }
-    }
-}
-
 /// Releases consumer prefetch for settled deliveries and hands them to their queue (once per run of
 /// the same queue), which dispatches into the freed capacity. Empties `settled`.
 pub(super) fn settle(settled: &mut Vec<Unacked>, how: Settle) {
     let mut run: Option<(Arc<Queue>, Vec<QueuedMessage>)> = None;
-    let finish = |q: Arc<Queue>, ms: Vec<QueuedMessage>| match how {
-        Settle::Ack => q.settle(&ms),
-        Settle::Reject => q.reject(ms),
-        Settle::Requeue => q.requeue(ms),
-    };
+    let finish = |q: Arc<Queue>, ms: Vec<QueuedMessage>| q.settle_as(how, ms);
     for u in settled.drain(..) {
         if let Some(c) = &u.consumer {
             c.unacked.fetch_sub(1, Ordering::Relaxed);

@@ -27,13 +27,13 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::link::NodeId;
-use super::wire::{self, GetReply, Reply, Request, SettleKind, WireMessage};
+use super::wire::{self, GetReply, Reply, Request, WireMessage};
 use super::Cluster;
 use crate::broker::Broker;
 use crate::message::{Message, MessageRef};
 use crate::queue::{
     next_consumer_seq, ConsumeRefused, Consumer, ConsumerSink, PublishOutcome, Queue, QueueCounts,
-    QueuedMessage, RemoteHome,
+    QueuedMessage, RemoteHome, Settle,
 };
 use crate::store::{Durability, Durable, DurableWait};
 use crate::sync::lock;
@@ -236,19 +236,14 @@ impl RemoteHome for Home {
         ))
     }
 
-    fn settle(&self, queue: &Queue, seqs: Vec<u64>, how: Option<bool>) {
+    fn settle(&self, queue: &Queue, seqs: Vec<u64>, how: Settle) {
         let Some(c) = self.cluster.upgrade() else {
             return;
-        };
-        let kind = match how {
-            Some(true) => SettleKind::Ack,
-            Some(false) => SettleKind::Reject,
-            None => SettleKind::Requeue,
         };
         let m = wire::Message::Settle {
             vhost: self.vhost.clone(),
             queue: queue.name.to_string(),
-            kind,
+            kind: how,
             seqs,
         };
         c.links.send(self.node, &m.encode());
@@ -605,11 +600,7 @@ impl Cluster {
                     }
                 }
                 if let Some(q) = target {
-                    match kind {
-                        SettleKind::Ack => q.settle(&run),
-                        SettleKind::Reject => q.reject(run),
-                        SettleKind::Requeue => q.requeue(run),
-                    }
+                    q.settle_as(kind, run);
                 }
             }
             wire::Message::Cancel { consumer } => {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::raft::RaftRpc;
 use super::Proposal;
+use crate::queue::Settle;
 
 /// A request to a peer.
 #[derive(Debug, Serialize, Deserialize)]
@@ -122,17 +123,6 @@ pub(crate) struct WireMessage {
     pub body: Vec<u8>,
 }
 
-/// How a proxy's deliveries were settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SettleKind {
-    /// basic.ack.
-    Ack,
-    /// Rejected without requeue.
-    Reject,
-    /// Back to the queue.
-    Requeue,
-}
-
 /// A one-way message between nodes.
 #[derive(Debug)]
 pub(crate) enum Message {
@@ -182,7 +172,7 @@ pub(crate) enum Message {
         /// Queue.
         queue: String,
         /// How.
-        kind: SettleKind,
+        kind: Settle,
         /// Sequence numbers.
         seqs: Vec<u64>,
     },
@@ -299,9 +289,9 @@ impl Message {
                 put_str(&mut b, vhost.as_bytes());
                 put_str(&mut b, queue.as_bytes());
                 b.put_u8(match kind {
-                    SettleKind::Ack => 0,
-                    SettleKind::Reject => 1,
-                    SettleKind::Requeue => 2,
+                    Settle::Ack => 0,
+                    Settle::Reject => 1,
+                    Settle::Requeue => 2,
                 });
                 b.put_u32(u32::try_from(seqs.len()).unwrap_or(u32::MAX));
                 for s in seqs {
@@ -370,9 +360,9 @@ impl Message {
                     return None;
                 }
                 let kind = match b.get_u8() {
-                    0 => SettleKind::Ack,
-                    1 => SettleKind::Reject,
-                    _ => SettleKind::Requeue,
+                    0 => Settle::Ack,
+                    1 => Settle::Reject,
+                    _ => Settle::Requeue,
                 };
                 let n = b.get_u32() as usize;
                 if b.remaining() < n * 8 {
@@ -434,13 +424,13 @@ mod tests {
         let s = Message::Settle {
             vhost: "/".into(),
             queue: "q".into(),
-            kind: SettleKind::Requeue,
+            kind: Settle::Requeue,
             seqs: vec![3, 4, 9],
         };
         let Some(Message::Settle { kind, seqs, .. }) = Message::decode(s.encode().freeze()) else {
             panic!("settle did not decode");
         };
-        assert_eq!((kind, seqs), (SettleKind::Requeue, vec![3, 4, 9]));
+        assert_eq!((kind, seqs), (Settle::Requeue, vec![3, 4, 9]));
         // Truncated input is refused, not misread.
         let mut cut = s.encode();
         cut.truncate(cut.len() - 3);

@@ -112,6 +112,30 @@ pub trait ConsumerSink: Send + Sync + fmt::Debug {
     fn cancelled(&self, consumer: &Arc<Consumer>);
 }
 
+/// How deliveries are settled (basic.ack, basic.nack / basic.reject, and what a channel or a node
+/// going away does with its unacked deliveries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// basic.ack: done with.
+    Ack,
+    /// basic.reject / nack without requeue: dead-lettered with reason `rejected` (or dropped).
+    Reject,
+    /// nack/reject with requeue, recover, or the channel going away: back to the queue at the original
+    /// position, flagged redelivered.
+    Requeue,
+}
+
+impl Settle {
+    /// How a basic.nack / basic.reject settles, by its `requeue` bit.
+    pub fn nack(requeue: bool) -> Self {
+        if requeue {
+            Settle::Requeue
+        } else {
+            Settle::Reject
+        }
+    }
+}
+
 /// A queue whose messages live on another cluster node (its home): the proxy forwards what is asked
 /// of it there (`crate::cluster`'s remote queues). Every [`Queue`] operation that touches messages or
 /// consumers goes through this when the queue has one ([`Queue::with_remote`]).
@@ -127,9 +151,8 @@ pub trait RemoteHome: Send + Sync + fmt::Debug {
     ) -> (PublishOutcome, Option<DurableWait>);
     /// basic.get at the home.
     fn get(&self, queue: &Arc<Queue>, no_ack: bool) -> Option<(QueuedMessage, u32)>;
-    /// Settles deliveries of the queue made through this node: `Some(true)` ack, `Some(false)`
-    /// reject, `None` requeue.
-    fn settle(&self, queue: &Queue, seqs: Vec<u64>, how: Option<bool>);
+    /// Settles deliveries of the queue made through this node, by sequence number.
+    fn settle(&self, queue: &Queue, seqs: Vec<u64>, how: Settle);
     /// Attaches a consumer at the home.
     ///
     /// # Errors
@@ -812,10 +835,20 @@ impl Queue {
         got
     }
 
+    /// Settles deliveries of this queue `how` ([`Queue::settle`], [`Queue::reject`],
+    /// [`Queue::requeue`]).
+    pub fn settle_as(self: &Arc<Self>, how: Settle, messages: Vec<QueuedMessage>) {
+        match how {
+            Settle::Ack => self.settle(&messages),
+            Settle::Reject => self.reject(messages),
+            Settle::Requeue => self.requeue(messages),
+        }
+    }
+
     /// Acknowledges deliveries of this queue and dispatches into the freed capacity.
     pub fn settle(self: &Arc<Self>, messages: &[QueuedMessage]) {
         if let Some(r) = &self.remote {
-            return r.settle(self, messages.iter().map(|m| m.seq).collect(), Some(true));
+            return r.settle(self, messages.iter().map(|m| m.seq).collect(), Settle::Ack);
         }
         let mut letters = Letters::new();
         {
@@ -837,7 +870,11 @@ impl Queue {
     /// Settles rejected deliveries (`requeue = false`): they are dead-lettered with reason `rejected`.
     pub fn reject(self: &Arc<Self>, messages: Vec<QueuedMessage>) {
         if let Some(r) = &self.remote {
-            return r.settle(self, messages.iter().map(|m| m.seq).collect(), Some(false));
+            return r.settle(
+                self,
+                messages.iter().map(|m| m.seq).collect(),
+                Settle::Reject,
+            );
         }
         let mut letters = Letters::new();
         {
@@ -864,7 +901,11 @@ impl Queue {
     /// message past `x-delivery-limit` is dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
         if let Some(r) = &self.remote {
-            return r.settle(self, messages.into_iter().map(|m| m.seq).collect(), None);
+            return r.settle(
+                self,
+                messages.into_iter().map(|m| m.seq).collect(),
+                Settle::Requeue,
+            );
         }
         let mut letters = Letters::new();
         {

@@ -768,7 +768,7 @@ impl VHost {
     /// # Errors
     /// 405 RESOURCE_LOCKED when it is exclusive to another connection.
     pub fn find_queue(&self, name: &str, conn_id: u64) -> AmqpResult<Option<Arc<Queue>>> {
-        let Some(q) = read(&self.queues).get(name).cloned() else {
+        let Some(q) = self.queue_by_name(name) else {
             return Ok(None);
         };
         self.check_exclusive(&q, conn_id)?;
