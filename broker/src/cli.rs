@@ -61,6 +61,10 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub cluster_peers: Vec<String>,
+    /// Join a running cluster through the `--cluster-peer` members instead of forming one with
+    /// them (RabbitMQ's `join_cluster`); a node that already has cluster state ignores it.
+    #[arg(long, env = "WARREN_CLUSTER_JOIN")]
+    pub cluster_join: bool,
     /// File holding the cluster's shared secret (RabbitMQ's Erlang cookie equivalent).
     #[arg(long, env = "WARREN_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
@@ -213,6 +217,9 @@ impl Cli {
             }
             if let Some(f) = self.cluster_secret_file {
                 c.secret_file = Some(f);
+            }
+            if self.cluster_join {
+                c.join = true;
             }
             if let Some(n) = self.cluster_snapshot_every {
                 c.snapshot_every = Some(n.max(1));

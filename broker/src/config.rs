@@ -173,7 +173,8 @@ pub struct ClusterPeer {
 
 /// Cluster membership (`[cluster]`; `--cluster` and the `--cluster-*` flags): this node's name and
 /// inter-node address, the other members, and the shared secret the links authenticate with
-/// (RabbitMQ's Erlang cookie). Every member lists the same set of nodes.
+/// (RabbitMQ's Erlang cookie). The nodes that form a cluster list the same set of nodes; a node added
+/// later joins through any of them (`join`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
@@ -181,8 +182,12 @@ pub struct ClusterConfig {
     pub node: String,
     /// The inter-node listen address, `HOST:PORT` (default `127.0.0.1:25672`, RabbitMQ's port).
     pub listen: String,
-    /// The other members.
+    /// The other members (for a joining node: members to ask).
     pub peers: Vec<ClusterPeer>,
+    /// Join a running cluster through `peers` instead of forming one with them (`--cluster-join`):
+    /// the leader adds this node once it has caught up. Only a node without Raft state joins; a
+    /// restarted member rejoins with its log whatever this says.
+    pub join: bool,
     /// The shared secret, inline (prefer `secret_file`).
     pub secret: String,
     /// A file holding the shared secret (its first line).

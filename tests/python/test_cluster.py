@@ -1,9 +1,12 @@
 """A three-node cluster of real `warren` processes on loopback (issue 18): replicated metadata through
-Raft, any node serving any queue, failures (SIGKILL, SIGSTOP) and what the nodes agree on after.
+Raft, any node serving any queue, failures (SIGKILL, SIGSTOP) and what the nodes agree on after, a
+fourth node joining and a stopped one removed.
 """
 
 import base64
 import json
+import os
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -11,7 +14,7 @@ import urllib.request
 import pika
 import pytest
 
-from cluster_harness import Cluster, answers_amqp
+from cluster_harness import Cluster, Node, answers_amqp
 
 
 def api(node, method, path, body=None, user="guest", password="guest"):
@@ -399,5 +402,119 @@ def test_h_a_node_with_the_wrong_secret_is_not_let_in():
         time.sleep(2)
         assert not answers_amqp(bad.port)
         assert "does not know the cluster secret" in c.nodes[0].log() + c.nodes[1].log() + bad.log()
+    finally:
+        c.stop()
+
+
+def test_i_a_node_joins_a_running_cluster_and_a_stopped_one_is_removed():
+    c = Cluster(3)
+    for n in c.nodes:
+        n.log_filter = "warn,warren::cluster=info"
+    c.start()
+    n1, n2, n3 = c.nodes
+    n4 = Node(c, 3)
+    n4.log_filter = "warn,warren::cluster=info"
+    n4.extra_args = ["--cluster-join"]
+    c.nodes.append(n4)
+    try:
+        conn = n1.connect()
+        ch = conn.channel()
+        ch.queue_declare("before-join", durable=True)
+        assert api(n1, "PUT", "/api/users/joinuser", {"password": "pw", "tags": ""})[0] == 201
+        perm = {"configure": ".*", "write": ".*", "read": ".*"}
+        assert api(n1, "PUT", "/api/permissions/%2F/joinuser", perm)[0] == 201
+        conn.close()
+
+        # A fourth node joins through the three (its peers): it catches up, then serves.
+        n4.start()
+        n4.wait_up(timeout=60)
+        assert "cluster: added to the cluster" in n4.log()
+        assert n4.connect().channel().queue_declare("before-join", passive=True).method.queue
+        n4.connect(user="joinuser", password="pw").close()
+        for n in (n1, n2, n3, n4):
+            eventually(lambda: sorted(m["name"] for m in api(n, "GET", "/api/nodes")[1])
+                       == ["warren@n1", "warren@n2", "warren@n3", "warren@n4"], timeout=15)
+            eventually(lambda: all(m["running"] for m in api(n, "GET", "/api/nodes")[1]), timeout=15)
+        cluster_view = api(n1, "GET", "/api/overview")[1]["warren_cluster"]
+        assert {m["name"]: m["voter"] for m in cluster_view}["warren@n4"] is True
+
+        # It takes part like the others: a queue homed on it, published to through n2, consumed
+        # through n1, in order; a declare on n1 reaches it.
+        c4 = n4.connect()
+        c4.channel().queue_declare("on-n4", durable=True)
+        for n in (n1, n2, n3):
+            eventually(lambda: "on-n4" in queue_names(n))
+        c2 = n2.connect()
+        ch2 = c2.channel()
+        ch2.confirm_delivery()
+        for i in range(20):
+            ch2.basic_publish("", "on-n4", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+        c2.close()
+        c1 = n1.connect()
+        ch1 = c1.channel()
+        got = [ch1.basic_get("on-n4", auto_ack=True)[2] for _ in range(10)]
+        assert got == [str(i).encode() for i in range(10)]
+        c1.close()
+        c4.close()
+
+        # Restarted, it rejoins with its data (the --cluster-join flag is ignored: it has state).
+        n4.kill()
+        n4.start()
+        n4.wait_up(timeout=60)
+        assert message_count(n4, "on-n4") == 10
+        c1 = n1.connect()
+        c1.channel().queue_declare("after-restart", durable=True)
+        c1.close()
+        eventually(lambda: "after-restart" in queue_names(n4))
+
+        # Removal: refused for a running node, unknown names are 404; once stopped it is removed,
+        # its queue with it, on every node.
+        status, body = api(n1, "DELETE", "/api/nodes/warren@n4")
+        assert status == 400 and "is running" in body["reason"], body
+        assert api(n1, "DELETE", "/api/nodes/warren@n9")[0] == 404
+        n4.stop()
+        eventually(lambda: not [m for m in api(n1, "GET", "/api/nodes")[1]
+                                if m["name"] == "warren@n4" and m["running"]])
+        status, body = api(n1, "DELETE", "/api/nodes/warren@n4")
+        assert status == 204, body
+        for n in (n1, n2, n3):
+            eventually(lambda: sorted(m["name"] for m in api(n, "GET", "/api/nodes")[1])
+                       == ["warren@n1", "warren@n2", "warren@n3"], timeout=15)
+            eventually(lambda: "on-n4" not in queue_names(n))
+            assert "before-join" in queue_names(n)
+
+        # The majority is now counted over three: with the leader stopped too, the other two elect
+        # one of them and commit (two of four would not).
+        leader = next(m["name"] for m in api(n1, "GET", "/api/overview")[1]["warren_cluster"]
+                      if m["leader"])
+        paused = next(n for n in (n1, n2, n3) if n.name == leader)
+        left = [n for n in (n1, n2, n3) if n is not paused]
+        paused.pause()
+        try:
+            conn = left[0].connect()
+            conn.channel().queue_declare("two-of-three", durable=True)
+            conn.close()
+            assert "two-of-three" in queue_names(left[1])
+        finally:
+            paused.resume()
+
+        # The removed node, started again with its old data, is not let back in: it never serves and
+        # the others keep committing.
+        n4.start()
+        time.sleep(3)
+        assert not answers_amqp(n4.port)
+        c2 = n2.connect()
+        c2.channel().queue_declare("while-n4-is-out", durable=True)
+        c2.close()
+        n4.stop()
+
+        # With its data deleted it can join again.
+        shutil.rmtree(n4.data_dir)
+        os.mkdir(n4.data_dir)
+        n4.start()
+        n4.wait_up(timeout=60)
+        assert "while-n4-is-out" in queue_names(n4)
+        eventually(lambda: sorted(m["name"] for m in api(n1, "GET", "/api/nodes")[1])
+                   == ["warren@n1", "warren@n2", "warren@n3", "warren@n4"], timeout=15)
     finally:
         c.stop()

@@ -144,6 +144,13 @@ pub(crate) enum Command {
         /// The node.
         node: NodeId,
     },
+    /// A stopped node is being removed from the cluster (`DELETE /api/nodes/{name}`): the queues
+    /// homed on it are deleted on every other node, as RabbitMQ's `forget_cluster_node` deletes a
+    /// forgotten node's classic queues (their messages were only there).
+    NodeForgotten {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 thread_local! {
@@ -335,19 +342,35 @@ impl Command {
             }
             Command::PutPolicy(p) => Box::new(broker.put_policy(p.clone())),
             Command::DeletePolicy { vhost, name } => Box::new(broker.delete_policy(vhost, name)),
+            // A restarted node lost its transient and exclusive queues.
             Command::NodeStarted { node } => {
                 if *node != me {
-                    for v in broker.vhost_list() {
-                        for q in v.queue_list() {
-                            if q.home() == Some(*node)
-                                && (!q.durable || q.exclusive_owner.is_some())
-                            {
-                                v.remove_queue(&q);
-                            }
-                        }
-                    }
+                    remove_queues_homed(broker, *node, |q| {
+                        !q.durable || q.exclusive_owner.is_some()
+                    });
                 }
                 Box::new(AmqpResult::Ok(()))
+            }
+            Command::NodeForgotten { node } => {
+                if *node != me {
+                    remove_queues_homed(broker, *node, |_| true);
+                }
+                Box::new(AmqpResult::Ok(()))
+            }
+        }
+    }
+}
+
+/// Deletes, in every vhost, the queues homed on `node` that `which` selects.
+fn remove_queues_homed(
+    broker: &Broker,
+    node: NodeId,
+    which: impl Fn(&crate::queue::Queue) -> bool,
+) {
+    for v in broker.vhost_list() {
+        for q in v.queue_list() {
+            if q.home() == Some(node) && which(&q) {
+                v.remove_queue(&q);
             }
         }
     }

@@ -6,7 +6,10 @@
 //! equivalent) without sending it: the dialler sends `WRNLINK1`, its node id and a random nonce; the
 //! listener answers with its id, its nonce and HMAC-SHA256(secret, "server" ‖ dialler's nonce ‖ its
 //! nonce); the dialler checks it and answers HMAC-SHA256(secret, "client" ‖ listener's nonce ‖ its
-//! nonce). A peer that fails either check, or names an id that is not a member, is disconnected.
+//! nonce). A peer that fails either check is disconnected. The secret is what admits a node: one
+//! that is not (yet) a member may connect, to ask to join (`Request::Join`); which nodes vote and
+//! receive the metadata log is the Raft membership's business, and the node adds and removes its
+//! links as that membership changes ([`Links::add`], [`Links::remove`]).
 //!
 //! **Frames.** After the handshake: `u32` length (big-endian, of what follows), a kind octet, then for
 //! requests and responses a `u64` request id, then the payload. Requests are answered on the
@@ -14,7 +17,8 @@
 //! node to another keep their order).
 //!
 //! **Failure.** A dialler that loses its connection fails its pending requests at once, drops what
-//! was queued, tells the node ([`Handler::peer_down`]) and redials every 200 ms.
+//! was queued, tells the node ([`Handler::peer_down`]) and redials every 200 ms, until the peer is
+//! removed.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,9 +26,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -89,13 +94,35 @@ struct Peer {
     /// Octets queued and not yet written.
     queued: Arc<AtomicUsize>,
     up: AtomicBool,
+    /// Set when the peer is removed: its dial loop ends.
+    removed: AtomicBool,
+    /// The dial loop, aborted when the peer is removed.
+    dialler: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Peer {
+    fn new(addr: &str) -> Arc<Peer> {
+        Arc::new(Peer {
+            addr: addr.to_owned(),
+            tx: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+            queued: Arc::new(AtomicUsize::new(0)),
+            up: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            dialler: Mutex::new(None),
+        })
+    }
 }
 
 /// The node's links to its peers. See the module docs.
 pub(crate) struct Links {
     me: NodeId,
     secret: Vec<u8>,
-    peers: HashMap<NodeId, Peer>,
+    /// The peers this node dials, by id (read on every inter-node message; replaced whole on a
+    /// membership change, under `changing`).
+    peers: ArcSwap<HashMap<NodeId, Arc<Peer>>>,
+    changing: Mutex<()>,
+    handler: OnceLock<Arc<dyn Handler>>,
     next_request: AtomicU64,
 }
 
@@ -103,7 +130,7 @@ impl fmt::Debug for Links {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Links")
             .field("me", &self.me)
-            .field("peers", &self.peers.keys().collect::<Vec<_>>())
+            .field("peers", &self.peers.load().keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -202,29 +229,70 @@ impl Links {
         Arc::new(Links {
             me,
             secret,
-            peers: peers
-                .iter()
-                .filter(|(id, _)| *id != me)
-                .map(|(id, addr)| {
-                    (
-                        *id,
-                        Peer {
-                            addr: addr.clone(),
-                            tx: Mutex::new(None),
-                            pending: Mutex::new(HashMap::new()),
-                            queued: Arc::new(AtomicUsize::new(0)),
-                            up: AtomicBool::new(false),
-                        },
-                    )
-                })
-                .collect(),
+            peers: ArcSwap::from_pointee(
+                peers
+                    .iter()
+                    .filter(|(id, _)| *id != me)
+                    .map(|(id, addr)| (*id, Peer::new(addr)))
+                    .collect(),
+            ),
+            changing: Mutex::new(()),
+            handler: OnceLock::new(),
             next_request: AtomicU64::new(1),
         })
+    }
+
+    fn peer(&self, id: NodeId) -> Option<Arc<Peer>> {
+        self.peers.load().get(&id).cloned()
+    }
+
+    /// Starts dialling `id` at `addr` (a node that joined, or one the Raft leader replicates to
+    /// before its membership is applied here). Nothing when it is this node or already dialled.
+    pub(crate) fn add(self: &Arc<Self>, id: NodeId, addr: &str) {
+        if id == self.me {
+            return;
+        }
+        let _changing = lock(&self.changing);
+        if self.peers.load().contains_key(&id) {
+            return;
+        }
+        let peer = Peer::new(addr);
+        let mut peers = HashMap::clone(&self.peers.load());
+        peers.insert(id, Arc::clone(&peer));
+        self.peers.store(Arc::new(peers));
+        if let Some(handler) = self.handler.get() {
+            self.spawn_dialler(id, &peer, Arc::clone(handler));
+        }
+    }
+
+    /// Stops dialling `id` (a member removed from the cluster): its requests fail, its queued frames
+    /// are dropped and the node is told the peer is down.
+    pub(crate) fn remove(&self, id: NodeId) {
+        let peer = {
+            let _changing = lock(&self.changing);
+            let mut peers = HashMap::clone(&self.peers.load());
+            let Some(peer) = peers.remove(&id) else {
+                return;
+            };
+            self.peers.store(Arc::new(peers));
+            peer
+        };
+        peer.removed.store(true, Ordering::Release);
+        if let Some(d) = lock(&peer.dialler).take() {
+            d.abort();
+        }
+        peer.up.store(false, Ordering::Release);
+        lock(&peer.tx).take();
+        lock(&peer.pending).clear();
+        if let Some(handler) = self.handler.get() {
+            handler.peer_down(id);
+        }
     }
 
     /// Whether the link to `peer` is up.
     pub(crate) fn is_up(&self, peer: NodeId) -> bool {
         self.peers
+            .load()
             .get(&peer)
             .is_some_and(|p| p.up.load(Ordering::Acquire))
     }
@@ -232,6 +300,7 @@ impl Links {
     /// Whether more than 8 MiB waits to be written to `peer`: a publisher routing to it should wait.
     pub(crate) fn congested(&self, peer: NodeId) -> bool {
         self.peers
+            .load()
             .get(&peer)
             .is_some_and(|p| p.queued.load(Ordering::Relaxed) > CONGESTED)
     }
@@ -239,6 +308,7 @@ impl Links {
     /// Whether any link is congested.
     pub(crate) fn any_congested(&self) -> bool {
         self.peers
+            .load()
             .values()
             .any(|p| p.queued.load(Ordering::Relaxed) > CONGESTED)
     }
@@ -259,7 +329,8 @@ impl Links {
 
     /// Sends a one-way message to `to`; false when the link is down (the message is dropped).
     pub(crate) fn send(&self, to: NodeId, body: &[u8]) -> bool {
-        let Some(peer) = self.peers.get(&to) else {
+        let peers = self.peers.load();
+        let Some(peer) = peers.get(&to) else {
             return false;
         };
         self.enqueue(peer, frame(KIND_MESSAGE, None, body))
@@ -272,11 +343,11 @@ impl Links {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Bytes, LinkError> {
-        let peer = self.peers.get(&to).ok_or(LinkError::Unknown(to))?;
+        let peer = self.peer(to).ok_or(LinkError::Unknown(to))?;
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&peer.pending).insert(id, tx);
-        if !self.enqueue(peer, frame(KIND_REQUEST, Some(id), body)) {
+        if !self.enqueue(&peer, frame(KIND_REQUEST, Some(id), body)) {
             lock(&peer.pending).remove(&id);
             return Err(LinkError::Down(to));
         }
@@ -292,10 +363,12 @@ impl Links {
 
     /// Dials every peer (and keeps redialling) and accepts peers on `listener`.
     pub(crate) fn start(self: &Arc<Self>, listener: TcpListener, handler: Arc<dyn Handler>) {
-        for &id in self.peers.keys() {
-            let links = Arc::clone(self);
-            let handler = Arc::clone(&handler);
-            tokio::spawn(async move { links.dial_loop(id, handler).await });
+        {
+            let _changing = lock(&self.changing);
+            let _ = self.handler.set(Arc::clone(&handler));
+            for (&id, peer) in self.peers.load().iter() {
+                self.spawn_dialler(id, peer, Arc::clone(&handler));
+            }
         }
         let links = Arc::clone(self);
         tokio::spawn(async move {
@@ -315,12 +388,17 @@ impl Links {
         });
     }
 
-    async fn dial_loop(self: Arc<Self>, id: NodeId, handler: Arc<dyn Handler>) {
-        let Some(peer) = self.peers.get(&id) else {
-            return;
-        };
+    fn spawn_dialler(self: &Arc<Self>, id: NodeId, peer: &Arc<Peer>, handler: Arc<dyn Handler>) {
+        let links = Arc::clone(self);
+        let p = Arc::clone(peer);
+        *lock(&peer.dialler) = Some(tokio::spawn(async move {
+            links.dial_loop(id, p, handler).await;
+        }));
+    }
+
+    async fn dial_loop(self: Arc<Self>, id: NodeId, peer: Arc<Peer>, handler: Arc<dyn Handler>) {
         let mut logged_down = false;
-        loop {
+        while !peer.removed.load(Ordering::Acquire) {
             match self.dial(id, &peer.addr).await {
                 Ok(stream) => {
                     logged_down = false;
@@ -350,6 +428,9 @@ impl Links {
                     lock(&peer.tx).take();
                     writer.abort();
                     lock(&peer.pending).clear();
+                    if peer.removed.load(Ordering::Acquire) {
+                        return;
+                    }
                     warn!(peer = id, addr = %peer.addr, "inter-node link down");
                     handler.peer_down(id);
                 }
@@ -413,10 +494,6 @@ impl Links {
             return;
         }
         let peer = u64::from_be_bytes(hello[8..16].try_into().unwrap_or_default());
-        if !self.peers.contains_key(&peer) {
-            warn!(%from, peer, "inter-node connection from a node that is not a member: closed");
-            return;
-        }
         let their_nonce = &hello[16..32];
         let mut nonce = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut nonce);

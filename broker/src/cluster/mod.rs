@@ -1,11 +1,16 @@
 //! A Warren cluster: nodes that share one replicated metadata store and serve each other's queues.
 //!
-//! **Membership** is a static list (RabbitMQ's classic-config peer discovery): every node is started
-//! with its own name and inter-node address and the same list of peers (`[cluster]` in the config
-//! file, or `--cluster-node`, `--cluster-listen`, `--cluster-peer`). A node's id is derived from its
-//! name ([`node_id`]), so it stays the same whatever the list holds. Every node initialises the Raft group with the full list when it
-//! has no Raft state yet (openraft allows that with identical lists); a node restarted with its data
-//! directory rejoins with its log.
+//! **Membership** starts from a static list (RabbitMQ's classic-config peer discovery): the first
+//! nodes are started with their own name and inter-node address and the same list of peers
+//! (`[cluster]` in the config file, or `--cluster-node`, `--cluster-listen`, `--cluster-peer`), and
+//! each initialises the Raft group with the full list when it has no Raft state yet (openraft allows
+//! that with identical lists). After that the Raft membership is the member list: a node started
+//! with `--cluster-join` and one or more members as peers asks to be added (the leader adds it as a
+//! learner, waits until it has caught up, then makes it a voter: [`Request::Join`]), and
+//! `DELETE /api/nodes/{name}` removes a stopped member ([`Cluster::forget`], RabbitMQ's
+//! `forget_cluster_node`). A node's id is derived from its name ([`node_id`]), so it stays the same
+//! whatever the list holds; the membership records each member's name and address ([`Member`]). A
+//! node restarted with its data directory rejoins with its log, whatever its flags say.
 //!
 //! **Metadata** (vhosts, users, permissions, policies, exchanges, queues, bindings) changes through
 //! one Raft log ([`Command`], `command.rs`): a node's vhost or administration method, asked for a
@@ -33,7 +38,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -42,10 +46,11 @@ pub(crate) use self::command::Command;
 use self::command::Unavailable;
 use self::link::{Handler, Links, NodeId, Reply};
 use self::wire::{ProposeReply, Request};
+use crate::administration::AdminError;
 use crate::broker::Broker;
 use crate::config::ClusterConfig;
 use crate::queue::RemoteHome;
-use crate::sync::lock;
+use crate::sync::{lock, read, write};
 
 /// A node's id: derived from its name alone (the first 23 bits of its SHA-256, never 0), so that it
 /// does not depend on the rest of the member list (connection ids of other nodes carry it in 23 bits:
@@ -62,6 +67,24 @@ const COVERED: &str = "committed, and applied here through a snapshot (its own r
 
 /// How long a proposer waits for its change to be committed and applied here.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a membership change (join, forget) may take: a joining node first catches up.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A cluster member as the Raft membership records it (openraft's node type): its inter-node address
+/// and its name. Records written before names were carried hold only the address (`name` empty:
+/// the static member list names those), so the format reads both.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Member {
+    /// Inter-node address, `HOST:PORT`.
+    pub addr: String,
+    /// Node name, e.g. `warren@n1`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+/// The membership as the engine last reported it: each member and whether it votes.
+pub(crate) type Membership = Vec<(NodeId, Member, bool)>;
 
 /// A proposed change: who proposed it (the home of a declared queue; the node waiting for the
 /// result), the proposer's request number, and the change.
@@ -88,8 +111,36 @@ pub(crate) trait Consensus: Send + Sync + 'static {
         &self,
         rpc: raft::RaftRpc,
     ) -> std::pin::Pin<Box<dyn Future<Output = Vec<u8>> + Send + '_>>;
-    /// The leader this node knows, and the members with whether each is a voter.
+    /// The leader this node knows.
     fn leader(&self) -> Option<NodeId>;
+    /// On the leader: adds `member` as a learner, waits until it has caught up, then makes it a
+    /// voter (nothing to do when it already votes).
+    fn add_member(
+        &self,
+        id: NodeId,
+        member: Member,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ProposeReply> + Send + '_>>;
+    /// On the leader: removes `id` from the membership (voter or learner).
+    fn remove_member(
+        &self,
+        id: NodeId,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ProposeReply> + Send + '_>>;
+    /// Calls `on_change` with the membership now and after each change this node learns of (an
+    /// empty list until the node is initialised or has been replicated to).
+    fn watch_membership(&self, on_change: Box<dyn Fn(Membership) -> bool + Send + Sync>);
+}
+
+/// What a refused client write tells the proposer: go to the leader, or why not.
+fn refused(
+    e: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, Member>>,
+) -> ProposeReply {
+    use openraft::error::{ClientWriteError, RaftError};
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ProposeReply::NotLeader(f.leader_id)
+        }
+        e => ProposeReply::Failed(e.to_string()),
+    }
 }
 
 impl Consensus for raft::Raft {
@@ -98,13 +149,9 @@ impl Consensus for raft::Raft {
         proposal: Proposal,
     ) -> std::pin::Pin<Box<dyn Future<Output = ProposeReply> + Send + '_>> {
         Box::pin(async move {
-            use openraft::error::{ClientWriteError, RaftError};
             match self.client_write(proposal).await {
                 Ok(r) => ProposeReply::Committed(r.log_id.index),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    ProposeReply::NotLeader(f.leader_id)
-                }
-                Err(e) => ProposeReply::Failed(e.to_string()),
+                Err(e) => refused(e),
             }
         })
     }
@@ -119,13 +166,92 @@ impl Consensus for raft::Raft {
     fn leader(&self) -> Option<NodeId> {
         self.metrics().borrow().current_leader
     }
+
+    fn add_member(
+        &self,
+        id: NodeId,
+        member: Member,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ProposeReply> + Send + '_>> {
+        Box::pin(async move {
+            use openraft::ChangeMembers;
+            let current = Arc::clone(&self.metrics().borrow().membership_config);
+            if let Some(known) = current.membership().get_node(&id) {
+                if !known.name.is_empty() && known.name != member.name {
+                    return ProposeReply::Failed(format!(
+                        "node names '{}' and '{}' map to the same node id: rename the new node",
+                        known.name, member.name
+                    ));
+                }
+                if current.voter_ids().any(|v| v == id) {
+                    return ProposeReply::Committed(current.log_id().map_or(0, |l| l.index));
+                }
+            } else if let Err(e) = self.add_learner(id, member, true).await {
+                return refused(e);
+            }
+            let voter = std::collections::BTreeSet::from([id]);
+            match self
+                .change_membership(ChangeMembers::AddVoterIds(voter), false)
+                .await
+            {
+                Ok(r) => ProposeReply::Committed(r.log_id.index),
+                Err(e) => refused(e),
+            }
+        })
+    }
+
+    fn remove_member(
+        &self,
+        id: NodeId,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ProposeReply> + Send + '_>> {
+        Box::pin(async move {
+            use openraft::ChangeMembers;
+            let current = Arc::clone(&self.metrics().borrow().membership_config);
+            let ids = std::collections::BTreeSet::from([id]);
+            let change = if current.voter_ids().any(|v| v == id) {
+                ChangeMembers::RemoveVoters(ids)
+            } else if current.membership().get_node(&id).is_some() {
+                ChangeMembers::RemoveNodes(ids)
+            } else {
+                return ProposeReply::Committed(current.log_id().map_or(0, |l| l.index));
+            };
+            match self.change_membership(change, false).await {
+                Ok(r) => ProposeReply::Committed(r.log_id.index),
+                Err(e) => refused(e),
+            }
+        })
+    }
+
+    fn watch_membership(&self, on_change: Box<dyn Fn(Membership) -> bool + Send + Sync>) {
+        let mut metrics = self.metrics();
+        tokio::spawn(async move {
+            let mut seen = None;
+            loop {
+                let current = Arc::clone(&metrics.borrow().membership_config);
+                if seen != Some(*current.log_id()) {
+                    seen = Some(*current.log_id());
+                    let voters: std::collections::BTreeSet<NodeId> = current.voter_ids().collect();
+                    let list = current
+                        .nodes()
+                        .map(|(id, m)| (*id, m.clone(), voters.contains(id)))
+                        .collect();
+                    if !on_change(list) {
+                        return;
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// One node of a cluster. See the module docs.
 pub(crate) struct Cluster {
     me: NodeId,
-    /// Every member's name and inter-node address, by id.
-    members: BTreeMap<NodeId, (String, String)>,
+    /// Every member (name filled in), by id, and whether it votes: the static list until the Raft
+    /// membership is known, then that membership ([`Cluster::adopt_membership`]).
+    members: std::sync::RwLock<BTreeMap<NodeId, (Member, bool)>>,
     pub(crate) links: Arc<Links>,
     engine: OnceLock<Arc<dyn Consensus>>,
     raft: OnceLock<raft::Raft>,
@@ -145,7 +271,7 @@ impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
             .field("me", &self.me)
-            .field("members", &self.members)
+            .field("members", &*read(&self.members))
             .finish_non_exhaustive()
     }
 }
@@ -159,6 +285,8 @@ pub(crate) struct MemberState {
     pub running: bool,
     /// Whether it leads the Raft group (as this node knows).
     pub leader: bool,
+    /// Whether it votes (a joining node is a learner until it has caught up).
+    pub voter: bool,
 }
 
 impl Cluster {
@@ -186,28 +314,32 @@ impl Cluster {
                  WARREN_CLUSTER_SECRET)"
             );
         }
-        let mut members: BTreeMap<NodeId, (String, String)> = BTreeMap::new();
-        for (name, address) in names {
+        if config.join && config.peers.is_empty() {
+            anyhow::bail!("--cluster-join needs a member to ask: name one with --cluster-peer");
+        }
+        let mut members: BTreeMap<NodeId, (Member, bool)> = BTreeMap::new();
+        for (name, addr) in names {
             let id = node_id(&name);
-            if let Some((other, _)) = members.insert(id, (name.clone(), address)) {
+            let member = Member {
+                addr,
+                name: name.clone(),
+            };
+            if let Some((other, _)) = members.insert(id, (member, true)) {
                 anyhow::bail!(
-                    "cluster node names '{other}' and '{name}' map to the same node id: rename one"
+                    "cluster node names '{}' and '{name}' map to the same node id: rename one",
+                    other.name
                 );
             }
         }
-        let me = members
-            .iter()
-            .find(|(_, (n, _))| *n == config.node)
-            .map(|(id, _)| *id)
-            .context("this node is not in the member list")?;
+        let me = node_id(&config.node);
         let addresses: Vec<(NodeId, String)> = members
             .iter()
-            .map(|(id, (_, a))| (*id, a.clone()))
+            .map(|(id, (m, _))| (*id, m.addr.clone()))
             .collect();
         let links = Links::new(me, config.secret.as_bytes().to_vec(), &addresses);
         Ok(Arc::new_cyclic(|w| Cluster {
             me,
-            members,
+            members: std::sync::RwLock::new(members),
             links,
             engine: OnceLock::new(),
             raft: OnceLock::new(),
@@ -227,19 +359,58 @@ impl Cluster {
         self.me
     }
 
-    /// A member's name (`?` for an unknown id).
+    /// A member's name (`node-ID` for an id that is not a member).
     pub(crate) fn name_of(&self, id: NodeId) -> String {
-        self.members
+        read(&self.members)
             .get(&id)
-            .map_or_else(|| format!("node-{id}"), |(n, _)| n.clone())
+            .map_or_else(|| format!("node-{id}"), |(m, _)| m.name.clone())
     }
 
     /// A member's id by name.
     pub(crate) fn id_of(&self, name: &str) -> Option<NodeId> {
-        self.members
+        read(&self.members)
             .iter()
-            .find(|(_, (n, _))| n == name)
+            .find(|(_, (m, _))| m.name == name)
             .map(|(id, _)| *id)
+    }
+
+    /// Takes the Raft membership as the member list: names from the records (or, for records
+    /// without one, from the list so far), links to the members added and dropped to those gone.
+    /// An empty membership (not initialised, or not yet replicated to) changes nothing.
+    fn adopt_membership(&self, membership: Membership) {
+        if membership.is_empty() {
+            return;
+        }
+        let mut members = write(&self.members);
+        let mut next = BTreeMap::new();
+        for (id, mut m, voter) in membership {
+            if m.name.is_empty() {
+                m.name = members
+                    .get(&id)
+                    .map_or_else(|| format!("node-{id}"), |(old, _)| old.name.clone());
+            }
+            if !members.contains_key(&id) {
+                info!(node = %m.name, address = %m.addr, voter, "cluster: member added");
+                self.links.add(id, &m.addr);
+            }
+            next.insert(id, (m, voter));
+        }
+        let gone: Vec<NodeId> = members
+            .iter()
+            .filter(|(id, _)| !next.contains_key(id))
+            .map(|(id, (m, _))| {
+                info!(node = %m.name, "cluster: member removed");
+                *id
+            })
+            .collect();
+        *members = next;
+        drop(members);
+        // Dropping a link tells the node the peer is down, which reads the member list.
+        for id in gone {
+            if id != self.me {
+                self.links.remove(id);
+            }
+        }
     }
 
     /// This node's name.
@@ -250,13 +421,13 @@ impl Cluster {
     /// Every member with its state, this node first.
     pub(crate) fn member_states(&self) -> Vec<MemberState> {
         let leader = self.engine.get().and_then(|e| e.leader());
-        let mut out: Vec<MemberState> = self
-            .members
+        let mut out: Vec<MemberState> = read(&self.members)
             .iter()
-            .map(|(id, (name, _))| MemberState {
-                name: name.clone(),
+            .map(|(id, (m, voter))| MemberState {
+                name: m.name.clone(),
                 running: *id == self.me || self.links.is_up(*id),
                 leader: leader == Some(*id),
+                voter: *voter,
             })
             .collect();
         out.sort_by(|a, b| {
@@ -303,7 +474,7 @@ impl Cluster {
             command,
         };
         let deadline = Instant::now() + COMMIT_TIMEOUT;
-        let committed = self.block_on(self.submit(proposal, deadline));
+        let committed = self.block_on(self.at_leader(Request::Propose(proposal), deadline));
         let outcome = match committed {
             Ok(index) => crate::sync::wait_off_worker(|| self.await_apply(&rx, index, deadline)),
             Err(why) => Err(why),
@@ -317,7 +488,7 @@ impl Cluster {
             Err(why) => T::unavailable(format!(
                 "cluster metadata change not committed: {why} (is a majority of the {} nodes \
                  reachable?)",
-                self.members.len()
+                read(&self.members).len()
             )),
         }
     }
@@ -351,37 +522,40 @@ impl Cluster {
         }
     }
 
-    async fn submit(&self, proposal: Proposal, deadline: Instant) -> Result<u64, String> {
+    /// Has the leader carry out `request` (a proposal, a join, a removal): here when this node leads,
+    /// else forwarded over the link; retried until `deadline` while there is no leader or it refuses.
+    /// Returns the log index the change was committed at.
+    async fn at_leader(&self, request: Request, deadline: Instant) -> Result<u64, String> {
         let Some(engine) = self.engine.get() else {
             return Err("the cluster is not started".to_owned());
         };
         let mut last = String::from("no leader");
         while Instant::now() < deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
+            // Each attempt is bounded, then the leader is asked again: a leader that stopped
+            // (SIGSTOP, a cut link) is replaced after an election, and a restarted node may still
+            // believe it leads (its persisted vote) while another node does, so that its own append
+            // never commits. Proposals are idempotent, so a repeated one is harmless.
+            let bound = match request {
+                Request::Propose(_) => Duration::from_secs(2),
+                _ => Duration::from_secs(30),
+            };
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(bound);
             let reply = match engine.leader() {
-                // A restarted node may still believe it leads (its persisted vote) while another
-                // node does: its own append never commits. Bounded, then the leader is asked again.
                 Some(l) if l == self.me => {
-                    match tokio::time::timeout(
-                        left.min(Duration::from_secs(2)),
-                        engine.propose(proposal.clone()),
-                    )
-                    .await
-                    {
+                    match tokio::time::timeout(left, self.lead(&request)).await {
                         Ok(reply) => reply,
                         Err(_) => {
                             ProposeReply::Failed("not committed by this leader in time".into())
                         }
                     }
                 }
-                Some(l) => {
-                    let body = Request::Propose(proposal.clone()).encode();
-                    match self.links.request(l, &body, left).await {
-                        Ok(b) => serde_json::from_slice(&b)
-                            .unwrap_or_else(|e| ProposeReply::Failed(e.to_string())),
-                        Err(e) => ProposeReply::Failed(e.to_string()),
-                    }
-                }
+                Some(l) => match self.links.request(l, &request.encode(), left).await {
+                    Ok(b) => serde_json::from_slice(&b)
+                        .unwrap_or_else(|e| ProposeReply::Failed(e.to_string())),
+                    Err(e) => ProposeReply::Failed(e.to_string()),
+                },
                 None => ProposeReply::NotLeader(None),
             };
             match reply {
@@ -392,6 +566,82 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Err(last)
+    }
+
+    /// Carries out a leader's request on this node's engine (which refuses when it does not lead).
+    async fn lead(&self, request: &Request) -> ProposeReply {
+        let Some(engine) = self.engine.get() else {
+            return ProposeReply::Failed("not started".to_owned());
+        };
+        match request {
+            Request::Propose(p) => engine.propose(p.clone()).await,
+            Request::Join(m) => engine.add_member(node_id(&m.name), m.clone()).await,
+            Request::Forget(id) => engine.remove_member(*id).await,
+            _ => ProposeReply::Failed("not a request for the leader".to_owned()),
+        }
+    }
+
+    /// Asks the members named as peers, in turn, to add this node (`--cluster-join`), until one
+    /// answers that it is a voter.
+    async fn join(&self) {
+        let me = Member {
+            addr: self.config.listen.clone(),
+            name: self.config.node.clone(),
+        };
+        let body = Request::Join(me).encode();
+        let peers: Vec<NodeId> = self.config.peers.iter().map(|p| node_id(&p.name)).collect();
+        let mut attempt = 0u32;
+        loop {
+            for &peer in &peers {
+                attempt += 1;
+                let why = match self.links.request(peer, &body, MEMBERSHIP_TIMEOUT).await {
+                    Ok(b) => match serde_json::from_slice(&b) {
+                        Ok(ProposeReply::Committed(_)) => {
+                            info!(via = %self.name_of(peer), "cluster: added to the cluster");
+                            return;
+                        }
+                        Ok(ProposeReply::NotLeader(_)) => "no leader".to_owned(),
+                        Ok(ProposeReply::Failed(why)) => why,
+                        Err(e) => e.to_string(),
+                    },
+                    Err(e) => e.to_string(),
+                };
+                if attempt % 10 == 1 {
+                    warn!(via = %self.name_of(peer), reason = %why, attempt, "cluster: not joined yet; asking again");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    /// Removes the member `name`, which must be stopped (RabbitMQ's `forget_cluster_node`): first the
+    /// queues homed on it are deleted on every node ([`Command::NodeForgotten`]: their messages were
+    /// only there), then it leaves the Raft membership, so that the majority is counted without it.
+    ///
+    /// # Errors
+    /// `NotFound` for a name that is not a member; `BadRequest` for this node or a running one;
+    /// `Unavailable` when the changes cannot be committed (no majority).
+    pub(crate) fn forget(&self, name: &str) -> Result<(), AdminError> {
+        let id = self
+            .id_of(name)
+            .ok_or_else(|| AdminError::NotFound(format!("no node '{name}' in the cluster")))?;
+        if id == self.me || self.links.is_up(id) {
+            return Err(AdminError::BadRequest(format!(
+                "node '{name}' is running: stop it before removing it from the cluster"
+            )));
+        }
+        let forgotten: crate::error::AmqpResult<()> =
+            self.replicate(Command::NodeForgotten { node: id });
+        forgotten.map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        let deadline = Instant::now() + MEMBERSHIP_TIMEOUT;
+        self.block_on(self.at_leader(Request::Forget(id), deadline))
+            .map_err(|why| {
+                AdminError::Unavailable(format!(
+                    "removing node '{name}' from the cluster was not committed: {why}"
+                ))
+            })?;
+        info!(node = %name, "cluster: member removed by request");
+        Ok(())
     }
 
     /// Starts the node: the inter-node listener and links, the Raft engine (initialising the group
@@ -410,7 +660,7 @@ impl Cluster {
         let listener = TcpListener::bind(&self.config.listen)
             .await
             .with_context(|| format!("binding {} (inter-node listener)", self.config.listen))?;
-        info!(node = %self.config.node, id = self.me, address = %listener.local_addr()?, members = self.members.len(), "cluster: inter-node listener up");
+        info!(node = %self.config.node, id = self.me, address = %listener.local_addr()?, peers = self.config.peers.len(), "cluster: inter-node listener up");
         let log = raft::LogStore::open(&dir).context("opening the Raft log")?;
         let apply: Arc<dyn raft::Apply> = Arc::new(Applier {
             cluster: self.me_weak.clone(),
@@ -432,14 +682,26 @@ impl Cluster {
                 cluster: self.me_weak.clone(),
             }),
         );
+        let weak = self.me_weak.clone();
+        r.watch_membership(Box::new(move |membership| match weak.upgrade() {
+            Some(c) => {
+                c.adopt_membership(membership);
+                true
+            }
+            None => false,
+        }));
         if !r.is_initialized().await.unwrap_or(true) {
-            let members: BTreeMap<NodeId, BasicNode> = self
-                .members
-                .iter()
-                .map(|(id, (_, addr))| (*id, BasicNode::new(addr)))
-                .collect();
-            if let Err(e) = r.initialize(members).await {
-                info!(error = %e, "cluster already initialised");
+            if self.config.join {
+                info!(node = %self.config.node, "cluster: asking to join");
+                self.join().await;
+            } else {
+                let members: BTreeMap<NodeId, Member> = read(&self.members)
+                    .iter()
+                    .map(|(id, (m, _))| (*id, m.clone()))
+                    .collect();
+                if let Err(e) = r.initialize(members).await {
+                    info!(error = %e, "cluster already initialised");
+                }
             }
         }
         let me = Arc::clone(self);
@@ -535,9 +797,17 @@ impl Handler for LinkHandler {
                     None => Vec::new(),
                 },
                 Request::Propose(p) => {
-                    let reply = match c.engine.get() {
-                        Some(e) => e.propose(p).await,
-                        None => ProposeReply::Failed("not started".to_owned()),
+                    serde_json::to_vec(&c.lead(&Request::Propose(p)).await).unwrap_or_default()
+                }
+                // A joining node may know only some members: whoever it asks takes it to the
+                // leader.
+                request @ (Request::Join(_) | Request::Forget(_)) => {
+                    let reply = match c
+                        .at_leader(request, Instant::now() + MEMBERSHIP_TIMEOUT)
+                        .await
+                    {
+                        Ok(index) => ProposeReply::Committed(index),
+                        Err(why) => ProposeReply::Failed(why),
                     };
                     serde_json::to_vec(&reply).unwrap_or_default()
                 }

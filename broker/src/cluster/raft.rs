@@ -25,21 +25,21 @@ use openraft::raft::{
 };
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, LogId, RaftLogReader, RaftNetwork,
-    RaftNetworkFactory, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership, Vote,
+    AnyError, Entry, EntryPayload, LogId, RaftLogReader, RaftNetwork, RaftNetworkFactory,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
 
 use super::link::{Links, NodeId};
-use super::Proposal;
+use super::{Member, Proposal};
 use crate::sync::lock;
 
 openraft::declare_raft_types!(
-    /// Warren's Raft types: the replicated commands and the node addresses.
+    /// Warren's Raft types: the replicated commands and the members' names and addresses.
     pub(crate) TypeConfig:
         D = Proposal,
         R = (),
+        Node = Member,
 );
 
 /// The engine as the rest of the cluster code sees it: propose, feed RPCs, ask who leads. One
@@ -268,12 +268,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Applied {
     last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, BasicNode>,
+    membership: StoredMembership<NodeId, Member>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, BasicNode>,
+    meta: SnapshotMeta<NodeId, Member>,
     document: Vec<u8>,
 }
 
@@ -361,7 +361,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
         let a = lock(&self.applied);
         Ok((a.last_applied, a.membership.clone()))
     }
@@ -405,7 +405,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
+        meta: &SnapshotMeta<NodeId, Member>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let document = snapshot.into_inner();
@@ -472,7 +472,9 @@ pub(crate) struct PeerClient {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        // A node being added is replicated to before its membership is applied here.
+        self.links.add(target, &node.addr);
         PeerClient {
             links: Arc::clone(&self.links),
             target,
@@ -481,7 +483,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 }
 
 type RpcResult<T, E> =
-    Result<T, openraft::error::RPCError<NodeId, BasicNode, openraft::error::RaftError<NodeId, E>>>;
+    Result<T, openraft::error::RPCError<NodeId, Member, openraft::error::RaftError<NodeId, E>>>;
 
 impl PeerClient {
     async fn call<T, E>(&self, rpc: RaftRpc, timeout: Duration) -> RpcResult<T, E>
@@ -604,5 +606,51 @@ mod tests {
         let mut again = LogStore::open(&dir).unwrap();
         assert_eq!(again.try_get_log_entries(1..).await.unwrap().len(), 3);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn membership_records_written_before_members_had_names_still_read() {
+        // Until run-time membership changes, the node type was openraft's BasicNode (an address).
+        let old = openraft::Membership::<NodeId, openraft::BasicNode>::new(
+            vec![[1, 2].into()],
+            std::collections::BTreeMap::from([
+                (1, openraft::BasicNode::new("127.0.0.1:1")),
+                (2, openraft::BasicNode::new("127.0.0.1:2")),
+            ]),
+        );
+        let entry = Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Membership(
+                serde_json::from_value(serde_json::to_value(&old).unwrap()).unwrap(),
+            ),
+        };
+        let EntryPayload::Membership(m) = &entry.payload else {
+            unreachable!()
+        };
+        let read: Vec<(NodeId, Member)> = m.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        assert_eq!(
+            read,
+            vec![
+                (
+                    1,
+                    Member {
+                        addr: "127.0.0.1:1".into(),
+                        name: String::new()
+                    }
+                ),
+                (
+                    2,
+                    Member {
+                        addr: "127.0.0.1:2".into(),
+                        name: String::new()
+                    }
+                ),
+            ]
+        );
+        // A member without a name is written as BasicNode was.
+        assert_eq!(
+            serde_json::to_value(&read[0].1).unwrap(),
+            serde_json::to_value(openraft::BasicNode::new("127.0.0.1:1")).unwrap()
+        );
     }
 }

@@ -9,8 +9,9 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use super::link::NodeId;
 use super::raft::RaftRpc;
-use super::Proposal;
+use super::{Member, Proposal};
 use crate::queue::Settle;
 
 /// A request to a peer.
@@ -20,6 +21,13 @@ pub(crate) enum Request {
     Raft(RaftRpc),
     /// A proposal for the leader to append (answered with [`ProposeReply`]).
     Propose(Proposal),
+    /// A node asks to join the cluster (`--cluster-join`): the leader adds it as a learner, waits
+    /// until it has caught up, then makes it a voter (answered with [`ProposeReply`]; a node that is
+    /// not the leader forwards it).
+    Join(Member),
+    /// Remove a member from the Raft membership (`DELETE /api/nodes/{name}`; answered and forwarded
+    /// as [`Request::Join`]).
+    Forget(NodeId),
     /// Attach a consumer of a proxy to the queue at its home (answered with [`Reply`]).
     Consume {
         /// Vhost.

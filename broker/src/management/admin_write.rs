@@ -101,6 +101,29 @@ pub(crate) async fn delete_vhost(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `DELETE /api/nodes/{node}` (Warren's; RabbitMQ does this with `rabbitmqctl
+/// forget_cluster_node`): removes a stopped member from the cluster, deleting the queues homed on it
+/// (`administrator`). 404 for a name that is not a member, 400 for a running node or this one, 503
+/// without a majority.
+pub(crate) async fn delete_node(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    Path(node): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.administrator()?;
+    let Some(cluster) = api.broker.cluster.get().cloned() else {
+        return Err(if node == api.node() {
+            ApiError::bad_request(format!(
+                "node '{node}' is not in a cluster: there is nothing to remove it from"
+            ))
+        } else {
+            ApiError::not_found()
+        });
+    };
+    crate::sync::off_worker(|| cluster.forget(&node))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `PUT /api/users/{name}` with `password` or `password_hash` (+ `hashing_algorithm`) and `tags`.
 pub(crate) async fn put_user(
     State(api): State<Arc<Api>>,

@@ -119,7 +119,10 @@ pub fn router(broker: Arc<Broker>, listeners: Vec<Listener>) -> Router {
         .route("/api/overview", get(read::overview))
         .route("/api/whoami", get(read::whoami))
         .route("/api/nodes", get(read::nodes))
-        .route("/api/nodes/{node}", get(read::node))
+        .route(
+            "/api/nodes/{node}",
+            get(read::node).delete(admin_write::delete_node),
+        )
         .route("/api/vhosts", get(read::vhosts))
         .route(
             "/api/vhosts/{vhost}",

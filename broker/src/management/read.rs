@@ -15,6 +15,7 @@ use super::error::ApiError;
 use super::page;
 use super::rates::Key;
 use super::Api;
+use crate::cluster::MemberState;
 use crate::definitions::table_json;
 use crate::exchange::Exchange;
 use crate::queue::Queue;
@@ -176,8 +177,8 @@ pub(crate) async fn overview(State(api): State<Arc<Api>>, caller: Caller) -> Jso
         "rates_mode": "basic",
         "cluster_name": cluster_name(&api),
         "node": api.node(),
-        "warren_cluster": members(&api).iter().map(|(name, running, leader)| json!({
-            "name": name, "running": running, "leader": leader,
+        "warren_cluster": members(&api).iter().map(|m| json!({
+            "name": m.name, "running": m.running, "leader": m.leader, "voter": m.voter,
         })).collect::<Vec<_>>(),
         "exchange_types": exchange_types,
         "listeners": listeners,
@@ -226,22 +227,22 @@ fn node_json(api: &Api) -> Value {
     })
 }
 
-/// The cluster's members as (name, running, leads the metadata store); this node alone when it is not
-/// in a cluster.
-fn members(api: &Api) -> Vec<(String, bool, bool)> {
+/// The cluster's members; this node alone when it is not in a cluster.
+fn members(api: &Api) -> Vec<MemberState> {
     match api.broker.cluster.get() {
-        Some(c) => c
-            .member_states()
-            .into_iter()
-            .map(|m| (m.name, m.running, m.leader))
-            .collect(),
-        None => vec![(api.node().to_owned(), true, true)],
+        Some(c) => c.member_states(),
+        None => vec![MemberState {
+            name: api.node().to_owned(),
+            running: true,
+            leader: true,
+            voter: true,
+        }],
     }
 }
 
 /// RabbitMQ's default cluster name: the first node's name (here: the first in sorted order).
 fn cluster_name(api: &Api) -> String {
-    let mut names: Vec<String> = members(api).into_iter().map(|m| m.0).collect();
+    let mut names: Vec<String> = members(api).into_iter().map(|m| m.name).collect();
     names.sort();
     names
         .into_iter()
@@ -262,11 +263,11 @@ pub(crate) async fn nodes(
     caller.monitoring()?;
     let list: Vec<Value> = members(&api)
         .into_iter()
-        .map(|(name, running, _)| {
-            if name == api.node() {
+        .map(|m| {
+            if m.name == api.node() {
                 node_json(&api)
             } else {
-                peer_json(&name, running)
+                peer_json(&m.name, m.running)
             }
         })
         .collect();
@@ -283,8 +284,8 @@ pub(crate) async fn node(
     if name == api.node() {
         return Ok(Json(node_json(&api)));
     }
-    match members(&api).into_iter().find(|m| m.0 == name) {
-        Some((name, running, _)) => Ok(Json(peer_json(&name, running))),
+    match members(&api).into_iter().find(|m| m.name == name) {
+        Some(m) => Ok(Json(peer_json(&m.name, m.running))),
         None => Err(ApiError::not_found()),
     }
 }
