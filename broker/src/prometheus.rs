@@ -278,9 +278,16 @@ impl Collector for BrokerCollector {
             .filter(|c| c.stats.snapshot().publish > 0)
             .count();
         let vhosts = b.vhost_list();
+        // Each node reports the queues homed on it, as each RabbitMQ node does (dashboards sum over
+        // nodes): a cluster node's proxies of other nodes' queues are theirs to report.
         let queues: Vec<(String, Arc<crate::queue::Queue>)> = vhosts
             .iter()
-            .flat_map(|v| v.queue_list().into_iter().map(|q| (v.name.clone(), q)))
+            .flat_map(|v| {
+                v.queue_list()
+                    .into_iter()
+                    .filter(|q| q.home().is_none())
+                    .map(|q| (v.name.clone(), q))
+            })
             .collect();
         gauge(
             e,

@@ -222,6 +222,49 @@ def test_e_the_management_api_lists_every_node(cluster):
     assert sum(1 for m in overview["warren_cluster"] if m["leader"]) == 1
 
 
+def test_e2_any_node_shows_a_queues_figures_from_its_home(cluster):
+    # The management API of any node shows what the home holds (as any RabbitMQ node shows every
+    # queue's figures); Prometheus on each node reports only the queues homed there, as each
+    # RabbitMQ node reports its own (dashboards sum over nodes).
+    n1, n2, n3 = cluster.nodes
+    c1 = n1.connect()
+    ch1 = c1.channel()
+    ch1.queue_declare("figures-q", durable=True)
+    ch1.confirm_delivery()
+    for i in range(3):
+        ch1.basic_publish("", "figures-q", b"x" * 10)
+    c3 = n3.connect()
+    ch3 = c3.channel()
+    ch3.basic_qos(prefetch_count=1)
+    held = []
+    ch3.basic_consume("figures-q", lambda ch, m, p, b: held.append(m.delivery_tag))
+    deadline = time.time() + 5
+    while not held and time.time() < deadline:
+        c3.process_data_events(time_limit=0.05)
+    assert held
+
+    def shown():
+        status, q = api(n2, "GET", "/api/queues/%2F/figures-q")
+        return status == 200 and (q["messages"], q["messages_ready"], q["messages_unacknowledged"],
+                                  q["consumers"], q["node"], q["state"], q["message_bytes"])
+    assert eventually(shown) == (3, 2, 1, 1, "warren@n1", "running", 20)
+    listed = [q for q in api(n2, "GET", "/api/queues/%2F")[1] if q["name"] == "figures-q"]
+    assert listed[0]["messages"] == 3 and listed[0]["node"] == "warren@n1"
+    assert api(n2, "GET", "/api/vhosts/%2F")[1]["messages"] >= 3
+    assert api(n2, "GET", "/api/overview")[1]["queue_totals"]["messages"] >= 3
+
+    def per_object(node):
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.prometheus_port}/metrics/per-object") as r:
+            return [line for line in r.read().decode().splitlines()
+                    if line.startswith("rabbitmq_queue_messages_ready{") and 'queue="figures-q"' in line]
+    assert len(per_object(n1)) == 1 and float(per_object(n1)[0].split()[-1]) == 2, per_object(n1)
+    assert per_object(n2) == [] and per_object(n3) == []
+    ch3.basic_ack(held[0])
+    c3.close()
+    ch1.queue_delete("figures-q")
+    c1.close()
+
+
 def test_f_a_node_killed_and_restarted_catches_up(cluster):
     n1, n2, n3 = cluster.nodes
     # A durable queue homed on node 3 with persistent messages.
@@ -242,6 +285,8 @@ def test_f_a_node_killed_and_restarted_catches_up(cluster):
     eventually(lambda: (c1.process_data_events(time_limit=0.1), cancelled)[1], timeout=10)
     status, nodes = api(n1, "GET", "/api/nodes")
     assert {n["name"]: n["running"] for n in nodes}["warren@n3"] is False
+    status, q = api(n1, "GET", "/api/queues/%2F/home3")
+    assert (q["state"], q["node"]) == ("down", "warren@n3"), q
     # Meanwhile: metadata changes on the other two.
     c2 = n2.connect()
     ch2 = c2.channel()
@@ -516,5 +561,90 @@ def test_i_a_node_joins_a_running_cluster_and_a_stopped_one_is_removed():
         assert "while-n4-is-out" in queue_names(n4)
         eventually(lambda: sorted(m["name"] for m in api(n1, "GET", "/api/nodes")[1])
                    == ["warren@n1", "warren@n2", "warren@n3", "warren@n4"], timeout=15)
+    finally:
+        c.stop()
+
+
+def test_j_consumer_filters_and_idempotency_run_at_the_queues_home():
+    # Plugins are node-local files: only n1 and n3 have them. A consumer's filter runs where its
+    # queue lives, whichever node the consumer is connected to.
+    c = Cluster(3)
+    c.nodes[0].with_first_party_plugins()
+    c.nodes[2].with_first_party_plugins()
+    c.start()
+    try:
+        n1, n2, n3 = c.nodes
+        conn1 = n1.connect()
+        ch1 = conn1.channel()
+        ch1.queue_declare("filtered-at-n1")
+        ch1.confirm_delivery()
+        for region in ["eu", "us", "eu", "us", "eu"]:
+            ch1.basic_publish("", "filtered-at-n1", region.encode(),
+                              pika.BasicProperties(headers={"region": region}))
+        # Through n2, which has no plugins at all: the filter runs at n1.
+        conn2 = n2.connect()
+        ch2 = conn2.channel()
+        got = []
+        tag = ch2.basic_consume(
+            "filtered-at-n1", lambda ch, m, p, b: got.append(b), auto_ack=True,
+            arguments={"x-filter": "match", "x-filter-args": {"headers": {"region": "eu"}}})
+        deadline = time.time() + 5
+        while len(got) < 3 and time.time() < deadline:
+            conn2.process_data_events(time_limit=0.05)
+        conn2.process_data_events(time_limit=0.3)
+        ch2.basic_cancel(tag)
+        assert got == [b"eu", b"eu", b"eu"]
+        assert message_count(n1, "filtered-at-n1") == 2
+        # The management API shows the consumer's arguments as given (RabbitMQ's consumers list).
+        conn2.channel().basic_consume("filtered-at-n1", lambda *a: None, arguments={"x-priority": 3})
+        consumers = api(n2, "GET", "/api/consumers")[1]
+        assert [x["arguments"] for x in consumers] == [{"x-priority": 3}], consumers
+        conn2.close()
+
+        # The home refuses a filter configuration as a local consumer would be refused: 406.
+        bad = n3.connect()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            bad.channel().basic_consume("filtered-at-n1", lambda *a: None,
+                                        arguments={"x-filter": "match"})
+        assert e.value.reply_code == 406 and "headers" in e.value.reply_text, e.value
+        # A queue homed on n2 (no plugins): a filtered consumer through n1 is refused with 404.
+        c2 = n2.connect()
+        c2.channel().queue_declare("at-n2")
+        c2.close()
+        eventually(lambda: "at-n2" in queue_names(n1))
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            conn1.channel().basic_consume("at-n2", lambda *a: None,
+                                          arguments={"x-filter": "match",
+                                                     "x-filter-args": {"headers": {"a": "b"}}})
+        assert e.value.reply_code == 404 and "match" in e.value.reply_text, e.value
+        bad.close()
+
+        # An idempotent queue on n1, published to through n3 and consumed with acks through n2: a
+        # key acked once is not delivered again.
+        ch1 = conn1.channel()
+        ch1.queue_declare("idem-at-n1", arguments={"x-idempotency": "idempotency-key"})
+        conn3 = n3.connect()
+        ch3 = conn3.channel()
+        ch3.confirm_delivery()
+        for i in range(10):
+            ch3.basic_publish("", "idem-at-n1", b"payment",
+                              pika.BasicProperties(message_id=f"id-{i % 5}"))
+        conn3.close()
+        conn2 = n2.connect()
+        ch2 = conn2.channel()
+        delivered = []
+
+        def on_message(channel, method, properties, body):
+            delivered.append(properties.message_id)
+            channel.basic_ack(method.delivery_tag)
+
+        ch2.basic_consume("idem-at-n1", on_message)
+        deadline = time.time() + 5
+        while len(delivered) < 5 and time.time() < deadline:
+            conn2.process_data_events(time_limit=0.05)
+        conn2.process_data_events(time_limit=0.5)
+        assert sorted(delivered) == [f"id-{i}" for i in range(5)]
+        conn2.close()
+        conn1.close()
     finally:
         c.stop()

@@ -14,8 +14,7 @@ use super::{Channel, ConnectionContext, Recover};
 use crate::auth::Access;
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::encode;
-use crate::queue::args::{ConsumeArgs, PluginArgs};
-use crate::queue::plugins::{AttachError, ConsumerFilter, OnFailure};
+use crate::queue::args::ConsumeArgs;
 use crate::queue::{ConsumeRefused, Consumer, ConsumerSink};
 use crate::vhost::generate_name;
 use crate::vhost::reply_to::{ReplySink, REPLY_TO};
@@ -82,7 +81,12 @@ impl Channel {
             "consumer '{tag}' on queue '{name}' in vhost '{}'",
             ctx.vhost.name
         );
-        let filter = consumer_filter(ctx, args.filter, entity)?;
+        // A queue homed on another cluster node runs its consumers' filters there: the consume
+        // arguments travel with the consumer.
+        let filter = match queue.home() {
+            Some(_) => None,
+            None => ctx.vhost.consumer_filter(args.filter, entity)?,
+        };
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
             no_ack: m.no_ack,
@@ -92,6 +96,7 @@ impl Channel {
             unacked: Default::default(),
             sink: Arc::clone(&self.shared) as Arc<dyn ConsumerSink>,
             filter,
+            arguments: m.arguments.clone(),
             seq: crate::queue::next_consumer_seq(),
             cancelled: Default::default(),
         });
@@ -129,6 +134,7 @@ impl Channel {
                         "no queue '{name}' in vhost '{}'",
                         ctx.vhost.name
                     )),
+                    ConsumeRefused::Filter(e) => e,
                 })
             }
         }
@@ -318,30 +324,5 @@ impl Channel {
         if self.shared.global_prefetch.load(Ordering::Relaxed) > 0 {
             self.kick_consumers();
         }
-    }
-}
-
-/// Attaches the consumer's filter plugin named by basic.consume's `x-filter` (see [`ConsumeArgs`]).
-///
-/// # Errors
-/// 404 when no such filter plugin is loaded; 406 for a configuration the plugin refuses.
-fn consumer_filter(
-    ctx: &ConnectionContext,
-    filter: Option<(PluginArgs, OnFailure)>,
-    entity: String,
-) -> AmqpResult<Option<ConsumerFilter>> {
-    let Some((plugin, on_failure)) = filter else {
-        return Ok(None);
-    };
-    let Some(host) = ctx.vhost.plugins() else {
-        return Err(AmqpError::not_found(format!(
-            "no filter plugin '{}' is loaded",
-            plugin.name
-        )));
-    };
-    match ConsumerFilter::attach(host, &plugin.name, &plugin.config, on_failure, entity) {
-        Ok(f) => Ok(Some(f)),
-        Err(AttachError::NotFound(why)) => Err(AmqpError::not_found(why)),
-        Err(AttachError::Refused(why)) => Err(AmqpError::precondition_failed(why)),
     }
 }

@@ -45,6 +45,7 @@ use tracing::{info, warn};
 pub(crate) use self::command::Command;
 use self::command::Unavailable;
 use self::link::{Handler, Links, NodeId, Reply};
+pub(crate) use self::wire::QueueFigures;
 use self::wire::{ProposeReply, Request};
 use crate::administration::AdminError;
 use crate::broker::Broker;
@@ -614,6 +615,64 @@ impl Cluster {
         }
     }
 
+    /// The figures of every queue homed on this node (a peer's management API asks).
+    fn figures(&self) -> Vec<u8> {
+        let Some(broker) = self.broker() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for v in broker.vhost_list() {
+            for q in v.queue_list() {
+                if q.home().is_some() {
+                    continue;
+                }
+                let c = q.counts();
+                let (message_bytes, memory, idle_since) = q.usage();
+                out.push(QueueFigures {
+                    vhost: v.name.clone(),
+                    name: q.name.to_string(),
+                    messages: c.messages,
+                    unacked: c.unacked,
+                    consumers: c.consumers,
+                    message_bytes,
+                    memory,
+                    idle_since,
+                });
+            }
+        }
+        serde_json::to_vec(&out).unwrap_or_default()
+    }
+
+    /// Asks each of `homes` (at once, 2 s at most) for the figures of the queues homed there, for
+    /// this node's management API: by (vhost, queue name). A home that does not answer is left out
+    /// (its queues are shown as down).
+    pub(crate) async fn home_figures(
+        &self,
+        homes: std::collections::BTreeSet<NodeId>,
+    ) -> HashMap<(String, String), QueueFigures> {
+        let body = Bytes::from(Request::Figures.encode());
+        let mut asks = tokio::task::JoinSet::new();
+        for home in homes {
+            let links = Arc::clone(&self.links);
+            let body = body.clone();
+            asks.spawn(async move {
+                links
+                    .request(home, &body, Duration::from_secs(2))
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Vec<QueueFigures>>(&b).ok())
+                    .unwrap_or_default()
+            });
+        }
+        let mut out = HashMap::new();
+        while let Some(figures) = asks.join_next().await {
+            for f in figures.unwrap_or_default() {
+                out.insert((f.vhost.clone(), f.name.clone()), f);
+            }
+        }
+        out
+    }
+
     /// Removes the member `name`, which must be stopped (RabbitMQ's `forget_cluster_node`): first the
     /// queues homed on it are deleted on every node ([`Command::NodeForgotten`]: their messages were
     /// only there), then it leaves the Raft membership, so that the majority is counted without it.
@@ -810,6 +869,12 @@ impl Handler for LinkHandler {
                         Err(why) => ProposeReply::Failed(why),
                     };
                     serde_json::to_vec(&reply).unwrap_or_default()
+                }
+                Request::Figures => {
+                    let c = Arc::clone(&c);
+                    tokio::task::spawn_blocking(move || c.figures())
+                        .await
+                        .unwrap_or_default()
                 }
                 other => {
                     let c = Arc::clone(&c);

@@ -17,6 +17,7 @@
 //! cancels its consumers of queues homed there (consumer-cancel notification, RabbitMQ
 //! docs/consumer-cancel.md).
 
+use crate::error::AmqpError;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -262,6 +263,7 @@ impl RemoteHome for Home {
             exclusive: consumer.exclusive,
             prefetch: consumer.prefetch,
             priority: consumer.priority,
+            arguments: crate::store::definitions::encode_table(&consumer.arguments),
         });
         let refused = match reply {
             Some(Reply { error: None, .. }) => return Ok(()),
@@ -269,6 +271,14 @@ impl RemoteHome for Home {
                 error: Some((403, _)),
                 ..
             }) => ConsumeRefused::ExclusiveInUse,
+            Some(Reply {
+                error: Some((code, text)),
+                filter: true,
+                ..
+            }) => ConsumeRefused::Filter(match code {
+                404 => AmqpError::not_found(text),
+                _ => AmqpError::precondition_failed(text),
+            }),
             _ => ConsumeRefused::Deleted,
         };
         lock(&c.remote.consumers).remove(&id);
@@ -415,8 +425,33 @@ impl Cluster {
                 exclusive,
                 prefetch,
                 priority,
+                arguments,
                 ..
             } => {
+                let entity = format!("consumer '{tag}' on queue '{queue}' in vhost '{vhost}'");
+                let attached = crate::store::definitions::decode_table(&arguments)
+                    .map_err(|e| {
+                        AmqpError::precondition_failed(format!("unreadable consume arguments: {e}"))
+                    })
+                    .and_then(|arguments| {
+                        let args = crate::queue::args::ConsumeArgs::parse(&arguments)
+                            .map_err(|e| AmqpError::precondition_failed(e.text(&queue, &vhost)))?;
+                        let filter = match broker.vhost(&vhost) {
+                            Some(v) => v.consumer_filter(args.filter, entity)?,
+                            None => None,
+                        };
+                        Ok((arguments, filter))
+                    });
+                let (arguments, filter) = match attached {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let reply = Reply {
+                            filter: true,
+                            ..error_reply(e.reply_code(), e.detail().to_owned())
+                        };
+                        return serde_json::to_vec(&reply).unwrap_or_default();
+                    }
+                };
                 let consumer = Arc::new(Consumer {
                     tag: tag.as_str().into(),
                     no_ack,
@@ -430,7 +465,8 @@ impl Cluster {
                         id,
                         vhost: vhost.clone(),
                     }),
-                    filter: None,
+                    filter,
+                    arguments,
                     seq: next_consumer_seq(),
                     cancelled: AtomicBool::new(false),
                 });
@@ -451,6 +487,10 @@ impl Cluster {
                                 404,
                                 format!("NOT_FOUND - no queue '{queue}' in vhost '{vhost}'"),
                             ),
+                            ConsumeRefused::Filter(e) => Reply {
+                                filter: true,
+                                ..error_reply(e.reply_code(), e.detail().to_owned())
+                            },
                         };
                         serde_json::to_vec(&r)
                     }
@@ -488,9 +528,9 @@ impl Cluster {
             Request::Counts { .. } => {
                 let c = q.counts();
                 serde_json::to_vec(&Reply {
-                    error: None,
                     count: c.messages,
                     consumers: c.consumers,
+                    ..Reply::default()
                 })
             }
             _ => Ok(Vec::new()),

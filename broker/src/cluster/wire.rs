@@ -46,6 +46,10 @@ pub(crate) enum Request {
         prefetch: u16,
         /// `x-priority`.
         priority: i32,
+        /// basic.consume's arguments (the definitions log's table encoding): the home attaches the
+        /// consumer's filter plugin from them.
+        #[serde(default)]
+        arguments: String,
     },
     /// basic.get at the home (answered with [`GetReply`]).
     Get {
@@ -70,6 +74,30 @@ pub(crate) enum Request {
         /// Queue.
         queue: String,
     },
+    /// What the management API shows of every queue homed on the asked node (answered with a list
+    /// of [`QueueFigures`]).
+    Figures,
+}
+
+/// A queue's figures at its home, for another node's management API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct QueueFigures {
+    /// Vhost.
+    pub vhost: String,
+    /// Queue.
+    pub name: String,
+    /// Messages ready.
+    pub messages: u32,
+    /// Delivered, not yet acknowledged.
+    pub unacked: u32,
+    /// Consumers (of every node).
+    pub consumers: u32,
+    /// Body octets of the ready messages.
+    pub message_bytes: u64,
+    /// Estimated octets in memory.
+    pub memory: u64,
+    /// Idle since (wall-clock ms) when it has no consumers.
+    pub idle_since: Option<u64>,
 }
 
 impl Request {
@@ -99,6 +127,10 @@ pub(crate) struct Reply {
     pub count: u32,
     /// Consumers.
     pub consumers: u32,
+    /// The refusal is of a consumer's filter plugin (404 not loaded at the home, 406 configuration
+    /// refused), not of the queue.
+    #[serde(default)]
+    pub filter: bool,
 }
 
 /// A message fetched by basic.get at the home.

@@ -17,6 +17,7 @@ use super::page;
 use super::rates::Key;
 use super::Api;
 use crate::channel::ChannelShared;
+use crate::definitions::table_json;
 use crate::tracking::ConnectionInfo;
 
 fn channel_name(c: &ConnectionInfo, number: u16) -> String {
@@ -121,10 +122,6 @@ fn consumers_of(api: &Api, conns: &[Arc<ConnectionInfo>]) -> Vec<Value> {
         let Some(o) = c.opened.get() else { continue };
         for ch in c.channel_list() {
             for (consumer, queue) in ch.consumer_list() {
-                let mut arguments = serde_json::Map::new();
-                if consumer.priority != 0 {
-                    arguments.insert("x-priority".into(), json!(consumer.priority));
-                }
                 out.push(json!({
                     "consumer_tag": consumer.tag.as_str(),
                     "queue": { "name": queue.name.as_str(), "vhost": o.vhost },
@@ -140,7 +137,7 @@ fn consumers_of(api: &Api, conns: &[Arc<ConnectionInfo>]) -> Vec<Value> {
                     "ack_required": !consumer.no_ack,
                     "exclusive": consumer.exclusive,
                     "prefetch_count": consumer.prefetch,
-                    "arguments": arguments,
+                    "arguments": table_json(&consumer.arguments),
                     "active": true,
                     "activity_status": "up",
                 }));

@@ -3,7 +3,7 @@
 //! are left out unless it sees all (`monitoring`, `administrator`). Message rates and per-object
 //! message stats are not served yet (`message_stats` is empty).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -16,9 +16,10 @@ use super::page;
 use super::rates::Key;
 use super::Api;
 use crate::cluster::MemberState;
+use crate::cluster::QueueFigures;
 use crate::definitions::table_json;
 use crate::exchange::Exchange;
-use crate::queue::Queue;
+use crate::queue::{Queue, QueueCounts};
 use crate::vhost::VHost;
 
 /// The API level Warren's answers follow (tools read `rabbitmq_version` for feature checks).
@@ -47,9 +48,59 @@ pub(crate) fn visible_vhost(
         .ok_or_else(ApiError::not_found)
 }
 
-fn queue_json(api: &Api, vhost: &str, q: &Queue) -> Value {
-    let c = q.counts();
-    let (message_bytes, memory, idle_since) = q.usage();
+/// The figures of the queues homed on other cluster nodes among `queues`, asked of their homes (an
+/// empty map on a single node, or when none is homed elsewhere).
+async fn home_figures<'a>(api: &Api, queues: impl IntoIterator<Item = &'a Arc<Queue>>) -> Homes {
+    let Some(cluster) = api.broker.cluster.get() else {
+        return HashMap::new();
+    };
+    let homes: BTreeSet<u64> = queues.into_iter().filter_map(|q| q.home()).collect();
+    if homes.is_empty() {
+        return HashMap::new();
+    }
+    cluster.home_figures(homes).await
+}
+
+/// What [`home_figures`] answered, by (vhost, queue name).
+type Homes = HashMap<(String, String), QueueFigures>;
+
+/// A queue's counts, usage (`Queue::usage`), node name and state wherever it lives: its own for a
+/// local queue; for a queue homed on another cluster node, what that node answered in `homes`, the
+/// home's name, and `down` (zeros) when the home did not answer.
+fn figures(
+    api: &Api,
+    vhost: &str,
+    q: &Queue,
+    homes: &Homes,
+) -> (QueueCounts, (u64, u64, Option<u64>), String, &'static str) {
+    match q.home() {
+        None => (q.counts(), q.usage(), api.node().to_owned(), "running"),
+        Some(home) => {
+            let name = api
+                .broker
+                .cluster
+                .get()
+                .map_or_else(String::new, |c| c.name_of(home));
+            match homes.get(&(vhost.to_owned(), q.name.to_string())) {
+                Some(f) => (
+                    QueueCounts {
+                        messages: f.messages,
+                        consumers: f.consumers,
+                        unacked: f.unacked,
+                    },
+                    (f.message_bytes, f.memory, f.idle_since),
+                    name,
+                    "running",
+                ),
+                None => (QueueCounts::default(), (0, 0, None), name, "down"),
+            }
+        }
+    }
+}
+
+/// A queue as RabbitMQ shows it (figures from [`figures`]).
+fn queue_json(api: &Api, vhost: &str, q: &Queue, homes: &Homes) -> Value {
+    let (c, (message_bytes, memory, idle_since), node, state) = figures(api, vhost, q, homes);
     let stats = api.rates.message_stats_json(
         &Key::Queue(vhost.to_owned(), q.name.as_str().to_owned()),
         &q.stats().snapshot(),
@@ -62,8 +113,8 @@ fn queue_json(api: &Api, vhost: &str, q: &Queue) -> Value {
         "auto_delete": q.auto_delete,
         "exclusive": q.exclusive_owner.is_some(),
         "arguments": table_json(&q.arguments),
-        "node": api.node(),
-        "state": "running",
+        "node": node,
+        "state": state,
         "messages": u64::from(c.messages) + u64::from(c.unacked),
         "messages_ready": c.messages,
         "messages_unacknowledged": c.unacked,
@@ -119,11 +170,11 @@ fn default_exchange_json(api: &Api, vhost: &str, stats: &HashMap<String, (u64, u
 }
 
 /// Ready and unacknowledged messages of `queues`.
-fn totals(queues: &[Arc<Queue>]) -> (u64, u64, u64) {
+fn totals(api: &Api, vhost: &str, queues: &[Arc<Queue>], homes: &Homes) -> (u64, u64, u64) {
     queues
         .iter()
         .fold((0, 0, 0), |(ready, unacked, consumers), q| {
-            let c = q.counts();
+            let c = figures(api, vhost, q, homes).0;
             (
                 ready + u64::from(c.messages),
                 unacked + u64::from(c.unacked),
@@ -148,9 +199,10 @@ pub(crate) async fn overview(State(api): State<Arc<Api>>, caller: Caller) -> Jso
             .message_stats_json(&Key::Vhost(String::new()), &total)
     };
     let (mut ready, mut unacked, mut consumers, mut queues, mut exchanges) = (0, 0, 0, 0, 0);
-    for v in &vhosts {
-        let qs = v.queue_list();
-        let (r, u, c) = totals(&qs);
+    let lists: Vec<Vec<Arc<Queue>>> = vhosts.iter().map(|v| v.queue_list()).collect();
+    let homes = home_figures(&api, lists.iter().flatten()).await;
+    for (v, qs) in vhosts.iter().zip(lists) {
+        let (r, u, c) = totals(&api, &v.name, &qs, &homes);
         (ready, unacked, consumers) = (ready + r, unacked + u, consumers + c);
         queues += qs.len();
         exchanges += v.exchange_list().len() + 1; // and the default exchange
@@ -290,8 +342,8 @@ pub(crate) async fn node(
     }
 }
 
-fn vhost_json(api: &Api, v: &VHost) -> Value {
-    let (ready, unacked, _) = totals(&v.queue_list());
+fn vhost_json(api: &Api, v: &VHost, queues: &[Arc<Queue>], homes: &Homes) -> Value {
+    let (ready, unacked, _) = totals(api, &v.name, queues, homes);
     let stats = api.rates.message_stats_json(
         &Key::Vhost(v.name.clone()),
         &api.broker.message_stats(Some(&v.name)),
@@ -339,9 +391,13 @@ pub(crate) async fn vhosts(
     caller: Caller,
     Query(q): Query<page::Query>,
 ) -> Result<Json<Value>, ApiError> {
-    let items = visible(&api, &caller)
+    let vhosts = visible(&api, &caller);
+    let lists: Vec<Vec<Arc<Queue>>> = vhosts.iter().map(|v| v.queue_list()).collect();
+    let homes = home_figures(&api, lists.iter().flatten()).await;
+    let items = vhosts
         .iter()
-        .map(|v| vhost_json(&api, v))
+        .zip(&lists)
+        .map(|(v, qs)| vhost_json(&api, v, qs, &homes))
         .collect();
     page::respond(items, &q).map(Json)
 }
@@ -353,18 +409,20 @@ pub(crate) async fn vhost(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let v = visible_vhost(&api, &caller, &name)?;
-    Ok(Json(vhost_json(&api, &v)))
+    let queues = v.queue_list();
+    let homes = home_figures(&api, &queues).await;
+    Ok(Json(vhost_json(&api, &v, &queues, &homes)))
 }
 
-fn queues_of(api: &Api, vhosts: &[Arc<VHost>]) -> Vec<Value> {
-    vhosts
+async fn queues_of(api: &Api, vhosts: &[Arc<VHost>]) -> Vec<Value> {
+    let lists: Vec<(&str, Vec<Arc<Queue>>)> = vhosts
         .iter()
-        .flat_map(|v| {
-            v.queue_list()
-                .iter()
-                .map(|q| queue_json(api, &v.name, q))
-                .collect::<Vec<_>>()
-        })
+        .map(|v| (v.name.as_str(), v.queue_list()))
+        .collect();
+    let homes = home_figures(api, lists.iter().flat_map(|(_, qs)| qs)).await;
+    lists
+        .iter()
+        .flat_map(|(vhost, qs)| qs.iter().map(|q| queue_json(api, vhost, q, &homes)))
         .collect()
 }
 
@@ -374,7 +432,7 @@ pub(crate) async fn queues(
     caller: Caller,
     Query(q): Query<page::Query>,
 ) -> Result<Json<Value>, ApiError> {
-    page::respond(queues_of(&api, &visible(&api, &caller)), &q).map(Json)
+    page::respond(queues_of(&api, &visible(&api, &caller)).await, &q).map(Json)
 }
 
 /// `GET /api/queues/{vhost}`.
@@ -385,7 +443,7 @@ pub(crate) async fn queues_in(
     Query(q): Query<page::Query>,
 ) -> Result<Json<Value>, ApiError> {
     let v = visible_vhost(&api, &caller, &vhost)?;
-    page::respond(queues_of(&api, &[v]), &q).map(Json)
+    page::respond(queues_of(&api, &[v]).await, &q).map(Json)
 }
 
 /// `GET /api/queues/{vhost}/{name}`.
@@ -400,7 +458,8 @@ pub(crate) async fn queue(
         .into_iter()
         .find(|q| q.name.as_str() == name)
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(queue_json(&api, &v.name, &q)))
+    let homes = home_figures(&api, [&q]).await;
+    Ok(Json(queue_json(&api, &v.name, &q, &homes)))
 }
 
 fn exchanges_of(api: &Api, vhosts: &[Arc<VHost>]) -> Vec<Value> {

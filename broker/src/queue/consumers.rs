@@ -215,6 +215,7 @@ mod tests {
             unacked: Default::default(),
             sink: Arc::new(Open),
             filter: None,
+            arguments: Default::default(),
             seq: next_consumer_seq(),
             cancelled: Default::default(),
         })

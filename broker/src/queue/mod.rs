@@ -183,8 +183,12 @@ pub struct Consumer {
     pub unacked: AtomicU32,
     /// The channel this consumer delivers to.
     pub sink: Arc<dyn ConsumerSink>,
-    /// A filter plugin deciding what this consumer receives (`x-filter`).
+    /// A filter plugin deciding what this consumer receives (`x-filter`); attached where the queue
+    /// lives (`None` on a proxy: the home attaches it from `arguments`).
     pub filter: Option<plugins::ConsumerFilter>,
+    /// basic.consume's arguments as the client gave them (the management API shows them; a consumer
+    /// attached through another cluster node sends them to the queue's home).
+    pub arguments: FieldTable,
     /// Registration number ([`next_consumer_seq`]): the consumer's place within its priority.
     pub seq: u64,
     /// Set once the queue has cancelled it (basic.cancel, channel closed, queue deleted): it takes
@@ -214,12 +218,15 @@ impl Consumer {
 }
 
 /// Why a consumer could not be added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ConsumeRefused {
     /// The queue has an exclusive consumer, or an exclusive consumer was asked for while others exist.
     ExclusiveInUse,
     /// The queue was deleted meanwhile.
     Deleted,
+    /// The queue's home (another cluster node) could not attach the consumer's filter plugin: 404
+    /// when it is not loaded there, 406 when it refuses the configuration.
+    Filter(crate::error::AmqpError),
 }
 
 /// What became of a message offered to a queue.
@@ -257,7 +264,7 @@ struct QueueInner {
 }
 
 /// Counts reported by queue.declare-ok and queue.delete-ok.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueCounts {
     /// Messages ready for delivery (not counting unacked ones), as RabbitMQ reports.
     pub messages: u32,

@@ -132,6 +132,7 @@ fn consumer(sink: &Arc<Sink>, tag: &str, prefetch: u16, priority: i32) -> Arc<Co
         unacked: Default::default(),
         sink: Arc::clone(sink) as Arc<dyn ConsumerSink>,
         filter: None,
+        arguments: Default::default(),
         seq: next_consumer_seq(),
         cancelled: Default::default(),
     })

@@ -325,6 +325,35 @@ impl VHost {
         self.registry.plugins()
     }
 
+    /// Attaches a consumer's filter plugin as basic.consume's `x-filter` names it
+    /// ([`ConsumeArgs`](crate::queue::args::ConsumeArgs)); `entity` describes the consumer in logs.
+    /// Where the queue lives: the channel for a local queue, the home for a consumer attached through
+    /// another cluster node.
+    ///
+    /// # Errors
+    /// 404 when no such filter plugin is loaded; 406 for a configuration the plugin refuses.
+    pub(crate) fn consumer_filter(
+        &self,
+        filter: Option<(PluginArgs, plugins::OnFailure)>,
+        entity: String,
+    ) -> AmqpResult<Option<plugins::ConsumerFilter>> {
+        use crate::queue::plugins::{AttachError, ConsumerFilter};
+        let Some((plugin, on_failure)) = filter else {
+            return Ok(None);
+        };
+        let Some(host) = self.plugins() else {
+            return Err(AmqpError::not_found(format!(
+                "no filter plugin '{}' is loaded",
+                plugin.name
+            )));
+        };
+        match ConsumerFilter::attach(host, &plugin.name, &plugin.config, on_failure, entity) {
+            Ok(f) => Ok(Some(f)),
+            Err(AttachError::NotFound(why)) => Err(AmqpError::not_found(why)),
+            Err(AttachError::Refused(why)) => Err(AmqpError::precondition_failed(why)),
+        }
+    }
+
     /// Looks up an exchange.
     ///
     /// # Errors
