@@ -20,9 +20,6 @@ impl Queue {
             .filter(|m| m.logged)
             .map(|m| (m.seq, m.message.body_size()))
             .collect();
-        if v.is_empty() {
-            return;
-        }
         v.sort_unstable();
         let mut i = 0;
         while i < v.len() {
@@ -37,6 +34,8 @@ impl Queue {
             log.append_ack(first, last, (j - i) as u64, bytes);
             i = j;
         }
+        // Also when none of `ms` was logged: the lowest live message may have moved past segments
+        // all the same (a purge of a paged tail, transient messages leaving ahead of it).
         let min_live = [
             inner.outstanding.first().copied(),
             inner.ready.min_seq(),

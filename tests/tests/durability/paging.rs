@@ -108,3 +108,90 @@ async fn long_queues_page_to_disk_and_come_back_in_order() {
     broker.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A purge of a durable queue whose messages went to disk leaves no segment behind once the next
+/// commit runs, whatever the messages in memory at the time were (here: transient ones, which write no
+/// Ack) and whatever flows afterwards (here: transient messages only, which write no Ack either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_of_a_paged_queue_frees_its_segments() {
+    let dir = fresh_dir("paging-purge");
+    let cfg = || Config {
+        queue_memory_limit: 64 * 1024,
+        segment_size: 256 * 1024,
+        ..config(&dir)
+    };
+    let broker = start_broker_with(cfg()).await;
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare("purged".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
+    let body = "x".repeat(1000);
+    let mut pending = Vec::new();
+    for i in 0..4000 {
+        // Transient first (they stay in memory and are not logged), then persistent ones (paged).
+        let props = if i < 100 {
+            BasicProperties::default()
+        } else {
+            persistent()
+        };
+        pending.push(
+            ch.basic_publish(
+                "".into(),
+                "purged".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await
+            .unwrap(),
+        );
+        if pending.len() == 500 {
+            for p in pending.drain(..) {
+                assert!(matches!(p.await.unwrap(), Confirmation::Ack(None)));
+            }
+        }
+    }
+    for p in pending.drain(..) {
+        assert!(matches!(p.await.unwrap(), Confirmation::Ack(None)));
+    }
+    let before = segments(&dir).len();
+    assert!(before > 10, "4 MB went to 256 KiB segments ({before})");
+    let purged = ch
+        .queue_purge("purged".into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(purged, 4000);
+    // Traffic after the purge: transient messages through the queue.
+    for _ in 0..20 {
+        publish(&ch, "", "purged", b"later", BasicProperties::default()).await;
+    }
+    assert_eq!(drain(&ch, "purged").await.len(), 20);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut left = segments(&dir).len();
+    while left > 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = segments(&dir).len();
+    }
+    assert!(
+        left <= 2,
+        "{left} of {before} segments left after the purge"
+    );
+    conn.close(200, "bye".into()).await.unwrap();
+    broker.stop().await;
+    // Restarted on what is left, the queue is there and empty.
+    let broker = start_broker_with(cfg()).await;
+    let conn = connect(&broker).await;
+    let q = channel(&conn)
+        .await
+        .queue_declare("purged".into(), passive(), FieldTable::default())
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 0);
+    drop(conn);
+    broker.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
