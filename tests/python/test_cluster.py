@@ -558,7 +558,11 @@ def test_i_a_node_joins_a_running_cluster_and_a_stopped_one_is_removed():
         os.mkdir(n4.data_dir)
         n4.start()
         n4.wait_up(timeout=60)
+        # Serving means caught up: what was declared while it was out is there, and what its earlier
+        # membership declared and its removal deleted is not.
         assert "while-n4-is-out" in queue_names(n4)
+        assert "on-n4" not in queue_names(n4)
+        assert queue_names(n4) == queue_names(n1)
         eventually(lambda: sorted(m["name"] for m in api(n1, "GET", "/api/nodes")[1])
                    == ["warren@n1", "warren@n2", "warren@n3", "warren@n4"], timeout=15)
     finally:

@@ -342,34 +342,36 @@ impl Command {
             }
             Command::PutPolicy(p) => Box::new(broker.put_policy(p.clone())),
             Command::DeletePolicy { vhost, name } => Box::new(broker.delete_policy(vhost, name)),
-            // A restarted node lost its transient and exclusive queues.
+            // A restarted node lost its transient and exclusive queues. Applied on that node too:
+            // before it serves clients, it replays what an earlier run of it declared.
             Command::NodeStarted { node } => {
-                if *node != me {
-                    remove_queues_homed(broker, *node, |q| {
-                        !q.durable || q.exclusive_owner.is_some()
-                    });
-                }
+                remove_queues_homed(broker, me, *node, |q| {
+                    !q.durable || q.exclusive_owner.is_some()
+                });
                 Box::new(AmqpResult::Ok(()))
             }
+            // Applied on the forgotten node too, which meets it only when it joins again with fresh
+            // state and replays what its earlier membership declared.
             Command::NodeForgotten { node } => {
-                if *node != me {
-                    remove_queues_homed(broker, *node, |_| true);
-                }
+                remove_queues_homed(broker, me, *node, |_| true);
                 Box::new(AmqpResult::Ok(()))
             }
         }
     }
 }
 
-/// Deletes, in every vhost, the queues homed on `node` that `which` selects.
+/// Deletes, in every vhost, the queues homed on `node` (on `node` itself: its local queues) that
+/// `which` selects.
 fn remove_queues_homed(
     broker: &Broker,
+    me: NodeId,
     node: NodeId,
     which: impl Fn(&crate::queue::Queue) -> bool,
 ) {
+    let home = (node != me).then_some(node);
     for v in broker.vhost_list() {
         for q in v.queue_list() {
-            if q.home() == Some(node) && which(&q) {
+            if q.home() == home && which(&q) {
                 v.remove_queue(&q);
             }
         }

@@ -256,7 +256,8 @@ pub(crate) struct Cluster {
     pub(crate) links: Arc<Links>,
     engine: OnceLock<Arc<dyn Consensus>>,
     raft: OnceLock<raft::Raft>,
-    /// Proposals of this node waiting for their local apply, by request number.
+    /// Proposals of this node waiting for their local apply, by request number (numbers start at a
+    /// random point per process).
     pending: Mutex<HashMap<u64, std::sync::mpsc::SyncSender<Box<dyn Any + Send>>>>,
     next_request: AtomicU64,
     broker: OnceLock<Weak<Broker>>,
@@ -345,7 +346,9 @@ impl Cluster {
             engine: OnceLock::new(),
             raft: OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
-            next_request: AtomicU64::new(1),
+            // Random per process: a restarted node replays entries its earlier run proposed, whose
+            // request numbers must not match a waiter of this run.
+            next_request: AtomicU64::new(rand::random::<u64>() >> 1),
             broker: OnceLock::new(),
             runtime: OnceLock::new(),
             remote: remote::Remote::default(),
