@@ -2,40 +2,33 @@
 
 use super::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_queues_page_to_disk_and_come_back_in_order() {
-    let dir = fresh_dir("paging");
-    let cfg = || Config {
+/// Small queue memory and segments, so that a few MB page to disk over many segments.
+fn paging_config(dir: &Path) -> Config {
+    Config {
         queue_memory_limit: 64 * 1024,
         segment_size: 256 * 1024,
-        ..config(&dir)
-    };
-    let broker = start_broker_with(cfg()).await;
-    let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    ch.queue_declare("long".into(), durable(), FieldTable::default())
-        .await
-        .unwrap();
-    let body = |i: usize| format!("{i:06}-{}", "x".repeat(1000));
+        ..config(dir)
+    }
+}
+
+/// Publishes messages `0..n` to `queue` on a channel in confirm mode, up to 500 in flight, each
+/// confirmed with an ack.
+async fn publish_confirmed(
+    ch: &Channel,
+    queue: &str,
+    n: usize,
+    body: impl Fn(usize) -> String,
+    properties: impl Fn(usize) -> BasicProperties,
+) {
     let mut pending = Vec::new();
-    let n = 6000;
     for i in 0..n {
-        // Every tenth message transient: paged too, but not recovered after a restart.
-        let props = if i % 10 == 9 {
-            BasicProperties::default()
-        } else {
-            persistent()
-        };
         pending.push(
             ch.basic_publish(
                 "".into(),
-                "long".into(),
+                queue.into(),
                 BasicPublishOptions::default(),
                 body(i).as_bytes(),
-                props,
+                properties(i),
             )
             .await
             .unwrap(),
@@ -49,6 +42,31 @@ async fn long_queues_page_to_disk_and_come_back_in_order() {
     for p in pending.drain(..) {
         assert!(matches!(p.await.unwrap(), Confirmation::Ack(None)));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_queues_page_to_disk_and_come_back_in_order() {
+    let dir = fresh_dir("paging");
+    let broker = start_broker_with(paging_config(&dir)).await;
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare("long".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
+    let body = |i: usize| format!("{i:06}-{}", "x".repeat(1000));
+    let n = 6000;
+    // Every tenth message transient: paged too, but not recovered after a restart.
+    publish_confirmed(&ch, "long", n, body, |i| {
+        if i % 10 == 9 {
+            BasicProperties::default()
+        } else {
+            persistent()
+        }
+    })
+    .await;
     assert!(segments(&dir).len() > 10, "6 MB went to 256 KiB segments");
     // Read the first 2000 back (in order), then restart with the rest on disk.
     let consumer = channel(&conn).await;
@@ -76,7 +94,7 @@ async fn long_queues_page_to_disk_and_come_back_in_order() {
     conn.close(200, "bye".into()).await.unwrap();
     broker.stop().await;
 
-    let broker = start_broker_with(cfg()).await;
+    let broker = start_broker_with(paging_config(&dir)).await;
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
     ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
@@ -115,12 +133,7 @@ async fn long_queues_page_to_disk_and_come_back_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_of_a_paged_queue_frees_its_segments() {
     let dir = fresh_dir("paging-purge");
-    let cfg = || Config {
-        queue_memory_limit: 64 * 1024,
-        segment_size: 256 * 1024,
-        ..config(&dir)
-    };
-    let broker = start_broker_with(cfg()).await;
+    let broker = start_broker_with(paging_config(&dir)).await;
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -129,35 +142,21 @@ async fn a_purge_of_a_paged_queue_frees_its_segments() {
     ch.queue_declare("purged".into(), durable(), FieldTable::default())
         .await
         .unwrap();
-    let body = "x".repeat(1000);
-    let mut pending = Vec::new();
-    for i in 0..4000 {
-        // Transient first (they stay in memory and are not logged), then persistent ones (paged).
-        let props = if i < 100 {
-            BasicProperties::default()
-        } else {
-            persistent()
-        };
-        pending.push(
-            ch.basic_publish(
-                "".into(),
-                "purged".into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                props,
-            )
-            .await
-            .unwrap(),
-        );
-        if pending.len() == 500 {
-            for p in pending.drain(..) {
-                assert!(matches!(p.await.unwrap(), Confirmation::Ack(None)));
+    // Transient first (they stay in memory and are not logged), then persistent ones (paged).
+    publish_confirmed(
+        &ch,
+        "purged",
+        4000,
+        |_| "x".repeat(1000),
+        |i| {
+            if i < 100 {
+                BasicProperties::default()
+            } else {
+                persistent()
             }
-        }
-    }
-    for p in pending.drain(..) {
-        assert!(matches!(p.await.unwrap(), Confirmation::Ack(None)));
-    }
+        },
+    )
+    .await;
     let before = segments(&dir).len();
     assert!(before > 10, "4 MB went to 256 KiB segments ({before})");
     let purged = ch
@@ -183,7 +182,7 @@ async fn a_purge_of_a_paged_queue_frees_its_segments() {
     conn.close(200, "bye".into()).await.unwrap();
     broker.stop().await;
     // Restarted on what is left, the queue is there and empty.
-    let broker = start_broker_with(cfg()).await;
+    let broker = start_broker_with(paging_config(&dir)).await;
     let conn = connect(&broker).await;
     let q = channel(&conn)
         .await
