@@ -626,21 +626,9 @@ impl Cluster {
         let mut out = Vec::new();
         for v in broker.vhost_list() {
             for q in v.queue_list() {
-                if q.home().is_some() {
-                    continue;
+                if q.home().is_none() {
+                    out.push(QueueFigures::of(&v.name, &q));
                 }
-                let c = q.counts();
-                let (message_bytes, memory, idle_since) = q.usage();
-                out.push(QueueFigures {
-                    vhost: v.name.clone(),
-                    name: q.name.to_string(),
-                    messages: c.messages,
-                    unacked: c.unacked,
-                    consumers: c.consumers,
-                    message_bytes,
-                    memory,
-                    idle_since,
-                });
             }
         }
         serde_json::to_vec(&out).unwrap_or_default()
@@ -858,8 +846,8 @@ impl Handler for LinkHandler {
                     Some(e) => e.answer(rpc).await,
                     None => Vec::new(),
                 },
-                Request::Propose(p) => {
-                    serde_json::to_vec(&c.lead(&Request::Propose(p)).await).unwrap_or_default()
+                request @ Request::Propose(_) => {
+                    serde_json::to_vec(&c.lead(&request).await).unwrap_or_default()
                 }
                 // A joining node may know only some members: whoever it asks takes it to the
                 // leader.

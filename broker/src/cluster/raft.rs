@@ -618,15 +618,8 @@ mod tests {
                 (2, openraft::BasicNode::new("127.0.0.1:2")),
             ]),
         );
-        let entry = Entry::<TypeConfig> {
-            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
-            payload: EntryPayload::Membership(
-                serde_json::from_value(serde_json::to_value(&old).unwrap()).unwrap(),
-            ),
-        };
-        let EntryPayload::Membership(m) = &entry.payload else {
-            unreachable!()
-        };
+        let m: openraft::Membership<NodeId, Member> =
+            serde_json::from_value(serde_json::to_value(&old).unwrap()).unwrap();
         let read: Vec<(NodeId, Member)> = m.nodes().map(|(id, n)| (*id, n.clone())).collect();
         assert_eq!(
             read,

@@ -100,6 +100,24 @@ pub(crate) struct QueueFigures {
     pub idle_since: Option<u64>,
 }
 
+impl QueueFigures {
+    /// The figures of `queue` (in `vhost`) as this node holds them.
+    pub(crate) fn of(vhost: &str, queue: &crate::queue::Queue) -> Self {
+        let c = queue.counts();
+        let (message_bytes, memory, idle_since) = queue.usage();
+        QueueFigures {
+            vhost: vhost.to_owned(),
+            name: queue.name.to_string(),
+            messages: c.messages,
+            unacked: c.unacked,
+            consumers: c.consumers,
+            message_bytes,
+            memory,
+            idle_since,
+        }
+    }
+}
+
 impl Request {
     /// The request as sent.
     pub(crate) fn encode(&self) -> Vec<u8> {

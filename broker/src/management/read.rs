@@ -19,7 +19,7 @@ use crate::cluster::MemberState;
 use crate::cluster::QueueFigures;
 use crate::definitions::table_json;
 use crate::exchange::Exchange;
-use crate::queue::{Queue, QueueCounts};
+use crate::queue::Queue;
 use crate::vhost::VHost;
 
 /// The API level Warren's answers follow (tools read `rabbitmq_version` for feature checks).
@@ -64,17 +64,17 @@ async fn home_figures<'a>(api: &Api, queues: impl IntoIterator<Item = &'a Arc<Qu
 /// What [`home_figures`] answered, by (vhost, queue name).
 type Homes = HashMap<(String, String), QueueFigures>;
 
-/// A queue's counts, usage (`Queue::usage`), node name and state wherever it lives: its own for a
-/// local queue; for a queue homed on another cluster node, what that node answered in `homes`, the
-/// home's name, and `down` (zeros) when the home did not answer.
+/// A queue's figures, node name and state wherever it lives: its own for a local queue; for a queue
+/// homed on another cluster node, what that node answered in `homes`, the home's name, and `down`
+/// (zeros) when the home did not answer.
 fn figures(
     api: &Api,
     vhost: &str,
     q: &Queue,
     homes: &Homes,
-) -> (QueueCounts, (u64, u64, Option<u64>), String, &'static str) {
+) -> (QueueFigures, String, &'static str) {
     match q.home() {
-        None => (q.counts(), q.usage(), api.node().to_owned(), "running"),
+        None => (QueueFigures::of(vhost, q), api.node().to_owned(), "running"),
         Some(home) => {
             let name = api
                 .broker
@@ -82,17 +82,8 @@ fn figures(
                 .get()
                 .map_or_else(String::new, |c| c.name_of(home));
             match homes.get(&(vhost.to_owned(), q.name.to_string())) {
-                Some(f) => (
-                    QueueCounts {
-                        messages: f.messages,
-                        consumers: f.consumers,
-                        unacked: f.unacked,
-                    },
-                    (f.message_bytes, f.memory, f.idle_since),
-                    name,
-                    "running",
-                ),
-                None => (QueueCounts::default(), (0, 0, None), name, "down"),
+                Some(f) => (f.clone(), name, "running"),
+                None => (QueueFigures::default(), name, "down"),
             }
         }
     }
@@ -100,7 +91,7 @@ fn figures(
 
 /// A queue as RabbitMQ shows it (figures from [`figures`]).
 fn queue_json(api: &Api, vhost: &str, q: &Queue, homes: &Homes) -> Value {
-    let (c, (message_bytes, memory, idle_since), node, state) = figures(api, vhost, q, homes);
+    let (f, node, state) = figures(api, vhost, q, homes);
     let stats = api.rates.message_stats_json(
         &Key::Queue(vhost.to_owned(), q.name.as_str().to_owned()),
         &q.stats().snapshot(),
@@ -115,14 +106,14 @@ fn queue_json(api: &Api, vhost: &str, q: &Queue, homes: &Homes) -> Value {
         "arguments": table_json(&q.arguments),
         "node": node,
         "state": state,
-        "messages": u64::from(c.messages) + u64::from(c.unacked),
-        "messages_ready": c.messages,
-        "messages_unacknowledged": c.unacked,
-        "consumers": c.consumers,
+        "messages": u64::from(f.messages) + u64::from(f.unacked),
+        "messages_ready": f.messages,
+        "messages_unacknowledged": f.unacked,
+        "consumers": f.consumers,
         "policy": q.policy().map(|p| p.to_string()),
-        "message_bytes": message_bytes,
-        "memory": memory,
-        "idle_since": idle_since.map(idle_text),
+        "message_bytes": f.message_bytes,
+        "memory": f.memory,
+        "idle_since": f.idle_since.map(idle_text),
         "message_stats": stats,
     })
 }

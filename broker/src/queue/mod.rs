@@ -264,7 +264,7 @@ struct QueueInner {
 }
 
 /// Counts reported by queue.declare-ok and queue.delete-ok.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueCounts {
     /// Messages ready for delivery (not counting unacked ones), as RabbitMQ reports.
     pub messages: u32,
