@@ -255,7 +255,6 @@ pub(crate) struct Cluster {
     members: std::sync::RwLock<BTreeMap<NodeId, (Member, bool)>>,
     pub(crate) links: Arc<Links>,
     engine: OnceLock<Arc<dyn Consensus>>,
-    raft: OnceLock<raft::Raft>,
     /// Proposals of this node waiting for their local apply, by request number (numbers start at a
     /// random point per process).
     pending: Mutex<HashMap<u64, std::sync::mpsc::SyncSender<Box<dyn Any + Send>>>>,
@@ -344,7 +343,6 @@ impl Cluster {
             members: std::sync::RwLock::new(members),
             links,
             engine: OnceLock::new(),
-            raft: OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
             // Random per process: a restarted node replays entries its earlier run proposed, whose
             // request numbers must not match a waiter of this run.
@@ -724,7 +722,6 @@ impl Cluster {
         let r = raft::Raft::new(self.me, raft::config(every)?, network, log, sm)
             .await
             .context("starting Raft")?;
-        let _ = self.raft.set(r.clone());
         let _ = self.engine.set(Arc::new(r.clone()));
         self.links.start(
             listener,
