@@ -5,12 +5,14 @@ the nodes share a secret. A node counts as up once it answers the AMQP protocol 
 connection.start (a cluster node serves clients only after it has joined).
 """
 
+import hashlib
 import os
 import pathlib
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import pika
@@ -48,6 +50,103 @@ def answers_amqp(port, timeout=0.5):
         return False
 
 
+def node_id(name):
+    """A node's id as Warren derives it from its name (`cluster::node_id`: the first 23 bits of
+    its SHA-256, never 0)."""
+    d = hashlib.sha256(name.encode()).digest()
+    return max(int.from_bytes(d[:3], "big") >> 1, 1)
+
+
+class LinkProxy:
+    """A TCP proxy in front of one node's inter-node listener: the other nodes dial the node through
+    it. It reads the dialler's node id from the link handshake (`WRNLINK1` and a u64), so a test can
+    isolate a node: every connection from or to it is cut and new ones are refused until healed."""
+
+    def __init__(self, owner, target_port, blocked):
+        self.owner = owner  # the fronted node's id
+        self.target_port = target_port
+        self.blocked = blocked  # shared set of isolated node ids
+        self.port = free_port()
+        self.lock = threading.Lock()
+        self.conns = []  # (dialler id, client socket, server socket)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
+        try:
+            head = b""
+            while len(head) < 16:
+                chunk = client.recv(16 - len(head))
+                if not chunk:
+                    client.close()
+                    return
+                head += chunk
+            dialler = int.from_bytes(head[8:16], "big")
+            if dialler in self.blocked or self.owner in self.blocked:
+                client.close()
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            server.sendall(head)
+        except OSError:
+            client.close()
+            return
+        with self.lock:
+            self.conns.append((dialler, client, server))
+        for a, b in ((client, server), (server, client)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        """Closes the connections that involve an isolated node."""
+        with self.lock:
+            keep = []
+            for dialler, a, b in self.conns:
+                if dialler in self.blocked or self.owner in self.blocked:
+                    for s in (a, b):
+                        try:
+                            s.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                        s.close()
+                else:
+                    keep.append((dialler, a, b))
+            self.conns = keep
+
+    def close(self):
+        self.sock.close()
+        with self.lock:
+            for _, a, b in self.conns:
+                a.close()
+                b.close()
+            self.conns = []
+
+
 class Node:
     def __init__(self, cluster, index):
         self.cluster = cluster
@@ -63,6 +162,8 @@ class Node:
         self.plugin_dir = None
         self.extra_args = []
         self.log_filter = os.environ.get("WARREN_CLUSTER_LOG", "warn")
+        self.id = node_id(self.name)
+        self.proxy = None
 
     def args(self):
         binary = os.environ.get("WARREN_BIN", str(ROOT / "target" / "debug" / "warren"))
@@ -79,7 +180,8 @@ class Node:
         ]
         for other in self.cluster.nodes:
             if other is not self:
-                a += ["--cluster-peer", f"{other.name}=127.0.0.1:{other.link_port}"]
+                port = other.proxy.port if other.proxy else other.link_port
+                a += ["--cluster-peer", f"{other.name}=127.0.0.1:{port}"]
         if self.plugin_dir is not None:
             a += ["--plugin-dir", str(self.plugin_dir)]
         return a + self.extra_args
@@ -146,11 +248,26 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, size=3, secret=SECRET):
+    def __init__(self, size=3, secret=SECRET, proxied=False):
+        """`proxied`: the nodes reach each other through a [`LinkProxy`] per node, so that
+        `isolate` can cut a node off."""
         self.secret = secret
         self.nodes = []
+        self.blocked = set()
         for i in range(size):
             self.nodes.append(Node(self, i))
+        if proxied:
+            for n in self.nodes:
+                n.proxy = LinkProxy(n.id, n.link_port, self.blocked)
+
+    def isolate(self, node):
+        """Cuts `node` off from the others (its inter-node links; clients still reach it)."""
+        self.blocked.add(node.id)
+        for n in self.nodes:
+            n.proxy.cut()
+
+    def heal(self):
+        self.blocked.clear()
 
     def start(self):
         for n in self.nodes:
@@ -162,6 +279,9 @@ class Cluster:
     def stop(self):
         for n in self.nodes:
             n.stop()
+        for n in self.nodes:
+            if n.proxy:
+                n.proxy.close()
 
     def __getitem__(self, i):
         return self.nodes[i]

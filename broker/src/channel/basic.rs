@@ -83,6 +83,13 @@ impl Channel {
         );
         // A queue homed on another cluster node runs its consumers' filters there: the consume
         // arguments travel with the consumer.
+        if queue.is_replicated() && args.filter.is_some() {
+            return Err(AmqpError::precondition_failed(format!(
+                "consumer filters (x-filter) are not supported on quorum queues: queue '{name}' in \
+                 vhost '{}'",
+                ctx.vhost.name
+            )));
+        }
         let filter = match queue.home() {
             Some(_) => None,
             None => ctx.vhost.consumer_filter(args.filter, entity)?,
@@ -135,6 +142,10 @@ impl Channel {
                         ctx.vhost.name
                     )),
                     ConsumeRefused::Filter(e) => e,
+                    ConsumeRefused::Unavailable(why) => AmqpError::connection(
+                        amq_protocol::protocol::AMQPHardError::INTERNALERROR,
+                        why,
+                    ),
                 })
             }
         }

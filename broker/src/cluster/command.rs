@@ -151,6 +151,9 @@ pub(crate) enum Command {
         /// The node.
         node: NodeId,
     },
+    /// Quorum-queue operations: entries of the quorum queues' Raft group (`cluster/quorum/`),
+    /// never of the metadata log.
+    Quorum(super::quorum::Batch),
 }
 
 thread_local! {
@@ -352,6 +355,7 @@ impl Command {
             }
             // Applied on the forgotten node too, which meets it only when it joins again with fresh
             // state and replays what its earlier membership declared.
+            Command::Quorum(_) => Box::new(()),
             Command::NodeForgotten { node } => {
                 remove_queues_homed(broker, me, *node, |_| true);
                 Box::new(AmqpResult::Ok(()))

@@ -25,6 +25,7 @@
 
 pub(crate) mod command;
 pub(crate) mod link;
+pub(crate) mod quorum;
 mod raft;
 mod remote;
 mod wire;
@@ -262,6 +263,8 @@ pub(crate) struct Cluster {
     broker: OnceLock<Weak<Broker>>,
     runtime: OnceLock<tokio::runtime::Handle>,
     pub(crate) remote: remote::Remote,
+    /// The quorum queues' Raft group on this node.
+    pub(crate) quorum: Arc<quorum::Quorum>,
     /// The last log index applied here (entries or snapshot), shared with the state machine.
     applied: Arc<AtomicU64>,
     config: ClusterConfig,
@@ -350,6 +353,7 @@ impl Cluster {
             broker: OnceLock::new(),
             runtime: OnceLock::new(),
             remote: remote::Remote::default(),
+            quorum: quorum::Quorum::new(w.clone(), me),
             applied: Arc::new(AtomicU64::new(0)),
             config: config.clone(),
             me_weak: w.clone(),
@@ -413,6 +417,14 @@ impl Cluster {
                 self.links.remove(id);
             }
         }
+    }
+
+    /// The member list now: each member, and whether it votes.
+    pub(crate) fn members_now(&self) -> Membership {
+        read(&self.members)
+            .iter()
+            .map(|(id, (m, voter))| (*id, m.clone(), *voter))
+            .collect()
     }
 
     /// This node's name.
@@ -717,6 +729,7 @@ impl Cluster {
             .context("opening the Raft state")?;
         let network = raft::Network {
             links: Arc::clone(&self.links),
+            group: raft::Group::Metadata,
         };
         let every = self.config.snapshot_every.unwrap_or(5_000);
         let r = raft::Raft::new(self.me, raft::config(every)?, network, log, sm)
@@ -737,7 +750,17 @@ impl Cluster {
             }
             None => false,
         }));
-        if !r.is_initialized().await.unwrap_or(true) {
+        let initialised = r.is_initialized().await.unwrap_or(true);
+        let quorum_members = (!initialised && !self.config.join).then(|| {
+            read(&self.members)
+                .iter()
+                .map(|(id, (m, _))| (*id, m.clone()))
+                .collect::<BTreeMap<NodeId, Member>>()
+        });
+        self.quorum
+            .start(&dir.join("quorum"), Arc::clone(&self.links), quorum_members)
+            .await?;
+        if !initialised {
             if self.config.join {
                 info!(node = %self.config.node, "cluster: asking to join");
                 self.join().await;
@@ -843,6 +866,13 @@ impl Handler for LinkHandler {
                     Some(e) => e.answer(rpc).await,
                     None => Vec::new(),
                 },
+                Request::QuorumRaft(rpc) => match c.quorum.raft() {
+                    Some(r) => raft::answer(r, rpc).await,
+                    None => Vec::new(),
+                },
+                Request::QuorumPropose(p) => {
+                    serde_json::to_vec(&c.quorum.lead(p).await).unwrap_or_default()
+                }
                 request @ Request::Propose(_) => {
                     serde_json::to_vec(&c.lead(&request).await).unwrap_or_default()
                 }
@@ -887,6 +917,7 @@ impl Handler for LinkHandler {
 
     fn peer_down(&self, peer: NodeId) {
         if let Some(c) = self.cluster.upgrade() {
+            c.quorum.node_down(peer);
             c.on_peer_down(peer);
         }
     }

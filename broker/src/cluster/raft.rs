@@ -286,6 +286,10 @@ pub(crate) struct StateMachine {
     applied_index: Arc<std::sync::atomic::AtomicU64>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     broker: Arc<dyn Apply>,
+    /// Whether the last applied log id is written after each batch (the metadata group, whose
+    /// applies persist in the broker's data directory); a volatile state machine (the quorum
+    /// queues') is rebuilt at start from its snapshot and the log after it.
+    persist: bool,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -321,10 +325,50 @@ impl StateMachine {
             applied: Arc::new(Mutex::new(applied)),
             snapshot: Arc::new(Mutex::new(snapshot)),
             broker,
+            persist: true,
+        })
+    }
+
+    /// A state machine held in memory only: its last snapshot in `dir` is installed into `broker`
+    /// now, and what was applied after it is applied again from the log.
+    pub(crate) fn open_volatile(
+        dir: &Path,
+        broker: Arc<dyn Apply>,
+        applied_index: Arc<std::sync::atomic::AtomicU64>,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let snapshot: Option<StoredSnapshot> = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+            Ok(b) => Some(serde_json::from_slice(&b)?),
+            Err(_) => None,
+        };
+        let applied = match &snapshot {
+            Some(s) => {
+                broker.install(&s.document);
+                Applied {
+                    last_applied: s.meta.last_log_id,
+                    membership: s.meta.last_membership.clone(),
+                }
+            }
+            None => Applied::default(),
+        };
+        applied_index.store(
+            applied.last_applied.map_or(0, |l| l.index),
+            std::sync::atomic::Ordering::Release,
+        );
+        Ok(StateMachine {
+            dir: dir.to_owned(),
+            applied_index,
+            applied: Arc::new(Mutex::new(applied)),
+            snapshot: Arc::new(Mutex::new(snapshot)),
+            broker,
+            persist: false,
         })
     }
 
     fn save_applied(&self) -> std::io::Result<()> {
+        if !self.persist {
+            return Ok(());
+        }
         let json = serde_json::to_vec(&*lock(&self.applied)).unwrap_or_default();
         write_atomic(&self.dir.join(APPLIED_FILE), &json)
     }
@@ -456,10 +500,20 @@ pub(crate) enum RaftRpc {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
 }
 
+/// Which Raft group an engine is: the RPCs of both travel over the one link to each peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Group {
+    /// The metadata log.
+    Metadata,
+    /// The quorum queues' log (`cluster/quorum/`).
+    Quorum,
+}
+
 /// Makes the per-peer RPC clients.
 #[derive(Debug, Clone)]
 pub(crate) struct Network {
     pub(crate) links: Arc<Links>,
+    pub(crate) group: Group,
 }
 
 /// The RPC client for one peer.
@@ -467,6 +521,7 @@ pub(crate) struct Network {
 pub(crate) struct PeerClient {
     links: Arc<Links>,
     target: NodeId,
+    group: Group,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -478,6 +533,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             links: Arc::clone(&self.links),
             target,
+            group: self.group,
         }
     }
 }
@@ -492,7 +548,11 @@ impl PeerClient {
         E: std::error::Error + for<'de> Deserialize<'de>,
     {
         use openraft::error::{NetworkError, RPCError, RemoteError, Unreachable};
-        let body = super::wire::Request::Raft(rpc).encode();
+        let body = match self.group {
+            Group::Metadata => super::wire::Request::Raft(rpc),
+            Group::Quorum => super::wire::Request::QuorumRaft(rpc),
+        }
+        .encode();
         let reply = self
             .links
             .request(self.target, &body, timeout)
@@ -559,6 +619,34 @@ pub(crate) fn config(snapshot_every: u64) -> anyhow::Result<Arc<openraft::Config
         ..Default::default()
     };
     Ok(Arc::new(c.validate()?))
+}
+
+/// The quorum queues' group: 50 ms heartbeats and elections after 250–500 ms of silence (a
+/// publisher waits on a new leader), a snapshot every 500 entries (each a batch of operations),
+/// keeping 100 behind it.
+pub(crate) fn quorum_config() -> anyhow::Result<Arc<openraft::Config>> {
+    let c = openraft::Config {
+        cluster_name: "warren-quorum".into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 250,
+        election_timeout_max: 500,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    };
+    Ok(Arc::new(c.validate()?))
+}
+
+/// The leader `raft` knows now.
+pub(crate) trait LeaderNow {
+    /// The current leader, if one is known.
+    fn current_leader_now(&self) -> Option<NodeId>;
+}
+
+impl LeaderNow for Raft {
+    fn current_leader_now(&self) -> Option<NodeId> {
+        self.metrics().borrow().current_leader
+    }
 }
 
 #[cfg(test)]

@@ -130,7 +130,7 @@ fn message_from(broker: &Broker, m: WireMessage) -> MessageRef {
     )
 }
 
-fn build(
+pub(super) fn build(
     broker: &Broker,
     exchange: &str,
     routing_key: &str,
@@ -250,7 +250,12 @@ impl RemoteHome for Home {
         c.links.send(self.node, &m.encode());
     }
 
-    fn consume(&self, queue: &Arc<Queue>, consumer: &Arc<Consumer>) -> Result<(), ConsumeRefused> {
+    fn consume(
+        &self,
+        queue: &Arc<Queue>,
+        consumer: &Arc<Consumer>,
+        on_added: &mut dyn FnMut(),
+    ) -> Result<(), ConsumeRefused> {
         let c = self.cluster.upgrade().ok_or(ConsumeRefused::Deleted)?;
         let id = c.remote.next_consumer.fetch_add(1, Ordering::Relaxed) + 1;
         lock(&c.remote.consumers).insert(id, (Arc::clone(queue), Arc::clone(consumer), self.node));
@@ -266,7 +271,10 @@ impl RemoteHome for Home {
             arguments: crate::store::definitions::encode_table(&consumer.arguments),
         });
         let refused = match reply {
-            Some(Reply { error: None, .. }) => return Ok(()),
+            Some(Reply { error: None, .. }) => {
+                on_added();
+                return Ok(());
+            }
             Some(Reply {
                 error: Some((403, _)),
                 ..
@@ -483,7 +491,8 @@ impl Cluster {
                                     "ACCESS_REFUSED - queue '{queue}' in vhost '{vhost}' in exclusive use"
                                 ),
                             ),
-                            ConsumeRefused::Deleted => error_reply(
+                            // A queue homed on a node is never a quorum queue.
+                            ConsumeRefused::Deleted | ConsumeRefused::Unavailable(_) => error_reply(
                                 404,
                                 format!("NOT_FOUND - no queue '{queue}' in vhost '{vhost}'"),
                             ),

@@ -21,6 +21,11 @@ pub(crate) enum Request {
     Raft(RaftRpc),
     /// A proposal for the leader to append (answered with [`ProposeReply`]).
     Propose(Proposal),
+    /// A Raft RPC of the quorum queues' group.
+    QuorumRaft(RaftRpc),
+    /// A batch of quorum-queue operations for that group's leader to append (answered with
+    /// `quorum::BatchReply`).
+    QuorumPropose(Proposal),
     /// A node asks to join the cluster (`--cluster-join`): the leader adds it as a learner, waits
     /// until it has caught up, then makes it a voter (answered with [`ProposeReply`]; a node that is
     /// not the leader forwards it).
@@ -103,7 +108,12 @@ pub(crate) struct QueueFigures {
 impl QueueFigures {
     /// The figures of `queue` (in `vhost`) as this node holds them.
     pub(crate) fn of(vhost: &str, queue: &crate::queue::Queue) -> Self {
-        let c = queue.counts();
+        // A quorum queue's counts are its replicated state's.
+        let c = if queue.is_replicated() {
+            queue.declared_counts()
+        } else {
+            queue.counts()
+        };
         let (message_bytes, memory, idle_since) = queue.usage();
         QueueFigures {
             vhost: vhost.to_owned(),

@@ -96,10 +96,28 @@ fn queue_json(api: &Api, vhost: &str, q: &Queue, homes: &Homes) -> Value {
         &Key::Queue(vhost.to_owned(), q.name.as_str().to_owned()),
         &q.stats().snapshot(),
     );
-    json!({
+    let mut quorum = None;
+    let mut node = node;
+    if let (true, Some(c)) = (q.is_replicated(), api.broker.cluster.get()) {
+        let (voters, leader, commit, term) = c.quorum.status();
+        let names: Vec<String> = voters.iter().map(|id| c.name_of(*id)).collect();
+        let online: Vec<String> = voters
+            .iter()
+            .filter(|id| **id == c.me() || c.links.is_up(**id))
+            .map(|id| c.name_of(*id))
+            .collect();
+        node = leader.map_or_else(String::new, |l| c.name_of(l));
+        quorum = Some(json!({
+            "leader": node,
+            "members": names,
+            "online": online,
+            "raft": {"commit_index": commit, "term": term},
+        }));
+    }
+    let mut v = json!({
         "name": q.name.as_str(),
         "vhost": vhost,
-        "type": "classic",
+        "type": if quorum.is_some() { "quorum" } else { "classic" },
         "durable": q.durable,
         "auto_delete": q.auto_delete,
         "exclusive": q.exclusive_owner.is_some(),
@@ -115,7 +133,11 @@ fn queue_json(api: &Api, vhost: &str, q: &Queue, homes: &Homes) -> Value {
         "memory": f.memory,
         "idle_since": f.idle_since.map(idle_text),
         "message_stats": stats,
-    })
+    });
+    if let (Some(Value::Object(extra)), Some(o)) = (quorum, v.as_object_mut()) {
+        o.extend(extra);
+    }
+    v
 }
 
 fn exchange_json(

@@ -52,7 +52,24 @@ pub struct QueueArgs {
     pub delivery_limit: Option<u32>,
     /// `x-consumer-timeout`: how long a delivery may stay unacked, ms.
     pub consumer_timeout: Option<u64>,
+    /// `x-queue-type: quorum` (replicated through the cluster's quorum group).
+    pub quorum: bool,
 }
+
+/// The delivery limit of a quorum queue declared without `x-delivery-limit` (RabbitMQ 4.0 and
+/// later; `-1` restores unlimited). RabbitMQ docs/quorum-queues "Poison Message Handling".
+pub(crate) const QUORUM_DELIVERY_LIMIT: u32 = 20;
+
+/// Arguments a quorum queue refuses: RabbitMQ refuses the first two for its quorum queues; Warren's
+/// quorum queues do not implement the rest yet.
+pub(crate) const QUORUM_REFUSED: &[&str] = &[
+    "x-max-priority",
+    "x-queue-mode",
+    "x-message-ttl",
+    "x-expires",
+    "x-single-active-consumer",
+    "x-idempotency",
+];
 
 /// Largest TTL RabbitMQ accepts (`rabbit_misc:check_expiry`, 2^32 - 1 ms... as its `?MAX_EXPIRY_TIMER`).
 const MAX_EXPIRY: i128 = 4_294_967_295;
@@ -209,7 +226,8 @@ impl QueueArgs {
             })?;
             match s.as_str() {
                 "classic" => {}
-                "quorum" | "stream" => {
+                "quorum" => out.quorum = true,
+                "stream" => {
                     return Err(fail("x-queue-type")(format!(
                         "queue type '{s}' is not supported by Warren; use 'classic'"
                     )));
@@ -230,6 +248,9 @@ impl QueueArgs {
                     ))
                 }
             }
+        }
+        if out.quorum && get("x-delivery-limit").is_none() {
+            out.delivery_limit = Some(QUORUM_DELIVERY_LIMIT);
         }
         Ok(out)
     }
@@ -433,8 +454,8 @@ mod tests {
             ("x-overflow", s("drop-tail"), "invalid_overflow"),
             (
                 "x-queue-type",
-                s("quorum"),
-                "queue type 'quorum' is not supported by Warren; use 'classic'",
+                s("stream"),
+                "queue type 'stream' is not supported by Warren; use 'classic'",
             ),
             (
                 "x-queue-type",

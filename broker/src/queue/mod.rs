@@ -153,17 +153,30 @@ pub trait RemoteHome: Send + Sync + fmt::Debug {
     fn get(&self, queue: &Arc<Queue>, no_ack: bool) -> Option<(QueuedMessage, u32)>;
     /// Settles deliveries of the queue made through this node, by sequence number.
     fn settle(&self, queue: &Queue, seqs: Vec<u64>, how: Settle);
-    /// Attaches a consumer at the home.
+    /// Attaches a consumer at the home; calls `on_added` (which writes basic.consume-ok) once it is
+    /// attached, before handing it any delivery.
     ///
     /// # Errors
     /// As [`Queue::add_consumer`]; [`ConsumeRefused::Deleted`] when the home is down.
-    fn consume(&self, queue: &Arc<Queue>, consumer: &Arc<Consumer>) -> Result<(), ConsumeRefused>;
+    fn consume(
+        &self,
+        queue: &Arc<Queue>,
+        consumer: &Arc<Consumer>,
+        on_added: &mut dyn FnMut(),
+    ) -> Result<(), ConsumeRefused>;
     /// Detaches a consumer at the home.
     fn cancel(&self, queue: &Queue, consumer: &Arc<Consumer>);
     /// queue.purge at the home; the number purged.
     fn purge(&self, queue: &Queue) -> u32;
     /// The queue's counts at the home (zeros when it cannot be asked).
     fn counts(&self, queue: &Queue) -> QueueCounts;
+    /// Whether the queue is replicated to every node (a quorum queue) rather than homed on one:
+    /// then it has no home node ([`Queue::home`] is `None`).
+    fn replicated(&self) -> bool {
+        false
+    }
+    /// The queue was deleted on this node.
+    fn deleted(&self) {}
 }
 
 /// One basic.consume subscription (AMQP 0-9-1 §1.8.3.3).
@@ -227,6 +240,8 @@ pub enum ConsumeRefused {
     /// The queue's home (another cluster node) could not attach the consumer's filter plugin: 404
     /// when it is not loaded there, 406 when it refuses the configuration.
     Filter(crate::error::AmqpError),
+    /// A quorum queue could not attach it: no leader a majority agrees on (the reason).
+    Unavailable(String),
 }
 
 /// What became of a message offered to a queue.
@@ -462,9 +477,18 @@ impl Queue {
         self
     }
 
-    /// The home node's id when this queue is a proxy of a queue homed on another cluster node.
+    /// The home node's id when this queue is a proxy of a queue homed on another cluster node
+    /// (`None` for a quorum queue: it is on every node).
     pub fn home(&self) -> Option<u64> {
-        self.remote.as_ref().map(|r| r.node())
+        self.remote
+            .as_ref()
+            .filter(|r| !r.replicated())
+            .map(|r| r.node())
+    }
+
+    /// Whether this is a quorum queue (replicated through the cluster's quorum group).
+    pub fn is_replicated(&self) -> bool {
+        self.remote.as_ref().is_some_and(|r| r.replicated())
     }
 
     /// The queue's counts, asked of its home when it is a proxy (queue.declare-ok's counts).
@@ -969,11 +993,17 @@ impl Queue {
                 }
                 inner.consumers.insert(Arc::clone(&consumer));
             }
-            if let Err(refused) = r.consume(self, &consumer) {
+            let mut on_added = Some(on_added);
+            let mut once = || {
+                if let Some(f) = on_added.take() {
+                    f();
+                }
+            };
+            if let Err(refused) = r.consume(self, &consumer, &mut once) {
                 self.lock().consumers.remove(&consumer);
                 return Err(refused);
             }
-            on_added();
+            once();
             return Ok(());
         }
         let mut letters = Letters::new();
@@ -1044,6 +1074,9 @@ impl Queue {
     /// Marks the queue deleted, drops its ready messages and detaches its consumers (which are returned so
     /// the caller can notify them). Returns the number of ready messages dropped.
     pub fn delete(&self) -> (u32, Vec<Arc<Consumer>>) {
+        if let Some(r) = &self.remote {
+            r.deleted();
+        }
         let mut inner = self.lock();
         inner.deleted = true;
         let next_seq = inner.next_seq;

@@ -820,6 +820,60 @@ impl VHost {
         ))
     }
 
+    /// What a quorum queue refuses at declaration, in RabbitMQ's words (RabbitMQ docs/quorum-queues
+    /// "Feature Matrix"; `rabbit_quorum_queue`'s checks): it needs a cluster, must be durable, not
+    /// exclusive nor auto-delete, and takes only the arguments its queue type knows.
+    ///
+    /// # Errors
+    /// 406 PRECONDITION_FAILED.
+    fn check_quorum(
+        &self,
+        name: &str,
+        flags: QueueFlags,
+        arguments: &FieldTable,
+        parsed: &QueueArgs,
+    ) -> AmqpResult {
+        if self.cluster.get().is_none() {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid arg 'x-queue-type' for queue '{name}' in vhost '{}': queue type \
+                 'quorum' needs a Warren cluster (start the node with --cluster); use 'classic' on \
+                 a single node",
+                self.name
+            )));
+        }
+        let property = if !flags.durable {
+            Some("non-durable")
+        } else if flags.exclusive {
+            Some("exclusive-owner")
+        } else if flags.auto_delete {
+            Some("auto-delete")
+        } else {
+            None
+        };
+        if let Some(p) = property {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid property '{p}' for queue '{name}' in vhost '{}'",
+                self.name
+            )));
+        }
+        let refused = crate::queue::args::QUORUM_REFUSED
+            .iter()
+            .find(|k| arguments.inner().contains_key(**k))
+            .copied()
+            .or(
+                (parsed.overflow == crate::queue::Overflow::RejectPublishDlx)
+                    .then_some("x-overflow"),
+            );
+        match refused {
+            Some(key) => Err(AmqpError::precondition_failed(format!(
+                "invalid arg '{key}' for queue '{name}' in vhost '{}' of queue type \
+                 rabbit_quorum_queue",
+                self.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// queue.declare (AMQP 0-9-1 §1.7.2.1). An empty name gets a server-generated `amq.gen-…` name.
     ///
     /// # Errors
@@ -846,6 +900,9 @@ impl VHost {
         } else {
             name.clone()
         };
+        if parsed.quorum {
+            self.check_quorum(name.as_str(), flags, arguments, &parsed)?;
+        }
         if let Some(c) = self.replicated() {
             if let Some(q) = self.queue_by_name(name.as_str()) {
                 self.queue_equivalent(&q, flags, arguments, conn_id)?;
@@ -870,7 +927,14 @@ impl VHost {
             });
         }
         // In a cluster, a queue declared by another node is a proxy of it here.
+        // A quorum queue is on every node, its operations replicated through the quorum group.
         let home = match (command::applying(), self.cluster.get()) {
+            (_, Some(c)) if parsed.quorum => {
+                Some(
+                    crate::cluster::quorum::QuorumHome::new(&c.quorum, &self.name, name.as_str())
+                        as Arc<dyn crate::queue::RemoteHome>,
+                )
+            }
             (Some(origin), Some(c)) if origin != c.me() => Some(c.remote_home(origin, &self.name)),
             _ => None,
         };

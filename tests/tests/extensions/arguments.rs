@@ -2,8 +2,8 @@
 
 use super::*;
 
-/// docs/queues.md + rabbit_amqqueue: bad arguments get 406 with RabbitMQ's texts; quorum and stream
-/// queues are refused, never silently ignored.
+/// docs/queues.md + rabbit_amqqueue: bad arguments get 406 with RabbitMQ's texts; stream queues,
+/// and quorum queues on a node that is not in a cluster, are refused, never silently ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_queue_arguments_are_406() {
     let broker = start_broker().await;
@@ -24,7 +24,8 @@ async fn invalid_queue_arguments_are_406() {
         (
             "x-queue-type",
             s("quorum"),
-            "queue type 'quorum' is not supported by Warren; use 'classic'",
+            "queue type 'quorum' needs a Warren cluster (start the node with --cluster); use \
+             'classic' on a single node",
         ),
         (
             "x-queue-type",
