@@ -30,9 +30,10 @@ CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 RABBIT = [("warrenbench@localhost", 5673, 25679), ("warrenbench2@localhost", 5675, 25681)]
 
 
-def start_rabbit_cluster(tmp):
-    """Two RabbitMQ nodes on this machine (own names, ports, data dirs; one cookie), node 2 joined to
-    node 1."""
+def start_rabbit_cluster(tmp, nodes=None):
+    """RabbitMQ nodes on this machine (own names, ports, data dirs; one cookie): `nodes` (name, AMQP
+    port, distribution port), two by default; every node after the first joined to the first."""
+    nodes = nodes or RABBIT
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     # One Erlang cookie for both nodes and the CLI (all run with HOME=tmp).
@@ -40,7 +41,7 @@ def start_rabbit_cluster(tmp):
     cookie.write_text("WARRENBENCHCLUSTERCOOKIE")
     cookie.chmod(0o400)
     procs, envs = [], []
-    for name, port, dist in RABBIT:
+    for name, port, dist in nodes:
         d = tmp / name.split("@")[0]
         d.mkdir()
         (d / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n")
@@ -56,17 +57,19 @@ def start_rabbit_cluster(tmp):
     time.sleep(2)
     # The CLI itself, not /usr/sbin/rabbitmqctl (a wrapper that runs it as the rabbitmq user with
     # that user's HOME and cookie).
-    ctl = [CTL, "-n", RABBIT[1][0]]
-    for cmd in (["stop_app"], ["join_cluster", RABBIT[0][0]], ["start_app"]):
-        subprocess.run(ctl + cmd, env=envs[1], check=True, capture_output=True, timeout=120)
-    if not wait_port(RABBIT[1][1], 60):
-        sys.exit("RabbitMQ node 2 did not come back after joining")
+    for i in range(1, len(nodes)):
+        ctl = [CTL, "-n", nodes[i][0]]
+        for cmd in (["stop_app"], ["join_cluster", nodes[0][0]], ["start_app"]):
+            subprocess.run(ctl + cmd, env=envs[i], check=True, capture_output=True, timeout=120)
+        if not wait_port(nodes[i][1], 60):
+            sys.exit(f"RabbitMQ node {i + 1} did not come back after joining")
     time.sleep(2)
     return procs, envs
 
 
-def stop_rabbit_cluster(procs, envs):
-    for (name, _, _), env in zip(reversed(RABBIT), reversed(envs)):
+def stop_rabbit_cluster(procs, envs, nodes=None):
+    nodes = nodes or RABBIT
+    for (name, _, _), env in zip(reversed(nodes), reversed(envs)):
         subprocess.run([CTL, "-n", name, "stop"], env=env, capture_output=True, timeout=60)
     for p in procs:
         p.terminate()

@@ -279,13 +279,19 @@ impl Collector for BrokerCollector {
             .count();
         let vhosts = b.vhost_list();
         // Each node reports the queues homed on it, as each RabbitMQ node does (dashboards sum over
-        // nodes): a cluster node's proxies of other nodes' queues are theirs to report.
+        // nodes): a cluster node's proxies of other nodes' queues are theirs to report, and the
+        // quorum queues are reported by their leader.
+        let quorum = b.cluster.get().map(|c| c.quorum.status());
+        let leads_quorum = b
+            .cluster
+            .get()
+            .is_some_and(|c| quorum.as_ref().is_some_and(|s| s.1 == Some(c.me())));
         let queues: Vec<(String, Arc<crate::queue::Queue>)> = vhosts
             .iter()
             .flat_map(|v| {
                 v.queue_list()
                     .into_iter()
-                    .filter(|q| q.home().is_none())
+                    .filter(|q| q.home().is_none() && (!q.is_replicated() || leads_quorum))
                     .map(|q| (v.name.clone(), q))
             })
             .collect();
@@ -387,7 +393,15 @@ impl Collector for BrokerCollector {
             u64,
         )> = queues
             .iter()
-            .map(|(v, q)| (v.clone(), q, q.counts(), q.usage().0))
+            .map(|(v, q)| {
+                // A quorum queue's counts are its replicated state's.
+                let c = if q.is_replicated() {
+                    q.declared_counts()
+                } else {
+                    q.counts()
+                };
+                (v.clone(), q, c, q.usage().0)
+            })
             .collect();
         let per_queue = |value: &dyn Fn(
             &crate::queue::QueueCounts,
@@ -449,6 +463,39 @@ impl Collector for BrokerCollector {
         ];
         for (name, help, value) in queue_gauges {
             family(e, name, help, MetricType::Gauge, &per_queue(value))?;
+        }
+        // rabbitmq_prometheus's Raft metrics of the quorum queues (one group serves them all here,
+        // so each queue shows the group's figures).
+        if let Some((_, _, commit, term)) = quorum.filter(|_| leads_quorum) {
+            let raft: [(&str, &str, MetricType, f64); 2] = [
+                (
+                    "rabbitmq_raft_term",
+                    "Current Raft term number",
+                    MetricType::Counter,
+                    term as f64,
+                ),
+                (
+                    "rabbitmq_raft_log_commit_index",
+                    "Raft log commit index",
+                    MetricType::Gauge,
+                    commit as f64,
+                ),
+            ];
+            for (name, help, kind, value) in raft {
+                let rows: Vec<(Labels<'_>, f64)> = counts
+                    .iter()
+                    .filter(|(_, q, _, _)| q.is_replicated())
+                    .map(|(v, q, _, _)| {
+                        (
+                            vec![("vhost", v.clone()), ("queue", q.name.as_str().to_owned())],
+                            value,
+                        )
+                    })
+                    .collect();
+                if !rows.is_empty() && self.per_object {
+                    family(e, name, help, kind, &rows)?;
+                }
+            }
         }
         let queue_counters: [Reading<'_, QueueValue<'_>>; 3] = [
             (

@@ -198,6 +198,7 @@ pub(crate) async fn setup(args: &RunArgs) -> anyhow::Result<()> {
         let declare = queue::Declare {
             queue: name.as_str().into(),
             durable: args.persistent,
+            arguments: pairs(&args.queue_args, true)?,
             ..Default::default()
         };
         c.rpc(AMQPClass::Queue(queue::AMQPMethod::Declare(declare)))
@@ -319,14 +320,18 @@ pub(crate) async fn produce(
     let (mut rd, mut wr) = c.sock.into_split();
     let confirmed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let notify = Arc::new(tokio::sync::Notify::new());
+    // When each outstanding publish was written (ns since `epoch`), oldest first.
+    let written: Arc<std::sync::Mutex<std::collections::VecDeque<u64>>> = Arc::default();
     let reader = if args.confirm > 0 {
-        let (confirmed, notify, stats, mut buf) = (
+        let (confirmed, notify, stats, mut buf, written) = (
             Arc::clone(&confirmed),
             Arc::clone(&notify),
             Arc::clone(&stats),
             c.buf,
+            Arc::clone(&written),
         );
         Some(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new(3).ok();
             loop {
                 while buf.len() >= 7 {
                     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
@@ -348,9 +353,29 @@ pub(crate) async fn produce(
                         };
                         confirmed.store(now, Ordering::Relaxed);
                         stats.confirmed.fetch_add(now - before, Ordering::Relaxed);
+                        let at = epoch.elapsed().as_nanos() as u64;
+                        if let (Some(h), Ok(mut w)) = (histogram.as_mut(), written.lock()) {
+                            for _ in before..now {
+                                if let Some(t) = w.pop_front() {
+                                    let _ = h.record(at.saturating_sub(t) / 1000);
+                                }
+                            }
+                        }
                         notify.notify_one();
                     }
                     buf.advance(size + 8);
+                }
+                if let (Some(h), Ok(mut all)) = (histogram.as_ref(), stats.confirm_latency.lock()) {
+                    // Merged after each read, so an aborted reader has left its samples.
+                    match all.as_mut() {
+                        Some(a) => {
+                            let _ = a.add(h);
+                        }
+                        None => *all = Some(h.clone()),
+                    }
+                }
+                if let Some(h) = histogram.as_mut() {
+                    h.reset();
                 }
                 match rd.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => return,
@@ -418,6 +443,12 @@ pub(crate) async fn produce(
                 epoch.elapsed().as_nanos() as u64,
                 sent,
             );
+        }
+        if args.confirm > 0 {
+            let at = epoch.elapsed().as_nanos() as u64;
+            if let Ok(mut w) = written.lock() {
+                w.extend(std::iter::repeat_n(at, batch as usize));
+            }
         }
         wr.write_all(&out).await?;
         stats.published.fetch_add(batch, Ordering::Relaxed);

@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// `x-delayed-type=direct`.
     #[arg(long = "exchange-arg")]
     pub exchange_args: Vec<String>,
+    /// A queue.declare argument NAME=VALUE (repeatable; an integer value is sent as a signed 64-bit
+    /// integer, anything else as a string), e.g. `x-queue-type=quorum` (with `-f`: durable).
+    #[arg(long = "queue-arg")]
+    pub queue_args: Vec<String>,
     /// A header every message carries, NAME=VALUE (repeatable; an integer value is sent as a signed
     /// 64-bit integer, anything else as a string), e.g. `x-delay=0`.
     #[arg(long = "header")]
@@ -173,6 +177,8 @@ pub struct Stats {
     pub out_of_order: AtomicU64,
     /// Set when the run should end.
     pub stop: AtomicBool,
+    /// Publisher confirm latencies (from the write of a publish to its confirm), microseconds.
+    pub confirm_latency: std::sync::Mutex<Option<Histogram<u64>>>,
 }
 
 /// The run's summary.
@@ -188,6 +194,8 @@ pub struct Summary {
     pub consume_rate: f64,
     /// Latency percentiles, microseconds.
     pub latency_us: Latency,
+    /// Publisher confirm latency percentiles, microseconds (with `--confirm`).
+    pub confirm_latency_us: Latency,
     /// Deliveries out of order or repeated (`--check-order`; 0 otherwise).
     pub out_of_order: u64,
     /// Deliveries received in all.
@@ -203,6 +211,8 @@ pub struct Latency {
     pub p99: u64,
     /// 99.9th percentile.
     pub p999: u64,
+    /// The largest.
+    pub max: u64,
     /// Samples.
     pub samples: u64,
 }
@@ -344,8 +354,23 @@ async fn run(args: RunArgs) -> anyhow::Result<Summary> {
             p50: histogram.value_at_quantile(0.5),
             p99: histogram.value_at_quantile(0.99),
             p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
             samples: histogram.len(),
         },
+        confirm_latency_us: stats
+            .confirm_latency
+            .lock()
+            .ok()
+            .and_then(|h| {
+                h.as_ref().map(|h| Latency {
+                    p50: h.value_at_quantile(0.5),
+                    p99: h.value_at_quantile(0.99),
+                    p999: h.value_at_quantile(0.999),
+                    max: h.max(),
+                    samples: h.len(),
+                })
+            })
+            .unwrap_or_default(),
         out_of_order: stats.out_of_order.load(Ordering::Relaxed),
         consumed,
     })

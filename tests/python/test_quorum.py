@@ -63,7 +63,8 @@ def test_a_a_quorum_queue_declared_on_one_node_is_served_by_every_node(cluster):
     n1, n2, n3 = cluster.nodes
     declare(n1, "qq-a")
     for n in cluster.nodes:
-        q = eventually(lambda: shown(n, "qq-a"))
+        # The group elects its leader within a few seconds of the cluster's start.
+        q = eventually(lambda: (lambda q: q if q and q.get("leader") else None)(shown(n, "qq-a")))
         assert q["type"] == "quorum"
         assert sorted(q["members"]) == sorted(m.name for m in cluster.nodes)
         assert q["leader"] in q["members"] and q["node"] == q["leader"]

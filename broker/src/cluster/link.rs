@@ -305,6 +305,14 @@ impl Links {
             .is_some_and(|p| p.queued.load(Ordering::Relaxed) > CONGESTED)
     }
 
+    /// Octets waiting to be written to `peer` (0 for an unknown peer).
+    pub(crate) fn backlog(&self, peer: NodeId) -> usize {
+        self.peers
+            .load()
+            .get(&peer)
+            .map_or(0, |p| p.queued.load(Ordering::Relaxed))
+    }
+
     /// Whether any link is congested.
     pub(crate) fn any_congested(&self) -> bool {
         self.peers
@@ -334,6 +342,28 @@ impl Links {
             return false;
         };
         self.enqueue(peer, frame(KIND_MESSAGE, None, body))
+    }
+
+    /// Queues a request to `to` now (requests queued one after another leave in that order); the
+    /// response comes on the receiver (closed when the link is lost).
+    ///
+    /// # Errors
+    /// [`LinkError::Unknown`] for a peer that is not a member, [`LinkError::Down`] when its link is
+    /// down (nothing was sent).
+    pub(crate) fn request_now(
+        &self,
+        to: NodeId,
+        body: &[u8],
+    ) -> Result<oneshot::Receiver<Bytes>, LinkError> {
+        let peer = self.peer(to).ok_or(LinkError::Unknown(to))?;
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&peer.pending).insert(id, tx);
+        if !self.enqueue(&peer, frame(KIND_REQUEST, Some(id), body)) {
+            lock(&peer.pending).remove(&id);
+            return Err(LinkError::Down(to));
+        }
+        Ok(rx)
     }
 
     /// Sends a request to `to` and waits up to `timeout` for its response.

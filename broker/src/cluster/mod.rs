@@ -751,9 +751,13 @@ impl Cluster {
             None => false,
         }));
         let initialised = r.is_initialized().await.unwrap_or(true);
-        let quorum_members = (!initialised && !self.config.join).then(|| {
+        // The quorum group starts with the voters (the static list on a first start; the Raft
+        // membership on a node that ran before quorum queues existed). A joining node is added to
+        // it by its leader instead.
+        let quorum_members = (initialised || !self.config.join).then(|| {
             read(&self.members)
                 .iter()
+                .filter(|(_, (_, voter))| *voter)
                 .map(|(id, (m, _))| (*id, m.clone()))
                 .collect::<BTreeMap<NodeId, Member>>()
         });
@@ -853,10 +857,34 @@ struct LinkHandler {
 impl Handler for LinkHandler {
     fn request(&self, from: NodeId, body: Bytes) -> Reply {
         let cluster = self.cluster.upgrade();
+        // A forwarded quorum-queue batch is queued for appending now, in arrival order.
+        if body.first() == Some(&b'{') && body.starts_with(b"{\"QuorumPropose\"") {
+            if let (Some(c), Ok(Request::QuorumPropose(p))) =
+                (cluster.as_ref(), serde_json::from_slice::<Request>(&body))
+            {
+                let answer = c.quorum.lead(p);
+                return Box::pin(async move {
+                    Bytes::from(serde_json::to_vec(&answer.await).unwrap_or_default())
+                });
+            }
+        }
         Box::pin(async move {
             let Some(c) = cluster else {
                 return Bytes::new();
             };
+            if body.first() == Some(&quorum::codec::APPEND_ENTRIES) {
+                let reply = match (
+                    quorum::codec::decode_append(body.slice(1..)),
+                    c.quorum.raft(),
+                ) {
+                    (Some(rpc), Some(r)) => serde_json::to_vec(&r.append_entries(rpc).await),
+                    _ => {
+                        warn!(peer = from, "malformed quorum AppendEntries ignored");
+                        return Bytes::new();
+                    }
+                };
+                return Bytes::from(reply.unwrap_or_default());
+            }
             let Ok(request) = serde_json::from_slice::<Request>(&body) else {
                 warn!(peer = from, "malformed inter-node request ignored");
                 return Bytes::new();
@@ -870,6 +898,7 @@ impl Handler for LinkHandler {
                     Some(r) => raft::answer(r, rpc).await,
                     None => Vec::new(),
                 },
+                // (Normally taken above, before the future.)
                 Request::QuorumPropose(p) => {
                     serde_json::to_vec(&c.quorum.lead(p).await).unwrap_or_default()
                 }

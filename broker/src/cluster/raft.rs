@@ -80,7 +80,17 @@ pub(crate) struct LogStore {
     dir: PathBuf,
     data: Arc<Mutex<LogData>>,
     file: Arc<Mutex<std::fs::File>>,
+    /// The quorum group's binary entry encoding (`quorum/codec.rs`, file `raft.bin`) instead of
+    /// JSON (`raft.log`).
+    binary: bool,
+    /// Octets appended since the file was last rewritten: a purge rewrites it only past
+    /// [`REWRITE_AFTER`] (the purged entries are skipped when it is read).
+    appended: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Octets appended after which a purge rewrites the log file without the purged entries.
+const REWRITE_AFTER: u64 = 256 << 20;
+const BINARY_LOG_FILE: &str = "raft.bin";
 
 #[derive(Serialize, Deserialize)]
 struct PurgedRecord {
@@ -92,24 +102,56 @@ const VOTE_FILE: &str = "raft-vote.json";
 const PURGED_FILE: &str = "raft-purged.json";
 const APPLIED_FILE: &str = "raft-applied.json";
 const SNAPSHOT_FILE: &str = "raft-snapshot.json";
+const BINARY_SNAPSHOT_FILE: &str = "raft-snapshot.bin";
 
 fn encode_entry(e: &Entry<TypeConfig>, out: &mut Vec<u8>) {
     let json = serde_json::to_vec(e).unwrap_or_default();
-    out.extend_from_slice(&u32::try_from(json.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(&json).to_be_bytes());
-    out.extend_from_slice(&json);
+    frame_record(&json, out);
+}
+
+fn frame_record(record: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(
+        &u32::try_from(record.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(&crc32fast::hash(record).to_be_bytes());
+    out.extend_from_slice(record);
+}
+
+fn encode_binary(e: &Entry<TypeConfig>, out: &mut Vec<u8>) {
+    let mut record = Vec::new();
+    super::quorum::codec::encode_entry(e, &mut record);
+    frame_record(&record, out);
 }
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`. A torn or corrupt tail ends the log there.
     pub(crate) fn open(dir: &Path) -> anyhow::Result<Self> {
+        Self::open_as(dir, false)
+    }
+
+    /// Opens (or creates) the quorum group's log in `dir`, in its binary encoding.
+    pub(crate) fn open_binary(dir: &Path) -> anyhow::Result<Self> {
+        Self::open_as(dir, true)
+    }
+
+    fn encode(&self, e: &Entry<TypeConfig>, out: &mut Vec<u8>) {
+        if self.binary {
+            encode_binary(e, out);
+        } else {
+            encode_entry(e, out);
+        }
+    }
+
+    fn open_as(dir: &Path, binary: bool) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut data = LogData::default();
         if let Ok(b) = std::fs::read(dir.join(PURGED_FILE)) {
             let p: PurgedRecord = serde_json::from_slice(&b)?;
             data.last_purged = p.last_purged;
         }
-        let path = dir.join(LOG_FILE);
+        let path = dir.join(if binary { BINARY_LOG_FILE } else { LOG_FILE });
         let bytes = std::fs::read(&path).unwrap_or_default();
         let mut at = 0;
         while at + 8 <= bytes.len() {
@@ -123,7 +165,12 @@ impl LogStore {
             if crc32fast::hash(json) != crc {
                 break;
             }
-            let Ok(e) = serde_json::from_slice::<Entry<TypeConfig>>(json) else {
+            let decoded = if binary {
+                super::quorum::codec::decode_entry(&mut bytes::Bytes::copy_from_slice(json))
+            } else {
+                serde_json::from_slice::<Entry<TypeConfig>>(json).ok()
+            };
+            let Some(e) = decoded else {
                 break;
             };
             // A rewrite may leave entries that a later truncation replaced: the last one wins.
@@ -131,7 +178,13 @@ impl LogStore {
             data.entries.insert(e.log_id.index, e);
             at += 8 + len;
         }
+        // Entries a purge left in the file (it is rewritten only now and then).
+        if let Some(p) = data.last_purged {
+            data.entries = data.entries.split_off(&(p.index + 1));
+        }
         let store = LogStore {
+            binary,
+            appended: Arc::default(),
             dir: dir.to_owned(),
             data: Arc::new(Mutex::new(data)),
             file: Arc::new(Mutex::new(
@@ -150,9 +203,14 @@ impl LogStore {
         let data = lock(&self.data);
         let mut out = Vec::new();
         for e in data.entries.values() {
-            encode_entry(e, &mut out);
+            self.encode(e, &mut out);
         }
-        let path = self.dir.join(LOG_FILE);
+        self.appended.store(0, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(if self.binary {
+            BINARY_LOG_FILE
+        } else {
+            LOG_FILE
+        });
         write_atomic(&path, &out)?;
         *lock(&self.file) = std::fs::OpenOptions::new().append(true).open(&path)?;
         Ok(())
@@ -217,10 +275,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut data = lock(&self.data);
             for e in entries {
-                encode_entry(&e, &mut out);
+                self.encode(&e, &mut out);
                 data.entries.insert(e.log_id.index, e);
             }
         }
+        self.appended
+            .fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let written = crate::sync::wait_off_worker(|| {
             let mut f = lock(&self.file);
             f.write_all(&out)?;
@@ -257,6 +317,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .unwrap_or_default();
             write_atomic(&self.dir.join(PURGED_FILE), &json)
                 .map_err(|e| StorageError::IO { source: io_err(&e) })?;
+        }
+        if self.appended.load(std::sync::atomic::Ordering::Relaxed) < REWRITE_AFTER {
+            return Ok(());
         }
         self.rewrite()
             .map_err(|e| StorageError::IO { source: io_err(&e) })
@@ -337,8 +400,20 @@ impl StateMachine {
         applied_index: Arc<std::sync::atomic::AtomicU64>,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let snapshot: Option<StoredSnapshot> = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
-            Ok(b) => Some(serde_json::from_slice(&b)?),
+        let snapshot: Option<StoredSnapshot> = match std::fs::read(dir.join(BINARY_SNAPSHOT_FILE)) {
+            Ok(b) => {
+                let n = b
+                    .get(..4)
+                    .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+                    .ok_or_else(|| anyhow::anyhow!("{BINARY_SNAPSHOT_FILE} is truncated"))?;
+                let meta = b
+                    .get(4..4 + n)
+                    .ok_or_else(|| anyhow::anyhow!("{BINARY_SNAPSHOT_FILE} is truncated"))?;
+                Some(StoredSnapshot {
+                    meta: serde_json::from_slice(meta)?,
+                    document: b[4 + n..].to_vec(),
+                })
+            }
             Err(_) => None,
         };
         let applied = match &snapshot {
@@ -365,6 +440,22 @@ impl StateMachine {
         })
     }
 
+    /// Writes `stored` atomically: JSON for the metadata group (`raft-snapshot.json`); for a
+    /// volatile state machine, whose documents are binary and large, `raft-snapshot.bin`: a `u32`
+    /// length and the metadata as JSON, then the document as it is.
+    fn store_snapshot(&self, stored: &StoredSnapshot) -> std::io::Result<()> {
+        if self.persist {
+            let json = serde_json::to_vec(stored).unwrap_or_default();
+            return write_atomic(&self.dir.join(SNAPSHOT_FILE), &json);
+        }
+        let meta = serde_json::to_vec(&stored.meta).unwrap_or_default();
+        let mut out = Vec::with_capacity(4 + meta.len() + stored.document.len());
+        out.extend_from_slice(&u32::try_from(meta.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(&stored.document);
+        write_atomic(&self.dir.join(BINARY_SNAPSHOT_FILE), &out)
+    }
+
     fn save_applied(&self) -> std::io::Result<()> {
         if !self.persist {
             return Ok(());
@@ -388,8 +479,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta: meta.clone(),
             document: document.clone(),
         };
-        let json = serde_json::to_vec(&stored).unwrap_or_default();
-        write_atomic(&self.dir.join(SNAPSHOT_FILE), &json).map_err(|e| StorageError::IO {
+        self.store_snapshot(&stored).map_err(|e| StorageError::IO {
             source: StorageIOError::write_snapshot(None, AnyError::new(&e)),
         })?;
         *lock(&self.snapshot) = Some(stored);
@@ -471,8 +561,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             document,
         };
-        let json = serde_json::to_vec(&stored).unwrap_or_default();
-        write_atomic(&self.dir.join(SNAPSHOT_FILE), &json).map_err(|e| StorageError::IO {
+        self.store_snapshot(&stored).map_err(|e| StorageError::IO {
             source: StorageIOError::write_snapshot(None, AnyError::new(&e)),
         })?;
         *lock(&self.snapshot) = Some(stored);
@@ -499,6 +588,10 @@ pub(crate) enum RaftRpc {
     /// InstallSnapshot (one chunk).
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
 }
+
+/// Octets queued on a link past which no Raft RPC is added to it (below the link's congestion
+/// threshold, 8 MiB, even with one more AppendEntries of the quorum group: at most 4 entries).
+const RPC_BACKLOG: usize = 2 << 20;
 
 /// Which Raft group an engine is: the RPCs of both travel over the one link to each peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -547,15 +640,32 @@ impl PeerClient {
         T: for<'de> Deserialize<'de>,
         E: std::error::Error + for<'de> Deserialize<'de>,
     {
-        use openraft::error::{NetworkError, RPCError, RemoteError, Unreachable};
         let body = match self.group {
             Group::Metadata => super::wire::Request::Raft(rpc),
             Group::Quorum => super::wire::Request::QuorumRaft(rpc),
         }
         .encode();
+        self.send(&body, timeout).await
+    }
+
+    /// Sends an encoded RPC and decodes the peer's JSON answer.
+    async fn send<T, E>(&self, body: &[u8], timeout: Duration) -> RpcResult<T, E>
+    where
+        T: for<'de> Deserialize<'de>,
+        E: std::error::Error + for<'de> Deserialize<'de>,
+    {
+        use openraft::error::{NetworkError, RPCError, RemoteError, Unreachable};
+        // A peer that does not read (stopped, or far behind) is not sent more: the engine retries
+        // after its backoff instead of piling RPCs up in the link (which would count as congestion
+        // and hold up every publisher of this node).
+        if self.links.backlog(self.target) > RPC_BACKLOG {
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other("link backlog: the peer is not reading"),
+            )));
+        }
         let reply = self
             .links
-            .request(self.target, &body, timeout)
+            .request(self.target, body, timeout)
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let answer: Result<T, openraft::error::RaftError<NodeId, E>> =
@@ -570,6 +680,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        if self.group == Group::Quorum {
+            let body = super::quorum::codec::encode_append(&rpc);
+            return self.send(&body, option.hard_ttl()).await;
+        }
         self.call(RaftRpc::AppendEntries(rpc), option.hard_ttl())
             .await
     }
@@ -621,17 +735,20 @@ pub(crate) fn config(snapshot_every: u64) -> anyhow::Result<Arc<openraft::Config
     Ok(Arc::new(c.validate()?))
 }
 
-/// The quorum queues' group: 50 ms heartbeats and elections after 250–500 ms of silence (a
-/// publisher waits on a new leader), a snapshot every 500 entries (each a batch of operations),
-/// keeping 100 behind it.
+/// The quorum queues' group: 150 ms heartbeats and elections after 1.5–3 s of silence (a node
+/// that loses its link to the leader calls one at once: `Quorum::node_down`; a longer silence
+/// under load on a busy machine does not unseat a live leader), a snapshot every
+/// 200 entries (each a batch of operations, up to 1 MiB of bodies), keeping 50 behind it, and at
+/// most 4 entries per AppendEntries (the log in memory and an RPC stay bounded).
 pub(crate) fn quorum_config() -> anyhow::Result<Arc<openraft::Config>> {
     let c = openraft::Config {
         cluster_name: "warren-quorum".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 250,
-        election_timeout_max: 500,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
-        max_in_snapshot_log_to_keep: 100,
+        heartbeat_interval: 150,
+        election_timeout_min: 1500,
+        election_timeout_max: 3000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(200),
+        max_in_snapshot_log_to_keep: 50,
+        max_payload_entries: 4,
         ..Default::default()
     };
     Ok(Arc::new(c.validate()?))

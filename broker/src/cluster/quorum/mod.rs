@@ -25,6 +25,7 @@
 //! **Storage**: the group's log, vote and snapshot in `DATA_DIR/cluster/quorum/` (`raft.rs`'s
 //! format); the state lives in memory, rebuilt at start from the last snapshot and the log after it.
 
+pub(crate) mod codec;
 mod home;
 pub(crate) mod state;
 
@@ -48,13 +49,17 @@ use crate::store::{Durability, Durable};
 use crate::sync::lock;
 
 /// Most operations in one proposed batch.
-const BATCH_OPS: usize = 4096;
+const BATCH_OPS: usize = 1024;
 /// Most body octets in one proposed batch.
-const BATCH_BYTES: usize = 4 << 20;
-/// How long a batch may take to be committed before its publishes are nacked.
-const PROPOSE_TIMEOUT: Duration = Duration::from_secs(4);
-/// How long one attempt at the leader may take.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+const BATCH_BYTES: usize = 1 << 20;
+/// How long a forwarded batch waits for a leader to be known before its publishes are nacked.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one attempt at the leader may take (a forwarded batch; a leader that stopped answering
+/// is replaced by an election well within it).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a batch appended on this node (the leader) may take to be committed before its fate
+/// counts as unknown (a leader that loses its leadership fails its batches at once).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a consume, get or purge waits for its result.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Times an idempotent operation (settlement, cancel, node-down) is proposed again after a failure.
@@ -117,6 +122,59 @@ impl Durable for Published {
     }
 }
 
+/// Batches sent and not yet seen committed, at most.
+const IN_FLIGHT: usize = 4;
+
+/// A batch sent (appended here, or forwarded to the leader), waiting for its outcome.
+struct InFlight {
+    batch: Vec<Submitted>,
+    outcome: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Results, String>> + Send>>,
+}
+
+/// A batch forwarded to this node (the leader), and where its answer goes.
+type Forwarded = (Proposal, tokio::sync::oneshot::Sender<BatchReply>);
+
+/// A batch of what waits in `rx` after `first`, bounded by [`BATCH_OPS`] and [`BATCH_BYTES`];
+/// settlements of one queue are merged into one operation (they commute with everything else in
+/// the batch: they only touch messages already checked out).
+fn collect(first: Submitted, rx: &mut mpsc::UnboundedReceiver<Submitted>) -> Vec<Submitted> {
+    let mut batch: Vec<Submitted> = Vec::new();
+    let mut settles: HashMap<(QueueId, state::How, Option<u32>, u64), usize> = HashMap::new();
+    let mut bytes = 0usize;
+    let mut next = Some(first);
+    while let Some(s) = next {
+        match &s.op {
+            Op::Enqueue { content, .. } => bytes += content.body.len(),
+            Op::Settle {
+                queue,
+                how,
+                delivery_limit,
+                incarnation,
+                ids,
+                ..
+            } => {
+                let k = (queue.clone(), *how, *delivery_limit, *incarnation);
+                if let Some(&at) = settles.get(&k) {
+                    if let Op::Settle { ids: into, .. } = &mut batch[at].op {
+                        into.extend_from_slice(ids);
+                    }
+                    next = (batch.len() < BATCH_OPS && bytes < BATCH_BYTES)
+                        .then(|| rx.try_recv().ok())
+                        .flatten();
+                    continue;
+                }
+                settles.insert(k, batch.len());
+            }
+            _ => {}
+        }
+        batch.push(s);
+        next = (batch.len() < BATCH_OPS && bytes < BATCH_BYTES)
+            .then(|| rx.try_recv().ok())
+            .flatten();
+    }
+    batch
+}
+
 /// A batch's results, in the order of its operations.
 type Results = Vec<OpResult>;
 
@@ -145,6 +203,9 @@ pub(crate) struct Quorum {
     next_consumer: AtomicU64,
     submit: mpsc::UnboundedSender<Submitted>,
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Submitted>>>,
+    /// Batches forwarded to this node, appended in arrival order ([`Quorum::lead`]).
+    forwarded: mpsc::UnboundedSender<Forwarded>,
+    forwarded_receiver: Mutex<Option<mpsc::UnboundedReceiver<Forwarded>>>,
     published: Arc<Published>,
     /// Results of batches being committed through this node, by (origin, request).
     awaiting: Mutex<HashMap<(NodeId, u64), Option<Results>>>,
@@ -164,7 +225,10 @@ impl std::fmt::Debug for Quorum {
 impl Quorum {
     pub(super) fn new(cluster: Weak<Cluster>, me: NodeId) -> Arc<Quorum> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (ftx, frx) = mpsc::unbounded_channel();
         Arc::new_cyclic(|w| Quorum {
+            forwarded: ftx,
+            forwarded_receiver: Mutex::new(Some(frx)),
             cluster,
             me,
             incarnation: rand::random::<u64>() >> 1,
@@ -191,7 +255,8 @@ impl Quorum {
         members: Option<std::collections::BTreeMap<NodeId, super::Member>>,
     ) -> anyhow::Result<()> {
         use anyhow::Context;
-        let log = raft::LogStore::open(dir).context("opening the quorum queues' Raft log")?;
+        let log =
+            raft::LogStore::open_binary(dir).context("opening the quorum queues' Raft log")?;
         let apply: Arc<dyn raft::Apply> = Arc::new(Applier(self.me_weak.clone()));
         let sm = raft::StateMachine::open_volatile(dir, apply, Arc::clone(&self.applied))
             .context("opening the quorum queues' Raft state")?;
@@ -212,6 +277,9 @@ impl Quorum {
         let _ = self.raft.set(r);
         if let Some(rx) = lock(&self.receiver).take() {
             tokio::spawn(Arc::clone(self).propose_batches(rx));
+        }
+        if let Some(rx) = lock(&self.forwarded_receiver).take() {
+            tokio::spawn(Arc::clone(self).append_forwarded(rx));
         }
         // This process's consumers are new: whatever an earlier one had is returned.
         self.send(
@@ -281,82 +349,178 @@ impl Quorum {
         (Arc::clone(&self.published) as Arc<dyn Durable>, n)
     }
 
-    /// The proposer: one batch in flight at a time, as large as what waits.
+    /// The proposer: batches are sent as they come, up to [`IN_FLIGHT`] at a time, and completed
+    /// in order. On the leader they are handed to openraft (which appends them in the order
+    /// given); elsewhere they are forwarded to the leader over the one link, where one task
+    /// appends what arrives in arrival order ([`Quorum::lead`]), so a channel's publishes keep
+    /// their order either way.
     async fn propose_batches(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Submitted>) {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            let mut bytes = 0usize;
-            while batch.len() < BATCH_OPS && bytes < BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(s) => {
-                        if let Op::Enqueue { content, .. } = &s.op {
-                            bytes += content.body.len();
-                        }
-                        batch.push(s);
-                    }
-                    Err(_) => break,
+        let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
+        loop {
+            let first = if in_flight.is_empty() {
+                match rx.recv().await {
+                    Some(s) => Some(s),
+                    None => return,
                 }
+            } else if in_flight.len() < IN_FLIGHT {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+            let Some(first) = first else {
+                if let Some(f) = in_flight.pop_front() {
+                    self.complete(f).await;
+                }
+                continue;
+            };
+            let batch = collect(first, &mut rx);
+            if let Some(f) = self.dispatch(batch).await {
+                in_flight.push_back(f);
             }
-            let ops: Vec<Op> = batch.iter().map(|s| s.op.clone()).collect();
-            let outcome = self.propose(ops).await;
-            self.finish(batch, outcome);
         }
     }
 
-    /// Proposes `ops` as one entry, at the leader wherever it is; each operation's result.
-    async fn propose(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, String> {
+    /// Sends a batch to the leader (here or over the link) once one is known (within
+    /// [`PROPOSE_TIMEOUT`]: else its publishes are nacked).
+    async fn dispatch(self: &Arc<Self>, batch: Vec<Submitted>) -> Option<InFlight> {
         let Some(c) = self.cluster.upgrade() else {
-            return Err("shutting down".into());
+            self.finish(batch, Err("shutting down".into()));
+            return None;
         };
         let proposal = Proposal {
             origin: self.me,
             request: self.next_request.fetch_add(1, Ordering::Relaxed),
-            command: Command::Quorum(Batch { ops }),
+            command: Command::Quorum(Batch {
+                ops: batch.iter().map(|s| s.op.clone()).collect(),
+            }),
         };
+        let key = (proposal.origin, proposal.request);
         let deadline = Instant::now() + PROPOSE_TIMEOUT;
         loop {
-            let reply = match self.leader() {
-                Some(l) if l == self.me => self.lead(proposal.clone()).await,
+            match self.leader() {
+                Some(l) if l == self.me => {
+                    let Some(r) = self.raft.get() else {
+                        break;
+                    };
+                    lock(&self.awaiting).insert(key, None);
+                    return match r.client_write_ff(proposal).await {
+                        Ok(rx) => {
+                            let me = Arc::clone(self);
+                            Some(InFlight {
+                                batch,
+                                outcome: Box::pin(async move {
+                                    let committed = matches!(rx.await, Ok(Ok(_)));
+                                    let results = lock(&me.awaiting).remove(&key).flatten();
+                                    match (committed, results) {
+                                        (true, Some(r)) => Ok(r),
+                                        (true, None) => Err("committed, results not known".into()),
+                                        (false, _) => Err("not known to be committed".into()),
+                                    }
+                                }),
+                            })
+                        }
+                        Err(e) => {
+                            lock(&self.awaiting).remove(&key);
+                            self.finish(batch, Err(e.to_string()));
+                            None
+                        }
+                    };
+                }
                 // Not sent while the link to the leader is down: an election is coming.
-                Some(l) if !c.links.is_up(l) => BatchReply::NotLeader(None),
-                Some(l) => {
-                    let body = Request::QuorumPropose(proposal.clone()).encode();
-                    match c.links.request(l, &body, ATTEMPT_TIMEOUT).await {
-                        Ok(b) => serde_json::from_slice(&b)
-                            .unwrap_or_else(|e| BatchReply::Failed(e.to_string())),
-                        Err(e) => BatchReply::Failed(e.to_string()),
-                    }
+                Some(l) if c.links.is_up(l) => {
+                    let body = Request::QuorumPropose(proposal).encode();
+                    return match c.links.request_now(l, &body) {
+                        Ok(rx) => Some(InFlight {
+                            batch,
+                            outcome: Box::pin(async move {
+                                let bytes = tokio::time::timeout(ATTEMPT_TIMEOUT, rx)
+                                    .await
+                                    .map_err(|_| format!("node {l} did not answer in time"))?
+                                    .map_err(|_| format!("link to node {l} lost"))?;
+                                match serde_json::from_slice(&bytes) {
+                                    Ok(BatchReply::Done(results)) => Ok(results),
+                                    Ok(BatchReply::NotLeader(_)) => Err("not the leader".into()),
+                                    Ok(BatchReply::Failed(why)) => Err(why),
+                                    Err(e) => Err(e.to_string()),
+                                }
+                            }),
+                        }),
+                        Err(e) => {
+                            self.finish(batch, Err(e.to_string()));
+                            None
+                        }
+                    };
                 }
-                None => BatchReply::NotLeader(None),
-            };
-            match reply {
-                BatchReply::Done(results) => return Ok(results),
-                BatchReply::Failed(why) => return Err(why),
-                BatchReply::NotLeader(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                BatchReply::NotLeader(_) => return Err("no quorum queue leader".into()),
+                _ => {}
             }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.finish(batch, Err("no quorum queue leader".into()));
+        None
+    }
+
+    /// Waits for a sent batch's outcome (bounded) and tells its waiters.
+    async fn complete(&self, f: InFlight) {
+        let outcome = tokio::time::timeout(COMMIT_TIMEOUT, f.outcome)
+            .await
+            .unwrap_or_else(|_| Err("not known to be committed in time".into()));
+        self.finish(f.batch, outcome);
+    }
+
+    /// On the leader: a batch forwarded by another node, appended after the ones that arrived
+    /// before it (the link handler calls this in arrival order, before it returns), answered once
+    /// committed and applied here.
+    pub(super) fn lead(
+        &self,
+        proposal: Proposal,
+    ) -> impl std::future::Future<Output = BatchReply> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.forwarded.send((proposal, tx));
+        async move {
+            rx.await
+                .unwrap_or_else(|_| BatchReply::Failed("shutting down".into()))
         }
     }
 
-    /// On the leader: appends `proposal` and waits until it is committed and applied here.
-    pub(super) async fn lead(&self, proposal: Proposal) -> BatchReply {
-        let Some(r) = self.raft.get() else {
-            return BatchReply::NotLeader(None);
-        };
-        if r.current_leader_now() != Some(self.me) {
-            return BatchReply::NotLeader(r.current_leader_now());
-        }
-        let key = (proposal.origin, proposal.request);
-        lock(&self.awaiting).insert(key, None);
-        let written = tokio::time::timeout(ATTEMPT_TIMEOUT, r.client_write(proposal)).await;
-        let results = lock(&self.awaiting).remove(&key).flatten();
-        match (written, results) {
-            (Ok(Ok(_)), Some(results)) => BatchReply::Done(results),
-            (Ok(Ok(_)), None) => BatchReply::Failed("committed, results not known".into()),
-            (Ok(Err(e)), _) => BatchReply::Failed(e.to_string()),
-            (Err(_), _) => BatchReply::Failed("not committed in time".into()),
+    /// The task behind [`Quorum::lead`]: appends forwarded batches one after another.
+    async fn append_forwarded(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Forwarded>) {
+        while let Some((proposal, reply)) = rx.recv().await {
+            let Some(r) = self.raft.get() else {
+                let _ = reply.send(BatchReply::NotLeader(None));
+                continue;
+            };
+            if r.current_leader_now() != Some(self.me) {
+                let _ = reply.send(BatchReply::NotLeader(r.current_leader_now()));
+                continue;
+            }
+            let key = (proposal.origin, proposal.request);
+            lock(&self.awaiting).insert(key, None);
+            match r.client_write_ff(proposal).await {
+                Ok(committed) => {
+                    let me = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        let ok = matches!(
+                            tokio::time::timeout(COMMIT_TIMEOUT, committed).await,
+                            Ok(Ok(Ok(_)))
+                        );
+                        let results = lock(&me.awaiting).remove(&key).flatten();
+                        let _ = reply.send(match (ok, results) {
+                            (true, Some(results)) => BatchReply::Done(results),
+                            (true, None) => {
+                                BatchReply::Failed("committed, results not known".into())
+                            }
+                            (false, _) => BatchReply::Failed("not known to be committed".into()),
+                        });
+                    });
+                }
+                Err(e) => {
+                    lock(&self.awaiting).remove(&key);
+                    let _ = reply.send(BatchReply::Failed(e.to_string()));
+                }
+            }
         }
     }
 
@@ -581,10 +745,19 @@ impl Quorum {
         self.run(effects);
     }
 
-    /// Proposes that `node` is down (its link was lost): its consumers are removed.
+    /// Proposes that `node` is down (its link was lost): its consumers are removed. When it led
+    /// the group, this node calls an election at once rather than wait for the election timeout.
     pub(super) fn node_down(&self, node: NodeId) {
-        if self.raft.get().is_none() {
+        let Some(r) = self.raft.get() else {
             return;
+        };
+        if r.current_leader_now() == Some(node) {
+            let r = r.clone();
+            tokio::spawn(async move {
+                if let Err(e) = r.trigger().elect().await {
+                    debug!(error = %e, "quorum group: election not called");
+                }
+            });
         }
         let upto = lock(&self.state).ops;
         self.send(
@@ -668,7 +841,7 @@ impl raft::Apply for Applier {
     fn snapshot(&self) -> Vec<u8> {
         self.0
             .upgrade()
-            .map(|q| serde_json::to_vec(&*lock(&q.state)).unwrap_or_default())
+            .map(|q| state::encode(&lock(&q.state)))
             .unwrap_or_default()
     }
 
@@ -679,12 +852,12 @@ impl raft::Apply for Applier {
         if document.is_empty() {
             return;
         }
-        match serde_json::from_slice::<State>(document) {
-            Ok(s) => {
+        match state::decode(document) {
+            Some(s) => {
                 *lock(&q.state) = s;
                 q.reconcile();
             }
-            Err(e) => warn!(error = %e, "quorum queues' snapshot unreadable: not installed"),
+            None => warn!("quorum queues' snapshot unreadable: not installed"),
         }
     }
 }
