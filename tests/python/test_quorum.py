@@ -6,6 +6,7 @@ Expected behaviour from RabbitMQ docs/quorum-queues (feature matrix, poison mess
 """
 
 import time
+import urllib.request
 
 import pika
 import pytest
@@ -78,6 +79,19 @@ def test_a_a_quorum_queue_declared_on_one_node_is_served_by_every_node(cluster):
     assert not any(r for _, r in got)
     for n in cluster.nodes:
         eventually(lambda: shown(n, "qq-a")["messages"] == 0)
+    # Prometheus: the leader reports the queue (with the group's Raft figures), the others do not
+    # (dashboards sum over nodes).
+    leader = next(n for n in cluster.nodes if n.name == shown(n1, "qq-a")["leader"])
+    for n in cluster.nodes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{n.prometheus_port}/metrics/per-object", timeout=10) as r:
+            text = r.read().decode()
+        listed = 'queue="qq-a"' in text
+        assert listed == (n is leader), (n.name, leader.name)
+        if n is leader:
+            assert any(
+                line.startswith("rabbitmq_raft_log_commit_index{") and 'queue="qq-a"' in line
+                for line in text.splitlines()
+            )
     # basic.get and queue.purge through any node.
     publish_confirmed(n1, "qq-a", [b"g1", b"g2", b"g3"])
     ch = n2.connect().channel()
