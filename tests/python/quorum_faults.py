@@ -57,12 +57,22 @@ def leader(cluster):
     return None
 
 
+# Every round's workload by round number: a message of an earlier round may still come (a
+# delivery whose ack was lost with its connection goes back to the queue), and is checked against
+# the round that published it.
+HISTORY = {}
+
+
 class Workload:
     """A publisher (confirms, one message at a time) and a consumer (manual acks, prefetch 50) on
-    different nodes; each moves to the next node when its connection fails."""
+    different nodes; each moves to the next node when its connection fails. Bodies are
+    `ROUND:ID`."""
 
-    def __init__(self, cluster, publisher_node, consumer_node):
+    def __init__(self, cluster, publisher_node, consumer_node, round_number=0):
         self.cluster = cluster
+        self.round = round_number
+        self.earlier = []  # (round, id, redelivered) of messages of earlier rounds
+        HISTORY[round_number] = self
         self.stop_publishing = threading.Event()
         self.stop_consuming = threading.Event()
         self.lock = threading.Lock()
@@ -105,7 +115,8 @@ class Workload:
                     self.attempted.add(mid)
                 started = time.time()
                 try:
-                    ch.basic_publish("", QUEUE, str(mid).encode(), pika.BasicProperties(delivery_mode=2))
+                    body = f"{self.round}:{mid}".encode()
+                    ch.basic_publish("", QUEUE, body, pika.BasicProperties(delivery_mode=2))
                     with self.lock:
                         self.confirmed.add(mid)
                         self.latencies.append((time.time(), time.time() - started))
@@ -133,9 +144,12 @@ class Workload:
                 ch.basic_qos(prefetch_count=50)
 
                 def on(chn, method, props, body):
-                    mid = int(body)
+                    r, mid = (int(x) for x in body.split(b":"))
                     with self.lock:
-                        self.deliveries.setdefault(mid, []).append(method.redelivered)
+                        if r == self.round:
+                            self.deliveries.setdefault(mid, []).append(method.redelivered)
+                        else:
+                            self.earlier.append((r, mid, method.redelivered))
                     chn.basic_ack(method.delivery_tag)
 
                 ch.basic_consume(QUEUE, on)
@@ -174,13 +188,21 @@ class Workload:
             unflagged = [m for m, flags in self.deliveries.items() if not all(flags[1:])]
             if unflagged:
                 out.append(f"{len(unflagged)} messages delivered again without redelivered: {sorted(unflagged)[:10]}")
-            return out
+            earlier = list(self.earlier)
+        for r, mid, redelivered in earlier:
+            w = HISTORY.get(r)
+            if w is None or mid not in w.attempted:
+                out.append(f"a delivered message was never published: round {r}, id {mid}")
+            elif mid in w.deliveries and not redelivered:
+                out.append(f"round {r}'s message {mid}, delivered then, came again without redelivered")
+        return out
 
     def summary(self):
         with self.lock:
             worst = max((s for _, s in self.latencies), default=0.0)
             dups = sum(len(f) - 1 for f in self.deliveries.values())
             return {
+                "earlier_rounds": len(self.earlier),
                 "published": len(self.attempted),
                 "confirmed": len(self.confirmed),
                 "nacked": len(self.nacked),
@@ -221,7 +243,7 @@ def inject(cluster, fault):
 
 def run_round(cluster, fault, index=0):
     """One round: traffic, `fault`, traffic, drain; returns (problems, summary)."""
-    w = Workload(cluster, 1 + index % 3, 2 + index % 3).start()
+    w = Workload(cluster, 1 + index % 3, 2 + index % 3, index).start()
     time.sleep(1.5)
     inject(cluster, fault)
     time.sleep(1.5)

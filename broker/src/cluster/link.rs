@@ -355,6 +355,15 @@ impl Links {
         to: NodeId,
         body: &[u8],
     ) -> Result<oneshot::Receiver<Bytes>, LinkError> {
+        self.queue_request(to, body).map(|(_, _, rx)| rx)
+    }
+
+    /// Queues a request: the peer, the request's id and where its response comes.
+    fn queue_request(
+        &self,
+        to: NodeId,
+        body: &[u8],
+    ) -> Result<(Arc<Peer>, u64, oneshot::Receiver<Bytes>), LinkError> {
         let peer = self.peer(to).ok_or(LinkError::Unknown(to))?;
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -363,7 +372,7 @@ impl Links {
             lock(&peer.pending).remove(&id);
             return Err(LinkError::Down(to));
         }
-        Ok(rx)
+        Ok((peer, id, rx))
     }
 
     /// Sends a request to `to` and waits up to `timeout` for its response.
@@ -373,14 +382,7 @@ impl Links {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Bytes, LinkError> {
-        let peer = self.peer(to).ok_or(LinkError::Unknown(to))?;
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&peer.pending).insert(id, tx);
-        if !self.enqueue(&peer, frame(KIND_REQUEST, Some(id), body)) {
-            lock(&peer.pending).remove(&id);
-            return Err(LinkError::Down(to));
-        }
+        let (peer, id, rx) = self.queue_request(to, body)?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(LinkError::Down(to)),

@@ -129,10 +129,7 @@ fn put_op(b: &mut Vec<u8>, op: &Op) {
         } => {
             b.put_u8(0);
             queue(b, q);
-            put_bytes(b, content.exchange.as_bytes());
-            put_bytes(b, content.routing_key.as_bytes());
-            put_bytes(b, &content.properties);
-            put_bytes(b, &content.body);
+            put_content(b, content);
             put_opt_u64(b, *max_length);
             put_opt_u64(b, *max_bytes);
             b.put_u8(u8::from(*reject));
@@ -207,12 +204,7 @@ fn get_op(b: &mut Bytes) -> Option<Op> {
     Some(match tag {
         0 => Op::Enqueue {
             queue: queue(b)?,
-            content: Arc::new(Content {
-                exchange: get_string(b)?,
-                routing_key: get_string(b)?,
-                properties: get_bytes(b)?,
-                body: get_bytes(b)?,
-            }),
+            content: get_content(b)?,
             max_length: get_opt_u64(b)?,
             max_bytes: get_opt_u64(b)?,
             reject: get_u8(b)? != 0,
@@ -327,13 +319,28 @@ pub(crate) fn decode_entry(b: &mut Bytes) -> Option<Entry<TypeConfig>> {
     Some(Entry { log_id, payload })
 }
 
+/// A message's content: exchange, routing key, properties, body.
+fn put_content(b: &mut Vec<u8>, c: &Content) {
+    put_bytes(b, c.exchange.as_bytes());
+    put_bytes(b, c.routing_key.as_bytes());
+    put_bytes(b, &c.properties);
+    put_bytes(b, &c.body);
+}
+
+/// Reads what [`put_content`] wrote.
+fn get_content(b: &mut Bytes) -> Option<Arc<Content>> {
+    Some(Arc::new(Content {
+        exchange: get_string(b)?,
+        routing_key: get_string(b)?,
+        properties: get_bytes(b)?,
+        body: get_bytes(b)?,
+    }))
+}
+
 /// A message's content and counters (the snapshot's encoding).
 pub(super) fn put_msg(b: &mut Vec<u8>, m: &super::state::Msg) {
     b.put_u64(m.id);
-    put_bytes(b, m.content.exchange.as_bytes());
-    put_bytes(b, m.content.routing_key.as_bytes());
-    put_bytes(b, &m.content.properties);
-    put_bytes(b, &m.content.body);
+    put_content(b, &m.content);
     b.put_u32(m.delivery_count);
     b.put_u8(u8::from(m.redelivered));
 }
@@ -342,12 +349,7 @@ pub(super) fn put_msg(b: &mut Vec<u8>, m: &super::state::Msg) {
 pub(super) fn get_msg(b: &mut Bytes) -> Option<super::state::Msg> {
     Some(super::state::Msg {
         id: get_u64(b)?,
-        content: Arc::new(Content {
-            exchange: get_string(b)?,
-            routing_key: get_string(b)?,
-            properties: get_bytes(b)?,
-            body: get_bytes(b)?,
-        }),
+        content: get_content(b)?,
         delivery_count: get_u32(b)?,
         redelivered: get_u8(b)? != 0,
     })

@@ -5,10 +5,10 @@
 //! **One Raft group for all quorum queues.** A second openraft group (beside the metadata one), with
 //! the cluster's members, carries every quorum queue's operations ([`state::Op`]), batched: each
 //! node collects what its clients ask (publishes, consumes, settlements, gets) and proposes them as
-//! one entry, one batch in flight at a time (so a channel's publishes keep their order); the leader
-//! appends the entries of all nodes and fsyncs its log once per round for all of them, and
-//! replicates them to each peer in one AppendEntries: RabbitMQ's shared write-ahead log has the
-//! same effect. Every node applies the log to the same [`state::State`]; a publisher confirm waits
+//! one entry, up to [`IN_FLIGHT`] batches at a time, appended in the order they were sent (so a
+//! channel's publishes keep their order); the leader appends the entries of all nodes and fsyncs
+//! its log once per round for all of them, and replicates them to each peer in one AppendEntries:
+//! RabbitMQ's shared write-ahead log has the same effect. Every node applies the log to the same [`state::State`]; a publisher confirm waits
 //! until the batch is committed (on disk on a majority). Differences from RabbitMQ (one group per
 //! queue): every quorum queue's leader is the group's leader, and its members are all the
 //! cluster's voters (`x-quorum-initial-group-size` is accepted and capped by the cluster size).
