@@ -281,11 +281,12 @@ impl Collector for BrokerCollector {
         // Each node reports the queues homed on it, as each RabbitMQ node does (dashboards sum over
         // nodes): a cluster node's proxies of other nodes' queues are theirs to report, and the
         // quorum queues are reported by their leader.
-        let quorum = b.cluster.get().map(|c| c.quorum.status());
-        let leads_quorum = b
-            .cluster
-            .get()
-            .is_some_and(|c| quorum.as_ref().is_some_and(|s| s.1 == Some(c.me())));
+        // The quorum group's status, when this node leads it.
+        let quorum = b.cluster.get().and_then(|c| {
+            let status = c.quorum.status();
+            (status.1 == Some(c.me())).then_some(status)
+        });
+        let leads_quorum = quorum.is_some();
         let queues: Vec<(String, Arc<crate::queue::Queue>)> = vhosts
             .iter()
             .flat_map(|v| {
@@ -393,15 +394,7 @@ impl Collector for BrokerCollector {
             u64,
         )> = queues
             .iter()
-            .map(|(v, q)| {
-                // A quorum queue's counts are its replicated state's.
-                let c = if q.is_replicated() {
-                    q.declared_counts()
-                } else {
-                    q.counts()
-                };
-                (v.clone(), q, c, q.usage().0)
-            })
+            .map(|(v, q)| (v.clone(), q, q.counts(), q.usage().0))
             .collect();
         let per_queue = |value: &dyn Fn(
             &crate::queue::QueueCounts,
@@ -466,7 +459,7 @@ impl Collector for BrokerCollector {
         }
         // rabbitmq_prometheus's Raft metrics of the quorum queues (one group serves them all here,
         // so each queue shows the group's figures).
-        if let Some((_, _, commit, term)) = quorum.filter(|_| leads_quorum) {
+        if let Some((_, _, commit, term)) = quorum {
             let raft: [(&str, &str, MetricType, f64); 2] = [
                 (
                     "rabbitmq_raft_term",

@@ -419,11 +419,12 @@ impl Cluster {
         }
     }
 
-    /// The member list now: each member, and whether it votes.
-    pub(crate) fn members_now(&self) -> Membership {
+    /// The members that vote now.
+    pub(crate) fn voters(&self) -> BTreeMap<NodeId, Member> {
         read(&self.members)
             .iter()
-            .map(|(id, (m, voter))| (*id, m.clone(), *voter))
+            .filter(|(_, (_, voter))| *voter)
+            .map(|(id, (m, _))| (*id, m.clone()))
             .collect()
     }
 
@@ -754,13 +755,7 @@ impl Cluster {
         // The quorum group starts with the voters (the static list on a first start; the Raft
         // membership on a node that ran before quorum queues existed). A joining node is added to
         // it by its leader instead.
-        let quorum_members = (initialised || !self.config.join).then(|| {
-            read(&self.members)
-                .iter()
-                .filter(|(_, (_, voter))| *voter)
-                .map(|(id, (m, _))| (*id, m.clone()))
-                .collect::<BTreeMap<NodeId, Member>>()
-        });
+        let quorum_members = (initialised || !self.config.join).then(|| self.voters());
         self.quorum
             .start(&dir.join("quorum"), Arc::clone(&self.links), quorum_members)
             .await?;
@@ -858,7 +853,7 @@ impl Handler for LinkHandler {
     fn request(&self, from: NodeId, body: Bytes) -> Reply {
         let cluster = self.cluster.upgrade();
         // A forwarded quorum-queue batch is queued for appending now, in arrival order.
-        if body.first() == Some(&b'{') && body.starts_with(b"{\"QuorumPropose\"") {
+        if body.starts_with(b"{\"QuorumPropose\"") {
             if let (Some(c), Ok(Request::QuorumPropose(p))) =
                 (cluster.as_ref(), serde_json::from_slice::<Request>(&body))
             {

@@ -378,18 +378,37 @@ impl StateMachine {
             Ok(b) => serde_json::from_slice(&b).ok(),
             Err(_) => None,
         };
+        Ok(Self::with(
+            dir,
+            applied,
+            snapshot,
+            broker,
+            applied_index,
+            true,
+        ))
+    }
+
+    /// The state machine in `dir`, having applied `applied` (published in `applied_index`).
+    fn with(
+        dir: &Path,
+        applied: Applied,
+        snapshot: Option<StoredSnapshot>,
+        broker: Arc<dyn Apply>,
+        applied_index: Arc<std::sync::atomic::AtomicU64>,
+        persist: bool,
+    ) -> Self {
         applied_index.store(
             applied.last_applied.map_or(0, |l| l.index),
             std::sync::atomic::Ordering::Release,
         );
-        Ok(StateMachine {
+        StateMachine {
             dir: dir.to_owned(),
             applied_index,
             applied: Arc::new(Mutex::new(applied)),
             snapshot: Arc::new(Mutex::new(snapshot)),
             broker,
-            persist: true,
-        })
+            persist,
+        }
     }
 
     /// A state machine held in memory only: its last snapshot in `dir` is installed into `broker`
@@ -426,18 +445,14 @@ impl StateMachine {
             }
             None => Applied::default(),
         };
-        applied_index.store(
-            applied.last_applied.map_or(0, |l| l.index),
-            std::sync::atomic::Ordering::Release,
-        );
-        Ok(StateMachine {
-            dir: dir.to_owned(),
-            applied_index,
-            applied: Arc::new(Mutex::new(applied)),
-            snapshot: Arc::new(Mutex::new(snapshot)),
+        Ok(Self::with(
+            dir,
+            applied,
+            snapshot,
             broker,
-            persist: false,
-        })
+            applied_index,
+            false,
+        ))
     }
 
     /// Writes `stored` atomically: JSON for the metadata group (`raft-snapshot.json`); for a
@@ -753,18 +768,6 @@ pub(crate) fn quorum_config() -> anyhow::Result<Arc<openraft::Config>> {
         ..Default::default()
     };
     Ok(Arc::new(c.validate()?))
-}
-
-/// The leader `raft` knows now.
-pub(crate) trait LeaderNow {
-    /// The current leader, if one is known.
-    fn current_leader_now(&self) -> Option<NodeId>;
-}
-
-impl LeaderNow for Raft {
-    fn current_leader_now(&self) -> Option<NodeId> {
-        self.metrics().borrow().current_leader
-    }
 }
 
 #[cfg(test)]

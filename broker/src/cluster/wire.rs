@@ -108,12 +108,7 @@ pub(crate) struct QueueFigures {
 impl QueueFigures {
     /// The figures of `queue` (in `vhost`) as this node holds them.
     pub(crate) fn of(vhost: &str, queue: &crate::queue::Queue) -> Self {
-        // A quorum queue's counts are its replicated state's.
-        let c = if queue.is_replicated() {
-            queue.declared_counts()
-        } else {
-            queue.counts()
-        };
+        let c = queue.counts();
         let (message_bytes, memory, idle_since) = queue.usage();
         QueueFigures {
             vhost: vhost.to_owned(),

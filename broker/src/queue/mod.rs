@@ -567,6 +567,10 @@ impl Queue {
 
     /// Ready messages and consumers.
     pub fn counts(&self) -> QueueCounts {
+        // A quorum queue's counts are its replicated state's (on this node).
+        if let Some(r) = self.remote.as_ref().filter(|r| r.replicated()) {
+            return r.counts(self);
+        }
         let inner = self.lock();
         QueueCounts {
             messages: inner.ready.len as u32,

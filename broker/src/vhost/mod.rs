@@ -834,12 +834,16 @@ impl VHost {
         parsed: &QueueArgs,
     ) -> AmqpResult {
         if self.cluster.get().is_none() {
-            return Err(AmqpError::precondition_failed(format!(
-                "invalid arg 'x-queue-type' for queue '{name}' in vhost '{}': queue type \
-                 'quorum' needs a Warren cluster (start the node with --cluster); use 'classic' on \
-                 a single node",
-                self.name
-            )));
+            let refused = crate::queue::args::InvalidArg {
+                key: "x-queue-type",
+                detail: "queue type 'quorum' needs a Warren cluster (start the node with \
+                         --cluster); use 'classic' on a single node"
+                    .into(),
+                wrong_type: None,
+            };
+            return Err(AmqpError::precondition_failed(
+                refused.text(name, &self.name),
+            ));
         }
         let property = if !flags.durable {
             Some("non-durable")

@@ -41,9 +41,9 @@ use tracing::{debug, info, warn};
 pub(crate) use self::home::QuorumHome;
 use self::state::{ConsumerKey, Effect, Msg, Op, OpResult, QueueId, State};
 use super::link::NodeId;
-use super::raft::{self, LeaderNow};
+use super::raft;
 use super::wire::Request;
-use super::{Cluster, Command, Proposal};
+use super::{Cluster, Command, Consensus, Proposal};
 use crate::queue::{Consumer, Queue, QueueOwner, QueuedMessage};
 use crate::store::{Durability, Durable};
 use crate::sync::lock;
@@ -143,31 +143,37 @@ fn collect(first: Submitted, rx: &mut mpsc::UnboundedReceiver<Submitted>) -> Vec
     let mut bytes = 0usize;
     let mut next = Some(first);
     while let Some(s) = next {
-        match &s.op {
-            Op::Enqueue { content, .. } => bytes += content.body.len(),
+        let merge_into = match &s.op {
+            Op::Enqueue { content, .. } => {
+                bytes += content.body.len();
+                None
+            }
             Op::Settle {
                 queue,
                 how,
                 delivery_limit,
                 incarnation,
-                ids,
                 ..
             } => {
                 let k = (queue.clone(), *how, *delivery_limit, *incarnation);
-                if let Some(&at) = settles.get(&k) {
-                    if let Op::Settle { ids: into, .. } = &mut batch[at].op {
-                        into.extend_from_slice(ids);
-                    }
-                    next = (batch.len() < BATCH_OPS && bytes < BATCH_BYTES)
-                        .then(|| rx.try_recv().ok())
-                        .flatten();
-                    continue;
+                let at = settles.get(&k).copied();
+                if at.is_none() {
+                    settles.insert(k, batch.len());
                 }
-                settles.insert(k, batch.len());
+                at
             }
-            _ => {}
+            _ => None,
+        };
+        match merge_into {
+            Some(at) => {
+                if let (Op::Settle { ids: into, .. }, Op::Settle { ids, .. }) =
+                    (&mut batch[at].op, &s.op)
+                {
+                    into.extend_from_slice(ids);
+                }
+            }
+            None => batch.push(s),
         }
-        batch.push(s);
         next = (batch.len() < BATCH_OPS && bytes < BATCH_BYTES)
             .then(|| rx.try_recv().ok())
             .flatten();
@@ -210,7 +216,6 @@ pub(crate) struct Quorum {
     /// Results of batches being committed through this node, by (origin, request).
     awaiting: Mutex<HashMap<(NodeId, u64), Option<Results>>>,
     next_request: AtomicU64,
-    applied: Arc<AtomicU64>,
     me_weak: Weak<Quorum>,
 }
 
@@ -241,7 +246,6 @@ impl Quorum {
             published: Arc::new(Published::default()),
             awaiting: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(rand::random::<u64>() >> 1),
-            applied: Arc::new(AtomicU64::new(0)),
             me_weak: w.clone(),
         })
     }
@@ -258,7 +262,7 @@ impl Quorum {
         let log =
             raft::LogStore::open_binary(dir).context("opening the quorum queues' Raft log")?;
         let apply: Arc<dyn raft::Apply> = Arc::new(Applier(self.me_weak.clone()));
-        let sm = raft::StateMachine::open_volatile(dir, apply, Arc::clone(&self.applied))
+        let sm = raft::StateMachine::open_volatile(dir, apply, Arc::default())
             .context("opening the quorum queues' Raft state")?;
         let network = raft::Network {
             links,
@@ -301,7 +305,7 @@ impl Quorum {
 
     /// The group's leader as this node knows it.
     pub(crate) fn leader(&self) -> Option<NodeId> {
-        self.raft.get().and_then(|r| r.current_leader_now())
+        self.raft.get().and_then(Consensus::leader)
     }
 
     /// The group's members (voters) and the leader's commit index and term, as this node knows them.
@@ -317,6 +321,15 @@ impl Quorum {
             m.last_applied.map_or(0, |l| l.index),
             m.current_term,
         )
+    }
+
+    /// The key of this node's consumer `id`.
+    fn key(&self, id: u64) -> ConsumerKey {
+        ConsumerKey {
+            node: self.me,
+            incarnation: self.incarnation,
+            id,
+        }
     }
 
     /// A queue's replicated state, read through `f`.
@@ -409,13 +422,7 @@ impl Quorum {
                             Some(InFlight {
                                 batch,
                                 outcome: Box::pin(async move {
-                                    let committed = matches!(rx.await, Ok(Ok(_)));
-                                    let results = lock(&me.awaiting).remove(&key).flatten();
-                                    match (committed, results) {
-                                        (true, Some(r)) => Ok(r),
-                                        (true, None) => Err("committed, results not known".into()),
-                                        (false, _) => Err("not known to be committed".into()),
-                                    }
+                                    me.outcome(key, matches!(rx.await, Ok(Ok(_))))
                                 }),
                             })
                         }
@@ -492,8 +499,8 @@ impl Quorum {
                 let _ = reply.send(BatchReply::NotLeader(None));
                 continue;
             };
-            if r.current_leader_now() != Some(self.me) {
-                let _ = reply.send(BatchReply::NotLeader(r.current_leader_now()));
+            if Consensus::leader(r) != Some(self.me) {
+                let _ = reply.send(BatchReply::NotLeader(Consensus::leader(r)));
                 continue;
             }
             let key = (proposal.origin, proposal.request);
@@ -506,13 +513,9 @@ impl Quorum {
                             tokio::time::timeout(COMMIT_TIMEOUT, committed).await,
                             Ok(Ok(Ok(_)))
                         );
-                        let results = lock(&me.awaiting).remove(&key).flatten();
-                        let _ = reply.send(match (ok, results) {
-                            (true, Some(results)) => BatchReply::Done(results),
-                            (true, None) => {
-                                BatchReply::Failed("committed, results not known".into())
-                            }
-                            (false, _) => BatchReply::Failed("not known to be committed".into()),
+                        let _ = reply.send(match me.outcome(key, ok) {
+                            Ok(results) => BatchReply::Done(results),
+                            Err(why) => BatchReply::Failed(why),
                         });
                     });
                 }
@@ -521,6 +524,17 @@ impl Quorum {
                     let _ = reply.send(BatchReply::Failed(e.to_string()));
                 }
             }
+        }
+    }
+
+    /// A batch appended here (`key`), once openraft says whether it was committed: its results, as
+    /// this node's apply left them.
+    fn outcome(&self, key: (NodeId, u64), committed: bool) -> Result<Results, String> {
+        let results = lock(&self.awaiting).remove(&key).flatten();
+        match (committed, results) {
+            (true, Some(r)) => Ok(r),
+            (true, None) => Err("committed, results not known".into()),
+            (false, _) => Err("not known to be committed".into()),
         }
     }
 
@@ -617,15 +631,21 @@ impl Quorum {
                 Effect::DeadLetter(..) => {}
                 Effect::Removed(_, key) => {
                     if key.node == self.me && key.incarnation == self.incarnation {
-                        let gone = lock(&self.consumers).remove(&key.id);
-                        if let Some(lc) = gone {
-                            info!(queue = %lc.queue.name, consumer = %lc.consumer.tag, "quorum queue consumer removed by the cluster (its node was seen down): cancelled");
-                            lc.queue.remove_consumer(&lc.consumer);
-                            lc.consumer.sink.cancelled(&lc.consumer);
-                        }
+                        self.cancel_local(key.id);
                     }
                 }
             }
+        }
+    }
+
+    /// Cancels this node's consumer `id`, which the replicated state no longer has (its node was
+    /// seen down): consumer-cancel notification to its client.
+    fn cancel_local(&self, id: u64) {
+        let gone = lock(&self.consumers).remove(&id);
+        if let Some(lc) = gone {
+            info!(queue = %lc.queue.name, consumer = %lc.consumer.tag, "quorum queue consumer removed by the cluster (its node was seen down): cancelled");
+            lc.queue.remove_consumer(&lc.consumer);
+            lc.consumer.sink.cancelled(&lc.consumer);
         }
     }
 
@@ -727,10 +747,6 @@ impl Quorum {
                 }
             }
         }
-        let effects = removed
-            .into_iter()
-            .map(|id| Effect::Removed((String::new(), String::new()), self.key(id)))
-            .collect::<Vec<_>>();
         if !deliveries.is_empty() {
             warn!(
                 deliveries = deliveries.len(),
@@ -742,7 +758,9 @@ impl Quorum {
                 hand(&b, &q, &c, m);
             }
         }
-        self.run(effects);
+        for id in removed {
+            self.cancel_local(id);
+        }
     }
 
     /// Proposes that `node` is down (its link was lost): its consumers are removed. When it led
@@ -751,7 +769,7 @@ impl Quorum {
         let Some(r) = self.raft.get() else {
             return;
         };
-        if r.current_leader_now() == Some(node) {
+        if Consensus::leader(r) == Some(node) {
             let r = r.clone();
             tokio::spawn(async move {
                 if let Err(e) = r.trigger().elect().await {
@@ -778,15 +796,10 @@ impl Quorum {
             let (Some(c), Some(r)) = (self.cluster.upgrade(), self.raft.get()) else {
                 return;
             };
-            if r.current_leader_now() != Some(self.me) {
+            if Consensus::leader(r) != Some(self.me) {
                 continue;
             }
-            let wanted: std::collections::BTreeMap<NodeId, super::Member> = c
-                .members_now()
-                .into_iter()
-                .filter(|(_, _, voter)| *voter)
-                .map(|(id, m, _)| (id, m))
-                .collect();
+            let wanted = c.voters();
             let (voters, ..) = self.status();
             let voters: BTreeSet<NodeId> = voters.into_iter().collect();
             let want: BTreeSet<NodeId> = wanted.keys().copied().collect();
@@ -858,17 +871,6 @@ impl raft::Apply for Applier {
                 q.reconcile();
             }
             None => warn!("quorum queues' snapshot unreadable: not installed"),
-        }
-    }
-}
-
-impl Quorum {
-    /// The key of this node's consumer `id`.
-    fn key(&self, id: u64) -> ConsumerKey {
-        ConsumerKey {
-            node: self.me,
-            incarnation: self.incarnation,
-            id,
         }
     }
 }
